@@ -1,0 +1,822 @@
+# Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
+"""PyTorch UniFlow: a ViT encoder adapted by layer-wise adaptive self-distillation, a latent bottleneck, global
+transformer blocks and a patch-wise pixel flow head (Yue et al., "UniFlow", ICLR 2026, arXiv 2510.10575)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput, logging
+
+from .configuration_uniflow import UniFlowConfig
+
+
+logger = logging.get_logger(__name__)
+
+# Official parameter names (github.com/ZhengrongYue/UniFlow) -> ours. Applied on load of an official folder.
+OFFICIAL_TO_HF_KEY_MAPPING = {
+    r"^(embeddings|encoder)\.": r"vision_model.\1.",
+    r"^chal_proj\.c_fc\.": "latent_proj.fc1.",
+    r"^chal_proj\.c_proj\.": "latent_proj.fc2.",
+    r"^chal_unproj\.c_fc\.": "latent_unproj.fc1.",
+    r"^chal_unproj\.c_proj\.": "latent_unproj.fc2.",
+    r"^global_block_pos_embed$": "global_position_embedding",
+    r"^decoder_pos_embed$": "decoder_position_embedding",
+    r"^flow_head\.net\.time_embed\.mlp\.0\.": "flow_head.time_embed.linear_1.",
+    r"^flow_head\.net\.time_embed\.mlp\.2\.": "flow_head.time_embed.linear_2.",
+    r"^flow_head\.net\.res_blocks\.(\d+)\.in_ln\.": r"flow_head.res_blocks.\1.norm.",
+    r"^flow_head\.net\.res_blocks\.(\d+)\.mlp\.0\.": r"flow_head.res_blocks.\1.fc1.",
+    r"^flow_head\.net\.res_blocks\.(\d+)\.mlp\.2\.": r"flow_head.res_blocks.\1.fc2.",
+    r"^flow_head\.net\.(res_blocks\.\d+|final_layer)\.adaLN_modulation\.1\.": r"flow_head.\1.modulation.",
+    r"^flow_head\.net\.": "flow_head.",
+}
+
+
+# ----------------------------------------------------------------------------------------------- patch helpers
+def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N, C·p·p); tokens row-major over the grid, each patch flattened as (channel, row, col)."""
+    batch, channels, height, width = pixel_values.shape
+    p = patch_size
+    x = pixel_values.reshape(batch, channels, height // p, p, width // p, p)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(batch, (height // p) * (width // p), channels * p * p)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: int, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, N, C·p·p) -> (B, C, H, W), the inverse of `patchify` for a `grid` of (rows, cols) tokens."""
+    batch, _, dim = patches.shape
+    p, (rows, cols) = patch_size, grid
+    channels = dim // (p * p)
+    x = patches.reshape(batch, rows, cols, channels, p, p)
+    return x.permute(0, 3, 1, 4, 2, 5).reshape(batch, channels, rows * p, cols * p)
+
+
+def sincos_position_embedding(embed_dim: int, grid_size: int) -> torch.Tensor:
+    """2-D sin-cos position embedding (MAE style), (grid_size², embed_dim): the init of the decoder-side ones."""
+    coords = torch.arange(grid_size, dtype=torch.float32)
+    grid_w, grid_h = torch.meshgrid(coords, coords, indexing="xy")
+    omega = 1.0 / 10000 ** (torch.arange(embed_dim // 4, dtype=torch.float32) / (embed_dim / 4))
+
+    def embed(pos):
+        out = pos.reshape(-1, 1) * omega[None]
+        return torch.cat([out.sin(), out.cos()], dim=1)
+
+    return torch.cat([embed(grid_w), embed(grid_h)], dim=1)
+
+
+def resize_position_embedding(position_embedding: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Bicubically resize a (1, S·S, C) square grid of position embeddings to (1, rows·cols, C), as the release
+    does for its encoder; computed in float32 and cast back."""
+    _, num_positions, dim = position_embedding.shape
+    side = math.isqrt(num_positions)
+    pos = position_embedding.float().reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    pos = F.interpolate(pos, size=grid, mode="bicubic", align_corners=False)
+    return pos.reshape(1, dim, grid[0] * grid[1]).permute(0, 2, 1).to(position_embedding.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------- encoder
+class UniFlowRMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+
+NORM2FN = {"layer_norm": nn.LayerNorm, "rms_norm": UniFlowRMSNorm}
+
+
+class UniFlowVisionEmbeddings(nn.Module):
+    """CLS token + patch embedding + position embedding, bicubically resized to the input's grid."""
+
+    def __init__(self, config: UniFlowConfig):
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.hidden_size
+        self.patch_size = config.patch_size
+        self.class_embedding = nn.Parameter(torch.randn(1, 1, self.embed_dim))
+        self.patch_embedding = nn.Conv2d(config.num_channels, self.embed_dim, config.patch_size, config.patch_size)
+        self.num_patches = config.grid_size**2
+        self.position_embedding = nn.Parameter(torch.randn(1, self.num_patches + 1, self.embed_dim))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        target_dtype = self.patch_embedding.weight.dtype
+        patch_embeds = self.patch_embedding(pixel_values.to(target_dtype))
+        batch_size, _, rows, cols = patch_embeds.shape
+        patch_embeds = patch_embeds.flatten(2).transpose(1, 2)
+        class_embeds = self.class_embedding.expand(batch_size, 1, -1).to(target_dtype)
+        embeddings = torch.cat([class_embeds, patch_embeds], dim=1)
+        position_embedding = torch.cat(
+            [
+                self.position_embedding[:, :1],
+                resize_position_embedding(self.position_embedding[:, 1:], (rows, cols)),
+            ],
+            dim=1,
+        )
+        return embeddings + position_embedding.to(target_dtype)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+):
+    attn_weights = torch.matmul(query * scaling, key.transpose(-1, -2))
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class UniFlowAttention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection and optional qk RMS-normalisation (InternViT, and
+    timm's `Block` in the global blocks)."""
+
+    def __init__(self, config: UniFlowConfig, num_heads: int, qkv_bias: bool, qk_normalization: bool, dropout: float):
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.hidden_size
+        self.num_heads = num_heads
+        self.head_dim = self.embed_dim // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = dropout
+        self.is_causal = False
+        self.qkv = nn.Linear(self.embed_dim, 3 * self.embed_dim, bias=qkv_bias)
+        self.qk_normalization = qk_normalization
+        if qk_normalization:
+            self.q_norm = UniFlowRMSNorm(self.embed_dim, eps=config.layer_norm_eps)
+            self.k_norm = UniFlowRMSNorm(self.embed_dim, eps=config.layer_norm_eps)
+        self.proj = nn.Linear(self.embed_dim, self.embed_dim)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        batch_size, seq_len, _ = hidden_states.shape
+        query, key, value = self.qkv(hidden_states).chunk(3, dim=-1)
+        if self.qk_normalization:
+            query, key = self.q_norm(query), self.k_norm(key)
+        shape = (batch_size, seq_len, self.num_heads, self.head_dim)
+        query, key, value = (x.reshape(shape).transpose(1, 2) for x in (query, key, value))
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            is_causal=False,
+            scaling=self.scaling,
+            dropout=self.dropout if self.training else 0.0,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(batch_size, seq_len, self.embed_dim)
+        return self.proj(attn_output), attn_weights
+
+
+class UniFlowMLP(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.act = ACT2FN[hidden_act]
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(hidden_states)))
+
+
+def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    """Stochastic depth per sample (identity at inference)."""
+    if drop_prob == 0.0 or not training:
+        return hidden_states
+    keep_prob = 1 - drop_prob
+    shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+    mask = hidden_states.new_empty(shape).bernoulli_(keep_prob)
+    return hidden_states * mask / keep_prob
+
+
+class UniFlowEncoderLayer(GradientCheckpointingLayer):
+    """Pre-norm InternViT layer with LayerScale (`ls1`, `ls2`) and stochastic depth."""
+
+    def __init__(self, config: UniFlowConfig, drop_path_rate: float = 0.0):
+        super().__init__()
+        dim = config.hidden_size
+        self.norm1 = NORM2FN[config.norm_type](dim, eps=config.layer_norm_eps)
+        self.attn = UniFlowAttention(
+            config, config.num_attention_heads, config.qkv_bias, config.qk_normalization, config.attention_dropout
+        )
+        self.ls1 = nn.Parameter(config.initializer_factor * torch.ones(dim))
+        self.norm2 = NORM2FN[config.norm_type](dim, eps=config.layer_norm_eps)
+        self.mlp = UniFlowMLP(dim, config.intermediate_size, config.hidden_act)
+        self.ls2 = nn.Parameter(config.initializer_factor * torch.ones(dim))
+        self.dropout = nn.Dropout(config.dropout)
+        self.drop_path_rate = drop_path_rate
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        attn_output, _ = self.attn(self.norm1(hidden_states), attention_mask, **kwargs)
+        hidden_states = hidden_states + drop_path(self.dropout(attn_output) * self.ls1, self.drop_path_rate, self.training)
+        mlp_output = self.mlp(self.norm2(hidden_states))
+        return hidden_states + drop_path(mlp_output * self.ls2, self.drop_path_rate, self.training)
+
+
+class UniFlowEncoder(nn.Module):
+    def __init__(self, config: UniFlowConfig):
+        super().__init__()
+        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers, device="cpu").tolist()
+        self.layers = nn.ModuleList([UniFlowEncoderLayer(config, rate) for rate in rates])
+        self.gradient_checkpointing = False
+
+    def forward(self, inputs_embeds: torch.Tensor, output_hidden_states: bool = False, **kwargs):
+        hidden_states = inputs_embeds
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, **kwargs)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+        return hidden_states, all_hidden_states
+
+
+# ------------------------------------------------------------------------------------------------ decoder side
+class UniFlowGlobalBlock(GradientCheckpointingLayer):
+    """A plain pre-norm ViT block (timm's `Block` in the release) over the un-projected latent tokens."""
+
+    def __init__(self, config: UniFlowConfig):
+        super().__init__()
+        dim = config.hidden_size
+        self.norm1 = nn.LayerNorm(dim, eps=config.global_layer_norm_eps)
+        self.attn = UniFlowAttention(config, config.global_num_attention_heads, True, False, 0.0)
+        self.norm2 = nn.LayerNorm(dim, eps=config.global_layer_norm_eps)
+        self.mlp = UniFlowMLP(dim, int(dim * config.global_mlp_ratio), "gelu")
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+        hidden_states = hidden_states + self.attn(self.norm1(hidden_states), **kwargs)[0]
+        return hidden_states + self.mlp(self.norm2(hidden_states))
+
+
+class UniFlowLatentProjection(nn.Sequential):
+    """Linear -> GELU -> Linear: `latent_proj` (width -> latent) and `latent_unproj` (latent -> width)."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, out_features)
+
+
+class UniFlowTimestepEmbedding(nn.Module):
+    """[cos, sin] frequencies of the network timestep (1000·t), then Linear-SiLU-Linear."""
+
+    def __init__(self, hidden_size: int, frequency_dim: int = 256, max_period: float = 10000.0):
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.max_period = max_period
+        self.linear_1 = nn.Linear(frequency_dim, hidden_size)
+        self.act = nn.SiLU()
+        self.linear_2 = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
+        half = self.frequency_dim // 2
+        exponent = torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
+        args = timesteps.float()[:, None] * torch.exp(-math.log(self.max_period) * exponent)[None]
+        frequencies = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        if self.frequency_dim % 2:
+            frequencies = F.pad(frequencies, (0, 1))
+        return self.linear_2(self.act(self.linear_1(frequencies.to(self.linear_1.weight.dtype))))
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class UniFlowFlowHeadBlock(GradientCheckpointingLayer):
+    """Residual MLP block with adaLN-Zero modulation by the (timestep + condition) embedding."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.fc1 = nn.Linear(width, width)
+        self.act = nn.SiLU()
+        self.fc2 = nn.Linear(width, width)
+        self.modulation = nn.Linear(width, 3 * width)
+
+    def forward(self, hidden_states: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.modulation(F.silu(embedding)).chunk(3, dim=-1)
+        h = self.fc2(self.act(self.fc1(modulate(self.norm(hidden_states), shift, scale))))
+        return hidden_states + gate * h
+
+
+class UniFlowFlowHeadFinalLayer(nn.Module):
+    def __init__(self, width: int, out_features: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.modulation = nn.Linear(width, 2 * width)
+        self.linear = nn.Linear(width, out_features)
+
+    def forward(self, hidden_states: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.modulation(F.silu(embedding)).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(hidden_states), shift, scale))
+
+
+class UniFlowFlowHead(nn.Module):
+    """The patch-wise pixel flow decoder: an adaLN MLP predicting the velocity (data - noise) of one pixel patch
+    per row, given its noisy state `sample`, the network `timestep` (1000·t) and its token's `condition`."""
+
+    def __init__(self, config: UniFlowConfig):
+        super().__init__()
+        width = config.flow_head_width
+        self.time_embed = UniFlowTimestepEmbedding(width, config.timestep_embedding_dim)
+        self.cond_embed = nn.Linear(config.hidden_size, width)
+        self.input_proj = nn.Linear(config.patch_dim, width)
+        self.res_blocks = nn.ModuleList([UniFlowFlowHeadBlock(width) for _ in range(config.num_flow_head_blocks)])
+        self.final_layer = UniFlowFlowHeadFinalLayer(width, config.patch_dim)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        if timestep.ndim == 0:
+            timestep = timestep.expand(sample.shape[0])
+        hidden_states = self.input_proj(sample)
+        embedding = self.time_embed(timestep) + self.cond_embed(condition)
+        for block in self.res_blocks:
+            hidden_states = block(hidden_states, embedding)
+        return self.final_layer(hidden_states, embedding)
+
+
+# ------------------------------------------------------------------------------------------------------ losses
+def adaptive_distillation_loss(
+    student_hidden_states: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    teacher_hidden_states: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    beta: float = 2.0,
+    mode: str = "adaptive",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer-wise adaptive self-distillation (UniFlow, Sec. 3): for layers l = 1..L,
+
+        α_l = 1 - mean over tokens of cos(H_U^l, H_T^l),
+        w_l = (l/L)·exp(β·α_l) / Σ_k (k/L)·exp(β·α_k)   (α in the weights carries no gradient),
+        L_distill = Σ_l w_l·α_l.
+
+    `mode="uniform"` uses w_l = 1/L. Pass the L layer outputs (not the embeddings). Returns (loss, weights (L,)).
+    """
+    if len(student_hidden_states) != len(teacher_hidden_states) or not student_hidden_states:
+        raise ValueError(
+            f"Need the same non-zero number of student and teacher layers, got {len(student_hidden_states)} and "
+            f"{len(teacher_hidden_states)}."
+        )
+    alphas = torch.stack(
+        [
+            1 - F.cosine_similarity(s.float(), t.float().detach(), dim=-1).mean()
+            for s, t in zip(student_hidden_states, teacher_hidden_states)
+        ]
+    )
+    num_layers = len(alphas)
+    if mode == "uniform":
+        weights = torch.full_like(alphas, 1.0 / num_layers)
+    elif mode == "adaptive":
+        depth = torch.arange(1, num_layers + 1, device=alphas.device, dtype=alphas.dtype) / num_layers
+        weights = depth * torch.exp(beta * alphas.detach())
+        weights = weights / weights.sum()
+    else:
+        raise ValueError(f"`mode` must be 'adaptive' or 'uniform', got {mode!r}.")
+    return (weights * alphas).sum(), weights.detach()
+
+
+# ----------------------------------------------------------------------------------------------------- outputs
+@dataclass
+class UniFlowModelOutput(ModelOutput):
+    """
+    Output of `UniFlowModel.forward`.
+
+    Args:
+        loss: `flow_loss_weight · flow_loss + distillation_weight · distillation_loss` (training).
+        flow_loss: MSE of the predicted velocity of the patch flow.
+        distillation_loss: layer-wise adaptive self-distillation loss (None without a teacher).
+        distillation_weights: (L,) the layer weights w_l used.
+        distillation_cosine: (L,) mean token cosine between student and teacher per layer.
+        latents: (B, N, latent_channels) the latent tokens.
+        reconstruction: (B, C, H, W) the decoded image (inference only).
+        encoder_hidden_states: the encoder's hidden states (embeddings first) when asked.
+    """
+
+    loss: torch.FloatTensor | None = None
+    flow_loss: torch.FloatTensor | None = None
+    distillation_loss: torch.FloatTensor | None = None
+    distillation_weights: torch.FloatTensor | None = None
+    distillation_cosine: torch.FloatTensor | None = None
+    latents: torch.FloatTensor | None = None
+    reconstruction: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+# ----------------------------------------------------------------------------------------------------- models
+class UniFlowPreTrainedModel(PreTrainedModel):
+    config: UniFlowConfig
+    config_class = UniFlowConfig
+    base_model_prefix = "uniflow"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["UniFlowVisionEmbeddings", "UniFlowEncoderLayer", "UniFlowGlobalBlock", "UniFlowFlowHead"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module):
+        """Truncated-normal linears, unit norms, LayerScale at `initializer_factor`, sin-cos decoder position
+        embeddings, and the flow head's zero-initialised adaLN and output layers (as the official code)."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, UniFlowRMSNorm)):
+            if getattr(module, "weight", None) is not None:
+                init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+        if isinstance(module, UniFlowVisionEmbeddings):
+            init.trunc_normal_(module.class_embedding, std=std)
+            init.trunc_normal_(module.position_embedding, std=std)
+        elif isinstance(module, UniFlowEncoderLayer):
+            init.constant_(module.ls1, self.config.initializer_factor)
+            init.constant_(module.ls2, self.config.initializer_factor)
+        elif isinstance(module, UniFlowFlowHead):
+            for linear in (module.time_embed.linear_1, module.time_embed.linear_2):
+                init.normal_(linear.weight, std=0.02)
+            for block in module.res_blocks:
+                init.zeros_(block.modulation.weight)
+                init.zeros_(block.modulation.bias)
+            for linear in (module.final_layer.modulation, module.final_layer.linear):
+                init.zeros_(linear.weight)
+                init.zeros_(linear.bias)
+        elif isinstance(module, UniFlowModel):
+            sincos = sincos_position_embedding(self.config.hidden_size, self.config.grid_size)[None]
+            init.copy_(module.global_position_embedding, sincos)
+            init.copy_(module.decoder_position_embedding, sincos)
+
+
+def _check_pixel_values(pixel_values: torch.Tensor, config: UniFlowConfig) -> None:
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}.")
+    if pixel_values.ndim != 4:
+        raise ValueError(f"`pixel_values` must have shape (batch, channels, height, width), got {tuple(pixel_values.shape)}.")
+    if not pixel_values.is_floating_point():
+        raise TypeError(f"`pixel_values` must be a floating-point tensor, got {pixel_values.dtype}.")
+    _, channels, height, width = pixel_values.shape
+    if channels != config.num_channels:
+        raise ValueError(
+            f"`pixel_values` has {channels} channels but the model expects {config.num_channels} "
+            f"(shape {tuple(pixel_values.shape)}). Convert images with UniFlowImageProcessor."
+        )
+    p = config.patch_size
+    if height % p or width % p or height == 0 or width == 0:
+        raise ValueError(
+            f"Image size {height}x{width} is not a positive multiple of the patch size {p}; resize or crop to a "
+            f"multiple of {p} (e.g. {max(p, height // p * p)}x{max(p, width // p * p)})."
+        )
+    if not torch.isfinite(pixel_values).all():
+        raise ValueError("`pixel_values` contains NaN or infinite values.")
+
+
+class UniFlowVisionModel(UniFlowPreTrainedModel):
+    """The UniFlow encoder tower: CLS + patch tokens through the InternViT layers. Drops into
+    `LlavaForConditionalGeneration` as its vision tower; loads the official folder (decoder weights ignored)."""
+
+    _keys_to_ignore_on_load_unexpected = [
+        r"^(chal_proj|chal_unproj|global_blocks|global_block_pos_embed|decoder_pos_embed|flow_head)",
+        r"^(latent_proj|latent_unproj|global_position_embedding|decoder_position_embedding)",
+    ]
+    _can_record_outputs = {"hidden_states": UniFlowEncoderLayer}
+    _checkpoint_key_mapping = {r"^vision_model\.": ""}
+
+    def __init__(self, config: UniFlowConfig):
+        super().__init__(config)
+        if config.encoder_config is not None:
+            raise ValueError(
+                "UniFlowVisionModel is UniFlow's own encoder; this config uses a foreign encoder "
+                f"({config.encoder_config.model_type}). Use UniFlowModel, or that encoder's own class."
+            )
+        self.embeddings = UniFlowVisionEmbeddings(config)
+        self.encoder = UniFlowEncoder(config)
+        self.post_init()
+
+    @property
+    def patch_size(self) -> int:
+        return self.config.patch_size
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embedding
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | int | list[int] | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """`hidden_states[0]` is the embedding output (CLS first), `hidden_states[i]` the output of layer i.
+        `output_hidden_states` may be a bool or, as LLaVA passes, a layer index or list of them (then all are kept)."""
+        _check_pixel_values(pixel_values, self.config)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        keep_all = output_hidden_states is not False and output_hidden_states is not None
+        kwargs.pop("output_attentions", None)
+        kwargs.pop("image_sizes", None)
+        embeddings = self.embeddings(pixel_values)
+        last_hidden_state, hidden_states = self.encoder(embeddings, output_hidden_states=keep_all, **kwargs)
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state,
+            pooler_output=last_hidden_state[:, 0],
+            hidden_states=hidden_states,
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Loads a folder we saved, a `UniFlowModel` folder or an official release folder."""
+        return _from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
+
+
+class UniFlowModel(UniFlowPreTrainedModel):
+    """The UniFlow tokenizer: `encode` images to (B, N, latent_channels) latents, `decode` latents to images with
+    the patch flow head, `reconstruct` both; `forward` in training returns the flow and distillation losses."""
+
+    _keys_to_ignore_on_save = [r"^distillation_teacher\."]
+    _keys_to_ignore_on_load_missing = [r"^distillation_teacher\."]
+    _checkpoint_key_mapping = OFFICIAL_TO_HF_KEY_MAPPING
+
+    def __init__(self, config: UniFlowConfig):
+        super().__init__(config)
+        if config.encoder_config is None:
+            self.vision_model = UniFlowVisionModel(config)
+        else:
+            self.vision_model = AutoModel.from_config(config.encoder_config)
+        width = config.hidden_size
+        self.latent_proj = UniFlowLatentProjection(width, width, config.latent_channels)
+        self.latent_unproj = UniFlowLatentProjection(config.latent_channels, width, width)
+        self.global_position_embedding = nn.Parameter(torch.zeros(1, config.grid_size**2, width))
+        self.global_blocks = nn.ModuleList([UniFlowGlobalBlock(config) for _ in range(config.num_global_blocks)])
+        self.decoder_position_embedding = nn.Parameter(torch.zeros(1, config.grid_size**2, width))
+        self.flow_head = UniFlowFlowHead(config)
+        self.distillation_teacher = None
+        self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Loads a folder we saved or an official release folder (official names are mapped on load)."""
+        return _from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
+
+    @classmethod
+    def from_encoder(cls, encoder: PreTrainedModel, **config_kwargs) -> "UniFlowModel":
+        """Build a UniFlow tokenizer around a pretrained transformers vision encoder (UniFlow's own, CLIP, SigLIP,
+        DINOv2...). Its weights are copied in; the decoder side is freshly initialised from `config_kwargs`."""
+        if isinstance(encoder, UniFlowVisionModel):
+            fields = {k: v for k, v in encoder.config.to_dict().items() if k in UniFlowConfig().to_dict()}
+            fields.update(config_kwargs)
+            config = UniFlowConfig(**{k: v for k, v in fields.items() if k not in ("model_type", "transformers_version")})
+        else:
+            encoder_config = encoder.config
+            if hasattr(encoder_config, "vision_config"):
+                raise ValueError(
+                    f"Pass the vision tower itself (e.g. CLIPVisionModel), not a multi-modal {type(encoder).__name__}."
+                )
+            config = UniFlowConfig(encoder_config=encoder_config, **config_kwargs)
+        model = cls(config)
+        missing, unexpected = model.vision_model.load_state_dict(encoder.state_dict(), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"Encoder weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+        return model
+
+    # --------------------------------------------------------------------------------------- building blocks
+    def encoder_forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False, **kwargs):
+        """Run the encoder; returns (patch features without CLS/register tokens (B, N, C), hidden states or None)."""
+        _check_pixel_values(pixel_values, self.config)
+        outputs = self.vision_model(pixel_values=pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        if output_hidden_states and outputs.hidden_states is None:
+            raise ValueError(
+                f"The encoder {type(self.vision_model).__name__} returned no hidden states; UniFlow's distillation "
+                "needs an encoder that supports `output_hidden_states=True`."
+            )
+        grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
+        features = outputs.last_hidden_state[:, -grid[0] * grid[1] :]  # drop CLS (and register) tokens
+        return features, grid, outputs.hidden_states
+
+    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) in the processor's normalised space -> latents (B, H/p · W/p, latent_channels)."""
+        features, _, _ = self.encoder_forward(pixel_values)
+        return self.latent_proj(features)
+
+    def _decoder_position_embeddings(self, grid: tuple[int, int]):
+        if grid == (self.config.grid_size, self.config.grid_size):
+            return self.global_position_embedding, self.decoder_position_embedding
+        return (
+            resize_position_embedding(self.global_position_embedding, grid),
+            resize_position_embedding(self.decoder_position_embedding, grid),
+        )
+
+    def decoder_condition(self, latents: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Latents (B, N, latent) -> the flow head's per-token condition (B, N, C): un-project, add the
+        global-block position embedding, mix by the global blocks, add the decoder position embedding."""
+        global_pos, decoder_pos = self._decoder_position_embeddings(grid)
+        hidden_states = self.latent_unproj(latents) + global_pos.to(latents.dtype)
+        for block in self.global_blocks:
+            hidden_states = block(hidden_states)
+        return hidden_states + decoder_pos.to(latents.dtype)
+
+    def _latent_grid(self, latents: torch.Tensor, height: int | None, width: int | None) -> tuple[int, int]:
+        if latents.ndim != 3 or latents.shape[-1] != self.config.latent_channels:
+            raise ValueError(
+                f"`latents` must have shape (batch, tokens, {self.config.latent_channels}), got {tuple(latents.shape)}."
+            )
+        num_tokens, p = latents.shape[1], self.config.patch_size
+        if height is None and width is None:
+            side = math.isqrt(num_tokens)
+            if side * side != num_tokens:
+                raise ValueError(f"{num_tokens} latent tokens are not a square grid: pass `height` and `width`.")
+            return side, side
+        if height is None or width is None or height % p or width % p or (height // p) * (width // p) != num_tokens:
+            raise ValueError(
+                f"`height`x`width` = {height}x{width} does not fit {num_tokens} tokens of patch size {p}."
+            )
+        return height // p, width // p
+
+    @torch.no_grad()
+    def decode(
+        self,
+        latents: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int | None = None,
+        schedule: str | None = None,
+        scheduler=None,
+        height: int | None = None,
+        width: int | None = None,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """Latents (B, N, latent_channels) -> images (B, C, H, W) in the normalised pixel space (not clamped).
+
+        Each pixel patch flows from Gaussian `noise` (B, N, C·p·p) (drawn with `generator` when not given) to data
+        in `num_inference_steps` steps (config default) of `scheduler` (a `UniFlowFlowMatchScheduler`; one on
+        `schedule` — "linear" or "pow_<p>", config default — when not given). `height`/`width` (pixels) are needed
+        only for non-square grids."""
+        from ..pipelines.scheduling_uniflow_flow_match import UniFlowFlowMatchScheduler
+
+        grid = self._latent_grid(latents, height, width)
+        batch, num_tokens, _ = latents.shape
+        patch_dim = self.config.patch_dim
+        dtype = self.flow_head.input_proj.weight.dtype
+        if noise is None:
+            from diffusers.utils.torch_utils import randn_tensor
+
+            noise = randn_tensor((batch, num_tokens, patch_dim), generator=generator, device=latents.device, dtype=dtype)
+        elif noise.numel() != batch * num_tokens * patch_dim:
+            raise ValueError(f"`noise` must hold ({batch}, {num_tokens}, {patch_dim}) values, got {tuple(noise.shape)}.")
+        if scheduler is None:
+            scheduler = UniFlowFlowMatchScheduler(schedule=schedule or self.config.sampling_schedule)
+        num_inference_steps = self.config.num_sampling_steps if num_inference_steps is None else num_inference_steps
+        scheduler.set_timesteps(num_inference_steps, device=latents.device, schedule=schedule)
+
+        condition = self.decoder_condition(latents.to(dtype), grid).reshape(batch * num_tokens, -1)
+        sample = noise.reshape(batch * num_tokens, patch_dim).to(device=latents.device, dtype=dtype)
+        for i, timestep in enumerate(scheduler.timesteps):
+            velocity = self.flow_head(sample, timestep.to(dtype).expand(sample.shape[0]), condition)
+            sample = scheduler.step(velocity, timestep, sample).prev_sample
+            if callback is not None:
+                callback(i, len(scheduler.timesteps))
+        return unpatchify(sample.reshape(batch, num_tokens, patch_dim), self.config.patch_size, grid)
+
+    @torch.no_grad()
+    def reconstruct(self, pixel_values: torch.Tensor, **decode_kwargs) -> torch.Tensor:
+        """`decode(encode(pixel_values))`; `decode_kwargs` as in `decode` (noise, generator, steps, schedule...)."""
+        height, width = pixel_values.shape[-2:]
+        return self.decode(self.encode(pixel_values), height=height, width=width, **decode_kwargs)
+
+    # ---------------------------------------------------------------------------------------------- training
+    def enable_distillation(self) -> None:
+        """Snapshot the current encoder as the frozen teacher of the self-distillation (not saved with the model)."""
+        teacher = copy.deepcopy(self.vision_model).eval()
+        teacher.requires_grad_(False)
+        self.distillation_teacher = teacher
+
+    def disable_distillation(self) -> None:
+        self.distillation_teacher = None
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.distillation_teacher is not None:
+            self.distillation_teacher.eval()
+        return self
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        timesteps: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> UniFlowModelOutput | tuple:
+        """Training (`model.train()`): the patch flow loss, plus the adaptive distillation loss when a teacher is
+        set (`enable_distillation()`), in `loss`. Inference: latents and the reconstruction."""
+        kwargs.pop("labels", None)
+        kwargs.pop("num_items_in_batch", None)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        distill = self.training and self.distillation_teacher is not None and self.config.distillation_mode != "none"
+        if self.training and self.config.freeze_encoder:
+            with torch.no_grad():
+                features, grid, hidden_states = self.encoder_forward(pixel_values, output_hidden_states=bool(output_hidden_states))
+        else:
+            features, grid, hidden_states = self.encoder_forward(
+                pixel_values, output_hidden_states=distill or bool(output_hidden_states)
+            )
+        latents = self.latent_proj(features)
+        output = UniFlowModelOutput(latents=latents, encoder_hidden_states=hidden_states if output_hidden_states else None)
+
+        if not self.training:
+            output.reconstruction = self.decode(latents, generator=generator, noise=noise, height=pixel_values.shape[-2], width=pixel_values.shape[-1])
+            return output if return_dict else output.to_tuple()
+
+        from ..pipelines.scheduling_uniflow_flow_match import UniFlowFlowMatchScheduler
+
+        scheduler = UniFlowFlowMatchScheduler()
+        target = patchify(pixel_values, self.config.patch_size).reshape(-1, self.config.patch_dim)
+        condition = self.decoder_condition(latents, grid).reshape(target.shape[0], -1)
+        if noise is None:
+            noise = torch.randn(target.shape, generator=generator, device=target.device, dtype=target.dtype)
+        noise = noise.reshape(target.shape).to(target.dtype)
+        if timesteps is None:
+            timesteps = scheduler.sample_training_timesteps(target.shape[0], generator=generator, device=target.device)
+        timesteps = timesteps.reshape(-1).to(target.device)
+        noisy = scheduler.add_noise(target, noise, timesteps)
+        velocity = self.flow_head(noisy, timesteps.to(condition.dtype), condition)
+        output.flow_loss = F.mse_loss(velocity.float(), scheduler.get_velocity(target, noise).float())
+        output.loss = self.config.flow_loss_weight * output.flow_loss
+
+        if distill:
+            with torch.no_grad():
+                teacher_states = self.distillation_teacher(
+                    pixel_values=pixel_values, output_hidden_states=True, return_dict=True
+                ).hidden_states
+            output.distillation_loss, output.distillation_weights = adaptive_distillation_loss(
+                hidden_states[1:], teacher_states[1:], self.config.distillation_beta, self.config.distillation_mode
+            )
+            output.distillation_cosine = torch.stack(
+                [F.cosine_similarity(s.float(), t.float(), dim=-1).mean() for s, t in zip(hidden_states[1:], teacher_states[1:])]
+            ).detach()
+            output.loss = output.loss + self.config.distillation_weight * output.distillation_loss
+        return output if return_dict else output.to_tuple()
+
+
+def _from_pretrained_with_key_mapping(parent, cls, pretrained_model_name_or_path, *model_args, **kwargs):
+    """`from_pretrained` that maps official (or sibling-class) parameter names, refuses to random-initialise weights
+    the folder lacks, and saves with our own names (never reverting to the names it loaded)."""
+    kwargs.setdefault("key_mapping", dict(cls._checkpoint_key_mapping))
+    wants_info = kwargs.pop("output_loading_info", False)
+    model, info = parent.from_pretrained.__func__(
+        cls, pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+    )
+    missing = [key for key in info["missing_keys"] if not key.startswith("distillation_teacher.")]
+    if missing:
+        raise ValueError(
+            f"{pretrained_model_name_or_path} does not hold weights for {len(missing)} parameters of "
+            f"{cls.__name__} (e.g. {sorted(missing)[:5]}): its weights don't match its config.json. Refusing to "
+            "initialise them randomly; check the folder, or build the model from its config and load what you have."
+        )
+    model._weight_conversions = []
+    return (model, info) if wants_info else model
+
+
+__all__ = [
+    "UniFlowPreTrainedModel",
+    "UniFlowVisionModel",
+    "UniFlowModel",
+    "UniFlowModelOutput",
+    "adaptive_distillation_loss",
+    "patchify",
+    "unpatchify",
+    "OFFICIAL_TO_HF_KEY_MAPPING",
+]

@@ -1,0 +1,210 @@
+# Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
+"""UniFlow's rectified-flow scheduler.
+
+Convention (UniFlow's, the reverse of diffusers' `FlowMatchEulerDiscreteScheduler`):
+    t = 0 is pure Gaussian noise, t = 1 is data,     x_t = t * x_data + (1 - t) * noise,
+    the network predicts the velocity v = x_data - noise and sees the timestep 1000 * t.
+
+Mapping to `FlowMatchEulerDiscreteScheduler`: sigma = 1 - t, and its model output is the flipped velocity
+(noise - x_data = -v). `flow_match_euler_sigmas` gives the sigmas of our time grid, so that scheduler (with
+`sigmas=...`, `shift=1.0`) fed `-v` walks the very same samples; see tests/test_scheduler.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+
+@dataclass
+class UniFlowFlowMatchSchedulerOutput(BaseOutput):
+    """
+    Args:
+        prev_sample (`torch.Tensor`): the sample after this step, closer to data (larger t).
+    """
+
+    prev_sample: torch.Tensor
+
+
+def time_grid(num_inference_steps: int, schedule: str = "linear", shift: float = 1.0) -> torch.Tensor:
+    """The K + 1 times t_0 = 0 < ... < t_K = 1 of a K-step sampler (float32, as the official sampler).
+
+    `linear`: t_k = k / K.  `pow_<p>`: s_k = ((K - k) / K) ** (1 / p), t_k = 1 - s_k.
+    `shift` warps the noise level sigma = 1 - t as SD3 does: sigma' = shift * sigma / (1 + (shift - 1) * sigma).
+    """
+    if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
+        raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
+    steps = num_inference_steps
+    if schedule == "linear":
+        sigmas = torch.arange(0, steps + 1).flip(0) / steps
+    elif isinstance(schedule, str) and schedule.startswith("pow_"):
+        try:
+            power = float(schedule[4:])
+        except ValueError:
+            power = 0.0
+        if power <= 0:
+            raise ValueError(f"`pow_<p>` schedule needs a positive p, got {schedule!r}.")
+        sigmas = torch.arange(0, steps + 1).flip(0) ** (1 / power) / steps ** (1 / power)
+    else:
+        raise ValueError(f"Unknown schedule {schedule!r}: expected 'linear' or 'pow_<p>' (e.g. 'pow_0.25').")
+    if shift <= 0:
+        raise ValueError(f"`shift` must be positive, got {shift}.")
+    if shift != 1.0:
+        sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    return (1 - sigmas).float()
+
+
+class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
+    """
+    Euler / Heun sampler of UniFlow's rectified flow from noise (t = 0) to data (t = 1), and the training-time
+    helpers (`sample_training_timesteps`, `add_noise`, `get_velocity`).
+
+    Args:
+        num_train_timesteps (`int`, defaults to 1000): the network sees `num_train_timesteps * t`.
+        schedule (`str`, defaults to `"linear"`): the time grid, `"linear"` or `"pow_<p>"`.
+        shift (`float`, defaults to 1.0): SD3-style timestep shift of the grid (1 = none).
+        solver (`str`, defaults to `"euler"`): `"euler"` (one network call per step) or `"heun"` (two).
+        training_timestep_distribution (`str`, defaults to `"fat_lognormal"`): `"fat_lognormal"` (logit-normal
+            with a `uniform_fraction` share of uniform times, the release's default), `"lognormal"` or `"uniform"`.
+        logit_mean, logit_std (`float`): parameters of the logit-normal.
+        uniform_fraction (`float`, defaults to 0.1).
+    """
+
+    config_name = "scheduler_config.json"
+    _compatibles = []
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        schedule: str = "linear",
+        shift: float = 1.0,
+        solver: str = "euler",
+        training_timestep_distribution: str = "fat_lognormal",
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+        uniform_fraction: float = 0.1,
+    ):
+        if solver not in ("euler", "heun"):
+            raise ValueError(f"`solver` must be 'euler' or 'heun', got {solver!r}.")
+        if training_timestep_distribution not in ("fat_lognormal", "lognormal", "uniform"):
+            raise ValueError(
+                "`training_timestep_distribution` must be 'fat_lognormal', 'lognormal' or 'uniform', got "
+                f"{training_timestep_distribution!r}."
+            )
+        time_grid(1, schedule, shift)  # validates schedule and shift
+        self.order = 2 if solver == "heun" else 1
+        self.num_inference_steps = None
+        self.times = None
+        self.timesteps = None
+        self._step_index = None
+        self._first_order_sample = None
+        self._first_order_velocity = None
+
+    @property
+    def step_index(self):
+        return self._step_index
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None, schedule: str | None = None):
+        """Set the `num_inference_steps`-step time grid (`schedule` overrides the config's for this run).
+
+        `self.timesteps` holds the network timesteps in order of use (Heun visits each interior time twice).
+        """
+        grid = time_grid(num_inference_steps, schedule or self.config.schedule, self.config.shift)
+        self.num_inference_steps = num_inference_steps
+        if self.config.solver == "heun":
+            # t_0, then (t_k, t_k) pairs: the corrector of step k-1 and the predictor of step k share t_k.
+            starts = torch.cat([grid[:1], grid[1:-1].repeat_interleave(2), grid[-1:]])
+        else:
+            starts = grid[:-1]
+        self.times = grid.to(device)
+        self.timesteps = (starts * self.config.num_train_timesteps).to(device)
+        self._step_index = 0
+        self._first_order_sample = None
+        self._first_order_velocity = None
+
+    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
+        return sample
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        return_dict: bool = True,
+    ) -> UniFlowFlowMatchSchedulerOutput | tuple:
+        """Advance `sample` along the predicted velocity `model_output` (v = data - noise)."""
+        if self._step_index is None:
+            raise RuntimeError("Call `set_timesteps(...)` before `step(...)`.")
+        if self._step_index >= len(self.timesteps):
+            raise RuntimeError(f"All {len(self.timesteps)} steps of this schedule were already taken.")
+        velocity = model_output.to(torch.float32)
+        x = sample.to(torch.float32)
+        if self.config.solver == "euler":
+            t, t_next = self.times[self._step_index], self.times[self._step_index + 1]
+            prev_sample = x + (t_next - t) * velocity
+        elif self._first_order_sample is None:  # Heun predictor
+            k = (self._step_index + 1) // 2
+            t, t_next = self.times[k], self.times[k + 1]
+            self._first_order_sample, self._first_order_velocity = x, velocity
+            prev_sample = x + (t_next - t) * velocity
+        else:  # Heun corrector: average the two slopes
+            k = self._step_index // 2
+            t, t_next = self.times[k], self.times[k + 1]
+            prev_sample = self._first_order_sample + (t_next - t) * 0.5 * (self._first_order_velocity + velocity)
+            self._first_order_sample = self._first_order_velocity = None
+        self._step_index += 1
+        prev_sample = prev_sample.to(model_output.dtype)
+        if not return_dict:
+            return (prev_sample,)
+        return UniFlowFlowMatchSchedulerOutput(prev_sample=prev_sample)
+
+    # ---------------------------------------------------------------- training
+    def sample_training_timesteps(
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        device: str | torch.device | None = None,
+    ) -> torch.Tensor:
+        """Draw `batch_size` network timesteps (1000 * t) from the training distribution."""
+        normal = randn_tensor((batch_size,), generator=generator, device=torch.device(device or "cpu"))
+        t = torch.sigmoid(self.config.logit_mean + self.config.logit_std * normal)
+        distribution = self.config.training_timestep_distribution
+        if distribution != "lognormal":
+            uniform = torch.rand((batch_size,), generator=generator, device=normal.device)
+            if distribution == "uniform":
+                t = uniform
+            else:
+                pick = torch.rand((batch_size,), generator=generator, device=normal.device) < self.config.uniform_fraction
+                t = torch.where(pick, uniform, t)
+        return t * self.config.num_train_timesteps
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x_t = t * x_data + (1 - t) * noise, with `timesteps` = 1000 * t (one per leading row)."""
+        t = (timesteps / self.config.num_train_timesteps).to(original_samples.dtype)
+        t = t.reshape(t.shape + (1,) * (original_samples.ndim - t.ndim))
+        return t * original_samples + (1 - t) * noise
+
+    @staticmethod
+    def get_velocity(original_samples: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The regression target of the network: v = x_data - noise."""
+        return original_samples - noise
+
+    # ------------------------------------------------------------- diffusers
+    def flow_match_euler_sigmas(self, num_inference_steps: int, schedule: str | None = None) -> np.ndarray:
+        """The `sigmas` (= 1 - t) that make `FlowMatchEulerDiscreteScheduler` walk our Euler grid (pass -v)."""
+        grid = time_grid(num_inference_steps, schedule or self.config.schedule, self.config.shift)
+        return (1 - grid[:-1]).numpy()
+
+    def __len__(self):
+        return self.config.num_train_timesteps
+
+
+__all__ = ["UniFlowFlowMatchScheduler", "UniFlowFlowMatchSchedulerOutput", "time_grid"]

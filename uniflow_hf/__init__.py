@@ -1,0 +1,37 @@
+"""uniflow-hf: UniFlow (Yue et al., ICLR 2026) as a first-class transformers / diffusers citizen.
+
+Importing this package registers `UniFlowConfig` with `AutoConfig`, `UniFlowVisionModel` with `AutoModel`
+(so it drops into LLaVA as a vision tower), `UniFlowImageProcessor` with `AutoImageProcessor`, and our pipeline
+components with diffusers' loader.
+"""
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+from .modeling import (
+    UniFlowConfig,
+    UniFlowImageProcessor,
+    UniFlowModel,
+    UniFlowModelOutput,
+    UniFlowPreTrainedModel,
+    UniFlowVisionModel,
+    adaptive_distillation_loss,
+)
+from .pipelines import UniFlowFlowMatchScheduler
+
+
+__version__ = "0.1.0"
+
+AutoConfig.register("uniflow", UniFlowConfig, exist_ok=True)
+AutoModel.register(UniFlowConfig, UniFlowVisionModel, exist_ok=True)
+AutoImageProcessor.register(UniFlowConfig, image_processor_classes={"pil": UniFlowImageProcessor}, exist_ok=True)
+
+__all__ = [
+    "UniFlowConfig",
+    "UniFlowImageProcessor",
+    "UniFlowModel",
+    "UniFlowModelOutput",
+    "UniFlowPreTrainedModel",
+    "UniFlowVisionModel",
+    "UniFlowFlowMatchScheduler",
+    "adaptive_distillation_loss",
+]
