@@ -5,7 +5,15 @@ Importing this package registers `UniFlowConfig` with `AutoConfig`, `UniFlowVisi
 components with diffusers' loader.
 """
 
+import os
+
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+
+# Installed, `modeling/` and `pipelines/` live inside this package. In a source checkout they sit beside it: let
+# `uniflow_hf.modeling` resolve there too, so running from the repository root imports the same namespace.
+if not os.path.isdir(os.path.join(__path__[0], "modeling")):
+    __path__.append(os.path.dirname(os.path.abspath(__path__[0])))
 
 from .modeling import (
     UniFlowConfig,

@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny UniFlow models built in-process (nothing is downloaded)."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+OFFICIAL_TINY = FIXTURES / "official_uniflow_tiny"
+
+TINY_CONFIG = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    latent_channels=8,
+    num_global_blocks=2,
+    global_num_attention_heads=4,
+    num_flow_head_blocks=2,
+)
+
+
+@pytest.fixture
+def tiny_config():
+    from uniflow_hf import UniFlowConfig
+
+    return UniFlowConfig(**TINY_CONFIG)
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    from uniflow_hf import UniFlowModel
+
+    torch.manual_seed(0)
+    return UniFlowModel(tiny_config).eval()
+
+
+@pytest.fixture
+def official_tiny_dir():
+    if not OFFICIAL_TINY.is_dir():
+        pytest.fail(f"Missing ground-truth fixtures at {OFFICIAL_TINY} (../shared/fixtures beside the repository).")
+    return OFFICIAL_TINY
