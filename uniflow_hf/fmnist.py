@@ -1,0 +1,241 @@
+"""UniFlow-FMNIST: the whole UniFlow recipe at small scale on Fashion-MNIST, runnable offline on a 2-core CPU.
+
+Stages (each a `uniflow-hf fmnist ...` command with fixed seeds):
+  a. `pretrain-encoder`: a small ViT of UniFlow's own encoder class trained as a Fashion-MNIST classifier, our stand-in
+     for a "well-pretrained visual encoder";
+  b. `adapt`: UniFlow adaptation of that encoder (frozen teacher copy, adaptive distillation β = 2, patch flow decoder)
+     with a 4×4×16 latent: 256 numbers, under a third of the 784 pixels of the grayscale image;
+  c. `train-generator`: the class-conditional latent generator on the adapted tokenizer's latents.
+
+Data: Debian's `dataset-fashion-mnist` (/usr/share/datasets/fashion-mnist, IDX files, MIT licence).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+FASHION_MNIST_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+FASHION_MNIST_LABELS = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+# The UniFlow-FMNIST architecture: 28 px, patch 7 -> a 4x4 grid of tokens with 16 latent channels each.
+FMNIST_MODEL_CONFIG = dict(
+    image_size=28,
+    patch_size=7,
+    hidden_size=128,
+    intermediate_size=512,
+    num_hidden_layers=6,
+    num_attention_heads=4,
+    latent_channels=16,
+    num_global_blocks=2,
+    global_num_attention_heads=4,
+    num_flow_head_blocks=4,
+    flow_head_width=256,
+    num_sampling_steps=1,
+)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_fashion_mnist_arrays(split: str, root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (N, 28, 28), labels int64 (N,)) of the `train` (60k) or `test` (10k) split."""
+    if split not in _FILES:
+        raise ValueError(f"Unknown Fashion-MNIST split {split!r}: expected 'train' or 'test'.")
+    root = Path(root) if root is not None else FASHION_MNIST_DIR
+    paths = [root / name for name in _FILES[split]]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found ({', '.join(missing)}). Install it with `apt-get install -y dataset-fashion-mnist` "
+            "(Debian/Ubuntu), or point FASHION_MNIST_DIR at a folder with the four IDX .gz files."
+        )
+    images, labels = (_read_idx(p) for p in paths)
+    return images, labels.astype(np.int64)
+
+
+def load_fashion_mnist(root: str | Path | None = None, max_per_split: int | None = None):
+    """Fashion-MNIST as a `datasets.DatasetDict` with an `image` (PIL, grayscale) and a `label` (`ClassLabel`) column."""
+    import datasets
+
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=FASHION_MNIST_LABELS)}
+    )
+    splits = {}
+    for split in _FILES:
+        images, labels = load_fashion_mnist_arrays(split, root)
+        if max_per_split is not None:
+            images, labels = images[:max_per_split], labels[:max_per_split]
+        splits[split] = datasets.Dataset.from_dict({"image": list(images), "label": labels.tolist()}, features=features)
+    return datasets.DatasetDict(splits)
+
+
+def fmnist_image_processor(image_size: int = 28):
+    from .modeling import UniFlowImageProcessor
+
+    return UniFlowImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+
+
+def fmnist_pixel_values(images: np.ndarray, processor=None, batch_size: int = 2048) -> torch.Tensor:
+    """uint8 (N, 28, 28) -> the model's normalised (N, 3, 28, 28) input, through `UniFlowImageProcessor`."""
+    from PIL import Image
+
+    processor = processor or fmnist_image_processor(images.shape[-1])
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        batch = [Image.fromarray(image, mode="L") for image in images[start : start + batch_size]]
+        chunks.append(processor(batch, return_tensors="pt").pixel_values)
+    return torch.cat(chunks)
+
+
+class TensorImageDataset(torch.utils.data.Dataset):
+    """Pre-processed `pixel_values` (and optional `labels`) for the Trainer, with random horizontal flips in training."""
+
+    def __init__(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, flip: bool = False, seed: int = 0):
+        self.pixel_values, self.labels, self.flip = pixel_values, labels, flip
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self):
+        return len(self.pixel_values)
+
+    def __getitem__(self, index):
+        pixel_values = self.pixel_values[index]
+        if self.flip and torch.rand((), generator=self.generator) < 0.5:
+            pixel_values = pixel_values.flip(-1)
+        item = {"pixel_values": pixel_values}
+        if self.labels is not None:
+            item["labels"] = self.labels[index]
+        return item
+
+
+def _training_arguments(output_dir: str, **overrides):
+    from transformers import TrainingArguments
+
+    defaults = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=128,
+        learning_rate=1e-3,
+        weight_decay=0.05,
+        warmup_steps=0.05,  # a fraction of the run
+        lr_scheduler_type="cosine",
+        logging_steps=50,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        seed=0,
+        data_seed=0,
+        disable_tqdm=False,
+    )
+    defaults.update(overrides)
+    return TrainingArguments(**defaults)
+
+
+@torch.no_grad()
+def classification_accuracy(model, pixel_values: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    model.eval()
+    correct = 0
+    for start in range(0, len(pixel_values), batch_size):
+        logits = model(pixel_values[start : start + batch_size]).logits
+        correct += (logits.argmax(-1) == labels[start : start + batch_size]).sum().item()
+    return correct / len(pixel_values)
+
+
+def pretrain_encoder(output_dir: str, epochs: float = 2.0, max_train: int | None = None, seed: int = 0, **train_kwargs):
+    """Stage a: train `UniFlowForImageClassification` from scratch on Fashion-MNIST; saves it with its test accuracy."""
+    from transformers import Trainer, set_seed
+
+    from .modeling import UniFlowConfig, UniFlowForImageClassification
+
+    set_seed(seed)
+    train_images, train_labels = load_fashion_mnist_arrays("train")
+    test_images, test_labels = load_fashion_mnist_arrays("test")
+    if max_train:
+        train_images, train_labels = train_images[:max_train], train_labels[:max_train]
+    config = UniFlowConfig(
+        **FMNIST_MODEL_CONFIG,
+        id2label=dict(enumerate(FASHION_MNIST_LABELS)),
+        label2id={name: i for i, name in enumerate(FASHION_MNIST_LABELS)},
+    )
+    model = UniFlowForImageClassification(config)
+    train = TensorImageDataset(fmnist_pixel_values(train_images), torch.from_numpy(train_labels), flip=True, seed=seed)
+    args = _training_arguments(output_dir, num_train_epochs=epochs, seed=seed, data_seed=seed, **train_kwargs)
+    Trainer(model=model, args=args, train_dataset=train).train()
+    accuracy = classification_accuracy(model, fmnist_pixel_values(test_images), torch.from_numpy(test_labels))
+    model.config.test_accuracy = accuracy
+    model.save_pretrained(output_dir)
+    fmnist_image_processor().save_pretrained(output_dir)
+    print(f"pretrained encoder: test accuracy {accuracy:.4f} -> {output_dir}")
+    return accuracy
+
+
+def adapt_tokenizer(
+    encoder_dir: str,
+    output_dir: str,
+    epochs: float = 1.0,
+    max_train: int | None = None,
+    seed: int = 0,
+    distillation_mode: str = "adaptive",
+    freeze_encoder: bool = False,
+    **train_kwargs,
+):
+    """Stage b: UniFlow adaptation of the pretrained encoder (distillation against its frozen copy + patch flow loss)."""
+    from transformers import Trainer, set_seed
+
+    from .modeling import UniFlowForImageClassification, UniFlowModel
+
+    set_seed(seed)
+    classifier = UniFlowForImageClassification.from_pretrained(encoder_dir, dtype=torch.float32)
+    decoder_fields = ("latent_channels", "num_global_blocks", "global_num_attention_heads", "num_flow_head_blocks",
+                      "flow_head_width", "num_sampling_steps")
+    model = UniFlowModel.from_encoder(
+        classifier.vision_model,
+        **{k: FMNIST_MODEL_CONFIG[k] for k in decoder_fields},
+        distillation_mode=distillation_mode,
+        freeze_encoder=freeze_encoder,
+    )
+    if distillation_mode != "none":
+        model.enable_distillation()
+    if freeze_encoder:
+        model.vision_model.requires_grad_(False)
+    train_images, _ = load_fashion_mnist_arrays("train")
+    if max_train:
+        train_images = train_images[:max_train]
+    train = TensorImageDataset(fmnist_pixel_values(train_images), flip=True, seed=seed)
+    args = _training_arguments(
+        output_dir, num_train_epochs=epochs, learning_rate=5e-4, weight_decay=0.0, seed=seed, data_seed=seed,
+        **train_kwargs,
+    )
+    Trainer(model=model, args=args, train_dataset=train).train()
+    model.disable_distillation()
+    model.save_pretrained(output_dir)
+    fmnist_image_processor().save_pretrained(output_dir)
+    print(f"adapted tokenizer -> {output_dir}")
+    return model
