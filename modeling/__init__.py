@@ -1,12 +1,10 @@
 """transformers side of uniflow-hf (installed as `uniflow_hf.modeling`)."""
 
 from .configuration_uniflow import UniFlowConfig
-try:
-    from .image_processing_uniflow import UniFlowImageProcessor
-except ImportError:  # TEMP while helper writes it
-    UniFlowImageProcessor = None
+from .image_processing_uniflow import UniFlowImageProcessor
 from .modeling_uniflow import (
     OFFICIAL_TO_HF_KEY_MAPPING,
+    UniFlowForImageClassification,
     UniFlowModel,
     UniFlowModelOutput,
     UniFlowPreTrainedModel,
@@ -21,6 +19,7 @@ __all__ = [
     "UniFlowConfig",
     "UniFlowImageProcessor",
     "UniFlowModel",
+    "UniFlowForImageClassification",
     "UniFlowModelOutput",
     "UniFlowPreTrainedModel",
     "UniFlowVisionModel",

@@ -73,6 +73,8 @@ class UniFlowConfig(PreTrainedConfig):
         num_sampling_steps (`int`, defaults to 1): default number of Euler steps of the decoder.
         sampling_schedule (`str`, defaults to `"linear"`): default time grid, `"linear"` or `"pow_<p>"`.
         flow_loss_weight, distillation_weight (`float`, default 1.0): weights of the two training losses.
+        flow_samples_per_token (`int`, defaults to 1): (noise, t) draws per token in the flow loss; more gives the
+            decoder more signal per encoder pass (MAR's "diffusion batch multiplier").
         distillation_mode (`str`, defaults to `"adaptive"`): `"adaptive"` (w_l ∝ (l/L)·exp(β·α_l)), `"uniform"` or
             `"none"`.
         distillation_beta (`float`, defaults to 2.0): β of the adaptive layer weights.
@@ -115,6 +117,7 @@ class UniFlowConfig(PreTrainedConfig):
         num_sampling_steps: int | str = 1,
         sampling_schedule: str = "linear",
         flow_loss_weight: float = 1.0,
+        flow_samples_per_token: int = 1,
         distillation_weight: float = 1.0,
         distillation_mode: str = "adaptive",
         distillation_beta: float = 2.0,
@@ -170,6 +173,7 @@ class UniFlowConfig(PreTrainedConfig):
         self.num_sampling_steps = int(num_sampling_steps)
         self.sampling_schedule = check_sampling_schedule(sampling_schedule)
         self.flow_loss_weight = flow_loss_weight
+        self.flow_samples_per_token = flow_samples_per_token
         self.distillation_weight = distillation_weight
         self.distillation_mode = distillation_mode
         self.distillation_beta = distillation_beta
@@ -207,6 +211,8 @@ class UniFlowConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if self.flow_samples_per_token < 1:
+            raise ValueError(f"`flow_samples_per_token` must be >= 1, got {self.flow_samples_per_token}.")
         if self.num_sampling_steps < 1:
             raise ValueError(f"`num_sampling_steps` must be >= 1, got {self.num_sampling_steps}.")
         if self.encoder_config is None:

@@ -229,13 +229,87 @@ def adapt_tokenizer(
     if max_train:
         train_images = train_images[:max_train]
     train = TensorImageDataset(fmnist_pixel_values(train_images), flip=True, seed=seed)
-    args = _training_arguments(
-        output_dir, num_train_epochs=epochs, learning_rate=5e-4, weight_decay=0.0, seed=seed, data_seed=seed,
-        **train_kwargs,
-    )
+    train_kwargs = {"learning_rate": 1e-3, "weight_decay": 0.0, **train_kwargs}
+    args = _training_arguments(output_dir, num_train_epochs=epochs, seed=seed, data_seed=seed, **train_kwargs)
     Trainer(model=model, args=args, train_dataset=train).train()
     model.disable_distillation()
     model.save_pretrained(output_dir)
     fmnist_image_processor().save_pretrained(output_dir)
     print(f"adapted tokenizer -> {output_dir}")
     return model
+
+
+# --------------------------------------------------------------------------------------------------- evaluation
+def to_unit_range(pixel_values: torch.Tensor, processor=None) -> torch.Tensor:
+    """Model-space (normalised) pixels -> [0, 1] grayscale (N, 28, 28): the mean of the three equal channels."""
+    processor = processor or fmnist_image_processor(pixel_values.shape[-1])
+    return processor.postprocess(pixel_values, output_type="pt").mean(dim=1)
+
+
+def psnr(reference: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of images in [0, 1] (data range 1)."""
+    mse = (reference - reconstruction).pow(2).flatten(1).mean(dim=1).clamp_min(1e-12)
+    return -10 * torch.log10(mse)
+
+
+@torch.no_grad()
+def reconstruction_metrics(tokenizer, pixel_values: torch.Tensor, batch_size: int = 500, seed: int = 0) -> dict:
+    """PSNR and SSIM (data range 1, on the [0, 1] grayscale images) of `tokenizer.reconstruct` over `pixel_values`."""
+    from skimage.metrics import structural_similarity
+
+    tokenizer.eval()
+    generator = torch.Generator().manual_seed(seed)
+    psnrs, ssims = [], []
+    for start in range(0, len(pixel_values), batch_size):
+        batch = pixel_values[start : start + batch_size]
+        reference = to_unit_range(batch)
+        reconstruction = to_unit_range(tokenizer.reconstruct(batch, generator=generator))
+        psnrs.append(psnr(reference, reconstruction))
+        ssims += [
+            structural_similarity(r.numpy(), x.numpy(), data_range=1.0) for r, x in zip(reference, reconstruction)
+        ]
+    return {"psnr": torch.cat(psnrs).mean().item(), "ssim": float(np.mean(ssims))}
+
+
+@torch.no_grad()
+def encoder_features(vision_model, pixel_values: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Mean of the last layer's tokens (CLS and patches): the features a linear probe sees."""
+    vision_model.eval()
+    chunks = [
+        vision_model(pixel_values[s : s + batch_size], return_dict=True).last_hidden_state.mean(dim=1)
+        for s in range(0, len(pixel_values), batch_size)
+    ]
+    return torch.cat(chunks)
+
+
+def linear_probe_accuracy(train_x, train_y, test_x, test_y, epochs: int = 30, seed: int = 0) -> float:
+    """Accuracy of a linear classifier (standardised features, AdamW, full passes) trained on frozen features."""
+    torch.manual_seed(seed)
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    probe = torch.nn.Linear(train_x.shape[1], int(train_y.max()) + 1)
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-2, weight_decay=1e-4)
+    for _ in range(epochs):
+        for index in torch.randperm(len(train_x)).split(1024):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(probe(train_x[index]), train_y[index]).backward()
+            optimizer.step()
+    with torch.no_grad():
+        return (probe(test_x).argmax(-1) == test_y).float().mean().item()
+
+
+def train_fmnist_generator(tokenizer_dir: str, output_dir: str, steps: int = 3000, batch_size: int = 256, seed: int = 0):
+    """Stage c: the class-conditional latent generator on the adapted tokenizer's latents of the 60k training images,
+    saved with the tokenizer as one `UniFlowClassConditionalPipeline` folder."""
+    from .generator_training import train_generator
+    from .modeling import UniFlowModel
+
+    tokenizer = UniFlowModel.from_pretrained(tokenizer_dir, dtype=torch.float32)
+    dataset = load_fashion_mnist()["train"]
+    result = train_generator(
+        tokenizer, dataset, image_column="image", label_column="label", output_dir=output_dir,
+        num_train_steps=steps, batch_size=batch_size, learning_rate=5e-4, label_dropout=0.1, seed=seed,
+        encode_batch_size=1000,
+    )
+    print(f"generator: final loss {sum(result.losses[-100:]) / min(100, len(result.losses)):.4f} -> {output_dir}")
+    return result.pipeline

@@ -1,0 +1,150 @@
+"""Convert a UniFlow model folder (ours or an official release) into a diffusers pipeline folder, and back.
+
+    # UniFlow folder -> UniFlowReconstructionPipeline folder (model_index.json, tokenizer/, scheduler/, image_processor/)
+    python conversion_scripts/convert_uniflow_to_diffusers.py --input UNIFLOW_DIR --output PIPELINE_DIR
+    # ... plus a latent generator -> UniFlowClassConditionalPipeline folder
+    python conversion_scripts/convert_uniflow_to_diffusers.py --input UNIFLOW_DIR --generator GENERATOR_DIR --output PIPELINE_DIR
+    # pipeline folder -> plain UniFlow folder (and the generator folder, for a class-conditional pipeline)
+    python conversion_scripts/convert_uniflow_to_diffusers.py --reverse --input PIPELINE_DIR --output UNIFLOW_DIR [--generator GENERATOR_DIR]
+
+(or `python -m uniflow_hf.conversion_scripts.convert_uniflow_to_diffusers ...`).
+
+A generator folder is a saved `DiTTransformer2DModel` (config.json + weights), optionally with the
+`scheduler_config.json` of its latent flow, plus `uniflow_generator_config.json`: the pipeline settings a DiT config
+cannot hold (`id2label`, `latent_mean`, `latent_std`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+GENERATOR_CONFIG_NAME = "uniflow_generator_config.json"
+GENERATOR_SETTINGS = ("id2label", "latent_mean", "latent_std")
+
+
+def load_generator(generator_dir: str | Path, dtype=None):
+    """(transformer, latent-flow scheduler, pipeline settings) of a generator folder."""
+    from diffusers import DiTTransformer2DModel
+
+    from uniflow_hf import UniFlowFlowMatchScheduler
+
+    generator_dir = Path(generator_dir)
+    if not (generator_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{generator_dir} has no config.json: expected a saved DiTTransformer2DModel folder.")
+    transformer = DiTTransformer2DModel.from_pretrained(generator_dir, torch_dtype=dtype)
+    if (generator_dir / UniFlowFlowMatchScheduler.config_name).is_file():
+        scheduler = UniFlowFlowMatchScheduler.from_pretrained(generator_dir)
+    else:
+        scheduler = UniFlowFlowMatchScheduler()
+    settings_path = generator_dir / GENERATOR_CONFIG_NAME
+    settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
+    unknown = set(settings) - set(GENERATOR_SETTINGS)
+    if unknown:
+        raise ValueError(f"{settings_path} has unknown keys {sorted(unknown)}; expected {list(GENERATOR_SETTINGS)}.")
+    return transformer, scheduler, settings
+
+
+def convert_uniflow_to_diffusers(
+    input_dir: str | Path, output_dir: str | Path, generator_dir: str | Path | None = None, dtype: str = "float32"
+):
+    """Write the pipeline folder of a UniFlow folder (and generator folder); returns the pipeline."""
+    from uniflow_hf import (
+        UniFlowClassConditionalPipeline,
+        UniFlowFlowMatchScheduler,
+        UniFlowImageProcessor,
+        UniFlowModel,
+        UniFlowReconstructionPipeline,
+    )
+    from uniflow_hf.conversion_scripts.convert_uniflow_original_to_hf import DTYPES
+
+    input_dir = Path(input_dir)
+    if not (input_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{input_dir} has no config.json: expected a UniFlow model folder.")
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}: expected one of {sorted(DTYPES)}.")
+    tokenizer = UniFlowModel.from_pretrained(input_dir, dtype=DTYPES[dtype])
+    image_processor = None  # the pipeline builds the release's preprocessing for the tokenizer's input size
+    if (input_dir / "preprocessor_config.json").is_file():
+        image_processor = UniFlowImageProcessor.from_pretrained(input_dir)
+    decoder_scheduler = UniFlowFlowMatchScheduler(schedule=tokenizer.config.sampling_schedule)
+
+    if generator_dir is None:
+        pipeline = UniFlowReconstructionPipeline(
+            tokenizer=tokenizer, scheduler=decoder_scheduler, image_processor=image_processor
+        )
+    else:
+        transformer, scheduler, settings = load_generator(generator_dir, DTYPES[dtype])
+        pipeline = UniFlowClassConditionalPipeline(
+            transformer=transformer,
+            scheduler=scheduler,
+            tokenizer=tokenizer,
+            decoder_scheduler=decoder_scheduler,
+            image_processor=image_processor,
+            **settings,
+        )
+    pipeline.save_pretrained(output_dir)
+    return pipeline
+
+
+def convert_diffusers_to_uniflow(
+    input_dir: str | Path, output_dir: str | Path, generator_dir: str | Path | None = None
+) -> None:
+    """Write the plain UniFlow folder (tokenizer + preprocessor config) of a pipeline folder, and, for a
+    class-conditional pipeline, its generator folder when `generator_dir` is given."""
+    from diffusers import DiffusionPipeline
+
+    from uniflow_hf import UniFlowClassConditionalPipeline, UniFlowReconstructionPipeline
+
+    input_dir = Path(input_dir)
+    if not (input_dir / "model_index.json").is_file():
+        raise FileNotFoundError(f"{input_dir} has no model_index.json: expected a UniFlow pipeline folder.")
+    pipeline = DiffusionPipeline.from_pretrained(input_dir)
+    if not isinstance(pipeline, (UniFlowReconstructionPipeline, UniFlowClassConditionalPipeline)):
+        raise ValueError(f"{input_dir} holds a {type(pipeline).__name__}, not a UniFlow pipeline.")
+    is_class_conditional = isinstance(pipeline, UniFlowClassConditionalPipeline)
+    if generator_dir is not None and not is_class_conditional:
+        raise ValueError(f"{input_dir} holds no generator (a reconstruction pipeline); drop --generator.")
+
+    tokenizer = pipeline.tokenizer
+    decoder_scheduler = pipeline.decoder_scheduler if is_class_conditional else pipeline.scheduler
+    # The plain folder decodes with the tokenizer's own default schedule: keep the pipeline's.
+    tokenizer.config.sampling_schedule = decoder_scheduler.config.schedule
+    tokenizer.save_pretrained(output_dir)
+    pipeline.image_processor.save_pretrained(output_dir)
+
+    if is_class_conditional and generator_dir is not None:
+        generator_dir = Path(generator_dir)
+        pipeline.transformer.save_pretrained(generator_dir)
+        pipeline.scheduler.save_pretrained(generator_dir)
+        settings = {key: pipeline.config[key] for key in GENERATOR_SETTINGS}
+        (generator_dir / GENERATOR_CONFIG_NAME).write_text(json.dumps(settings, indent=2) + "\n")
+    elif is_class_conditional:
+        print(f"Note: {input_dir} also holds a latent generator; pass --generator DIR to write it out too.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, help="UniFlow model folder (pipeline folder with --reverse)")
+    parser.add_argument("--output", required=True, help="pipeline folder (UniFlow model folder with --reverse)")
+    parser.add_argument("--generator", default=None, help="generator folder to read (to write with --reverse)")
+    parser.add_argument("--reverse", action="store_true", help="pipeline folder -> plain UniFlow folder")
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (not with --reverse)")
+    args = parser.parse_args(argv)
+    try:
+        if args.reverse:
+            convert_diffusers_to_uniflow(args.input, args.output, args.generator)
+        else:
+            convert_uniflow_to_diffusers(args.input, args.output, args.generator, args.dtype)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"Wrote {args.output}" + (f" and {args.generator}" if args.reverse and args.generator else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+# Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
+"""Class-conditional image generation in UniFlow's latent space: a DiT flows Gaussian noise to latents of the
+requested class, the UniFlow tokenizer decodes them to pixels."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import torch
+from diffusers import DiffusionPipeline, DiTTransformer2DModel, ImagePipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .pipeline_uniflow_utils import (
+    UniFlowPipelineMixin,
+    check_generator,
+    check_num_inference_steps,
+    OUTPUT_TYPES,
+    check_output_type,
+    default_image_processor,
+)
+from .scheduling_uniflow_flow_match import UniFlowFlowMatchScheduler
+
+
+def latents_to_grid(latents: torch.Tensor, grid_size: int) -> torch.Tensor:
+    """Tokenizer latents (B, N, C), tokens row-major over the patch grid -> a DiT input (B, C, grid, grid)."""
+    return latents.transpose(1, 2).reshape(latents.shape[0], latents.shape[2], grid_size, grid_size)
+
+
+def grid_to_latents(grid_latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, grid, grid) -> tokenizer latents (B, grid * grid, C)."""
+    return grid_latents.flatten(2).transpose(1, 2)
+
+
+def normalize_id2label(id2label: dict | None) -> dict[int, str] | None:
+    """`id2label` with int keys (a JSON round trip through `model_index.json` turns them into strings)."""
+    if id2label is None:
+        return None
+    return {int(key): str(value) for key, value in sorted(id2label.items(), key=lambda item: int(item[0]))}
+
+
+class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
+    r"""
+    Class-conditional generation with a UniFlow tokenizer: a [`DiTTransformer2DModel`] predicts the velocity of a
+    rectified flow over the tokenizer's latent grid (t = 0 noise -> t = 1 data, sampled by `scheduler`), with
+    classifier-free guidance; the latents are de-normalised and decoded to pixels by the tokenizer's flow decoder
+    (sampled by `decoder_scheduler`).
+
+    The transformer follows diffusers' DiT convention: `num_embeds_ada_norm` is the number of classes and the id
+    `num_embeds_ada_norm` is the null class of classifier-free guidance (the extra row diffusers' `LabelEmbedding`
+    reserves for it). Its `sample_size` is the tokenizer's latent grid size, `in_channels` = `out_channels` = the
+    tokenizer's `latent_channels` (velocity prediction, no learned sigma).
+
+    The latent normalisation and the class names are not part of any model's config: they are registered to the
+    pipeline's own config (`model_index.json`), which `save_pretrained`/`from_pretrained` carry along.
+
+    Args:
+        transformer ([`DiTTransformer2DModel`]): the latent velocity model.
+        scheduler ([`UniFlowFlowMatchScheduler`]): the sampler of the latent flow.
+        tokenizer ([`UniFlowModel`]): the UniFlow tokenizer whose decoder turns latents into images.
+        decoder_scheduler ([`UniFlowFlowMatchScheduler`]): the sampler of the tokenizer's pixel flow decoder.
+        id2label (`dict[int, str]`, *optional*): class names, so that `class_labels` may be names (string ids, as
+            `model_index.json` stores them, are accepted).
+        latent_mean, latent_std (`list[float]`, *optional*): per-channel statistics of the training latents; the
+            transformer works on `(latents - mean) / std`. `None` means 0 and 1.
+        image_processor ([`UniFlowImageProcessor`], *optional*): maps decoded pixels back to images; built for the
+            tokenizer when `None`.
+    """
+
+    model_cpu_offload_seq = "transformer->tokenizer"
+    _optional_components = ["image_processor"]
+
+    def __init__(
+        self,
+        transformer: DiTTransformer2DModel,
+        scheduler: UniFlowFlowMatchScheduler,
+        tokenizer,
+        decoder_scheduler: UniFlowFlowMatchScheduler,
+        id2label: dict[int, str] | dict[str, str] | None = None,
+        latent_mean: Sequence[float] | None = None,
+        latent_std: Sequence[float] | None = None,
+        image_processor=None,
+    ):
+        super().__init__()
+        if image_processor is None and tokenizer is not None:
+            image_processor = default_image_processor(tokenizer)
+        self.register_modules(
+            transformer=transformer,
+            scheduler=scheduler,
+            tokenizer=tokenizer,
+            decoder_scheduler=decoder_scheduler,
+            image_processor=image_processor,
+        )
+        id2label = normalize_id2label(id2label)
+        latent_mean = self._check_latent_statistic(latent_mean, "latent_mean", tokenizer)
+        latent_std = self._check_latent_statistic(latent_std, "latent_std", tokenizer)
+        if latent_std is not None and min(latent_std) <= 0:
+            raise ValueError(f"`latent_std` must be positive, got {latent_std}.")
+        if transformer is not None:
+            self._check_transformer(transformer, tokenizer, id2label)
+        self.register_to_config(id2label=id2label, latent_mean=latent_mean, latent_std=latent_std)
+
+    @staticmethod
+    def _check_latent_statistic(values, name: str, tokenizer) -> list[float] | None:
+        if values is None:
+            return None
+        values = [float(v) for v in torch.as_tensor(values, dtype=torch.float64).reshape(-1).tolist()]
+        if tokenizer is not None and len(values) != tokenizer.config.latent_channels:
+            raise ValueError(
+                f"`{name}` needs one value per latent channel ({tokenizer.config.latent_channels}), got {len(values)}."
+            )
+        return values
+
+    @staticmethod
+    def _check_transformer(transformer, tokenizer, id2label) -> None:
+        config = transformer.config
+        num_classes = config.num_embeds_ada_norm
+        if transformer.transformer_blocks[0].norm1.emb.class_embedder.embedding_table.num_embeddings != num_classes + 1:
+            raise ValueError(
+                "The transformer has no null-class embedding for classifier-free guidance: build the "
+                "DiTTransformer2DModel with its default class dropout (its label table then has "
+                "num_embeds_ada_norm + 1 rows)."
+            )
+        if tokenizer is not None:
+            out_channels = config.out_channels or config.in_channels
+            latent_channels, grid_size = tokenizer.config.latent_channels, tokenizer.config.grid_size
+            if config.in_channels != latent_channels or out_channels != latent_channels:
+                raise ValueError(
+                    f"The transformer maps {config.in_channels} to {out_channels} channels; the tokenizer's latents "
+                    f"have {latent_channels} (velocity prediction needs in_channels = out_channels = latent_channels)."
+                )
+            if config.sample_size != grid_size:
+                raise ValueError(
+                    f"The transformer's sample_size is {config.sample_size}; the tokenizer's latent grid is "
+                    f"{grid_size}x{grid_size}."
+                )
+        if id2label is not None and any(not 0 <= class_id < num_classes for class_id in id2label):
+            raise ValueError(f"`id2label` has ids outside 0..{num_classes - 1}: {sorted(id2label)}.")
+
+    @property
+    def num_classes(self) -> int:
+        return self.transformer.config.num_embeds_ada_norm
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """Class name -> id (empty without `id2label`)."""
+        return {name: class_id for class_id, name in (self.config.id2label or {}).items()}
+
+    def get_label_ids(self, class_labels: int | str | Sequence[int | str]) -> list[int]:
+        """Class ids for `class_labels`: ids, names from `id2label`, or a list mixing both."""
+        if isinstance(class_labels, torch.Tensor):
+            class_labels = class_labels.reshape(-1).tolist()
+        if isinstance(class_labels, (str, numbers.Integral)):
+            class_labels = [class_labels]
+        if not isinstance(class_labels, Sequence) or len(class_labels) == 0:
+            raise TypeError(
+                "`class_labels` must be a class id, a class name, or a non-empty list of them, got "
+                f"{class_labels!r}."
+            )
+        labels, ids = self.labels, []
+        for label in class_labels:
+            if isinstance(label, str):
+                if label not in labels:
+                    known = ", ".join(repr(name) for name in labels) or "none: this pipeline has no id2label"
+                    raise ValueError(f"Unknown class name {label!r}. Known names: {known}.")
+                ids.append(labels[label])
+            elif isinstance(label, numbers.Integral) and not isinstance(label, bool):
+                if not 0 <= int(label) < self.num_classes:
+                    raise ValueError(f"Class id {label} is out of range: ids run from 0 to {self.num_classes - 1}.")
+                ids.append(int(label))
+            else:
+                raise TypeError(f"A class label must be an int id or a str name, got {type(label).__name__} {label!r}.")
+        return ids
+
+    def _latent_statistics(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        channels = self.transformer.config.in_channels
+        mean = self.config.latent_mean if self.config.latent_mean is not None else [0.0] * channels
+        std = self.config.latent_std if self.config.latent_std is not None else [1.0] * channels
+        shape = (1, channels, 1, 1)
+        return (
+            torch.tensor(mean, device=device, dtype=dtype).reshape(shape),
+            torch.tensor(std, device=device, dtype=dtype).reshape(shape),
+        )
+
+    def normalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Tokenizer latents (B, N, C) -> the transformer's space (B, C, grid, grid), `(latents - mean) / std`."""
+        grid = latents_to_grid(latents, self.transformer.config.sample_size)
+        mean, std = self._latent_statistics(grid.device, grid.dtype)
+        return (grid - mean) / std
+
+    def denormalize_latents(self, grid_latents: torch.Tensor) -> torch.Tensor:
+        """The transformer's space (B, C, grid, grid) -> tokenizer latents (B, N, C)."""
+        mean, std = self._latent_statistics(grid_latents.device, grid_latents.dtype)
+        return grid_to_latents(grid_latents * std + mean)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: int | str | Sequence[int | str],
+        guidance_scale: float = 4.0,
+        num_inference_steps: int = 25,
+        decoder_num_inference_steps: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        r"""
+        Args:
+            class_labels (`int`, `str`, or a list of them): one image per label; ids `0..num_classes - 1` or names
+                from `id2label` (`pipe.labels`).
+            guidance_scale (`float`, *optional*, defaults to 4.0): classifier-free guidance
+                `v = v_null + guidance_scale * (v_class - v_null)`. `1` is plain conditional sampling (no null-class
+                forward), `0` unconditional sampling; any value >= 0 is accepted.
+            num_inference_steps (`int`, *optional*, defaults to 25): steps of the latent flow.
+            decoder_num_inference_steps (`int`, *optional*): steps of the tokenizer's pixel flow decoder (its
+                `num_sampling_steps` when `None`).
+            generator (`torch.Generator` or a list of them, *optional*): the source of all noise (latent noise, then
+                decoder noise); with a list (one per image) a batch equals the images generated one by one.
+            output_type (`str`, *optional*, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"` (see
+                [`UniFlowReconstructionPipeline.__call__`]), or `"latent"`: the generated tokenizer latents
+                `(batch, tokens, latent_channels)` (de-normalised, not decoded).
+            return_dict (`bool`, *optional*, defaults to `True`): return an [`ImagePipelineOutput`] or a tuple.
+
+        Examples:
+        ```py
+        >>> import uniflow_hf  # registers the UniFlow pipelines with diffusers
+        >>> from diffusers import DiffusionPipeline
+        >>> pipe = DiffusionPipeline.from_pretrained("path/to/uniflow-class-conditional")
+        >>> images = pipe(["Sneaker", "Bag"], generator=torch.manual_seed(0)).images
+        ```
+
+        Returns:
+            [`ImagePipelineOutput`] with `images`, or `(images,)` when `return_dict=False`.
+        """
+        check_num_inference_steps(num_inference_steps)
+        check_num_inference_steps(decoder_num_inference_steps, "decoder_num_inference_steps", allow_none=True)
+        check_output_type(output_type, OUTPUT_TYPES + ("latent",))
+        if not isinstance(guidance_scale, numbers.Real) or not guidance_scale >= 0:
+            raise ValueError(f"`guidance_scale` must be a number >= 0 (1 = no guidance), got {guidance_scale!r}.")
+        class_ids = self.get_label_ids(class_labels)
+        batch_size = len(class_ids)
+        check_generator(generator, batch_size)
+
+        device, dtype = self._execution_device, self.transformer.dtype
+        config = self.transformer.config
+        latents = randn_tensor(
+            (batch_size, config.in_channels, config.sample_size, config.sample_size),
+            generator=generator,
+            device=device,
+            dtype=dtype,
+        )
+        do_guidance = guidance_scale != 1
+        labels = torch.tensor(class_ids, device=device)
+        if do_guidance:
+            labels = torch.cat([labels, torch.full_like(labels, self.num_classes)])  # second half: null class
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        for timestep in self.progress_bar(self.scheduler.timesteps):
+            model_input = torch.cat([latents, latents]) if do_guidance else latents
+            velocity = self.transformer(
+                model_input, timestep=timestep.to(dtype).expand(model_input.shape[0]), class_labels=labels
+            ).sample
+            if do_guidance:
+                velocity_class, velocity_null = velocity.chunk(2)
+                velocity = velocity_null + guidance_scale * (velocity_class - velocity_null)
+            latents = self.scheduler.step(velocity, timestep, latents).prev_sample
+
+        latents = self.denormalize_latents(latents)
+        if output_type == "latent":
+            images = latents
+        else:
+            images = self.decode_latents(
+                latents, self.decoder_scheduler, decoder_num_inference_steps, generator=generator
+            )
+            images = self.image_processor.postprocess(images, output_type=output_type)
+
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+
+__all__ = ["UniFlowClassConditionalPipeline"]

@@ -1,0 +1,108 @@
+# Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
+"""Image -> UniFlow latents -> image: the tokenizer's round trip as a diffusers pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+
+from .pipeline_uniflow_utils import (
+    UniFlowPipelineMixin,
+    check_generator,
+    check_num_inference_steps,
+    check_output_type,
+    default_image_processor,
+)
+from .scheduling_uniflow_flow_match import UniFlowFlowMatchScheduler
+
+
+class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
+    r"""
+    Reconstruct images with a UniFlow tokenizer: encode them to latents, then decode the latents with the patch-wise
+    pixel flow decoder.
+
+    This pipeline inherits from [`DiffusionPipeline`]: see there for the generic methods (saving, loading, moving
+    to a device, progress-bar configuration). It is a thin orchestrator: the flow math lives in
+    [`UniFlowModel.decode`] and the scheduler.
+
+    Args:
+        tokenizer ([`UniFlowModel`]): the UniFlow image tokenizer (encoder and flow decoder).
+        scheduler ([`UniFlowFlowMatchScheduler`]): the sampler of the flow decoder.
+        image_processor ([`UniFlowImageProcessor`], *optional*): the pre/post-processing. When `None`, one is built
+            for the tokenizer's input size (resize the short side, centre-crop to `config.image_size`).
+    """
+
+    model_cpu_offload_seq = "tokenizer"
+    _optional_components = ["image_processor"]
+
+    def __init__(self, tokenizer, scheduler: UniFlowFlowMatchScheduler, image_processor=None):
+        super().__init__()
+        if image_processor is None and tokenizer is not None:
+            image_processor = default_image_processor(tokenizer)
+        self.register_modules(tokenizer=tokenizer, scheduler=scheduler, image_processor=image_processor)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        images: Any,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        noise: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        r"""
+        Args:
+            images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of those): the images to reconstruct
+                (anything the image processor takes: uint8, or float in [0, 1]; any size, they are resized and
+                centre-cropped).
+            num_inference_steps (`int`, *optional*): flow decoder steps; the tokenizer's `num_sampling_steps` when
+                `None`.
+            generator (`torch.Generator` or a list of them, *optional*): the decoder's noise is drawn with it; with a
+                list (one per image) each image draws its own, so a batch equals the images decoded one by one.
+            noise (`torch.Tensor`, *optional*): the decoder's initial noise `(batch, tokens, channels * p * p)`
+                (then `generator` is unused).
+            output_type (`str`, *optional*, defaults to `"pil"`): `"pil"` (list of PIL images), `"np"` (float array
+                `(batch, height, width, 3)` in [0, 1]) or `"pt"` (tensor `(batch, 3, height, width)` in [0, 1]).
+            return_dict (`bool`, *optional*, defaults to `True`): return an [`ImagePipelineOutput`] or a tuple.
+
+        Examples:
+        ```py
+        >>> import uniflow_hf  # registers the UniFlow pipelines with diffusers
+        >>> from diffusers import DiffusionPipeline
+        >>> pipe = DiffusionPipeline.from_pretrained("path/to/uniflow-reconstruction")
+        >>> reconstruction = pipe(image, generator=torch.manual_seed(0)).images[0]
+        ```
+
+        Returns:
+            [`ImagePipelineOutput`] with `images`, or `(images,)` when `return_dict=False`.
+        """
+        check_num_inference_steps(num_inference_steps, allow_none=True)
+        check_output_type(output_type)
+
+        device = self._execution_device
+        pixel_values = self.image_processor(images, return_tensors="pt").pixel_values
+        pixel_values = pixel_values.to(device=device, dtype=self.tokenizer.dtype)
+        check_generator(generator, len(pixel_values))
+
+        latents = self.tokenizer.encode(pixel_values)
+        reconstruction = self.decode_latents(
+            latents,
+            self.scheduler,
+            num_inference_steps,
+            generator=generator,
+            noise=noise,
+            height=pixel_values.shape[-2],
+            width=pixel_values.shape[-1],
+        )
+        images = self.image_processor.postprocess(reconstruction, output_type=output_type)
+
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+
+__all__ = ["UniFlowReconstructionPipeline"]

@@ -1,0 +1,100 @@
+# Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
+"""What UniFlow's two pipelines share: how their components are recorded in `model_index.json`, input checks,
+the default image processor and the flow decoder run under a progress bar."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.pipelines.pipeline_loading_utils import _fetch_class_library_tuple
+
+
+# The library name that `model_index.json` records for our own component classes.
+LIBRARY_NAME = "uniflow_hf"
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+def component_library_tuple(component) -> tuple[str, str]:
+    """`(library, class name)` under which diffusers records `component` in `model_index.json`.
+
+    diffusers records a class from outside its known libraries under its full module path (e.g.
+    `uniflow_hf.modeling.modeling_uniflow`); a class exported by `uniflow_hf` is recorded as `("uniflow_hf", name)`
+    instead, so saved folders don't depend on where our modules live."""
+    import uniflow_hf
+
+    component_class = component if isinstance(component, type) else type(component)
+    if getattr(uniflow_hf, component_class.__name__, None) is component_class:
+        return LIBRARY_NAME, component_class.__name__
+    return _fetch_class_library_tuple(component)
+
+
+class UniFlowPipelineMixin:
+    """Mixed into our `DiffusionPipeline`s (listed before it). Records `uniflow_hf` components in `model_index.json`
+    as `("uniflow_hf", name)`, whether set at construction (`register_modules`) or later (`pipe.tokenizer = ...`)."""
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        # `DiffusionPipeline` has just recorded the component under its module path; record the short name instead.
+        if hasattr(type(value), "from_pretrained") and name in self.__dict__.get("_internal_dict", {}):
+            self.register_to_config(**{name: component_library_tuple(value)})
+
+    def decode_latents(
+        self,
+        latents: torch.Tensor,
+        scheduler,
+        num_inference_steps: int | None,
+        generator=None,
+        noise: torch.Tensor | None = None,
+        height: int | None = None,
+        width: int | None = None,
+    ) -> torch.Tensor:
+        """`tokenizer.decode` with `scheduler`, showing a progress bar over the flow decoder's network calls."""
+        steps = self.tokenizer.config.num_sampling_steps if num_inference_steps is None else num_inference_steps
+        scheduler.set_timesteps(steps)  # only to count the decoder's network calls (Heun makes two per step)
+        with self.progress_bar(total=len(scheduler.timesteps)) as progress_bar:
+            return self.tokenizer.decode(
+                latents,
+                noise=noise,
+                generator=generator,
+                num_inference_steps=steps,
+                scheduler=scheduler,
+                height=height,
+                width=width,
+                callback=lambda step, total: progress_bar.update(),
+            )
+
+
+def default_image_processor(tokenizer):
+    """A `UniFlowImageProcessor` for `tokenizer`'s input size: resize the short side and centre-crop to
+    `config.image_size`, ImageNet normalisation (the official release's preprocessing)."""
+    from uniflow_hf.modeling import UniFlowImageProcessor
+
+    size = tokenizer.config.image_size
+    return UniFlowImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def check_num_inference_steps(value, name: str = "num_inference_steps", allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer{' or None' if allow_none else ''}, got {value!r}.")
+
+
+def check_output_type(output_type: str, accepted: tuple[str, ...] = OUTPUT_TYPES) -> None:
+    if output_type not in accepted:
+        raise ValueError(f"`output_type` must be one of {accepted}, got {output_type!r}.")
+
+
+def check_generator(generator, batch_size: int) -> None:
+    """One `torch.Generator` for the batch, or a list with one per image (each image then draws its own noise)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, list) and all(isinstance(g, torch.Generator) for g in generator):
+        if len(generator) != batch_size:
+            raise ValueError(f"Got {len(generator)} generators for {batch_size} images: pass one per image, or one.")
+        return
+    raise TypeError(
+        f"`generator` must be a torch.Generator or a list of them (one per image), got {type(generator).__name__}."
+    )
+
+
+__all__ = ["UniFlowPipelineMixin", "component_library_tuple", "default_image_processor"]

@@ -1,0 +1,534 @@
+"""UniFlowReconstructionPipeline and UniFlowClassConditionalPipeline: fixture parity, seeding, batching, output types,
+guidance, errors, saving/loading (also through DiffusionPipeline and after `import uniflow_hf` only), the converter
+and the `generate` / `reconstruct` commands."""
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline, DiTTransformer2DModel
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from safetensors.torch import load_file
+
+from uniflow_hf import (
+    UniFlowClassConditionalPipeline,
+    UniFlowFlowMatchScheduler,
+    UniFlowImageProcessor,
+    UniFlowModel,
+    UniFlowReconstructionPipeline,
+)
+from uniflow_hf.cli import main as cli_main
+from uniflow_hf.pipelines.pipeline_uniflow_class_conditional import latents_to_grid
+
+
+CONVERTER = "uniflow_hf.conversion_scripts.convert_uniflow_to_diffusers"
+ID2LABEL = {0: "circle", 1: "square", 2: "stripes"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def reconstruction_pipeline(tiny_model):
+    pipeline = UniFlowReconstructionPipeline(tokenizer=tiny_model, scheduler=UniFlowFlowMatchScheduler())
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def tiny_transformer(config, num_classes=3, seed=0):
+    torch.manual_seed(seed)
+    return DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=config.latent_channels,
+        out_channels=config.latent_channels,
+        num_layers=1,
+        sample_size=config.grid_size,
+        patch_size=1,
+        num_embeds_ada_norm=num_classes,
+    ).eval()
+
+
+@pytest.fixture
+def class_conditional_pipeline(tiny_model):
+    channels = tiny_model.config.latent_channels
+    pipeline = UniFlowClassConditionalPipeline(
+        transformer=tiny_transformer(tiny_model.config),
+        scheduler=UniFlowFlowMatchScheduler(),
+        tokenizer=tiny_model,
+        decoder_scheduler=UniFlowFlowMatchScheduler(),
+        id2label=ID2LABEL,
+        latent_mean=torch.linspace(-0.5, 0.5, channels),
+        latent_std=torch.linspace(0.5, 2.0, channels),
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def random_images(count, seed=0, size=(40, 36)):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, size=(*size, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def generators(seeds):
+    return [torch.Generator().manual_seed(seed) for seed in seeds]
+
+
+# ------------------------------------------------------------------------------------------ official fixture
+@pytest.mark.parametrize("schedule", ["linear", "pow_0.25"])
+def test_pipeline_decodes_the_official_fixture(official_tiny_dir, schedule):
+    tokenizer = UniFlowModel.from_pretrained(official_tiny_dir).eval()
+    pipeline = UniFlowReconstructionPipeline(tokenizer, UniFlowFlowMatchScheduler(schedule=schedule))
+    pipeline.set_progress_bar_config(disable=True)
+    inputs = load_file(official_tiny_dir / "inputs.safetensors")
+    expected = load_file(official_tiny_dir / "expected.safetensors")
+    decoded = pipeline.decode_latents(
+        expected["latent_tokens"], pipeline.scheduler, 4, noise=inputs["noise"].reshape(2, 16, 192)
+    )
+    np.testing.assert_allclose(decoded.numpy(), expected[f"reconstruction.steps4.{schedule}"].numpy(), atol=1e-4, rtol=0)
+
+
+def test_pipeline_is_the_processor_around_the_tokenizer(official_tiny_dir):
+    """images -> processor -> reconstruct -> postprocess, with the tokenizer's own (fixture-verified) numerics."""
+    tokenizer = UniFlowModel.from_pretrained(official_tiny_dir).eval()
+    pipeline = UniFlowReconstructionPipeline(tokenizer, UniFlowFlowMatchScheduler(schedule="pow_0.25"))
+    pipeline.set_progress_bar_config(disable=True)
+    images = random_images(2)
+    noise = torch.randn(2, 16, 192, generator=torch.Generator().manual_seed(0))
+    output = pipeline(images, num_inference_steps=3, noise=noise, output_type="pt").images
+    processor = pipeline.image_processor
+    expected = tokenizer.reconstruct(
+        processor(images, return_tensors="pt").pixel_values, noise=noise, num_inference_steps=3, schedule="pow_0.25"
+    )
+    assert torch.allclose(output, processor.postprocess(expected, output_type="pt"), atol=1e-6)
+    assert processor.size["shortest_edge"] == 32 and processor.crop_size["height"] == 32
+
+
+# ------------------------------------------------------------------------------------------ reconstruction
+def test_reconstruction_seeding(reconstruction_pipeline):
+    images = random_images(2)
+    first = reconstruction_pipeline(images, generator=torch.manual_seed(3), output_type="np").images
+    again = reconstruction_pipeline(images, generator=torch.manual_seed(3), output_type="np").images
+    other = reconstruction_pipeline(images, generator=torch.manual_seed(4), output_type="np").images
+    assert np.array_equal(first, again) and not np.allclose(first, other)
+
+
+def test_reconstruction_batch_with_one_generator_per_image(reconstruction_pipeline):
+    images = random_images(4)
+    batch = reconstruction_pipeline(images, generator=generators(range(4)), output_type="pt").images
+    singles = [
+        reconstruction_pipeline(image, generator=generators([i]), output_type="pt").images
+        for i, image in enumerate(images)
+    ]
+    assert torch.allclose(batch, torch.cat(singles), atol=1e-6)
+
+
+def test_reconstruction_output_types(reconstruction_pipeline):
+    images = random_images(2)
+    outputs = {
+        output_type: reconstruction_pipeline(images, generator=torch.manual_seed(0), output_type=output_type).images
+        for output_type in ("pil", "np", "pt")
+    }
+    assert outputs["pt"].shape == (2, 3, 32, 32) and 0 <= outputs["pt"].min() and outputs["pt"].max() <= 1
+    assert outputs["np"].shape == (2, 32, 32, 3)
+    assert np.allclose(outputs["np"], outputs["pt"].permute(0, 2, 3, 1).numpy())
+    assert [image.size for image in outputs["pil"]] == [(32, 32)] * 2
+    pil_pixels = np.stack([np.asarray(image) for image in outputs["pil"]])
+    assert np.array_equal(pil_pixels, np.round(outputs["np"] * 255).astype(np.uint8))
+    as_tuple = reconstruction_pipeline(images, generator=torch.manual_seed(0), output_type="pt", return_dict=False)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], outputs["pt"])
+
+
+def test_reconstruction_accepts_pil_numpy_torch_and_lists(reconstruction_pipeline):
+    array = random_images(1)[0]
+    runs = [array, Image.fromarray(array), torch.from_numpy(array).permute(2, 0, 1), [array], array[None]]
+    outputs = [reconstruction_pipeline(x, generator=torch.manual_seed(0), output_type="pt").images for x in runs]
+    for output in outputs[1:]:
+        assert torch.equal(output, outputs[0])
+
+
+def test_reconstruction_steps_and_progress_bar(reconstruction_pipeline):
+    calls = []
+    flow_head = reconstruction_pipeline.tokenizer.flow_head
+    forward = flow_head.forward
+    with mock.patch.object(flow_head, "forward", side_effect=lambda *args: calls.append(1) or forward(*args)):
+        reconstruction_pipeline(random_images(1), num_inference_steps=3)
+        assert len(calls) == 3
+        calls.clear()
+        reconstruction_pipeline(random_images(1))  # the tokenizer's default
+        assert len(calls) == reconstruction_pipeline.tokenizer.config.num_sampling_steps
+    with mock.patch("tqdm.auto.tqdm.update") as update:
+        reconstruction_pipeline.set_progress_bar_config(disable=False)
+        reconstruction_pipeline(random_images(1), num_inference_steps=2)
+    assert update.call_count == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(images="cat.png"), TypeError, "open the image first"),
+        (dict(images=[1, 2]), TypeError, "Unsupported image type"),
+        (dict(images=random_images(1), num_inference_steps=0), ValueError, "positive integer"),
+        (dict(images=random_images(1), num_inference_steps=-2), ValueError, "positive integer"),
+        (dict(images=random_images(1), output_type="latent"), ValueError, "output_type"),
+        (dict(images=random_images(2), generator=generators([0])), ValueError, "2 images"),
+        (dict(images=random_images(1), generator=3), TypeError, "torch.Generator"),
+    ],
+)
+def test_reconstruction_bad_inputs(reconstruction_pipeline, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        reconstruction_pipeline(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------- class-conditional
+def generate_latents_by_hand(pipeline, class_ids, guidance_scale, steps, generator):
+    """The specification: Euler flow in the normalised latent space with CFG, then de-normalisation."""
+    transformer, scheduler = pipeline.transformer, UniFlowFlowMatchScheduler()
+    config = transformer.config
+    latents = randn_tensor((len(class_ids), config.in_channels, config.sample_size, config.sample_size), generator=generator)
+    labels, null = torch.tensor(class_ids), torch.full((len(class_ids),), config.num_embeds_ada_norm)
+    scheduler.set_timesteps(steps)
+    for timestep in scheduler.timesteps:
+        t = timestep.expand(len(class_ids))
+        velocity = transformer(latents, timestep=t, class_labels=labels).sample
+        if guidance_scale != 1:
+            unconditional = transformer(latents, timestep=t, class_labels=null).sample
+            velocity = unconditional + guidance_scale * (velocity - unconditional)
+        latents = scheduler.step(velocity, timestep, latents).prev_sample
+    mean = torch.tensor(pipeline.config.latent_mean).reshape(1, -1, 1, 1)
+    std = torch.tensor(pipeline.config.latent_std).reshape(1, -1, 1, 1)
+    return (latents * std + mean).flatten(2).transpose(1, 2)
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 3.0, 0.0])
+def test_class_conditional_follows_the_specification(class_conditional_pipeline, guidance_scale):
+    kwargs = dict(guidance_scale=guidance_scale, num_inference_steps=3)
+    latents = class_conditional_pipeline([0, 2], generator=torch.manual_seed(0), output_type="latent", **kwargs).images
+    expected = generate_latents_by_hand(class_conditional_pipeline, [0, 2], guidance_scale, 3, torch.manual_seed(0))
+    assert latents.shape == (2, 16, 8)
+    assert torch.allclose(latents, expected, atol=1e-5)
+
+
+def test_guidance_one_runs_one_unguided_forward_per_step(class_conditional_pipeline):
+    transformer = class_conditional_pipeline.transformer
+    for guidance_scale, batch, labels in [(1.0, 2, [1, 2]), (4.0, 4, [1, 2, 3, 3])]:
+        with mock.patch.object(transformer, "forward", wraps=transformer.forward) as forward:
+            class_conditional_pipeline([1, 2], guidance_scale=guidance_scale, num_inference_steps=4)
+        assert forward.call_count == 4
+        for call in forward.call_args_list:
+            assert call.args[0].shape[0] == batch and call.kwargs["class_labels"].tolist() == labels
+
+
+def test_class_conditional_decodes_what_it_generates(class_conditional_pipeline):
+    pipeline = class_conditional_pipeline
+    kwargs = dict(num_inference_steps=2, decoder_num_inference_steps=3)
+    images = pipeline([0, 1], generator=generators([5, 6]), output_type="pt", **kwargs).images
+    generators_ = generators([5, 6])
+    latents = pipeline([0, 1], generator=generators_, output_type="latent", **kwargs).images
+    decoded = pipeline.tokenizer.decode(latents, generator=generators_, num_inference_steps=3)  # decoder noise follows
+    assert torch.allclose(images, pipeline.image_processor.postprocess(decoded, output_type="pt"), atol=1e-6)
+
+
+def test_class_conditional_seeding_and_batching(class_conditional_pipeline):
+    pipeline = class_conditional_pipeline
+    kwargs = dict(num_inference_steps=2, output_type="pt")
+    first = pipeline([0, 1], generator=torch.manual_seed(1), **kwargs).images
+    again = pipeline([0, 1], generator=torch.manual_seed(1), **kwargs).images
+    other = pipeline([0, 1], generator=torch.manual_seed(2), **kwargs).images
+    assert torch.equal(first, again) and not torch.allclose(first, other)
+    labels = [0, "square", 2, 0]
+    batch = pipeline(labels, generator=generators(range(4)), **kwargs).images
+    singles = torch.cat([pipeline(label, generator=generators([i]), **kwargs).images for i, label in enumerate(labels)])
+    assert torch.allclose(batch, singles, atol=1e-5)
+
+
+def test_class_conditional_output_types(class_conditional_pipeline):
+    outputs = {
+        output_type: class_conditional_pipeline(
+            [2], generator=torch.manual_seed(0), num_inference_steps=2, output_type=output_type
+        ).images
+        for output_type in ("pil", "np", "pt")
+    }
+    assert outputs["pt"].shape == (1, 3, 32, 32) and outputs["np"].shape == (1, 32, 32, 3)
+    assert np.allclose(outputs["np"], outputs["pt"].permute(0, 2, 3, 1).numpy())
+    assert np.array_equal(np.asarray(outputs["pil"][0]), np.round(outputs["np"][0] * 255).astype(np.uint8))
+
+
+def test_class_labels_by_name_and_id(class_conditional_pipeline):
+    pipeline = class_conditional_pipeline
+    assert pipeline.labels == {"circle": 0, "square": 1, "stripes": 2}
+    assert pipeline.get_label_ids("square") == [1]
+    assert pipeline.get_label_ids(2) == [2]
+    assert pipeline.get_label_ids(["stripes", 0, np.int64(1)]) == [2, 0, 1]
+    assert pipeline.get_label_ids(torch.tensor([1, 0])) == [1, 0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(class_labels="triangle"), ValueError, "'circle', 'square', 'stripes'"),
+        (dict(class_labels=3), ValueError, "0 to 2"),
+        (dict(class_labels=[0, -1]), ValueError, "out of range"),
+        (dict(class_labels=[]), TypeError, "non-empty"),
+        (dict(class_labels=[True]), TypeError, "int id or a str name"),
+        (dict(class_labels=[0.5]), TypeError, "int id or a str name"),
+        (dict(class_labels=0, num_inference_steps=0), ValueError, "num_inference_steps"),
+        (dict(class_labels=0, decoder_num_inference_steps=-1), ValueError, "decoder_num_inference_steps"),
+        (dict(class_labels=0, guidance_scale=-1.0), ValueError, ">= 0"),
+        (dict(class_labels=0, output_type="jpeg"), ValueError, "output_type"),
+        (dict(class_labels=[0, 1], generator=generators([0, 1, 2])), ValueError, "3 generators for 2 images"),
+    ],
+)
+def test_class_conditional_bad_inputs(class_conditional_pipeline, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        class_conditional_pipeline(**kwargs)
+
+
+def test_names_need_id2label(tiny_model):
+    pipeline = UniFlowClassConditionalPipeline(
+        tiny_transformer(tiny_model.config), UniFlowFlowMatchScheduler(), tiny_model, UniFlowFlowMatchScheduler()
+    )
+    with pytest.raises(ValueError, match="no id2label"):
+        pipeline.get_label_ids("circle")
+    assert pipeline.get_label_ids(1) == [1]
+
+
+def test_pipeline_checks_its_components(tiny_model):
+    config = tiny_model.config
+    scheduler = UniFlowFlowMatchScheduler()
+    with pytest.raises(ValueError, match="sample_size"):
+        transformer = tiny_transformer(config)
+        transformer.register_to_config(sample_size=8)
+        UniFlowClassConditionalPipeline(transformer, scheduler, tiny_model, scheduler)
+    with pytest.raises(ValueError, match="one value per latent channel"):
+        UniFlowClassConditionalPipeline(tiny_transformer(config), scheduler, tiny_model, scheduler, latent_mean=[0.0, 1.0])
+    with pytest.raises(ValueError, match="positive"):
+        UniFlowClassConditionalPipeline(tiny_transformer(config), scheduler, tiny_model, scheduler, latent_std=[0.0] * 8)
+    with pytest.raises(ValueError, match="outside"):
+        UniFlowClassConditionalPipeline(tiny_transformer(config), scheduler, tiny_model, scheduler, id2label={5: "x"})
+
+
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_dit_generator_on_the_latent_grid(tiny_config, patch_size):
+    """Tiny DiT over the 4x4 grid of 8-channel latents, fed the network time 1000 t as a float."""
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=8, out_channels=8, num_layers=1,
+        sample_size=tiny_config.grid_size, patch_size=patch_size, num_embeds_ada_norm=3,
+    ).eval()
+    sample, labels = torch.randn(2, 8, 4, 4), torch.tensor([0, 3])  # 3: the null class
+    velocity = transformer(sample, timestep=torch.tensor([333.3, 333.3]), class_labels=labels).sample
+    assert velocity.shape == sample.shape
+    truncated = transformer(sample, timestep=torch.tensor([333.0, 333.0]), class_labels=labels).sample
+    assert not torch.allclose(velocity, truncated)  # fractional times are embedded as they are
+
+
+def test_latent_grid_layout(class_conditional_pipeline):
+    """Token n of the tokenizer's row-major grid is DiT pixel (n // grid, n % grid)."""
+    latents = torch.randn(2, 16, 8)
+    grid = latents_to_grid(latents, 4)
+    assert torch.equal(grid[:, :, 1, 2], latents[:, 1 * 4 + 2])
+    normalized = class_conditional_pipeline.normalize_latents(latents)
+    assert torch.allclose(class_conditional_pipeline.denormalize_latents(normalized), latents, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------- saving / loading
+def test_reconstruction_save_and_load(reconstruction_pipeline, tmp_path, tiny_config):
+    reconstruction_pipeline.save_pretrained(tmp_path)
+    model_index = json.loads((tmp_path / "model_index.json").read_text())
+    assert model_index["_class_name"] == "UniFlowReconstructionPipeline"
+    assert model_index["tokenizer"] == ["uniflow_hf", "UniFlowModel"]
+    assert model_index["scheduler"] == ["uniflow_hf", "UniFlowFlowMatchScheduler"]
+    assert model_index["image_processor"] == ["uniflow_hf", "UniFlowImageProcessor"]
+
+    images = random_images(2)
+    expected = reconstruction_pipeline(images, generator=torch.manual_seed(0), output_type="pt").images
+    for loaded in (
+        UniFlowReconstructionPipeline.from_pretrained(tmp_path),
+        DiffusionPipeline.from_pretrained(tmp_path, dtype=torch.float32),
+    ):
+        assert isinstance(loaded, UniFlowReconstructionPipeline)
+        loaded.set_progress_bar_config(disable=True)
+        assert torch.equal(loaded(images, generator=torch.manual_seed(0), output_type="pt").images, expected)
+
+    other = UniFlowModel(tiny_config).eval()
+    overridden = DiffusionPipeline.from_pretrained(tmp_path, tokenizer=other)
+    assert overridden.tokenizer is other
+    float64 = DiffusionPipeline.from_pretrained(tmp_path, torch_dtype=torch.float64)
+    assert float64.tokenizer.dtype == torch.float64
+    float64.set_progress_bar_config(disable=True)
+    assert float64(images, generator=torch.manual_seed(0), output_type="pt").images.shape == (2, 3, 32, 32)
+
+
+def test_class_conditional_save_and_load(class_conditional_pipeline, tmp_path):
+    pipeline = class_conditional_pipeline
+    pipeline.save_pretrained(tmp_path)
+    model_index = json.loads((tmp_path / "model_index.json").read_text())
+    assert model_index["transformer"] == ["diffusers", "DiTTransformer2DModel"]
+    assert model_index["decoder_scheduler"] == ["uniflow_hf", "UniFlowFlowMatchScheduler"]
+    assert model_index["id2label"] == {"0": "circle", "1": "square", "2": "stripes"}
+    assert model_index["latent_std"] == pytest.approx(pipeline.config.latent_std)
+
+    kwargs = dict(num_inference_steps=2, output_type="pt")
+    expected = pipeline(["stripes", 1], generator=torch.manual_seed(0), **kwargs).images
+    loaded = DiffusionPipeline.from_pretrained(tmp_path, dtype=torch.float32)
+    assert isinstance(loaded, UniFlowClassConditionalPipeline)
+    assert loaded.config.id2label == ID2LABEL
+    assert loaded.config.latent_mean == pytest.approx(pipeline.config.latent_mean)
+    loaded.set_progress_bar_config(disable=True)
+    assert torch.equal(loaded(["stripes", 1], generator=torch.manual_seed(0), **kwargs).images, expected)
+
+    # a pipeline setting overridden at load time
+    renamed = UniFlowClassConditionalPipeline.from_pretrained(tmp_path, id2label={0: "a", 1: "b", 2: "c"})
+    assert renamed.labels == {"a": 0, "b": 1, "c": 2}
+
+
+def test_replacing_a_component_keeps_the_library_name(reconstruction_pipeline, tiny_config):
+    reconstruction_pipeline.tokenizer = UniFlowModel(tiny_config)
+    assert reconstruction_pipeline.config.tokenizer == ("uniflow_hf", "UniFlowModel")
+    reconstruction_pipeline.image_processor = UniFlowImageProcessor(size=32, crop_size=32)
+    assert reconstruction_pipeline.config.image_processor == ("uniflow_hf", "UniFlowImageProcessor")
+
+
+def test_loading_without_importing_uniflow_hf(reconstruction_pipeline, tmp_path):
+    """diffusers resolves the pipeline class by name on its own module: that works after `import uniflow_hf` only."""
+    reconstruction_pipeline.save_pretrained(tmp_path)
+    script = (
+        "import sys\n"
+        "from diffusers import DiffusionPipeline\n"
+        "try:\n"
+        f"    DiffusionPipeline.from_pretrained({str(tmp_path)!r})\n"
+        "except AttributeError as error:\n"
+        "    print('FAILED:', error)\n"
+        "assert 'uniflow_hf' not in sys.modules\n"
+        "import uniflow_hf\n"
+        f"print('LOADED:', type(DiffusionPipeline.from_pretrained({str(tmp_path)!r})).__name__)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "FAILED: module diffusers has no attribute UniFlowReconstructionPipeline" in result.stdout
+    assert "LOADED: UniFlowReconstructionPipeline" in result.stdout
+
+
+# ------------------------------------------------------------------------------------------------ converter
+def run_converter(argv, how):
+    """Run the converter as `python -m` or as a file would (runpy, in this process)."""
+    with mock.patch.object(sys, "argv", ["convert_uniflow_to_diffusers.py", *argv]):
+        with pytest.raises(SystemExit) as exit_info:
+            if how == "module":
+                runpy.run_module(CONVERTER, run_name="__main__", alter_sys=True)
+            else:
+                import uniflow_hf.conversion_scripts as scripts
+
+                script = os.path.join(os.path.dirname(scripts.__file__), "convert_uniflow_to_diffusers.py")
+                runpy.run_path(script, run_name="__main__")
+    return exit_info.value.code
+
+
+def test_converter_round_trip(official_tiny_dir, tmp_path):
+    pipeline_dir, plain_dir = tmp_path / "pipeline", tmp_path / "plain"
+    assert run_converter(["--input", str(official_tiny_dir), "--output", str(pipeline_dir)], "module") == 0
+    assert json.loads((pipeline_dir / "model_index.json").read_text())["_class_name"] == "UniFlowReconstructionPipeline"
+    assert run_converter(["--reverse", "--input", str(pipeline_dir), "--output", str(plain_dir)], "file") == 0
+
+    official = UniFlowModel.from_pretrained(official_tiny_dir)
+    round_tripped = UniFlowModel.from_pretrained(plain_dir)
+    official_state, round_tripped_state = official.state_dict(), round_tripped.state_dict()
+    assert official_state.keys() == round_tripped_state.keys()
+    assert all(torch.equal(official_state[key], round_tripped_state[key]) for key in official_state)
+    assert UniFlowImageProcessor.from_pretrained(plain_dir).crop_size["height"] == 32
+
+
+def test_converter_class_conditional_round_trip(class_conditional_pipeline, tmp_path):
+    from uniflow_hf.conversion_scripts.convert_uniflow_to_diffusers import main
+
+    pipeline_dir = tmp_path / "pipeline"
+    class_conditional_pipeline.save_pretrained(pipeline_dir)
+    plain_dir, generator_dir, rebuilt_dir = tmp_path / "plain", tmp_path / "generator", tmp_path / "rebuilt"
+    reverse = ["--reverse", "--input", str(pipeline_dir), "--output", str(plain_dir), "--generator", str(generator_dir)]
+    assert main(reverse) == 0
+    assert main(["--input", str(plain_dir), "--generator", str(generator_dir), "--output", str(rebuilt_dir)]) == 0
+
+    rebuilt = DiffusionPipeline.from_pretrained(rebuilt_dir)
+    assert isinstance(rebuilt, UniFlowClassConditionalPipeline) and rebuilt.config.id2label == ID2LABEL
+    rebuilt.set_progress_bar_config(disable=True)
+    kwargs = dict(num_inference_steps=2, output_type="pt")
+    assert torch.equal(
+        rebuilt([0, 2], generator=torch.manual_seed(0), **kwargs).images,
+        class_conditional_pipeline([0, 2], generator=torch.manual_seed(0), **kwargs).images,
+    )
+
+
+def test_converter_errors(tmp_path, capsys):
+    from uniflow_hf.conversion_scripts.convert_uniflow_to_diffusers import main
+
+    assert main(["--input", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    assert main(["--reverse", "--input", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
+    assert "no model_index.json" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------- commands
+def test_generate_command(class_conditional_pipeline, tmp_path, capsys):
+    model_dir, output_dir = tmp_path / "model", tmp_path / "images"
+    class_conditional_pipeline.save_pretrained(model_dir)
+    argv = ["generate", "--label", "square", "--num-images", "3", "--seed", "7", "--steps", "2"]
+    assert cli_main([*argv, "--model", str(model_dir), "--output-dir", str(output_dir)]) == 0
+    files = sorted(os.listdir(output_dir))
+    assert files == ["square_0007.png", "square_0008.png", "square_0009.png", "square_grid.png"]
+    expected = class_conditional_pipeline(
+        [1] * 3, num_inference_steps=2, generator=generators([7, 8, 9]), output_type="np"
+    ).images
+    written = np.stack([np.asarray(Image.open(output_dir / name)) for name in files[:3]])
+    assert np.array_equal(written, np.round(expected * 255).astype(np.uint8))
+    assert Image.open(output_dir / "square_grid.png").size == (96, 32)
+
+    by_id = ["generate", "--label", "2", "--num-images", "1", "--steps", "1", "--model", str(model_dir)]
+    assert cli_main([*by_id, "--output-dir", str(output_dir)]) == 0
+    assert (output_dir / "stripes_0000.png").is_file()
+    assert cli_main(["generate", "--label", "hexagon", "--model", str(model_dir), "--output-dir", str(output_dir)]) == 2
+    assert "Known names: 'circle', 'square', 'stripes'" in capsys.readouterr().err
+
+
+def test_reconstruct_command(reconstruction_pipeline, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    reconstruction_pipeline.save_pretrained(model_dir)
+    paths = []
+    for i, array in enumerate(random_images(2, size=(32, 32))):
+        paths.append(str(tmp_path / f"input{i}.png"))
+        Image.fromarray(array).save(paths[-1])
+    argv = ["reconstruct", *paths, "--model", str(model_dir), "--output-dir", str(tmp_path / "out"), "--steps", "2"]
+    assert cli_main([*argv, "--batch-size", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("PSNR") == 3 and "SSIM" in printed and "mean over 2 image(s)" in printed
+    side_by_side = Image.open(tmp_path / "out" / "input0_reconstruction.png")
+    assert side_by_side.size == (64, 32)
+    assert np.array_equal(np.asarray(side_by_side)[:, :32], np.asarray(Image.open(paths[0])))
+
+    expected = reconstruction_pipeline(
+        [Image.open(path) for path in paths], num_inference_steps=2, generator=generators([0, 1]), output_type="pil"
+    ).images
+    assert np.array_equal(np.asarray(side_by_side)[:, 32:], np.asarray(expected[0]))
+
+
+def test_commands_without_a_model(tmp_path, capsys):
+    from uniflow_hf.commands import generate
+
+    with mock.patch.object(generate, "SHIPPED_MODEL", ("models", "no-such-model")):
+        assert cli_main(["generate", "--label", "0", "--output-dir", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "no-such-model does not exist" in error and "--model" in error
+    assert cli_main(["reconstruct", str(tmp_path / "missing.png"), "--output-dir", str(tmp_path)]) == 2
+    assert "No such image file" in capsys.readouterr().err

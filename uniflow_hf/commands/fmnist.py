@@ -1,0 +1,57 @@
+"""`uniflow-hf fmnist ...`: the UniFlow-FMNIST recipe, stage by stage (fixed seeds)."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("fmnist", help="the UniFlow-FMNIST recipe (data, pretraining, adaptation, generator, report)")
+    stages = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+
+    stage = stages.add_parser("pretrain-encoder", help="a. train a small UniFlow encoder as a Fashion-MNIST classifier")
+    stage.add_argument("--output-dir", required=True)
+    stage.add_argument("--epochs", type=float, default=1.0)
+    stage.add_argument("--max-train", type=int, default=None, help="use only the first N training images")
+    stage.add_argument("--seed", type=int, default=0)
+    stage.set_defaults(func=_pretrain)
+
+    stage = stages.add_parser("adapt", help="b. UniFlow-adapt the pretrained encoder (distillation + patch flow decoder)")
+    stage.add_argument("--encoder", required=True, help="output folder of `pretrain-encoder`")
+    stage.add_argument("--output-dir", required=True)
+    stage.add_argument("--epochs", type=float, default=1.0)
+    stage.add_argument("--max-train", type=int, default=None)
+    stage.add_argument("--distillation-mode", default="adaptive", choices=["adaptive", "uniform", "none"])
+    stage.add_argument("--freeze-encoder", action="store_true")
+    stage.add_argument("--seed", type=int, default=0)
+    stage.set_defaults(func=_adapt)
+
+    stage = stages.add_parser("train-generator", help="c. class-conditional latent generator -> a pipeline folder")
+    stage.add_argument("--tokenizer", required=True, help="output folder of `adapt`")
+    stage.add_argument("--output-dir", required=True)
+    stage.add_argument("--steps", type=int, default=3000)
+    stage.add_argument("--batch-size", type=int, default=256)
+    stage.add_argument("--seed", type=int, default=0)
+    stage.set_defaults(func=_generator)
+
+
+def _pretrain(args) -> int:
+    from ..fmnist import pretrain_encoder
+
+    pretrain_encoder(args.output_dir, epochs=args.epochs, max_train=args.max_train, seed=args.seed)
+    return 0
+
+
+def _adapt(args) -> int:
+    from ..fmnist import adapt_tokenizer
+
+    adapt_tokenizer(
+        args.encoder, args.output_dir, epochs=args.epochs, max_train=args.max_train, seed=args.seed,
+        distillation_mode=args.distillation_mode, freeze_encoder=args.freeze_encoder,
+    )
+    return 0
+
+
+def _generator(args) -> int:
+    from ..fmnist import train_fmnist_generator
+
+    train_fmnist_generator(args.tokenizer, args.output_dir, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    return 0

@@ -1,0 +1,246 @@
+"""`uniflow-hf generate`, `uniflow-hf reconstruct` and `uniflow-hf train-generator`."""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+
+
+SHIPPED_MODEL = ("models", "uniflow-fmnist")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("generate", help="generate images of a class with a class-conditional pipeline")
+    parser.add_argument("--label", required=True, help="class name (from the model's id2label) or class id")
+    parser.add_argument("--num-images", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--model", default=None, help="class-conditional pipeline folder (default: the shipped model)")
+    parser.add_argument("--guidance-scale", type=float, default=4.0, help="classifier-free guidance (1 = none)")
+    parser.add_argument("--steps", type=int, default=25, help="steps of the latent flow")
+    parser.add_argument("--decoder-steps", type=int, default=None, help="steps of the pixel decoder (model default)")
+    parser.set_defaults(func=run_generate)
+
+    parser = subparsers.add_parser("reconstruct", help="reconstruct images with a UniFlow tokenizer, print PSNR/SSIM")
+    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--model", default=None, help="pipeline or UniFlow model folder (default: the shipped model)")
+    parser.add_argument("--steps", type=int, default=None, help="steps of the pixel decoder (model default)")
+    parser.add_argument("--seed", type=int, default=0, help="image i decodes with seed + i")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.set_defaults(func=run_reconstruct)
+
+    parser = subparsers.add_parser("train-generator", help="train a class-conditional latent generator")
+    parser.add_argument("--tokenizer", required=True, help="UniFlow model folder (or a pipeline folder holding one)")
+    parser.add_argument("--dataset", required=True, help="an imagefolder directory or a `save_to_disk` dataset")
+    parser.add_argument("--split", default="train", help="split to use when the dataset has several")
+    parser.add_argument("--image-column", default="image")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--num-train-steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--label-dropout", type=float, default=0.1)
+    parser.add_argument("--ema-decay", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--transformer-kwargs", type=json.loads, default=None,
+        help='DiT size as JSON, e.g. \'{"num_layers": 4, "attention_head_dim": 32, "patch_size": 1}\'',
+    )
+    parser.set_defaults(func=run_train_generator)
+
+
+# ----------------------------------------------------------------------------------------------------- loading
+def shipped_model_dir() -> str:
+    """The model folder shipped inside the installed package (`uniflow_hf/models/uniflow-fmnist`)."""
+    path = resources.files("uniflow_hf").joinpath(*SHIPPED_MODEL)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"The shipped model folder {path} does not exist (it is not part of this installation yet): pass "
+            "`--model DIR` with a pipeline folder, e.g. one written by `uniflow-hf train-generator`."
+        )
+    return str(path)
+
+
+def load_class_conditional_pipeline(model_dir: str):
+    from diffusers import DiffusionPipeline
+
+    from .. import UniFlowClassConditionalPipeline
+
+    if not os.path.isfile(os.path.join(model_dir, "model_index.json")):
+        raise FileNotFoundError(
+            f"{model_dir} has no model_index.json: `generate` needs a class-conditional pipeline folder."
+        )
+    pipeline = DiffusionPipeline.from_pretrained(model_dir)
+    if not isinstance(pipeline, UniFlowClassConditionalPipeline):
+        raise ValueError(
+            f"{model_dir} holds a {type(pipeline).__name__}; `generate` needs a UniFlowClassConditionalPipeline."
+        )
+    return pipeline
+
+
+def load_reconstruction_pipeline(model_dir: str):
+    """A `UniFlowReconstructionPipeline` from a reconstruction pipeline folder, the tokenizer of a class-conditional
+    pipeline folder, or a plain UniFlow model folder (ours or an official release)."""
+    from diffusers import DiffusionPipeline
+
+    from .. import UniFlowFlowMatchScheduler, UniFlowModel, UniFlowReconstructionPipeline
+
+    if os.path.isfile(os.path.join(model_dir, "model_index.json")):
+        pipeline = DiffusionPipeline.from_pretrained(model_dir)
+        if isinstance(pipeline, UniFlowReconstructionPipeline):
+            return pipeline
+        return UniFlowReconstructionPipeline(
+            tokenizer=pipeline.tokenizer, scheduler=pipeline.decoder_scheduler, image_processor=pipeline.image_processor
+        )
+    if os.path.isfile(os.path.join(model_dir, "config.json")):
+        tokenizer = UniFlowModel.from_pretrained(model_dir)
+        scheduler = UniFlowFlowMatchScheduler(schedule=tokenizer.config.sampling_schedule)
+        return UniFlowReconstructionPipeline(tokenizer=tokenizer, scheduler=scheduler)
+    raise FileNotFoundError(
+        f"{model_dir} holds neither a pipeline (model_index.json) nor a UniFlow model (config.json)."
+    )
+
+
+def load_labelled_dataset(path: str, split: str = "train"):
+    """A `datasets.Dataset` from a `save_to_disk` folder (a Dataset or a DatasetDict, then `split`) or an
+    imagefolder directory (one sub-folder per class)."""
+    import datasets
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"Dataset folder {path} does not exist.")
+    if os.path.isfile(os.path.join(path, "dataset_dict.json")) or os.path.isfile(os.path.join(path, "state.json")):
+        dataset = datasets.load_from_disk(path)
+    else:
+        dataset = datasets.load_dataset("imagefolder", data_dir=path)
+    if isinstance(dataset, datasets.DatasetDict):
+        if split not in dataset:
+            raise ValueError(f"{path} has no split {split!r}; it has {sorted(dataset)}.")
+        dataset = dataset[split]
+    return dataset
+
+
+# ----------------------------------------------------------------------------------------------------- metrics
+def reconstruction_metrics(reconstructions, references) -> tuple[list[float], list[float]]:
+    """Per-image PSNR (dB) and SSIM of (B, C, H, W) images in [0, 1] (data_range 1), by `uniflow_hf.metrics`."""
+    from ..metrics import peak_signal_noise_ratio, structural_similarity
+
+    return (
+        peak_signal_noise_ratio(reconstructions, references).tolist(),
+        structural_similarity(reconstructions, references).tolist(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- commands
+def _check_positive(value, name: str, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}.")
+
+
+def _label_argument(pipeline, label: str) -> int | str:
+    """A known class name stays a name; otherwise an integer string is a class id."""
+    if label in pipeline.labels:
+        return label
+    try:
+        return int(label)
+    except ValueError:
+        return label  # the pipeline reports the unknown name with the known ones
+
+
+def run_generate(args) -> int:
+    import torch
+    from diffusers.utils import make_image_grid
+
+    _check_positive(args.num_images, "--num-images")
+    pipeline = load_class_conditional_pipeline(args.model or shipped_model_dir())
+    label = _label_argument(pipeline, args.label)
+    class_id = pipeline.get_label_ids(label)[0]
+    name = (pipeline.config.id2label or {}).get(class_id, str(class_id))
+    generators = [torch.Generator().manual_seed(args.seed + i) for i in range(args.num_images)]
+    images = pipeline(
+        [class_id] * args.num_images,
+        guidance_scale=args.guidance_scale,
+        num_inference_steps=args.steps,
+        decoder_num_inference_steps=args.decoder_steps,
+        generator=generators,
+    ).images
+
+    os.makedirs(args.output_dir, exist_ok=True)
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+    for i, image in enumerate(images):
+        image.save(os.path.join(args.output_dir, f"{stem}_{args.seed + i:04d}.png"))
+    grid_path = os.path.join(args.output_dir, f"{stem}_grid.png")
+    columns = min(len(images), 8)
+    rows = -(-len(images) // columns)
+    blank = images[0].copy()
+    blank.paste((0, 0, 0), (0, 0, *blank.size))
+    make_image_grid(images + [blank] * (rows * columns - len(images)), rows=rows, cols=columns).save(grid_path)
+    print(f"Wrote {len(images)} images of class {name!r} (id {class_id}) and {grid_path}")
+    return 0
+
+
+def run_reconstruct(args) -> int:
+    import torch
+    from diffusers.utils import make_image_grid
+    from PIL import Image
+
+    _check_positive(args.steps, "--steps", allow_none=True)
+    _check_positive(args.batch_size, "--batch-size")
+    missing = [path for path in args.images if not os.path.isfile(path)]
+    if missing:
+        raise FileNotFoundError(f"No such image file(s): {', '.join(missing)}")
+    pipeline = load_reconstruction_pipeline(args.model or shipped_model_dir())
+    processor = pipeline.image_processor
+    stems = [os.path.splitext(os.path.basename(path))[0] for path in args.images]
+    if len(set(stems)) < len(stems):
+        stems = [f"{i:04d}_{stem}" for i, stem in enumerate(stems)]
+    os.makedirs(args.output_dir, exist_ok=True)
+
+    psnr, ssim = [], []
+    for start in range(0, len(args.images), args.batch_size):
+        paths = args.images[start : start + args.batch_size]
+        images = [Image.open(path).convert("RGB") for path in paths]
+        generators = [torch.Generator().manual_seed(args.seed + start + i) for i in range(len(images))]
+        reconstructions = pipeline(
+            images, num_inference_steps=args.steps, generator=generators, output_type="pt"
+        ).images
+        inputs = processor.postprocess(processor(images, return_tensors="pt").pixel_values, output_type="pt")
+        batch_psnr, batch_ssim = reconstruction_metrics(reconstructions, inputs)
+        psnr, ssim = psnr + batch_psnr, ssim + batch_ssim
+        pil_inputs, pil_reconstructions = (
+            pipeline.numpy_to_pil(x.permute(0, 2, 3, 1).numpy()) for x in (inputs, reconstructions)
+        )
+        for i, (path, original, reconstruction) in enumerate(zip(paths, pil_inputs, pil_reconstructions)):
+            out_path = os.path.join(args.output_dir, f"{stems[start + i]}_reconstruction.png")
+            make_image_grid([original, reconstruction], rows=1, cols=2).save(out_path)
+            print(f"{path}: PSNR {batch_psnr[i]:.2f} dB  SSIM {batch_ssim[i]:.4f}  -> {out_path}")
+    print(f"mean over {len(psnr)} image(s): PSNR {sum(psnr) / len(psnr):.2f} dB  SSIM {sum(ssim) / len(ssim):.4f}")
+    return 0
+
+
+def run_train_generator(args) -> int:
+    from ..generator_training import train_generator
+
+    tokenizer = load_reconstruction_pipeline(args.tokenizer).tokenizer
+    dataset = load_labelled_dataset(args.dataset, args.split)
+    result = train_generator(
+        tokenizer,
+        dataset,
+        image_column=args.image_column,
+        label_column=args.label_column,
+        output_dir=args.output_dir,
+        num_train_steps=args.num_train_steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        label_dropout=args.label_dropout,
+        seed=args.seed,
+        transformer_kwargs=args.transformer_kwargs,
+        ema_decay=args.ema_decay,
+    )
+    last = result.losses[-min(100, len(result.losses)) :]
+    print(f"Trained {len(result.losses)} steps (mean loss of the last {len(last)}: {sum(last) / len(last):.4f})")
+    print(f"Saved the UniFlowClassConditionalPipeline to {args.output_dir}")
+    return 0

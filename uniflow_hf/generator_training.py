@@ -1,0 +1,253 @@
+# Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
+"""Train a class-conditional latent generator (a diffusers `DiTTransformer2DModel`) on a frozen UniFlow tokenizer.
+
+The images of a labelled `datasets.Dataset` are encoded once with the frozen tokenizer (kept in memory), the
+latents are normalised per channel, and the DiT learns the rectified flow from Gaussian noise (t = 0) to those
+latents (t = 1) by regressing the velocity `latents - noise` at times drawn from the scheduler's training
+distribution; labels are dropped to the null class with probability `label_dropout` so that classifier-free
+guidance works. The result is a complete `UniFlowClassConditionalPipeline`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers import DiTTransformer2DModel
+from diffusers.models.embeddings import LabelEmbedding
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from .modeling import UniFlowModel
+from .pipelines import UniFlowClassConditionalPipeline, UniFlowFlowMatchScheduler
+from .pipelines.pipeline_uniflow_class_conditional import latents_to_grid
+from .pipelines.pipeline_uniflow_utils import default_image_processor
+
+
+@dataclass
+class GeneratorTrainingOutput:
+    """
+    Args:
+        pipeline (`UniFlowClassConditionalPipeline`): the trained generator with its tokenizer, ready to sample.
+        losses (`list[float]`): the flow-matching loss of every step.
+    """
+
+    pipeline: UniFlowClassConditionalPipeline
+    losses: list[float] = field(default_factory=list)
+
+
+def default_transformer_kwargs(grid_size: int) -> dict[str, Any]:
+    """A small DiT: patches of 2 latent tokens a side on grids of 8 and more, of 1 below."""
+    return dict(
+        num_layers=6,
+        num_attention_heads=4,
+        attention_head_dim=32,
+        patch_size=2 if grid_size >= 8 and grid_size % 2 == 0 else 1,
+    )
+
+
+def build_generator_transformer(
+    tokenizer: UniFlowModel, num_classes: int, **transformer_kwargs
+) -> DiTTransformer2DModel:
+    """A `DiTTransformer2DModel` over `tokenizer`'s latent grid that predicts the velocity: `in_channels` =
+    `out_channels` = latent channels, `sample_size` = grid size, `num_embeds_ada_norm` = `num_classes` (the id
+    `num_classes` is the null class). `transformer_kwargs` override the size (`num_layers`, `num_attention_heads`,
+    `attention_head_dim`, `patch_size`...)."""
+    latent_channels, grid_size = tokenizer.config.latent_channels, tokenizer.config.grid_size
+    fixed = {"in_channels", "out_channels", "sample_size", "num_embeds_ada_norm"}
+    if fixed & set(transformer_kwargs):
+        raise ValueError(f"{sorted(fixed & set(transformer_kwargs))} follow from the tokenizer and the dataset.")
+    kwargs = {**default_transformer_kwargs(grid_size), **transformer_kwargs}
+    if grid_size % kwargs["patch_size"]:
+        raise ValueError(f"patch_size {kwargs['patch_size']} does not divide the latent grid size {grid_size}.")
+    return DiTTransformer2DModel(
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        sample_size=grid_size,
+        num_embeds_ada_norm=num_classes,
+        **kwargs,
+    )
+
+
+def dataset_id2label(dataset, label_column: str) -> dict[int, str]:
+    """Class names from a `ClassLabel` column, or the ids themselves as names for an integer column."""
+    from datasets import ClassLabel
+
+    if label_column not in dataset.column_names:
+        raise ValueError(f"No label column {label_column!r} in the dataset; its columns are {dataset.column_names}.")
+    feature = dataset.features[label_column]
+    if isinstance(feature, ClassLabel):
+        return dict(enumerate(feature.names))
+    labels = list(dataset[label_column])
+    if not all(isinstance(label, int) and not isinstance(label, bool) and label >= 0 for label in labels):
+        raise ValueError(f"The label column {label_column!r} must be a ClassLabel or hold non-negative int ids.")
+    return {class_id: str(class_id) for class_id in range(max(labels) + 1)}
+
+
+@torch.no_grad()
+def encode_dataset(
+    tokenizer: UniFlowModel, dataset, image_column: str, batch_size: int = 64, device: torch.device | None = None
+) -> torch.Tensor:
+    """Latents (num_images, tokens, latent_channels) of every image of `dataset` (float32, on the CPU)."""
+    if image_column not in dataset.column_names:
+        raise ValueError(f"No image column {image_column!r} in the dataset; its columns are {dataset.column_names}.")
+    processor = default_image_processor(tokenizer)
+    device = device or tokenizer.device
+    latents = []
+    for start in tqdm(range(0, len(dataset), batch_size), desc="Encoding images"):
+        images = dataset[start : start + batch_size][image_column]
+        pixel_values = processor(images, return_tensors="pt").pixel_values.to(device=device, dtype=tokenizer.dtype)
+        latents.append(tokenizer.encode(pixel_values).float().cpu())
+    return torch.cat(latents)
+
+
+def latent_statistics(latents: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of latents (..., latent_channels)."""
+    flat = latents.reshape(-1, latents.shape[-1]).double()
+    return flat.mean(0).tolist(), flat.std(0).clamp_min(1e-6).tolist()
+
+
+def _label_embeddings(transformer: torch.nn.Module) -> list[LabelEmbedding]:
+    """diffusers' `LabelEmbedding`s of a DiT (one per block). In train mode each drops labels by itself, with the
+    global RNG and independently per block; training turns that off and drops each sample's label once, seeded."""
+    return [module for module in transformer.modules() if isinstance(module, LabelEmbedding)]
+
+
+def train_generator(
+    tokenizer: UniFlowModel | str | os.PathLike,
+    dataset,
+    image_column: str = "image",
+    label_column: str = "label",
+    output_dir: str | os.PathLike | None = None,
+    num_train_steps: int = 1000,
+    batch_size: int = 64,
+    learning_rate: float = 3e-4,
+    label_dropout: float = 0.1,
+    seed: int = 0,
+    transformer_kwargs: dict[str, Any] | None = None,
+    ema_decay: float | None = None,
+    weight_decay: float = 0.0,
+    max_grad_norm: float = 1.0,
+    encode_batch_size: int = 64,
+    mixed_precision: str = "no",
+    progress: bool = True,
+) -> GeneratorTrainingOutput:
+    """Train a `DiTTransformer2DModel` to generate `tokenizer` latents of the classes of `dataset`.
+
+    Args:
+        tokenizer (`UniFlowModel` or a folder): the frozen UniFlow tokenizer.
+        dataset (`datasets.Dataset`): images in `image_column` (PIL images or arrays) and labels in `label_column`
+            (a `ClassLabel`, whose names become the pipeline's `id2label`, or non-negative ints).
+        output_dir (*optional*): where to save the `UniFlowClassConditionalPipeline` folder.
+        num_train_steps, batch_size, learning_rate, weight_decay, max_grad_norm: the AdamW optimisation.
+        label_dropout (`float`, defaults to 0.1): probability of training a sample as the null class (for
+            classifier-free guidance).
+        seed (`int`): seeds the weights, the batches, the noise, the times and the label dropout.
+        transformer_kwargs (`dict`, *optional*): size of the DiT (see `build_generator_transformer`).
+        ema_decay (`float`, *optional*): keep an exponential moving average of the weights (diffusers' `EMAModel`,
+            with its warm-up) and save that.
+        mixed_precision (`str`): Accelerate's `"no"`, `"fp16"` or `"bf16"` (GPU only).
+
+    Returns:
+        [`GeneratorTrainingOutput`] with the pipeline and the loss of every step.
+    """
+    if not 0 <= label_dropout < 1:
+        raise ValueError(f"`label_dropout` must be in [0, 1), got {label_dropout}.")
+    for name, value in (("num_train_steps", num_train_steps), ("batch_size", batch_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    if len(dataset) == 0:
+        raise ValueError("The dataset is empty.")
+
+    accelerator = Accelerator(mixed_precision=mixed_precision)
+    set_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    if not isinstance(tokenizer, UniFlowModel):
+        tokenizer = UniFlowModel.from_pretrained(tokenizer)
+    tokenizer.eval().requires_grad_(False).to(accelerator.device)
+
+    id2label = dataset_id2label(dataset, label_column)
+    num_classes = len(id2label)
+    labels = torch.tensor(list(dataset[label_column]), dtype=torch.long)
+    latents = encode_dataset(tokenizer, dataset, image_column, encode_batch_size, accelerator.device)
+    latent_mean, latent_std = latent_statistics(latents)
+    mean = torch.tensor(latent_mean).reshape(1, -1, 1, 1)
+    std = torch.tensor(latent_std).reshape(1, -1, 1, 1)
+    data = (latents_to_grid(latents, tokenizer.config.grid_size) - mean) / std
+
+    transformer = build_generator_transformer(tokenizer, num_classes, **(transformer_kwargs or {}))
+    label_embeddings = _label_embeddings(transformer)
+    builtin_dropout = [module.dropout_prob for module in label_embeddings]
+    for module in label_embeddings:
+        module.dropout_prob = 0.0
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    transformer, optimizer = accelerator.prepare(transformer, optimizer)
+    ema = EMAModel(transformer.parameters(), decay=ema_decay) if ema_decay is not None else None
+    scheduler = UniFlowFlowMatchScheduler()
+
+    transformer.train()
+    losses = []
+    order = torch.empty(0, dtype=torch.long)
+    progress_bar = tqdm(range(num_train_steps), desc="Training generator", disable=not progress)
+    for _ in progress_bar:
+        if len(order) < batch_size:  # epochs of shuffled indices; the last partial one runs on into the next
+            epochs = math.ceil(batch_size / len(data)) + 1
+            order = torch.cat([order] + [torch.randperm(len(data), generator=generator) for _ in range(epochs)])
+        indices, order = order[:batch_size], order[batch_size:]
+        batch_labels = labels[indices]
+        dropped = torch.rand(batch_size, generator=generator) < label_dropout
+        batch_labels = torch.where(dropped, num_classes, batch_labels).to(accelerator.device)
+        sample = data[indices].to(accelerator.device)
+        noise = torch.randn(sample.shape, generator=generator).to(accelerator.device)
+        timesteps = scheduler.sample_training_timesteps(batch_size, generator=generator).to(accelerator.device)
+
+        with accelerator.autocast():
+            velocity = transformer(
+                scheduler.add_noise(sample, noise, timesteps), timestep=timesteps, class_labels=batch_labels
+            ).sample
+        loss = F.mse_loss(velocity.float(), scheduler.get_velocity(sample, noise).float())
+        accelerator.backward(loss)
+        if max_grad_norm:
+            accelerator.clip_grad_norm_(transformer.parameters(), max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(transformer.parameters())
+        losses.append(loss.item())
+        progress_bar.set_postfix(loss=f"{losses[-1]:.4f}")
+
+    transformer = accelerator.unwrap_model(transformer)
+    if ema is not None:
+        ema.copy_to(transformer.parameters())
+    for module, probability in zip(label_embeddings, builtin_dropout):
+        module.dropout_prob = probability
+    transformer.eval()
+
+    pipeline = UniFlowClassConditionalPipeline(
+        transformer=transformer,
+        scheduler=UniFlowFlowMatchScheduler(),
+        tokenizer=tokenizer,
+        decoder_scheduler=UniFlowFlowMatchScheduler(schedule=tokenizer.config.sampling_schedule),
+        id2label=id2label,
+        latent_mean=latent_mean,
+        latent_std=latent_std,
+    )
+    if output_dir is not None and accelerator.is_main_process:
+        pipeline.save_pretrained(output_dir)
+    return GeneratorTrainingOutput(pipeline=pipeline, losses=losses)
+
+
+__all__ = [
+    "GeneratorTrainingOutput",
+    "build_generator_transformer",
+    "dataset_id2label",
+    "encode_dataset",
+    "latent_statistics",
+    "train_generator",
+]
