@@ -80,6 +80,8 @@ def resize_position_embedding(position_embedding: torch.Tensor, grid: tuple[int,
     does for its encoder; computed in float32 and cast back."""
     _, num_positions, dim = position_embedding.shape
     side = math.isqrt(num_positions)
+    if tuple(grid) == (side, side):
+        return position_embedding  # bicubic resizing to the same grid is exactly the identity: skip it
     pos = position_embedding.float().reshape(1, side, side, dim).permute(0, 3, 1, 2)
     pos = F.interpolate(pos, size=grid, mode="bicubic", align_corners=False)
     return pos.reshape(1, dim, grid[0] * grid[1]).permute(0, 2, 1).to(position_embedding.dtype)
@@ -355,8 +357,8 @@ class UniFlowFlowHead(nn.Module):
         self.final_layer = UniFlowFlowHeadFinalLayer(width, config.patch_dim)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        if timestep.ndim == 0:
-            timestep = timestep.expand(sample.shape[0])
+        if timestep.ndim == 0:  # one time for all rows (sampling): embed it once, broadcast over the rows
+            timestep = timestep[None]
         hidden_states = self.input_proj(sample)
         embedding = self.time_embed(timestep) + self.cond_embed(condition)
         for block in self.res_blocks:
@@ -370,6 +372,7 @@ def adaptive_distillation_loss(
     teacher_hidden_states: list[torch.Tensor] | tuple[torch.Tensor, ...],
     beta: float = 2.0,
     mode: str = "adaptive",
+    sync_across_processes: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Layer-wise adaptive self-distillation (UniFlow, Sec. 3): for layers l = 1..L,
 
@@ -378,12 +381,25 @@ def adaptive_distillation_loss(
         L_distill = Σ_l w_l·α_l.
 
     `mode="uniform"` uses w_l = 1/L. Pass the L layer outputs (not the embeddings). Returns (loss, weights (L,)).
+
+    `sync_across_processes=True` averages the (detached) α over the processes of the default `torch.distributed`
+    group before the weights are computed (a no-op without one): data-parallel training then weights the layers by
+    the discrepancies of the global batch, as one process holding the whole batch would, instead of each rank
+    by its own shard. Every process must then call this function (as every rank does in a training step).
     """
+    if mode not in ("adaptive", "uniform"):
+        raise ValueError(f"`mode` must be 'adaptive' or 'uniform', got {mode!r}.")
     if len(student_hidden_states) != len(teacher_hidden_states) or not student_hidden_states:
         raise ValueError(
             f"Need the same non-zero number of student and teacher layers, got {len(student_hidden_states)} and "
             f"{len(teacher_hidden_states)}."
         )
+    for layer, (student, teacher) in enumerate(zip(student_hidden_states, teacher_hidden_states), start=1):
+        if student.shape != teacher.shape:
+            raise ValueError(
+                f"Student and teacher states of layer {layer} differ in shape: {tuple(student.shape)} vs "
+                f"{tuple(teacher.shape)}."
+            )
     alphas = torch.stack(
         [
             1 - F.cosine_similarity(s.float(), t.float().detach(), dim=-1).mean()
@@ -393,12 +409,15 @@ def adaptive_distillation_loss(
     num_layers = len(alphas)
     if mode == "uniform":
         weights = torch.full_like(alphas, 1.0 / num_layers)
-    elif mode == "adaptive":
-        depth = torch.arange(1, num_layers + 1, device=alphas.device, dtype=alphas.dtype) / num_layers
-        weights = depth * torch.exp(beta * alphas.detach())
-        weights = weights / weights.sum()
     else:
-        raise ValueError(f"`mode` must be 'adaptive' or 'uniform', got {mode!r}.")
+        weight_alphas = alphas.detach()
+        if sync_across_processes and torch.distributed.is_available() and torch.distributed.is_initialized():
+            weight_alphas = weight_alphas.clone()
+            torch.distributed.all_reduce(weight_alphas)
+            weight_alphas = weight_alphas / torch.distributed.get_world_size()
+        depth = torch.arange(1, num_layers + 1, device=alphas.device, dtype=alphas.dtype) / num_layers
+        weights = depth * torch.exp(beta * weight_alphas)
+        weights = weights / weights.sum()
     return (weights * alphas).sum(), weights.detach()
 
 
@@ -443,6 +462,42 @@ class UniFlowPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
 
+    def save_pretrained(self, save_directory, is_main_process: bool = True, **kwargs):
+        """`PreTrainedModel.save_pretrained`, made atomic: the model is written to a temporary folder beside
+        `save_directory`, and only a complete save then replaces the files there, so a save that fails or is killed
+        midway leaves the previous model intact. Other files in `save_directory` (a processor, a training run's
+        checkpoints) are kept; weight files of a previous save that this one does not overwrite (other shards, the
+        other of single-file / sharded) are removed, so they cannot shadow the new weights."""
+        import os
+        import shutil
+        import tempfile
+
+        if not is_main_process or kwargs.get("distributed_checkpoint"):
+            return super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
+        save_directory = os.path.abspath(os.fspath(save_directory))
+        if os.path.isfile(save_directory):
+            raise ValueError(f"`save_directory` ({save_directory}) is a file; pass a folder.")
+        if kwargs.get("push_to_hub"):
+            kwargs.setdefault("repo_id", os.path.basename(save_directory))
+        parent = os.path.dirname(save_directory)
+        os.makedirs(parent, exist_ok=True)
+        try:
+            staging = tempfile.mkdtemp(prefix=f".{os.path.basename(save_directory)}.saving-", dir=parent)
+        except PermissionError:  # a writable folder in a read-only parent: stage inside it
+            os.makedirs(save_directory, exist_ok=True)
+            staging = tempfile.mkdtemp(prefix=".saving-", dir=save_directory)
+        try:
+            super().save_pretrained(staging, **kwargs)
+            if os.path.isdir(save_directory):
+                _move_saved_files(staging, save_directory)
+            else:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private
+                os.rename(staging, save_directory)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
     def _init_weights(self, module):
         """Truncated-normal linears, unit norms, LayerScale at `initializer_factor`, sin-cos decoder position
         embeddings, and the flow head's zero-initialised adaLN and output layers (as the official code)."""
@@ -462,29 +517,38 @@ class UniFlowPreTrainedModel(PreTrainedModel):
         elif isinstance(module, UniFlowEncoderLayer):
             init.constant_(module.ls1, self.config.initializer_factor)
             init.constant_(module.ls2, self.config.initializer_factor)
-        elif isinstance(module, UniFlowFlowHead):
-            for linear in (module.time_embed.linear_1, module.time_embed.linear_2):
-                init.normal_(linear.weight, std=0.02)
-            for block in module.res_blocks:
-                init.zeros_(block.modulation.weight)
-                init.zeros_(block.modulation.bias)
-            for linear in (module.final_layer.modulation, module.final_layer.linear):
-                init.zeros_(linear.weight)
-                init.zeros_(linear.bias)
         elif isinstance(module, UniFlowModel):
+            # Done here rather than on the flow-head modules: transformers skips, for models outside the library,
+            # modules that hold no parameters of their own (the flow head, its blocks), and this module runs last.
             sincos = sincos_position_embedding(self.config.hidden_size, self.config.grid_size)[None]
             init.copy_(module.global_position_embedding, sincos)
             init.copy_(module.decoder_position_embedding, sincos)
+            head = module.flow_head
+            for linear in (head.time_embed.linear_1, head.time_embed.linear_2):
+                init.normal_(linear.weight, std=0.02)
+            zero_init = [block.modulation for block in head.res_blocks]
+            for linear in zero_init + [head.final_layer.modulation, head.final_layer.linear]:
+                init.zeros_(linear.weight)
+                init.zeros_(linear.bias)
 
 
 def _check_pixel_values(pixel_values: torch.Tensor, config: UniFlowConfig) -> None:
+    """Raise a clear error for inputs the model cannot take. Documented casts: any floating dtype is accepted and
+    cast to the model's dtype by the patch embedding (float64 input gives exactly the float32 result). The device is
+    not checked: a tensor on another device than the model fails with PyTorch's device-mismatch error, unless
+    accelerate hooks (`device_map`) move it, which is why it is not an error here."""
     if not isinstance(pixel_values, torch.Tensor):
         raise TypeError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}.")
     if pixel_values.ndim != 4:
         raise ValueError(f"`pixel_values` must have shape (batch, channels, height, width), got {tuple(pixel_values.shape)}.")
     if not pixel_values.is_floating_point():
-        raise TypeError(f"`pixel_values` must be a floating-point tensor, got {pixel_values.dtype}.")
-    _, channels, height, width = pixel_values.shape
+        raise TypeError(
+            f"`pixel_values` must be a floating-point tensor (any float dtype: it is cast to the model's), got "
+            f"{pixel_values.dtype}; preprocess images with UniFlowImageProcessor."
+        )
+    batch_size, channels, height, width = pixel_values.shape
+    if batch_size == 0:
+        raise ValueError(f"`pixel_values` is an empty batch (shape {tuple(pixel_values.shape)}).")
     if channels != config.num_channels:
         raise ValueError(
             f"`pixel_values` has {channels} channels but the model expects {config.num_channels} "
@@ -496,22 +560,49 @@ def _check_pixel_values(pixel_values: torch.Tensor, config: UniFlowConfig) -> No
             f"Image size {height}x{width} is not a positive multiple of the patch size {p}; resize or crop to a "
             f"multiple of {p} (e.g. {max(p, height // p * p)}x{max(p, width // p * p)})."
         )
-    if not torch.isfinite(pixel_values).all():
-        raise ValueError("`pixel_values` contains NaN or infinite values.")
+    # One reduction: the sum of finite values is finite unless it overflows, which the exact check then rules out.
+    # (Skipped while compiling: a data-dependent branch would break the graph.)
+    if not torch.compiler.is_compiling() and not torch.isfinite(pixel_values.sum()):
+        if not torch.isfinite(pixel_values).all():
+            raise ValueError(
+                "`pixel_values` contains NaN or infinite values (e.g. a failed decode or a division by zero "
+                "upstream); the model needs finite inputs."
+            )
 
 
 class UniFlowVisionModel(UniFlowPreTrainedModel):
     """The UniFlow encoder tower: CLS + patch tokens through the InternViT layers. Drops into
-    `LlavaForConditionalGeneration` as its vision tower; loads the official folder (decoder weights ignored)."""
+    `LlavaForConditionalGeneration` as its vision tower (`LlavaConfig(vision_config=UniFlowConfig(...))`); loads our
+    folders, a `UniFlowModel` folder or the official folder (decoder weights ignored).
 
-    _keys_to_ignore_on_load_unexpected = [
-        r"^(chal_proj|chal_unproj|global_blocks|global_block_pos_embed|decoder_pos_embed|flow_head)",
-        r"^(latent_proj|latent_unproj|global_position_embedding|decoder_position_embedding)",
-    ]
+    Latent features for an LLM (`config.vision_feature_source="latent"`): the tower then also holds UniFlow's
+    `latent_proj` and `latent_unproj` (same names and weights as in `UniFlowModel`, so a UniFlowModel or official
+    folder fills them) and, whenever it returns hidden states, appends one more: the latent tokens re-embedded to
+    `hidden_size` by the decoder's own un-projection, `latent_unproj(latent_proj(h_L))`, computed token-wise over the
+    whole sequence (CLS slot included) so that it has as many tokens as every other hidden state. LLaVA builds its
+    projector `vision_config.hidden_size` wide, so this state feeds a stock `LlavaForConditionalGeneration` unchanged
+    with `vision_feature_layer=-1` (`-2` is then the last encoder layer; non-negative indices keep their meaning);
+    it is a fixed function of the `latent_channels`-wide latents, i.e. the LLM sees only what the latent holds.
+    `encode()` returns the raw latents, `UniFlowModel.encode`'s exactly.
+    """
+
+    # Decoder-side weights of a UniFlowModel / official folder: never part of the tower.
+    _decoder_keys = (
+        r"^(global_blocks|global_block_pos_embed|decoder_pos_embed|flow_head|global_position_embedding"
+        r"|decoder_position_embedding)"
+    )
+    # The latent bottleneck (official and our names): loaded when the tower has its latent head, ignored otherwise.
+    _latent_head_keys = r"^(chal_proj|chal_unproj|latent_proj|latent_unproj)\."
+    _keys_to_ignore_on_load_unexpected = [_decoder_keys, _latent_head_keys]
     _can_record_outputs = {"hidden_states": UniFlowEncoderLayer}
-    _checkpoint_key_mapping = {r"^vision_model\.": ""}
+    _checkpoint_key_mapping = {
+        r"^vision_model\.": "",
+        **{source: target for source, target in OFFICIAL_TO_HF_KEY_MAPPING.items() if source.startswith(r"^chal_")},
+    }
 
-    def __init__(self, config: UniFlowConfig):
+    def __init__(self, config: UniFlowConfig, add_latent_head: bool | None = None):
+        """`add_latent_head` (default: `config.vision_feature_source == "latent"`) builds `latent_proj` and
+        `latent_unproj`; a model that holds its own latent head around this tower (`UniFlowModel`) passes False."""
         super().__init__(config)
         if config.encoder_config is not None:
             raise ValueError(
@@ -520,7 +611,18 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
             )
         self.embeddings = UniFlowVisionEmbeddings(config)
         self.encoder = UniFlowEncoder(config)
+        if add_latent_head is None:
+            add_latent_head = config.vision_feature_source == "latent"
+        if add_latent_head:
+            width = config.hidden_size
+            self.latent_proj = UniFlowLatentProjection(width, width, config.latent_channels)
+            self.latent_unproj = UniFlowLatentProjection(config.latent_channels, width, width)
+            self._keys_to_ignore_on_load_unexpected = [self._decoder_keys]
         self.post_init()
+
+    @property
+    def has_latent_head(self) -> bool:
+        return getattr(self, "latent_proj", None) is not None
 
     @property
     def patch_size(self) -> int:
@@ -536,8 +638,10 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
-        """`hidden_states[0]` is the embedding output (CLS first), `hidden_states[i]` the output of layer i.
-        `output_hidden_states` may be a bool or, as LLaVA passes, a layer index or list of them (then all are kept)."""
+        """`hidden_states[0]` is the embedding output (CLS first), `hidden_states[i]` the output of layer i (and, with
+        the latent head, `hidden_states[-1]` the re-embedded latents, see the class docstring).
+        `output_hidden_states` may be a bool or, as LLaVA passes its `vision_feature_layer`, a layer index (0
+        included) or a list of them: then all hidden states are returned, so any index selects as usual."""
         _check_pixel_values(pixel_values, self.config)
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
@@ -546,6 +650,8 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
         kwargs.pop("image_sizes", None)
         embeddings = self.embeddings(pixel_values)
         last_hidden_state, hidden_states = self.encoder(embeddings, output_hidden_states=keep_all, **kwargs)
+        if hidden_states is not None and self.has_latent_head:
+            hidden_states += (self.latent_unproj(self.latent_proj(last_hidden_state)),)
         output = BaseModelOutputWithPooling(
             last_hidden_state=last_hidden_state,
             pooler_output=last_hidden_state[:, 0],
@@ -553,6 +659,16 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
+
+    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> latents (B, H/p · W/p, latent_channels), as `UniFlowModel.encode` (latent head only)."""
+        if not self.has_latent_head:
+            raise ValueError(
+                "This UniFlowVisionModel has no latent head: build it with `vision_feature_source='latent'` (e.g. "
+                "`UniFlowVisionModel.from_pretrained(folder, vision_feature_source='latent')` on a UniFlowModel folder)."
+            )
+        last_hidden_state = self(pixel_values=pixel_values, output_hidden_states=False, return_dict=True).last_hidden_state
+        return self.latent_proj(last_hidden_state[:, 1:])
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -564,14 +680,16 @@ class UniFlowModel(UniFlowPreTrainedModel):
     """The UniFlow tokenizer: `encode` images to (B, N, latent_channels) latents, `decode` latents to images with
     the patch flow head, `reconstruct` both; `forward` in training returns the flow and distillation losses."""
 
-    _keys_to_ignore_on_save = [r"^distillation_teacher\."]
+    # transformers matches `_keys_to_ignore_on_save` exactly (not as patterns): `enable_distillation` adds the
+    # teacher's keys, so neither `save_pretrained` nor Trainer checkpoints write the teacher.
+    _keys_to_ignore_on_save = None
     _keys_to_ignore_on_load_missing = [r"^distillation_teacher\."]
     _checkpoint_key_mapping = OFFICIAL_TO_HF_KEY_MAPPING
 
     def __init__(self, config: UniFlowConfig):
         super().__init__(config)
         if config.encoder_config is None:
-            self.vision_model = UniFlowVisionModel(config)
+            self.vision_model = UniFlowVisionModel(config, add_latent_head=False)
         else:
             self.vision_model = AutoModel.from_config(config.encoder_config)
         width = config.hidden_size
@@ -591,38 +709,88 @@ class UniFlowModel(UniFlowPreTrainedModel):
 
     @classmethod
     def from_encoder(cls, encoder: PreTrainedModel, **config_kwargs) -> "UniFlowModel":
-        """Build a UniFlow tokenizer around a pretrained transformers vision encoder (UniFlow's own, CLIP, SigLIP,
-        DINOv2...). Its weights are copied in; the decoder side is freshly initialised from `config_kwargs`."""
+        """Build a UniFlow tokenizer around a pretrained transformers vision encoder: UniFlow's own
+        `UniFlowVisionModel`, or a ViT-style tower such as `CLIPVisionModel`, `SiglipVisionModel`, `Dinov2Model`
+        (the bare model `AutoModel` builds from its config). Its weights are copied in (and, for a UniFlow tower with
+        a latent head, its latent bottleneck); the rest is freshly initialised from `config_kwargs` (decoder fields
+        such as `latent_channels`, `num_global_blocks`, `num_flow_head_blocks`, and the training fields).
+
+        The encoder's config is nested as `encoder_config`, so the saved model loads with
+        `UniFlowModel.from_pretrained` alone. The decoder reads the last `(image_size / patch_size)²` tokens of the
+        encoder's `last_hidden_state` (dropping CLS / register tokens), and the distillation its `hidden_states[1:]`
+        (the layer outputs after the embeddings)."""
+        if not isinstance(encoder, PreTrainedModel):
+            raise TypeError(f"`encoder` must be a transformers PreTrainedModel, got {type(encoder).__name__}.")
+        encoder_config = encoder.config
         if isinstance(encoder, UniFlowVisionModel):
-            fields = {k: v for k, v in encoder.config.to_dict().items() if k in UniFlowConfig().to_dict()}
-            fields.update(config_kwargs)
-            config = UniFlowConfig(**{k: v for k, v in fields.items() if k not in ("model_type", "transformers_version")})
+            known_fields = UniFlowConfig().to_dict()
+            fields = {k: v for k, v in encoder_config.to_dict().items() if k in known_fields}
+            fields = {k: v for k, v in fields.items() if k not in ("model_type", "transformers_version", "architectures")}
+            config = UniFlowConfig(**{**fields, **config_kwargs})
         else:
-            encoder_config = encoder.config
             if hasattr(encoder_config, "vision_config"):
                 raise ValueError(
                     f"Pass the vision tower itself (e.g. CLIPVisionModel), not a multi-modal {type(encoder).__name__}."
                 )
+            needed = ("hidden_size", "num_hidden_layers", "patch_size", "image_size")
+            missing = [name for name in needed if not isinstance(getattr(encoder_config, name, None), int)]
+            if missing:
+                raise ValueError(
+                    f"{type(encoder).__name__} is not a ViT-style encoder UniFlow can use: its config lacks integer "
+                    f"{missing} (needed: {list(needed)})."
+                )
             config = UniFlowConfig(encoder_config=encoder_config, **config_kwargs)
+        for name in ("num_channels", "image_size", "patch_size", "hidden_size", "num_hidden_layers"):
+            if name in config_kwargs and config_kwargs[name] != getattr(encoder_config, name, config_kwargs[name]):
+                raise ValueError(
+                    f"`{name}={config_kwargs[name]!r}` contradicts the encoder ({name}={getattr(encoder_config, name)!r}); "
+                    "the encoder defines it: change the encoder's config instead."
+                )
+
         model = cls(config)
-        missing, unexpected = model.vision_model.load_state_dict(encoder.state_dict(), strict=False)
+        if type(model.vision_model) is not type(encoder):
+            raise ValueError(
+                f"`from_encoder` takes the bare encoder that AutoModel builds from its config "
+                f"({type(model.vision_model).__name__}), got {type(encoder).__name__}: pass e.g. its base model "
+                f"(`AutoModel.from_pretrained(...)`)."
+            )
+        state_dict = encoder.state_dict()
+        if getattr(encoder, "has_latent_head", False) and not getattr(model.vision_model, "has_latent_head", False):
+            latent_keys = [key for key in state_dict if key.startswith(("latent_proj.", "latent_unproj."))]
+            model.load_state_dict({key: state_dict.pop(key) for key in latent_keys}, strict=False)
+        missing, unexpected = model.vision_model.load_state_dict(state_dict, strict=False)
         if missing or unexpected:
             raise ValueError(f"Encoder weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}.")
         return model
 
     # --------------------------------------------------------------------------------------- building blocks
     def encoder_forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False, **kwargs):
-        """Run the encoder; returns (patch features without CLS/register tokens (B, N, C), hidden states or None)."""
+        """Run the encoder; returns (patch features without CLS/register tokens (B, N, C), the token grid
+        (rows, cols), hidden states or None). The patch tokens are the last N = rows·cols of `last_hidden_state`."""
         _check_pixel_values(pixel_values, self.config)
         outputs = self.vision_model(pixel_values=pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
-        if output_hidden_states and outputs.hidden_states is None:
-            raise ValueError(
-                f"The encoder {type(self.vision_model).__name__} returned no hidden states; UniFlow's distillation "
-                "needs an encoder that supports `output_hidden_states=True`."
-            )
+        name = type(self.vision_model).__name__
+        if output_hidden_states:
+            hidden_states = getattr(outputs, "hidden_states", None)
+            if hidden_states is None:
+                raise ValueError(
+                    f"The encoder {name} returned no hidden states; UniFlow's distillation needs an encoder that "
+                    "returns them for `output_hidden_states=True` (or train without it: `distillation_mode='none'`)."
+                )
+            if len(hidden_states) < self.config.num_hidden_layers + 1:
+                raise ValueError(
+                    f"The encoder {name} returned {len(hidden_states)} hidden states; expected the embeddings and the "
+                    f"output of each of its {self.config.num_hidden_layers} layers."
+                )
         grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
-        features = outputs.last_hidden_state[:, -grid[0] * grid[1] :]  # drop CLS (and register) tokens
-        return features, grid, outputs.hidden_states
+        last_hidden_state = outputs.last_hidden_state
+        if last_hidden_state.ndim != 3 or last_hidden_state.shape[1] < grid[0] * grid[1]:
+            raise ValueError(
+                f"The encoder {name} returned `last_hidden_state` of shape {tuple(last_hidden_state.shape)}; expected "
+                f"(batch, tokens >= {grid[0] * grid[1]}, hidden): one token per {self.config.patch_size}-pixel patch."
+            )
+        features = last_hidden_state[:, -grid[0] * grid[1] :]  # drop CLS (and register) tokens
+        return features, grid, outputs.hidden_states if output_hidden_states else None
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) in the processor's normalised space -> latents (B, H/p · W/p, latent_channels)."""
@@ -702,7 +870,7 @@ class UniFlowModel(UniFlowPreTrainedModel):
         condition = self.decoder_condition(latents.to(dtype), grid).reshape(batch * num_tokens, -1)
         sample = noise.reshape(batch * num_tokens, patch_dim).to(device=latents.device, dtype=dtype)
         for i, timestep in enumerate(scheduler.timesteps):
-            velocity = self.flow_head(sample, timestep.to(dtype).expand(sample.shape[0]), condition)
+            velocity = self.flow_head(sample, timestep.to(dtype), condition)
             sample = scheduler.step(velocity, timestep, sample).prev_sample
             if callback is not None:
                 callback(i, len(scheduler.timesteps))
@@ -716,13 +884,22 @@ class UniFlowModel(UniFlowPreTrainedModel):
 
     # ---------------------------------------------------------------------------------------------- training
     def enable_distillation(self) -> None:
-        """Snapshot the current encoder as the frozen teacher of the self-distillation (not saved with the model)."""
+        """Snapshot the current encoder as the frozen teacher of the self-distillation (in eval mode, no gradients,
+        never saved: `save_pretrained` and Trainer checkpoints skip it). Call it on the pretrained model, before
+        adding adapters: resuming from a checkpoint restores only the student."""
         teacher = copy.deepcopy(self.vision_model).eval()
         teacher.requires_grad_(False)
+        self.disable_distillation()
         self.distillation_teacher = teacher
+        teacher_keys = {f"distillation_teacher.{key}" for key in teacher.state_dict()}
+        self._keys_to_ignore_on_save = set(self._keys_to_ignore_on_save or ()) | teacher_keys
 
     def disable_distillation(self) -> None:
+        """Drop the teacher (and its keys from `_keys_to_ignore_on_save`)."""
         self.distillation_teacher = None
+        self._keys_to_ignore_on_save = {
+            key for key in (self._keys_to_ignore_on_save or ()) if not key.startswith("distillation_teacher.")
+        }
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -738,38 +915,65 @@ class UniFlowModel(UniFlowPreTrainedModel):
         generator: torch.Generator | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        return_loss: bool | None = None,
         **kwargs,
     ) -> UniFlowModelOutput | tuple:
-        """Training (`model.train()`): the patch flow loss, plus the adaptive distillation loss when a teacher is
-        set (`enable_distillation()`), in `loss`. Inference: latents and the reconstruction."""
+        """Training (`model.train()`, or `return_loss=True`): the patch flow loss, plus the adaptive distillation
+        loss when a teacher is set (`enable_distillation()`), in `loss`. Otherwise: latents and the reconstruction.
+
+        For the losses, `noise` (B, N, C·p·p) and `timesteps` (network time 1000·t, one per patch token (B, N) or
+        per image (B,)) fix the flow's random draws; they are drawn with `generator` when not given. In training
+        under `torch.distributed`, the adaptive layer weights use the discrepancies of the global batch (see
+        `adaptive_distillation_loss`). For inference, `noise` is the decoder's initial noise."""
         kwargs.pop("labels", None)
         kwargs.pop("num_items_in_batch", None)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        distill = self.training and self.distillation_teacher is not None and self.config.distillation_mode != "none"
-        if self.training and self.config.freeze_encoder:
-            with torch.no_grad():
-                features, grid, hidden_states = self.encoder_forward(pixel_values, output_hidden_states=bool(output_hidden_states))
-        else:
+        compute_loss = self.training if return_loss is None else return_loss
+        distill = (
+            compute_loss
+            and self.distillation_teacher is not None
+            and self.config.distillation_mode != "none"
+            and not self.config.freeze_encoder  # a frozen encoder is its own teacher
+        )
+        encoder_grad = torch.is_grad_enabled() and not (self.training and self.config.freeze_encoder)
+        with torch.set_grad_enabled(encoder_grad):
             features, grid, hidden_states = self.encoder_forward(
                 pixel_values, output_hidden_states=distill or bool(output_hidden_states)
             )
         latents = self.latent_proj(features)
         output = UniFlowModelOutput(latents=latents, encoder_hidden_states=hidden_states if output_hidden_states else None)
 
-        if not self.training:
-            output.reconstruction = self.decode(latents, generator=generator, noise=noise, height=pixel_values.shape[-2], width=pixel_values.shape[-1])
+        if not compute_loss:
+            output.reconstruction = self.decode(
+                latents, generator=generator, noise=noise, height=pixel_values.shape[-2], width=pixel_values.shape[-1]
+            )
             return output if return_dict else output.to_tuple()
 
         from ..pipelines.scheduling_uniflow_flow_match import UniFlowFlowMatchScheduler
 
         scheduler = UniFlowFlowMatchScheduler()
+        batch_size, num_tokens = latents.shape[:2]
         target = patchify(pixel_values, self.config.patch_size).reshape(-1, self.config.patch_dim)
         condition = self.decoder_condition(latents, grid).reshape(target.shape[0], -1)
+        draws = self.config.flow_samples_per_token  # several (noise, t) draws per token, as MAR's diffusion loss
+        target, condition = target.repeat(draws, 1), condition.repeat(draws, 1)
         if noise is None:
             noise = torch.randn(target.shape, generator=generator, device=target.device, dtype=target.dtype)
-        noise = noise.reshape(target.shape).to(target.dtype)
+        elif noise.numel() != target.numel():
+            raise ValueError(
+                f"`noise` must hold ({draws * batch_size}, {num_tokens}, {self.config.patch_dim}) values (one pixel "
+                f"patch per token and draw), got shape {tuple(noise.shape)}."
+            )
+        noise = noise.reshape(target.shape).to(device=target.device, dtype=target.dtype)
         if timesteps is None:
             timesteps = scheduler.sample_training_timesteps(target.shape[0], generator=generator, device=target.device)
+        elif timesteps.numel() == batch_size:
+            timesteps = timesteps.reshape(batch_size, 1).expand(batch_size, num_tokens).repeat(draws, 1)
+        elif timesteps.numel() != target.shape[0]:
+            raise ValueError(
+                f"`timesteps` must hold one network timestep (1000·t) per patch token ({batch_size}, {num_tokens}) or "
+                f"per image ({batch_size},), got shape {tuple(timesteps.shape)}."
+            )
         timesteps = timesteps.reshape(-1).to(target.device)
         noisy = scheduler.add_noise(target, noise, timesteps)
         velocity = self.flow_head(noisy, timesteps.to(condition.dtype), condition)
@@ -781,21 +985,151 @@ class UniFlowModel(UniFlowPreTrainedModel):
                 teacher_states = self.distillation_teacher(
                     pixel_values=pixel_values, output_hidden_states=True, return_dict=True
                 ).hidden_states
+            # hidden_states[0] is the embedding output; the L layer outputs follow (a tower may append more).
+            layers = slice(1, self.config.num_hidden_layers + 1)
+            student_states, teacher_states = hidden_states[layers], teacher_states[layers]
             output.distillation_loss, output.distillation_weights = adaptive_distillation_loss(
-                hidden_states[1:], teacher_states[1:], self.config.distillation_beta, self.config.distillation_mode
+                student_states,
+                teacher_states,
+                self.config.distillation_beta,
+                self.config.distillation_mode,
+                sync_across_processes=self.training,
             )
             output.distillation_cosine = torch.stack(
-                [F.cosine_similarity(s.float(), t.float(), dim=-1).mean() for s, t in zip(hidden_states[1:], teacher_states[1:])]
+                [F.cosine_similarity(s.float(), t.float(), dim=-1).mean() for s, t in zip(student_states, teacher_states)]
             ).detach()
             output.loss = output.loss + self.config.distillation_weight * output.distillation_loss
         return output if return_dict else output.to_tuple()
 
 
+class UniFlowForImageClassification(UniFlowPreTrainedModel):
+    """UniFlow's encoder with a linear classifier on the layer-normed mean of its patch tokens and CLS token: used to
+    pretrain a small encoder (the stand-in for a well-pretrained ViT) and to linear-probe features."""
+
+    def __init__(self, config: UniFlowConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.vision_model = UniFlowVisionModel(config, add_latent_head=False)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs):
+        from transformers.modeling_outputs import ImageClassifierOutput
+
+        hidden_states = self.vision_model(pixel_values, return_dict=True).last_hidden_state
+        logits = self.classifier(self.norm(hidden_states.mean(dim=1)))
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return ImageClassifierOutput(loss=loss, logits=logits)
+
+
+# model[.variant][-00001-of-00002].safetensors and model[.variant].safetensors.index.json
+_SAFETENSORS_WEIGHTS_FILE = r"model(?P<variant>\.[^.-]+)?(?:-\d{5}-of-\d{5})?\.safetensors(?:\.index\.json)?"
+
+
+def _move_saved_files(staging: str, save_directory: str) -> None:
+    """Move a finished save from `staging` into `save_directory` (each file atomically, config.json last), then
+    delete the safetensors weight files of the same variant that the new save did not write."""
+    import os
+    import re
+    import shutil
+
+    new_names = sorted(os.listdir(staging), key=lambda name: name == "config.json")
+    new_variants = {
+        match["variant"] for name in new_names if (match := re.fullmatch(_SAFETENSORS_WEIGHTS_FILE, name))
+    }
+    stale = [
+        name
+        for name in os.listdir(save_directory)
+        if name not in new_names
+        and (match := re.fullmatch(_SAFETENSORS_WEIGHTS_FILE, name))
+        and match["variant"] in new_variants
+    ]
+    for name in new_names:
+        target = os.path.join(save_directory, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)
+        os.replace(os.path.join(staging, name), target)
+    for name in stale:
+        os.remove(os.path.join(save_directory, name))
+
+
+def _refuse_pickled_only_folder(folder: str) -> None:
+    """Raise if a local `folder` holds pickled weights but no safetensors ones (loading a pickle can run code)."""
+    import os
+
+    if not os.path.isdir(folder):
+        return
+    names = os.listdir(folder)
+    if any(name.endswith((".safetensors", ".safetensors.index.json")) for name in names):
+        return
+    # What transformers would unpickle: pytorch_model.bin, its shards and their index.
+    pickled = sorted(name for name in names if name.startswith("pytorch_model") and ".bin" in name)
+    if pickled:
+        raise OSError(
+            f"{folder} holds only pickled weights ({', '.join(pickled)}), no model.safetensors. Unpickling can run "
+            "arbitrary code, so uniflow-hf loads safetensors only by default. If you trust these files, pass "
+            "`use_safetensors=False` explicitly (then re-save the model: `save_pretrained` writes safetensors)."
+        )
+
+
+def _local_checkpoint_keys(folder: str, variant: str | None) -> list[str] | None:
+    """Parameter names in the safetensors weights of a local `folder` (headers only), or None if it has none."""
+    import json
+    import os
+
+    from safetensors import safe_open
+
+    suffix = f".{variant}" if variant else ""
+    index_file = os.path.join(folder, f"model{suffix}.safetensors.index.json")
+    weights_file = os.path.join(folder, f"model{suffix}.safetensors")
+    if os.path.isfile(weights_file):
+        with safe_open(weights_file, framework="pt") as handle:
+            return list(handle.keys())
+    if os.path.isfile(index_file):
+        with open(index_file, encoding="utf-8") as handle:
+            return list(json.load(handle)["weight_map"])
+    return None
+
+
+def _unexpected_decoder_keys(model, folder: str, key_mapping: dict, variant: str | None) -> set[str]:
+    """Decoder-side checkpoint parameters (after `key_mapping`) that `model` has no place for.
+
+    transformers merges a sub-model's `_keys_to_ignore_on_load_unexpected` into its parent's, so a `UniFlowModel`
+    with our own tower inherits the tower's "ignore the decoder keys" and would silently drop, e.g., the weights of
+    extra flow-head blocks. This finds those keys in the (local, safetensors) checkpoint; the decoder has no weight
+    conversions, so renaming with `key_mapping` is exact for them."""
+    import re
+
+    from transformers.core_model_loading import WeightRenaming, rename_source_key
+
+    if isinstance(model, UniFlowVisionModel) or not isinstance(getattr(model, "vision_model", None), UniFlowVisionModel):
+        return set()
+    keys = _local_checkpoint_keys(folder, variant) or []
+    renamings = [WeightRenaming(source_patterns=source, target_patterns=target) for source, target in key_mapping.items()]
+    leaked = [re.compile(pattern) for pattern in UniFlowVisionModel._keys_to_ignore_on_load_unexpected]
+    expected = set(model.state_dict())
+    renamed_keys = (rename_source_key(key, renamings, [])[0] for key in keys)
+    return {key for key in renamed_keys if key not in expected and any(pattern.search(key) for pattern in leaked)}
+
+
 def _from_pretrained_with_key_mapping(parent, cls, pretrained_model_name_or_path, *model_args, **kwargs):
     """`from_pretrained` that maps official (or sibling-class) parameter names, refuses to random-initialise weights
-    the folder lacks, and saves with our own names (never reverting to the names it loaded)."""
+    the folder lacks or to drop weights it has no place for, and saves with our own names (never reverting to the
+    names it loaded). Pickled weights (`pytorch_model.bin`) load only with an explicit `use_safetensors=False`."""
+    import os
+
     kwargs.setdefault("key_mapping", dict(cls._checkpoint_key_mapping))
     wants_info = kwargs.pop("output_loading_info", False)
+    folder = os.fspath(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else ""
+    if kwargs.get("subfolder"):
+        folder = os.path.join(folder, kwargs["subfolder"])
+    if os.path.isdir(folder) and kwargs.get("config") is None and not os.path.isfile(os.path.join(folder, "config.json")):
+        # transformers would silently build the default (448 px, 24-layer) config instead.
+        raise OSError(f"{folder} has no config.json: it is not a saved {cls.__name__} folder.")
+    if kwargs.get("use_safetensors") is None:
+        _refuse_pickled_only_folder(folder)
+        kwargs["use_safetensors"] = True
     model, info = parent.from_pretrained.__func__(
         cls, pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
     )
@@ -806,6 +1140,17 @@ def _from_pretrained_with_key_mapping(parent, cls, pretrained_model_name_or_path
             f"{cls.__name__} (e.g. {sorted(missing)[:5]}): its weights don't match its config.json. Refusing to "
             "initialise them randomly; check the folder, or build the model from its config and load what you have."
         )
+    # The tower loads from folders holding more than itself (a UniFlowModel, a classifier) and leaves the rest, with
+    # transformers' load report; the full model must use every weight of its folder.
+    unexpected = set() if isinstance(model, UniFlowVisionModel) else set(info["unexpected_keys"])
+    if os.path.isdir(folder) and kwargs.get("use_safetensors") is not False:
+        unexpected |= _unexpected_decoder_keys(model, folder, kwargs["key_mapping"], kwargs.get("variant"))
+    if unexpected:
+        raise ValueError(
+            f"{pretrained_model_name_or_path} holds {len(unexpected)} weights that {cls.__name__} has no place for "
+            f"(e.g. {sorted(unexpected)[:5]}): its weights don't match its config.json (e.g. more blocks than the "
+            "config says). Refusing to drop them silently; check the folder's config.json."
+        )
     model._weight_conversions = []
     return (model, info) if wants_info else model
 
@@ -815,6 +1160,7 @@ __all__ = [
     "UniFlowVisionModel",
     "UniFlowModel",
     "UniFlowModelOutput",
+    "UniFlowForImageClassification",
     "adaptive_distillation_loss",
     "patchify",
     "unpatchify",

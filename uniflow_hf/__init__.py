@@ -24,7 +24,22 @@ from .modeling import (
     UniFlowVisionModel,
     adaptive_distillation_loss,
 )
-from .pipelines import UniFlowFlowMatchScheduler
+from .pipelines import (
+    UniFlowClassConditionalPipeline,
+    UniFlowFlowMatchScheduler,
+    UniFlowReconstructionPipeline,
+    register_pipelines_with_diffusers,
+)
+from .llava import LlavaImageQACollator, build_llava_processor, finetune_llava_lora
+from .training import UniFlowTrainer, UniFlowTrainingDataset, apply_lora, train_tokenizer
+from .evaluation import evaluate_reconstruction
+from .metrics import metric_path
+
+# diffusers' pipeline loader resolves a component saved as ["uniflow_hf", "<ClassName>"] in model_index.json with
+# `getattr(uniflow_hf, "<ClassName>")`, and picks its load method by testing it against these base classes, which it
+# also looks up by name on this module. They are here for that loader, not part of our API.
+from diffusers import SchedulerMixin  # noqa: E402, F401
+from transformers import ImageProcessingMixin, PreTrainedModel  # noqa: E402, F401
 
 
 __version__ = "0.1.0"
@@ -32,6 +47,7 @@ __version__ = "0.1.0"
 AutoConfig.register("uniflow", UniFlowConfig, exist_ok=True)
 AutoModel.register(UniFlowConfig, UniFlowVisionModel, exist_ok=True)
 AutoImageProcessor.register(UniFlowConfig, image_processor_classes={"pil": UniFlowImageProcessor}, exist_ok=True)
+register_pipelines_with_diffusers()
 
 __all__ = [
     "UniFlowConfig",
@@ -41,5 +57,16 @@ __all__ = [
     "UniFlowPreTrainedModel",
     "UniFlowVisionModel",
     "UniFlowFlowMatchScheduler",
+    "UniFlowReconstructionPipeline",
+    "UniFlowClassConditionalPipeline",
     "adaptive_distillation_loss",
+    "LlavaImageQACollator",
+    "build_llava_processor",
+    "finetune_llava_lora",
+    "UniFlowTrainer",
+    "UniFlowTrainingDataset",
+    "apply_lora",
+    "train_tokenizer",
+    "evaluate_reconstruction",
+    "metric_path",
 ]

@@ -10,6 +10,11 @@ import sys
 # Each module defines `register(subparsers)`, which adds its sub-command(s) with `set_defaults(func=...)`.
 COMMAND_MODULES = [
     "uniflow_hf.commands.convert",
+    "uniflow_hf.commands.evaluate",
+    "uniflow_hf.commands.fmnist",
+    "uniflow_hf.commands.generate",
+    "uniflow_hf.commands.llava",
+    "uniflow_hf.commands.train",
 ]
 
 
@@ -32,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, TypeError) as error:
+    except (ValueError, OSError, TypeError) as error:
         print(f"uniflow-hf {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -298,7 +298,7 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, epochs: int = 30, se
         return (probe(test_x).argmax(-1) == test_y).float().mean().item()
 
 
-def train_fmnist_generator(tokenizer_dir: str, output_dir: str, steps: int = 3000, batch_size: int = 256, seed: int = 0):
+def train_fmnist_generator(tokenizer_dir: str, output_dir: str, steps: int = 3000, batch_size: int = 128, seed: int = 0):
     """Stage c: the class-conditional latent generator on the adapted tokenizer's latents of the 60k training images,
     saved with the tokenizer as one `UniFlowClassConditionalPipeline` folder."""
     from .generator_training import train_generator

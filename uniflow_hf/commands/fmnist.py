@@ -28,7 +28,7 @@ def register(subparsers) -> None:
     stage.add_argument("--tokenizer", required=True, help="output folder of `adapt`")
     stage.add_argument("--output-dir", required=True)
     stage.add_argument("--steps", type=int, default=3000)
-    stage.add_argument("--batch-size", type=int, default=256)
+    stage.add_argument("--batch-size", type=int, default=128)
     stage.add_argument("--seed", type=int, default=0)
     stage.set_defaults(func=_generator)
 

@@ -1,0 +1,103 @@
+"""`uniflow-hf evaluate`: PSNR, SSIM and rFID of a UniFlow tokenizer's reconstructions.
+
+    uniflow-hf evaluate --model DIR --dataset DIR [--split test] [--resolution R] [--steps K] [--batch-size B]
+                        [--max-images N] [--inception-weights FILE] [--output results.json]
+
+Shard the images across GPUs with `accelerate launch --multi_gpu --num_processes N -m uniflow_hf.cli evaluate ...`
+(across CPU processes: `ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N -m uniflow_hf.cli evaluate ...`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="PSNR / SSIM / rFID of a tokenizer's reconstructions over an image folder or a saved dataset",
+        description=(
+            "Reconstruct images with a UniFlow tokenizer and write PSNR, SSIM (images in [0, 1], data_range 1) and, "
+            "given the FID Inception weights, rFID as JSON. Under `accelerate launch` the images are split between "
+            "the processes."
+        ),
+    )
+    parser.add_argument("--model", required=True, help="a UniFlowModel folder, or a pipeline folder (with tokenizer/)")
+    parser.add_argument("--dataset", required=True, help="an image folder, or a dataset saved with save_to_disk")
+    parser.add_argument("--split", default="test", help="the split of a saved DatasetDict (default: test)")
+    parser.add_argument("--image-column", default=None, help="the image column of a dataset (default: the first)")
+    parser.add_argument("--resolution", type=int, default=None, help="square size (default: the processor's crop)")
+    parser.add_argument("--steps", type=int, default=None, help="decoder steps (default: the model's)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward, per process")
+    parser.add_argument("--max-images", type=int, default=None, help="evaluate the first N images only")
+    parser.add_argument(
+        "--inception-weights", default=None, help="pt_inception-2015-12-05-6726825d.pth: also compute rFID"
+    )
+    parser.add_argument(
+        "--int8", action="store_true",
+        help="CPU only: int8 dynamic quantisation of the Linear layers (faster, slightly different outputs)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the decoder noise of image i uses seed + i")
+    parser.add_argument("--skip-unreadable", action="store_true", help="skip (and list) unreadable images")
+    parser.add_argument("--output", default=None, help="write the results to this JSON file")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args) -> int:
+    from accelerate import Accelerator
+
+    from ..evaluation import evaluate_reconstruction, load_tokenizer, open_image_source, quantize_dynamic_int8
+    from ..metrics import FIDInceptionV3
+
+    try:
+        accelerator = Accelerator()
+        model, processor, scheduler = load_tokenizer(args.model)
+        if args.int8:
+            if accelerator.device.type != "cpu":
+                raise ValueError(f"--int8 is a CPU path; this run uses {accelerator.device}.")
+            model = quantize_dynamic_int8(model)
+        model.to(accelerator.device)
+        inception = None
+        if args.inception_weights is not None:
+            inception = FIDInceptionV3.from_weights_file(args.inception_weights, accelerator.device)
+        source = open_image_source(args.dataset, args.split, args.image_column)
+        results = evaluate_reconstruction(
+            model,
+            source,
+            processor,
+            scheduler=scheduler,
+            resolution=args.resolution,
+            num_inference_steps=args.steps,
+            batch_size=args.batch_size,
+            max_images=args.max_images,
+            inception=inception,
+            seed=args.seed,
+            skip_unreadable=args.skip_unreadable,
+            accelerator=accelerator,
+            progress=not args.no_progress,
+        )
+    except OSError as error:  # e.g. a folder with only pickled weights (FileNotFoundError is handled by the CLI)
+        if isinstance(error, FileNotFoundError):
+            raise
+        print(f"uniflow-hf evaluate: error: {error}", file=sys.stderr)
+        return 2
+    if accelerator.is_main_process:
+        results = {
+            "model": os.path.abspath(args.model),
+            "dataset": os.path.abspath(args.dataset),
+            "split": args.split if os.path.isfile(os.path.join(args.dataset, "dataset_dict.json")) else None,
+            "inception_weights": args.inception_weights,
+            "num_processes": accelerator.num_processes,
+            "int8": args.int8,
+            **results,
+        }
+        text = json.dumps(results, indent=2)
+        print(text)
+        if args.output:
+            os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+            with open(args.output, "w", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+    return 0
