@@ -69,9 +69,9 @@ def _convert_pil_to_rgb(image: Image.Image) -> Image.Image:
     Convert a PIL image of any mode to 8-bit "RGB".
 
     - "RGB" is returned unchanged.
-    - 16-bit integer modes ("I;16", "I;16B", ...) are scaled by their range (`round(v / 257)`), and "I" (signed
-      32-bit) by its non-negative range (`round(clip(v, 0, 2**31 - 1) * 255 / (2**31 - 1))`), instead of PIL's
-      `convert`, which clips them to [0, 255].
+    - 16-bit integer modes ("I;16", "I;16B", ...) are scaled by their range (`round(v / 257)`); so is "I" (signed
+      32-bit) when its values fit in 16 bits (how PIL opens 16-bit TIFFs and PNGs), else by its non-negative range
+      (`round(clip(v, 0, 2**31 - 1) * 255 / (2**31 - 1))`), instead of PIL's `convert`, which clips them to [0, 255].
     - "F" (32-bit float) follows PIL's `convert("RGB")` (values on the 0-255 scale, clipped); NaN/inf are rejected.
     - Every other mode ("1", "L", "P" with or without transparency, "RGBA", "LA", "PA", "CMYK", "YCbCr", ...) uses
       PIL's `convert("RGB")`. For modes with an alpha channel this *drops* the alpha channel (the colour values are
@@ -82,8 +82,10 @@ def _convert_pil_to_rgb(image: Image.Image) -> Image.Image:
         return image
     if mode in _PIL_16BIT_MODES or mode == "I":
         values = np.asarray(image).astype(np.float64)
-        if mode == "I":
+        if mode == "I" and values.max(initial=0) > 65535:
             values = np.clip(values, 0, _PIL_INT32_MAX) * (255.0 / _PIL_INT32_MAX)
+        elif mode == "I":  # 16-bit data (PIL opens 16-bit TIFFs and some PNGs as "I"): its 16-bit range
+            values = np.clip(values, 0, 65535) / 257.0
         else:
             values = values / 257.0
         gray = np.clip(np.round(values), 0, 255).astype(np.uint8)

@@ -113,8 +113,6 @@ def test_processor_accepts_odd_but_valid_images(processor, case):
     assert torch.isfinite(pixel_values).all()
 
 
-@pytest.mark.xfail(strict=True, reason="processor bug reported: mode 'I' is scaled by the int32 range, so 16-bit "
-                   "data (what PIL opens 16-bit TIFFs / some PNGs as) turns black")  # fmt: skip
 def test_processor_keeps_16_bit_data_opened_as_mode_I(processor, tmp_path):
     gradient = np.linspace(0, 65535, 20 * 24).reshape(20, 24).astype(np.int32)
     Image.fromarray(gradient).save(tmp_path / "gray16.tif")

@@ -313,3 +313,38 @@ def train_fmnist_generator(tokenizer_dir: str, output_dir: str, steps: int = 300
     )
     print(f"generator: final loss {sum(result.losses[-100:]) / min(100, len(result.losses)):.4f} -> {output_dir}")
     return result.pipeline
+
+
+class JudgeCNN(torch.nn.Module):
+    """A small CNN classifier of Fashion-MNIST, independent of UniFlow: the judge of generated samples."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Flatten(), torch.nn.Linear(64 * 7 * 7, 128), torch.nn.ReLU(),
+        )
+        self.classifier = torch.nn.Linear(128, 10)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def train_judge(images: torch.Tensor, labels: torch.Tensor, epochs: int = 3, seed: int = 0) -> JudgeCNN:
+    """`images` (N, 28, 28) in [0, 1]."""
+    torch.manual_seed(seed)
+    judge = JudgeCNN()
+    optimizer = torch.optim.Adam(judge.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        for index in torch.randperm(len(images)).split(128):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(judge(images[index, None]), labels[index]).backward()
+            optimizer.step()
+    return judge.eval()
+
+
+@torch.no_grad()
+def judge_outputs(judge: JudgeCNN, images: torch.Tensor, batch_size: int = 1000):
+    features = torch.cat([judge.features(images[s : s + batch_size, None]) for s in range(0, len(images), batch_size)])
+    return features, judge.classifier(features).argmax(-1)

@@ -1,0 +1,117 @@
+"""The shipped UniFlow-FMNIST model and its data: loads offline, generates the requested classes, reconstructs."""
+
+import json
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import torch
+
+from uniflow_hf.fmnist import (
+    FASHION_MNIST_LABELS,
+    fmnist_pixel_values,
+    judge_outputs,
+    load_fashion_mnist,
+    load_fashion_mnist_arrays,
+    psnr,
+    to_unit_range,
+    train_judge,
+)
+
+
+SHIPPED = Path(str(resources.files("uniflow_hf") / "models" / "uniflow-fmnist"))
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    from uniflow_hf import UniFlowClassConditionalPipeline
+
+    pipe = UniFlowClassConditionalPipeline.from_pretrained(SHIPPED)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def judge():
+    """An independent CNN judge, trained here (1 epoch on 20k images: ~85-88 % test accuracy)."""
+    images, labels = load_fashion_mnist_arrays("train")
+    judge = train_judge(torch.from_numpy(images[:20000]).float() / 255, torch.from_numpy(labels[:20000]), epochs=1)
+    test_images, test_labels = load_fashion_mnist_arrays("test")
+    _, predictions = judge_outputs(judge, torch.from_numpy(test_images[:2000]).float() / 255)
+    accuracy = (predictions == torch.from_numpy(test_labels[:2000])).float().mean().item()
+    assert accuracy > 0.75, f"the judge itself only reaches {accuracy:.2f}"
+    return judge
+
+
+def test_dataset_dict_with_class_names():
+    data = load_fashion_mnist(max_per_split=50)
+    assert set(data) == {"train", "test"} and len(data["train"]) == 50
+    assert data["train"].features["label"].names == FASHION_MNIST_LABELS
+    image = data["test"][0]["image"]
+    assert image.size == (28, 28) and image.mode == "L"
+    full_train, _ = load_fashion_mnist_arrays("train")
+    assert full_train.shape == (60000, 28, 28)
+
+
+def test_missing_dataset_says_how_to_install(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install -y dataset-fashion-mnist"):
+        load_fashion_mnist_arrays("train", root=tmp_path)
+    with pytest.raises(ValueError, match="expected 'train' or 'test'"):
+        load_fashion_mnist_arrays("validation")
+
+
+def test_shipped_model_is_small_safetensors_and_complete():
+    files = [p for p in SHIPPED.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 25 * 2**20
+    assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+    index = json.loads((SHIPPED / "model_index.json").read_text())
+    assert index["_class_name"] == "UniFlowClassConditionalPipeline"
+    assert [index["id2label"][str(i)] for i in range(10)] == FASHION_MNIST_LABELS
+
+
+def test_generated_samples_are_recognised_as_their_class(pipeline, judge):
+    labels = [name for name in FASHION_MNIST_LABELS for _ in range(10)]
+    images = pipeline(labels, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert images.shape == (100, 3, 28, 28) and images.min() >= 0 and images.max() <= 1
+    _, predictions = judge_outputs(judge, images.mean(dim=1))
+    expected = torch.tensor([FASHION_MNIST_LABELS.index(name) for name in labels])
+    accuracy = (predictions == expected).float().mean().item()
+    assert accuracy >= 0.7, f"only {accuracy:.2f} of generated samples judged as their class (chance: 0.1)"
+
+
+def test_guidance_matters_and_seeds_reproduce(pipeline):
+    a = pipeline(["Bag"] * 2, generator=torch.Generator().manual_seed(3), output_type="pt").images
+    b = pipeline(["Bag"] * 2, generator=torch.Generator().manual_seed(3), output_type="pt").images
+    c = pipeline(["Bag"] * 2, guidance_scale=1.0, generator=torch.Generator().manual_seed(3), output_type="pt").images
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_shipped_tokenizer_reconstructs_test_images(pipeline):
+    images, _ = load_fashion_mnist_arrays("test")
+    pixel_values = fmnist_pixel_values(images[:200])
+    reconstruction = pipeline.tokenizer.reconstruct(pixel_values, generator=torch.Generator().manual_seed(0))
+    value = psnr(to_unit_range(pixel_values), to_unit_range(reconstruction)).mean().item()
+    # a constant mid-grey image scores about 7 dB, the per-pixel mean image about 11 dB
+    assert value > 15, f"reconstruction PSNR {value:.1f} dB"
+    assert pipeline.tokenizer.config.latent_channels * pipeline.tokenizer.config.grid_size**2 <= 784 / 3
+
+
+def test_cli_generate_and_reconstruct_default_to_the_shipped_model(tmp_path):
+    out = tmp_path / "generated"
+    result = subprocess.run(
+        [sys.executable, "-m", "uniflow_hf.cli", "generate", "--label", "Sneaker", "--num-images", "3", "--seed", "0",
+         "--output-dir", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert len(pngs) >= 4, pngs  # 3 images and a grid
+    image = next(p for p in out.glob("*.png") if "grid" not in p.name)
+    result = subprocess.run(
+        [sys.executable, "-m", "uniflow_hf.cli", "reconstruct", str(image), "--output-dir", str(tmp_path / "recon")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "PSNR" in result.stdout and list((tmp_path / "recon").glob("*.png"))

@@ -1,0 +1,183 @@
+"""`uniflow-hf train-tokenizer`: train (or LoRA fine-tune) a UniFlow tokenizer with the Hugging Face Trainer.
+
+Every `TrainingArguments` field is an option (`--learning-rate`, `--max-steps`, `--save-steps`,
+`--gradient-checkpointing`, `--resume-from-checkpoint`, `--report-to`...), next to the options of
+`TrainTokenizerArguments`. Multi-GPU / multi-node: launch the same command with `torchrun` or `accelerate launch`
+(see examples/README.md)."""
+
+# No `from __future__ import annotations`: HfArgumentParser reads the dataclass field types at runtime.
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TrainTokenizerArguments:
+    """Data and model options of `uniflow-hf train-tokenizer` (the rest are `TrainingArguments`)."""
+
+    dataset: str = field(
+        metadata={
+            "help": "an image folder (read with the `imagefolder` builder), a dataset saved with `save_to_disk`, or a "
+            "dataset name on the Hub"
+        }
+    )
+    image_column: str = field(default="image", metadata={"help": "the dataset column holding the images"})
+    train_split: str = field(default="train", metadata={"help": "split to train on when the dataset has several"})
+    eval_split: str | None = field(default=None, metadata={"help": "split to evaluate on (e.g. 'validation')"})
+    init_from: str | None = field(
+        default=None, metadata={"help": "UniFlowModel folder to start from (ours or the official release format)"}
+    )
+    encoder: str | None = field(
+        default=None,
+        metadata={"help": "a transformers vision encoder folder (CLIP, SigLIP, DINOv2...) to build around (from_encoder)"},
+    )
+    config: str | None = field(
+        default=None,
+        metadata={
+            "help": "UniFlowConfig fields as a JSON file or inline JSON: the whole model (training from scratch), the "
+            "decoder with --encoder, or overrides (e.g. distillation_mode) with --init-from"
+        },
+    )
+    no_distillation: bool = field(default=False, metadata={"help": "train without the self-distillation teacher"})
+    no_augmentation: bool = field(default=False, metadata={"help": "no random resized crop / horizontal flip"})
+    lora: str | None = field(
+        default=None, metadata={"help": "train LoRA adapters only, on the 'encoder', the 'decoder' or 'both'"}
+    )
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r"})
+    lora_alpha: int | None = field(default=None, metadata={"help": "LoRA alpha (default 2r)"})
+
+
+def _argument_parser(**kwargs):
+    from transformers import HfArgumentParser, TrainingArguments
+
+    return HfArgumentParser((TrainTokenizerArguments, TrainingArguments), **kwargs)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train-tokenizer",
+        help="train a UniFlow tokenizer (flow + self-distillation losses) with the HF Trainer",
+        description=__doc__,
+        parents=[_argument_parser(add_help=False)],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(func=run_train_tokenizer)
+
+
+def parse_arguments(args: argparse.Namespace):
+    """The parsed options as (TrainTokenizerArguments, TrainingArguments)."""
+    values = {key: value for key, value in vars(args).items() if key not in ("command", "func")}
+    if not values.get("output_dir"):
+        raise ValueError("--output-dir is required: the folder for checkpoints and the trained model.")
+    return _argument_parser().parse_dict(values)
+
+
+def read_json_argument(value: str | None) -> dict:
+    """`--config`: a JSON file or an inline JSON object."""
+    if value is None:
+        return {}
+    text = value
+    if os.path.isfile(value):
+        with open(value, encoding="utf-8") as file:
+            text = file.read()
+    elif not value.lstrip().startswith("{"):
+        raise FileNotFoundError(f"--config {value!r} is neither a JSON file nor an inline JSON object.")
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--config is not valid JSON: {error}") from error
+    if not isinstance(config, dict):
+        raise ValueError(f"--config must hold a JSON object of UniFlowConfig fields, got {type(config).__name__}.")
+    return config
+
+
+def load_image_dataset(path_or_name: str, split: str):
+    """A `datasets.Dataset` from an image folder or `save_to_disk` folder (the `split` of a DatasetDict), or the
+    `split` of a Hub dataset."""
+    import datasets
+
+    from .generate import load_labelled_dataset
+
+    if os.path.isdir(path_or_name):
+        return load_labelled_dataset(path_or_name, split)
+    try:
+        return datasets.load_dataset(path_or_name, split=split)
+    except Exception as error:  # offline, unknown name, unknown split...
+        raise FileNotFoundError(
+            f"--dataset {path_or_name!r} is not a folder and could not be loaded from the Hub ({error})."
+        ) from error
+
+
+def build_model(script_args: TrainTokenizerArguments, seed: int):
+    """The model to train and its image processor (from --init-from, --encoder or --config)."""
+    from transformers import AutoModel, set_seed
+    from transformers.utils import logging
+
+    from .. import UniFlowConfig, UniFlowImageProcessor, UniFlowModel
+    from ..training import default_image_processor
+
+    if script_args.init_from and script_args.encoder:
+        raise ValueError("Pass either --init-from (a UniFlow model) or --encoder (a vision encoder), not both.")
+    config_fields = read_json_argument(script_args.config)
+    set_seed(seed)  # the freshly initialised parts, and so the teacher of a from-scratch run, depend on it only
+    if script_args.init_from:
+        model = UniFlowModel.from_pretrained(script_args.init_from, **config_fields)
+        if os.path.isfile(os.path.join(script_args.init_from, "preprocessor_config.json")):
+            return model, UniFlowImageProcessor.from_pretrained(script_args.init_from)
+    elif script_args.encoder:
+        model = UniFlowModel.from_encoder(AutoModel.from_pretrained(script_args.encoder), **config_fields)
+    elif config_fields:
+        model = UniFlowModel(UniFlowConfig(**config_fields))
+        if not script_args.no_distillation and model.config.distillation_mode != "none":
+            logging.get_logger(__name__).warning(
+                "Training from scratch (--config without --init-from/--encoder): the distillation teacher is the "
+                "randomly initialised encoder. Pass --init-from or --encoder to adapt a pretrained one."
+            )
+    else:
+        raise ValueError("Pass --init-from DIR (a UniFlow model), --encoder DIR (a vision encoder) or --config JSON.")
+    return model, default_image_processor(model.config)
+
+
+def resume_argument(value: str | None) -> str | bool | None:
+    """`--resume-from-checkpoint`: a checkpoint folder, or true / latest for the latest one in --output-dir."""
+    if value is not None and value.lower() in ("true", "latest", "last"):
+        return True
+    if value is not None and not os.path.isdir(value):
+        raise FileNotFoundError(f"--resume-from-checkpoint {value!r} is not a checkpoint folder (or 'true' for the latest).")
+    return value
+
+
+def run_train_tokenizer(args: argparse.Namespace) -> int:
+    from ..training import LORA_TARGETS, lora_config_for, train_tokenizer
+
+    script_args, training_args = parse_arguments(args)
+    if script_args.lora is not None and script_args.lora not in LORA_TARGETS:
+        raise ValueError(f"--lora must be one of {LORA_TARGETS}, got {script_args.lora!r}.")
+    resume_from_checkpoint = resume_argument(training_args.resume_from_checkpoint)
+    train_dataset = load_image_dataset(script_args.dataset, script_args.train_split)
+    eval_dataset = load_image_dataset(script_args.dataset, script_args.eval_split) if script_args.eval_split else None
+    model, processor = build_model(script_args, training_args.seed)
+
+    lora_config = None
+    if script_args.lora is not None:
+        lora_config = lora_config_for(model, script_args.lora, script_args.lora_rank, script_args.lora_alpha)
+    trainer = train_tokenizer(
+        model,
+        train_dataset,
+        training_args,
+        image_column=script_args.image_column,
+        processor=processor,
+        eval_dataset=eval_dataset,
+        distillation=not script_args.no_distillation,
+        lora_config=lora_config,
+        augment=not script_args.no_augmentation,
+        resume_from_checkpoint=resume_from_checkpoint,
+    )
+    if trainer.is_world_process_zero():  # one JSON line: where the model is, and the final training metrics
+        print(json.dumps({"output_dir": training_args.output_dir, **trainer.state.log_history[-1]}))
+    trainer.accelerator.end_training()  # closes the process group of a torchrun / accelerate launch
+    return 0
+
+
+__all__ = ["TrainTokenizerArguments", "register", "run_train_tokenizer", "load_image_dataset", "build_model"]
