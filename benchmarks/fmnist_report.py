@@ -18,57 +18,10 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch import nn
 
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class JudgeCNN(nn.Module):
-    """A small CNN classifier of Fashion-MNIST, independent of UniFlow: the judge of generated samples."""
-
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(),
-        )
-        self.classifier = nn.Linear(128, 10)
-
-    def forward(self, x):
-        return self.classifier(self.features(x))
-
-
-def train_judge(images: torch.Tensor, labels: torch.Tensor, epochs: int = 3, seed: int = 0) -> JudgeCNN:
-    """`images` (N, 28, 28) in [0, 1]."""
-    torch.manual_seed(seed)
-    judge = JudgeCNN()
-    optimizer = torch.optim.Adam(judge.parameters(), lr=1e-3)
-    for _ in range(epochs):
-        for index in torch.randperm(len(images)).split(128):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(judge(images[index, None]), labels[index]).backward()
-            optimizer.step()
-    return judge.eval()
-
-
-@torch.no_grad()
-def judge_outputs(judge: JudgeCNN, images: torch.Tensor, batch_size: int = 1000):
-    features = torch.cat([judge.features(images[s : s + batch_size, None]) for s in range(0, len(images), batch_size)])
-    return features, judge.classifier(features).argmax(-1)
-
-
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    from scipy import linalg
-
-    a, b = a.double().numpy(), b.double().numpy()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean.real))
 
 
 @torch.no_grad()
@@ -111,8 +64,10 @@ def main():
     import uniflow_hf  # noqa: F401
     from uniflow_hf import UniFlowClassConditionalPipeline
     from uniflow_hf.fmnist import (
-        FASHION_MNIST_LABELS, encoder_features, fmnist_pixel_values, linear_probe_accuracy, load_fashion_mnist_arrays,
+        FASHION_MNIST_LABELS, encoder_features, fmnist_pixel_values, judge_outputs, linear_probe_accuracy,
+        load_fashion_mnist_arrays, train_judge,
     )
+    from uniflow_hf.metrics._common import frechet_distance_of_features
     from uniflow_hf.modeling import UniFlowForImageClassification, UniFlowModel
 
     started = time.time()
@@ -142,7 +97,7 @@ def main():
     train_features, _ = judge_outputs(judge, train_unit[:10000])
     test_features, test_pred = judge_outputs(judge, test_unit)
     results["judge_test_accuracy"] = (test_pred == test_y).float().mean().item()
-    results["fd_floor_train_vs_test"] = frechet_distance(train_features, test_features)
+    results["fd_floor_train_vs_test"] = frechet_distance_of_features(train_features, test_features)
 
     guidance = 4.0 if args.guidance_scale is None else args.guidance_scale
     steps = 25 if args.steps is None else args.steps
@@ -156,7 +111,7 @@ def main():
         "per_class_accuracy": {
             FASHION_MNIST_LABELS[c]: (gen_pred[generated_labels == c] == c).float().mean().item() for c in range(10)
         },
-        "fd_vs_test": frechet_distance(gen_features, test_features),
+        "fd_vs_test": frechet_distance_of_features(gen_features, test_features),
     }
     results["seconds"] = time.time() - started
     if args.json:
