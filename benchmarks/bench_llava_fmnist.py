@@ -31,24 +31,9 @@ QUESTION = "What is in the image?"
 
 def build_tokenizer(class_names: list[str]):
     """A word-level tokenizer over the prompt and the class names, with the `<image>` token."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from uniflow_hf.llava import DEFAULT_PROMPT_TEMPLATE, build_word_level_tokenizer
 
-    from uniflow_hf.llava import DEFAULT_PROMPT_TEMPLATE
-
-    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    corpus = [DEFAULT_PROMPT_TEMPLATE.format(image="", question=QUESTION)] + class_names
-    special_tokens = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
-    tokenizer.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=special_tokens))
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
+    return build_word_level_tokenizer([DEFAULT_PROMPT_TEMPLATE.format(image="", question=QUESTION)] + class_names)
 
 
 def build_model_from_scratch(

@@ -26,21 +26,9 @@ CORPUS = [
 
 # ----------------------------------------------------------------------------------------------------- builders
 def build_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from uniflow_hf.llava import build_word_level_tokenizer
 
-    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    special = ["<pad>", "<unk>", "<s>", "</s>", IMAGE_TOKEN]
-    tokenizer.train_from_iterator(CORPUS, trainers.WordLevelTrainer(special_tokens=special))
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
-    )
+    return build_word_level_tokenizer(CORPUS, IMAGE_TOKEN)
 
 
 def text_config(tokenizer):

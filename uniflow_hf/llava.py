@@ -54,6 +54,26 @@ VISION_TOWER_ATTENTION_PATTERN = r"(?:.*\.)?vision_tower\.encoder\.layers\.\d+\.
 
 
 # ----------------------------------------------------------------------------------------------- processor
+def build_word_level_tokenizer(corpus: Sequence[str], image_token: str = "<image>"):
+    """A small word-level `PreTrainedTokenizerFast` trained on `corpus`, with `<pad>`, `<unk>`, `<s>`, `</s>` and the
+    image token: a tokenizer built locally, for offline demos and tests where no hub tokenizer can be downloaded."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    special_tokens = ["<pad>", "<unk>", "<s>", "</s>", image_token]
+    tokenizer.train_from_iterator(list(corpus), trainers.WordLevelTrainer(special_tokens=special_tokens))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        extra_special_tokens={"image_token": image_token},
+    )
+
+
 def check_vision_feature_select_strategy(vision_feature_select_strategy: str) -> str:
     if vision_feature_select_strategy not in VISION_FEATURE_SELECT_STRATEGIES:
         raise ValueError(
