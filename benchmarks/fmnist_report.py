@@ -89,7 +89,7 @@ def main():
         results["teacher_probe"] = linear_probe_accuracy(features[0], train_y, features[1], test_y)
         results["teacher_classifier_accuracy"] = getattr(classifier.config, "test_accuracy", None)
     for spec in args.ablations:
-        name, folder = spec.split("=", 1)
+        name, folder = spec.rsplit("=", 1)  # names may hold "=" (β=2), folders do not
         rows[name] = tokenizer_rows(UniFlowModel.from_pretrained(folder).eval(), train_pv, train_y, test_pv, test_y, args.num_recon)
     results["tokenizers"] = rows
 
