@@ -65,7 +65,7 @@ def main():
     from uniflow_hf import UniFlowClassConditionalPipeline
     from uniflow_hf.fmnist import (
         FASHION_MNIST_LABELS, encoder_features, fmnist_pixel_values, judge_outputs, linear_probe_accuracy,
-        load_fashion_mnist_arrays, train_judge,
+        load_fashion_mnist_arrays, to_unit_range, train_judge,
     )
     from uniflow_hf.metrics._common import frechet_distance_of_features
     from uniflow_hf.modeling import UniFlowForImageClassification, UniFlowModel
@@ -98,6 +98,11 @@ def main():
     test_features, test_pred = judge_outputs(judge, test_unit)
     results["judge_test_accuracy"] = (test_pred == test_y).float().mean().item()
     results["fd_floor_train_vs_test"] = frechet_distance_of_features(train_features, test_features)
+    generator = torch.Generator().manual_seed(0)
+    reconstructions = torch.cat([
+        to_unit_range(tokenizer.reconstruct(test_pv[s : s + 1000], generator=generator)) for s in range(0, len(test_pv), 1000)
+    ])
+    results["fd_reconstructions_vs_test"] = frechet_distance_of_features(judge_outputs(judge, reconstructions)[0], test_features)
 
     guidance = 4.0 if args.guidance_scale is None else args.guidance_scale
     steps = 25 if args.steps is None else args.steps
@@ -151,6 +156,8 @@ def render(results: dict) -> str:
         f"| Fréchet distance to the test set (judge features) | {gen['fd_vs_test']:.3f} |",
         f"| floor: train vs test Fréchet distance | {results['fd_floor_train_vs_test']:.3f} |",
         f"| ratio | {gen['fd_vs_test'] / max(results['fd_floor_train_vs_test'], 1e-9):.2f}× |",
+        f"| the tokenizer's own reconstructions of the test set vs the test set | "
+        f"{results['fd_reconstructions_vs_test']:.3f} |",
         "",
         "| class | accuracy |",
         "| --- | ---: |",

@@ -25,14 +25,6 @@ from conftest import REPO_ROOT, TINY_CONFIG
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def photo(name: str, size=(40, 52)) -> Image.Image:
     array = resize(getattr(skimage.data, name)(), size, anti_aliasing=True)
     return Image.fromarray(np.round(array * 255).astype(np.uint8))

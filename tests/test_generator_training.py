@@ -21,14 +21,6 @@ TINY_DIT = dict(num_layers=1, num_attention_heads=2, attention_head_dim=8, patch
 CLASS_NAMES = ["red", "hstripes", "vstripes"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def synthetic_images(class_id: int, count: int, rng: np.random.Generator, size: int = 32) -> list[np.ndarray]:
     """Very distinct classes: solid red, horizontal stripes, vertical blue stripes; random brightness and noise."""
     images = []

@@ -23,16 +23,6 @@ from uniflow_hf.metrics import (
 )
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: the Inception and the 2048-d eigendecompositions slow down ~10x with 2 threads on a
-    loaded 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def photo(name: str, size=(48, 40)) -> np.ndarray:
     """A real photograph from scikit-image's bundled data, resized, float64 in [0, 1], (H, W, 3)."""
     return resize(getattr(skimage.data, name)(), size, anti_aliasing=True).astype(np.float64)

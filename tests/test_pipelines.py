@@ -32,14 +32,6 @@ CONVERTER = "uniflow_hf.conversion_scripts.convert_uniflow_to_diffusers"
 ID2LABEL = {0: "circle", 1: "square", 2: "stripes"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def reconstruction_pipeline(tiny_model):
     pipeline = UniFlowReconstructionPipeline(tokenizer=tiny_model, scheduler=UniFlowFlowMatchScheduler())

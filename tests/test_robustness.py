@@ -26,14 +26,6 @@ ROBUSTNESS_DOC = Path(__file__).with_name("ROBUSTNESS.md")
 SIZE = 16
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def processor():
     return UniFlowImageProcessor(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE})

@@ -29,15 +29,6 @@ from uniflow_hf.training import (
 NUM_LAYERS = TINY_CONFIG["num_hidden_layers"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tiny models train several times faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_images(count, seed=0):
     """PIL images of assorted sizes and modes (RGB, L, RGBA, P)."""
     rng = np.random.default_rng(seed)
