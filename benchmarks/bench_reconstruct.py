@@ -177,7 +177,7 @@ def benchmark(args) -> list[dict]:
         raise SystemExit("Half precision on CPU is not supported here (slow and inexact): use --dtype float32.")
     if args.int8 and (device.type != "cpu" or args.compile):
         raise SystemExit("--int8 (dynamic quantisation) is a CPU path, without --compile.")
-    if device.type == "cpu":
+    if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
     config = UniFlowConfig(**({} if args.release else QUICK_CONFIG), **json.loads(args.config or "{}"))
     autocast = (
@@ -290,7 +290,7 @@ def main(argv=None) -> None:
     parser.add_argument("--attn-implementation", choices=["sdpa", "eager"], default="sdpa")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder and the flow head")
     parser.add_argument("--int8", action="store_true", help="also time int8 dynamic quantisation (CPU)")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: the machine is shared)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's, all cores)")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one reconstruct")
     parser.add_argument("--json", help="write the rows to this file")
     args = parser.parse_args(argv)
