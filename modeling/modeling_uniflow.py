@@ -883,11 +883,12 @@ class UniFlowModel(UniFlowPreTrainedModel):
         return self.decode(self.encode(pixel_values), height=height, width=width, **decode_kwargs)
 
     # ---------------------------------------------------------------------------------------------- training
-    def enable_distillation(self) -> None:
+    def enable_distillation(self, teacher: nn.Module | None = None) -> None:
         """Snapshot the current encoder as the frozen teacher of the self-distillation (in eval mode, no gradients,
         never saved: `save_pretrained` and Trainer checkpoints skip it). Call it on the pretrained model, before
-        adding adapters: resuming from a checkpoint restores only the student."""
-        teacher = copy.deepcopy(self.vision_model).eval()
+        adding adapters: resuming from a checkpoint restores only the student. To continue adapting an already
+        adapted model, pass the original pretrained encoder as `teacher` (a frozen copy of it is used)."""
+        teacher = copy.deepcopy(teacher if teacher is not None else self.vision_model).eval()
         teacher.requires_grad_(False)
         self.disable_distillation()
         self.distillation_teacher = teacher

@@ -457,3 +457,18 @@ def test_short_run_on_real_photos(tmp_path):
     assert min(cosine) > 0.95
     undistilled_cosine = results[False][1][2]
     assert sum(undistilled_cosine) / len(undistilled_cosine) < sum(cosine) / len(cosine) - 0.1
+
+
+def test_enable_distillation_with_an_explicit_teacher(tiny_config):
+    """Continuing an adapted model distils against the original encoder, not a snapshot of the adapted one."""
+    from uniflow_hf import UniFlowModel
+
+    torch.manual_seed(0)
+    original = UniFlowModel(tiny_config)
+    adapted = UniFlowModel(tiny_config)
+    adapted.enable_distillation(teacher=original.vision_model)
+    teacher_state = adapted.distillation_teacher.state_dict()
+    assert all(torch.equal(teacher_state[k], v) for k, v in original.vision_model.state_dict().items())
+    assert not any(torch.equal(teacher_state[k], v) for k, v in adapted.vision_model.state_dict().items() if v.ndim > 1)
+    assert not any(p.requires_grad for p in adapted.distillation_teacher.parameters())
+    assert adapted.distillation_teacher is not original.vision_model  # a frozen copy

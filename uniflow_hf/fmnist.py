@@ -204,9 +204,11 @@ def adapt_tokenizer(
     seed: int = 0,
     distillation_mode: str = "adaptive",
     freeze_encoder: bool = False,
+    init_tokenizer: str | None = None,
     **train_kwargs,
 ):
-    """Stage b: UniFlow adaptation of the pretrained encoder (distillation against its frozen copy + patch flow loss)."""
+    """Stage b: UniFlow adaptation of the pretrained encoder (distillation against its frozen copy + patch flow loss).
+    `init_tokenizer` continues from an adapted tokenizer, still distilling against the pretrained encoder."""
     from transformers import Trainer, set_seed
 
     from .modeling import UniFlowForImageClassification, UniFlowModel
@@ -215,14 +217,18 @@ def adapt_tokenizer(
     classifier = UniFlowForImageClassification.from_pretrained(encoder_dir, dtype=torch.float32)
     decoder_fields = ("latent_channels", "num_global_blocks", "global_num_attention_heads", "num_flow_head_blocks",
                       "flow_head_width", "num_sampling_steps")
-    model = UniFlowModel.from_encoder(
-        classifier.vision_model,
-        **{k: FMNIST_MODEL_CONFIG[k] for k in decoder_fields},
-        distillation_mode=distillation_mode,
-        freeze_encoder=freeze_encoder,
-    )
+    if init_tokenizer is not None:
+        model = UniFlowModel.from_pretrained(init_tokenizer, dtype=torch.float32)
+        model.config.distillation_mode, model.config.freeze_encoder = distillation_mode, freeze_encoder
+    else:
+        model = UniFlowModel.from_encoder(
+            classifier.vision_model,
+            **{k: FMNIST_MODEL_CONFIG[k] for k in decoder_fields},
+            distillation_mode=distillation_mode,
+            freeze_encoder=freeze_encoder,
+        )
     if distillation_mode != "none":
-        model.enable_distillation()
+        model.enable_distillation(teacher=classifier.vision_model)
     if freeze_encoder:
         model.vision_model.requires_grad_(False)
     train_images, _ = load_fashion_mnist_arrays("train")

@@ -21,6 +21,8 @@ def register(subparsers) -> None:
     stage.add_argument("--max-train", type=int, default=None)
     stage.add_argument("--distillation-mode", default="adaptive", choices=["adaptive", "uniform", "none"])
     stage.add_argument("--freeze-encoder", action="store_true")
+    stage.add_argument("--init-tokenizer", default=None, help="continue from this adapted tokenizer (same teacher)")
+    stage.add_argument("--learning-rate", type=float, default=1e-3)
     stage.add_argument("--seed", type=int, default=0)
     stage.set_defaults(func=_adapt)
 
@@ -46,6 +48,7 @@ def _adapt(args) -> int:
     adapt_tokenizer(
         args.encoder, args.output_dir, epochs=args.epochs, max_train=args.max_train, seed=args.seed,
         distillation_mode=args.distillation_mode, freeze_encoder=args.freeze_encoder,
+        init_tokenizer=args.init_tokenizer, learning_rate=args.learning_rate,
     )
     return 0
 
