@@ -252,29 +252,22 @@ def to_unit_range(pixel_values: torch.Tensor, processor=None) -> torch.Tensor:
     return processor.postprocess(pixel_values, output_type="pt").mean(dim=1)
 
 
-def psnr(reference: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of images in [0, 1] (data range 1)."""
-    mse = (reference - reconstruction).pow(2).flatten(1).mean(dim=1).clamp_min(1e-12)
-    return -10 * torch.log10(mse)
-
-
 @torch.no_grad()
 def reconstruction_metrics(tokenizer, pixel_values: torch.Tensor, batch_size: int = 500, seed: int = 0) -> dict:
-    """PSNR and SSIM (data range 1, on the [0, 1] grayscale images) of `tokenizer.reconstruct` over `pixel_values`."""
-    from skimage.metrics import structural_similarity
+    """PSNR and SSIM (data range 1, Gaussian-window SSIM of `uniflow_hf.metrics`) on the [0, 1] grayscale images of
+    `tokenizer.reconstruct` over `pixel_values`."""
+    from .metrics import peak_signal_noise_ratio, structural_similarity
 
     tokenizer.eval()
     generator = torch.Generator().manual_seed(seed)
     psnrs, ssims = [], []
     for start in range(0, len(pixel_values), batch_size):
         batch = pixel_values[start : start + batch_size]
-        reference = to_unit_range(batch)
-        reconstruction = to_unit_range(tokenizer.reconstruct(batch, generator=generator))
-        psnrs.append(psnr(reference, reconstruction))
-        ssims += [
-            structural_similarity(r.numpy(), x.numpy(), data_range=1.0) for r, x in zip(reference, reconstruction)
-        ]
-    return {"psnr": torch.cat(psnrs).mean().item(), "ssim": float(np.mean(ssims))}
+        reference = to_unit_range(batch)[:, None]
+        reconstruction = to_unit_range(tokenizer.reconstruct(batch, generator=generator))[:, None]
+        psnrs.append(peak_signal_noise_ratio(reconstruction, reference, data_range=1.0))
+        ssims.append(structural_similarity(reconstruction, reference, data_range=1.0))
+    return {"psnr": torch.cat(psnrs).mean().item(), "ssim": torch.cat(ssims).mean().item()}
 
 
 @torch.no_grad()
