@@ -8,7 +8,10 @@ export OMP_WAIT_POLICY=PASSIVE
 # a. a small ViT of UniFlow's own encoder class, pretrained as a Fashion-MNIST classifier (the "teacher")
 uniflow-hf fmnist pretrain-encoder --output-dir "$RUNS/fmnist-encoder" --epochs 6
 # b. UniFlow adaptation: frozen teacher copy, adaptive distillation (beta = 2), patch flow decoder, 4x4x16 latent
-uniflow-hf fmnist adapt --encoder "$RUNS/fmnist-encoder" --output-dir "$RUNS/fmnist-tokenizer" --epochs 3
+uniflow-hf fmnist adapt --encoder "$RUNS/fmnist-encoder" --output-dir "$RUNS/fmnist-tokenizer-3ep" --epochs 3
+#    ... continued for 5 more epochs at a lower learning rate, still distilling against the pretrained encoder
+uniflow-hf fmnist adapt --encoder "$RUNS/fmnist-encoder" --init-tokenizer "$RUNS/fmnist-tokenizer-3ep" \
+  --output-dir "$RUNS/fmnist-tokenizer" --epochs 5 --learning-rate 5e-4
 # c. class-conditional latent generator (DiT) -> the pipeline folder that ships in uniflow_hf/models/uniflow-fmnist
 uniflow-hf fmnist train-generator --tokenizer "$RUNS/fmnist-tokenizer" --output-dir "$RUNS/uniflow-fmnist"
 
