@@ -171,7 +171,8 @@ def render(results: dict) -> str:
         "",
         "## Reading the numbers",
         "",
-        "- The shipped tokenizer was adapted for 3 epochs; the ablation rows (the paper's Table 6a at this scale) for 1 "
+        "- The shipped tokenizer was adapted for 8 epochs (3, then 5 more at half the learning rate, distilling "
+        "against the pretrained encoder throughout); the ablation rows (the paper's Table 6a at this scale) for 1 "
         "epoch each from the same pretrained encoder, an equal budget per row.",
         "- The linear probe reads the mean last-layer token of the frozen encoder (a linear classifier on standardised "
         "features); the teacher row is the pretrained encoder UniFlow started from and distilled against.",
