@@ -952,7 +952,11 @@ class UniFlowModel(UniFlowPreTrainedModel):
 
         from ..pipelines.scheduling_uniflow_flow_match import UniFlowFlowMatchScheduler
 
-        scheduler = UniFlowFlowMatchScheduler()
+        scheduler = UniFlowFlowMatchScheduler(
+            training_timestep_distribution=self.config.flow_timestep_distribution,
+            logit_mean=self.config.flow_timestep_logit_mean,
+            logit_std=self.config.flow_timestep_logit_std,
+        )
         batch_size, num_tokens = latents.shape[:2]
         target = patchify(pixel_values, self.config.patch_size).reshape(-1, self.config.patch_dim)
         condition = self.decoder_condition(latents, grid).reshape(target.shape[0], -1)
@@ -1007,6 +1011,11 @@ class UniFlowForImageClassification(UniFlowPreTrainedModel):
     """UniFlow's encoder with a linear classifier on the layer-normed mean of its patch tokens and CLS token: used to
     pretrain a small encoder (the stand-in for a well-pretrained ViT) and to linear-probe features."""
 
+    # Loads its own folders, a tower folder and a `UniFlowModel` or official release folder (taking their encoder);
+    # only the classification head may be new (initialised, and listed in transformers' load report).
+    _checkpoint_key_mapping = {r"^(embeddings|encoder)\.": r"vision_model.\1."}
+    _new_head_keys = r"^(norm|classifier)\."
+
     def __init__(self, config: UniFlowConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -1022,6 +1031,11 @@ class UniFlowForImageClassification(UniFlowPreTrainedModel):
         logits = self.classifier(self.norm(hidden_states.mean(dim=1)))
         loss = F.cross_entropy(logits, labels) if labels is not None else None
         return ImageClassifierOutput(loss=loss, logits=logits)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Loads a classifier folder, or the encoder of a tower, `UniFlowModel` or official folder with a new head."""
+        return _from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
 
 
 # model[.variant][-00001-of-00002].safetensors and model[.variant].safetensors.index.json
@@ -1119,6 +1133,7 @@ def _from_pretrained_with_key_mapping(parent, cls, pretrained_model_name_or_path
     the folder lacks or to drop weights it has no place for, and saves with our own names (never reverting to the
     names it loaded). Pickled weights (`pytorch_model.bin`) load only with an explicit `use_safetensors=False`."""
     import os
+    import re
 
     kwargs.setdefault("key_mapping", dict(cls._checkpoint_key_mapping))
     wants_info = kwargs.pop("output_loading_info", False)
@@ -1134,7 +1149,8 @@ def _from_pretrained_with_key_mapping(parent, cls, pretrained_model_name_or_path
     model, info = parent.from_pretrained.__func__(
         cls, pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
     )
-    missing = [key for key in info["missing_keys"] if not key.startswith("distillation_teacher.")]
+    new_head = re.compile(getattr(cls, "_new_head_keys", "^distillation_teacher\\."))
+    missing = [key for key in info["missing_keys"] if not key.startswith("distillation_teacher.") and not new_head.match(key)]
     if missing:
         raise ValueError(
             f"{pretrained_model_name_or_path} does not hold weights for {len(missing)} parameters of "
@@ -1143,8 +1159,9 @@ def _from_pretrained_with_key_mapping(parent, cls, pretrained_model_name_or_path
         )
     # The tower loads from folders holding more than itself (a UniFlowModel, a classifier) and leaves the rest, with
     # transformers' load report; the full model must use every weight of its folder.
-    unexpected = set() if isinstance(model, UniFlowVisionModel) else set(info["unexpected_keys"])
-    if os.path.isdir(folder) and kwargs.get("use_safetensors") is not False:
+    takes_encoder_only = isinstance(model, (UniFlowVisionModel, UniFlowForImageClassification))
+    unexpected = set() if takes_encoder_only else set(info["unexpected_keys"])
+    if not takes_encoder_only and os.path.isdir(folder) and kwargs.get("use_safetensors") is not False:
         unexpected |= _unexpected_decoder_keys(model, folder, kwargs["key_mapping"], kwargs.get("variant"))
     if unexpected:
         raise ValueError(

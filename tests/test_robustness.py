@@ -244,6 +244,27 @@ def test_missing_weights_are_an_error(saved_model, tmp_path):
         UniFlowModel.from_pretrained(broken)
 
 
+def test_classifier_takes_the_encoder_of_any_uniflow_folder_and_refuses_a_partial_one(saved_model, tmp_path):
+    """UniFlowForImageClassification: from a tower folder, a UniFlowModel folder or its own, the encoder loads exactly
+    (only a missing classification head is new); a folder missing encoder weights is an error, not a random init."""
+    from uniflow_hf.modeling import UniFlowForImageClassification
+
+    model, folder = saved_model
+    model.vision_model.save_pretrained(tmp_path / "tower")
+    for source in (folder, tmp_path / "tower"):
+        classifier = UniFlowForImageClassification.from_pretrained(source)
+        for name, value in model.vision_model.state_dict().items():
+            assert torch.equal(classifier.vision_model.state_dict()[name], value), (source, name)
+    classifier.save_pretrained(tmp_path / "classifier")
+    reloaded = UniFlowForImageClassification.from_pretrained(tmp_path / "classifier")
+    assert torch.equal(reloaded.classifier.weight, classifier.classifier.weight)
+    broken = edited_weights(
+        tmp_path / "classifier", tmp_path / "no_layer", lambda w: w.pop("vision_model.encoder.layers.1.mlp.fc1.weight")
+    )
+    with pytest.raises(ValueError, match="does not hold weights .*layers.1.mlp.fc1.weight"):
+        UniFlowForImageClassification.from_pretrained(broken)
+
+
 def test_unexpected_weights_are_an_error_for_the_full_model(saved_model, tmp_path):
     _, folder = saved_model
     extra_block = lambda w: w.update({"flow_head.res_blocks.7.fc1.weight": torch.zeros(4, 4)})  # noqa: E731
