@@ -29,6 +29,7 @@ _OFFICIAL_IGNORED = ("use_flash_attn", "llm_hidden_size", "use_disp_loss", "auto
 SAMPLING_SCHEDULES = ("linear", "pow_<p>")
 DISTILLATION_MODES = ("adaptive", "uniform", "none")
 VISION_FEATURE_SOURCES = ("encoder", "latent")
+FLOW_TIMESTEP_DISTRIBUTIONS = ("fat_lognormal", "lognormal", "uniform")  # as UniFlowFlowMatchScheduler
 
 
 def check_sampling_schedule(schedule: str) -> str:
@@ -75,6 +76,12 @@ class UniFlowConfig(PreTrainedConfig):
         flow_loss_weight, distillation_weight (`float`, default 1.0): weights of the two training losses.
         flow_samples_per_token (`int`, defaults to 1): (noise, t) draws per token in the flow loss; more gives the
             decoder more signal per encoder pass (MAR's "diffusion batch multiplier").
+        flow_timestep_distribution (`str`, defaults to `"fat_lognormal"`): training times of the flow loss, as
+            `UniFlowFlowMatchScheduler`'s `training_timestep_distribution`: `"fat_lognormal"` (the release),
+            `"lognormal"` or `"uniform"`.
+        flow_timestep_logit_mean, flow_timestep_logit_std (`float`, defaults 0.0 and 1.0): the logit-normal's
+            parameters. A negative mean puts more training on the times near the noise (t = 0), where a 1-step
+            decoder does all its work.
         distillation_mode (`str`, defaults to `"adaptive"`): `"adaptive"` (w_l ∝ (l/L)·exp(β·α_l)), `"uniform"` or
             `"none"`.
         distillation_beta (`float`, defaults to 2.0): β of the adaptive layer weights.
@@ -118,6 +125,9 @@ class UniFlowConfig(PreTrainedConfig):
         sampling_schedule: str = "linear",
         flow_loss_weight: float = 1.0,
         flow_samples_per_token: int = 1,
+        flow_timestep_distribution: str = "fat_lognormal",
+        flow_timestep_logit_mean: float = 0.0,
+        flow_timestep_logit_std: float = 1.0,
         distillation_weight: float = 1.0,
         distillation_mode: str = "adaptive",
         distillation_beta: float = 2.0,
@@ -174,6 +184,9 @@ class UniFlowConfig(PreTrainedConfig):
         self.sampling_schedule = check_sampling_schedule(sampling_schedule)
         self.flow_loss_weight = flow_loss_weight
         self.flow_samples_per_token = flow_samples_per_token
+        self.flow_timestep_distribution = flow_timestep_distribution
+        self.flow_timestep_logit_mean = float(flow_timestep_logit_mean)
+        self.flow_timestep_logit_std = float(flow_timestep_logit_std)
         self.distillation_weight = distillation_weight
         self.distillation_mode = distillation_mode
         self.distillation_beta = distillation_beta
@@ -213,6 +226,13 @@ class UniFlowConfig(PreTrainedConfig):
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
         if self.flow_samples_per_token < 1:
             raise ValueError(f"`flow_samples_per_token` must be >= 1, got {self.flow_samples_per_token}.")
+        if self.flow_timestep_distribution not in FLOW_TIMESTEP_DISTRIBUTIONS:
+            raise ValueError(
+                f"`flow_timestep_distribution` must be one of {FLOW_TIMESTEP_DISTRIBUTIONS}, got "
+                f"{self.flow_timestep_distribution!r}."
+            )
+        if not self.flow_timestep_logit_std > 0:
+            raise ValueError(f"`flow_timestep_logit_std` must be > 0, got {self.flow_timestep_logit_std}.")
         if self.num_sampling_steps < 1:
             raise ValueError(f"`num_sampling_steps` must be >= 1, got {self.num_sampling_steps}.")
         if self.encoder_config is None:

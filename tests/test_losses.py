@@ -155,6 +155,37 @@ def test_flow_loss_per_image_timesteps_and_bad_shapes(tiny_model):
         model(pixel_values, timesteps=torch.rand(5))
 
 
+@pytest.mark.parametrize("logit_mean, t", [(-30.0, 0.0), (30.0, 1.0)])
+def test_flow_loss_draws_times_from_the_configured_distribution(tmp_path, logit_mean, t):
+    """`flow_timestep_*` set the flow loss's training times: a logit-normal far to one side gives t = 0 (all noise)
+    or t = 1 (all data), the same loss as passing those times explicitly. The fields survive save/load."""
+    config = UniFlowConfig(
+        **TINY_CONFIG, flow_timestep_distribution="lognormal", flow_timestep_logit_mean=logit_mean,
+        flow_timestep_logit_std=0.5,
+    )
+    torch.manual_seed(0)
+    model = UniFlowModel(config).train()
+    with torch.no_grad():
+        for parameter in model.flow_head.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    pixel_values, noise = torch.randn(2, 3, 32, 32), torch.randn(2, 16, 192)
+    drawn = model(pixel_values, noise=noise).flow_loss
+    explicit = model(pixel_values, noise=noise, timesteps=torch.full((2,), 1000 * t)).flow_loss
+    other_end = model(pixel_values, noise=noise, timesteps=torch.full((2,), 1000 * (1 - t))).flow_loss
+    assert drawn.item() == pytest.approx(explicit.item(), rel=1e-5)
+    assert abs(drawn.item() - other_end.item()) > 1e-3
+    config.save_pretrained(tmp_path)
+    loaded = UniFlowConfig.from_pretrained(tmp_path)
+    assert (loaded.flow_timestep_distribution, loaded.flow_timestep_logit_mean) == ("lognormal", logit_mean)
+
+
+def test_flow_timestep_config_bad_values():
+    with pytest.raises(ValueError, match="`flow_timestep_distribution` must be one of"):
+        UniFlowConfig(**TINY_CONFIG, flow_timestep_distribution="beta")
+    with pytest.raises(ValueError, match="`flow_timestep_logit_std` must be > 0"):
+        UniFlowConfig(**TINY_CONFIG, flow_timestep_logit_std=0.0)
+
+
 def test_total_loss_weights_and_return_loss_in_eval(tiny_config):
     config = UniFlowConfig(**{**TINY_CONFIG, "flow_loss_weight": 0.5, "distillation_weight": 3.0})
     torch.manual_seed(0)
