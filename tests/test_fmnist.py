@@ -115,3 +115,36 @@ def test_cli_generate_and_reconstruct_default_to_the_shipped_model(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "PSNR" in result.stdout and list((tmp_path / "recon").glob("*.png"))
+
+
+def test_finetune_decoder_trains_only_the_decoder(tmp_path):
+    """Stage b' (`uniflow-hf fmnist finetune-decoder`): the encoder and `latent_proj` (so the latents, the probe and a
+    generator trained on them) stay bit-identical; the decoder moves; the flow-time override is saved."""
+    from safetensors.torch import load_file
+
+    tokenizer = SHIPPED / "tokenizer"
+    result = subprocess.run(
+        [sys.executable, "-m", "uniflow_hf.cli", "fmnist", "finetune-decoder", "--tokenizer", str(tokenizer),
+         "--output-dir", str(tmp_path / "ft"), "--epochs", "1", "--max-train", "256", "--learning-rate", "1e-3",
+         "--flow-timestep-distribution", "lognormal", "--flow-timestep-logit-mean", "-2"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    before, after = load_file(tokenizer / "model.safetensors"), load_file(tmp_path / "ft" / "model.safetensors")
+    assert before.keys() == after.keys()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert not {name for name in changed if name.startswith(("vision_model.", "latent_proj."))}
+    assert any(name.startswith("flow_head.") for name in changed) and any(name.startswith("global_blocks.") for name in changed)
+    config = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert config["flow_timestep_distribution"] == "lognormal" and config["flow_timestep_logit_mean"] == -2.0
+    assert config["freeze_encoder"] is False
+
+
+def test_fmnist_stage_rejects_a_bad_flow_timestep_setting(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "uniflow_hf.cli", "fmnist", "finetune-decoder", "--tokenizer", str(SHIPPED / "tokenizer"),
+         "--output-dir", str(tmp_path / "ft"), "--max-train", "128", "--flow-timestep-logit-std", "0"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0 and "`flow_timestep_logit_std` must be > 0" in result.stderr
+    assert not (tmp_path / "ft" / "model.safetensors").exists()

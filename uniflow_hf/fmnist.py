@@ -205,10 +205,12 @@ def adapt_tokenizer(
     distillation_mode: str = "adaptive",
     freeze_encoder: bool = False,
     init_tokenizer: str | None = None,
+    config_overrides: dict | None = None,
     **train_kwargs,
 ):
     """Stage b: UniFlow adaptation of the pretrained encoder (distillation against its frozen copy + patch flow loss).
-    `init_tokenizer` continues from an adapted tokenizer, still distilling against the pretrained encoder."""
+    `init_tokenizer` continues from an adapted tokenizer, still distilling against the pretrained encoder.
+    `config_overrides` sets training fields of the tokenizer's config (e.g. `flow_timestep_logit_mean`)."""
     from transformers import Trainer, set_seed
 
     from .modeling import UniFlowForImageClassification, UniFlowModel
@@ -227,6 +229,7 @@ def adapt_tokenizer(
             distillation_mode=distillation_mode,
             freeze_encoder=freeze_encoder,
         )
+    _override_config(model.config, config_overrides)
     if distillation_mode != "none":
         model.enable_distillation(teacher=classifier.vision_model)
     if freeze_encoder:
@@ -243,6 +246,52 @@ def adapt_tokenizer(
     fmnist_image_processor().save_pretrained(output_dir)
     print(f"adapted tokenizer -> {output_dir}")
     return model
+
+
+def finetune_decoder(
+    tokenizer_dir: str,
+    output_dir: str,
+    epochs: float = 1.0,
+    max_train: int | None = None,
+    seed: int = 0,
+    config_overrides: dict | None = None,
+    **train_kwargs,
+):
+    """Stage b': train only the decoder (latent un-projection, global blocks, flow head) of an adapted tokenizer with
+    the flow loss. The encoder and `latent_proj` stay frozen, so the latents, the encoder features (and a generator
+    trained on those latents) are unchanged; only the reconstruction gets better."""
+    from transformers import Trainer, set_seed
+
+    from .modeling import UniFlowModel
+
+    set_seed(seed)
+    model = UniFlowModel.from_pretrained(tokenizer_dir, dtype=torch.float32)
+    _override_config(model.config, config_overrides)
+    freeze_encoder = model.config.freeze_encoder
+    model.config.freeze_encoder = True  # no encoder gradients, no distillation
+    model.vision_model.requires_grad_(False)
+    model.latent_proj.requires_grad_(False)
+    train_images, _ = load_fashion_mnist_arrays("train")
+    if max_train:
+        train_images = train_images[:max_train]
+    train = TensorImageDataset(fmnist_pixel_values(train_images), flip=True, seed=seed)
+    train_kwargs = {"learning_rate": 5e-4, "weight_decay": 0.0, **train_kwargs}
+    args = _training_arguments(output_dir, num_train_epochs=epochs, seed=seed, data_seed=seed, **train_kwargs)
+    Trainer(model=model, args=args, train_dataset=train).train()
+    model.config.freeze_encoder = freeze_encoder
+    model.save_pretrained(output_dir)
+    fmnist_image_processor().save_pretrained(output_dir)
+    print(f"decoder fine-tuned tokenizer -> {output_dir}")
+    return model
+
+
+def _override_config(config, overrides: dict | None) -> None:
+    """Set training fields of a `UniFlowConfig` (re-validated, so a bad value raises here)."""
+    for name, value in (overrides or {}).items():
+        if not hasattr(config, name):
+            raise ValueError(f"`{name}` is not a field of UniFlowConfig.")
+        setattr(config, name, value)
+    config._validate()
 
 
 # --------------------------------------------------------------------------------------------------- evaluation

@@ -23,8 +23,21 @@ def register(subparsers) -> None:
     stage.add_argument("--freeze-encoder", action="store_true")
     stage.add_argument("--init-tokenizer", default=None, help="continue from this adapted tokenizer (same teacher)")
     stage.add_argument("--learning-rate", type=float, default=1e-3)
+    _add_flow_timestep_arguments(stage)
     stage.add_argument("--seed", type=int, default=0)
     stage.set_defaults(func=_adapt)
+
+    stage = stages.add_parser(
+        "finetune-decoder", help="b'. train only the decoder of an adapted tokenizer (encoder and latents unchanged)"
+    )
+    stage.add_argument("--tokenizer", required=True, help="output folder of `adapt`")
+    stage.add_argument("--output-dir", required=True)
+    stage.add_argument("--epochs", type=float, default=1.0)
+    stage.add_argument("--max-train", type=int, default=None)
+    stage.add_argument("--learning-rate", type=float, default=5e-4)
+    _add_flow_timestep_arguments(stage)
+    stage.add_argument("--seed", type=int, default=0)
+    stage.set_defaults(func=_finetune_decoder)
 
     stage = stages.add_parser("train-generator", help="c. class-conditional latent generator -> a pipeline folder")
     stage.add_argument("--tokenizer", required=True, help="output folder of `adapt`")
@@ -33,6 +46,24 @@ def register(subparsers) -> None:
     stage.add_argument("--batch-size", type=int, default=128)
     stage.add_argument("--seed", type=int, default=0)
     stage.set_defaults(func=_generator)
+
+
+def _add_flow_timestep_arguments(stage) -> None:
+    stage.add_argument(
+        "--flow-timestep-distribution", default=None, choices=["fat_lognormal", "lognormal", "uniform"],
+        help="training times of the flow loss (default: the tokenizer's config; 'fat_lognormal' for a new one)",
+    )
+    stage.add_argument("--flow-timestep-logit-mean", type=float, default=None, help="logit-normal mean (< 0: nearer the noise)")
+    stage.add_argument("--flow-timestep-logit-std", type=float, default=None)
+
+
+def _flow_timestep_overrides(args) -> dict:
+    values = {
+        "flow_timestep_distribution": args.flow_timestep_distribution,
+        "flow_timestep_logit_mean": args.flow_timestep_logit_mean,
+        "flow_timestep_logit_std": args.flow_timestep_logit_std,
+    }
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def _pretrain(args) -> int:
@@ -49,6 +80,17 @@ def _adapt(args) -> int:
         args.encoder, args.output_dir, epochs=args.epochs, max_train=args.max_train, seed=args.seed,
         distillation_mode=args.distillation_mode, freeze_encoder=args.freeze_encoder,
         init_tokenizer=args.init_tokenizer, learning_rate=args.learning_rate,
+        config_overrides=_flow_timestep_overrides(args),
+    )
+    return 0
+
+
+def _finetune_decoder(args) -> int:
+    from ..fmnist import finetune_decoder
+
+    finetune_decoder(
+        args.tokenizer, args.output_dir, epochs=args.epochs, max_train=args.max_train, seed=args.seed,
+        learning_rate=args.learning_rate, config_overrides=_flow_timestep_overrides(args),
     )
     return 0
 
