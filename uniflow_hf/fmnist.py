@@ -211,7 +211,7 @@ def adapt_tokenizer(
     """Stage b: UniFlow adaptation of the pretrained encoder (distillation against its frozen copy + patch flow loss).
     `init_tokenizer` continues from an adapted tokenizer, still distilling against the pretrained encoder.
     `config_overrides` sets training fields of the tokenizer's config (e.g. `flow_timestep_logit_mean`)."""
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
 
     from .modeling import UniFlowForImageClassification, UniFlowModel
 
@@ -234,16 +234,9 @@ def adapt_tokenizer(
         model.enable_distillation(teacher=classifier.vision_model)
     if freeze_encoder:
         model.vision_model.requires_grad_(False)
-    train_images, _ = load_fashion_mnist_arrays("train")
-    if max_train:
-        train_images = train_images[:max_train]
-    train = TensorImageDataset(fmnist_pixel_values(train_images), flip=True, seed=seed)
-    train_kwargs = {"learning_rate": 1e-3, "weight_decay": 0.0, **train_kwargs}
-    args = _training_arguments(output_dir, num_train_epochs=epochs, seed=seed, data_seed=seed, **train_kwargs)
-    Trainer(model=model, args=args, train_dataset=train).train()
+    _train_tokenizer(model, output_dir, epochs, max_train, seed, **{"learning_rate": 1e-3, **train_kwargs})
     model.disable_distillation()
-    model.save_pretrained(output_dir)
-    fmnist_image_processor().save_pretrained(output_dir)
+    _save_tokenizer(model, output_dir)
     print(f"adapted tokenizer -> {output_dir}")
     return model
 
@@ -260,7 +253,7 @@ def finetune_decoder(
     """Stage b': train only the decoder (latent un-projection, global blocks, flow head) of an adapted tokenizer with
     the flow loss. The encoder and `latent_proj` stay frozen, so the latents, the encoder features (and a generator
     trained on those latents) are unchanged; only the reconstruction gets better."""
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
 
     from .modeling import UniFlowModel
 
@@ -271,18 +264,29 @@ def finetune_decoder(
     model.config.freeze_encoder = True  # no encoder gradients, no distillation
     model.vision_model.requires_grad_(False)
     model.latent_proj.requires_grad_(False)
+    _train_tokenizer(model, output_dir, epochs, max_train, seed, **{"learning_rate": 5e-4, **train_kwargs})
+    model.config.freeze_encoder = freeze_encoder
+    _save_tokenizer(model, output_dir)
+    print(f"decoder fine-tuned tokenizer -> {output_dir}")
+    return model
+
+
+def _train_tokenizer(model, output_dir: str, epochs: float, max_train: int | None, seed: int, **train_kwargs) -> None:
+    """Train a `UniFlowModel` with the HF `Trainer` on the (randomly flipped) Fashion-MNIST training images."""
+    from transformers import Trainer
+
     train_images, _ = load_fashion_mnist_arrays("train")
     if max_train:
         train_images = train_images[:max_train]
     train = TensorImageDataset(fmnist_pixel_values(train_images), flip=True, seed=seed)
-    train_kwargs = {"learning_rate": 5e-4, "weight_decay": 0.0, **train_kwargs}
+    train_kwargs = {"weight_decay": 0.0, **train_kwargs}
     args = _training_arguments(output_dir, num_train_epochs=epochs, seed=seed, data_seed=seed, **train_kwargs)
     Trainer(model=model, args=args, train_dataset=train).train()
-    model.config.freeze_encoder = freeze_encoder
+
+
+def _save_tokenizer(model, output_dir: str) -> None:
     model.save_pretrained(output_dir)
     fmnist_image_processor().save_pretrained(output_dir)
-    print(f"decoder fine-tuned tokenizer -> {output_dir}")
-    return model
 
 
 def _override_config(config, overrides: dict | None) -> None:
