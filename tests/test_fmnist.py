@@ -148,3 +148,42 @@ def test_fmnist_stage_rejects_a_bad_flow_timestep_setting(tmp_path):
     )
     assert result.returncode != 0 and "`flow_timestep_logit_std` must be > 0" in result.stderr
     assert not (tmp_path / "ft" / "model.safetensors").exists()
+
+
+def run_stage(*args):
+    result = subprocess.run(
+        [sys.executable, "-m", "uniflow_hf.cli", "fmnist", *args], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_the_recipe_stages_chain_into_a_pipeline(tmp_path):
+    """Stages a -> b -> b' -> c of the recipe, each a CLI command, on a few hundred images: the classifier's encoder
+    seeds the tokenizer, whose latents (4x4x16) feed the generator, and the pipeline folder generates FMNIST images."""
+    from uniflow_hf import UniFlowClassConditionalPipeline, UniFlowModel
+    from uniflow_hf.modeling import UniFlowForImageClassification
+
+    encoder, tokenizer, decoder_tuned, model = (tmp_path / n for n in ("encoder", "tokenizer", "tuned", "pipeline"))
+    assert "test accuracy" in run_stage("pretrain-encoder", "--output-dir", str(encoder), "--max-train", "512")
+    run_stage("adapt", "--encoder", str(encoder), "--output-dir", str(tokenizer), "--max-train", "256",
+              "--flow-timestep-distribution", "lognormal", "--flow-timestep-logit-mean", "-2")
+    run_stage("finetune-decoder", "--tokenizer", str(tokenizer), "--output-dir", str(decoder_tuned), "--max-train", "256")
+    run_stage("train-generator", "--tokenizer", str(decoder_tuned), "--output-dir", str(model), "--steps", "3",
+              "--batch-size", "16", "--max-train", "64")
+
+    classifier = UniFlowForImageClassification.from_pretrained(encoder)
+    adapted = UniFlowModel.from_pretrained(tokenizer)
+    assert classifier.config.id2label[7] == "Sneaker" and 0 < classifier.config.test_accuracy <= 1
+    assert adapted.config.latent_channels * adapted.config.grid_size**2 == 256 <= 784 / 3
+    assert adapted.config.flow_timestep_logit_mean == -2.0 and adapted.distillation_teacher is None
+    # adapted from the pretrained encoder: close to it, but trained (distillation keeps it near)
+    start, end = classifier.vision_model.state_dict(), adapted.vision_model.state_dict()
+    assert any(not torch.equal(start[name], end[name]) for name in start)
+    assert max((start[name] - end[name]).abs().max().item() for name in start) < 0.05
+
+    pipe = UniFlowClassConditionalPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.tokenizer.config.flow_timestep_logit_mean == -2.0
+    images = pipe(["Bag", "Trouser"], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert images.shape == (2, 3, 28, 28) and torch.isfinite(images).all()

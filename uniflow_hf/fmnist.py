@@ -350,14 +350,21 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, epochs: int = 30, se
         return (probe(test_x).argmax(-1) == test_y).float().mean().item()
 
 
-def train_fmnist_generator(tokenizer_dir: str, output_dir: str, steps: int = 3000, batch_size: int = 128, seed: int = 0):
-    """Stage c: the class-conditional latent generator on the adapted tokenizer's latents of the 60k training images,
-    saved with the tokenizer as one `UniFlowClassConditionalPipeline` folder."""
+def train_fmnist_generator(
+    tokenizer_dir: str,
+    output_dir: str,
+    steps: int = 3000,
+    batch_size: int = 128,
+    seed: int = 0,
+    max_train: int | None = None,
+):
+    """Stage c: the class-conditional latent generator on the adapted tokenizer's latents of the 60k training images
+    (or the first `max_train`), saved with the tokenizer as one `UniFlowClassConditionalPipeline` folder."""
     from .generator_training import train_generator
     from .modeling import UniFlowModel
 
     tokenizer = UniFlowModel.from_pretrained(tokenizer_dir, dtype=torch.float32)
-    dataset = load_fashion_mnist()["train"]
+    dataset = load_fashion_mnist(max_per_split=max_train)["train"]
     result = train_generator(
         tokenizer, dataset, image_column="image", label_column="label", output_dir=output_dir,
         num_train_steps=steps, batch_size=batch_size, learning_rate=5e-4, label_dropout=0.1, seed=seed,

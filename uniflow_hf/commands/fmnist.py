@@ -44,6 +44,7 @@ def register(subparsers) -> None:
     stage.add_argument("--output-dir", required=True)
     stage.add_argument("--steps", type=int, default=3000)
     stage.add_argument("--batch-size", type=int, default=128)
+    stage.add_argument("--max-train", type=int, default=None)
     stage.add_argument("--seed", type=int, default=0)
     stage.set_defaults(func=_generator)
 
@@ -98,5 +99,8 @@ def _finetune_decoder(args) -> int:
 def _generator(args) -> int:
     from ..fmnist import train_fmnist_generator
 
-    train_fmnist_generator(args.tokenizer, args.output_dir, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    train_fmnist_generator(
+        args.tokenizer, args.output_dir, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+        max_train=args.max_train,
+    )
     return 0
