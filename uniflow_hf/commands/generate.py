@@ -17,7 +17,7 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--model", default=None, help="class-conditional pipeline folder (default: the shipped model)")
-    parser.add_argument("--guidance-scale", type=float, default=4.0, help="classifier-free guidance (1 = none)")
+    parser.add_argument("--guidance-scale", type=float, default=1.5, help="classifier-free guidance (1 = none)")
     parser.add_argument("--steps", type=int, default=25, help="steps of the latent flow")
     parser.add_argument("--decoder-steps", type=int, default=None, help="steps of the pixel decoder (model default)")
     parser.set_defaults(func=run_generate)
