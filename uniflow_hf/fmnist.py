@@ -353,7 +353,7 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, epochs: int = 30, se
 def train_fmnist_generator(
     tokenizer_dir: str,
     output_dir: str,
-    steps: int = 3000,
+    steps: int = 7000,
     batch_size: int = 128,
     seed: int = 0,
     max_train: int | None = None,

@@ -42,7 +42,7 @@ def register(subparsers) -> None:
     stage = stages.add_parser("train-generator", help="c. class-conditional latent generator -> a pipeline folder")
     stage.add_argument("--tokenizer", required=True, help="output folder of `adapt`")
     stage.add_argument("--output-dir", required=True)
-    stage.add_argument("--steps", type=int, default=3000)
+    stage.add_argument("--steps", type=int, default=7000)
     stage.add_argument("--batch-size", type=int, default=128)
     stage.add_argument("--max-train", type=int, default=None)
     stage.add_argument("--seed", type=int, default=0)
