@@ -11,9 +11,17 @@ uniflow-hf fmnist pretrain-encoder --output-dir "$RUNS/fmnist-encoder" --epochs 
 uniflow-hf fmnist adapt --encoder "$RUNS/fmnist-encoder" --output-dir "$RUNS/fmnist-tokenizer-3ep" --epochs 3
 #    ... continued for 5 more epochs at a lower learning rate, still distilling against the pretrained encoder
 uniflow-hf fmnist adapt --encoder "$RUNS/fmnist-encoder" --init-tokenizer "$RUNS/fmnist-tokenizer-3ep" \
-  --output-dir "$RUNS/fmnist-tokenizer" --epochs 5 --learning-rate 5e-4
+  --output-dir "$RUNS/fmnist-tokenizer-8ep" --epochs 5 --learning-rate 5e-4
+#    ... and 8 more with the flow loss's training times nearer the noise (logit-normal, mean -2, std 1.5): the
+#    1-step decoder only ever runs at t = 0, where the release's distribution (mean 0) trains least
+uniflow-hf fmnist adapt --encoder "$RUNS/fmnist-encoder" --init-tokenizer "$RUNS/fmnist-tokenizer-8ep" \
+  --output-dir "$RUNS/fmnist-tokenizer-16ep" --epochs 8 --learning-rate 1e-3 \
+  --flow-timestep-distribution lognormal --flow-timestep-logit-mean -2 --flow-timestep-logit-std 1.5
+# b'. decoder fine-tuning: encoder and latents frozen (the probe cannot move), only the decoder trains
+uniflow-hf fmnist finetune-decoder --tokenizer "$RUNS/fmnist-tokenizer-16ep" --output-dir "$RUNS/fmnist-tokenizer" \
+  --epochs 5 --learning-rate 1e-3
 # c. class-conditional latent generator (DiT) -> the pipeline folder that ships in uniflow_hf/models/uniflow-fmnist
-uniflow-hf fmnist train-generator --tokenizer "$RUNS/fmnist-tokenizer" --output-dir "$RUNS/uniflow-fmnist"
+uniflow-hf fmnist train-generator --tokenizer "$RUNS/fmnist-tokenizer" --output-dir "$RUNS/uniflow-fmnist" --steps 7000
 
 # Table 6a ablations at a smaller, equal budget (1 epoch each, same pretrained encoder)
 for mode in adaptive uniform none; do
