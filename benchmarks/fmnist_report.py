@@ -174,8 +174,8 @@ def render(results: dict) -> str:
         "- The shipped tokenizer was adapted for 16 epochs, distilling against the pretrained encoder throughout (3, "
         "then 5 more at half the learning rate, then 8 with the flow loss's training times nearer the noise), and its "
         "decoder fine-tuned for 5 more with the encoder frozen (`benchmarks/run_fmnist_recipe.sh`); the ablation rows "
-        "(the paper's Table 6a at this scale) for 1 epoch each from the same pretrained encoder, an equal budget per "
-        "row.",
+        "(the paper's Table 6a at this scale) start from the same pretrained encoder with an equal budget per row (the "
+        "epochs are in their names) and the release's flow-time distribution.",
         "- The linear probe reads the mean last-layer token of the frozen encoder (a linear classifier on standardised "
         "features); the teacher row is the pretrained encoder UniFlow started from and distilled against.",
         "- The Fréchet distance of generated samples is bounded by the decoder's fidelity: compare it with the "

@@ -23,12 +23,12 @@ uniflow-hf fmnist finetune-decoder --tokenizer "$RUNS/fmnist-tokenizer-16ep" --o
 # c. class-conditional latent generator (DiT) -> the pipeline folder that ships in uniflow_hf/models/uniflow-fmnist
 uniflow-hf fmnist train-generator --tokenizer "$RUNS/fmnist-tokenizer" --output-dir "$RUNS/uniflow-fmnist" --steps 7000
 
-# Table 6a ablations at a smaller, equal budget (1 epoch each, same pretrained encoder)
+# Table 6a ablations at a smaller, equal budget (2 epochs each, same pretrained encoder)
 for mode in adaptive uniform none; do
-  uniflow-hf fmnist adapt --encoder "$RUNS/fmnist-encoder" --output-dir "$RUNS/ablation-$mode" --epochs 1 --distillation-mode "$mode"
+  uniflow-hf fmnist adapt --encoder "$RUNS/fmnist-encoder" --output-dir "$RUNS/ablation-$mode" --epochs 2 --distillation-mode "$mode"
 done
-uniflow-hf fmnist adapt --encoder "$RUNS/fmnist-encoder" --output-dir "$RUNS/ablation-frozen" --epochs 1 --distillation-mode none --freeze-encoder
+uniflow-hf fmnist adapt --encoder "$RUNS/fmnist-encoder" --output-dir "$RUNS/ablation-frozen" --epochs 2 --distillation-mode none --freeze-encoder
 
 python benchmarks/fmnist_report.py --model "$RUNS/uniflow-fmnist" --teacher "$RUNS/fmnist-encoder" \
-  --ablations "frozen encoder (1 ep)=$RUNS/ablation-frozen" "no distillation (1 ep)=$RUNS/ablation-none" \
-              "uniform weights (1 ep)=$RUNS/ablation-uniform" "adaptive beta=2 (1 ep)=$RUNS/ablation-adaptive"
+  --ablations "frozen encoder (2 ep)=$RUNS/ablation-frozen" "no distillation (2 ep)=$RUNS/ablation-none" \
+              "uniform weights (2 ep)=$RUNS/ablation-uniform" "adaptive β=2 (2 ep)=$RUNS/ablation-adaptive"
