@@ -14,6 +14,25 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
 OFFICIAL_TINY = FIXTURES / "official_uniflow_tiny"
 
+
+def training_args(output_dir, **overrides):
+    """CPU `TrainingArguments` for the tiny training tests: quiet, no saving, every step logged."""
+    from transformers import TrainingArguments
+
+    values = dict(
+        output_dir=str(output_dir),
+        use_cpu=True,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        optim="adamw_torch",
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        seed=0,
+    )
+    return TrainingArguments(**{**values, **overrides})
+
 TINY_CONFIG = dict(
     image_size=32,
     patch_size=8,

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, training_args
 
 
 NUM_STEPS = 3
@@ -52,23 +52,11 @@ def build_dataset():
 
 def train(output_dir, per_device_batch):
     """3 SGD steps (a linear optimizer, so that the comparison measures the gradients, not Adam's normalisation)."""
-    from transformers import TrainingArguments
-
     from uniflow_hf.training import train_tokenizer
 
-    args = TrainingArguments(
-        output_dir=str(output_dir),
-        use_cpu=True,
-        per_device_train_batch_size=per_device_batch,
-        max_steps=NUM_STEPS,
-        optim="sgd",
-        learning_rate=0.2,
-        lr_scheduler_type="constant",
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        seed=0,
+    args = training_args(
+        output_dir, per_device_train_batch_size=per_device_batch, max_steps=NUM_STEPS, optim="sgd",
+        learning_rate=0.2, lr_scheduler_type="constant",
     )
     return train_tokenizer(build_model(), build_dataset(), args, save_model=False)
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, training_args
 from PIL import Image
 from safetensors import safe_open
-from transformers import CLIPVisionConfig, CLIPVisionModel, Trainer, TrainingArguments, default_data_collator
+from transformers import CLIPVisionConfig, CLIPVisionModel, Trainer, default_data_collator
 
 from uniflow_hf import UniFlowConfig, UniFlowImageProcessor, UniFlowModel
 from uniflow_hf.cli import main as cli_main
@@ -58,22 +58,6 @@ def pretrained_tiny_model():
         for parameter in model.flow_head.parameters():
             parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
     return model
-
-
-def training_args(output_dir, **overrides):
-    values = dict(
-        output_dir=str(output_dir),
-        use_cpu=True,
-        per_device_train_batch_size=4,
-        learning_rate=1e-3,
-        optim="adamw_torch",
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        seed=0,
-    )
-    return TrainingArguments(**{**values, **overrides})
 
 
 def logged(trainer, key):
