@@ -170,28 +170,22 @@ def classification_accuracy(model, pixel_values: torch.Tensor, labels: torch.Ten
 
 def pretrain_encoder(output_dir: str, epochs: float = 2.0, max_train: int | None = None, seed: int = 0, **train_kwargs):
     """Stage a: train `UniFlowForImageClassification` from scratch on Fashion-MNIST; saves it with its test accuracy."""
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
 
     from .modeling import UniFlowConfig, UniFlowForImageClassification
 
     set_seed(seed)
-    train_images, train_labels = load_fashion_mnist_arrays("train")
-    test_images, test_labels = load_fashion_mnist_arrays("test")
-    if max_train:
-        train_images, train_labels = train_images[:max_train], train_labels[:max_train]
     config = UniFlowConfig(
         **FMNIST_MODEL_CONFIG,
         id2label=dict(enumerate(FASHION_MNIST_LABELS)),
         label2id={name: i for i, name in enumerate(FASHION_MNIST_LABELS)},
     )
     model = UniFlowForImageClassification(config)
-    train = TensorImageDataset(fmnist_pixel_values(train_images), torch.from_numpy(train_labels), flip=True, seed=seed)
-    args = _training_arguments(output_dir, num_train_epochs=epochs, seed=seed, data_seed=seed, **train_kwargs)
-    Trainer(model=model, args=args, train_dataset=train).train()
+    _train_on_fmnist(model, output_dir, epochs, max_train, seed, with_labels=True, **train_kwargs)
+    test_images, test_labels = load_fashion_mnist_arrays("test")
     accuracy = classification_accuracy(model, fmnist_pixel_values(test_images), torch.from_numpy(test_labels))
     model.config.test_accuracy = accuracy
-    model.save_pretrained(output_dir)
-    fmnist_image_processor().save_pretrained(output_dir)
+    _save_with_processor(model, output_dir)
     print(f"pretrained encoder: test accuracy {accuracy:.4f} -> {output_dir}")
     return accuracy
 
@@ -234,9 +228,10 @@ def adapt_tokenizer(
         model.enable_distillation(teacher=classifier.vision_model)
     if freeze_encoder:
         model.vision_model.requires_grad_(False)
-    _train_tokenizer(model, output_dir, epochs, max_train, seed, **{"learning_rate": 1e-3, **train_kwargs})
+    train_kwargs = {"learning_rate": 1e-3, "weight_decay": 0.0, **train_kwargs}
+    _train_on_fmnist(model, output_dir, epochs, max_train, seed, **train_kwargs)
     model.disable_distillation()
-    _save_tokenizer(model, output_dir)
+    _save_with_processor(model, output_dir)
     print(f"adapted tokenizer -> {output_dir}")
     return model
 
@@ -264,27 +259,31 @@ def finetune_decoder(
     model.config.freeze_encoder = True  # no encoder gradients, no distillation
     model.vision_model.requires_grad_(False)
     model.latent_proj.requires_grad_(False)
-    _train_tokenizer(model, output_dir, epochs, max_train, seed, **{"learning_rate": 5e-4, **train_kwargs})
+    train_kwargs = {"learning_rate": 5e-4, "weight_decay": 0.0, **train_kwargs}
+    _train_on_fmnist(model, output_dir, epochs, max_train, seed, **train_kwargs)
     model.config.freeze_encoder = freeze_encoder
-    _save_tokenizer(model, output_dir)
+    _save_with_processor(model, output_dir)
     print(f"decoder fine-tuned tokenizer -> {output_dir}")
     return model
 
 
-def _train_tokenizer(model, output_dir: str, epochs: float, max_train: int | None, seed: int, **train_kwargs) -> None:
-    """Train a `UniFlowModel` with the HF `Trainer` on the (randomly flipped) Fashion-MNIST training images."""
+def _train_on_fmnist(
+    model, output_dir: str, epochs: float, max_train: int | None, seed: int, with_labels: bool = False, **train_kwargs
+) -> None:
+    """Train `model` with the HF `Trainer` on the (randomly flipped) Fashion-MNIST training images (and their labels
+    for a classifier); `train_kwargs` override `_training_arguments`."""
     from transformers import Trainer
 
-    train_images, _ = load_fashion_mnist_arrays("train")
+    train_images, train_labels = load_fashion_mnist_arrays("train")
     if max_train:
-        train_images = train_images[:max_train]
-    train = TensorImageDataset(fmnist_pixel_values(train_images), flip=True, seed=seed)
-    train_kwargs = {"weight_decay": 0.0, **train_kwargs}
+        train_images, train_labels = train_images[:max_train], train_labels[:max_train]
+    labels = torch.from_numpy(train_labels) if with_labels else None
+    train = TensorImageDataset(fmnist_pixel_values(train_images), labels, flip=True, seed=seed)
     args = _training_arguments(output_dir, num_train_epochs=epochs, seed=seed, data_seed=seed, **train_kwargs)
     Trainer(model=model, args=args, train_dataset=train).train()
 
 
-def _save_tokenizer(model, output_dir: str) -> None:
+def _save_with_processor(model, output_dir: str) -> None:
     model.save_pretrained(output_dir)
     fmnist_image_processor().save_pretrained(output_dir)
 
