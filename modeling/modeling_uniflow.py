@@ -1149,8 +1149,11 @@ def _from_pretrained_with_key_mapping(parent, cls, pretrained_model_name_or_path
     model, info = parent.from_pretrained.__func__(
         cls, pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
     )
-    new_head = re.compile(getattr(cls, "_new_head_keys", "^distillation_teacher\\."))
-    missing = [key for key in info["missing_keys"] if not key.startswith("distillation_teacher.") and not new_head.match(key)]
+    new_head = getattr(cls, "_new_head_keys", None)  # a head that may be newly initialised (transformers reports it)
+    missing = [
+        key for key in info["missing_keys"]
+        if not key.startswith("distillation_teacher.") and not (new_head and re.match(new_head, key))
+    ]
     if missing:
         raise ValueError(
             f"{pretrained_model_name_or_path} does not hold weights for {len(missing)} parameters of "
