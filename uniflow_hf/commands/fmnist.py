@@ -50,8 +50,10 @@ def register(subparsers) -> None:
 
 
 def _add_flow_timestep_arguments(stage) -> None:
+    from ..modeling.configuration_uniflow import FLOW_TIMESTEP_DISTRIBUTIONS
+
     stage.add_argument(
-        "--flow-timestep-distribution", default=None, choices=["fat_lognormal", "lognormal", "uniform"],
+        "--flow-timestep-distribution", default=None, choices=FLOW_TIMESTEP_DISTRIBUTIONS,
         help="training times of the flow loss (default: the tokenizer's config; 'fat_lognormal' for a new one)",
     )
     stage.add_argument("--flow-timestep-logit-mean", type=float, default=None, help="logit-normal mean (< 0: nearer the noise)")
