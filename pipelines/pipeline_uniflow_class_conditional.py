@@ -51,8 +51,9 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
     reserves for it). Its `sample_size` is the tokenizer's latent grid size, `in_channels` = `out_channels` = the
     tokenizer's `latent_channels` (velocity prediction, no learned sigma).
 
-    The latent normalisation and the class names are not part of any model's config: they are registered to the
-    pipeline's own config (`model_index.json`), which `save_pretrained`/`from_pretrained` carry along.
+    The latent normalisation, the class names and the generation's decoder steps are not part of any model's config:
+    they are registered to the pipeline's own config (`model_index.json`), which `save_pretrained`/`from_pretrained`
+    carry along.
 
     Args:
         transformer ([`DiTTransformer2DModel`]): the latent velocity model.
@@ -65,6 +66,11 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             transformer works on `(latents - mean) / std`. `None` means 0 and 1.
         image_processor ([`UniFlowImageProcessor`], *optional*): maps decoded pixels back to images; built for the
             tokenizer when `None`.
+        decoder_num_inference_steps (`int`, *optional*): the default steps of the pixel flow decoder when generating
+            (the tokenizer's `num_sampling_steps`, its reconstruction default, when `None`). A 1-step decoder gives
+            the mean of the patches a latent could stand for, which is best for reconstruction PSNR; a few steps
+            draw sharper samples, which can suit generation better (UniFlow-FMNIST: see
+            `benchmarks/fmnist_report.md`).
     """
 
     model_cpu_offload_seq = "transformer->tokenizer"
@@ -80,8 +86,10 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         latent_mean: Sequence[float] | None = None,
         latent_std: Sequence[float] | None = None,
         image_processor=None,
+        decoder_num_inference_steps: int | None = None,
     ):
         super().__init__()
+        check_num_inference_steps(decoder_num_inference_steps, "decoder_num_inference_steps", allow_none=True)
         if image_processor is None and tokenizer is not None:
             image_processor = default_image_processor(tokenizer)
         self.register_modules(
@@ -98,7 +106,12 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             raise ValueError(f"`latent_std` must be positive, got {latent_std}.")
         if transformer is not None:
             self._check_transformer(transformer, tokenizer, id2label)
-        self.register_to_config(id2label=id2label, latent_mean=latent_mean, latent_std=latent_std)
+        self.register_to_config(
+            id2label=id2label,
+            latent_mean=latent_mean,
+            latent_std=latent_std,
+            decoder_num_inference_steps=decoder_num_inference_steps,
+        )
 
     @staticmethod
     def _check_latent_statistic(values, name: str, tokenizer) -> list[float] | None:
@@ -213,8 +226,8 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
                 forward), `0` unconditional sampling; any value >= 0 is accepted. Higher values trade diversity for
                 class fidelity; 1.5 gives UniFlow-FMNIST its lowest Fréchet distance (`benchmarks/fmnist_report.md`).
             num_inference_steps (`int`, *optional*, defaults to 25): steps of the latent flow.
-            decoder_num_inference_steps (`int`, *optional*): steps of the tokenizer's pixel flow decoder (its
-                `num_sampling_steps` when `None`).
+            decoder_num_inference_steps (`int`, *optional*): steps of the tokenizer's pixel flow decoder (when
+                `None`: the pipeline's `config.decoder_num_inference_steps`, else the tokenizer's `num_sampling_steps`).
             generator (`torch.Generator` or a list of them, *optional*): the source of all noise (latent noise, then
                 decoder noise); with a list (one per image) a batch equals the images generated one by one.
             output_type (`str`, *optional*, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"` (see
@@ -270,6 +283,8 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         if output_type == "latent":
             images = latents
         else:
+            if decoder_num_inference_steps is None:
+                decoder_num_inference_steps = self.config.decoder_num_inference_steps  # None: the tokenizer's
             images = self.decode_latents(
                 latents, self.decoder_scheduler, decoder_num_inference_steps, generator=generator
             )

@@ -147,17 +147,18 @@ def test_train_generator_command(tiny_model, tmp_path, monkeypatch, capsys):
     tokenizer_dir = tmp_path / "tokenizer"
     tiny_model.save_pretrained(tokenizer_dir)
 
-    def train(dataset_dir, output_dir):
+    def train(dataset_dir, output_dir, *extra):
         argv = ["train-generator", "--tokenizer", str(tokenizer_dir), "--dataset", str(dataset_dir)]
-        argv += ["--output-dir", str(output_dir), "--num-train-steps", "2", "--batch-size", "4"]
+        argv += ["--output-dir", str(output_dir), "--num-train-steps", "2", "--batch-size", "4", *extra]
         return cli_main([*argv, "--transformer-kwargs", json.dumps(TINY_DIT)])
 
     # a `save_to_disk` DatasetDict
     datasets.DatasetDict({"train": synthetic_dataset(per_class=2)}).save_to_disk(tmp_path / "saved")
-    assert train(tmp_path / "saved", tmp_path / "generator") == 0
+    assert train(tmp_path / "saved", tmp_path / "generator", "--decoder-steps", "3") == 0
     assert "Trained 2 steps" in capsys.readouterr().out
     pipeline = DiffusionPipeline.from_pretrained(tmp_path / "generator")
     assert pipeline.labels == {name: i for i, name in enumerate(CLASS_NAMES)}
+    assert pipeline.config.decoder_num_inference_steps == 3
 
     # an imagefolder directory: one sub-folder per class
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
@@ -166,7 +167,8 @@ def test_train_generator_command(tiny_model, tmp_path, monkeypatch, capsys):
         (tmp_path / "folder" / name).mkdir(parents=True)
         Image.fromarray(synthetic_images(class_id, 1, rng)[0]).save(tmp_path / "folder" / name / "0.png")
     assert train(tmp_path / "folder", tmp_path / "from_folder") == 0
-    assert DiffusionPipeline.from_pretrained(tmp_path / "from_folder").labels == {"cat": 0, "dog": 1}
+    from_folder = DiffusionPipeline.from_pretrained(tmp_path / "from_folder")
+    assert from_folder.labels == {"cat": 0, "dog": 1} and from_folder.config.decoder_num_inference_steps is None
 
     assert train(tmp_path / "nowhere", tmp_path / "unused") == 2
     assert "does not exist" in capsys.readouterr().err

@@ -233,6 +233,29 @@ def test_class_conditional_decodes_what_it_generates(class_conditional_pipeline)
     assert torch.allclose(images, pipeline.image_processor.postprocess(decoded, output_type="pt"), atol=1e-6)
 
 
+def test_generation_decoder_steps_default_from_the_pipeline_config(class_conditional_pipeline, tmp_path):
+    pipeline = class_conditional_pipeline
+    assert pipeline.tokenizer.config.num_sampling_steps == 1 and pipeline.config.decoder_num_inference_steps is None
+    with torch.no_grad():  # a trained-like flow head: its velocity depends on the time and the sample (not zero-init)
+        for parameter in pipeline.tokenizer.flow_head.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+
+    def images(pipe, **kwargs):
+        return pipe([0, 1], generator=generators([5, 6]), num_inference_steps=2, output_type="pt", **kwargs).images
+
+    one_step, three_steps = images(pipeline), images(pipeline, decoder_num_inference_steps=3)
+    assert not torch.allclose(one_step, three_steps, atol=1e-3)
+    pipeline.register_to_config(decoder_num_inference_steps=3)
+    pipeline.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["decoder_num_inference_steps"] == 3
+    loaded = UniFlowClassConditionalPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert torch.allclose(images(loaded), three_steps, atol=1e-6)
+    assert torch.allclose(images(loaded, decoder_num_inference_steps=1), one_step, atol=1e-6)  # a call overrides it
+    with pytest.raises(ValueError, match="decoder_num_inference_steps"):
+        UniFlowClassConditionalPipeline(**pipeline.components, decoder_num_inference_steps=0)
+
+
 def test_class_conditional_seeding_and_batching(class_conditional_pipeline):
     pipeline = class_conditional_pipeline
     kwargs = dict(num_inference_steps=2, output_type="pt")

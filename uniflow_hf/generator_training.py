@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .modeling import UniFlowModel
 from .pipelines import UniFlowClassConditionalPipeline, UniFlowFlowMatchScheduler
 from .pipelines.pipeline_uniflow_class_conditional import latents_to_grid
-from .pipelines.pipeline_uniflow_utils import default_image_processor
+from .pipelines.pipeline_uniflow_utils import check_num_inference_steps, default_image_processor
 
 
 @dataclass
@@ -137,6 +137,7 @@ def train_generator(
     encode_batch_size: int = 64,
     mixed_precision: str = "no",
     progress: bool = True,
+    decoder_num_inference_steps: int | None = None,
 ) -> GeneratorTrainingOutput:
     """Train a `DiTTransformer2DModel` to generate `tokenizer` latents of the classes of `dataset`.
 
@@ -153,6 +154,8 @@ def train_generator(
         ema_decay (`float`, *optional*): keep an exponential moving average of the weights (diffusers' `EMAModel`,
             with its warm-up) and save that.
         mixed_precision (`str`): Accelerate's `"no"`, `"fp16"` or `"bf16"` (GPU only).
+        decoder_num_inference_steps (`int`, *optional*): the pipeline's default decoder steps when generating
+            (the tokenizer's `num_sampling_steps` when `None`).
 
     Returns:
         [`GeneratorTrainingOutput`] with the pipeline and the loss of every step.
@@ -164,6 +167,7 @@ def train_generator(
             raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
     if len(dataset) == 0:
         raise ValueError("The dataset is empty.")
+    check_num_inference_steps(decoder_num_inference_steps, "decoder_num_inference_steps", allow_none=True)
 
     accelerator = Accelerator(mixed_precision=mixed_precision)
     set_seed(seed)
@@ -237,6 +241,7 @@ def train_generator(
         id2label=id2label,
         latent_mean=latent_mean,
         latent_std=latent_std,
+        decoder_num_inference_steps=decoder_num_inference_steps,
     )
     if output_dir is not None and accelerator.is_main_process:
         pipeline.save_pretrained(output_dir)

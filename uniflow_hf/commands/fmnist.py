@@ -45,6 +45,10 @@ def register(subparsers) -> None:
     stage.add_argument("--steps", type=int, default=7000)
     stage.add_argument("--batch-size", type=int, default=128)
     stage.add_argument("--max-train", type=int, default=None)
+    stage.add_argument(
+        "--decoder-steps", type=int, default=None,
+        help="the pipeline's default steps of the pixel decoder when generating (default: the tokenizer's, 1)",
+    )
     stage.add_argument("--seed", type=int, default=0)
     stage.set_defaults(func=_generator)
 
@@ -103,6 +107,6 @@ def _generator(args) -> int:
 
     train_fmnist_generator(
         args.tokenizer, args.output_dir, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-        max_train=args.max_train,
+        max_train=args.max_train, decoder_num_inference_steps=args.decoder_steps,
     )
     return 0

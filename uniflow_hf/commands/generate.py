@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     parser.add_argument("--model", default=None, help="class-conditional pipeline folder (default: the shipped model)")
     parser.add_argument("--guidance-scale", type=float, default=1.5, help="classifier-free guidance (1 = none)")
     parser.add_argument("--steps", type=int, default=25, help="steps of the latent flow")
-    parser.add_argument("--decoder-steps", type=int, default=None, help="steps of the pixel decoder (model default)")
+    parser.add_argument("--decoder-steps", type=int, default=None, help="steps of the pixel decoder (default: the pipeline's)")
     parser.set_defaults(func=run_generate)
 
     parser = subparsers.add_parser("reconstruct", help="reconstruct images with a UniFlow tokenizer, print PSNR/SSIM")
@@ -43,6 +43,10 @@ def register(subparsers) -> None:
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--label-dropout", type=float, default=0.1)
     parser.add_argument("--ema-decay", type=float, default=None)
+    parser.add_argument(
+        "--decoder-steps", type=int, default=None,
+        help="the pipeline's default steps of the pixel decoder when generating (default: the tokenizer's)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--transformer-kwargs", type=json.loads, default=None,
@@ -239,6 +243,7 @@ def run_train_generator(args) -> int:
         seed=args.seed,
         transformer_kwargs=args.transformer_kwargs,
         ema_decay=args.ema_decay,
+        decoder_num_inference_steps=args.decoder_steps,
     )
     last = result.losses[-min(100, len(result.losses)) :]
     print(f"Trained {len(result.losses)} steps (mean loss of the last {len(last)}: {sum(last) / len(last):.4f})")
