@@ -204,7 +204,7 @@ def render(results: dict) -> str:
         "flow-time distribution.",
         "- The linear probe reads the mean last-layer token of the frozen encoder (a linear classifier on standardised "
         "features); the teacher row is the pretrained encoder UniFlow started from and distilled against.",
-        "- The Fréchet distance of generated samples is bounded by the decoder's fidelity: compare it with the "
+        "- The Fréchet distance of generated samples cannot beat the decoder's fidelity: compare it with the "
         "distance of the tokenizer's own reconstructions of the test set. One decoder step gives the mean of the "
         "patches a latent could stand for (the best PSNR, but blurred); more steps draw sharper patches (lower PSNR, "
         "lower distance), so the pipeline generates with more steps (`decoder_num_inference_steps` in its config) "
