@@ -111,7 +111,7 @@ def main():
     results["fd_floor_train_vs_test"] = frechet_distance_of_features(train_features, test_features)
     guidance = 1.5 if args.guidance_scale is None else args.guidance_scale
     steps = 25 if args.steps is None else args.steps
-    decoder_steps = args.decoder_steps or pipeline.config.decoder_num_inference_steps or tokenizer.config.num_sampling_steps
+    decoder_steps = args.decoder_steps or pipeline.default_decoder_num_inference_steps
     results["reconstruction_by_decoder_steps"] = {}
     for num_steps in sorted({1, decoder_steps}):
         generator = torch.Generator().manual_seed(0)

@@ -201,6 +201,11 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         mean, std = self._latent_statistics(grid.device, grid.dtype)
         return (grid - mean) / std
 
+    @property
+    def default_decoder_num_inference_steps(self) -> int:
+        """The decoder steps a call uses when not told: the pipeline's config, else the tokenizer's."""
+        return self.config.decoder_num_inference_steps or self.tokenizer.config.num_sampling_steps
+
     def denormalize_latents(self, grid_latents: torch.Tensor) -> torch.Tensor:
         """The transformer's space (B, C, grid, grid) -> tokenizer latents (B, N, C)."""
         mean, std = self._latent_statistics(grid_latents.device, grid_latents.dtype)
@@ -285,7 +290,7 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             images = latents
         else:
             if decoder_num_inference_steps is None:
-                decoder_num_inference_steps = self.config.decoder_num_inference_steps  # None: the tokenizer's
+                decoder_num_inference_steps = self.default_decoder_num_inference_steps
             images = self.decode_latents(
                 latents, self.decoder_scheduler, decoder_num_inference_steps, generator=generator
             )
