@@ -170,7 +170,7 @@ def test_the_recipe_stages_chain_into_a_pipeline(tmp_path):
               "--flow-timestep-distribution", "lognormal", "--flow-timestep-logit-mean", "-2")
     run_stage("finetune-decoder", "--tokenizer", str(tokenizer), "--output-dir", str(decoder_tuned), "--max-train", "256")
     run_stage("train-generator", "--tokenizer", str(decoder_tuned), "--output-dir", str(model), "--steps", "3",
-              "--batch-size", "16", "--max-train", "64", "--decoder-steps", "4")
+              "--batch-size", "16", "--max-train", "64", "--decoder-steps", "4", "--ema-decay", "0.9")
 
     classifier = UniFlowForImageClassification.from_pretrained(encoder)
     adapted = UniFlowModel.from_pretrained(tokenizer)

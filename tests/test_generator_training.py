@@ -72,6 +72,18 @@ def test_train_generator_saves_a_complete_pipeline(tiny_model, tmp_path):
     assert images.shape == (1, 32, 32, 3)
 
 
+def test_ema_saves_the_average_and_leaves_the_training_alone(tiny_model):
+    dataset = synthetic_dataset(per_class=2)
+    kwargs = dict(num_train_steps=4, batch_size=4, seed=3, transformer_kwargs=TINY_DIT, progress=False)
+    plain = train_generator(tiny_model, dataset, **kwargs)
+    averaged = train_generator(tiny_model, dataset, ema_decay=0.5, **kwargs)
+    assert averaged.losses == plain.losses  # the average is only what gets saved
+    plain_weights = plain.pipeline.transformer.state_dict()
+    averaged_weights = averaged.pipeline.transformer.state_dict()
+    changed = [name for name in plain_weights if not torch.equal(plain_weights[name], averaged_weights[name])]
+    assert "proj_out_2.weight" in changed
+
+
 def test_label_dropout_goes_to_the_null_class(tiny_model):
     dataset = synthetic_dataset(per_class=4)
     forward = DiTTransformer2DModel.forward
@@ -109,6 +121,8 @@ def test_integer_labels_and_errors(tiny_model):
         train_generator(tiny_model, dataset, label_column="class", num_train_steps=1, progress=False)
     with pytest.raises(ValueError, match="label_dropout"):
         train_generator(tiny_model, dataset, label_dropout=1.0, num_train_steps=1, progress=False)
+    with pytest.raises(ValueError, match=r"`ema_decay` must be in \(0, 1\)"):
+        train_generator(tiny_model, dataset, ema_decay=1.0, num_train_steps=1, progress=False)
     with pytest.raises(ValueError, match="follow from the tokenizer"):
         train_generator(tiny_model, dataset, transformer_kwargs={"in_channels": 4}, num_train_steps=1, progress=False)
 

@@ -162,6 +162,8 @@ def train_generator(
     """
     if not 0 <= label_dropout < 1:
         raise ValueError(f"`label_dropout` must be in [0, 1), got {label_dropout}.")
+    if ema_decay is not None and not 0 < ema_decay < 1:
+        raise ValueError(f"`ema_decay` must be in (0, 1) (e.g. 0.999) or None for no average, got {ema_decay}.")
     for name, value in (("num_train_steps", num_train_steps), ("batch_size", batch_size)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")

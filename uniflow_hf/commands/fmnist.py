@@ -49,6 +49,9 @@ def register(subparsers) -> None:
         "--decoder-steps", type=int, default=None,
         help="the pipeline's default steps of the pixel decoder when generating (default: the tokenizer's, 1)",
     )
+    stage.add_argument(
+        "--ema-decay", type=float, default=None, help="save an exponential moving average of the weights (e.g. 0.999)"
+    )
     stage.add_argument("--seed", type=int, default=0)
     stage.set_defaults(func=_generator)
 
@@ -107,6 +110,6 @@ def _generator(args) -> int:
 
     train_fmnist_generator(
         args.tokenizer, args.output_dir, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-        max_train=args.max_train, decoder_num_inference_steps=args.decoder_steps,
+        max_train=args.max_train, decoder_num_inference_steps=args.decoder_steps, ema_decay=args.ema_decay,
     )
     return 0
