@@ -10,6 +10,8 @@
   Fréchet distance on that CNN's features against the test set, next to the train-vs-test distance as the floor;
 - the test set's reconstructions with 1 decoder step and with the generation's decoder steps (PSNR and Fréchet
   distance), which shows what the decoder's steps trade;
+- a linear reference: PCA of the training images with as many components as the latent holds numbers (its
+  reconstruction PSNR / SSIM, and the linear probe on its coefficients);
 - optionally, ablation rows (frozen encoder / no distillation / uniform / adaptive β = 2 at the same budget).
 """
 
@@ -50,6 +52,25 @@ def tokenizer_rows(tokenizer, train_pv, train_y, test_pv, test_y, num_recon: int
     features = [encoder_features(tokenizer.vision_model, pv) for pv in (train_pv, test_pv)]
     metrics["probe"] = linear_probe_accuracy(features[0], train_y, features[1], test_y)
     return metrics
+
+
+def pca_reference_row(train_unit, train_y, test_unit, test_y, num_components: int) -> dict:
+    """PCA of the training images, keeping `num_components` numbers per image (the latent's count): the best any
+    linear code of that size reconstructs, and the linear probe on its coefficients."""
+    from uniflow_hf.fmnist import linear_probe_accuracy
+    from uniflow_hf.metrics import peak_signal_noise_ratio, structural_similarity
+
+    train, test = train_unit.flatten(1).double(), test_unit.flatten(1).double()
+    mean = train.mean(0)
+    components = torch.linalg.svd(train - mean, full_matrices=False).Vh[:num_components]
+    codes = [((x - mean) @ components.T).float() for x in (train, test)]
+    reconstruction = (codes[1].double() @ components + mean).clamp(0, 1).float().reshape(test_unit.shape)[:, None]
+    reference = test_unit[:, None]
+    return {
+        "psnr": peak_signal_noise_ratio(reconstruction, reference, data_range=1.0).mean().item(),
+        "ssim": structural_similarity(reconstruction, reference, data_range=1.0).mean().item(),
+        "probe": linear_probe_accuracy(codes[0], train_y, codes[1], test_y),
+    }
 
 
 def main():
@@ -103,6 +124,11 @@ def main():
         name, folder = spec.rsplit("=", 1)  # names may hold "=" (β=2), folders do not
         rows[name] = tokenizer_rows(UniFlowModel.from_pretrained(folder).eval(), train_pv, train_y, test_pv, test_y, args.num_recon)
     results["tokenizers"] = rows
+    latent_numbers = tokenizer.config.latent_channels * tokenizer.config.grid_size**2
+    results["pca_reference"] = {
+        "num_components": latent_numbers,
+        **pca_reference_row(train_unit, train_y, test_unit[: args.num_recon], test_y[: args.num_recon], latent_numbers),
+    }
 
     judge = train_judge(train_unit, train_y)
     train_features, _ = judge_outputs(judge, train_unit[:10000])
@@ -162,6 +188,12 @@ def render(results: dict) -> str:
         lines.append(f"| teacher (pretrained encoder, frozen copy) | – | – | {100 * results['teacher_probe']:.2f} |")
     for name, row in results["tokenizers"].items():
         lines.append(f"| {name} | {row['psnr']:.2f} | {row['ssim']:.4f} | {100 * row['probe']:.2f} |")
+    if "pca_reference" in results:
+        row = results["pca_reference"]
+        lines.append(
+            f"| linear reference: PCA, {row['num_components']} components (as many numbers as the latent) | "
+            f"{row['psnr']:.2f} | {row['ssim']:.4f} | {100 * row['probe']:.2f} |"
+        )
     lines += [
         "",
         "## Generation",
