@@ -170,7 +170,8 @@ def test_the_recipe_stages_chain_into_a_pipeline(tmp_path):
               "--flow-timestep-distribution", "lognormal", "--flow-timestep-logit-mean", "-2")
     run_stage("finetune-decoder", "--tokenizer", str(tokenizer), "--output-dir", str(decoder_tuned), "--max-train", "256")
     run_stage("train-generator", "--tokenizer", str(decoder_tuned), "--output-dir", str(model), "--steps", "3",
-              "--batch-size", "16", "--max-train", "64", "--decoder-steps", "4", "--ema-decay", "0.9")
+              "--batch-size", "16", "--max-train", "64", "--decoder-steps", "4", "--ema-decay", "0.9",
+              "--solver", "heun")
 
     classifier = UniFlowForImageClassification.from_pretrained(encoder)
     adapted = UniFlowModel.from_pretrained(tokenizer)
@@ -186,5 +187,6 @@ def test_the_recipe_stages_chain_into_a_pipeline(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     assert pipe.tokenizer.config.flow_timestep_logit_mean == -2.0
     assert pipe.config.decoder_num_inference_steps == 4 and pipe.tokenizer.config.num_sampling_steps == 1
+    assert pipe.scheduler.config.solver == "heun"
     images = pipe(["Bag", "Trouser"], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
     assert images.shape == (2, 3, 28, 28) and torch.isfinite(images).all()

@@ -121,6 +121,8 @@ def test_integer_labels_and_errors(tiny_model):
         train_generator(tiny_model, dataset, label_column="class", num_train_steps=1, progress=False)
     with pytest.raises(ValueError, match="label_dropout"):
         train_generator(tiny_model, dataset, label_dropout=1.0, num_train_steps=1, progress=False)
+    with pytest.raises(ValueError, match="`solver` must be 'euler' or 'heun'"):
+        train_generator(tiny_model, dataset, solver="rk4", num_train_steps=1, progress=False)
     with pytest.raises(ValueError, match=r"`ema_decay` must be in \(0, 1\)"):
         train_generator(tiny_model, dataset, ema_decay=1.0, num_train_steps=1, progress=False)
     with pytest.raises(ValueError, match="follow from the tokenizer"):
@@ -168,11 +170,13 @@ def test_train_generator_command(tiny_model, tmp_path, monkeypatch, capsys):
 
     # a `save_to_disk` DatasetDict
     datasets.DatasetDict({"train": synthetic_dataset(per_class=2)}).save_to_disk(tmp_path / "saved")
-    assert train(tmp_path / "saved", tmp_path / "generator", "--decoder-steps", "3") == 0
+    assert train(tmp_path / "saved", tmp_path / "generator", "--decoder-steps", "3", "--solver", "heun") == 0
     assert "Trained 2 steps" in capsys.readouterr().out
     pipeline = DiffusionPipeline.from_pretrained(tmp_path / "generator")
     assert pipeline.labels == {name: i for i, name in enumerate(CLASS_NAMES)}
     assert pipeline.config.decoder_num_inference_steps == 3
+    assert pipeline.scheduler.config.solver == "heun" and pipeline.scheduler.order == 2
+    assert pipeline.decoder_scheduler.config.solver == "euler"  # the decoder keeps the release's sampler
 
     # an imagefolder directory: one sub-folder per class
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))

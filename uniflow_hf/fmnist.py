@@ -358,11 +358,12 @@ def train_fmnist_generator(
     max_train: int | None = None,
     decoder_num_inference_steps: int | None = None,
     ema_decay: float | None = None,
+    solver: str = "euler",
 ):
     """Stage c: the class-conditional latent generator on the adapted tokenizer's latents of the 60k training images
     (or the first `max_train`), saved with the tokenizer as one `UniFlowClassConditionalPipeline` folder (whose
-    default decoder steps when generating are `decoder_num_inference_steps`); with `ema_decay`, the saved weights
-    are an exponential moving average of the trained ones."""
+    default decoder steps when generating are `decoder_num_inference_steps`, and whose latent flow runs `solver`);
+    with `ema_decay`, the saved weights are an exponential moving average of the trained ones."""
     from .generator_training import train_generator
     from .modeling import UniFlowModel
 
@@ -372,6 +373,7 @@ def train_fmnist_generator(
         tokenizer, dataset, image_column="image", label_column="label", output_dir=output_dir,
         num_train_steps=steps, batch_size=batch_size, learning_rate=5e-4, label_dropout=0.1, seed=seed,
         encode_batch_size=1000, decoder_num_inference_steps=decoder_num_inference_steps, ema_decay=ema_decay,
+        solver=solver,
     )
     print(f"generator: final loss {sum(result.losses[-100:]) / min(100, len(result.losses)):.4f} -> {output_dir}")
     return result.pipeline

@@ -138,6 +138,7 @@ def train_generator(
     mixed_precision: str = "no",
     progress: bool = True,
     decoder_num_inference_steps: int | None = None,
+    solver: str = "euler",
 ) -> GeneratorTrainingOutput:
     """Train a `DiTTransformer2DModel` to generate `tokenizer` latents of the classes of `dataset`.
 
@@ -156,6 +157,8 @@ def train_generator(
         mixed_precision (`str`): Accelerate's `"no"`, `"fp16"` or `"bf16"` (GPU only).
         decoder_num_inference_steps (`int`, *optional*): the pipeline's default decoder steps when generating
             (the tokenizer's `num_sampling_steps` when `None`).
+        solver (`str`, defaults to `"euler"`): the solver of the saved pipeline's latent-flow scheduler, `"euler"`
+            or `"heun"` (two network calls a step, more accurate at the same steps).
 
     Returns:
         [`GeneratorTrainingOutput`] with the pipeline and the loss of every step.
@@ -170,6 +173,7 @@ def train_generator(
     if len(dataset) == 0:
         raise ValueError("The dataset is empty.")
     check_num_inference_steps(decoder_num_inference_steps, "decoder_num_inference_steps", allow_none=True)
+    sampling_scheduler = UniFlowFlowMatchScheduler(solver=solver)  # checked before the training, saved after it
 
     accelerator = Accelerator(mixed_precision=mixed_precision)
     set_seed(seed)
@@ -237,7 +241,7 @@ def train_generator(
 
     pipeline = UniFlowClassConditionalPipeline(
         transformer=transformer,
-        scheduler=UniFlowFlowMatchScheduler(),
+        scheduler=sampling_scheduler,
         tokenizer=tokenizer,
         decoder_scheduler=UniFlowFlowMatchScheduler(schedule=tokenizer.config.sampling_schedule),
         id2label=id2label,

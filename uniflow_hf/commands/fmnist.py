@@ -52,6 +52,9 @@ def register(subparsers) -> None:
     stage.add_argument(
         "--ema-decay", type=float, default=None, help="save an exponential moving average of the weights (e.g. 0.999)"
     )
+    stage.add_argument(
+        "--solver", default="euler", choices=["euler", "heun"], help="the saved pipeline's solver of the latent flow"
+    )
     stage.add_argument("--seed", type=int, default=0)
     stage.set_defaults(func=_generator)
 
@@ -111,5 +114,6 @@ def _generator(args) -> int:
     train_fmnist_generator(
         args.tokenizer, args.output_dir, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
         max_train=args.max_train, decoder_num_inference_steps=args.decoder_steps, ema_decay=args.ema_decay,
+        solver=args.solver,
     )
     return 0

@@ -47,6 +47,9 @@ def register(subparsers) -> None:
         "--decoder-steps", type=int, default=None,
         help="the pipeline's default steps of the pixel decoder when generating (default: the tokenizer's)",
     )
+    parser.add_argument(
+        "--solver", default="euler", choices=["euler", "heun"], help="the saved pipeline's solver of the latent flow"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--transformer-kwargs", type=json.loads, default=None,
@@ -244,6 +247,7 @@ def run_train_generator(args) -> int:
         transformer_kwargs=args.transformer_kwargs,
         ema_decay=args.ema_decay,
         decoder_num_inference_steps=args.decoder_steps,
+        solver=args.solver,
     )
     last = result.losses[-min(100, len(result.losses)) :]
     print(f"Trained {len(result.losses)} steps (mean loss of the last {len(last)}: {sum(last) / len(last):.4f})")
