@@ -20,7 +20,7 @@ uniflow-hf fmnist adapt --encoder "$RUNS/fmnist-encoder" --init-tokenizer "$RUNS
 # b'. decoder fine-tuning: encoder and latents frozen (the probe cannot move), only the decoder trains
 uniflow-hf fmnist finetune-decoder --tokenizer "$RUNS/fmnist-tokenizer-16ep" --output-dir "$RUNS/fmnist-tokenizer-16ep-ft" \
   --epochs 5 --learning-rate 1e-3
-# b. two more rounds of 9 adaptation epochs with those flow times, still distilling
+# b. two rounds of 9 adaptation epochs with those flow times, still distilling
 #    against the pretrained encoder, then the decoder fine-tuning again
 uniflow-hf fmnist adapt --encoder "$RUNS/fmnist-encoder" --init-tokenizer "$RUNS/fmnist-tokenizer-16ep-ft" \
   --output-dir "$RUNS/fmnist-tokenizer-25ep" --epochs 9 --learning-rate 1e-3 \
@@ -28,7 +28,13 @@ uniflow-hf fmnist adapt --encoder "$RUNS/fmnist-encoder" --init-tokenizer "$RUNS
 uniflow-hf fmnist adapt --encoder "$RUNS/fmnist-encoder" --init-tokenizer "$RUNS/fmnist-tokenizer-25ep" \
   --output-dir "$RUNS/fmnist-tokenizer-34ep" --epochs 9 --learning-rate 1e-3 \
   --flow-timestep-distribution lognormal --flow-timestep-logit-mean -2 --flow-timestep-logit-std 1.5
-uniflow-hf fmnist finetune-decoder --tokenizer "$RUNS/fmnist-tokenizer-34ep" --output-dir "$RUNS/fmnist-tokenizer" \
+uniflow-hf fmnist finetune-decoder --tokenizer "$RUNS/fmnist-tokenizer-34ep" --output-dir "$RUNS/fmnist-tokenizer-34ep-ft" \
+  --epochs 5 --learning-rate 1e-3
+# b. a third round of 9, then the decoder fine-tuning once more
+uniflow-hf fmnist adapt --encoder "$RUNS/fmnist-encoder" --init-tokenizer "$RUNS/fmnist-tokenizer-34ep-ft" \
+  --output-dir "$RUNS/fmnist-tokenizer-43ep" --epochs 9 --learning-rate 1e-3 \
+  --flow-timestep-distribution lognormal --flow-timestep-logit-mean -2 --flow-timestep-logit-std 1.5
+uniflow-hf fmnist finetune-decoder --tokenizer "$RUNS/fmnist-tokenizer-43ep" --output-dir "$RUNS/fmnist-tokenizer" \
   --epochs 5 --learning-rate 1e-3
 # c. class-conditional latent generator (DiT) -> the pipeline folder that ships in uniflow_hf/models/uniflow-fmnist;
 #    generation decodes with 4 flow steps by default (sharper samples), reconstruction with the release's 1
