@@ -38,8 +38,9 @@ uniflow-hf fmnist finetune-decoder --tokenizer "$RUNS/fmnist-tokenizer-43ep" --o
   --epochs 5 --learning-rate 1e-3
 # c. class-conditional latent generator (DiT) -> the pipeline folder that ships in uniflow_hf/models/uniflow-fmnist;
 #    generation decodes with 4 flow steps by default (sharper samples), reconstruction with the release's 1
+#    the saved weights are an exponential moving average (0.999) and the latent flow samples with Heun's method
 uniflow-hf fmnist train-generator --tokenizer "$RUNS/fmnist-tokenizer" --output-dir "$RUNS/uniflow-fmnist" --steps 7000 \
-  --decoder-steps 4
+  --decoder-steps 4 --ema-decay 0.999 --solver heun
 
 # Table 6a ablations at a smaller, equal budget (2 epochs each, same pretrained encoder)
 for mode in adaptive uniform none; do
