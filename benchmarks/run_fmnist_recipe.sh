@@ -12,30 +12,25 @@ uniflow-hf fmnist adapt --encoder "$RUNS/fmnist-encoder" --output-dir "$RUNS/fmn
 #    ... continued for 5 more epochs at a lower learning rate, still distilling against the pretrained encoder
 uniflow-hf fmnist adapt --encoder "$RUNS/fmnist-encoder" --init-tokenizer "$RUNS/fmnist-tokenizer-3ep" \
   --output-dir "$RUNS/fmnist-tokenizer-8ep" --epochs 5 --learning-rate 5e-4
-#    ... and 8 more with the flow loss's training times nearer the noise (logit-normal, mean -2, std 1.5): the
-#    1-step decoder only ever runs at t = 0, where the release's distribution (mean 0) trains least
-uniflow-hf fmnist adapt --encoder "$RUNS/fmnist-encoder" --init-tokenizer "$RUNS/fmnist-tokenizer-8ep" \
-  --output-dir "$RUNS/fmnist-tokenizer-16ep" --epochs 8 --learning-rate 1e-3 \
-  --flow-timestep-distribution lognormal --flow-timestep-logit-mean -2 --flow-timestep-logit-std 1.5
+# adaptation epochs with the flow loss's training times nearer the noise (logit-normal, mean -2, std 1.5): the
+# 1-step decoder only ever runs at t = 0, where the release's distribution (mean 0) trains least
+adapt_near_noise() {  # INIT_TOKENIZER OUTPUT EPOCHS
+  uniflow-hf fmnist adapt --encoder "$RUNS/fmnist-encoder" --init-tokenizer "$1" --output-dir "$2" --epochs "$3" \
+    --learning-rate 1e-3 --flow-timestep-distribution lognormal --flow-timestep-logit-mean -2 --flow-timestep-logit-std 1.5
+}
 # b'. decoder fine-tuning: encoder and latents frozen (the probe cannot move), only the decoder trains
-uniflow-hf fmnist finetune-decoder --tokenizer "$RUNS/fmnist-tokenizer-16ep" --output-dir "$RUNS/fmnist-tokenizer-16ep-ft" \
-  --epochs 5 --learning-rate 1e-3
-# b. two rounds of 9 adaptation epochs with those flow times, still distilling
-#    against the pretrained encoder, then the decoder fine-tuning again
-uniflow-hf fmnist adapt --encoder "$RUNS/fmnist-encoder" --init-tokenizer "$RUNS/fmnist-tokenizer-16ep-ft" \
-  --output-dir "$RUNS/fmnist-tokenizer-25ep" --epochs 9 --learning-rate 1e-3 \
-  --flow-timestep-distribution lognormal --flow-timestep-logit-mean -2 --flow-timestep-logit-std 1.5
-uniflow-hf fmnist adapt --encoder "$RUNS/fmnist-encoder" --init-tokenizer "$RUNS/fmnist-tokenizer-25ep" \
-  --output-dir "$RUNS/fmnist-tokenizer-34ep" --epochs 9 --learning-rate 1e-3 \
-  --flow-timestep-distribution lognormal --flow-timestep-logit-mean -2 --flow-timestep-logit-std 1.5
-uniflow-hf fmnist finetune-decoder --tokenizer "$RUNS/fmnist-tokenizer-34ep" --output-dir "$RUNS/fmnist-tokenizer-34ep-ft" \
-  --epochs 5 --learning-rate 1e-3
-# b. a third round of 9, then the decoder fine-tuning once more
-uniflow-hf fmnist adapt --encoder "$RUNS/fmnist-encoder" --init-tokenizer "$RUNS/fmnist-tokenizer-34ep-ft" \
-  --output-dir "$RUNS/fmnist-tokenizer-43ep" --epochs 9 --learning-rate 1e-3 \
-  --flow-timestep-distribution lognormal --flow-timestep-logit-mean -2 --flow-timestep-logit-std 1.5
-uniflow-hf fmnist finetune-decoder --tokenizer "$RUNS/fmnist-tokenizer-43ep" --output-dir "$RUNS/fmnist-tokenizer" \
-  --epochs 5 --learning-rate 1e-3
+finetune_decoder() {  # TOKENIZER OUTPUT
+  uniflow-hf fmnist finetune-decoder --tokenizer "$1" --output-dir "$2" --epochs 5 --learning-rate 1e-3
+}
+#    ... then 8 epochs near the noise, the decoder fine-tuning, and three rounds of 9 (still distilling against the
+#    pretrained encoder), fine-tuning the decoder again after the second and the third
+adapt_near_noise "$RUNS/fmnist-tokenizer-8ep" "$RUNS/fmnist-tokenizer-16ep" 8
+finetune_decoder "$RUNS/fmnist-tokenizer-16ep" "$RUNS/fmnist-tokenizer-16ep-ft"
+adapt_near_noise "$RUNS/fmnist-tokenizer-16ep-ft" "$RUNS/fmnist-tokenizer-25ep" 9
+adapt_near_noise "$RUNS/fmnist-tokenizer-25ep" "$RUNS/fmnist-tokenizer-34ep" 9
+finetune_decoder "$RUNS/fmnist-tokenizer-34ep" "$RUNS/fmnist-tokenizer-34ep-ft"
+adapt_near_noise "$RUNS/fmnist-tokenizer-34ep-ft" "$RUNS/fmnist-tokenizer-43ep" 9
+finetune_decoder "$RUNS/fmnist-tokenizer-43ep" "$RUNS/fmnist-tokenizer"
 # c. class-conditional latent generator (DiT) -> the pipeline folder that ships in uniflow_hf/models/uniflow-fmnist;
 #    generation decodes with 4 flow steps by default (sharper samples), reconstruction with the release's 1
 #    the saved weights are an exponential moving average (0.999) and the latent flow samples with Heun's method
