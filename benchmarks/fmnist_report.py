@@ -96,7 +96,7 @@ def main():
     from uniflow_hf import UniFlowClassConditionalPipeline
     from uniflow_hf.fmnist import (
         FASHION_MNIST_LABELS, encoder_features, fmnist_pixel_values, judge_outputs, linear_probe_accuracy,
-        load_fashion_mnist_arrays, to_unit_range, train_judge,
+        load_fashion_mnist_arrays, reconstruct_grayscale, to_unit_range, train_judge,
     )
     from uniflow_hf.metrics import peak_signal_noise_ratio
     from uniflow_hf.metrics._common import frechet_distance_of_features
@@ -140,11 +140,7 @@ def main():
     decoder_steps = args.decoder_steps or pipeline.default_decoder_num_inference_steps
     results["reconstruction_by_decoder_steps"] = {}
     for num_steps in sorted({1, decoder_steps}):
-        generator = torch.Generator().manual_seed(0)
-        reconstructions = torch.cat([
-            to_unit_range(tokenizer.reconstruct(test_pv[s : s + 1000], generator=generator, num_inference_steps=num_steps))
-            for s in range(0, len(test_pv), 1000)
-        ])
+        reconstructions = reconstruct_grayscale(tokenizer, test_pv, batch_size=1000, num_inference_steps=num_steps)
         psnr = peak_signal_noise_ratio(reconstructions[:, None], to_unit_range(test_pv)[:, None], data_range=1.0)
         results["reconstruction_by_decoder_steps"][num_steps] = {
             "psnr": psnr.mean().item(),
@@ -200,8 +196,8 @@ def render(results: dict) -> str:
         "## Generation",
         "",
         f"{gen['num_images']} samples (equal per class), guidance {gen['guidance_scale']}, {gen['steps']} "
-        f"{gen.get('solver', 'euler').capitalize()} steps of the generator, {gen.get('decoder_steps', 1)} decoder step(s), judged by an independently trained CNN (test accuracy "
-        f"{100 * results['judge_test_accuracy']:.2f} %).",
+        f"{gen.get('solver', 'euler').capitalize()} steps of the generator, {gen.get('decoder_steps', 1)} decoder "
+        f"step(s), judged by an independently trained CNN (test accuracy {100 * results['judge_test_accuracy']:.2f} %).",
         "",
         "| metric | value |",
         "| --- | ---: |",

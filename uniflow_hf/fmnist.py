@@ -305,21 +305,33 @@ def to_unit_range(pixel_values: torch.Tensor, processor=None) -> torch.Tensor:
 
 
 @torch.no_grad()
+@torch.no_grad()
+def reconstruct_grayscale(
+    tokenizer, pixel_values: torch.Tensor, batch_size: int = 500, seed: int = 0, num_inference_steps: int | None = None
+) -> torch.Tensor:
+    """`tokenizer.reconstruct` over `pixel_values` in batches (one seeded generator), as [0, 1] grayscale images
+    (N, H, W); `num_inference_steps` of the decoder (`None`: the tokenizer's)."""
+    tokenizer.eval()
+    generator = torch.Generator().manual_seed(seed)
+    return torch.cat([
+        to_unit_range(tokenizer.reconstruct(
+            pixel_values[start : start + batch_size], generator=generator, num_inference_steps=num_inference_steps
+        ))
+        for start in range(0, len(pixel_values), batch_size)
+    ])
+
+
 def reconstruction_metrics(tokenizer, pixel_values: torch.Tensor, batch_size: int = 500, seed: int = 0) -> dict:
     """PSNR and SSIM (data range 1, Gaussian-window SSIM of `uniflow_hf.metrics`) on the [0, 1] grayscale images of
     `tokenizer.reconstruct` over `pixel_values`."""
     from .metrics import peak_signal_noise_ratio, structural_similarity
 
-    tokenizer.eval()
-    generator = torch.Generator().manual_seed(seed)
-    psnrs, ssims = [], []
-    for start in range(0, len(pixel_values), batch_size):
-        batch = pixel_values[start : start + batch_size]
-        reference = to_unit_range(batch)[:, None]
-        reconstruction = to_unit_range(tokenizer.reconstruct(batch, generator=generator))[:, None]
-        psnrs.append(peak_signal_noise_ratio(reconstruction, reference, data_range=1.0))
-        ssims.append(structural_similarity(reconstruction, reference, data_range=1.0))
-    return {"psnr": torch.cat(psnrs).mean().item(), "ssim": torch.cat(ssims).mean().item()}
+    reconstruction = reconstruct_grayscale(tokenizer, pixel_values, batch_size, seed)[:, None]
+    reference = to_unit_range(pixel_values)[:, None]
+    return {
+        "psnr": peak_signal_noise_ratio(reconstruction, reference, data_range=1.0).mean().item(),
+        "ssim": structural_similarity(reconstruction, reference, data_range=1.0).mean().item(),
+    }
 
 
 @torch.no_grad()
