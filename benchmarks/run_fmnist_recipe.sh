@@ -22,8 +22,8 @@ adapt_near_noise() {  # INIT_TOKENIZER OUTPUT EPOCHS
 finetune_decoder() {  # TOKENIZER OUTPUT
   uniflow-hf fmnist finetune-decoder --tokenizer "$1" --output-dir "$2" --epochs 5 --learning-rate 1e-3
 }
-#    ... then 8 epochs near the noise, the decoder fine-tuning, and four rounds of 9 (still distilling against the
-#    pretrained encoder), fine-tuning the decoder again after the second, the third and the fourth
+#    ... then 8 epochs near the noise and seven rounds of 9 (still distilling against the pretrained encoder), the
+#    decoder fine-tuned after the 16th, 34th, 43rd, 52nd, 61st and 79th epochs
 adapt_near_noise "$RUNS/fmnist-tokenizer-8ep" "$RUNS/fmnist-tokenizer-16ep" 8
 finetune_decoder "$RUNS/fmnist-tokenizer-16ep" "$RUNS/fmnist-tokenizer-16ep-ft"
 adapt_near_noise "$RUNS/fmnist-tokenizer-16ep-ft" "$RUNS/fmnist-tokenizer-25ep" 9
@@ -32,11 +32,16 @@ finetune_decoder "$RUNS/fmnist-tokenizer-34ep" "$RUNS/fmnist-tokenizer-34ep-ft"
 adapt_near_noise "$RUNS/fmnist-tokenizer-34ep-ft" "$RUNS/fmnist-tokenizer-43ep" 9
 finetune_decoder "$RUNS/fmnist-tokenizer-43ep" "$RUNS/fmnist-tokenizer-43ep-ft"
 adapt_near_noise "$RUNS/fmnist-tokenizer-43ep-ft" "$RUNS/fmnist-tokenizer-52ep" 9
-finetune_decoder "$RUNS/fmnist-tokenizer-52ep" "$RUNS/fmnist-tokenizer"
+finetune_decoder "$RUNS/fmnist-tokenizer-52ep" "$RUNS/fmnist-tokenizer-52ep-ft"
+adapt_near_noise "$RUNS/fmnist-tokenizer-52ep-ft" "$RUNS/fmnist-tokenizer-61ep" 9
+finetune_decoder "$RUNS/fmnist-tokenizer-61ep" "$RUNS/fmnist-tokenizer-61ep-ft"
+adapt_near_noise "$RUNS/fmnist-tokenizer-61ep-ft" "$RUNS/fmnist-tokenizer-70ep" 9
+adapt_near_noise "$RUNS/fmnist-tokenizer-70ep" "$RUNS/fmnist-tokenizer-79ep" 9
+finetune_decoder "$RUNS/fmnist-tokenizer-79ep" "$RUNS/fmnist-tokenizer"
 # c. class-conditional latent generator (DiT) -> the pipeline folder that ships in uniflow_hf/models/uniflow-fmnist;
 #    generation decodes with 4 flow steps by default (sharper samples), reconstruction with the release's 1
 #    the saved weights are an exponential moving average (0.999) and the latent flow samples with Heun's method
-uniflow-hf fmnist train-generator --tokenizer "$RUNS/fmnist-tokenizer" --output-dir "$RUNS/uniflow-fmnist" --steps 7000 \
+uniflow-hf fmnist train-generator --tokenizer "$RUNS/fmnist-tokenizer" --output-dir "$RUNS/uniflow-fmnist" --steps 10000 \
   --decoder-steps 4 --ema-decay 0.999 --solver heun
 
 # Table 6a ablations at a smaller, equal budget (2 epochs each, same pretrained encoder)
