@@ -305,7 +305,6 @@ def to_unit_range(pixel_values: torch.Tensor, processor=None) -> torch.Tensor:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def reconstruct_grayscale(
     tokenizer, pixel_values: torch.Tensor, batch_size: int = 500, seed: int = 0, num_inference_steps: int | None = None
 ) -> torch.Tensor:
