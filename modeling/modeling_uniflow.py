@@ -856,10 +856,10 @@ class UniFlowModel(UniFlowPreTrainedModel):
         batch, num_tokens, _ = latents.shape
         patch_dim = self.config.patch_dim
         dtype = self.flow_head.input_proj.weight.dtype
-        if noise is None:
+        if noise is None:  # drawn in float32, so that a seed gives the same noise in every dtype
             from diffusers.utils.torch_utils import randn_tensor
 
-            noise = randn_tensor((batch, num_tokens, patch_dim), generator=generator, device=latents.device, dtype=dtype)
+            noise = randn_tensor((batch, num_tokens, patch_dim), generator=generator, device=latents.device)
         elif noise.numel() != batch * num_tokens * patch_dim:
             raise ValueError(f"`noise` must hold ({batch}, {num_tokens}, {patch_dim}) values, got {tuple(noise.shape)}.")
         if scheduler is None:
@@ -870,7 +870,7 @@ class UniFlowModel(UniFlowPreTrainedModel):
         condition = self.decoder_condition(latents.to(dtype), grid).reshape(batch * num_tokens, -1)
         sample = noise.reshape(batch * num_tokens, patch_dim).to(device=latents.device, dtype=dtype)
         for i, timestep in enumerate(scheduler.timesteps):
-            velocity = self.flow_head(sample, timestep.to(dtype), condition)
+            velocity = self.flow_head(sample, timestep, condition)
             sample = scheduler.step(velocity, timestep, sample).prev_sample
             if callback is not None:
                 callback(i, len(scheduler.timesteps))
@@ -981,7 +981,7 @@ class UniFlowModel(UniFlowPreTrainedModel):
             )
         timesteps = timesteps.reshape(-1).to(target.device)
         noisy = scheduler.add_noise(target, noise, timesteps)
-        velocity = self.flow_head(noisy, timesteps.to(condition.dtype), condition)
+        velocity = self.flow_head(noisy.to(self.flow_head.input_proj.weight.dtype), timesteps, condition)
         output.flow_loss = F.mse_loss(velocity.float(), scheduler.get_velocity(target, noise).float())
         output.loss = self.config.flow_loss_weight * output.flow_loss
 

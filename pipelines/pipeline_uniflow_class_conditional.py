@@ -263,12 +263,9 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
 
         device, dtype = self._execution_device, self.transformer.dtype
         config = self.transformer.config
-        latents = randn_tensor(
-            (batch_size, config.in_channels, config.sample_size, config.sample_size),
-            generator=generator,
-            device=device,
-            dtype=dtype,
-        )
+        shape = (batch_size, config.in_channels, config.sample_size, config.sample_size)
+        # drawn in float32, then cast: a seed gives the same noise in every dtype
+        latents = randn_tensor(shape, generator=generator, device=device).to(dtype)
         do_guidance = guidance_scale != 1
         labels = torch.tensor(class_ids, device=device)
         if do_guidance:
@@ -278,7 +275,7 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         for timestep in self.progress_bar(self.scheduler.timesteps):
             model_input = torch.cat([latents, latents]) if do_guidance else latents
             velocity = self.transformer(
-                model_input, timestep=timestep.to(dtype).expand(model_input.shape[0]), class_labels=labels
+                model_input, timestep=timestep.expand(model_input.shape[0]), class_labels=labels
             ).sample
             if do_guidance:
                 velocity_class, velocity_null = velocity.chunk(2)

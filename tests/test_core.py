@@ -205,6 +205,28 @@ def test_generator_seeding_and_noise(tiny_model):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_embeds_exact_timesteps(tiny_model, dtype):
+    """bf16 holds 1000·t only to a multiple of 4 near t = 1 (666.67 -> 668): the flow head's timestep embedding
+    must get the float32 times, in decoding and in the training loss, whatever the model's dtype."""
+    from uniflow_hf import UniFlowFlowMatchScheduler
+
+    model = tiny_model.to(dtype)
+    seen = []
+    model.flow_head.time_embed.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    model.decode(torch.randn(1, 16, 8, dtype=dtype), num_inference_steps=3, generator=torch.manual_seed(0))
+    scheduler = UniFlowFlowMatchScheduler(schedule=model.config.sampling_schedule)
+    scheduler.set_timesteps(3)
+    assert {t.dtype for t in seen} == {torch.float32}
+    assert torch.equal(torch.cat(seen), scheduler.timesteps)
+
+    seen.clear()
+    timesteps = torch.tensor([937.5, 666.7])
+    model(torch.randn(2, 3, 32, 32), timesteps=timesteps, return_loss=True)
+    assert seen[0].dtype == torch.float32
+    assert torch.equal(seen[0], timesteps.repeat_interleave(16))
+
+
 def test_init_weights_match_official_initialisation(tiny_config):
     torch.manual_seed(0)
     model = UniFlowModel(tiny_config)

@@ -223,6 +223,19 @@ def test_guidance_one_runs_one_unguided_forward_per_step(class_conditional_pipel
             assert call.args[0].shape[0] == batch and call.kwargs["class_labels"].tolist() == labels
 
 
+def test_half_precision_generator_gets_exact_timesteps(class_conditional_pipeline):
+    """In bf16 the DiT still gets the float32 timesteps (its sinusoidal embedding is computed in float32)."""
+    pipeline = class_conditional_pipeline.to(torch.bfloat16)
+    transformer = pipeline.transformer
+    with mock.patch.object(transformer, "forward", wraps=transformer.forward) as forward:
+        images = pipeline([0, 1], num_inference_steps=3, generator=torch.manual_seed(0), output_type="pt").images
+    pipeline.scheduler.set_timesteps(3)
+    timesteps = [call.kwargs["timestep"] for call in forward.call_args_list]
+    assert {t.dtype for t in timesteps} == {torch.float32}
+    assert torch.equal(torch.stack([t[0] for t in timesteps]), pipeline.scheduler.timesteps)
+    assert images.dtype == torch.float32 and torch.isfinite(images).all()
+
+
 def test_class_conditional_decodes_what_it_generates(class_conditional_pipeline):
     pipeline = class_conditional_pipeline
     kwargs = dict(num_inference_steps=2, decoder_num_inference_steps=3)
