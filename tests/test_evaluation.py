@@ -178,8 +178,21 @@ def test_pipeline_folder_brings_its_processor_and_scheduler(tmp_path, image_fold
     assert results["resolution"] == 48 and results["num_images"] == 3
 
 
-def test_cli_writes_json_with_rfid(official_tiny_dir, image_folder, tmp_path):
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate's process-wide state reset around the test, so that the device an earlier in-process run picked
+    (a GPU, on a GPU machine) does not stick to this one's `uniflow-hf evaluate`."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_cli_writes_json_with_rfid(official_tiny_dir, image_folder, tmp_path, fresh_accelerate_state, monkeypatch):
     from uniflow_hf.cli import main
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")  # the expected value below is computed on the CPU
 
     torch.manual_seed(0)
     inception = FIDInceptionV3()
@@ -204,7 +217,7 @@ def test_cli_writes_json_with_rfid(official_tiny_dir, image_folder, tmp_path):
     assert results["rfid"] == pytest.approx(expected, rel=1e-4) and results["rfid"] > 0
 
 
-def test_int8_dynamic_quantisation_stays_close_to_float32(official_tiny_dir, image_folder, tmp_path):
+def test_int8_dynamic_quantisation_stays_close_to_float32(official_tiny_dir, image_folder, tmp_path, fresh_accelerate_state):
     from uniflow_hf.cli import main
     from uniflow_hf.evaluation import quantize_dynamic_int8
     from uniflow_hf.metrics import peak_signal_noise_ratio

@@ -152,7 +152,7 @@ def test_generated_latents_are_recognised_as_their_class(tiny_model):
             requested.tolist(), guidance_scale=1.0, num_inference_steps=10, generator=torch.manual_seed(1),
             output_type="latent",
         ).images
-        predicted = torch.cdist(latents.flatten(1), class_means).argmin(1)
+        predicted = torch.cdist(latents.flatten(1).cpu(), class_means).argmin(1)
         return (predicted == requested).float().mean().item()
 
     assert accuracy(150) >= 0.9

@@ -505,7 +505,7 @@ def test_lora_finetune_reload_and_merge(grafted_dir, tmp_path):
     assert len(losses) == 30
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
 
-    peft_model = trainer.model.eval()
+    peft_model = trainer.model.eval().cpu()  # the Trainer takes a GPU when there is one; compare on the CPU
     trainable = [name for name, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name or "multi_modal_projector" in name for name in trainable)
     assert any("vision_tower" in name for name in trainable) and any("language_model" in name for name in trainable)

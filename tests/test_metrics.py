@@ -163,7 +163,7 @@ def test_ssim_rejects_images_smaller_than_its_window():
 def pytorch_fid_reference(mu1, sigma1, mu2, sigma2):
     """pytorch-fid's `calculate_frechet_distance` (scipy.linalg.sqrtm)."""
     diff = mu1 - mu2
-    covmean, _ = scipy.linalg.sqrtm(sigma1.dot(sigma2), disp=False)
+    covmean = scipy.linalg.sqrtm(sigma1.dot(sigma2))
     return diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean.real)
 
 
