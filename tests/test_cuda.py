@@ -58,11 +58,12 @@ def relative_error(output, reference):
     return ((output - reference).norm() / reference.norm()).item()
 
 
-def inputs(batch=2, size=32, seed=0):
+def inputs(device="cpu", batch=2, size=32, seed=0):
+    """Seeded pixel values and decoder noise for the tiny model (drawn on the CPU, then moved to `device`)."""
     generator = torch.Generator().manual_seed(seed)
     pixel_values = torch.randn(batch, 3, size, size, generator=generator)
     noise = torch.randn(batch, (size // 8) ** 2, 192, generator=generator)
-    return pixel_values, noise
+    return pixel_values.to(device), noise.to(device)
 
 
 # ------------------------------------------------------------------------------------------------ the model
@@ -101,8 +102,7 @@ def test_half_precision_weights(dtype, tmp_path):
     half = UniFlowModel.from_pretrained(tmp_path, dtype=dtype).cuda().eval()
     assert half.dtype == dtype
     reference = copy.deepcopy(model).cuda()
-    pixel_values, noise = inputs()
-    pixel_values, noise = pixel_values.cuda(), noise.cuda()
+    pixel_values, noise = inputs("cuda")
     with torch.no_grad():
         latents = half.encode(pixel_values)
         images = half.reconstruct(pixel_values, noise=noise, num_inference_steps=3)
@@ -120,8 +120,7 @@ def test_half_precision_weights(dtype, tmp_path):
 
 def test_bf16_autocast_keeps_float32_weights_and_loss():
     model = trained_like().cuda()
-    pixel_values, noise = inputs()
-    pixel_values, noise = pixel_values.cuda(), noise.cuda()
+    pixel_values, noise = inputs("cuda")
     with torch.no_grad():
         reference = model.reconstruct(pixel_values, noise=noise, num_inference_steps=3)
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -147,7 +146,7 @@ def test_attention_implementations_agree_on_cuda(dtype):
     sdpa = UniFlowModel._from_config(config, attn_implementation="sdpa").eval()
     sdpa.load_state_dict(eager.state_dict())
     eager, sdpa = eager.to("cuda", dtype), sdpa.to("cuda", dtype)
-    pixel_values = inputs()[0].cuda()
+    pixel_values = inputs("cuda")[0]
     tolerance = 1e-5 if dtype == torch.float32 else TOLERANCE[dtype]
     with torch.no_grad():
         reference = eager.encode(pixel_values)
@@ -159,8 +158,7 @@ def test_attention_implementations_agree_on_cuda(dtype):
 
 def test_torch_compile_on_cuda():
     model = trained_like().cuda()
-    pixel_values, noise = inputs()
-    pixel_values, noise = pixel_values.cuda(), noise.cuda()
+    pixel_values, noise = inputs("cuda")
     with torch.no_grad():
         reference = model.reconstruct(pixel_values, noise=noise, num_inference_steps=2)
         model.vision_model.compile(fullgraph=True)
