@@ -345,7 +345,8 @@ class UniFlowFlowHeadFinalLayer(nn.Module):
 
 class UniFlowFlowHead(nn.Module):
     """The patch-wise pixel flow decoder: an adaLN MLP predicting the velocity (data - noise) of one pixel patch
-    per row, given its noisy state `sample`, the network `timestep` (1000·t) and its token's `condition`."""
+    per row, given its noisy state `sample`, the network `timestep` (1000·t) and its token's `condition`. Pass the
+    timesteps in float32 whatever the model's dtype: bf16 would round 1000·t to a multiple of 4 near t = 1."""
 
     def __init__(self, config: UniFlowConfig):
         super().__init__()
