@@ -159,8 +159,11 @@ def run_stage(*args):
 
 
 def test_the_recipe_stages_chain_into_a_pipeline(tmp_path):
-    """Stages a -> b -> b' -> c of the recipe, each a CLI command, on a few hundred images: the classifier's encoder
-    seeds the tokenizer, whose latents (4x4x16) feed the generator, and the pipeline folder generates FMNIST images."""
+    """Stages a -> b -> b' -> c (-> c continued) of the recipe, each a CLI command, on a few hundred images: the
+    classifier's encoder seeds the tokenizer, whose latents (4x4x16) feed the generator, and the pipeline folder
+    generates FMNIST images."""
+    from safetensors.torch import load_file
+
     from uniflow_hf import UniFlowClassConditionalPipeline, UniFlowModel
     from uniflow_hf.modeling import UniFlowForImageClassification
 
@@ -172,6 +175,13 @@ def test_the_recipe_stages_chain_into_a_pipeline(tmp_path):
     run_stage("train-generator", "--tokenizer", str(decoder_tuned), "--output-dir", str(model), "--steps", "3",
               "--batch-size", "16", "--max-train", "64", "--decoder-steps", "4", "--ema-decay", "0.9",
               "--solver", "heun")
+    # a continuation stage starts from the saved DiT (at learning rate 0 it stays exactly that)
+    run_stage("train-generator", "--tokenizer", str(decoder_tuned), "--output-dir", str(tmp_path / "continued"),
+              "--init-generator", str(model), "--learning-rate", "0", "--steps", "2", "--batch-size", "16",
+              "--max-train", "64", "--seed", "1")
+    weights = "transformer/diffusion_pytorch_model.safetensors"
+    continued, started = load_file(tmp_path / "continued" / weights), load_file(model / weights)
+    assert continued.keys() == started.keys() and all(torch.equal(continued[k], started[k]) for k in started)
 
     classifier = UniFlowForImageClassification.from_pretrained(encoder)
     adapted = UniFlowModel.from_pretrained(tokenizer)

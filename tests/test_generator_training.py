@@ -129,6 +129,31 @@ def test_integer_labels_and_errors(tiny_model):
         train_generator(tiny_model, dataset, transformer_kwargs={"in_channels": 4}, num_train_steps=1, progress=False)
 
 
+def test_training_continues_from_a_saved_generator(tiny_model, tmp_path):
+    """`init_transformer` (a pipeline folder, a transformer folder or a module) starts from those weights: at
+    learning rate 0 they come out unchanged, at a positive one they move on from there; mismatches are refused."""
+    dataset = synthetic_dataset(per_class=2)
+    kwargs = dict(batch_size=4, progress=False)
+    first = train_generator(tiny_model, dataset, output_dir=tmp_path, num_train_steps=2, transformer_kwargs=TINY_DIT, **kwargs)
+    saved = {k: v.clone() for k, v in first.pipeline.transformer.state_dict().items()}
+    for source in (tmp_path, tmp_path / "transformer"):
+        kept = train_generator(tiny_model, dataset, init_transformer=source, num_train_steps=1, learning_rate=0.0, **kwargs)
+        assert all(torch.equal(v, saved[k]) for k, v in kept.pipeline.transformer.state_dict().items())
+    moved = train_generator(tiny_model, dataset, init_transformer=tmp_path, num_train_steps=1, seed=1, **kwargs)
+    fresh = train_generator(tiny_model, dataset, num_train_steps=1, seed=1, transformer_kwargs=TINY_DIT, **kwargs)
+    assert moved.losses != fresh.losses  # it started from the saved weights, not from a new DiT
+    assert not all(torch.equal(v, saved[k]) for k, v in moved.pipeline.transformer.state_dict().items())
+
+    with pytest.raises(ValueError, match="`transformer_kwargs` size a new DiT"):
+        train_generator(tiny_model, dataset, init_transformer=tmp_path, transformer_kwargs=TINY_DIT, num_train_steps=1, **kwargs)
+    with pytest.raises(ValueError, match="holds no DiT"):
+        train_generator(tiny_model, dataset, init_transformer=tmp_path / "tokenizer", num_train_steps=1, **kwargs)
+    two_classes = synthetic_dataset(per_class=2).filter(lambda row: row["label"] < 2)
+    two_classes = two_classes.cast_column("label", datasets.ClassLabel(names=CLASS_NAMES[:2]))
+    with pytest.raises(ValueError, match="'num_embeds_ada_norm': 3.*'num_embeds_ada_norm': 2"):
+        train_generator(tiny_model, two_classes, init_transformer=first.pipeline.transformer, num_train_steps=1, **kwargs)
+
+
 def test_generated_latents_are_recognised_as_their_class(tiny_model):
     """At tiny scale: a nearest-class-mean classifier fitted on the latents of real images recognises the latents
     generated for a class as that class, far above chance (1/3), while an untrained generator sits near chance.
@@ -177,6 +202,17 @@ def test_train_generator_command(tiny_model, tmp_path, monkeypatch, capsys):
     assert pipeline.config.decoder_num_inference_steps == 3
     assert pipeline.scheduler.config.solver == "heun" and pipeline.scheduler.order == 2
     assert pipeline.decoder_scheduler.config.solver == "euler"  # the decoder keeps the release's sampler
+
+    # continuing from that pipeline's DiT (its size, not --transformer-kwargs)
+    argv = ["train-generator", "--tokenizer", str(tokenizer_dir), "--dataset", str(tmp_path / "saved"), "--seed", "1",
+            "--output-dir", str(tmp_path / "continued"), "--num-train-steps", "1", "--batch-size", "4"]
+    assert cli_main([*argv, "--init-generator", str(tmp_path / "generator"), "--learning-rate", "0"]) == 0
+    continued = DiffusionPipeline.from_pretrained(tmp_path / "continued")
+    for name, parameter in continued.transformer.state_dict().items():
+        assert torch.equal(parameter, pipeline.transformer.state_dict()[name])
+    assert cli_main([*argv, "--init-generator", str(tmp_path / "generator"), "--transformer-kwargs", "{}"]) == 0
+    assert cli_main([*argv, "--init-generator", str(tmp_path / "generator"), "--transformer-kwargs", json.dumps(TINY_DIT)]) == 2
+    assert "`transformer_kwargs` size a new DiT" in capsys.readouterr().err
 
     # an imagefolder directory: one sub-folder per class
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))

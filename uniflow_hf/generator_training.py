@@ -10,6 +10,8 @@ guidance works. The result is a complete `UniFlowClassConditionalPipeline`.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -73,6 +75,32 @@ def build_generator_transformer(
         num_embeds_ada_norm=num_classes,
         **kwargs,
     )
+
+
+def load_generator_transformer(
+    source: DiTTransformer2DModel | str | os.PathLike, tokenizer: UniFlowModel, num_classes: int
+) -> DiTTransformer2DModel:
+    """The DiT to continue training: `source` itself, or loaded from a transformer folder or a pipeline folder (its
+    `transformer/`). Its latent shape and class count must be those of `tokenizer` and the dataset."""
+    if not isinstance(source, DiTTransformer2DModel):
+        folder = os.fspath(source)
+        if os.path.isfile(os.path.join(folder, "transformer", "config.json")):
+            folder = os.path.join(folder, "transformer")
+        class_name = None
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # no file, not JSON, not a JSON object
+            with open(os.path.join(folder, "config.json")) as handle:
+                class_name = json.load(handle).get("_class_name")
+        if class_name != "DiTTransformer2DModel":
+            raise ValueError(f"{folder} holds no DiT: pass a pipeline folder (with transformer/) or a transformer folder.")
+        source = DiTTransformer2DModel.from_pretrained(folder)
+    latent_channels, grid_size = tokenizer.config.latent_channels, tokenizer.config.grid_size
+    expected = dict(
+        in_channels=latent_channels, out_channels=latent_channels, sample_size=grid_size, num_embeds_ada_norm=num_classes
+    )
+    found = {key: source.config[key] for key in expected}
+    if found != expected:
+        raise ValueError(f"The generator to continue has {found}; this tokenizer and dataset need {expected}.")
+    return source
 
 
 def dataset_id2label(dataset, label_column: str) -> dict[int, str]:
@@ -139,6 +167,7 @@ def train_generator(
     progress: bool = True,
     decoder_num_inference_steps: int | None = None,
     solver: str = "euler",
+    init_transformer: DiTTransformer2DModel | str | os.PathLike | None = None,
 ) -> GeneratorTrainingOutput:
     """Train a `DiTTransformer2DModel` to generate `tokenizer` latents of the classes of `dataset`.
 
@@ -159,6 +188,9 @@ def train_generator(
             (the tokenizer's `num_sampling_steps` when `None`).
         solver (`str`, defaults to `"euler"`): the solver of the saved pipeline's latent-flow scheduler, `"euler"`
             or `"heun"` (two network calls a step, more accurate at the same steps).
+        init_transformer (*optional*): continue training this DiT (a module, trained in place, or a transformer or
+            pipeline folder) instead of a new one, e.g. in stages that each fit a time budget; give the stage another
+            `seed` than the last, or it replays the same batches. Not with `transformer_kwargs`.
 
     Returns:
         [`GeneratorTrainingOutput`] with the pipeline and the loss of every step.
@@ -173,6 +205,8 @@ def train_generator(
     if len(dataset) == 0:
         raise ValueError("The dataset is empty.")
     check_num_inference_steps(decoder_num_inference_steps, "decoder_num_inference_steps", allow_none=True)
+    if init_transformer is not None and transformer_kwargs:
+        raise ValueError("`transformer_kwargs` size a new DiT; with `init_transformer` the size is that DiT's.")
     sampling_scheduler = UniFlowFlowMatchScheduler(solver=solver)  # checked before the training, saved after it
 
     accelerator = Accelerator(mixed_precision=mixed_precision)
@@ -191,7 +225,10 @@ def train_generator(
     std = torch.tensor(latent_std).reshape(1, -1, 1, 1)
     data = (latents_to_grid(latents, tokenizer.config.grid_size) - mean) / std
 
-    transformer = build_generator_transformer(tokenizer, num_classes, **(transformer_kwargs or {}))
+    if init_transformer is None:
+        transformer = build_generator_transformer(tokenizer, num_classes, **(transformer_kwargs or {}))
+    else:
+        transformer = load_generator_transformer(init_transformer, tokenizer, num_classes)
     label_embeddings = _label_embeddings(transformer)
     builtin_dropout = [module.dropout_prob for module in label_embeddings]
     for module in label_embeddings:
@@ -260,5 +297,6 @@ __all__ = [
     "dataset_id2label",
     "encode_dataset",
     "latent_statistics",
+    "load_generator_transformer",
     "train_generator",
 ]

@@ -44,6 +44,11 @@ def register(subparsers) -> None:
     stage.add_argument("--output-dir", required=True)
     stage.add_argument("--steps", type=int, default=7000)
     stage.add_argument("--batch-size", type=int, default=128)
+    stage.add_argument("--learning-rate", type=float, default=5e-4)
+    stage.add_argument(
+        "--init-generator", default=None,
+        help="continue training the DiT of this pipeline folder (an output of this stage; use another --seed)",
+    )
     stage.add_argument("--max-train", type=int, default=None)
     stage.add_argument(
         "--decoder-steps", type=int, default=None,
@@ -114,6 +119,6 @@ def _generator(args) -> int:
     train_fmnist_generator(
         args.tokenizer, args.output_dir, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
         max_train=args.max_train, decoder_num_inference_steps=args.decoder_steps, ema_decay=args.ema_decay,
-        solver=args.solver,
+        solver=args.solver, learning_rate=args.learning_rate, init_generator=args.init_generator,
     )
     return 0

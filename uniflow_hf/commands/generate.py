@@ -55,6 +55,10 @@ def register(subparsers) -> None:
         "--transformer-kwargs", type=json.loads, default=None,
         help='DiT size as JSON, e.g. \'{"num_layers": 4, "attention_head_dim": 32, "patch_size": 1}\'',
     )
+    parser.add_argument(
+        "--init-generator", default=None,
+        help="continue training the DiT of this pipeline (or transformer) folder instead of a new one (use another --seed)",
+    )
     parser.set_defaults(func=run_train_generator)
 
 
@@ -248,6 +252,7 @@ def run_train_generator(args) -> int:
         ema_decay=args.ema_decay,
         decoder_num_inference_steps=args.decoder_steps,
         solver=args.solver,
+        init_transformer=args.init_generator,
     )
     last = result.losses[-min(100, len(result.losses)) :]
     print(f"Trained {len(result.losses)} steps (mean loss of the last {len(last)}: {sum(last) / len(last):.4f})")
