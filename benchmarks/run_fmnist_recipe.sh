@@ -41,8 +41,11 @@ finetune_decoder "$RUNS/fmnist-tokenizer-79ep" "$RUNS/fmnist-tokenizer"
 # c. class-conditional latent generator (DiT) -> the pipeline folder that ships in uniflow_hf/models/uniflow-fmnist;
 #    generation decodes with 4 flow steps by default (sharper samples), reconstruction with the release's 1
 #    the saved weights are an exponential moving average (0.999) and the latent flow samples with Heun's method
-uniflow-hf fmnist train-generator --tokenizer "$RUNS/fmnist-tokenizer" --output-dir "$RUNS/uniflow-fmnist" --steps 10000 \
+uniflow-hf fmnist train-generator --tokenizer "$RUNS/fmnist-tokenizer" --output-dir "$RUNS/uniflow-fmnist-10k" --steps 10000 \
   --decoder-steps 4 --ema-decay 0.999 --solver heun
+# c'. 10000 more steps from those weights at a lower learning rate (another seed, so other batches and noise)
+uniflow-hf fmnist train-generator --tokenizer "$RUNS/fmnist-tokenizer" --init-generator "$RUNS/uniflow-fmnist-10k" \
+  --output-dir "$RUNS/uniflow-fmnist" --steps 10000 --learning-rate 2e-4 --seed 1 --decoder-steps 4 --ema-decay 0.999 --solver heun
 
 # Table 6a ablations at a smaller, equal budget (2 epochs each, same pretrained encoder)
 for mode in adaptive uniform none; do
