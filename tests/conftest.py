@@ -47,6 +47,20 @@ TINY_CONFIG = dict(
 )
 
 
+def pretrained_tiny_model(seed=0):
+    """A tiny model whose zero-initialised flow-head layers (adaLN gates, output layer) hold weights, as after
+    pretraining: its decoder's velocity is not zero, so adapters and precision changes have something to change."""
+    from uniflow_hf import UniFlowConfig, UniFlowModel
+
+    torch.manual_seed(seed)
+    model = UniFlowModel(UniFlowConfig(**TINY_CONFIG))
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for parameter in model.flow_head.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
 @pytest.fixture
 def tiny_config():
     from uniflow_hf import UniFlowConfig

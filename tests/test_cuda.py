@@ -22,7 +22,8 @@ from uniflow_hf import (
 )
 from uniflow_hf.metrics import peak_signal_noise_ratio
 
-from conftest import TINY_CONFIG, training_args
+from conftest import TINY_CONFIG, pretrained_tiny_model, training_args
+from test_generator_training import TINY_DIT, synthetic_dataset
 
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -41,17 +42,6 @@ def exact_float32_matmuls():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def trained_like(seed=0, **overrides):
-    """A tiny model whose zero-initialised flow-head layers hold weights, so the decoder's output is not zero."""
-    torch.manual_seed(seed)
-    model = UniFlowModel(UniFlowConfig(**{**TINY_CONFIG, **overrides})).eval()
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for parameter in model.flow_head.parameters():
-            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-    return model
-
-
 def relative_error(output, reference):
     output, reference = output.double().cpu(), reference.double().cpu()
     assert torch.isfinite(output).all()
@@ -68,7 +58,7 @@ def inputs(device="cpu", batch=2, size=32, seed=0):
 
 # ------------------------------------------------------------------------------------------------ the model
 def test_cuda_matches_cpu_in_float32():
-    model = trained_like()
+    model = pretrained_tiny_model().eval()
     pixel_values, noise = inputs()
     with torch.no_grad():
         latents = model.encode(pixel_values)
@@ -97,7 +87,7 @@ def test_cuda_matches_cpu_in_float32():
 def test_half_precision_weights(dtype, tmp_path):
     """`from_pretrained(dtype=...)` on the GPU: float32 pixels in, half-precision compute, float32-close output;
     the training loss runs and back-propagates in that dtype."""
-    model = trained_like()
+    model = pretrained_tiny_model().eval()
     model.save_pretrained(tmp_path)
     half = UniFlowModel.from_pretrained(tmp_path, dtype=dtype).cuda().eval()
     assert half.dtype == dtype
@@ -119,7 +109,7 @@ def test_half_precision_weights(dtype, tmp_path):
 
 
 def test_bf16_autocast_keeps_float32_weights_and_loss():
-    model = trained_like().cuda()
+    model = pretrained_tiny_model().eval().cuda()
     pixel_values, noise = inputs("cuda")
     with torch.no_grad():
         reference = model.reconstruct(pixel_values, noise=noise, num_inference_steps=3)
@@ -157,7 +147,7 @@ def test_attention_implementations_agree_on_cuda(dtype):
 
 
 def test_torch_compile_on_cuda():
-    model = trained_like().cuda()
+    model = pretrained_tiny_model().eval().cuda()
     pixel_values, noise = inputs("cuda")
     with torch.no_grad():
         reference = model.reconstruct(pixel_values, noise=noise, num_inference_steps=2)
@@ -168,7 +158,7 @@ def test_torch_compile_on_cuda():
 
 # -------------------------------------------------------------------------------------------------- pipelines
 def test_reconstruction_pipeline_on_cuda_follows_the_generator():
-    pipeline = UniFlowReconstructionPipeline(tokenizer=trained_like(), scheduler=UniFlowFlowMatchScheduler())
+    pipeline = UniFlowReconstructionPipeline(tokenizer=pretrained_tiny_model().eval(), scheduler=UniFlowFlowMatchScheduler())
     pipeline.set_progress_bar_config(disable=True)
     images = [np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8) for i in range(2)]
     on_cpu = pipeline(images, generator=torch.Generator().manual_seed(0), output_type="pt").images
@@ -221,24 +211,14 @@ def test_shipped_model_in_half_precision(shipped_fp32, dtype):
 
 
 # -------------------------------------------------------------------------------------------------- training
-def image_dataset(count, seed=0):
-    import datasets
-
-    rng = np.random.default_rng(seed)
-    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(count)]
-    labels = [i % 3 for i in range(count)]
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
-    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
-
-
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_train_tokenizer_with_bf16_mixed_precision(tmp_path, lora):
     from uniflow_hf.training import lora_config_for, train_tokenizer
 
-    model = trained_like()
+    model = pretrained_tiny_model().eval()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     args = training_args(tmp_path, use_cpu=False, bf16=True, max_steps=3, save_strategy="steps", save_steps=3)
-    trainer = train_tokenizer(model, image_dataset(8), args, lora_config=lora_config_for(model) if lora else None)
+    trainer = train_tokenizer(model, synthetic_dataset(per_class=3), args, lora_config=lora_config_for(model) if lora else None)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 3 and all(np.isfinite(losses))
     assert all("distillation_loss" in entry for entry in trainer.state.log_history if "loss" in entry)
@@ -258,16 +238,15 @@ def test_train_generator_with_bf16_mixed_precision(tmp_path):
 
     from uniflow_hf.generator_training import train_generator
 
-    tiny_dit = dict(num_layers=1, num_attention_heads=2, attention_head_dim=8, patch_size=1)
     result = train_generator(
-        trained_like(), image_dataset(12), output_dir=tmp_path, num_train_steps=3, batch_size=4,
-        transformer_kwargs=tiny_dit, mixed_precision="bf16", progress=False,
+        pretrained_tiny_model().eval(), synthetic_dataset(per_class=4), output_dir=tmp_path, num_train_steps=3,
+        batch_size=4, transformer_kwargs=TINY_DIT, mixed_precision="bf16", progress=False,
     )
     assert len(result.losses) == 3 and all(np.isfinite(result.losses))
     assert result.pipeline.transformer.dtype == torch.float32
     pipeline = DiffusionPipeline.from_pretrained(tmp_path).to("cuda")
     pipeline.set_progress_bar_config(disable=True)
-    images = pipeline(["a", "c"], num_inference_steps=2, generator=torch.Generator("cuda").manual_seed(0), output_type="np").images
+    images = pipeline(["red", "vstripes"], num_inference_steps=2, generator=torch.Generator("cuda").manual_seed(0), output_type="np").images
     assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()
 
 

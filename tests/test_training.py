@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_CONFIG, training_args
+from conftest import TINY_CONFIG, pretrained_tiny_model, training_args
 from PIL import Image
 from safetensors import safe_open
 from transformers import CLIPVisionConfig, CLIPVisionModel, Trainer, default_data_collator
@@ -47,17 +47,6 @@ def image_dataset(count, seed=0, column="image"):
 def tiny_model(seed=0, **overrides):
     torch.manual_seed(seed)
     return UniFlowModel(UniFlowConfig(**{**TINY_CONFIG, **overrides}))
-
-
-def pretrained_tiny_model():
-    """A tiny model whose zero-initialised flow-head layers (adaLN gates, output layer) hold weights, as after
-    pretraining: adapters on a fresh model could not change its (zero) velocity."""
-    model = tiny_model()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter in model.flow_head.parameters():
-            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-    return model
 
 
 def logged(trainer, key):

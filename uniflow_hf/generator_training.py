@@ -54,6 +54,17 @@ def default_transformer_kwargs(grid_size: int) -> dict[str, Any]:
     )
 
 
+def _latent_interface(tokenizer: UniFlowModel, num_classes: int) -> dict[str, int]:
+    """The DiT config entries that follow from the tokenizer and the dataset, not from the generator's size."""
+    latent_channels = tokenizer.config.latent_channels
+    return dict(
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        sample_size=tokenizer.config.grid_size,
+        num_embeds_ada_norm=num_classes,
+    )
+
+
 def build_generator_transformer(
     tokenizer: UniFlowModel, num_classes: int, **transformer_kwargs
 ) -> DiTTransformer2DModel:
@@ -61,20 +72,14 @@ def build_generator_transformer(
     `out_channels` = latent channels, `sample_size` = grid size, `num_embeds_ada_norm` = `num_classes` (the id
     `num_classes` is the null class). `transformer_kwargs` override the size (`num_layers`, `num_attention_heads`,
     `attention_head_dim`, `patch_size`...)."""
-    latent_channels, grid_size = tokenizer.config.latent_channels, tokenizer.config.grid_size
-    fixed = {"in_channels", "out_channels", "sample_size", "num_embeds_ada_norm"}
-    if fixed & set(transformer_kwargs):
-        raise ValueError(f"{sorted(fixed & set(transformer_kwargs))} follow from the tokenizer and the dataset.")
+    fixed = _latent_interface(tokenizer, num_classes)
+    if fixed.keys() & transformer_kwargs.keys():
+        raise ValueError(f"{sorted(fixed.keys() & transformer_kwargs.keys())} follow from the tokenizer and the dataset.")
+    grid_size = fixed["sample_size"]
     kwargs = {**default_transformer_kwargs(grid_size), **transformer_kwargs}
     if grid_size % kwargs["patch_size"]:
         raise ValueError(f"patch_size {kwargs['patch_size']} does not divide the latent grid size {grid_size}.")
-    return DiTTransformer2DModel(
-        in_channels=latent_channels,
-        out_channels=latent_channels,
-        sample_size=grid_size,
-        num_embeds_ada_norm=num_classes,
-        **kwargs,
-    )
+    return DiTTransformer2DModel(**fixed, **kwargs)
 
 
 def load_generator_transformer(
@@ -93,10 +98,7 @@ def load_generator_transformer(
         if class_name != "DiTTransformer2DModel":
             raise ValueError(f"{folder} holds no DiT: pass a pipeline folder (with transformer/) or a transformer folder.")
         source = DiTTransformer2DModel.from_pretrained(folder)
-    latent_channels, grid_size = tokenizer.config.latent_channels, tokenizer.config.grid_size
-    expected = dict(
-        in_channels=latent_channels, out_channels=latent_channels, sample_size=grid_size, num_embeds_ada_norm=num_classes
-    )
+    expected = _latent_interface(tokenizer, num_classes)
     found = {key: source.config[key] for key in expected}
     if found != expected:
         raise ValueError(f"The generator to continue has {found}; this tokenizer and dataset need {expected}.")
