@@ -32,6 +32,35 @@ def grid_to_latents(grid_latents: torch.Tensor) -> torch.Tensor:
     return grid_latents.flatten(2).transpose(1, 2)
 
 
+DEFAULT_GUIDANCE_SCALE = 1.5
+
+
+def check_guidance_scale(guidance_scale: float | None) -> float | None:
+    if guidance_scale is not None and (
+        not isinstance(guidance_scale, numbers.Real) or isinstance(guidance_scale, bool) or not guidance_scale >= 0
+    ):
+        raise ValueError(f"`guidance_scale` must be a number >= 0 (1 = no guidance), got {guidance_scale!r}.")
+    return None if guidance_scale is None else float(guidance_scale)
+
+
+def check_guidance_interval(interval: Sequence[float] | None) -> list[float] | None:
+    """`(t_start, t_end)` with 0 <= t_start <= t_end <= 1 as a list (how the pipeline config stores it), or `None`."""
+    if interval is None:
+        return None
+    values = list(interval) if isinstance(interval, Sequence) and not isinstance(interval, str) else None
+    if (
+        values is None
+        or len(values) != 2
+        or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
+        or not 0 <= values[0] <= values[1] <= 1
+    ):
+        raise ValueError(
+            "`guidance_interval` must be a pair (t_start, t_end) of flow times with 0 <= t_start <= t_end <= 1 "
+            f"(t = 0 is the noise, t = 1 the data), or None for the whole trajectory; got {interval!r}."
+        )
+    return [float(v) for v in values]
+
+
 def normalize_id2label(id2label: dict | None) -> dict[int, str] | None:
     """`id2label` with int keys (a JSON round trip through `model_index.json` turns them into strings)."""
     if id2label is None:
@@ -71,6 +100,9 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             the mean of the patches a latent could stand for, which is best for reconstruction PSNR; a few steps
             draw sharper samples, which can suit generation better (UniFlow-FMNIST: see
             `benchmarks/fmnist_report.md`).
+        guidance_scale (`float`, *optional*), guidance_interval (`tuple[float, float]`, *optional*): the defaults of
+            the same arguments of `__call__`, the sampling settings a trained generator is meant to be used with
+            (`None`: guidance 1.5, over the whole trajectory).
     """
 
     model_cpu_offload_seq = "transformer->tokenizer"
@@ -87,9 +119,13 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         latent_std: Sequence[float] | None = None,
         image_processor=None,
         decoder_num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        guidance_interval: Sequence[float] | None = None,
     ):
         super().__init__()
         check_num_inference_steps(decoder_num_inference_steps, "decoder_num_inference_steps", allow_none=True)
+        guidance_scale = check_guidance_scale(guidance_scale)
+        guidance_interval = check_guidance_interval(guidance_interval)
         if image_processor is None and tokenizer is not None:
             image_processor = default_image_processor(tokenizer)
         self.register_modules(
@@ -111,6 +147,8 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             latent_mean=latent_mean,
             latent_std=latent_std,
             decoder_num_inference_steps=decoder_num_inference_steps,
+            guidance_scale=guidance_scale,
+            guidance_interval=guidance_interval,
         )
 
     @staticmethod
@@ -206,6 +244,11 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         """The decoder steps a call uses when not told: the pipeline's config, else the tokenizer's."""
         return self.config.decoder_num_inference_steps or self.tokenizer.config.num_sampling_steps
 
+    @property
+    def default_guidance_scale(self) -> float:
+        """The guidance a call uses when not told: the pipeline's config, else 1.5."""
+        return DEFAULT_GUIDANCE_SCALE if self.config.guidance_scale is None else self.config.guidance_scale
+
     def denormalize_latents(self, grid_latents: torch.Tensor) -> torch.Tensor:
         """The transformer's space (B, C, grid, grid) -> tokenizer latents (B, N, C)."""
         mean, std = self._latent_statistics(grid_latents.device, grid_latents.dtype)
@@ -215,9 +258,10 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
     def __call__(
         self,
         class_labels: int | str | Sequence[int | str],
-        guidance_scale: float = 1.5,
+        guidance_scale: float | None = None,
         num_inference_steps: int = 25,
         decoder_num_inference_steps: int | None = None,
+        guidance_interval: Sequence[float] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -226,14 +270,18 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         Args:
             class_labels (`int`, `str`, or a list of them): one image per label; ids `0..num_classes - 1` or names
                 from `id2label` (`pipe.labels`).
-            guidance_scale (`float`, *optional*, defaults to 1.5): classifier-free guidance
+            guidance_scale (`float`, *optional*): classifier-free guidance
                 `v = v_null + guidance_scale * (v_class - v_null)`. `1` is plain conditional sampling (no null-class
                 forward), `0` unconditional sampling; any value >= 0 is accepted. Higher values trade diversity for
-                class fidelity; 1.5 keeps UniFlow-FMNIST's class accuracy well above 90 % at a low Fréchet distance
-                (`benchmarks/fmnist_report.md`).
+                class fidelity. When `None`: the pipeline's `config.guidance_scale`, else 1.5.
             num_inference_steps (`int`, *optional*, defaults to 25): steps of the latent flow.
             decoder_num_inference_steps (`int`, *optional*): steps of the tokenizer's pixel flow decoder (when
                 `None`: the pipeline's `config.decoder_num_inference_steps`, else the tokenizer's `num_sampling_steps`).
+            guidance_interval (`tuple[float, float]`, *optional*): guide only the network calls at flow times t
+                (0 = noise, 1 = data) with `t_start <= t <= t_end`; the others are plain conditional calls. Guidance
+                near the noise decides the layout and costs the most diversity, so leaving it out there can lower
+                the Fréchet distance at a given class accuracy (Kynkäänniemi et al., 2024, "Applying Guidance in a
+                Limited Interval"). When `None`: the pipeline's `config.guidance_interval`, else the whole trajectory.
             generator (`torch.Generator` or a list of them, *optional*): the source of all noise (latent noise, then
                 decoder noise); with a list (one per image) a batch equals the images generated one by one.
             output_type (`str`, *optional*, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"` (see
@@ -255,8 +303,10 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         check_num_inference_steps(num_inference_steps)
         check_num_inference_steps(decoder_num_inference_steps, "decoder_num_inference_steps", allow_none=True)
         check_output_type(output_type, OUTPUT_TYPES + ("latent",))
-        if not isinstance(guidance_scale, numbers.Real) or not guidance_scale >= 0:
-            raise ValueError(f"`guidance_scale` must be a number >= 0 (1 = no guidance), got {guidance_scale!r}.")
+        guidance_scale = check_guidance_scale(self.default_guidance_scale if guidance_scale is None else guidance_scale)
+        if guidance_interval is None:
+            guidance_interval = self.config.guidance_interval
+        guidance_start, guidance_end = check_guidance_interval(guidance_interval) or (0.0, 1.0)
         class_ids = self.get_label_ids(class_labels)
         batch_size = len(class_ids)
         check_generator(generator, batch_size)
@@ -266,16 +316,19 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         shape = (batch_size, config.in_channels, config.sample_size, config.sample_size)
         # drawn in float32, then cast: a seed gives the same noise in every dtype
         latents = randn_tensor(shape, generator=generator, device=device).to(dtype)
-        do_guidance = guidance_scale != 1
         labels = torch.tensor(class_ids, device=device)
-        if do_guidance:
-            labels = torch.cat([labels, torch.full_like(labels, self.num_classes)])  # second half: null class
+        labels_and_null = torch.cat([labels, torch.full_like(labels, self.num_classes)])  # second half: null class
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
+        num_train_timesteps = self.scheduler.config.num_train_timesteps
         for timestep in self.progress_bar(self.scheduler.timesteps):
+            t = round(timestep.item() / num_train_timesteps, 6)  # float32 grid times: 0.2 may read 0.19999998
+            do_guidance = guidance_scale != 1 and guidance_start <= t <= guidance_end
             model_input = torch.cat([latents, latents]) if do_guidance else latents
             velocity = self.transformer(
-                model_input, timestep=timestep.expand(model_input.shape[0]), class_labels=labels
+                model_input,
+                timestep=timestep.expand(model_input.shape[0]),
+                class_labels=labels_and_null if do_guidance else labels,
             ).sample
             if do_guidance:
                 velocity_class, velocity_null = velocity.chunk(2)

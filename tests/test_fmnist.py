@@ -174,7 +174,7 @@ def test_the_recipe_stages_chain_into_a_pipeline(tmp_path):
     run_stage("finetune-decoder", "--tokenizer", str(tokenizer), "--output-dir", str(decoder_tuned), "--max-train", "256")
     run_stage("train-generator", "--tokenizer", str(decoder_tuned), "--output-dir", str(model), "--steps", "3",
               "--batch-size", "16", "--max-train", "64", "--decoder-steps", "4", "--ema-decay", "0.9",
-              "--solver", "heun")
+              "--solver", "heun", "--guidance-scale", "2", "--guidance-interval", "0.2", "1")
     # a continuation stage starts from the saved DiT (at learning rate 0 it stays exactly that)
     run_stage("train-generator", "--tokenizer", str(decoder_tuned), "--output-dir", str(tmp_path / "continued"),
               "--init-generator", str(model), "--learning-rate", "0", "--steps", "2", "--batch-size", "16",
@@ -198,5 +198,6 @@ def test_the_recipe_stages_chain_into_a_pipeline(tmp_path):
     assert pipe.tokenizer.config.flow_timestep_logit_mean == -2.0
     assert pipe.config.decoder_num_inference_steps == 4 and pipe.tokenizer.config.num_sampling_steps == 1
     assert pipe.scheduler.config.solver == "heun"
+    assert pipe.config.guidance_scale == 2.0 and pipe.config.guidance_interval == [0.2, 1.0]
     images = pipe(["Bag", "Trouser"], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
     assert images.shape == (2, 3, 28, 28) and torch.isfinite(images).all()

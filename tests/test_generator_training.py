@@ -123,6 +123,8 @@ def test_integer_labels_and_errors(tiny_model):
         train_generator(tiny_model, dataset, label_dropout=1.0, num_train_steps=1, progress=False)
     with pytest.raises(ValueError, match="`solver` must be 'euler' or 'heun'"):
         train_generator(tiny_model, dataset, solver="rk4", num_train_steps=1, progress=False)
+    with pytest.raises(ValueError, match="`guidance_scale` must be a number >= 0"):
+        train_generator(tiny_model, dataset, guidance_scale=-1, num_train_steps=1, progress=False)
     with pytest.raises(ValueError, match=r"`ema_decay` must be in \(0, 1\)"):
         train_generator(tiny_model, dataset, ema_decay=1.0, num_train_steps=1, progress=False)
     with pytest.raises(ValueError, match="follow from the tokenizer"):
@@ -195,11 +197,13 @@ def test_train_generator_command(tiny_model, tmp_path, monkeypatch, capsys):
 
     # a `save_to_disk` DatasetDict
     datasets.DatasetDict({"train": synthetic_dataset(per_class=2)}).save_to_disk(tmp_path / "saved")
-    assert train(tmp_path / "saved", tmp_path / "generator", "--decoder-steps", "3", "--solver", "heun") == 0
+    sampling = ["--decoder-steps", "3", "--solver", "heun", "--guidance-scale", "2", "--guidance-interval", "0.2", "1"]
+    assert train(tmp_path / "saved", tmp_path / "generator", *sampling) == 0
     assert "Trained 2 steps" in capsys.readouterr().out
     pipeline = DiffusionPipeline.from_pretrained(tmp_path / "generator")
     assert pipeline.labels == {name: i for i, name in enumerate(CLASS_NAMES)}
     assert pipeline.config.decoder_num_inference_steps == 3
+    assert pipeline.config.guidance_scale == 2.0 and pipeline.config.guidance_interval == [0.2, 1.0]
     assert pipeline.scheduler.config.solver == "heun" and pipeline.scheduler.order == 2
     assert pipeline.decoder_scheduler.config.solver == "euler"  # the decoder keeps the release's sampler
 
@@ -223,6 +227,9 @@ def test_train_generator_command(tiny_model, tmp_path, monkeypatch, capsys):
     assert train(tmp_path / "folder", tmp_path / "from_folder") == 0
     from_folder = DiffusionPipeline.from_pretrained(tmp_path / "from_folder")
     assert from_folder.labels == {"cat": 0, "dog": 1} and from_folder.config.decoder_num_inference_steps is None
+    assert from_folder.config.guidance_scale is None and from_folder.config.guidance_interval is None
+    assert train(tmp_path / "saved", tmp_path / "unused", "--guidance-interval", "0.8", "0.2") == 2
+    assert "0 <= t_start <= t_end <= 1" in capsys.readouterr().err
 
     assert train(tmp_path / "nowhere", tmp_path / "unused") == 2
     assert "does not exist" in capsys.readouterr().err

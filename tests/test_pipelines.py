@@ -24,6 +24,7 @@ from uniflow_hf import (
     UniFlowModel,
     UniFlowReconstructionPipeline,
 )
+from conftest import pretrained_tiny_model
 from uniflow_hf.cli import main as cli_main
 from uniflow_hf.pipelines.pipeline_uniflow_class_conditional import latents_to_grid
 
@@ -54,12 +55,14 @@ def tiny_transformer(config, num_classes=3, seed=0):
 
 
 @pytest.fixture
-def class_conditional_pipeline(tiny_model):
-    channels = tiny_model.config.latent_channels
+def class_conditional_pipeline():
+    """A tiny pipeline whose decoder's output depends on the latents (its flow head holds weights)."""
+    tokenizer = pretrained_tiny_model().eval()
+    channels = tokenizer.config.latent_channels
     pipeline = UniFlowClassConditionalPipeline(
-        transformer=tiny_transformer(tiny_model.config),
+        transformer=tiny_transformer(tokenizer.config),
         scheduler=UniFlowFlowMatchScheduler(),
-        tokenizer=tiny_model,
+        tokenizer=tokenizer,
         decoder_scheduler=UniFlowFlowMatchScheduler(),
         id2label=ID2LABEL,
         latent_mean=torch.linspace(-0.5, 0.5, channels),
@@ -185,8 +188,9 @@ def test_reconstruction_bad_inputs(reconstruction_pipeline, kwargs, error, match
 
 
 # ---------------------------------------------------------------------------------------- class-conditional
-def generate_latents_by_hand(pipeline, class_ids, guidance_scale, steps, generator):
-    """The specification: Euler flow in the normalised latent space with CFG, then de-normalisation."""
+def generate_latents_by_hand(pipeline, class_ids, guidance_scale, steps, generator, guidance_interval=(0.0, 1.0)):
+    """The specification: Euler flow in the normalised latent space with CFG (at the times t = timestep / 1000 in
+    `guidance_interval`), then de-normalisation."""
     transformer, scheduler = pipeline.transformer, UniFlowFlowMatchScheduler()
     config = transformer.config
     latents = randn_tensor((len(class_ids), config.in_channels, config.sample_size, config.sample_size), generator=generator)
@@ -195,7 +199,7 @@ def generate_latents_by_hand(pipeline, class_ids, guidance_scale, steps, generat
     for timestep in scheduler.timesteps:
         t = timestep.expand(len(class_ids))
         velocity = transformer(latents, timestep=t, class_labels=labels).sample
-        if guidance_scale != 1:
+        if guidance_scale != 1 and guidance_interval[0] <= timestep / 1000 <= guidance_interval[1]:
             unconditional = transformer(latents, timestep=t, class_labels=null).sample
             velocity = unconditional + guidance_scale * (velocity - unconditional)
         latents = scheduler.step(velocity, timestep, latents).prev_sample
@@ -211,6 +215,75 @@ def test_class_conditional_follows_the_specification(class_conditional_pipeline,
     expected = generate_latents_by_hand(class_conditional_pipeline, [0, 2], guidance_scale, 3, torch.manual_seed(0))
     assert latents.shape == (2, 16, 8)
     assert torch.allclose(latents, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("guidance_interval", [(0.3, 1.0), (0.0, 0.5), (0.25, 0.5)])
+def test_guidance_interval_follows_the_specification(class_conditional_pipeline, guidance_interval):
+    kwargs = dict(guidance_scale=3.0, num_inference_steps=4, guidance_interval=guidance_interval)
+    latents = class_conditional_pipeline([0, 2], generator=torch.manual_seed(0), output_type="latent", **kwargs).images
+    expected = generate_latents_by_hand(
+        class_conditional_pipeline, [0, 2], 3.0, 4, torch.manual_seed(0), guidance_interval=guidance_interval
+    )
+    assert torch.allclose(latents, expected, atol=1e-5)
+    everywhere = class_conditional_pipeline([0, 2], generator=torch.manual_seed(0), output_type="latent",
+                                            **{**kwargs, "guidance_interval": (0.0, 1.0)}).images
+    assert not torch.allclose(latents, everywhere, atol=1e-4)
+
+
+def test_guidance_interval_guides_only_its_calls(class_conditional_pipeline, tmp_path):
+    """Times 0, 0.25, 0.5, 0.75 (4 Euler steps): (0.25, 0.5) guides the 2nd and 3rd calls only; the pipeline's config
+    gives the default interval and scale, which a call overrides, and save/load keeps them."""
+    pipeline = class_conditional_pipeline
+
+    def batch_sizes(pipe, **kwargs):
+        transformer = pipe.transformer
+        with mock.patch.object(transformer, "forward", wraps=transformer.forward) as forward:
+            pipe([1, 2], guidance_scale=2.0, num_inference_steps=4, **kwargs)
+        return [call.args[0].shape[0] for call in forward.call_args_list]
+
+    assert batch_sizes(pipeline) == [4, 4, 4, 4]
+    assert batch_sizes(pipeline, guidance_interval=(0.25, 0.5)) == [2, 4, 4, 2]
+    assert batch_sizes(pipeline, guidance_interval=[0.9, 1.0]) == [2, 2, 2, 2]
+    pipeline.register_to_config(guidance_interval=[0.5, 1.0])
+    pipeline.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["guidance_interval"] == [0.5, 1.0]
+    loaded = UniFlowClassConditionalPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert batch_sizes(loaded) == [2, 2, 4, 4]
+    assert batch_sizes(loaded, guidance_interval=(0.0, 1.0)) == [4, 4, 4, 4]
+    with pytest.raises(ValueError, match="guidance_interval"):
+        UniFlowClassConditionalPipeline(**pipeline.components, guidance_interval=(0.5, 0.2))
+    with pytest.raises(ValueError, match="guidance_scale"):
+        UniFlowClassConditionalPipeline(**pipeline.components, guidance_scale=-2.0)
+
+
+def test_guidance_interval_ends_on_the_grid_are_inside(class_conditional_pipeline):
+    """Heun's 5-step grid visits t = 0, 0.2, 0.2, 0.4, 0.4, ..., 1 (0.2 and 0.4 are 0.19999998 and 0.39999997 in
+    float32): an interval that starts or ends on a grid time includes it."""
+    pipeline = class_conditional_pipeline
+    pipeline.scheduler = UniFlowFlowMatchScheduler(solver="heun")
+    transformer = pipeline.transformer
+    with mock.patch.object(transformer, "forward", wraps=transformer.forward) as forward:
+        pipeline([1, 2], guidance_scale=2.0, num_inference_steps=5, guidance_interval=(0.2, 0.4))
+    assert [call.args[0].shape[0] for call in forward.call_args_list] == [2, 4, 4, 4, 4, 2, 2, 2, 2, 2]
+
+
+def test_guidance_scale_default_from_the_pipeline_config(class_conditional_pipeline, tmp_path):
+    pipeline = class_conditional_pipeline
+    assert pipeline.config.guidance_scale is None and pipeline.default_guidance_scale == 1.5
+
+    def latents(pipe, **kwargs):
+        return pipe([0, 2], generator=torch.manual_seed(0), num_inference_steps=3, output_type="latent", **kwargs).images
+
+    default, at_three = latents(pipeline), latents(pipeline, guidance_scale=3.0)
+    assert torch.equal(default, latents(pipeline, guidance_scale=1.5)) and not torch.allclose(default, at_three)
+    pipeline.register_to_config(guidance_scale=3.0)
+    pipeline.save_pretrained(tmp_path)
+    loaded = UniFlowClassConditionalPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.default_guidance_scale == 3.0
+    assert torch.allclose(latents(loaded), at_three, atol=1e-6)
+    assert torch.allclose(latents(loaded, guidance_scale=1.5), default, atol=1e-6)  # a call overrides it
 
 
 def test_guidance_one_runs_one_unguided_forward_per_step(class_conditional_pipeline):
@@ -315,6 +388,11 @@ def test_class_labels_by_name_and_id(class_conditional_pipeline):
         (dict(class_labels=0, num_inference_steps=0), ValueError, "num_inference_steps"),
         (dict(class_labels=0, decoder_num_inference_steps=-1), ValueError, "decoder_num_inference_steps"),
         (dict(class_labels=0, guidance_scale=-1.0), ValueError, ">= 0"),
+        (dict(class_labels=0, guidance_interval=(0.6, 0.4)), ValueError, "0 <= t_start <= t_end <= 1"),
+        (dict(class_labels=0, guidance_interval=(0.0, 1.5)), ValueError, "0 <= t_start <= t_end <= 1"),
+        (dict(class_labels=0, guidance_interval=0.5), ValueError, "a pair"),
+        (dict(class_labels=0, guidance_interval=(0.1, 0.2, 0.3)), ValueError, "a pair"),
+        (dict(class_labels=0, guidance_interval="0.2,1"), ValueError, "a pair"),
         (dict(class_labels=0, output_type="jpeg"), ValueError, "output_type"),
         (dict(class_labels=[0, 1], generator=generators([0, 1, 2])), ValueError, "3 generators for 2 images"),
     ],
@@ -526,6 +604,15 @@ def test_generate_command(class_conditional_pipeline, tmp_path, capsys):
     by_id = ["generate", "--label", "2", "--num-images", "1", "--steps", "1", "--model", str(model_dir)]
     assert cli_main([*by_id, "--output-dir", str(output_dir)]) == 0
     assert (output_dir / "stripes_0000.png").is_file()
+    interval = ["--guidance-scale", "3", "--guidance-interval", "0.5", "1", "--output-dir", str(tmp_path / "interval")]
+    assert cli_main([*by_id, *interval]) == 0
+    expected = class_conditional_pipeline(
+        [2], num_inference_steps=1, guidance_scale=3.0, guidance_interval=(0.5, 1.0), generator=generators([0]),
+        output_type="np",
+    ).images  # one step at t = 0: outside the interval, so unguided
+    written = np.asarray(Image.open(tmp_path / "interval" / "stripes_0000.png"))
+    assert np.array_equal(written, np.round(expected[0] * 255).astype(np.uint8))
+    assert not np.array_equal(written, np.asarray(Image.open(output_dir / "stripes_0000.png")))  # guided: 1.5
     assert cli_main(["generate", "--label", "hexagon", "--model", str(model_dir), "--output-dir", str(output_dir)]) == 2
     assert "Known names: 'circle', 'square', 'stripes'" in capsys.readouterr().err
 

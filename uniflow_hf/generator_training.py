@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .modeling import UniFlowModel
 from .pipelines import UniFlowClassConditionalPipeline, UniFlowFlowMatchScheduler
-from .pipelines.pipeline_uniflow_class_conditional import latents_to_grid
+from .pipelines.pipeline_uniflow_class_conditional import check_guidance_interval, check_guidance_scale, latents_to_grid
 from .pipelines.pipeline_uniflow_utils import check_num_inference_steps, default_image_processor
 
 
@@ -169,6 +169,8 @@ def train_generator(
     progress: bool = True,
     decoder_num_inference_steps: int | None = None,
     solver: str = "euler",
+    guidance_scale: float | None = None,
+    guidance_interval: tuple[float, float] | None = None,
     init_transformer: DiTTransformer2DModel | str | os.PathLike | None = None,
 ) -> GeneratorTrainingOutput:
     """Train a `DiTTransformer2DModel` to generate `tokenizer` latents of the classes of `dataset`.
@@ -190,6 +192,8 @@ def train_generator(
             (the tokenizer's `num_sampling_steps` when `None`).
         solver (`str`, defaults to `"euler"`): the solver of the saved pipeline's latent-flow scheduler, `"euler"`
             or `"heun"` (two network calls a step, more accurate at the same steps).
+        guidance_scale, guidance_interval (*optional*): the saved pipeline's default classifier-free guidance and
+            the flow times it applies in (see `UniFlowClassConditionalPipeline`).
         init_transformer (*optional*): continue training this DiT (a module, trained in place, or a transformer or
             pipeline folder) instead of a new one, e.g. in stages that each fit a time budget; give the stage another
             `seed` than the last, or it replays the same batches. Not with `transformer_kwargs`.
@@ -207,6 +211,11 @@ def train_generator(
     if len(dataset) == 0:
         raise ValueError("The dataset is empty.")
     check_num_inference_steps(decoder_num_inference_steps, "decoder_num_inference_steps", allow_none=True)
+    sampling_defaults = dict(
+        decoder_num_inference_steps=decoder_num_inference_steps,
+        guidance_scale=check_guidance_scale(guidance_scale),
+        guidance_interval=check_guidance_interval(guidance_interval),
+    )
     if init_transformer is not None and transformer_kwargs:
         raise ValueError("`transformer_kwargs` size a new DiT; with `init_transformer` the size is that DiT's.")
     sampling_scheduler = UniFlowFlowMatchScheduler(solver=solver)  # checked before the training, saved after it
@@ -286,7 +295,7 @@ def train_generator(
         id2label=id2label,
         latent_mean=latent_mean,
         latent_std=latent_std,
-        decoder_num_inference_steps=decoder_num_inference_steps,
+        **sampling_defaults,
     )
     if output_dir is not None and accelerator.is_main_process:
         pipeline.save_pretrained(output_dir)

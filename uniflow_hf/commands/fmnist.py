@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .generate import add_guidance_arguments
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("fmnist", help="the UniFlow-FMNIST recipe (data, pretraining, adaptation, generator, report)")
@@ -60,6 +62,7 @@ def register(subparsers) -> None:
     stage.add_argument(
         "--solver", default="euler", choices=["euler", "heun"], help="the saved pipeline's solver of the latent flow"
     )
+    add_guidance_arguments(stage, "the pipeline's default classifier-free guidance (default: 1.5)")
     stage.add_argument("--seed", type=int, default=0)
     stage.set_defaults(func=_generator)
 
@@ -120,5 +123,6 @@ def _generator(args) -> int:
         args.tokenizer, args.output_dir, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
         max_train=args.max_train, decoder_num_inference_steps=args.decoder_steps, ema_decay=args.ema_decay,
         solver=args.solver, learning_rate=args.learning_rate, init_generator=args.init_generator,
+        guidance_scale=args.guidance_scale, guidance_interval=args.guidance_interval,
     )
     return 0

@@ -17,7 +17,7 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--model", default=None, help="class-conditional pipeline folder (default: the shipped model)")
-    parser.add_argument("--guidance-scale", type=float, default=1.5, help="classifier-free guidance (1 = none)")
+    add_guidance_arguments(parser, "classifier-free guidance (1 = none; default: the pipeline's, else 1.5)")
     parser.add_argument("--steps", type=int, default=25, help="steps of the latent flow")
     parser.add_argument("--decoder-steps", type=int, default=None, help="steps of the pixel decoder (default: the pipeline's)")
     parser.set_defaults(func=run_generate)
@@ -50,6 +50,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--solver", default="euler", choices=["euler", "heun"], help="the saved pipeline's solver of the latent flow"
     )
+    add_guidance_arguments(parser, "the pipeline's default classifier-free guidance (default: 1.5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--transformer-kwargs", type=json.loads, default=None,
@@ -151,6 +152,14 @@ def _check_positive(value, name: str, allow_none: bool = False) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value}.")
 
 
+def add_guidance_arguments(parser, scale_help: str) -> None:
+    parser.add_argument("--guidance-scale", type=float, default=None, help=scale_help)
+    parser.add_argument(
+        "--guidance-interval", type=float, nargs=2, default=None, metavar=("T_START", "T_END"),
+        help="guide only at flow times in [T_START, T_END] (0 = noise, 1 = data; default: the pipeline's, else all)",
+    )
+
+
 def _label_argument(pipeline, label: str) -> int | str:
     """A known class name stays a name; otherwise an integer string is a class id."""
     if label in pipeline.labels:
@@ -174,6 +183,7 @@ def run_generate(args) -> int:
     images = pipeline(
         [class_id] * args.num_images,
         guidance_scale=args.guidance_scale,
+        guidance_interval=args.guidance_interval,
         num_inference_steps=args.steps,
         decoder_num_inference_steps=args.decoder_steps,
         generator=generators,
@@ -252,6 +262,8 @@ def run_train_generator(args) -> int:
         ema_decay=args.ema_decay,
         decoder_num_inference_steps=args.decoder_steps,
         solver=args.solver,
+        guidance_scale=args.guidance_scale,
+        guidance_interval=args.guidance_interval,
         init_transformer=args.init_generator,
     )
     last = result.losses[-min(100, len(result.losses)) :]
