@@ -45,7 +45,14 @@ uniflow-hf fmnist train-generator --tokenizer "$RUNS/fmnist-tokenizer" --output-
   --decoder-steps 4 --ema-decay 0.999 --solver heun
 # c'. 10000 more steps from those weights at a lower learning rate (another seed, so other batches and noise)
 uniflow-hf fmnist train-generator --tokenizer "$RUNS/fmnist-tokenizer" --init-generator "$RUNS/uniflow-fmnist-10k" \
-  --output-dir "$RUNS/uniflow-fmnist" --steps 10000 --learning-rate 2e-4 --seed 1 --decoder-steps 4 --ema-decay 0.999 --solver heun
+  --output-dir "$RUNS/uniflow-fmnist-20k" --steps 10000 --learning-rate 2e-4 --seed 1 --decoder-steps 4 --ema-decay 0.999 --solver heun
+# c'' and c'''. two more such stages at learning rate 1e-4; the last saves the pipeline's default guidance: 1.75, applied
+#    only from flow time 0.24 on (t = 0 is the noise)
+uniflow-hf fmnist train-generator --tokenizer "$RUNS/fmnist-tokenizer" --init-generator "$RUNS/uniflow-fmnist-20k" \
+  --output-dir "$RUNS/uniflow-fmnist-30k" --steps 10000 --learning-rate 1e-4 --seed 2 --decoder-steps 4 --ema-decay 0.999 --solver heun
+uniflow-hf fmnist train-generator --tokenizer "$RUNS/fmnist-tokenizer" --init-generator "$RUNS/uniflow-fmnist-30k" \
+  --output-dir "$RUNS/uniflow-fmnist" --steps 10000 --learning-rate 1e-4 --seed 3 --decoder-steps 4 --ema-decay 0.999 --solver heun \
+  --guidance-scale 1.75 --guidance-interval 0.24 1
 
 # Table 6a ablations at a smaller, equal budget (2 epochs each, same pretrained encoder)
 for mode in adaptive uniform none; do
