@@ -261,10 +261,10 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         guidance_scale: float | None = None,
         num_inference_steps: int = 25,
         decoder_num_inference_steps: int | None = None,
-        guidance_interval: Sequence[float] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        guidance_interval: Sequence[float] | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Args:
@@ -277,17 +277,17 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             num_inference_steps (`int`, *optional*, defaults to 25): steps of the latent flow.
             decoder_num_inference_steps (`int`, *optional*): steps of the tokenizer's pixel flow decoder (when
                 `None`: the pipeline's `config.decoder_num_inference_steps`, else the tokenizer's `num_sampling_steps`).
-            guidance_interval (`tuple[float, float]`, *optional*): guide only the network calls at flow times t
-                (0 = noise, 1 = data) with `t_start <= t <= t_end`; the others are plain conditional calls. Guidance
-                near the noise decides the layout and costs the most diversity, so leaving it out there can lower
-                the Fréchet distance at a given class accuracy (Kynkäänniemi et al., 2024, "Applying Guidance in a
-                Limited Interval"). When `None`: the pipeline's `config.guidance_interval`, else the whole trajectory.
             generator (`torch.Generator` or a list of them, *optional*): the source of all noise (latent noise, then
                 decoder noise); with a list (one per image) a batch equals the images generated one by one.
             output_type (`str`, *optional*, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"` (see
                 [`UniFlowReconstructionPipeline.__call__`]), or `"latent"`: the generated tokenizer latents
                 `(batch, tokens, latent_channels)` (de-normalised, not decoded).
             return_dict (`bool`, *optional*, defaults to `True`): return an [`ImagePipelineOutput`] or a tuple.
+            guidance_interval (`tuple[float, float]`, *optional*): guide only the network calls at flow times t
+                (0 = noise, 1 = data) with `t_start <= t <= t_end`; the others are plain conditional calls. Guidance
+                near the noise decides the layout and costs the most diversity, so leaving it out there can lower
+                the Fréchet distance at a given class accuracy (Kynkäänniemi et al., 2024, "Applying Guidance in a
+                Limited Interval"). When `None`: the pipeline's `config.guidance_interval`, else the whole trajectory.
 
         Examples:
         ```py
