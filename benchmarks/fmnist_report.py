@@ -143,7 +143,7 @@ def main():
     results["judge_test_accuracy"] = (test_pred == test_y).float().mean().item()
     results["fd_floor_train_vs_test"] = frechet_distance_of_features(train_features, test_features)
     guidance = pipeline.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
-    interval = args.guidance_interval or pipeline.config.guidance_interval or [0.0, 1.0]
+    interval = args.guidance_interval or pipeline.default_guidance_interval
     steps = 25 if args.steps is None else args.steps
     decoder_steps = args.decoder_steps or pipeline.default_decoder_num_inference_steps
     results["reconstruction_by_decoder_steps"] = {}
@@ -162,7 +162,7 @@ def main():
         features, predictions = judge_outputs(judge, generated)
         return generated_labels, predictions, {
             "guidance_scale": guidance_scale,
-            "guidance_interval": [float(t) for t in guidance_interval],
+            "guidance_interval": list(guidance_interval),
             "class_accuracy": (predictions == generated_labels).float().mean().item(),
             "fd_vs_test": frechet_distance_of_features(features, test_features),
         }
@@ -182,7 +182,7 @@ def main():
     for spec in args.compare_guidance:
         scale, *times = (float(value) for value in spec.split(":"))
         setting = (scale, times or [0.0, 1.0])
-        if setting != (guidance, [float(t) for t in interval]):
+        if setting != (guidance, list(interval)):
             results["guidance_comparison"].append(generation_metrics(*setting)[2])
     results["seconds"] = time.time() - started
     if args.json:
@@ -191,16 +191,14 @@ def main():
     print(render(results))
 
 
-def format_interval(interval) -> str:
-    return "all (0 to 1)" if list(interval) == [0.0, 1.0] else f"{interval[0]:g} ≤ t ≤ {interval[1]:g}"
-
-
-def guided_times(interval) -> str:
-    return "" if list(interval) == [0.0, 1.0] else f" at flow times {interval[0]:g} ≤ t ≤ {interval[1]:g} (0 = noise)"
+def format_interval(interval) -> str | None:
+    """`None` for the whole trajectory."""
+    return None if list(interval) == [0.0, 1.0] else f"{interval[0]:g} ≤ t ≤ {interval[1]:g}"
 
 
 def render(results: dict) -> str:
     gen = results["generation"]
+    guided_times = format_interval(gen.get("guidance_interval", [0.0, 1.0]))
     lines = [
         "# UniFlow-FMNIST report",
         "",
@@ -228,7 +226,7 @@ def render(results: dict) -> str:
         "## Generation",
         "",
         f"{gen['num_images']} samples (equal per class), guidance {gen['guidance_scale']}"
-        f"{guided_times(gen.get('guidance_interval', [0.0, 1.0]))}, {gen['steps']} "
+        f"{f' at flow times {guided_times} (0 = noise)' if guided_times else ''}, {gen['steps']} "
         f"{gen.get('solver', 'euler').capitalize()} steps of the generator, {gen.get('decoder_steps', 1)} decoder "
         f"step(s), judged by an independently trained CNN (test accuracy {100 * results['judge_test_accuracy']:.2f} %).",
         "",
@@ -257,7 +255,7 @@ def render(results: dict) -> str:
             "| ---: | --- | ---: | ---: | ---: |",
         ]
         lines += [
-            f"| {row['guidance_scale']} | {format_interval(row['guidance_interval'])} | "
+            f"| {row['guidance_scale']} | {format_interval(row['guidance_interval']) or 'all (0 to 1)'} | "
             f"{100 * row['class_accuracy']:.2f} % | {row['fd_vs_test']:.3f} | "
             f"{row['fd_vs_test'] / max(results['fd_floor_train_vs_test'], 1e-9):.2f}× |"
             for row in results["guidance_comparison"]

@@ -249,6 +249,11 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         """The guidance a call uses when not told: the pipeline's config, else 1.5."""
         return DEFAULT_GUIDANCE_SCALE if self.config.guidance_scale is None else self.config.guidance_scale
 
+    @property
+    def default_guidance_interval(self) -> list[float]:
+        """The flow times a call guides when not told: the pipeline's config, else the whole trajectory."""
+        return [0.0, 1.0] if self.config.guidance_interval is None else self.config.guidance_interval
+
     def denormalize_latents(self, grid_latents: torch.Tensor) -> torch.Tensor:
         """The transformer's space (B, C, grid, grid) -> tokenizer latents (B, N, C)."""
         mean, std = self._latent_statistics(grid_latents.device, grid_latents.dtype)
@@ -304,9 +309,9 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         check_num_inference_steps(decoder_num_inference_steps, "decoder_num_inference_steps", allow_none=True)
         check_output_type(output_type, OUTPUT_TYPES + ("latent",))
         guidance_scale = check_guidance_scale(self.default_guidance_scale if guidance_scale is None else guidance_scale)
-        if guidance_interval is None:
-            guidance_interval = self.config.guidance_interval
-        guidance_start, guidance_end = check_guidance_interval(guidance_interval) or (0.0, 1.0)
+        guidance_start, guidance_end = check_guidance_interval(
+            self.default_guidance_interval if guidance_interval is None else guidance_interval
+        )
         class_ids = self.get_label_ids(class_labels)
         batch_size = len(class_ids)
         check_generator(generator, batch_size)
@@ -320,10 +325,10 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         labels_and_null = torch.cat([labels, torch.full_like(labels, self.num_classes)])  # second half: null class
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        num_train_timesteps = self.scheduler.config.num_train_timesteps
-        for timestep in self.progress_bar(self.scheduler.timesteps):
-            t = round(timestep.item() / num_train_timesteps, 6)  # float32 grid times: 0.2 may read 0.19999998
-            do_guidance = guidance_scale != 1 and guidance_start <= t <= guidance_end
+        times = (self.scheduler.timesteps / self.scheduler.config.num_train_timesteps).tolist()
+        # which network calls to guide, compared at 6 decimals (float32 grid times: 0.2 may read 0.19999998)
+        guided = [guidance_scale != 1 and guidance_start <= round(t, 6) <= guidance_end for t in times]
+        for timestep, do_guidance in zip(self.progress_bar(self.scheduler.timesteps), guided):
             model_input = torch.cat([latents, latents]) if do_guidance else latents
             velocity = self.transformer(
                 model_input,

@@ -378,9 +378,8 @@ def train_fmnist_generator(
     """Stage c: the class-conditional latent generator on the adapted tokenizer's latents of the 60k training images
     (or the first `max_train`), saved with the tokenizer as one `UniFlowClassConditionalPipeline` folder (whose
     default sampling settings are `decoder_num_inference_steps`, `guidance_scale` and `guidance_interval`, and whose
-    latent flow runs `solver`);
-    with `ema_decay`, the saved weights are an exponential moving average of the trained ones. `init_generator` (a
-    pipeline folder of this stage) continues training its DiT instead of a new one."""
+    latent flow runs `solver`); with `ema_decay`, the saved weights are an exponential moving average of the trained
+    ones. `init_generator` (a pipeline folder of this stage) continues training its DiT instead of a new one."""
     from .generator_training import train_generator
     from .modeling import UniFlowModel
 
