@@ -54,7 +54,18 @@ def tokenizer_rows(tokenizer, train_pv, train_y, test_pv, test_y, num_recon: int
     metrics = reconstruction_metrics(tokenizer, test_pv[:num_recon])
     features = [encoder_features(tokenizer.vision_model, pv) for pv in (train_pv, test_pv)]
     metrics["probe"] = linear_probe_accuracy(features[0], train_y, features[1], test_y)
+    metrics["flow_times"] = describe_flow_times(tokenizer.config)
     return metrics
+
+
+def describe_flow_times(config) -> str:
+    """The flow loss's training-time distribution of a tokenizer config, in words."""
+    if config.flow_timestep_distribution == "uniform":
+        return "uniform flow times"
+    logit_normal = f"logit-normal flow times (mean {config.flow_timestep_logit_mean:g}, std {config.flow_timestep_logit_std:g})"
+    if config.flow_timestep_distribution == "fat_lognormal":
+        return f"the release's flow times ({logit_normal} mixed with uniform ones)"
+    return logit_normal
 
 
 def pca_reference_row(train_unit, train_y, test_unit, test_y, num_components: int) -> dict:
@@ -90,6 +101,8 @@ def main():
                         help="also generate with these guidance settings (default: 1.5 over the whole trajectory)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--decoder-steps", type=int, default=None, help="decoder steps when generating (the pipeline's)")
+    parser.add_argument("--compare-decoder-steps", type=int, nargs="*", default=[],
+                        help="more decoder step counts for the reconstruction table (1 and the generation's are always in)")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "fmnist_report.md"))
     parser.add_argument("--json", default=None, help="also write the numbers here")
     parser.add_argument("--render", default=None, help="only re-render the report from a --json file")
@@ -147,7 +160,7 @@ def main():
     steps = 25 if args.steps is None else args.steps
     decoder_steps = args.decoder_steps or pipeline.default_decoder_num_inference_steps
     results["reconstruction_by_decoder_steps"] = {}
-    for num_steps in sorted({1, decoder_steps}):
+    for num_steps in sorted({1, decoder_steps, *args.compare_decoder_steps}):
         reconstructions = reconstruct_grayscale(tokenizer, test_pv, batch_size=1000, num_inference_steps=num_steps)
         psnr = peak_signal_noise_ratio(reconstructions[:, None], to_unit_range(test_pv)[:, None], data_range=1.0)
         results["reconstruction_by_decoder_steps"][num_steps] = {
@@ -199,6 +212,11 @@ def format_interval(interval) -> str | None:
 def render(results: dict) -> str:
     gen = results["generation"]
     guided_times = format_interval(gen.get("guidance_interval", [0.0, 1.0]))
+    ablation_rows = list(results["tokenizers"].values())[1:]
+    flow_times = {row.get("flow_times") for row in ablation_rows} - {None}
+    ablation_flow_times = (
+        f" and {flow_times.pop()}" if len(flow_times) == 1 else " and the flow times in each row's config" if flow_times else ""
+    )
     lines = [
         "# UniFlow-FMNIST report",
         "",
@@ -275,7 +293,7 @@ def render(results: dict) -> str:
         "nearer the noise), with its decoder fine-tuned for 5 epochs with the encoder frozen after the 16th, 34th, "
         "43rd, 52nd, 61st and 79th (`benchmarks/run_fmnist_recipe.sh`); the ablation rows (the paper's Table 6a at "
         "this scale) start from the same pretrained encoder with an equal budget per row (the epochs are in their "
-        "names) and the release's flow-time distribution.",
+        f"names){ablation_flow_times}.",
         "- The PCA row is a linear code holding as many numbers per image as UniFlow's latent: what a purely "
         "reconstructive linear code of that size reaches, and how much class information a linear probe finds in it.",
         "- The linear probe reads the mean last-layer token of the frozen encoder (a linear classifier on standardised "
