@@ -69,7 +69,9 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         num_train_timesteps (`int`, defaults to 1000): the network sees `num_train_timesteps * t`.
         schedule (`str`, defaults to `"linear"`): the time grid, `"linear"` or `"pow_<p>"`.
         shift (`float`, defaults to 1.0): SD3-style timestep shift of the grid (1 = none).
-        solver (`str`, defaults to `"euler"`): `"euler"` (one network call per step) or `"heun"` (two).
+        solver (`str`, defaults to `"euler"`): `"euler"` (one network call per step) or `"heun"` (two: the trapezoid
+            rule on every step, the last one included, so the network is also called at t = 1; diffusers'
+            `FlowMatchHeunDiscreteScheduler` ends with a plain Euler step instead, one call fewer).
         training_timestep_distribution (`str`, defaults to `"fat_lognormal"`): `"fat_lognormal"` (logit-normal
             with a `uniform_fraction` share of uniform times, the release's default), `"lognormal"` or `"uniform"`.
         logit_mean, logit_std (`float`): parameters of the logit-normal.
