@@ -54,17 +54,21 @@ def tokenizer_rows(tokenizer, train_pv, train_y, test_pv, test_y, num_recon: int
     metrics = reconstruction_metrics(tokenizer, test_pv[:num_recon])
     features = [encoder_features(tokenizer.vision_model, pv) for pv in (train_pv, test_pv)]
     metrics["probe"] = linear_probe_accuracy(features[0], train_y, features[1], test_y)
-    metrics["flow_times"] = describe_flow_times(tokenizer.config)
+    metrics["flow_timesteps"] = [
+        tokenizer.config.flow_timestep_distribution,
+        tokenizer.config.flow_timestep_logit_mean,
+        tokenizer.config.flow_timestep_logit_std,
+    ]
     return metrics
 
 
-def describe_flow_times(config) -> str:
-    """The flow loss's training-time distribution of a tokenizer config, in words."""
-    if config.flow_timestep_distribution == "uniform":
+def describe_flow_timesteps(distribution: str, logit_mean: float, logit_std: float) -> str:
+    """A tokenizer config's training-time distribution of the flow loss (`flow_timestep_*`), in words."""
+    if distribution == "uniform":
         return "uniform flow times"
-    logit_normal = f"logit-normal flow times (mean {config.flow_timestep_logit_mean:g}, std {config.flow_timestep_logit_std:g})"
-    if config.flow_timestep_distribution == "fat_lognormal":
-        return f"the release's flow times ({logit_normal} mixed with uniform ones)"
+    logit_normal = f"logit-normal flow times (mean {logit_mean:g}, std {logit_std:g})"
+    if distribution == "fat_lognormal":
+        return f"the release's mix of {logit_normal} and uniform ones"
     return logit_normal
 
 
@@ -213,9 +217,10 @@ def render(results: dict) -> str:
     gen = results["generation"]
     guided_times = format_interval(gen.get("guidance_interval", [0.0, 1.0]))
     ablation_rows = list(results["tokenizers"].values())[1:]
-    flow_times = {row.get("flow_times") for row in ablation_rows} - {None}
+    flow_timesteps = {tuple(row["flow_timesteps"]) for row in ablation_rows if "flow_timesteps" in row}
     ablation_flow_times = (
-        f" and {flow_times.pop()}" if len(flow_times) == 1 else " and the flow times in each row's config" if flow_times else ""
+        f" and {describe_flow_timesteps(*flow_timesteps.pop())}" if len(flow_timesteps) == 1
+        else " and the flow times in each row's config" if flow_timesteps else ""
     )
     lines = [
         "# UniFlow-FMNIST report",
