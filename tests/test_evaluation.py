@@ -127,6 +127,21 @@ def test_two_processes_give_the_single_process_result(official_tiny_dir, image_f
     assert sharded["ssim"] == pytest.approx(single["ssim"], rel=1e-6)
 
 
+def test_cli_destroys_the_process_group_it_ran_under(official_tiny_dir, image_folder, tmp_path):
+    """A command run under torchrun must destroy the process group before the interpreter exits: gloo's threads can
+    otherwise abort a finished process at teardown (seen on CI as SIGABRT after the results were written)."""
+    from uniflow_hf.cli import main
+
+    store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        code = main(["evaluate", "--model", str(official_tiny_dir), "--dataset", str(image_folder), "--no-progress"])
+        assert code == 0 and not torch.distributed.is_initialized()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
 def test_saved_dataset_split_and_column(official_tiny_dir, tmp_path):
     import datasets
 

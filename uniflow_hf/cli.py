@@ -40,6 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, TypeError) as error:
         print(f"uniflow-hf {args.command}: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        destroy_process_group()
+
+
+def destroy_process_group() -> None:
+    """Under `torchrun`/`accelerate launch` a command initialises a process group; it must be destroyed before the
+    interpreter exits, or gloo's worker threads can abort the process at teardown ("terminate called without an
+    active exception", pytorch/pytorch#190489) after all the work is done."""
+    distributed = sys.modules.get("torch.distributed")  # a command that never imported torch has nothing to close
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
