@@ -14,7 +14,9 @@ from PIL import Image
 
 from uniflow_hf import UniFlowClassConditionalPipeline
 from uniflow_hf.cli import main as cli_main
-from uniflow_hf.generator_training import encode_dataset, latent_statistics, train_generator
+from uniflow_hf.generator_training import (
+    deepen_generator_transformer, encode_dataset, latent_statistics, train_generator,
+)
 
 
 TINY_DIT = dict(num_layers=1, num_attention_heads=2, attention_head_dim=8, patch_size=1)
@@ -156,6 +158,90 @@ def test_training_continues_from_a_saved_generator(tiny_model, tmp_path):
         train_generator(tiny_model, two_classes, init_transformer=first.pipeline.transformer, num_train_steps=1, **kwargs)
 
 
+def random_dit(num_layers: int, seed: int = 0) -> DiTTransformer2DModel:
+    """A tiny DiT whose every weight is random, adaLN-Zero gates included (so that no block is the identity)."""
+    torch.manual_seed(seed)
+    dit = DiTTransformer2DModel(
+        in_channels=8, out_channels=8, sample_size=4, num_embeds_ada_norm=3, **dict(TINY_DIT, num_layers=num_layers)
+    )
+    with torch.no_grad():
+        for parameter in dit.parameters():
+            parameter.copy_(0.3 * torch.randn(parameter.shape))
+    return dit.eval()
+
+
+def dit_velocity(dit, seed: int = 1):
+    generator = torch.Generator().manual_seed(seed)
+    sample = torch.randn(6, 8, 4, 4, generator=generator)
+    timesteps = torch.tensor([0.0, 100.0, 333.3, 500.0, 875.5, 1000.0])
+    with torch.no_grad():  # class 3 is the null class
+        return dit(sample, timestep=timesteps, class_labels=torch.tensor([0, 1, 2, 3, 0, 3])).sample
+
+
+@pytest.mark.parametrize("num_layers, num_new_layers, copied", [(6, 3, [1, 3, 5]), (3, 1, [2]), (2, 2, [0, 1])])
+def test_deepened_dit_computes_what_it_did(num_layers, num_new_layers, copied):
+    """The deepened DiT has the new blocks after the evenly spaced ones, as copies with closed gates: its output equals
+    the original's, while the gates (and only they) tell a new block from the one it copies."""
+    dit = random_dit(num_layers)
+    before = {name: value.clone() for name, value in dit.state_dict().items()}
+    deeper = deepen_generator_transformer(dit, num_new_layers)
+    assert deeper.config.num_layers == len(deeper.transformer_blocks) == num_layers + num_new_layers
+    torch.testing.assert_close(dit_velocity(deeper), dit_velocity(dit), rtol=0, atol=1e-6)
+    assert dit_velocity(dit).abs().mean() > 0.1  # a real output, not one that trivially matches
+    assert all(torch.equal(value, before[name]) for name, value in dit.state_dict().items())  # left as it was
+
+    sources = [index for index in range(num_layers) for _ in range(2 if index in copied else 1)]
+    dim = dit.inner_dim
+    for position, source in enumerate(sources):
+        block, original = deeper.transformer_blocks[position].state_dict(), dit.transformer_blocks[source].state_dict()
+        is_copy = position > 0 and sources[position - 1] == source
+        for name, value in block.items():
+            if is_copy and name.startswith("norm1.linear."):
+                gates = torch.cat([value[2 * dim : 3 * dim], value[5 * dim : 6 * dim]])
+                assert torch.count_nonzero(gates) == 0
+                torch.testing.assert_close(value[: 2 * dim], original[name][: 2 * dim], rtol=0, atol=0)
+                torch.testing.assert_close(value[3 * dim : 5 * dim], original[name][3 * dim : 5 * dim], rtol=0, atol=0)
+            else:
+                assert torch.equal(value, original[name]), (position, name)
+    # a block without its gates closed changes the output: the test above would notice a gate left open
+    with torch.no_grad():
+        deeper.transformer_blocks[sources.index(copied[0]) + 1].norm1.linear.bias[2 * dim] = 1.0
+    assert not torch.allclose(dit_velocity(deeper), dit_velocity(dit), atol=1e-4)
+
+
+def test_deepening_bad_inputs():
+    dit = random_dit(2)
+    for value in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="positive integer"):
+            deepen_generator_transformer(dit, value)
+    with pytest.raises(ValueError, match="At most 2 new blocks"):
+        deepen_generator_transformer(dit, 3)
+
+
+def test_training_continues_a_deepened_generator(tiny_model, tmp_path):
+    """`add_layers` deepens the DiT to continue before training: at learning rate 0 it generates what the saved one
+    generates; then training opens the new blocks' gates."""
+    dataset = synthetic_dataset(per_class=2)
+    kwargs = dict(batch_size=4, progress=False)
+    first = train_generator(tiny_model, dataset, output_dir=tmp_path, num_train_steps=2, transformer_kwargs=TINY_DIT, **kwargs)
+    kept = train_generator(tiny_model, dataset, init_transformer=tmp_path, add_layers=1, num_train_steps=1, learning_rate=0.0, **kwargs)
+    assert kept.pipeline.transformer.config.num_layers == 2
+    pipelines = (first.pipeline, kept.pipeline)
+    for pipeline in pipelines:
+        pipeline.set_progress_bar_config(disable=True)
+    latents = [p([0, 1, 2], num_inference_steps=3, generator=torch.manual_seed(0), output_type="latent").images for p in pipelines]
+    torch.testing.assert_close(latents[1], latents[0], rtol=0, atol=1e-6)
+
+    trained = train_generator(tiny_model, dataset, init_transformer=tmp_path, add_layers=1, num_train_steps=2, seed=1, **kwargs)
+    gate = trained.pipeline.transformer.transformer_blocks[1].norm1.linear.bias[2 * 16 : 3 * 16]
+    assert torch.count_nonzero(gate) > 0
+
+    with pytest.raises(ValueError, match="`add_layers` deepens the DiT given as `init_transformer`"):
+        train_generator(tiny_model, dataset, add_layers=1, num_train_steps=1, transformer_kwargs=TINY_DIT, **kwargs)
+    with pytest.raises(ValueError, match="non-negative integer"):
+        train_generator(tiny_model, dataset, init_transformer=tmp_path, add_layers=-1, num_train_steps=1, **kwargs)
+
+
 def test_generated_latents_are_recognised_as_their_class(tiny_model):
     """At tiny scale: a nearest-class-mean classifier fitted on the latents of real images recognises the latents
     generated for a class as that class, far above chance (1/3), while an untrained generator sits near chance.
@@ -215,6 +301,10 @@ def test_train_generator_command(tiny_model, tmp_path, monkeypatch, capsys):
     for name, parameter in continued.transformer.state_dict().items():
         assert torch.equal(parameter, pipeline.transformer.state_dict()[name])
     assert cli_main([*argv, "--init-generator", str(tmp_path / "generator"), "--transformer-kwargs", "{}"]) == 0
+    assert cli_main([*argv, "--init-generator", str(tmp_path / "generator"), "--add-layers", "1"]) == 0
+    assert DiffusionPipeline.from_pretrained(tmp_path / "continued").transformer.config.num_layers == 2
+    assert cli_main([*argv, "--add-layers", "1", "--transformer-kwargs", json.dumps(TINY_DIT)]) == 2
+    assert "`add_layers` deepens the DiT given as `init_transformer`" in capsys.readouterr().err
     assert cli_main([*argv, "--init-generator", str(tmp_path / "generator"), "--transformer-kwargs", json.dumps(TINY_DIT)]) == 2
     assert "`transformer_kwargs` size a new DiT" in capsys.readouterr().err
 

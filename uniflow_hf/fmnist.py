@@ -372,6 +372,7 @@ def train_fmnist_generator(
     solver: str = "euler",
     learning_rate: float = 5e-4,
     init_generator: str | None = None,
+    add_layers: int = 0,
     guidance_scale: float | None = None,
     guidance_interval: tuple[float, float] | None = None,
 ):
@@ -379,7 +380,8 @@ def train_fmnist_generator(
     (or the first `max_train`), saved with the tokenizer as one `UniFlowClassConditionalPipeline` folder (whose
     default sampling settings are `decoder_num_inference_steps`, `guidance_scale` and `guidance_interval`, and whose
     latent flow runs `solver`); with `ema_decay`, the saved weights are an exponential moving average of the trained
-    ones. `init_generator` (a pipeline folder of this stage) continues training its DiT instead of a new one."""
+    ones. `init_generator` (a pipeline folder of this stage) continues training its DiT instead of a new one, first
+    deepened by `add_layers` identity-initialised blocks when given."""
     from .generator_training import train_generator
     from .modeling import UniFlowModel
 
@@ -389,7 +391,7 @@ def train_fmnist_generator(
         tokenizer, dataset, image_column="image", label_column="label", output_dir=output_dir,
         num_train_steps=steps, batch_size=batch_size, learning_rate=learning_rate, label_dropout=0.1, seed=seed,
         encode_batch_size=1000, decoder_num_inference_steps=decoder_num_inference_steps, ema_decay=ema_decay,
-        solver=solver, init_transformer=init_generator, guidance_scale=guidance_scale,
+        solver=solver, init_transformer=init_generator, add_layers=add_layers, guidance_scale=guidance_scale,
         guidance_interval=guidance_interval,
     )
     print(f"generator: final loss {sum(result.losses[-100:]) / min(100, len(result.losses)):.4f} -> {output_dir}")

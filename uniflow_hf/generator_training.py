@@ -105,6 +105,34 @@ def load_generator_transformer(
     return source
 
 
+def deepen_generator_transformer(transformer: DiTTransformer2DModel, num_new_layers: int) -> DiTTransformer2DModel:
+    """A DiT `num_new_layers` blocks deeper that computes exactly what `transformer` computes: each new block is a
+    copy of the block before it with its two adaLN-Zero gates zeroed (the 3rd and 6th sixths of its modulation:
+    shift, scale, gate of the attention, then of the MLP), so it adds nothing until training opens them. The copies
+    follow evenly spaced blocks (6 blocks and 3 new ones: after the 2nd, 4th and 6th). `transformer` is unchanged."""
+    if not isinstance(num_new_layers, int) or isinstance(num_new_layers, bool) or num_new_layers < 1:
+        raise ValueError(f"`num_new_layers` must be a positive integer, got {num_new_layers!r}.")
+    num_layers, dim = transformer.config.num_layers, transformer.inner_dim
+    copied = {round((j + 1) * num_layers / num_new_layers) - 1 for j in range(num_new_layers)}
+    if len(copied) < num_new_layers:
+        raise ValueError(f"At most {num_layers} new blocks (one after each block), got {num_new_layers}.")
+    state = {key: value for key, value in transformer.state_dict().items() if not key.startswith("transformer_blocks.")}
+    position = 0
+    for index, block in enumerate(transformer.transformer_blocks):
+        for is_copy in (False, True) if index in copied else (False,):
+            block_state = {key: value.clone() for key, value in block.state_dict().items()}
+            if is_copy:
+                for name in ("weight", "bias"):
+                    block_state[f"norm1.linear.{name}"][2 * dim : 3 * dim] = 0
+                    block_state[f"norm1.linear.{name}"][5 * dim : 6 * dim] = 0
+            state.update({f"transformer_blocks.{position}.{key}": value for key, value in block_state.items()})
+            position += 1
+    deeper = DiTTransformer2DModel.from_config({**transformer.config, "num_layers": num_layers + num_new_layers})
+    deeper.load_state_dict(state)
+    deeper.to(transformer.device).train(transformer.training)
+    return deeper if deeper.dtype == transformer.dtype else deeper.to(dtype=transformer.dtype)
+
+
 def dataset_id2label(dataset, label_column: str) -> dict[int, str]:
     """Class names from a `ClassLabel` column, or the ids themselves as names for an integer column."""
     from datasets import ClassLabel
@@ -172,6 +200,7 @@ def train_generator(
     guidance_scale: float | None = None,
     guidance_interval: tuple[float, float] | None = None,
     init_transformer: DiTTransformer2DModel | str | os.PathLike | None = None,
+    add_layers: int = 0,
 ) -> GeneratorTrainingOutput:
     """Train a `DiTTransformer2DModel` to generate `tokenizer` latents of the classes of `dataset`.
 
@@ -197,6 +226,9 @@ def train_generator(
         init_transformer (*optional*): continue training this DiT (a module, trained in place, or a transformer or
             pipeline folder) instead of a new one, e.g. in stages that each fit a time budget; give the stage another
             `seed` than the last, or it replays the same batches. Not with `transformer_kwargs`.
+        add_layers (`int`, defaults to 0): with `init_transformer`, first deepen that DiT by this many blocks that
+            start as the identity (`deepen_generator_transformer`): a larger generator that continues from what the
+            smaller one learnt. A module passed as `init_transformer` is then left as it was.
 
     Returns:
         [`GeneratorTrainingOutput`] with the pipeline and the loss of every step.
@@ -218,6 +250,12 @@ def train_generator(
     )
     if init_transformer is not None and transformer_kwargs:
         raise ValueError("`transformer_kwargs` size a new DiT; with `init_transformer` the size is that DiT's.")
+    if not isinstance(add_layers, int) or isinstance(add_layers, bool) or add_layers < 0:
+        raise ValueError(f"`add_layers` must be a non-negative integer, got {add_layers!r}.")
+    if add_layers and init_transformer is None:
+        raise ValueError(
+            "`add_layers` deepens the DiT given as `init_transformer`; a new DiT is sized by `transformer_kwargs`."
+        )
     sampling_scheduler = UniFlowFlowMatchScheduler(solver=solver)  # checked before the training, saved after it
 
     accelerator = Accelerator(mixed_precision=mixed_precision)
@@ -240,6 +278,8 @@ def train_generator(
         transformer = build_generator_transformer(tokenizer, num_classes, **(transformer_kwargs or {}))
     else:
         transformer = load_generator_transformer(init_transformer, tokenizer, num_classes)
+        if add_layers:
+            transformer = deepen_generator_transformer(transformer, add_layers)
     label_embeddings = _label_embeddings(transformer)
     builtin_dropout = [module.dropout_prob for module in label_embeddings]
     for module in label_embeddings:
@@ -306,6 +346,7 @@ __all__ = [
     "GeneratorTrainingOutput",
     "build_generator_transformer",
     "dataset_id2label",
+    "deepen_generator_transformer",
     "encode_dataset",
     "latent_statistics",
     "load_generator_transformer",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .generate import add_guidance_arguments
+from .generate import add_guidance_arguments, add_init_generator_arguments
 
 
 def register(subparsers) -> None:
@@ -47,10 +47,7 @@ def register(subparsers) -> None:
     stage.add_argument("--steps", type=int, default=7000)
     stage.add_argument("--batch-size", type=int, default=128)
     stage.add_argument("--learning-rate", type=float, default=5e-4)
-    stage.add_argument(
-        "--init-generator", default=None,
-        help="continue training the DiT of this pipeline folder (an output of this stage; use another --seed)",
-    )
+    add_init_generator_arguments(stage)
     stage.add_argument("--max-train", type=int, default=None)
     stage.add_argument(
         "--decoder-steps", type=int, default=None,
@@ -123,6 +120,6 @@ def _generator(args) -> int:
         args.tokenizer, args.output_dir, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
         max_train=args.max_train, decoder_num_inference_steps=args.decoder_steps, ema_decay=args.ema_decay,
         solver=args.solver, learning_rate=args.learning_rate, init_generator=args.init_generator,
-        guidance_scale=args.guidance_scale, guidance_interval=args.guidance_interval,
+        add_layers=args.add_layers, guidance_scale=args.guidance_scale, guidance_interval=args.guidance_interval,
     )
     return 0

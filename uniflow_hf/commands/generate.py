@@ -56,10 +56,7 @@ def register(subparsers) -> None:
         "--transformer-kwargs", type=json.loads, default=None,
         help='DiT size as JSON, e.g. \'{"num_layers": 4, "attention_head_dim": 32, "patch_size": 1}\'',
     )
-    parser.add_argument(
-        "--init-generator", default=None,
-        help="continue training the DiT of this pipeline (or transformer) folder instead of a new one (use another --seed)",
-    )
+    add_init_generator_arguments(parser)
     parser.set_defaults(func=run_train_generator)
 
 
@@ -157,6 +154,18 @@ def add_guidance_arguments(parser, scale_help: str) -> None:
     parser.add_argument(
         "--guidance-interval", type=float, nargs=2, default=None, metavar=("T_START", "T_END"),
         help="guide only at flow times in [T_START, T_END] (0 = noise, 1 = data; default: the pipeline's, else all)",
+    )
+
+
+def add_init_generator_arguments(parser) -> None:
+    parser.add_argument(
+        "--init-generator", default=None,
+        help="continue training the DiT of this pipeline (or transformer) folder instead of a new one (use another --seed)",
+    )
+    parser.add_argument(
+        "--add-layers", type=int, default=0,
+        help="with --init-generator: first deepen that DiT by N blocks that start as the identity (copies of evenly "
+        "spaced blocks with closed adaLN-Zero gates), so the larger DiT starts where the smaller one ended",
     )
 
 
@@ -265,6 +274,7 @@ def run_train_generator(args) -> int:
         guidance_scale=args.guidance_scale,
         guidance_interval=args.guidance_interval,
         init_transformer=args.init_generator,
+        add_layers=args.add_layers,
     )
     last = result.losses[-min(100, len(result.losses)) :]
     print(f"Trained {len(result.losses)} steps (mean loss of the last {len(last)}: {sum(last) / len(last):.4f})")
