@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -91,6 +92,28 @@ def pca_reference_row(train_unit, train_y, test_unit, test_y, num_components: in
     }
 
 
+TOKENIZER_ROWS = ("teacher_probe", "teacher_classifier_accuracy", "tokenizers", "pca_reference")
+
+
+def tokenizer_fingerprint(model_dir: str) -> str:
+    """SHA-256 of the pipeline's tokenizer weights (its safetensors files, in name order)."""
+    digest = hashlib.sha256()
+    for path in sorted((Path(model_dir) / "tokenizer").glob("*.safetensors")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def earlier_tokenizer_rows(json_path: str, fingerprint: str) -> dict:
+    """The judge-free tokenizer rows of an earlier report, which must have measured these very tokenizer weights."""
+    earlier = json.loads(Path(json_path).read_text())
+    if earlier.get("tokenizer_sha256") != fingerprint:
+        raise SystemExit(
+            f"{json_path} measured other tokenizer weights (sha256 {earlier.get('tokenizer_sha256')}, these are "
+            f"{fingerprint}): measure the tokenizer rows anew (leave out --tokenizer-rows-from)."
+        )
+    return {"tokenizer_rows_reused": True, **{key: earlier[key] for key in TOKENIZER_ROWS if key in earlier}}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(REPO / "uniflow_hf" / "models" / "uniflow-fmnist"))
@@ -110,6 +133,11 @@ def main():
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "fmnist_report.md"))
     parser.add_argument("--json", default=None, help="also write the numbers here")
     parser.add_argument("--render", default=None, help="only re-render the report from a --json file")
+    parser.add_argument(
+        "--tokenizer-rows-from", default=None, metavar="JSON",
+        help="take the tokenizer table (PSNR, SSIM, probes, ablations, PCA; nothing judged by the CNN) from this "
+        "earlier --json of the same tokenizer weights and measure the rest anew, e.g. after training a new generator",
+    )
     args = parser.parse_args()
     if args.render:
         Path(args.output).write_text(render(json.loads(Path(args.render).read_text())))
@@ -138,21 +166,26 @@ def main():
     tokenizer = pipeline.tokenizer.eval()
     results = {"model": args.model}
 
-    rows = {"UniFlow-FMNIST (shipped)": tokenizer_rows(tokenizer, train_pv, train_y, test_pv, test_y, args.num_recon)}
-    if args.teacher:
-        classifier = UniFlowForImageClassification.from_pretrained(args.teacher)
-        features = [encoder_features(classifier.vision_model, pv) for pv in (train_pv, test_pv)]
-        results["teacher_probe"] = linear_probe_accuracy(features[0], train_y, features[1], test_y)
-        results["teacher_classifier_accuracy"] = getattr(classifier.config, "test_accuracy", None)
-    for spec in args.ablations:
-        name, folder = spec.rsplit("=", 1)  # names may hold "=" (β=2), folders do not
-        rows[name] = tokenizer_rows(UniFlowModel.from_pretrained(folder).eval(), train_pv, train_y, test_pv, test_y, args.num_recon)
-    results["tokenizers"] = rows
-    latent_numbers = tokenizer.config.latent_channels * tokenizer.config.grid_size**2
-    results["pca_reference"] = {
-        "num_components": latent_numbers,
-        **pca_reference_row(train_unit, train_y, test_unit[: args.num_recon], test_y[: args.num_recon], latent_numbers),
-    }
+    results["tokenizer_sha256"] = tokenizer_fingerprint(args.model)
+    if args.tokenizer_rows_from:
+        results.update(earlier_tokenizer_rows(args.tokenizer_rows_from, results["tokenizer_sha256"]))
+    else:
+        rows = {"UniFlow-FMNIST (shipped)": tokenizer_rows(tokenizer, train_pv, train_y, test_pv, test_y, args.num_recon)}
+        if args.teacher:
+            classifier = UniFlowForImageClassification.from_pretrained(args.teacher)
+            features = [encoder_features(classifier.vision_model, pv) for pv in (train_pv, test_pv)]
+            results["teacher_probe"] = linear_probe_accuracy(features[0], train_y, features[1], test_y)
+            results["teacher_classifier_accuracy"] = getattr(classifier.config, "test_accuracy", None)
+        for spec in args.ablations:
+            name, folder = spec.rsplit("=", 1)  # names may hold "=" (β=2), folders do not
+            ablation = UniFlowModel.from_pretrained(folder).eval()
+            rows[name] = tokenizer_rows(ablation, train_pv, train_y, test_pv, test_y, args.num_recon)
+        results["tokenizers"] = rows
+        latent_numbers = tokenizer.config.latent_channels * tokenizer.config.grid_size**2
+        results["pca_reference"] = {
+            "num_components": latent_numbers,
+            **pca_reference_row(train_unit, train_y, test_unit[: args.num_recon], test_y[: args.num_recon], latent_numbers),
+        }
 
     judge = train_judge(train_unit, train_y)
     train_features, _ = judge_outputs(judge, train_unit[:10000])
@@ -203,7 +236,7 @@ def main():
             results["guidance_comparison"].append(generation_metrics(*setting)[2])
     results["seconds"] = time.time() - started
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     Path(args.output).write_text(render(results))
     print(render(results))
 
@@ -231,6 +264,11 @@ def render(results: dict) -> str:
         "",
         "## Tokenizer",
         "",
+        *(
+            [f"(This table comes from an earlier run of this script on the same tokenizer weights, sha256 "
+             f"{results['tokenizer_sha256'][:12]}…; everything after it was measured by this run.)", ""]
+            if results.get("tokenizer_rows_reused") else []
+        ),
         "| tokenizer | PSNR (dB) | SSIM | linear probe (%) |",
         "| --- | ---: | ---: | ---: |",
     ]

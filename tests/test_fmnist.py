@@ -211,3 +211,27 @@ def test_the_recipe_stages_chain_into_a_pipeline(tmp_path):
     assert pipe.config.guidance_scale == 2.0 and pipe.config.guidance_interval == [0.2, 1.0]
     images = pipe(["Bag", "Trouser"], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
     assert images.shape == (2, 3, 28, 28) and torch.isfinite(images).all()
+
+
+def test_report_reuses_tokenizer_rows_of_the_same_weights_only(tmp_path):
+    """`fmnist_report.py --tokenizer-rows-from` takes the judge-free tokenizer table of an earlier report, and only
+    when that report measured the very same tokenizer weights."""
+    import importlib.util
+
+    from conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("fmnist_report", REPO_ROOT / "benchmarks" / "fmnist_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    weights = tmp_path / "model" / "tokenizer" / "model.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"tokenizer weights")
+    fingerprint = report.tokenizer_fingerprint(tmp_path / "model")
+    rows = {"tokenizers": {"shipped": {"psnr": 29.5, "ssim": 0.93, "probe": 0.87}}, "teacher_probe": 0.87}
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({**rows, "tokenizer_sha256": fingerprint, "generation": {"fd_vs_test": 1.0}}))
+    assert report.earlier_tokenizer_rows(earlier, fingerprint) == {"tokenizer_rows_reused": True, **rows}
+
+    weights.write_bytes(b"other tokenizer weights")
+    with pytest.raises(SystemExit, match="measured other tokenizer weights"):
+        report.earlier_tokenizer_rows(earlier, report.tokenizer_fingerprint(tmp_path / "model"))
