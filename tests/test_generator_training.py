@@ -233,7 +233,8 @@ def test_training_continues_a_deepened_generator(tiny_model, tmp_path):
     torch.testing.assert_close(latents[1], latents[0], rtol=0, atol=1e-6)
 
     trained = train_generator(tiny_model, dataset, init_transformer=tmp_path, add_layers=1, num_train_steps=2, seed=1, **kwargs)
-    gate = trained.pipeline.transformer.transformer_blocks[1].norm1.linear.bias[2 * 16 : 3 * 16]
+    dim = trained.pipeline.transformer.inner_dim
+    gate = trained.pipeline.transformer.transformer_blocks[1].norm1.linear.bias[2 * dim : 3 * dim]
     assert torch.count_nonzero(gate) > 0
 
     with pytest.raises(ValueError, match="`add_layers` deepens the DiT given as `init_transformer`"):

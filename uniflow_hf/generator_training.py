@@ -110,8 +110,7 @@ def deepen_generator_transformer(transformer: DiTTransformer2DModel, num_new_lay
     copy of the block before it with its two adaLN-Zero gates zeroed (the 3rd and 6th sixths of its modulation:
     shift, scale, gate of the attention, then of the MLP), so it adds nothing until training opens them. The copies
     follow evenly spaced blocks (6 blocks and 3 new ones: after the 2nd, 4th and 6th). `transformer` is unchanged."""
-    if not isinstance(num_new_layers, int) or isinstance(num_new_layers, bool) or num_new_layers < 1:
-        raise ValueError(f"`num_new_layers` must be a positive integer, got {num_new_layers!r}.")
+    check_num_inference_steps(num_new_layers, "num_new_layers")  # a positive integer
     num_layers, dim = transformer.config.num_layers, transformer.inner_dim
     copied = {round((j + 1) * num_layers / num_new_layers) - 1 for j in range(num_new_layers)}
     if len(copied) < num_new_layers:
