@@ -150,6 +150,17 @@ def test_fmnist_stage_rejects_a_bad_flow_timestep_setting(tmp_path):
     assert not (tmp_path / "ft" / "model.safetensors").exists()
 
 
+def test_fmnist_train_generator_rejects_a_bad_learning_rate_schedule(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "uniflow_hf.cli", "fmnist", "train-generator", "--tokenizer", str(SHIPPED / "tokenizer"),
+         "--output-dir", str(tmp_path / "gen"), "--max-train", "64", "--steps", "10", "--lr-scheduler-type", "linear",
+         "--warmup-steps", "10"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2 and "`warmup_steps` must be an integer from 0 to num_train_steps - 1 (9)" in result.stderr
+    assert not (tmp_path / "gen").exists()
+
+
 def run_stage(*args):
     result = subprocess.run(
         [sys.executable, "-m", "uniflow_hf.cli", "fmnist", *args], capture_output=True, text=True, timeout=600

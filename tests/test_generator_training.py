@@ -133,6 +133,39 @@ def test_integer_labels_and_errors(tiny_model):
         train_generator(tiny_model, dataset, transformer_kwargs={"in_channels": 4}, num_train_steps=1, progress=False)
 
 
+def learning_rates_of_training(tiny_model, **kwargs) -> list[float]:
+    """The learning rate of each optimisation step of a 4-step training at base rate 1e-3."""
+    seen, step = [], torch.optim.AdamW.step
+
+    def record(optimizer, *args, **kw):
+        seen.append(optimizer.param_groups[0]["lr"])
+        return step(optimizer, *args, **kw)
+
+    with mock.patch.object(torch.optim.AdamW, "step", autospec=True, side_effect=record):
+        train_generator(
+            tiny_model, synthetic_dataset(per_class=2), num_train_steps=4, batch_size=4, learning_rate=1e-3,
+            transformer_kwargs=TINY_DIT, progress=False, **kwargs,
+        )
+    return seen
+
+
+def test_learning_rate_schedules(tiny_model):
+    assert learning_rates_of_training(tiny_model) == pytest.approx([1e-3] * 4)  # constant by default
+    assert learning_rates_of_training(tiny_model, lr_scheduler_type="linear") == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    cosine = [1e-3 * 0.5 * (1 + np.cos(np.pi * step / 4)) for step in range(4)]
+    assert learning_rates_of_training(tiny_model, lr_scheduler_type="cosine") == pytest.approx(cosine)
+    warmed = learning_rates_of_training(tiny_model, lr_scheduler_type="linear", warmup_steps=2)
+    assert warmed == pytest.approx([0.0, 5e-4, 1e-3, 5e-4])
+
+    dataset = synthetic_dataset(per_class=1)
+    with pytest.raises(ValueError, match="`lr_scheduler_type` must be one of constant, constant_with_warmup, linear, cosine"):
+        train_generator(tiny_model, dataset, lr_scheduler_type="plateau", num_train_steps=1, progress=False)
+    with pytest.raises(ValueError, match=r"`warmup_steps` must be an integer from 0 to num_train_steps - 1 \(3\)"):
+        train_generator(tiny_model, dataset, lr_scheduler_type="linear", warmup_steps=4, num_train_steps=4, progress=False)
+    with pytest.raises(ValueError, match="use 'constant_with_warmup'"):
+        train_generator(tiny_model, dataset, warmup_steps=1, num_train_steps=4, progress=False)
+
+
 def test_training_continues_from_a_saved_generator(tiny_model, tmp_path):
     """`init_transformer` (a pipeline folder, a transformer folder or a module) starts from those weights: at
     learning rate 0 they come out unchanged, at a positive one they move on from there; mismatches are refused."""
@@ -304,6 +337,9 @@ def test_train_generator_command(tiny_model, tmp_path, monkeypatch, capsys):
     assert cli_main([*argv, "--init-generator", str(tmp_path / "generator"), "--transformer-kwargs", "{}"]) == 0
     assert cli_main([*argv, "--init-generator", str(tmp_path / "generator"), "--add-layers", "1"]) == 0
     assert DiffusionPipeline.from_pretrained(tmp_path / "continued").transformer.config.num_layers == 2
+    assert cli_main([*argv, "--init-generator", str(tmp_path / "generator"), "--lr-scheduler-type", "linear"]) == 0
+    assert cli_main([*argv, "--init-generator", str(tmp_path / "generator"), "--lr-scheduler-type", "step"]) == 2
+    assert "`lr_scheduler_type` must be one of constant" in capsys.readouterr().err
     assert cli_main([*argv, "--add-layers", "1", "--transformer-kwargs", json.dumps(TINY_DIT)]) == 2
     assert "`add_layers` deepens the DiT given as `init_transformer`" in capsys.readouterr().err
     assert cli_main([*argv, "--init-generator", str(tmp_path / "generator"), "--transformer-kwargs", json.dumps(TINY_DIT)]) == 2

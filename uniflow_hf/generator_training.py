@@ -25,11 +25,27 @@ from diffusers import DiTTransformer2DModel
 from diffusers.models.embeddings import LabelEmbedding
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
+from transformers import get_scheduler
 
 from .modeling import UniFlowModel
 from .pipelines import UniFlowClassConditionalPipeline, UniFlowFlowMatchScheduler
 from .pipelines.pipeline_uniflow_class_conditional import check_guidance_interval, check_guidance_scale, latents_to_grid
 from .pipelines.pipeline_uniflow_utils import check_num_inference_steps, default_image_processor
+
+
+# learning-rate schedules of transformers' `get_scheduler` that need no more than the warm-up and the step count
+LR_SCHEDULER_TYPES = ("constant", "constant_with_warmup", "linear", "cosine")
+
+
+def check_lr_schedule(lr_scheduler_type: str, warmup_steps: int, num_train_steps: int) -> None:
+    if lr_scheduler_type not in LR_SCHEDULER_TYPES:
+        raise ValueError(f"`lr_scheduler_type` must be one of {', '.join(LR_SCHEDULER_TYPES)}; got {lr_scheduler_type!r}.")
+    if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or not 0 <= warmup_steps < num_train_steps:
+        raise ValueError(
+            f"`warmup_steps` must be an integer from 0 to num_train_steps - 1 ({num_train_steps - 1}), got {warmup_steps!r}."
+        )
+    if warmup_steps and lr_scheduler_type == "constant":
+        raise ValueError("`lr_scheduler_type='constant'` has no warm-up; use 'constant_with_warmup' for `warmup_steps`.")
 
 
 @dataclass
@@ -200,6 +216,8 @@ def train_generator(
     guidance_interval: tuple[float, float] | None = None,
     init_transformer: DiTTransformer2DModel | str | os.PathLike | None = None,
     add_layers: int = 0,
+    lr_scheduler_type: str = "constant",
+    warmup_steps: int = 0,
 ) -> GeneratorTrainingOutput:
     """Train a `DiTTransformer2DModel` to generate `tokenizer` latents of the classes of `dataset`.
 
@@ -209,6 +227,10 @@ def train_generator(
             (a `ClassLabel`, whose names become the pipeline's `id2label`, or non-negative ints).
         output_dir (*optional*): where to save the `UniFlowClassConditionalPipeline` folder.
         num_train_steps, batch_size, learning_rate, weight_decay, max_grad_norm: the AdamW optimisation.
+        lr_scheduler_type (`str`, defaults to `"constant"`), warmup_steps (`int`, defaults to 0): the learning-rate
+            schedule over the `num_train_steps` (transformers' `get_scheduler`, as the `Trainer` arguments of the
+            same names): `"constant"`, `"constant_with_warmup"`, `"linear"` or `"cosine"` (both decay to 0), after
+            `warmup_steps` of linear warm-up. A decay to 0 suits a last stage that continues `init_transformer`.
         label_dropout (`float`, defaults to 0.1): probability of training a sample as the null class (for
             classifier-free guidance).
         seed (`int`): seeds the weights, the batches, the noise, the times and the label dropout.
@@ -239,6 +261,7 @@ def train_generator(
     for name, value in (("num_train_steps", num_train_steps), ("batch_size", batch_size)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    check_lr_schedule(lr_scheduler_type, warmup_steps, num_train_steps)
     if len(dataset) == 0:
         raise ValueError("The dataset is empty.")
     check_num_inference_steps(decoder_num_inference_steps, "decoder_num_inference_steps", allow_none=True)
@@ -285,6 +308,8 @@ def train_generator(
         module.dropout_prob = 0.0
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=learning_rate, weight_decay=weight_decay)
     transformer, optimizer = accelerator.prepare(transformer, optimizer)
+    # not prepared by Accelerate, which would step it once per process: one step per optimisation step
+    lr_scheduler = get_scheduler(lr_scheduler_type, optimizer, warmup_steps, num_train_steps)
     ema = EMAModel(transformer.parameters(), decay=ema_decay) if ema_decay is not None else None
     scheduler = UniFlowFlowMatchScheduler()
 
@@ -313,6 +338,7 @@ def train_generator(
         if max_grad_norm:
             accelerator.clip_grad_norm_(transformer.parameters(), max_grad_norm)
         optimizer.step()
+        lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
             ema.step(transformer.parameters())
@@ -343,6 +369,7 @@ def train_generator(
 
 __all__ = [
     "GeneratorTrainingOutput",
+    "LR_SCHEDULER_TYPES",
     "build_generator_transformer",
     "dataset_id2label",
     "deepen_generator_transformer",

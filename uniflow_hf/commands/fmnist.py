@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .generate import add_guidance_arguments, add_init_generator_arguments
+from .generate import add_guidance_arguments, add_init_generator_arguments, add_lr_schedule_arguments
 
 
 def register(subparsers) -> None:
@@ -47,6 +47,7 @@ def register(subparsers) -> None:
     stage.add_argument("--steps", type=int, default=7000)
     stage.add_argument("--batch-size", type=int, default=128)
     stage.add_argument("--learning-rate", type=float, default=5e-4)
+    add_lr_schedule_arguments(stage)
     add_init_generator_arguments(stage)
     stage.add_argument("--max-train", type=int, default=None)
     stage.add_argument(
@@ -121,5 +122,6 @@ def _generator(args) -> int:
         max_train=args.max_train, decoder_num_inference_steps=args.decoder_steps, ema_decay=args.ema_decay,
         solver=args.solver, learning_rate=args.learning_rate, init_generator=args.init_generator,
         add_layers=args.add_layers, guidance_scale=args.guidance_scale, guidance_interval=args.guidance_interval,
+        lr_scheduler_type=args.lr_scheduler_type, warmup_steps=args.warmup_steps,
     )
     return 0

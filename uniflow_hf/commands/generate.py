@@ -57,6 +57,7 @@ def register(subparsers) -> None:
         help='DiT size as JSON, e.g. \'{"num_layers": 4, "attention_head_dim": 32, "patch_size": 1}\'',
     )
     add_init_generator_arguments(parser)
+    add_lr_schedule_arguments(parser)
     parser.set_defaults(func=run_train_generator)
 
 
@@ -169,6 +170,15 @@ def add_init_generator_arguments(parser) -> None:
     )
 
 
+def add_lr_schedule_arguments(parser) -> None:
+    parser.add_argument(
+        "--lr-scheduler-type", default="constant",
+        help="learning-rate schedule over the steps: constant, constant_with_warmup, linear or cosine (the last two "
+        "decay to 0, e.g. for a last stage continuing --init-generator)",
+    )
+    parser.add_argument("--warmup-steps", type=int, default=0, help="steps of linear learning-rate warm-up")
+
+
 def _label_argument(pipeline, label: str) -> int | str:
     """A known class name stays a name; otherwise an integer string is a class id."""
     if label in pipeline.labels:
@@ -275,6 +285,8 @@ def run_train_generator(args) -> int:
         guidance_interval=args.guidance_interval,
         init_transformer=args.init_generator,
         add_layers=args.add_layers,
+        lr_scheduler_type=args.lr_scheduler_type,
+        warmup_steps=args.warmup_steps,
     )
     last = result.losses[-min(100, len(result.losses)) :]
     print(f"Trained {len(result.losses)} steps (mean loss of the last {len(last)}: {sum(last) / len(last):.4f})")
