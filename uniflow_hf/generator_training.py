@@ -39,13 +39,17 @@ LR_SCHEDULER_TYPES = ("constant", "constant_with_warmup", "linear", "cosine")
 
 def check_lr_schedule(lr_scheduler_type: str, warmup_steps: int, num_train_steps: int) -> None:
     if lr_scheduler_type not in LR_SCHEDULER_TYPES:
-        raise ValueError(f"`lr_scheduler_type` must be one of {', '.join(LR_SCHEDULER_TYPES)}; got {lr_scheduler_type!r}.")
+        accepted = ", ".join(LR_SCHEDULER_TYPES)
+        raise ValueError(f"`lr_scheduler_type` must be one of {accepted}; got {lr_scheduler_type!r}.")
     if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or not 0 <= warmup_steps < num_train_steps:
         raise ValueError(
-            f"`warmup_steps` must be an integer from 0 to num_train_steps - 1 ({num_train_steps - 1}), got {warmup_steps!r}."
+            f"`warmup_steps` must be an integer from 0 to num_train_steps - 1 ({num_train_steps - 1}), "
+            f"got {warmup_steps!r}."
         )
     if warmup_steps and lr_scheduler_type == "constant":
-        raise ValueError("`lr_scheduler_type='constant'` has no warm-up; use 'constant_with_warmup' for `warmup_steps`.")
+        raise ValueError(
+            "`lr_scheduler_type='constant'` has no warm-up; use 'constant_with_warmup' for `warmup_steps`."
+        )
 
 
 @dataclass
