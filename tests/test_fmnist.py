@@ -117,17 +117,23 @@ def test_cli_generate_and_reconstruct_default_to_the_shipped_model(tmp_path):
     assert "PSNR" in result.stdout and list((tmp_path / "recon").glob("*.png"))
 
 
+def fmnist_command(*args, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`uniflow-hf fmnist ARGS...` in a fresh interpreter, as a user runs a stage."""
+    return subprocess.run(
+        [sys.executable, "-m", "uniflow_hf.cli", "fmnist", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
 def test_finetune_decoder_trains_only_the_decoder(tmp_path):
     """Stage b' (`uniflow-hf fmnist finetune-decoder`): the encoder and `latent_proj` (so the latents, the probe and a
     generator trained on them) stay bit-identical; the decoder moves; the flow-time override is saved."""
     from safetensors.torch import load_file
 
     tokenizer = SHIPPED / "tokenizer"
-    result = subprocess.run(
-        [sys.executable, "-m", "uniflow_hf.cli", "fmnist", "finetune-decoder", "--tokenizer", str(tokenizer),
-         "--output-dir", str(tmp_path / "ft"), "--epochs", "1", "--max-train", "256", "--learning-rate", "1e-3",
-         "--flow-timestep-distribution", "lognormal", "--flow-timestep-logit-mean", "-2"],
-        capture_output=True, text=True, timeout=600,
+    result = fmnist_command(
+        "finetune-decoder", "--tokenizer", str(tokenizer), "--output-dir", str(tmp_path / "ft"), "--epochs", "1",
+        "--max-train", "256", "--learning-rate", "1e-3", "--flow-timestep-distribution", "lognormal",
+        "--flow-timestep-logit-mean", "-2",
     )
     assert result.returncode == 0, result.stderr
     before, after = load_file(tokenizer / "model.safetensors"), load_file(tmp_path / "ft" / "model.safetensors")
@@ -141,30 +147,25 @@ def test_finetune_decoder_trains_only_the_decoder(tmp_path):
 
 
 def test_fmnist_stage_rejects_a_bad_flow_timestep_setting(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "uniflow_hf.cli", "fmnist", "finetune-decoder", "--tokenizer", str(SHIPPED / "tokenizer"),
-         "--output-dir", str(tmp_path / "ft"), "--max-train", "128", "--flow-timestep-logit-std", "0"],
-        capture_output=True, text=True, timeout=300,
+    result = fmnist_command(
+        "finetune-decoder", "--tokenizer", str(SHIPPED / "tokenizer"), "--output-dir", str(tmp_path / "ft"),
+        "--max-train", "128", "--flow-timestep-logit-std", "0", timeout=300,
     )
     assert result.returncode != 0 and "`flow_timestep_logit_std` must be > 0" in result.stderr
     assert not (tmp_path / "ft" / "model.safetensors").exists()
 
 
 def test_fmnist_train_generator_rejects_a_bad_learning_rate_schedule(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "uniflow_hf.cli", "fmnist", "train-generator", "--tokenizer", str(SHIPPED / "tokenizer"),
-         "--output-dir", str(tmp_path / "gen"), "--max-train", "64", "--steps", "10", "--lr-scheduler-type", "linear",
-         "--warmup-steps", "10"],
-        capture_output=True, text=True, timeout=300,
+    result = fmnist_command(
+        "train-generator", "--tokenizer", str(SHIPPED / "tokenizer"), "--output-dir", str(tmp_path / "gen"),
+        "--max-train", "64", "--steps", "10", "--lr-scheduler-type", "linear", "--warmup-steps", "10", timeout=300,
     )
     assert result.returncode == 2 and "`warmup_steps` must be an integer from 0 to num_train_steps - 1 (9)" in result.stderr
     assert not (tmp_path / "gen").exists()
 
 
 def run_stage(*args):
-    result = subprocess.run(
-        [sys.executable, "-m", "uniflow_hf.cli", "fmnist", *args], capture_output=True, text=True, timeout=600
-    )
+    result = fmnist_command(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 

@@ -313,7 +313,9 @@ def train_generator(
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=learning_rate, weight_decay=weight_decay)
     transformer, optimizer = accelerator.prepare(transformer, optimizer)
     # not prepared by Accelerate, which would step it once per process: one step per optimisation step
-    lr_scheduler = get_scheduler(lr_scheduler_type, optimizer, warmup_steps, num_train_steps)
+    lr_scheduler = get_scheduler(
+        lr_scheduler_type, optimizer, num_warmup_steps=warmup_steps, num_training_steps=num_train_steps
+    )
     ema = EMAModel(transformer.parameters(), decay=ema_decay) if ema_decay is not None else None
     scheduler = UniFlowFlowMatchScheduler()
 
