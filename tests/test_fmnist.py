@@ -247,3 +247,26 @@ def test_report_reuses_tokenizer_rows_of_the_same_weights_only(tmp_path):
     weights.write_bytes(b"other tokenizer weights")
     with pytest.raises(SystemExit, match="measured other tokenizer weights"):
         report.earlier_tokenizer_rows(earlier, report.tokenizer_fingerprint(tmp_path / "model"))
+
+
+def test_report_renders_the_tokenizer_bound_next_to_the_floor():
+    """The generation table shows the tokenizer's bound (reconstructed training images vs test) with its ratio to the
+    floor; a report written before the bound existed still renders, without the row."""
+    import importlib.util
+
+    from conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("fmnist_report", REPO_ROOT / "benchmarks" / "fmnist_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    results = json.loads((REPO_ROOT / "benchmarks" / "fmnist_report.json").read_text())
+    results.pop("fd_tokenizer_bound", None)
+    assert "bound from the tokenizer" not in report.render(results)
+
+    results["fd_floor_train_vs_test"], results["fd_tokenizer_bound"] = 0.25, 0.5
+    rows = [line for line in report.render(results).splitlines() if line.startswith("| bound from the tokenizer")]
+    decoder_steps = results["generation"]["decoder_steps"]
+    assert rows == [
+        f"| bound from the tokenizer: its reconstructions of the floor's training images, {decoder_steps} decoder "
+        "step(s), vs test | 0.500 (2.00×) |"
+    ]
