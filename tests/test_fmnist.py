@@ -225,9 +225,8 @@ def test_the_recipe_stages_chain_into_a_pipeline(tmp_path):
     assert images.shape == (2, 3, 28, 28) and torch.isfinite(images).all()
 
 
-def test_report_reuses_tokenizer_rows_of_the_same_weights_only(tmp_path):
-    """`fmnist_report.py --tokenizer-rows-from` takes the judge-free tokenizer table of an earlier report, and only
-    when that report measured the very same tokenizer weights."""
+def load_report_script():
+    """`benchmarks/fmnist_report.py` as a module (it is a script, not part of the package)."""
     import importlib.util
 
     from conftest import REPO_ROOT
@@ -235,6 +234,13 @@ def test_report_reuses_tokenizer_rows_of_the_same_weights_only(tmp_path):
     spec = importlib.util.spec_from_file_location("fmnist_report", REPO_ROOT / "benchmarks" / "fmnist_report.py")
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
+    return report
+
+
+def test_report_reuses_tokenizer_rows_of_the_same_weights_only(tmp_path):
+    """`fmnist_report.py --tokenizer-rows-from` takes the judge-free tokenizer table of an earlier report, and only
+    when that report measured the very same tokenizer weights."""
+    report = load_report_script()
     weights = tmp_path / "model" / "tokenizer" / "model.safetensors"
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"tokenizer weights")
@@ -252,13 +258,9 @@ def test_report_reuses_tokenizer_rows_of_the_same_weights_only(tmp_path):
 def test_report_renders_the_tokenizer_bound_next_to_the_floor():
     """The generation table shows the tokenizer's bound (reconstructed training images vs test) with its ratio to the
     floor; a report written before the bound existed still renders, without the row."""
-    import importlib.util
-
     from conftest import REPO_ROOT
 
-    spec = importlib.util.spec_from_file_location("fmnist_report", REPO_ROOT / "benchmarks" / "fmnist_report.py")
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
+    report = load_report_script()
     results = json.loads((REPO_ROOT / "benchmarks" / "fmnist_report.json").read_text())
     results.pop("fd_tokenizer_bound", None)
     assert "bound from the tokenizer" not in report.render(results)
