@@ -189,7 +189,8 @@ def main():
         }
 
     judge = train_judge(train_unit, train_y)
-    train_features, _ = judge_outputs(judge, train_unit[:10000])
+    num_floor = 10000  # training images of the floor (and of the tokenizer's bound)
+    train_features, _ = judge_outputs(judge, train_unit[:num_floor])
     test_features, test_pred = judge_outputs(judge, test_unit)
     results["judge_test_accuracy"] = (test_pred == test_y).float().mean().item()
     results["fd_floor_train_vs_test"] = frechet_distance_of_features(train_features, test_features)
@@ -201,7 +202,7 @@ def main():
     # the distance of their reconstructions (decoded as the generation decodes). The test set's own reconstructions
     # below are no such bound: they are compared with themselves.
     train_reconstructions = reconstruct_grayscale(
-        tokenizer, train_pv[:10000], batch_size=1000, num_inference_steps=decoder_steps
+        tokenizer, train_pv[:num_floor], batch_size=1000, num_inference_steps=decoder_steps
     )
     results["fd_tokenizer_bound"] = frechet_distance_of_features(
         judge_outputs(judge, train_reconstructions)[0], test_features
@@ -256,6 +257,11 @@ def format_interval(interval) -> str | None:
     return None if list(interval) == [0.0, 1.0] else f"{interval[0]:g} ≤ t ≤ {interval[1]:g}"
 
 
+def times_floor(distance: float, results: dict) -> str:
+    """`distance` as a multiple of the train-vs-test floor, e.g. `4.23×`."""
+    return f"{distance / max(results['fd_floor_train_vs_test'], 1e-9):.2f}×"
+
+
 def render(results: dict) -> str:
     gen = results["generation"]
     guided_times = format_interval(gen.get("guidance_interval", [0.0, 1.0]))
@@ -306,11 +312,11 @@ def render(results: dict) -> str:
         f"| class accuracy of generated samples | {100 * gen['class_accuracy']:.2f} % |",
         f"| Fréchet distance to the test set (judge features) | {gen['fd_vs_test']:.3f} |",
         f"| floor: train vs test Fréchet distance | {results['fd_floor_train_vs_test']:.3f} |",
-        f"| ratio | {gen['fd_vs_test'] / max(results['fd_floor_train_vs_test'], 1e-9):.2f}× |",
+        f"| ratio | {times_floor(gen['fd_vs_test'], results)} |",
         *(
             [f"| bound from the tokenizer: its reconstructions of the floor's training images, "
              f"{gen.get('decoder_steps', 1)} decoder step(s), vs test | {results['fd_tokenizer_bound']:.3f} "
-             f"({results['fd_tokenizer_bound'] / max(results['fd_floor_train_vs_test'], 1e-9):.2f}×) |"]
+             f"({times_floor(results['fd_tokenizer_bound'], results)}) |"]
             if "fd_tokenizer_bound" in results else []
         ),
         "",
@@ -334,7 +340,7 @@ def render(results: dict) -> str:
         lines += [
             f"| {row['guidance_scale']} | {format_interval(row['guidance_interval']) or 'all (0 to 1)'} | "
             f"{100 * row['class_accuracy']:.2f} % | {row['fd_vs_test']:.3f} | "
-            f"{row['fd_vs_test'] / max(results['fd_floor_train_vs_test'], 1e-9):.2f}× |"
+            f"{times_floor(row['fd_vs_test'], results)} |"
             for row in results["guidance_comparison"]
         ]
     lines += [
