@@ -101,6 +101,10 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
                 "`training_timestep_distribution` must be 'fat_lognormal', 'lognormal' or 'uniform', got "
                 f"{training_timestep_distribution!r}."
             )
+        if not logit_std > 0:
+            raise ValueError(f"`logit_std` must be positive, got {logit_std}.")
+        if not 0 <= uniform_fraction <= 1:
+            raise ValueError(f"`uniform_fraction` must be in [0, 1], got {uniform_fraction}.")
         time_grid(1, schedule, shift)  # validates schedule and shift
         self.order = 2 if solver == "heun" else 1
         self.num_inference_steps = None

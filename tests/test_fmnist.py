@@ -155,12 +155,13 @@ def test_fmnist_stage_rejects_a_bad_flow_timestep_setting(tmp_path):
     assert not (tmp_path / "ft" / "model.safetensors").exists()
 
 
-def test_fmnist_train_generator_rejects_a_bad_learning_rate_schedule(tmp_path):
-    result = fmnist_command(
-        "train-generator", "--tokenizer", str(SHIPPED / "tokenizer"), "--output-dir", str(tmp_path / "gen"),
-        "--max-train", "64", "--steps", "10", "--lr-scheduler-type", "linear", "--warmup-steps", "10", timeout=300,
-    )
+def test_fmnist_train_generator_rejects_bad_schedules(tmp_path):
+    stage = ["train-generator", "--tokenizer", str(SHIPPED / "tokenizer"), "--output-dir", str(tmp_path / "gen"),
+             "--max-train", "64", "--steps", "10"]
+    result = fmnist_command(*stage, "--lr-scheduler-type", "linear", "--warmup-steps", "10", timeout=300)
     assert result.returncode == 2 and "`warmup_steps` must be an integer from 0 to num_train_steps - 1 (9)" in result.stderr
+    result = fmnist_command(*stage, "--timestep-logit-std", "0", timeout=300)
+    assert result.returncode == 2 and "`logit_std` must be positive, got 0.0" in result.stderr
     assert not (tmp_path / "gen").exists()
 
 

@@ -12,7 +12,7 @@ from diffusers import DiffusionPipeline, DiTTransformer2DModel
 from diffusers.models.embeddings import LabelEmbedding
 from PIL import Image
 
-from uniflow_hf import UniFlowClassConditionalPipeline
+from uniflow_hf import UniFlowClassConditionalPipeline, UniFlowFlowMatchScheduler
 from uniflow_hf.cli import main as cli_main
 from uniflow_hf.generator_training import (
     deepen_generator_transformer, encode_dataset, latent_statistics, train_generator,
@@ -131,6 +131,29 @@ def test_integer_labels_and_errors(tiny_model):
         train_generator(tiny_model, dataset, ema_decay=1.0, num_train_steps=1, progress=False)
     with pytest.raises(ValueError, match="follow from the tokenizer"):
         train_generator(tiny_model, dataset, transformer_kwargs={"in_channels": 4}, num_train_steps=1, progress=False)
+
+
+def training_timesteps(tiny_model, **kwargs) -> torch.Tensor:
+    """The flow times (1000 t) the DiT was trained at in 8 steps of 12 samples."""
+    forward = DiTTransformer2DModel.forward
+    with mock.patch.object(DiTTransformer2DModel, "forward", autospec=True, side_effect=forward) as spy:
+        train_generator(
+            tiny_model, synthetic_dataset(per_class=4), num_train_steps=8, batch_size=12, transformer_kwargs=TINY_DIT,
+            progress=False, **kwargs,
+        )
+    return torch.cat([call.kwargs["timestep"] for call in spy.call_args_list])
+
+
+def test_training_flow_times_come_from_the_noise_scheduler(tiny_model):
+    default = training_timesteps(tiny_model)
+    assert len(default) == 96 and 0.3 < (default < 500).float().mean() < 0.7  # the release's, centred at t = 0.5
+    assert torch.equal(training_timesteps(tiny_model, noise_scheduler=UniFlowFlowMatchScheduler()), default)
+    # a logit-normal at logit 3 (t = 0.95), std 0.3: every time within 4 std of it, near the data end
+    near_data = UniFlowFlowMatchScheduler(training_timestep_distribution="lognormal", logit_mean=3.0, logit_std=0.3)
+    skewed = training_timesteps(tiny_model, noise_scheduler=near_data)
+    assert skewed.min() > 1000 * torch.sigmoid(torch.tensor(1.8)) and skewed.max() < 1000 * torch.sigmoid(torch.tensor(4.2))
+    with pytest.raises(TypeError, match="`noise_scheduler` must be a UniFlowFlowMatchScheduler"):
+        train_generator(tiny_model, synthetic_dataset(per_class=1), noise_scheduler="lognormal", progress=False)
 
 
 def learning_rates_of_training(tiny_model, **kwargs) -> list[float]:
@@ -357,6 +380,17 @@ def test_train_generator_command(tiny_model, tmp_path, monkeypatch, capsys):
     assert from_folder.config.guidance_scale is None and from_folder.config.guidance_interval is None
     assert train(tmp_path / "saved", tmp_path / "unused", "--guidance-interval", "0.8", "0.2") == 2
     assert "0 <= t_start <= t_end <= 1" in capsys.readouterr().err
+
+    # the training flow times (--timestep-*): all near the data end at logit mean 3, std 0.3
+    forward = DiTTransformer2DModel.forward
+    near_data = ["--timestep-distribution", "lognormal", "--timestep-logit-mean", "3", "--timestep-logit-std", "0.3"]
+    with mock.patch.object(DiTTransformer2DModel, "forward", autospec=True, side_effect=forward) as spy:
+        assert train(tmp_path / "saved", tmp_path / "near_data", *near_data) == 0
+    timesteps = torch.cat([call.kwargs["timestep"] for call in spy.call_args_list])
+    assert len(timesteps) == 8 and timesteps.min() > 1000 * torch.sigmoid(torch.tensor(1.8))
+    assert train(tmp_path / "saved", tmp_path / "unused", "--timestep-uniform-fraction", "2") == 2
+    assert "`uniform_fraction` must be in [0, 1], got 2.0" in capsys.readouterr().err
+    assert not (tmp_path / "unused").exists()
 
     assert train(tmp_path / "nowhere", tmp_path / "unused") == 2
     assert "does not exist" in capsys.readouterr().err

@@ -63,6 +63,20 @@ def test_bad_grid_arguments(steps, schedule, shift):
         time_grid(steps, schedule, shift)
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(training_timestep_distribution="beta"), "'fat_lognormal', 'lognormal' or 'uniform', got 'beta'"),
+        (dict(logit_std=0.0), "`logit_std` must be positive, got 0.0"),
+        (dict(uniform_fraction=1.5), r"`uniform_fraction` must be in \[0, 1\], got 1.5"),
+        (dict(solver="rk4"), "'euler' or 'heun'"),
+    ],
+)
+def test_bad_scheduler_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        UniFlowFlowMatchScheduler(**kwargs)
+
+
 def test_set_timesteps_euler_and_heun():
     euler = UniFlowFlowMatchScheduler(schedule="linear")
     euler.set_timesteps(4)

@@ -3,8 +3,8 @@
 
 The images of a labelled `datasets.Dataset` are encoded once with the frozen tokenizer (kept in memory), the
 latents are normalised per channel, and the DiT learns the rectified flow from Gaussian noise (t = 0) to those
-latents (t = 1) by regressing the velocity `latents - noise` at times drawn from the scheduler's training
-distribution; labels are dropped to the null class with probability `label_dropout` so that classifier-free
+latents (t = 1) by regressing the velocity `latents - noise` at times drawn from the training distribution of
+`noise_scheduler`; labels are dropped to the null class with probability `label_dropout` so that classifier-free
 guidance works. The result is a complete `UniFlowClassConditionalPipeline`.
 """
 
@@ -222,6 +222,7 @@ def train_generator(
     add_layers: int = 0,
     lr_scheduler_type: str = "constant",
     warmup_steps: int = 0,
+    noise_scheduler: UniFlowFlowMatchScheduler | None = None,
 ) -> GeneratorTrainingOutput:
     """Train a `DiTTransformer2DModel` to generate `tokenizer` latents of the classes of `dataset`.
 
@@ -254,6 +255,11 @@ def train_generator(
         add_layers (`int`, defaults to 0): with `init_transformer`, first deepen that DiT by this many blocks that
             start as the identity (`deepen_generator_transformer`): a larger generator that continues from what the
             smaller one learnt. A module passed as `init_transformer` is then left as it was.
+        noise_scheduler (`UniFlowFlowMatchScheduler`, *optional*): draws the training flow times
+            (`sample_training_timesteps`, from its `training_timestep_distribution`, `logit_mean`, `logit_std` and
+            `uniform_fraction`) and noises the latents. Defaults to `UniFlowFlowMatchScheduler()`, the release's
+            logit-normal centred at t = 0.5 with 10 % uniform times; a positive `logit_mean` trains more near the
+            data (t = 1).
 
     Returns:
         [`GeneratorTrainingOutput`] with the pipeline and the loss of every step.
@@ -283,6 +289,13 @@ def train_generator(
             "`add_layers` deepens the DiT given as `init_transformer`; a new DiT is sized by `transformer_kwargs`."
         )
     sampling_scheduler = UniFlowFlowMatchScheduler(solver=solver)  # checked before the training, saved after it
+    if noise_scheduler is None:
+        noise_scheduler = UniFlowFlowMatchScheduler()
+    elif not isinstance(noise_scheduler, UniFlowFlowMatchScheduler):
+        raise TypeError(
+            "`noise_scheduler` must be a UniFlowFlowMatchScheduler (it draws the training flow times), got "
+            f"{type(noise_scheduler).__name__}."
+        )
 
     accelerator = Accelerator(mixed_precision=mixed_precision)
     set_seed(seed)
@@ -317,7 +330,6 @@ def train_generator(
         lr_scheduler_type, optimizer, num_warmup_steps=warmup_steps, num_training_steps=num_train_steps
     )
     ema = EMAModel(transformer.parameters(), decay=ema_decay) if ema_decay is not None else None
-    scheduler = UniFlowFlowMatchScheduler()
 
     transformer.train()
     losses = []
@@ -333,13 +345,13 @@ def train_generator(
         batch_labels = torch.where(dropped, num_classes, batch_labels).to(accelerator.device)
         sample = data[indices].to(accelerator.device)
         noise = torch.randn(sample.shape, generator=generator).to(accelerator.device)
-        timesteps = scheduler.sample_training_timesteps(batch_size, generator=generator).to(accelerator.device)
+        timesteps = noise_scheduler.sample_training_timesteps(batch_size, generator=generator).to(accelerator.device)
 
         with accelerator.autocast():
             velocity = transformer(
-                scheduler.add_noise(sample, noise, timesteps), timestep=timesteps, class_labels=batch_labels
+                noise_scheduler.add_noise(sample, noise, timesteps), timestep=timesteps, class_labels=batch_labels
             ).sample
-        loss = F.mse_loss(velocity.float(), scheduler.get_velocity(sample, noise).float())
+        loss = F.mse_loss(velocity.float(), noise_scheduler.get_velocity(sample, noise).float())
         accelerator.backward(loss)
         if max_grad_norm:
             accelerator.clip_grad_norm_(transformer.parameters(), max_grad_norm)

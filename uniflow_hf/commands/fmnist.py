@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from .generate import add_guidance_arguments, add_init_generator_arguments, add_lr_schedule_arguments
+from .generate import (
+    add_guidance_arguments,
+    add_init_generator_arguments,
+    add_lr_schedule_arguments,
+    add_training_timestep_arguments,
+    training_noise_scheduler,
+)
 
 
 def register(subparsers) -> None:
@@ -61,6 +67,7 @@ def register(subparsers) -> None:
         "--solver", default="euler", choices=["euler", "heun"], help="the saved pipeline's solver of the latent flow"
     )
     add_guidance_arguments(stage, "the pipeline's default classifier-free guidance (default: 1.5)")
+    add_training_timestep_arguments(stage)
     stage.add_argument("--seed", type=int, default=0)
     stage.set_defaults(func=_generator)
 
@@ -123,5 +130,6 @@ def _generator(args) -> int:
         solver=args.solver, learning_rate=args.learning_rate, init_generator=args.init_generator,
         add_layers=args.add_layers, guidance_scale=args.guidance_scale, guidance_interval=args.guidance_interval,
         lr_scheduler_type=args.lr_scheduler_type, warmup_steps=args.warmup_steps,
+        noise_scheduler=training_noise_scheduler(args),
     )
     return 0

@@ -58,6 +58,7 @@ def register(subparsers) -> None:
     )
     add_init_generator_arguments(parser)
     add_lr_schedule_arguments(parser)
+    add_training_timestep_arguments(parser)
     parser.set_defaults(func=run_train_generator)
 
 
@@ -179,6 +180,38 @@ def add_lr_schedule_arguments(parser) -> None:
     parser.add_argument("--warmup-steps", type=int, default=0, help="steps of linear learning-rate warm-up")
 
 
+def add_training_timestep_arguments(parser) -> None:
+    from ..modeling.configuration_uniflow import FLOW_TIMESTEP_DISTRIBUTIONS
+
+    parser.add_argument(
+        "--timestep-distribution", default=None, choices=FLOW_TIMESTEP_DISTRIBUTIONS,
+        help="training flow times of the generator (default: fat_lognormal, the release's: a logit-normal with a "
+        "share of uniform times)",
+    )
+    parser.add_argument(
+        "--timestep-logit-mean", type=float, default=None,
+        help="mean of the logit-normal (default 0: centred at t = 0.5; > 0 trains more at the data end, t = 1)",
+    )
+    parser.add_argument("--timestep-logit-std", type=float, default=None, help="its standard deviation (default 1)")
+    parser.add_argument(
+        "--timestep-uniform-fraction", type=float, default=None,
+        help="share of uniform times in fat_lognormal (default 0.1)",
+    )
+
+
+def training_noise_scheduler(args):
+    """The scheduler that draws the generator's training flow times, from the `--timestep-*` arguments."""
+    from ..pipelines.scheduling_uniflow_flow_match import UniFlowFlowMatchScheduler
+
+    values = {
+        "training_timestep_distribution": args.timestep_distribution,
+        "logit_mean": args.timestep_logit_mean,
+        "logit_std": args.timestep_logit_std,
+        "uniform_fraction": args.timestep_uniform_fraction,
+    }
+    return UniFlowFlowMatchScheduler(**{name: value for name, value in values.items() if value is not None})
+
+
 def _label_argument(pipeline, label: str) -> int | str:
     """A known class name stays a name; otherwise an integer string is a class id."""
     if label in pipeline.labels:
@@ -264,6 +297,7 @@ def run_reconstruct(args) -> int:
 def run_train_generator(args) -> int:
     from ..generator_training import train_generator
 
+    noise_scheduler = training_noise_scheduler(args)  # checked before the tokenizer and the dataset load
     tokenizer = load_reconstruction_pipeline(args.tokenizer).tokenizer
     dataset = load_labelled_dataset(args.dataset, args.split)
     result = train_generator(
@@ -287,6 +321,7 @@ def run_train_generator(args) -> int:
         add_layers=args.add_layers,
         lr_scheduler_type=args.lr_scheduler_type,
         warmup_steps=args.warmup_steps,
+        noise_scheduler=noise_scheduler,
     )
     last = result.losses[-min(100, len(result.losses)) :]
     print(f"Trained {len(result.losses)} steps (mean loss of the last {len(last)}: {sum(last) / len(last):.4f})")
