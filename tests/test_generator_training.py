@@ -51,6 +51,13 @@ def synthetic_dataset(per_class: int, seed: int = 0, class_label: bool = True) -
     return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
 
 
+def spy_on_dit_forward():
+    """Patch `DiTTransformer2DModel.forward` with a mock that records each call and still runs the real forward."""
+    return mock.patch.object(
+        DiTTransformer2DModel, "forward", autospec=True, side_effect=DiTTransformer2DModel.forward
+    )
+
+
 def test_train_generator_saves_a_complete_pipeline(tiny_model, tmp_path):
     dataset = synthetic_dataset(per_class=3)
     kwargs = dict(num_train_steps=3, batch_size=4, seed=1, transformer_kwargs=TINY_DIT, ema_decay=0.9, progress=False)
@@ -88,9 +95,8 @@ def test_ema_saves_the_average_and_leaves_the_training_alone(tiny_model):
 
 def test_label_dropout_goes_to_the_null_class(tiny_model):
     dataset = synthetic_dataset(per_class=4)
-    forward = DiTTransformer2DModel.forward
     with (
-        mock.patch.object(DiTTransformer2DModel, "forward", autospec=True, side_effect=forward) as spy,
+        spy_on_dit_forward() as spy,
         mock.patch.object(LabelEmbedding, "token_drop") as builtin_dropout,
     ):
         train_generator(
@@ -102,7 +108,7 @@ def test_label_dropout_goes_to_the_null_class(tiny_model):
     assert labels.tolist().count(3) == pytest.approx(48, abs=16)  # half of 96, the null id being 3
     assert set(labels.tolist()) == {0, 1, 2, 3}
     # every epoch visits every image once: without dropout, the labels of each epoch are the dataset's
-    with mock.patch.object(DiTTransformer2DModel, "forward", autospec=True, side_effect=forward) as spy:
+    with spy_on_dit_forward() as spy:
         train_generator(
             tiny_model, dataset, num_train_steps=2, batch_size=12, label_dropout=0.0, transformer_kwargs=TINY_DIT,
             progress=False,
@@ -135,8 +141,7 @@ def test_integer_labels_and_errors(tiny_model):
 
 def training_timesteps(tiny_model, **kwargs) -> torch.Tensor:
     """The flow times (1000 t) the DiT was trained at in 8 steps of 12 samples."""
-    forward = DiTTransformer2DModel.forward
-    with mock.patch.object(DiTTransformer2DModel, "forward", autospec=True, side_effect=forward) as spy:
+    with spy_on_dit_forward() as spy:
         train_generator(
             tiny_model, synthetic_dataset(per_class=4), num_train_steps=8, batch_size=12, transformer_kwargs=TINY_DIT,
             progress=False, **kwargs,
@@ -382,9 +387,8 @@ def test_train_generator_command(tiny_model, tmp_path, monkeypatch, capsys):
     assert "0 <= t_start <= t_end <= 1" in capsys.readouterr().err
 
     # the training flow times (--timestep-*): all near the data end at logit mean 3, std 0.3
-    forward = DiTTransformer2DModel.forward
     near_data = ["--timestep-distribution", "lognormal", "--timestep-logit-mean", "3", "--timestep-logit-std", "0.3"]
-    with mock.patch.object(DiTTransformer2DModel, "forward", autospec=True, side_effect=forward) as spy:
+    with spy_on_dit_forward() as spy:
         assert train(tmp_path / "saved", tmp_path / "near_data", *near_data) == 0
     timesteps = torch.cat([call.kwargs["timestep"] for call in spy.call_args_list])
     assert len(timesteps) == 8 and timesteps.min() > 1000 * torch.sigmoid(torch.tensor(1.8))
