@@ -115,6 +115,20 @@ def earlier_tokenizer_rows(json_path: str, fingerprint: str) -> dict:
     return {"tokenizer_rows_reused": True, **{key: earlier[key] for key in TOKENIZER_ROWS if key in earlier}}
 
 
+def earlier_ablation_rows(json_path: str) -> dict:
+    """The ablation rows of an earlier report (its tokenizer rows after the first, the shipped one), with the probe of
+    the teacher they distilled against: to keep them when the shipped tokenizer is trained further."""
+    earlier = json.loads(Path(json_path).read_text())
+    rows = dict(list(earlier.get("tokenizers", {}).items())[1:])
+    if not rows:
+        raise SystemExit(f"{json_path} has no ablation rows (tokenizer rows after the shipped one) to take.")
+    return {
+        "ablation_rows_from": Path(json_path).name,
+        "ablation_teacher_probe": earlier.get("teacher_probe"),
+        "ablation_rows": rows,
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(REPO / "uniflow_hf" / "models" / "uniflow-fmnist"))
@@ -139,7 +153,14 @@ def main():
         help="take the tokenizer table (PSNR, SSIM, probes, ablations, PCA; nothing judged by the CNN) from this "
         "earlier --json of the same tokenizer weights and measure the rest anew, e.g. after training a new generator",
     )
+    parser.add_argument(
+        "--ablation-rows-from", default=None, metavar="JSON",
+        help="take the ablation rows from this earlier --json and measure the shipped tokenizer, the teacher and the "
+        "rest anew, e.g. after training the shipped tokenizer further (instead of --ablations)",
+    )
     args = parser.parse_args()
+    if args.ablation_rows_from and (args.ablations or args.tokenizer_rows_from):
+        parser.error("--ablation-rows-from replaces --ablations and cannot be combined with --tokenizer-rows-from")
     if args.render:
         Path(args.output).write_text(render(json.loads(Path(args.render).read_text())))
         return
@@ -177,6 +198,10 @@ def main():
             features = [encoder_features(classifier.vision_model, pv) for pv in (train_pv, test_pv)]
             results["teacher_probe"] = linear_probe_accuracy(features[0], train_y, features[1], test_y)
             results["teacher_classifier_accuracy"] = getattr(classifier.config, "test_accuracy", None)
+        if args.ablation_rows_from:
+            earlier = earlier_ablation_rows(args.ablation_rows_from)
+            rows.update(earlier.pop("ablation_rows"))
+            results.update(earlier)
         for spec in args.ablations:
             name, folder = spec.rsplit("=", 1)  # names may hold "=" (β=2), folders do not
             ablation = UniFlowModel.from_pretrained(folder).eval()
@@ -284,6 +309,13 @@ def render(results: dict) -> str:
             [f"(This table comes from an earlier run of this script on the same tokenizer weights, sha256 "
              f"{results['tokenizer_sha256'][:12]}…; everything after it was measured by this run.)", ""]
             if results.get("tokenizer_rows_reused") else []
+        ),
+        *(
+            [f"(The rows after UniFlow-FMNIST come from an earlier run of this script, `{results['ablation_rows_from']}`"
+             + (f"; the teacher they distilled against probed at {100 * results['ablation_teacher_probe']:.2f} %"
+                if results.get("ablation_teacher_probe") is not None else "")
+             + ".)", ""]
+            if results.get("ablation_rows_from") else []
         ),
         "| tokenizer | PSNR (dB) | SSIM | linear probe (%) |",
         "| --- | ---: | ---: | ---: |",

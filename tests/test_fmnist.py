@@ -256,6 +256,35 @@ def test_report_reuses_tokenizer_rows_of_the_same_weights_only(tmp_path):
         report.earlier_tokenizer_rows(earlier, report.tokenizer_fingerprint(tmp_path / "model"))
 
 
+def test_report_takes_ablation_rows_of_an_earlier_report(tmp_path):
+    """`fmnist_report.py --ablation-rows-from` keeps an earlier report's ablation rows (every tokenizer row after the
+    shipped one) with the probe of their teacher, so the shipped tokenizer can be re-measured alone; the report says
+    where they come from."""
+    from conftest import REPO_ROOT
+
+    report = load_report_script()
+    earlier = json.loads((REPO_ROOT / "benchmarks" / "fmnist_report.json").read_text())
+    shipped, *ablations = earlier["tokenizers"]
+    earlier["teacher_probe"] = 0.8717
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps(earlier))
+    taken = report.earlier_ablation_rows(path)
+    assert list(taken["ablation_rows"]) == ablations and shipped not in taken["ablation_rows"]
+    assert taken["ablation_teacher_probe"] == 0.8717 and taken["ablation_rows_from"] == "earlier.json"
+
+    results = {**earlier, "teacher_probe": 0.8700}
+    results["tokenizers"] = {"UniFlow-FMNIST (shipped)": earlier["tokenizers"][shipped], **taken.pop("ablation_rows")}
+    rendered = report.render({**results, **taken})
+    assert "come from an earlier run of this script, `earlier.json`; the teacher they distilled against probed at " \
+        "87.17 %" in rendered
+    assert "| teacher (pretrained encoder, frozen copy) | – | – | 87.00 |" in rendered
+    assert "earlier run of this script, `" not in report.render(results)
+
+    path.write_text(json.dumps({**earlier, "tokenizers": {shipped: earlier["tokenizers"][shipped]}}))
+    with pytest.raises(SystemExit, match="has no ablation rows"):
+        report.earlier_ablation_rows(path)
+
+
 def test_report_renders_the_tokenizer_bound_next_to_the_floor():
     """The generation table shows the tokenizer's bound (reconstructed training images vs test) with its ratio to the
     floor; a report written before the bound existed still renders, without the row."""
