@@ -115,11 +115,16 @@ def earlier_tokenizer_rows(json_path: str, fingerprint: str) -> dict:
     return {"tokenizer_rows_reused": True, **{key: earlier[key] for key in TOKENIZER_ROWS if key in earlier}}
 
 
+def ablation_rows(tokenizers: dict) -> dict:
+    """A report's tokenizer rows after the first (the shipped tokenizer): the ablations."""
+    return dict(list(tokenizers.items())[1:])
+
+
 def earlier_ablation_rows(json_path: str) -> dict:
     """The ablation rows of an earlier report (its tokenizer rows after the first, the shipped one), with the probe of
     the teacher they distilled against: to keep them when the shipped tokenizer is trained further."""
     earlier = json.loads(Path(json_path).read_text())
-    rows = dict(list(earlier.get("tokenizers", {}).items())[1:])
+    rows = ablation_rows(earlier.get("tokenizers", {}))
     if not rows:
         raise SystemExit(f"{json_path} has no ablation rows (tokenizer rows after the shipped one) to take.")
     return {
@@ -161,6 +166,8 @@ def main():
     args = parser.parse_args()
     if args.ablation_rows_from and (args.ablations or args.tokenizer_rows_from):
         parser.error("--ablation-rows-from replaces --ablations and cannot be combined with --tokenizer-rows-from")
+    # read before anything is measured, so that a wrong file fails at once
+    earlier_ablations = earlier_ablation_rows(args.ablation_rows_from) if args.ablation_rows_from else None
     if args.render:
         Path(args.output).write_text(render(json.loads(Path(args.render).read_text())))
         return
@@ -198,10 +205,9 @@ def main():
             features = [encoder_features(classifier.vision_model, pv) for pv in (train_pv, test_pv)]
             results["teacher_probe"] = linear_probe_accuracy(features[0], train_y, features[1], test_y)
             results["teacher_classifier_accuracy"] = getattr(classifier.config, "test_accuracy", None)
-        if args.ablation_rows_from:
-            earlier = earlier_ablation_rows(args.ablation_rows_from)
-            rows.update(earlier.pop("ablation_rows"))
-            results.update(earlier)
+        if earlier_ablations:
+            rows.update(earlier_ablations.pop("ablation_rows"))
+            results.update(earlier_ablations)
         for spec in args.ablations:
             name, folder = spec.rsplit("=", 1)  # names may hold "=" (β=2), folders do not
             ablation = UniFlowModel.from_pretrained(folder).eval()
@@ -290,8 +296,9 @@ def times_floor(distance: float, results: dict) -> str:
 def render(results: dict) -> str:
     gen = results["generation"]
     guided_times = format_interval(gen.get("guidance_interval", [0.0, 1.0]))
-    ablation_rows = list(results["tokenizers"].values())[1:]
-    flow_timesteps = {tuple(row["flow_timesteps"]) for row in ablation_rows if "flow_timesteps" in row}
+    flow_timesteps = {
+        tuple(row["flow_timesteps"]) for row in ablation_rows(results["tokenizers"]).values() if "flow_timesteps" in row
+    }
     ablation_flow_times = (
         f" and {describe_flow_timesteps(*flow_timesteps.pop())}" if len(flow_timesteps) == 1
         else " and the flow times in each row's config" if flow_timesteps else ""
