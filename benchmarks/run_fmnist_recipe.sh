@@ -22,8 +22,9 @@ adapt_near_noise() {  # INIT_TOKENIZER OUTPUT EPOCHS
 finetune_decoder() {  # TOKENIZER OUTPUT
   uniflow-hf fmnist finetune-decoder --tokenizer "$1" --output-dir "$2" --epochs 5 --learning-rate 1e-3
 }
-#    ... then 8 epochs near the noise and seven rounds of 9 (still distilling against the pretrained encoder), the
-#    decoder fine-tuned after the 16th, 34th, 43rd, 52nd, 61st and 79th epochs
+#    ... then 8 epochs near the noise and nine rounds of 9 (still distilling against the pretrained encoder), the
+#    decoder fine-tuned after the 16th, 34th, 43rd, 52nd, 61st, 79th, 88th and 97th epochs. (For the shipped model,
+#    the last two rounds distilled against a second run of stage a, the first run's weights having been lost.)
 adapt_near_noise "$RUNS/fmnist-tokenizer-8ep" "$RUNS/fmnist-tokenizer-16ep" 8
 finetune_decoder "$RUNS/fmnist-tokenizer-16ep" "$RUNS/fmnist-tokenizer-16ep-ft"
 adapt_near_noise "$RUNS/fmnist-tokenizer-16ep-ft" "$RUNS/fmnist-tokenizer-25ep" 9
@@ -37,22 +38,36 @@ adapt_near_noise "$RUNS/fmnist-tokenizer-52ep-ft" "$RUNS/fmnist-tokenizer-61ep" 
 finetune_decoder "$RUNS/fmnist-tokenizer-61ep" "$RUNS/fmnist-tokenizer-61ep-ft"
 adapt_near_noise "$RUNS/fmnist-tokenizer-61ep-ft" "$RUNS/fmnist-tokenizer-70ep" 9
 adapt_near_noise "$RUNS/fmnist-tokenizer-70ep" "$RUNS/fmnist-tokenizer-79ep" 9
-finetune_decoder "$RUNS/fmnist-tokenizer-79ep" "$RUNS/fmnist-tokenizer"
+finetune_decoder "$RUNS/fmnist-tokenizer-79ep" "$RUNS/fmnist-tokenizer-79ep-ft"
+adapt_near_noise "$RUNS/fmnist-tokenizer-79ep-ft" "$RUNS/fmnist-tokenizer-88ep" 9
+finetune_decoder "$RUNS/fmnist-tokenizer-88ep" "$RUNS/fmnist-tokenizer-88ep-ft"
+adapt_near_noise "$RUNS/fmnist-tokenizer-88ep-ft" "$RUNS/fmnist-tokenizer-97ep" 9
+finetune_decoder "$RUNS/fmnist-tokenizer-97ep" "$RUNS/fmnist-tokenizer"
 # c. class-conditional latent generator (DiT) -> the pipeline folder that ships in uniflow_hf/models/uniflow-fmnist;
-#    generation decodes with more flow steps than reconstruction (sharper samples; 4 here, 8 from the last stage on),
+#    generation decodes with more flow steps than reconstruction (sharper samples; 4 here, 8 from c''' on),
 #    reconstruction with the release's 1; the saved weights are an exponential moving average (0.999) and the latent
-#    flow samples with Heun's method
-uniflow-hf fmnist train-generator --tokenizer "$RUNS/fmnist-tokenizer" --output-dir "$RUNS/uniflow-fmnist-10k" --steps 10000 \
+#    flow samples with Heun's method. Stages c to c''' trained on the 79-epoch tokenizer's latents.
+TOKENIZER_79=$RUNS/fmnist-tokenizer-79ep-ft
+uniflow-hf fmnist train-generator --tokenizer "$TOKENIZER_79" --output-dir "$RUNS/uniflow-fmnist-10k" --steps 10000 \
   --decoder-steps 4 --ema-decay 0.999 --solver heun
 # c'. 10000 more steps from those weights at a lower learning rate (another seed, so other batches and noise)
-uniflow-hf fmnist train-generator --tokenizer "$RUNS/fmnist-tokenizer" --init-generator "$RUNS/uniflow-fmnist-10k" \
+uniflow-hf fmnist train-generator --tokenizer "$TOKENIZER_79" --init-generator "$RUNS/uniflow-fmnist-10k" \
   --output-dir "$RUNS/uniflow-fmnist-20k" --steps 10000 --learning-rate 2e-4 --seed 1 --decoder-steps 4 --ema-decay 0.999 --solver heun
-# c'' and c'''. two more such stages at learning rate 1e-4; the last saves the pipeline's sampling defaults: guidance
-#    1.75, applied only from flow time 0.24 on (t = 0 is the noise), and 8 decoder steps (saved settings, not trained ones)
-uniflow-hf fmnist train-generator --tokenizer "$RUNS/fmnist-tokenizer" --init-generator "$RUNS/uniflow-fmnist-20k" \
+# c'' and c'''. two more such stages at learning rate 1e-4; from c''' on every stage saves the pipeline's sampling
+#    defaults: guidance 1.75, applied only from flow time 0.24 on (t = 0 is the noise), and 8 decoder steps (saved
+#    settings, not trained ones)
+uniflow-hf fmnist train-generator --tokenizer "$TOKENIZER_79" --init-generator "$RUNS/uniflow-fmnist-20k" \
   --output-dir "$RUNS/uniflow-fmnist-30k" --steps 10000 --learning-rate 1e-4 --seed 2 --decoder-steps 4 --ema-decay 0.999 --solver heun
-uniflow-hf fmnist train-generator --tokenizer "$RUNS/fmnist-tokenizer" --init-generator "$RUNS/uniflow-fmnist-30k" \
-  --output-dir "$RUNS/uniflow-fmnist" --steps 10000 --learning-rate 1e-4 --seed 3 --decoder-steps 8 --ema-decay 0.999 --solver heun \
+uniflow-hf fmnist train-generator --tokenizer "$TOKENIZER_79" --init-generator "$RUNS/uniflow-fmnist-30k" \
+  --output-dir "$RUNS/uniflow-fmnist-40k" --steps 10000 --learning-rate 1e-4 --seed 3 --decoder-steps 8 --ema-decay 0.999 --solver heun \
+  --guidance-scale 1.75 --guidance-interval 0.24 1
+# d and d'. the last two adaptation rounds moved the latents, so the DiT follows them: two 8000-step stages on the
+#    97-epoch tokenizer (the one that ships); train-generator measures the latents' mean and std anew for it
+uniflow-hf fmnist train-generator --tokenizer "$RUNS/fmnist-tokenizer" --init-generator "$RUNS/uniflow-fmnist-40k" \
+  --output-dir "$RUNS/uniflow-fmnist-48k" --steps 8000 --learning-rate 1e-4 --seed 4 --decoder-steps 8 --ema-decay 0.999 --solver heun \
+  --guidance-scale 1.75 --guidance-interval 0.24 1
+uniflow-hf fmnist train-generator --tokenizer "$RUNS/fmnist-tokenizer" --init-generator "$RUNS/uniflow-fmnist-48k" \
+  --output-dir "$RUNS/uniflow-fmnist" --steps 8000 --learning-rate 1e-4 --seed 5 --decoder-steps 8 --ema-decay 0.999 --solver heun \
   --guidance-scale 1.75 --guidance-interval 0.24 1
 
 # Table 6a ablations at a smaller, equal budget (5 epochs each from the same pretrained encoder, the flow loss's
