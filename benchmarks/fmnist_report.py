@@ -129,7 +129,8 @@ def earlier_ablation_rows(json_path: str) -> dict:
         raise SystemExit(f"{json_path} has no ablation rows (tokenizer rows after the shipped one) to take.")
     return {
         "ablation_rows_from": Path(json_path).name,
-        "ablation_teacher_probe": earlier.get("teacher_probe"),
+        # a report that itself kept older rows recorded their teacher; otherwise they distilled against its own
+        "ablation_teacher_probe": earlier.get("ablation_teacher_probe", earlier.get("teacher_probe")),
         "ablation_rows": rows,
     }
 
