@@ -93,7 +93,11 @@ def pca_reference_row(train_unit, train_y, test_unit, test_y, num_components: in
     }
 
 
-TOKENIZER_ROWS = ("teacher_probe", "teacher_classifier_accuracy", "tokenizers", "pca_reference")
+# with the provenance of ablation rows that an earlier report itself kept from an older one
+TOKENIZER_ROWS = (
+    "teacher_probe", "teacher_classifier_accuracy", "tokenizers", "pca_reference", "ablation_rows_from",
+    "ablation_teacher_probe",
+)
 
 
 def tokenizer_fingerprint(model_dir: str) -> str:
@@ -414,8 +418,9 @@ def render(results: dict) -> str:
         "while reconstruction keeps the release's one.",
         "- Classifier-free guidance trades diversity for class fidelity: higher guidance raises the class accuracy "
         "and the Fréchet distance. Guidance at the first flow times (near the noise, where a sample's layout is "
-        "decided) costs the most diversity, so the pipeline guides only later times (`guidance_interval` in its "
-        "config; Kynkäänniemi et al., 2024) and can then guide harder for the same accuracy "
+        "decided) costs the most diversity, and at the last ones (near the data) it costs fidelity, so the pipeline "
+        "guides only an interval of flow times (`guidance_interval` in its config; Kynkäänniemi et al., 2024) and "
+        "can then guide harder for the same accuracy "
         "(`--guidance-scale`, `--guidance-interval` and `--compare-guidance` re-measure at other settings).",
     ]
     return "\n".join(lines) + "\n"

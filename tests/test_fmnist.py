@@ -250,6 +250,14 @@ def test_report_reuses_tokenizer_rows_of_the_same_weights_only(tmp_path):
     earlier = tmp_path / "earlier.json"
     earlier.write_text(json.dumps({**rows, "tokenizer_sha256": fingerprint, "generation": {"fd_vs_test": 1.0}}))
     assert report.earlier_tokenizer_rows(earlier, fingerprint) == {"tokenizer_rows_reused": True, **rows}
+    # a report whose ablation rows were themselves kept from an older one passes on where they came from
+    provenance = {"ablation_rows_from": "older.json", "ablation_teacher_probe": 0.86}
+    earlier.write_text(json.dumps({**rows, **provenance, "tokenizer_sha256": fingerprint}))
+    reused = report.earlier_tokenizer_rows(earlier, fingerprint)
+    assert reused == {"tokenizer_rows_reused": True, **rows, **provenance}
+    assert "`older.json`; the teacher they distilled against probed at 86.00 %" in report.render(
+        {**json.loads(Path(report.__file__).parent.joinpath("fmnist_report.json").read_text()), **reused}
+    )
 
     weights.write_bytes(b"other tokenizer weights")
     with pytest.raises(SystemExit, match="measured other tokenizer weights"):
