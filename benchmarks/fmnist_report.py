@@ -93,11 +93,9 @@ def pca_reference_row(train_unit, train_y, test_unit, test_y, num_components: in
     }
 
 
-# with the provenance of ablation rows that an earlier report itself kept from an older one
-TOKENIZER_ROWS = (
-    "teacher_probe", "teacher_classifier_accuracy", "tokenizers", "pca_reference", "ablation_rows_from",
-    "ablation_teacher_probe",
-)
+# where a report's ablation rows came from, when it kept them from an older report (`earlier_ablation_rows`)
+ABLATION_PROVENANCE = ("ablation_rows_from", "ablation_teacher_probe")
+TOKENIZER_ROWS = ("teacher_probe", "teacher_classifier_accuracy", "tokenizers", "pca_reference", *ABLATION_PROVENANCE)
 
 
 def tokenizer_fingerprint(model_dir: str) -> str:

@@ -238,6 +238,13 @@ def load_report_script():
     return report
 
 
+def committed_report() -> dict:
+    """The numbers of the committed `benchmarks/fmnist_report.json`."""
+    from conftest import REPO_ROOT
+
+    return json.loads((REPO_ROOT / "benchmarks" / "fmnist_report.json").read_text())
+
+
 def test_report_reuses_tokenizer_rows_of_the_same_weights_only(tmp_path):
     """`fmnist_report.py --tokenizer-rows-from` takes the judge-free tokenizer table of an earlier report, and only
     when that report measured the very same tokenizer weights."""
@@ -256,7 +263,7 @@ def test_report_reuses_tokenizer_rows_of_the_same_weights_only(tmp_path):
     reused = report.earlier_tokenizer_rows(earlier, fingerprint)
     assert reused == {"tokenizer_rows_reused": True, **rows, **provenance}
     assert "`older.json`; the teacher they distilled against probed at 86.00 %" in report.render(
-        {**json.loads(Path(report.__file__).parent.joinpath("fmnist_report.json").read_text()), **reused}
+        {**committed_report(), **reused}
     )
 
     weights.write_bytes(b"other tokenizer weights")
@@ -268,11 +275,9 @@ def test_report_takes_ablation_rows_of_an_earlier_report(tmp_path):
     """`fmnist_report.py --ablation-rows-from` keeps an earlier report's ablation rows (every tokenizer row after the
     shipped one) with the probe of their teacher, so the shipped tokenizer can be re-measured alone; the report says
     where they come from."""
-    from conftest import REPO_ROOT
-
     report = load_report_script()
-    earlier = json.loads((REPO_ROOT / "benchmarks" / "fmnist_report.json").read_text())
-    for key in ("ablation_rows_from", "ablation_teacher_probe"):  # the committed report may itself reuse rows
+    earlier = committed_report()
+    for key in report.ABLATION_PROVENANCE:  # the committed report may itself reuse rows
         earlier.pop(key, None)
     shipped, *ablations = earlier["tokenizers"]
     earlier["teacher_probe"] = 0.8717
@@ -298,10 +303,8 @@ def test_report_takes_ablation_rows_of_an_earlier_report(tmp_path):
 def test_report_renders_the_tokenizer_bound_next_to_the_floor():
     """The generation table shows the tokenizer's bound (reconstructed training images vs test) with its ratio to the
     floor; a report written before the bound existed still renders, without the row."""
-    from conftest import REPO_ROOT
-
     report = load_report_script()
-    results = json.loads((REPO_ROOT / "benchmarks" / "fmnist_report.json").read_text())
+    results = committed_report()
     results.pop("fd_tokenizer_bound", None)
     assert "bound from the tokenizer" not in report.render(results)
 
