@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 def generate_all(
     pipeline, per_class: int, guidance_scale: float, steps: int, decoder_steps: int | None = None,
     batch_size: int = 500, seed: int = 0, guidance_interval: tuple[float, float] | None = None,
+    autoguidance_scale: float | None = None, autoguidance_interval: tuple[float, float] | None = None,
 ):
     images, labels = [], []
     generator = torch.Generator().manual_seed(seed)
@@ -43,6 +44,7 @@ def generate_all(
         for start in range(0, per_class, batch_size):
             n = min(batch_size, per_class - start)
             out = pipeline([class_id] * n, guidance_scale=guidance_scale, guidance_interval=guidance_interval,
+                           autoguidance_scale=autoguidance_scale, autoguidance_interval=autoguidance_interval,
                            num_inference_steps=steps, decoder_num_inference_steps=decoder_steps, generator=generator,
                            output_type="pt").images
             images.append(out.mean(dim=1))
@@ -147,8 +149,13 @@ def main():
     parser.add_argument("--guidance-scale", type=float, default=None, help="(default: the pipeline's)")
     parser.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("T_START", "T_END"),
                         help="(default: the pipeline's)")
-    parser.add_argument("--compare-guidance", nargs="*", default=["1.5:0:1"], metavar="SCALE:T_START:T_END",
-                        help="also generate with these guidance settings (default: 1.5 over the whole trajectory)")
+    parser.add_argument("--autoguidance-scale", type=float, default=None, help="(default: the pipeline's)")
+    parser.add_argument("--autoguidance-interval", type=float, nargs=2, default=None, metavar=("T_START", "T_END"),
+                        help="(default: the pipeline's)")
+    parser.add_argument("--compare-guidance", nargs="*", default=["1.5:0:1"],
+                        metavar="SCALE:T_START:T_END[@SCALE:T_START:T_END]",
+                        help="also generate with these guidance settings, after an @ the autoguidance (none without "
+                        "it; default: guidance 1.5 over the whole trajectory)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--decoder-steps", type=int, default=None, help="decoder steps when generating (the pipeline's)")
     parser.add_argument("--compare-decoder-steps", type=int, nargs="*", default=[],
@@ -230,6 +237,8 @@ def main():
     results["fd_floor_train_vs_test"] = frechet_distance_of_features(train_features, test_features)
     guidance = pipeline.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
     interval = args.guidance_interval or pipeline.default_guidance_interval
+    autoguidance = pipeline.default_autoguidance_scale if args.autoguidance_scale is None else args.autoguidance_scale
+    autoguidance_interval = args.autoguidance_interval or pipeline.default_autoguidance_interval
     steps = 25 if args.steps is None else args.steps
     decoder_steps = args.decoder_steps or pipeline.default_decoder_num_inference_steps
     # The tokenizer's bound: a generator that drew exactly the latents of the floor's training images would reach
@@ -250,19 +259,23 @@ def main():
             "fd_vs_test": frechet_distance_of_features(judge_outputs(judge, reconstructions)[0], test_features),
         }
 
-    def generation_metrics(guidance_scale, guidance_interval):
+    def generation_metrics(guidance_scale, guidance_interval, autoguidance_scale, autoguidance_interval):
         generated, generated_labels = generate_all(
-            pipeline, args.num_generated // 10, guidance_scale, steps, decoder_steps, guidance_interval=guidance_interval
+            pipeline, args.num_generated // 10, guidance_scale, steps, decoder_steps, guidance_interval=guidance_interval,
+            autoguidance_scale=autoguidance_scale, autoguidance_interval=autoguidance_interval,
         )
         features, predictions = judge_outputs(judge, generated)
         return generated_labels, predictions, {
             "guidance_scale": guidance_scale,
             "guidance_interval": list(guidance_interval),
+            "autoguidance_scale": autoguidance_scale,
+            "autoguidance_interval": list(autoguidance_interval),
             "class_accuracy": (predictions == generated_labels).float().mean().item(),
             "fd_vs_test": frechet_distance_of_features(features, test_features),
         }
 
-    generated_labels, gen_pred, default_metrics = generation_metrics(guidance, interval)
+    default_setting = (guidance, list(interval), autoguidance, list(autoguidance_interval))
+    generated_labels, gen_pred, default_metrics = generation_metrics(*default_setting)
     results["generation"] = {
         **default_metrics,
         "steps": steps,
@@ -275,15 +288,34 @@ def main():
     }
     results["guidance_comparison"] = [default_metrics]
     for spec in args.compare_guidance:
-        scale, *times = (float(value) for value in spec.split(":"))
-        setting = (scale, times or [0.0, 1.0])
-        if setting != (guidance, list(interval)):
+        setting = parse_guidance_setting(spec)
+        if setting != default_setting:
             results["guidance_comparison"].append(generation_metrics(*setting)[2])
     results["seconds"] = time.time() - started
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     Path(args.output).write_text(render(results))
     print(render(results))
+
+
+def parse_guidance_setting(spec: str) -> tuple[float, list[float], float, list[float]]:
+    """`SCALE[:T_START:T_END][@SCALE[:T_START:T_END]]` -> (guidance, its interval, autoguidance, its interval);
+    no `@` part: no autoguidance (scale 1); no times: the whole trajectory."""
+    setting = []
+    for part in (spec.split("@", 1) + ["1"])[:2]:
+        values = [float(value) for value in part.split(":")]
+        if len(values) not in (1, 3):
+            raise ValueError(f"Bad guidance setting {spec!r}: expected SCALE[:T_START:T_END][@SCALE[:T_START:T_END]].")
+        setting += [values[0], values[1:] or [0.0, 1.0]]
+    return tuple(setting)
+
+
+def format_autoguidance(row: dict) -> str:
+    scale = row.get("autoguidance_scale", 1.0)  # reports from before autoguidance have none
+    if scale == 1:
+        return "–"
+    interval = format_interval(row["autoguidance_interval"])
+    return f"{scale:g}" + (f" at {interval}" if interval else "")
 
 
 def format_interval(interval) -> str | None:
@@ -345,7 +377,8 @@ def render(results: dict) -> str:
         "## Generation",
         "",
         f"{gen['num_images']} samples (equal per class), guidance {gen['guidance_scale']}"
-        f"{f' at flow times {guided_times} (0 = noise)' if guided_times else ''}, {gen['steps']} "
+        f"{f' at flow times {guided_times} (0 = noise)' if guided_times else ''}"
+        f"{f', autoguidance {format_autoguidance(gen)}' if format_autoguidance(gen) != '–' else ''}, {gen['steps']} "
         f"{gen.get('solver', 'euler').capitalize()} steps of the generator, {gen.get('decoder_steps', 1)} decoder "
         f"step(s), judged by an independently trained CNN (test accuracy {100 * results['judge_test_accuracy']:.2f} %).",
         "",
@@ -376,11 +409,12 @@ def render(results: dict) -> str:
             "",
             "Guidance settings (the same seeds and judge; the first row is the setting above):",
             "",
-            "| guidance | flow times guided | class accuracy | Fréchet distance | ratio to the floor |",
-            "| ---: | --- | ---: | ---: | ---: |",
+            "| guidance | flow times guided | autoguidance | class accuracy | Fréchet distance | ratio to the floor |",
+            "| ---: | --- | --- | ---: | ---: | ---: |",
         ]
         lines += [
             f"| {row['guidance_scale']} | {format_interval(row['guidance_interval']) or 'all (0 to 1)'} | "
+            f"{format_autoguidance(row)} | "
             f"{100 * row['class_accuracy']:.2f} % | {row['fd_vs_test']:.3f} | "
             f"{times_floor(row['fd_vs_test'], results)} |"
             for row in results["guidance_comparison"]
@@ -420,6 +454,10 @@ def render(results: dict) -> str:
         "guides only an interval of flow times (`guidance_interval` in its config; Kynkäänniemi et al., 2024) and "
         "can then guide harder for the same accuracy "
         "(`--guidance-scale`, `--guidance-interval` and `--compare-guidance` re-measure at other settings).",
+        "- Autoguidance (Karras et al., 2024) extrapolates the class-conditional prediction away from a weaker "
+        "model's, the pipeline's `guide_transformer` (a smaller DiT trained for fewer steps on the same latents): "
+        "where the two differ is where the main model errs too, so it corrects errors instead of trading diversity "
+        "for class fidelity, and it can act where classifier-free guidance does not (`autoguidance_interval`).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -10,8 +10,9 @@
 (or `python -m uniflow_hf.conversion_scripts.convert_uniflow_to_diffusers ...`).
 
 A generator folder is a saved `DiTTransformer2DModel` (config.json + weights), optionally with the
-`scheduler_config.json` of its latent flow, plus `uniflow_generator_config.json`: the pipeline settings a DiT config
-cannot hold (`id2label`, `latent_mean`, `latent_std`).
+`scheduler_config.json` of its latent flow and a `guide_transformer/` folder (the DiT of autoguidance), plus
+`uniflow_generator_config.json`: the pipeline settings a DiT config cannot hold (`id2label`, `latent_mean`,
+`latent_std`, and the sampling defaults: decoder steps, guidance, autoguidance).
 """
 
 from __future__ import annotations
@@ -23,11 +24,16 @@ from pathlib import Path
 
 
 GENERATOR_CONFIG_NAME = "uniflow_generator_config.json"
-GENERATOR_SETTINGS = ("id2label", "latent_mean", "latent_std")
+GENERATOR_SETTINGS = (
+    "id2label", "latent_mean", "latent_std", "decoder_num_inference_steps", "guidance_scale", "guidance_interval",
+    "autoguidance_scale", "autoguidance_interval",
+)
+GUIDE_FOLDER = "guide_transformer"
 
 
 def load_generator(generator_dir: str | Path, dtype=None):
-    """(transformer, latent-flow scheduler, pipeline settings) of a generator folder."""
+    """(transformer, latent-flow scheduler, pipeline settings with the guide transformer if any) of a generator
+    folder."""
     from diffusers import DiTTransformer2DModel
 
     from uniflow_hf import UniFlowFlowMatchScheduler
@@ -45,6 +51,8 @@ def load_generator(generator_dir: str | Path, dtype=None):
     unknown = set(settings) - set(GENERATOR_SETTINGS)
     if unknown:
         raise ValueError(f"{settings_path} has unknown keys {sorted(unknown)}; expected {list(GENERATOR_SETTINGS)}.")
+    if (generator_dir / GUIDE_FOLDER / "config.json").is_file():
+        settings["guide_transformer"] = DiTTransformer2DModel.from_pretrained(generator_dir / GUIDE_FOLDER, torch_dtype=dtype)
     return transformer, scheduler, settings
 
 
@@ -120,6 +128,8 @@ def convert_diffusers_to_uniflow(
         generator_dir = Path(generator_dir)
         pipeline.transformer.save_pretrained(generator_dir)
         pipeline.scheduler.save_pretrained(generator_dir)
+        if pipeline.guide_transformer is not None:
+            pipeline.guide_transformer.save_pretrained(generator_dir / GUIDE_FOLDER)
         settings = {key: pipeline.config[key] for key in GENERATOR_SETTINGS}
         (generator_dir / GENERATOR_CONFIG_NAME).write_text(json.dumps(settings, indent=2) + "\n")
     elif is_class_conditional:

@@ -35,15 +35,15 @@ def grid_to_latents(grid_latents: torch.Tensor) -> torch.Tensor:
 DEFAULT_GUIDANCE_SCALE = 1.5
 
 
-def check_guidance_scale(guidance_scale: float | None) -> float | None:
+def check_guidance_scale(guidance_scale: float | None, name: str = "guidance_scale") -> float | None:
     if guidance_scale is not None and (
         not isinstance(guidance_scale, numbers.Real) or isinstance(guidance_scale, bool) or not guidance_scale >= 0
     ):
-        raise ValueError(f"`guidance_scale` must be a number >= 0 (1 = no guidance), got {guidance_scale!r}.")
+        raise ValueError(f"`{name}` must be a number >= 0 (1 = no guidance), got {guidance_scale!r}.")
     return None if guidance_scale is None else float(guidance_scale)
 
 
-def check_guidance_interval(interval: Sequence[float] | None) -> list[float] | None:
+def check_guidance_interval(interval: Sequence[float] | None, name: str = "guidance_interval") -> list[float] | None:
     """`(t_start, t_end)` with 0 <= t_start <= t_end <= 1 as a list (how the pipeline config stores it), or `None`."""
     if interval is None:
         return None
@@ -55,7 +55,7 @@ def check_guidance_interval(interval: Sequence[float] | None) -> list[float] | N
         or not 0 <= values[0] <= values[1] <= 1
     ):
         raise ValueError(
-            "`guidance_interval` must be a pair (t_start, t_end) of flow times with 0 <= t_start <= t_end <= 1 "
+            f"`{name}` must be a pair (t_start, t_end) of flow times with 0 <= t_start <= t_end <= 1 "
             f"(t = 0 is the noise, t = 1 the data), or None for the whole trajectory; got {interval!r}."
         )
     return [float(v) for v in values]
@@ -72,8 +72,8 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
     r"""
     Class-conditional generation with a UniFlow tokenizer: a [`DiTTransformer2DModel`] predicts the velocity of a
     rectified flow over the tokenizer's latent grid (t = 0 noise -> t = 1 data, sampled by `scheduler`), with
-    classifier-free guidance; the latents are de-normalised and decoded to pixels by the tokenizer's flow decoder
-    (sampled by `decoder_scheduler`).
+    classifier-free guidance and, with a `guide_transformer`, autoguidance; the latents are de-normalised and decoded
+    to pixels by the tokenizer's flow decoder (sampled by `decoder_scheduler`).
 
     The transformer follows diffusers' DiT convention: `num_embeds_ada_norm` is the number of classes and the id
     `num_embeds_ada_norm` is the null class of classifier-free guidance (the extra row diffusers' `LabelEmbedding`
@@ -103,10 +103,17 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         guidance_scale (`float`, *optional*), guidance_interval (`tuple[float, float]`, *optional*): the defaults of
             the same arguments of `__call__`, the sampling settings a trained generator is meant to be used with
             (`None`: guidance 1.5, over the whole trajectory).
+        guide_transformer ([`DiTTransformer2DModel`], *optional*): a weaker model of the same latents and classes
+            (smaller, trained less), the guiding model of autoguidance (Karras et al., 2024, "Guiding a Diffusion
+            Model with a Bad Version of Itself"): its errors point the way the main model's own errors go, so
+            extrapolating away from it corrects them without the loss of diversity that classifier-free guidance
+            costs. It must have the transformer's latent shape and classes.
+        autoguidance_scale (`float`, *optional*), autoguidance_interval (`tuple[float, float]`, *optional*): the
+            defaults of the same arguments of `__call__` (`None`: 1, no autoguidance; over the whole trajectory).
     """
 
-    model_cpu_offload_seq = "transformer->tokenizer"
-    _optional_components = ["image_processor"]
+    model_cpu_offload_seq = "transformer->guide_transformer->tokenizer"
+    _optional_components = ["image_processor", "guide_transformer"]
 
     def __init__(
         self,
@@ -121,11 +128,21 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         decoder_num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         guidance_interval: Sequence[float] | None = None,
+        guide_transformer: DiTTransformer2DModel | None = None,
+        autoguidance_scale: float | None = None,
+        autoguidance_interval: Sequence[float] | None = None,
     ):
         super().__init__()
         check_num_inference_steps(decoder_num_inference_steps, "decoder_num_inference_steps", allow_none=True)
         guidance_scale = check_guidance_scale(guidance_scale)
         guidance_interval = check_guidance_interval(guidance_interval)
+        autoguidance_scale = check_guidance_scale(autoguidance_scale, "autoguidance_scale")
+        autoguidance_interval = check_guidance_interval(autoguidance_interval, "autoguidance_interval")
+        if guide_transformer is None and autoguidance_scale not in (None, 1.0):
+            raise ValueError(
+                f"`autoguidance_scale` {autoguidance_scale} needs a `guide_transformer`; without one pass "
+                "`autoguidance_scale=None` (or 1), i.e. no autoguidance."
+            )
         if image_processor is None and tokenizer is not None:
             image_processor = default_image_processor(tokenizer)
         self.register_modules(
@@ -134,6 +151,7 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             tokenizer=tokenizer,
             decoder_scheduler=decoder_scheduler,
             image_processor=image_processor,
+            guide_transformer=guide_transformer,
         )
         id2label = normalize_id2label(id2label)
         latent_mean = self._check_latent_statistic(latent_mean, "latent_mean", tokenizer)
@@ -142,6 +160,8 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             raise ValueError(f"`latent_std` must be positive, got {latent_std}.")
         if transformer is not None:
             self._check_transformer(transformer, tokenizer, id2label)
+            if guide_transformer is not None:
+                self._check_guide_transformer(guide_transformer, transformer)
         self.register_to_config(
             id2label=id2label,
             latent_mean=latent_mean,
@@ -149,6 +169,8 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             decoder_num_inference_steps=decoder_num_inference_steps,
             guidance_scale=guidance_scale,
             guidance_interval=guidance_interval,
+            autoguidance_scale=autoguidance_scale,
+            autoguidance_interval=autoguidance_interval,
         )
 
     @staticmethod
@@ -187,6 +209,19 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
                 )
         if id2label is not None and any(not 0 <= class_id < num_classes for class_id in id2label):
             raise ValueError(f"`id2label` has ids outside 0..{num_classes - 1}: {sorted(id2label)}.")
+
+    @staticmethod
+    def _check_guide_transformer(guide_transformer, transformer) -> None:
+        keys = ("in_channels", "sample_size", "num_embeds_ada_norm")
+        guide = {key: guide_transformer.config[key] for key in keys}
+        guide["out_channels"] = guide_transformer.config.out_channels or guide["in_channels"]
+        main = {key: transformer.config[key] for key in keys}
+        main["out_channels"] = transformer.config.out_channels or main["in_channels"]
+        if guide != main:
+            raise ValueError(
+                f"The guide_transformer must model the transformer's latents and classes: it has {guide}, the "
+                f"transformer {main}."
+            )
 
     @property
     def num_classes(self) -> int:
@@ -254,6 +289,16 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         """The flow times a call guides when not told: the pipeline's config, else the whole trajectory."""
         return [0.0, 1.0] if self.config.guidance_interval is None else self.config.guidance_interval
 
+    @property
+    def default_autoguidance_scale(self) -> float:
+        """The autoguidance a call uses when not told: the pipeline's config, else 1 (none)."""
+        return 1.0 if self.config.autoguidance_scale is None else self.config.autoguidance_scale
+
+    @property
+    def default_autoguidance_interval(self) -> list[float]:
+        """The flow times a call autoguides when not told: the pipeline's config, else the whole trajectory."""
+        return [0.0, 1.0] if self.config.autoguidance_interval is None else self.config.autoguidance_interval
+
     def denormalize_latents(self, grid_latents: torch.Tensor) -> torch.Tensor:
         """The transformer's space (B, C, grid, grid) -> tokenizer latents (B, N, C)."""
         mean, std = self._latent_statistics(grid_latents.device, grid_latents.dtype)
@@ -270,6 +315,8 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         guidance_interval: Sequence[float] | None = None,
+        autoguidance_scale: float | None = None,
+        autoguidance_interval: Sequence[float] | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Args:
@@ -293,6 +340,12 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
                 near the noise decides the layout and costs the most diversity, so leaving it out there can lower
                 the Fréchet distance at a given class accuracy (Kynkäänniemi et al., 2024, "Applying Guidance in a
                 Limited Interval"). When `None`: the pipeline's `config.guidance_interval`, else the whole trajectory.
+            autoguidance_scale (`float`, *optional*): autoguidance by the `guide_transformer`, added to the velocity
+                above as `(autoguidance_scale - 1) * (v_class - v_guide)` (`v_guide`: the guide's prediction for the
+                same class), so `1` is none. When `None`: the pipeline's `config.autoguidance_scale`, else 1. A value
+                other than 1 needs a `guide_transformer`.
+            autoguidance_interval (`tuple[float, float]`, *optional*): the flow times it applies at, as
+                `guidance_interval`. When `None`: the pipeline's `config.autoguidance_interval`, else all.
 
         Examples:
         ```py
@@ -312,6 +365,18 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         guidance_start, guidance_end = check_guidance_interval(
             self.default_guidance_interval if guidance_interval is None else guidance_interval
         )
+        autoguidance_scale = check_guidance_scale(
+            self.default_autoguidance_scale if autoguidance_scale is None else autoguidance_scale, "autoguidance_scale"
+        )
+        autoguidance_start, autoguidance_end = check_guidance_interval(
+            self.default_autoguidance_interval if autoguidance_interval is None else autoguidance_interval,
+            "autoguidance_interval",
+        )
+        if autoguidance_scale != 1 and self.guide_transformer is None:
+            raise ValueError(
+                f"`autoguidance_scale` {autoguidance_scale} needs a `guide_transformer`, and this pipeline has none "
+                "(1 = no autoguidance)."
+            )
         class_ids = self.get_label_ids(class_labels)
         batch_size = len(class_ids)
         check_generator(generator, batch_size)
@@ -328,16 +393,23 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         times = (self.scheduler.timesteps / self.scheduler.config.num_train_timesteps).tolist()
         # which network calls to guide, compared at 6 decimals (float32 grid times: 0.2 may read 0.19999998)
         guided = [guidance_scale != 1 and guidance_start <= round(t, 6) <= guidance_end for t in times]
-        for timestep, do_guidance in zip(self.progress_bar(self.scheduler.timesteps), guided):
+        autoguided = [autoguidance_scale != 1 and autoguidance_start <= round(t, 6) <= autoguidance_end for t in times]
+        for timestep, do_guidance, do_autoguidance in zip(self.progress_bar(self.scheduler.timesteps), guided, autoguided):
             model_input = torch.cat([latents, latents]) if do_guidance else latents
             velocity = self.transformer(
                 model_input,
                 timestep=timestep.expand(model_input.shape[0]),
                 class_labels=labels_and_null if do_guidance else labels,
             ).sample
+            velocity_class = velocity[:batch_size]
             if do_guidance:
-                velocity_class, velocity_null = velocity.chunk(2)
+                velocity_null = velocity[batch_size:]
                 velocity = velocity_null + guidance_scale * (velocity_class - velocity_null)
+            if do_autoguidance:
+                velocity_guide = self.guide_transformer(
+                    latents.to(self.guide_transformer.dtype), timestep=timestep.expand(batch_size), class_labels=labels
+                ).sample.to(velocity.dtype)
+                velocity = velocity + (autoguidance_scale - 1) * (velocity_class - velocity_guide)
             latents = self.scheduler.step(velocity, timestep, latents).prev_sample
 
         latents = self.denormalize_latents(latents)

@@ -225,6 +225,24 @@ def test_the_recipe_stages_chain_into_a_pipeline(tmp_path):
     images = pipe(["Bag", "Trouser"], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
     assert images.shape == (2, 3, 28, 28) and torch.isfinite(images).all()
 
+    # e. a smaller DiT on the same latents, attached as the pipeline's autoguidance guide
+    run_stage("train-generator", "--tokenizer", str(decoder_tuned), "--output-dir", str(tmp_path / "guide"), "--steps",
+              "2", "--batch-size", "16", "--max-train", "64", "--seed", "2", "--transformer-kwargs", '{"num_layers": 1}')
+    attach = subprocess.run(
+        [sys.executable, "-m", "uniflow_hf.cli", "attach-guide", "--model", str(model), "--guide", str(tmp_path / "guide"),
+         "--autoguidance-scale", "2", "--autoguidance-interval", "0.8", "1", "--output-dir", str(tmp_path / "guided")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert attach.returncode == 0, attach.stderr[-3000:]
+    guided = UniFlowClassConditionalPipeline.from_pretrained(tmp_path / "guided")
+    guided.set_progress_bar_config(disable=True)
+    assert guided.guide_transformer.config.num_layers == 1 and guided.transformer.config.num_layers == 6
+    assert guided.config.autoguidance_scale == 2.0 and guided.config.autoguidance_interval == [0.8, 1.0]
+    assert guided.config.guidance_interval == [0.2, 1.0] and guided.config.decoder_num_inference_steps == 4
+    kwargs = dict(num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="latent")
+    autoguided = guided(["Bag"], **kwargs).images
+    assert not torch.allclose(autoguided, guided(["Bag"], **{**kwargs, "autoguidance_scale": 1.0}).images)
+
 
 def load_report_script():
     """`benchmarks/fmnist_report.py` as a module (it is a script, not part of the package)."""
@@ -315,3 +333,27 @@ def test_report_renders_the_tokenizer_bound_next_to_the_floor():
         f"| bound from the tokenizer: its reconstructions of the floor's training images, {decoder_steps} decoder "
         "step(s), vs test | 0.500 (2.00×) |"
     ]
+
+
+def test_report_guidance_settings_with_and_without_autoguidance():
+    """`--compare-guidance SCALE:T_START:T_END[@SCALE:T_START:T_END]`: after an @ the autoguidance, none without it;
+    the guidance table shows each row's autoguidance, and a report from before autoguidance renders with none."""
+    report = load_report_script()
+    assert report.parse_guidance_setting("2:0.24:0.7") == (2.0, [0.24, 0.7], 1.0, [0.0, 1.0])
+    assert report.parse_guidance_setting("1.5@2:0.7:1") == (1.5, [0.0, 1.0], 2.0, [0.7, 1.0])
+    with pytest.raises(ValueError, match="Bad guidance setting '2:0.24'"):
+        report.parse_guidance_setting("2:0.24")
+
+    results = committed_report()
+    for row in [results["generation"], *results["guidance_comparison"]]:
+        row.pop("autoguidance_scale", None)
+        row.pop("autoguidance_interval", None)
+    table = [line for line in report.render(results).splitlines() if line.startswith("| 2.0 | 0.24 ≤ t ≤ 0.7 |")]
+    assert len(table) == 1 and table[0].split(" | ")[2] == "–"
+    autoguided = {**results["guidance_comparison"][0], "autoguidance_scale": 2.0, "autoguidance_interval": [0.7, 1.0]}
+    results["guidance_comparison"].append(autoguided)
+    results["generation"].update(autoguidance_scale=2.0, autoguidance_interval=[0.7, 1.0])
+    rendered = report.render(results)
+    assert "guidance 2.0 at flow times 0.24 ≤ t ≤ 0.7 (0 = noise), autoguidance 2 at 0.7 ≤ t ≤ 1, 25" in rendered
+    rows = [line for line in rendered.splitlines() if line.startswith("| 2.0 | 0.24 ≤ t ≤ 0.7 |")]
+    assert [row.split(" | ")[2] for row in rows] == ["–", "2 at 0.7 ≤ t ≤ 1"]

@@ -188,9 +188,13 @@ def test_reconstruction_bad_inputs(reconstruction_pipeline, kwargs, error, match
 
 
 # ---------------------------------------------------------------------------------------- class-conditional
-def generate_latents_by_hand(pipeline, class_ids, guidance_scale, steps, generator, guidance_interval=(0.0, 1.0)):
+def generate_latents_by_hand(
+    pipeline, class_ids, guidance_scale, steps, generator, guidance_interval=(0.0, 1.0), guide=None,
+    autoguidance_scale=1.0, autoguidance_interval=(0.0, 1.0),
+):
     """The specification: Euler flow in the normalised latent space with CFG (at the times t = timestep / 1000 in
-    `guidance_interval`), then de-normalisation."""
+    `guidance_interval`) plus autoguidance by `guide` (at the times in `autoguidance_interval`), then
+    de-normalisation."""
     transformer, scheduler = pipeline.transformer, UniFlowFlowMatchScheduler()
     config = transformer.config
     latents = randn_tensor((len(class_ids), config.in_channels, config.sample_size, config.sample_size), generator=generator)
@@ -198,10 +202,12 @@ def generate_latents_by_hand(pipeline, class_ids, guidance_scale, steps, generat
     scheduler.set_timesteps(steps)
     for timestep in scheduler.timesteps:
         t = timestep.expand(len(class_ids))
-        velocity = transformer(latents, timestep=t, class_labels=labels).sample
+        conditional = velocity = transformer(latents, timestep=t, class_labels=labels).sample
         if guidance_scale != 1 and guidance_interval[0] <= timestep / 1000 <= guidance_interval[1]:
             unconditional = transformer(latents, timestep=t, class_labels=null).sample
-            velocity = unconditional + guidance_scale * (velocity - unconditional)
+            velocity = unconditional + guidance_scale * (conditional - unconditional)
+        if autoguidance_scale != 1 and autoguidance_interval[0] <= timestep / 1000 <= autoguidance_interval[1]:
+            velocity = velocity + (autoguidance_scale - 1) * (conditional - guide(latents, t, class_labels=labels).sample)
         latents = scheduler.step(velocity, timestep, latents).prev_sample
     mean = torch.tensor(pipeline.config.latent_mean).reshape(1, -1, 1, 1)
     std = torch.tensor(pipeline.config.latent_std).reshape(1, -1, 1, 1)
@@ -266,6 +272,100 @@ def test_guidance_interval_ends_on_the_grid_are_inside(class_conditional_pipelin
     with mock.patch.object(transformer, "forward", wraps=transformer.forward) as forward:
         pipeline([1, 2], guidance_scale=2.0, num_inference_steps=5, guidance_interval=(0.2, 0.4))
     assert [call.args[0].shape[0] for call in forward.call_args_list] == [2, 4, 4, 4, 4, 2, 2, 2, 2, 2]
+
+
+@pytest.fixture
+def autoguided_pipeline(class_conditional_pipeline):
+    """The tiny pipeline with another tiny DiT (other weights) as its autoguidance guide, guiding by default."""
+    pipeline = class_conditional_pipeline
+    guide = tiny_transformer(pipeline.tokenizer.config, seed=1)
+    settings = {key: pipeline.config[key] for key in ("id2label", "latent_mean", "latent_std")}
+    pipeline = UniFlowClassConditionalPipeline(
+        **{**pipeline.components, "guide_transformer": guide}, **settings, autoguidance_scale=2.0,
+        autoguidance_interval=(0.5, 1.0),
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.mark.parametrize(
+    "guidance_scale, autoguidance_scale, autoguidance_interval", [(1.0, 2.5, (0.0, 1.0)), (3.0, 2.0, (0.5, 1.0))]
+)
+def test_autoguidance_follows_the_specification(
+    autoguided_pipeline, guidance_scale, autoguidance_scale, autoguidance_interval
+):
+    pipeline = autoguided_pipeline
+    kwargs = dict(guidance_scale=guidance_scale, num_inference_steps=4, guidance_interval=(0.25, 0.5))
+    latents = pipeline([0, 2], generator=torch.manual_seed(0), output_type="latent", autoguidance_scale=autoguidance_scale,
+                       autoguidance_interval=autoguidance_interval, **kwargs).images
+    expected = generate_latents_by_hand(
+        pipeline, [0, 2], guidance_scale, 4, torch.manual_seed(0), guidance_interval=(0.25, 0.5),
+        guide=pipeline.guide_transformer, autoguidance_scale=autoguidance_scale,
+        autoguidance_interval=autoguidance_interval,
+    )
+    assert torch.allclose(latents, expected, atol=1e-5)
+    unguided = pipeline([0, 2], generator=torch.manual_seed(0), output_type="latent", autoguidance_scale=1.0, **kwargs)
+    assert torch.allclose(
+        unguided.images,
+        generate_latents_by_hand(pipeline, [0, 2], guidance_scale, 4, torch.manual_seed(0), guidance_interval=(0.25, 0.5)),
+        atol=1e-5,
+    )
+    assert not torch.allclose(latents, unguided.images, atol=1e-4)
+
+
+def test_autoguidance_defaults_calls_and_save_load(autoguided_pipeline, tmp_path):
+    """The config's autoguidance (2 over t >= 0.5) calls the guide at t = 0.5 and 0.75 of 4 Euler steps, with the
+    requested classes; it is saved with the guide, and a call overrides it."""
+    pipeline = autoguided_pipeline
+    guide = pipeline.guide_transformer
+
+    def guide_labels(pipe, **kwargs):
+        with mock.patch.object(pipe.guide_transformer, "forward", wraps=pipe.guide_transformer.forward) as forward:
+            pipe([1, 2], guidance_scale=2.0, num_inference_steps=4, **kwargs)
+        return [(call.args[0].shape[0], call.kwargs["class_labels"].tolist()) for call in forward.call_args_list]
+
+    assert guide_labels(pipeline) == [(2, [1, 2])] * 2
+    assert guide_labels(pipeline, autoguidance_interval=(0.0, 1.0)) == [(2, [1, 2])] * 4
+    assert guide_labels(pipeline, autoguidance_scale=1.0) == []
+
+    kwargs = dict(num_inference_steps=4, output_type="pt")
+    expected = pipeline(["stripes", 1], generator=torch.manual_seed(0), **kwargs).images
+    pipeline.save_pretrained(tmp_path)
+    model_index = json.loads((tmp_path / "model_index.json").read_text())
+    assert model_index["guide_transformer"] == ["diffusers", "DiTTransformer2DModel"]
+    assert model_index["autoguidance_scale"] == 2.0 and model_index["autoguidance_interval"] == [0.5, 1.0]
+    loaded = DiffusionPipeline.from_pretrained(tmp_path, dtype=torch.float32)
+    loaded.set_progress_bar_config(disable=True)
+    assert torch.equal(loaded.guide_transformer.pos_embed.proj.weight, guide.pos_embed.proj.weight)
+    assert torch.equal(loaded(["stripes", 1], generator=torch.manual_seed(0), **kwargs).images, expected)
+
+
+def test_pipeline_without_a_guide_saves_and_loads_none(class_conditional_pipeline, tmp_path):
+    """A folder saved before pipelines had a guide (no `guide_transformer` in model_index.json) loads without one."""
+    class_conditional_pipeline.save_pretrained(tmp_path)
+    model_index = json.loads((tmp_path / "model_index.json").read_text())
+    assert model_index["guide_transformer"] == [None, None] and model_index["autoguidance_scale"] is None
+    for key in ("guide_transformer", "autoguidance_scale", "autoguidance_interval"):
+        del model_index[key]
+    (tmp_path / "model_index.json").write_text(json.dumps(model_index))
+    loaded = UniFlowClassConditionalPipeline.from_pretrained(tmp_path)
+    assert loaded.guide_transformer is None and loaded.default_autoguidance_scale == 1.0
+
+
+def test_autoguidance_bad_inputs(class_conditional_pipeline, autoguided_pipeline):
+    pipeline = class_conditional_pipeline
+    settings = {key: pipeline.config[key] for key in ("id2label", "latent_mean", "latent_std")}
+    with pytest.raises(ValueError, match="needs a `guide_transformer`"):
+        UniFlowClassConditionalPipeline(**pipeline.components, **settings, autoguidance_scale=2.0)
+    with pytest.raises(ValueError, match="needs a `guide_transformer`.*has none"):
+        pipeline([0], autoguidance_scale=2.0)
+    with pytest.raises(ValueError, match="autoguidance_scale"):
+        autoguided_pipeline([0], autoguidance_scale=-1.0)
+    with pytest.raises(ValueError, match="autoguidance_interval"):
+        autoguided_pipeline([0], autoguidance_interval=(0.7, 0.2))
+    other_classes = tiny_transformer(pipeline.tokenizer.config, num_classes=4)
+    with pytest.raises(ValueError, match="guide_transformer must model the transformer's latents and classes"):
+        UniFlowClassConditionalPipeline(**{**pipeline.components, "guide_transformer": other_classes})
 
 
 def test_guidance_scale_default_from_the_pipeline_config(class_conditional_pipeline, tmp_path):
@@ -577,6 +677,30 @@ def test_converter_class_conditional_round_trip(class_conditional_pipeline, tmp_
     )
 
 
+def test_converter_keeps_the_guide_and_the_sampling_defaults(autoguided_pipeline, tmp_path):
+    from uniflow_hf.conversion_scripts.convert_uniflow_to_diffusers import main
+
+    pipeline = autoguided_pipeline
+    pipeline.register_to_config(guidance_scale=2.5, guidance_interval=[0.25, 0.75], decoder_num_inference_steps=2)
+    pipeline.save_pretrained(tmp_path / "pipeline")
+    plain_dir, generator_dir, rebuilt_dir = tmp_path / "plain", tmp_path / "generator", tmp_path / "rebuilt"
+    assert main(["--reverse", "--input", str(tmp_path / "pipeline"), "--output", str(plain_dir),
+                 "--generator", str(generator_dir)]) == 0
+    assert (generator_dir / "guide_transformer" / "config.json").is_file()
+    assert main(["--input", str(plain_dir), "--generator", str(generator_dir), "--output", str(rebuilt_dir)]) == 0
+
+    rebuilt = UniFlowClassConditionalPipeline.from_pretrained(rebuilt_dir)
+    rebuilt.set_progress_bar_config(disable=True)
+    for key in ("guidance_scale", "guidance_interval", "decoder_num_inference_steps", "autoguidance_scale",
+                "autoguidance_interval"):
+        assert rebuilt.config[key] == pipeline.config[key], key
+    kwargs = dict(num_inference_steps=4, output_type="pt")
+    assert torch.equal(
+        rebuilt([0, 2], generator=torch.manual_seed(0), **kwargs).images,
+        pipeline([0, 2], generator=torch.manual_seed(0), **kwargs).images,
+    )
+
+
 def test_converter_errors(tmp_path, capsys):
     from uniflow_hf.conversion_scripts.convert_uniflow_to_diffusers import main
 
@@ -615,6 +739,40 @@ def test_generate_command(class_conditional_pipeline, tmp_path, capsys):
     assert not np.array_equal(written, np.asarray(Image.open(output_dir / "stripes_0000.png")))  # guided: 1.5
     assert cli_main(["generate", "--label", "hexagon", "--model", str(model_dir), "--output-dir", str(output_dir)]) == 2
     assert "Known names: 'circle', 'square', 'stripes'" in capsys.readouterr().err
+
+
+def test_attach_guide_command(class_conditional_pipeline, tmp_path, capsys):
+    """`attach-guide` saves the pipeline with the guide's DiT and the autoguidance default; `generate` uses it. A guide
+    trained on other latents (other statistics) is refused."""
+    pipeline = class_conditional_pipeline
+    guide = UniFlowClassConditionalPipeline(
+        **{**pipeline.components, "transformer": tiny_transformer(pipeline.tokenizer.config, seed=1)},
+        **{key: pipeline.config[key] for key in ("id2label", "latent_mean", "latent_std")},
+    )
+    pipeline.save_pretrained(tmp_path / "model")
+    guide.save_pretrained(tmp_path / "guide")
+    argv = ["attach-guide", "--model", str(tmp_path / "model"), "--guide", str(tmp_path / "guide"),
+            "--autoguidance-scale", "2", "--autoguidance-interval", "0.5", "1"]
+    assert cli_main([*argv, "--output-dir", str(tmp_path / "guided")]) == 0
+    guided = UniFlowClassConditionalPipeline.from_pretrained(tmp_path / "guided")
+    assert guided.default_autoguidance_scale == 2.0 and guided.default_autoguidance_interval == [0.5, 1.0]
+    assert torch.equal(guided.guide_transformer.pos_embed.proj.weight, guide.transformer.pos_embed.proj.weight)
+    assert torch.equal(guided.transformer.pos_embed.proj.weight, pipeline.transformer.pos_embed.proj.weight)
+
+    generate = ["generate", "--label", "square", "--num-images", "1", "--steps", "4", "--model", str(tmp_path / "guided")]
+    assert cli_main([*generate, "--output-dir", str(tmp_path / "images")]) == 0
+    expected = guided([1], num_inference_steps=4, generator=generators([0]), output_type="np").images
+    written = np.asarray(Image.open(tmp_path / "images" / "square_0000.png"))
+    assert np.array_equal(written, np.round(expected[0] * 255).astype(np.uint8))
+    assert cli_main([*generate, "--autoguidance-scale", "1", "--output-dir", str(tmp_path / "plain")]) == 0
+    assert not np.array_equal(written, np.asarray(Image.open(tmp_path / "plain" / "square_0000.png")))
+
+    guide.register_to_config(latent_std=[2 * value for value in guide.config.latent_std])
+    guide.save_pretrained(tmp_path / "other-latents")
+    argv[4] = str(tmp_path / "other-latents")
+    assert cli_main([*argv, "--output-dir", str(tmp_path / "refused")]) == 2
+    assert "The guide was not trained on this pipeline's latents: its `latent_std`" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
 
 
 def test_reconstruct_command(reconstruction_pipeline, tmp_path, capsys):

@@ -378,6 +378,7 @@ def train_fmnist_generator(
     lr_scheduler_type: str = "constant",
     warmup_steps: int = 0,
     noise_scheduler=None,
+    transformer_kwargs: dict | None = None,
 ):
     """Stage c: the class-conditional latent generator on the adapted tokenizer's latents of the 60k training images
     (or the first `max_train`), saved with the tokenizer as one `UniFlowClassConditionalPipeline` folder (whose
@@ -385,7 +386,8 @@ def train_fmnist_generator(
     latent flow runs `solver`); with `ema_decay`, the saved weights are an exponential moving average of the trained
     ones. `init_generator` (a pipeline folder of this stage) continues training its DiT instead of a new one, first
     deepened by `add_layers` identity-initialised blocks when given; `lr_scheduler_type` and `warmup_steps` set the
-    learning-rate schedule and `noise_scheduler` the training flow times (see `train_generator`)."""
+    learning-rate schedule, `noise_scheduler` the training flow times and `transformer_kwargs` the size of a new DiT
+    (see `train_generator`)."""
     from .generator_training import train_generator
     from .modeling import UniFlowModel
 
@@ -397,7 +399,7 @@ def train_fmnist_generator(
         encode_batch_size=1000, decoder_num_inference_steps=decoder_num_inference_steps, ema_decay=ema_decay,
         solver=solver, init_transformer=init_generator, add_layers=add_layers, guidance_scale=guidance_scale,
         guidance_interval=guidance_interval, lr_scheduler_type=lr_scheduler_type, warmup_steps=warmup_steps,
-        noise_scheduler=noise_scheduler,
+        noise_scheduler=noise_scheduler, transformer_kwargs=transformer_kwargs,
     )
     print(f"generator: final loss {sum(result.losses[-100:]) / min(100, len(result.losses)):.4f} -> {output_dir}")
     return result.pipeline

@@ -385,8 +385,54 @@ def train_generator(
     return GeneratorTrainingOutput(pipeline=pipeline, losses=losses)
 
 
+# the settings of a class-conditional pipeline's config that `attach_guide` carries over unchanged
+_PIPELINE_SETTINGS = (
+    "id2label", "latent_mean", "latent_std", "decoder_num_inference_steps", "guidance_scale", "guidance_interval"
+)
+
+
+def attach_guide(
+    pipeline: UniFlowClassConditionalPipeline | str | os.PathLike,
+    guide: UniFlowClassConditionalPipeline | str | os.PathLike,
+    autoguidance_scale: float,
+    autoguidance_interval: tuple[float, float] | None = None,
+) -> UniFlowClassConditionalPipeline:
+    """`pipeline` with the DiT of `guide` as its `guide_transformer` and the given autoguidance as its default.
+
+    `guide` (a pipeline or its folder, e.g. a smaller DiT trained for fewer steps by `train_generator`) must have been
+    trained on the same latents: the same classes and the same latent statistics, which `train_generator` measures
+    from the tokenizer's latents of the dataset. Its own tokenizer and settings are not used."""
+    pipeline, guide = (
+        value if isinstance(value, UniFlowClassConditionalPipeline)
+        else UniFlowClassConditionalPipeline.from_pretrained(os.fspath(value))
+        for value in (pipeline, guide)
+    )
+    for key in ("id2label", "latent_mean", "latent_std"):
+        ours, theirs = pipeline.config[key], guide.config[key]
+        if isinstance(ours, list) and isinstance(theirs, list):  # statistics: equal up to float rounding
+            same = len(ours) == len(theirs) and all(
+                math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6) for a, b in zip(ours, theirs)
+            )
+        else:
+            same = ours == theirs
+        if not same:
+            raise ValueError(
+                f"The guide was not trained on this pipeline's latents: its `{key}` is {theirs}, the pipeline's "
+                f"{ours}. Train it with `train_generator` on the same tokenizer and dataset."
+            )
+    components = {name: module for name, module in pipeline.components.items() if name != "guide_transformer"}
+    return UniFlowClassConditionalPipeline(
+        **components,
+        guide_transformer=guide.transformer,
+        **{key: pipeline.config[key] for key in _PIPELINE_SETTINGS},
+        autoguidance_scale=autoguidance_scale,
+        autoguidance_interval=autoguidance_interval,
+    )
+
+
 __all__ = [
     "GeneratorTrainingOutput",
+    "attach_guide",
     "LR_SCHEDULER_TYPES",
     "build_generator_transformer",
     "dataset_id2label",

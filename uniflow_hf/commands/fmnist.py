@@ -6,6 +6,7 @@ from .generate import (
     add_guidance_arguments,
     add_init_generator_arguments,
     add_lr_schedule_arguments,
+    add_transformer_kwargs_argument,
     add_training_timestep_arguments,
     training_noise_scheduler,
 )
@@ -54,6 +55,7 @@ def register(subparsers) -> None:
     stage.add_argument("--batch-size", type=int, default=128)
     stage.add_argument("--learning-rate", type=float, default=5e-4)
     add_lr_schedule_arguments(stage)
+    add_transformer_kwargs_argument(stage)
     add_init_generator_arguments(stage)
     stage.add_argument("--max-train", type=int, default=None)
     stage.add_argument(
@@ -130,6 +132,6 @@ def _generator(args) -> int:
         solver=args.solver, learning_rate=args.learning_rate, init_generator=args.init_generator,
         add_layers=args.add_layers, guidance_scale=args.guidance_scale, guidance_interval=args.guidance_interval,
         lr_scheduler_type=args.lr_scheduler_type, warmup_steps=args.warmup_steps,
-        noise_scheduler=training_noise_scheduler(args),
+        noise_scheduler=training_noise_scheduler(args), transformer_kwargs=args.transformer_kwargs,
     )
     return 0

@@ -1,4 +1,4 @@
-"""`uniflow-hf generate`, `uniflow-hf reconstruct` and `uniflow-hf train-generator`."""
+"""`uniflow-hf generate`, `uniflow-hf reconstruct`, `uniflow-hf train-generator` and `uniflow-hf attach-guide`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ def register(subparsers) -> None:
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--model", default=None, help="class-conditional pipeline folder (default: the shipped model)")
     add_guidance_arguments(parser, "classifier-free guidance (1 = none; default: the pipeline's, else 1.5)")
+    add_autoguidance_arguments(parser, "autoguidance by the pipeline's guide_transformer (1 = none; default: the pipeline's)")
     parser.add_argument("--steps", type=int, default=25, help="steps of the latent flow")
     parser.add_argument("--decoder-steps", type=int, default=None, help="steps of the pixel decoder (default: the pipeline's)")
     parser.set_defaults(func=run_generate)
@@ -52,14 +53,24 @@ def register(subparsers) -> None:
     )
     add_guidance_arguments(parser, "the pipeline's default classifier-free guidance (default: 1.5)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--transformer-kwargs", type=json.loads, default=None,
-        help='DiT size as JSON, e.g. \'{"num_layers": 4, "attention_head_dim": 32, "patch_size": 1}\'',
-    )
+    add_transformer_kwargs_argument(parser)
     add_init_generator_arguments(parser)
     add_lr_schedule_arguments(parser)
     add_training_timestep_arguments(parser)
     parser.set_defaults(func=run_train_generator)
+
+    parser = subparsers.add_parser(
+        "attach-guide",
+        help="give a class-conditional pipeline a weaker DiT of the same latents as its autoguidance guide",
+    )
+    parser.add_argument("--model", required=True, help="class-conditional pipeline folder")
+    parser.add_argument(
+        "--guide", required=True,
+        help="pipeline folder of the guide: a smaller and/or shorter-trained DiT on the same tokenizer and dataset",
+    )
+    parser.add_argument("--output-dir", required=True, help="where to save the pipeline with its guide")
+    add_autoguidance_arguments(parser, "the pipeline's default autoguidance (1 = none)", required=True)
+    parser.set_defaults(func=run_attach_guide)
 
 
 # ----------------------------------------------------------------------------------------------------- loading
@@ -159,6 +170,21 @@ def add_guidance_arguments(parser, scale_help: str) -> None:
     )
 
 
+def add_autoguidance_arguments(parser, scale_help: str, required: bool = False) -> None:
+    parser.add_argument("--autoguidance-scale", type=float, default=None, required=required, help=scale_help)
+    parser.add_argument(
+        "--autoguidance-interval", type=float, nargs=2, default=None, metavar=("T_START", "T_END"),
+        help="autoguide only at flow times in [T_START, T_END] (0 = noise, 1 = data; default: the pipeline's, else all)",
+    )
+
+
+def add_transformer_kwargs_argument(parser) -> None:
+    parser.add_argument(
+        "--transformer-kwargs", type=json.loads, default=None,
+        help='size of a new DiT as JSON, e.g. \'{"num_layers": 4, "attention_head_dim": 32, "patch_size": 1}\'',
+    )
+
+
 def add_init_generator_arguments(parser) -> None:
     parser.add_argument(
         "--init-generator", default=None,
@@ -236,6 +262,8 @@ def run_generate(args) -> int:
         [class_id] * args.num_images,
         guidance_scale=args.guidance_scale,
         guidance_interval=args.guidance_interval,
+        autoguidance_scale=args.autoguidance_scale,
+        autoguidance_interval=args.autoguidance_interval,
         num_inference_steps=args.steps,
         decoder_num_inference_steps=args.decoder_steps,
         generator=generators,
@@ -326,4 +354,14 @@ def run_train_generator(args) -> int:
     last = result.losses[-min(100, len(result.losses)) :]
     print(f"Trained {len(result.losses)} steps (mean loss of the last {len(last)}: {sum(last) / len(last):.4f})")
     print(f"Saved the UniFlowClassConditionalPipeline to {args.output_dir}")
+    return 0
+
+
+def run_attach_guide(args) -> int:
+    from ..generator_training import attach_guide
+
+    pipelines = [load_class_conditional_pipeline(folder) for folder in (args.model, args.guide)]
+    pipeline = attach_guide(*pipelines, args.autoguidance_scale, args.autoguidance_interval)
+    pipeline.save_pretrained(args.output_dir)
+    print(f"Saved the pipeline with its guide ({pipeline.guide_transformer.config.num_layers} blocks) to {args.output_dir}")
     return 0
