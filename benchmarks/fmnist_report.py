@@ -331,6 +331,7 @@ def times_floor(distance: float, results: dict) -> str:
 def render(results: dict) -> str:
     gen = results["generation"]
     guided_times = format_interval(gen.get("guidance_interval", [0.0, 1.0]))
+    autoguided = format_autoguidance(gen)
     flow_timesteps = {
         tuple(row["flow_timesteps"]) for row in ablation_rows(results["tokenizers"]).values() if "flow_timesteps" in row
     }
@@ -378,7 +379,7 @@ def render(results: dict) -> str:
         "",
         f"{gen['num_images']} samples (equal per class), guidance {gen['guidance_scale']}"
         f"{f' at flow times {guided_times} (0 = noise)' if guided_times else ''}"
-        f"{f', autoguidance {format_autoguidance(gen)}' if format_autoguidance(gen) != '–' else ''}, {gen['steps']} "
+        f"{f', autoguidance {autoguided}' if autoguided != '–' else ''}, {gen['steps']} "
         f"{gen.get('solver', 'euler').capitalize()} steps of the generator, {gen.get('decoder_steps', 1)} decoder "
         f"step(s), judged by an independently trained CNN (test accuracy {100 * results['judge_test_accuracy']:.2f} %).",
         "",

@@ -24,10 +24,6 @@ from pathlib import Path
 
 
 GENERATOR_CONFIG_NAME = "uniflow_generator_config.json"
-GENERATOR_SETTINGS = (
-    "id2label", "latent_mean", "latent_std", "decoder_num_inference_steps", "guidance_scale", "guidance_interval",
-    "autoguidance_scale", "autoguidance_interval",
-)
 GUIDE_FOLDER = "guide_transformer"
 
 
@@ -36,7 +32,7 @@ def load_generator(generator_dir: str | Path, dtype=None):
     folder."""
     from diffusers import DiTTransformer2DModel
 
-    from uniflow_hf import UniFlowFlowMatchScheduler
+    from uniflow_hf import UniFlowClassConditionalPipeline, UniFlowFlowMatchScheduler
 
     generator_dir = Path(generator_dir)
     if not (generator_dir / "config.json").is_file():
@@ -48,9 +44,10 @@ def load_generator(generator_dir: str | Path, dtype=None):
         scheduler = UniFlowFlowMatchScheduler()
     settings_path = generator_dir / GENERATOR_CONFIG_NAME
     settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
-    unknown = set(settings) - set(GENERATOR_SETTINGS)
+    expected = UniFlowClassConditionalPipeline.setting_names()
+    unknown = set(settings) - set(expected)
     if unknown:
-        raise ValueError(f"{settings_path} has unknown keys {sorted(unknown)}; expected {list(GENERATOR_SETTINGS)}.")
+        raise ValueError(f"{settings_path} has unknown keys {sorted(unknown)}; expected {expected}.")
     if (generator_dir / GUIDE_FOLDER / "config.json").is_file():
         settings["guide_transformer"] = DiTTransformer2DModel.from_pretrained(generator_dir / GUIDE_FOLDER, torch_dtype=dtype)
     return transformer, scheduler, settings
@@ -130,7 +127,7 @@ def convert_diffusers_to_uniflow(
         pipeline.scheduler.save_pretrained(generator_dir)
         if pipeline.guide_transformer is not None:
             pipeline.guide_transformer.save_pretrained(generator_dir / GUIDE_FOLDER)
-        settings = {key: pipeline.config[key] for key in GENERATOR_SETTINGS}
+        settings = pipeline.settings
         (generator_dir / GENERATOR_CONFIG_NAME).write_text(json.dumps(settings, indent=2) + "\n")
     elif is_class_conditional:
         print(f"Note: {input_dir} also holds a latent generator; pass --generator DIR to write it out too.")

@@ -212,16 +212,30 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
 
     @staticmethod
     def _check_guide_transformer(guide_transformer, transformer) -> None:
-        keys = ("in_channels", "sample_size", "num_embeds_ada_norm")
-        guide = {key: guide_transformer.config[key] for key in keys}
-        guide["out_channels"] = guide_transformer.config.out_channels or guide["in_channels"]
-        main = {key: transformer.config[key] for key in keys}
-        main["out_channels"] = transformer.config.out_channels or main["in_channels"]
+        def latent_interface(model) -> dict:
+            config = model.config
+            return {
+                "in_channels": config.in_channels, "out_channels": config.out_channels or config.in_channels,
+                "sample_size": config.sample_size, "num_embeds_ada_norm": config.num_embeds_ada_norm,
+            }
+
+        guide, main = latent_interface(guide_transformer), latent_interface(transformer)
         if guide != main:
             raise ValueError(
                 f"The guide_transformer must model the transformer's latents and classes: it has {guide}, the "
                 f"transformer {main}."
             )
+
+    @classmethod
+    def setting_names(cls) -> list[str]:
+        """The pipeline's own settings, kept in `model_index.json` beside its components: the `__init__` arguments
+        that are not components (class names, latent statistics, sampling defaults)."""
+        return cls._get_signature_keys(cls)[1]
+
+    @property
+    def settings(self) -> dict:
+        """The values of `setting_names()`, as `__init__` takes them."""
+        return {name: self.config[name] for name in self.setting_names()}
 
     @property
     def num_classes(self) -> int:

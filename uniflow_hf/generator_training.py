@@ -385,12 +385,6 @@ def train_generator(
     return GeneratorTrainingOutput(pipeline=pipeline, losses=losses)
 
 
-# the settings of a class-conditional pipeline's config that `attach_guide` carries over unchanged
-_PIPELINE_SETTINGS = (
-    "id2label", "latent_mean", "latent_std", "decoder_num_inference_steps", "guidance_scale", "guidance_interval"
-)
-
-
 def attach_guide(
     pipeline: UniFlowClassConditionalPipeline | str | os.PathLike,
     guide: UniFlowClassConditionalPipeline | str | os.PathLike,
@@ -424,9 +418,7 @@ def attach_guide(
     return UniFlowClassConditionalPipeline(
         **components,
         guide_transformer=guide.transformer,
-        **{key: pipeline.config[key] for key in _PIPELINE_SETTINGS},
-        autoguidance_scale=autoguidance_scale,
-        autoguidance_interval=autoguidance_interval,
+        **{**pipeline.settings, "autoguidance_scale": autoguidance_scale, "autoguidance_interval": autoguidance_interval},
     )
 
 
