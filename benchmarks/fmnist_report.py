@@ -37,6 +37,7 @@ def generate_all(
     pipeline, per_class: int, guidance_scale: float, steps: int, decoder_steps: int | None = None,
     batch_size: int = 500, seed: int = 0, guidance_interval: tuple[float, float] | None = None,
     autoguidance_scale: float | None = None, autoguidance_interval: tuple[float, float] | None = None,
+    guidance_rescale: float | None = None,
 ):
     images, labels = [], []
     generator = torch.Generator().manual_seed(seed)
@@ -45,7 +46,7 @@ def generate_all(
             n = min(batch_size, per_class - start)
             out = pipeline([class_id] * n, guidance_scale=guidance_scale, guidance_interval=guidance_interval,
                            autoguidance_scale=autoguidance_scale, autoguidance_interval=autoguidance_interval,
-                           num_inference_steps=steps, decoder_num_inference_steps=decoder_steps, generator=generator,
+                           guidance_rescale=guidance_rescale, num_inference_steps=steps, decoder_num_inference_steps=decoder_steps, generator=generator,
                            output_type="pt").images
             images.append(out.mean(dim=1))
             labels += [class_id] * n
@@ -149,13 +150,15 @@ def main():
     parser.add_argument("--guidance-scale", type=float, default=None, help="(default: the pipeline's)")
     parser.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("T_START", "T_END"),
                         help="(default: the pipeline's)")
+    parser.add_argument("--guidance-rescale", type=float, default=None, help="(default: the pipeline's)")
     parser.add_argument("--autoguidance-scale", type=float, default=None, help="(default: the pipeline's)")
     parser.add_argument("--autoguidance-interval", type=float, nargs=2, default=None, metavar=("T_START", "T_END"),
                         help="(default: the pipeline's)")
     parser.add_argument("--compare-guidance", nargs="*", default=["1.5:0:1"],
-                        metavar="SCALE:T_START:T_END[@SCALE:T_START:T_END]",
-                        help="also generate with these guidance settings, after an @ the autoguidance (none without "
-                        "it; default: guidance 1.5 over the whole trajectory)")
+                        metavar="SCALE:T_START:T_END[/RESCALE][@SCALE:T_START:T_END]",
+                        help="also generate with these guidance settings, after a / the guidance rescale (none "
+                        "without it), after an @ the autoguidance (none without it; default: guidance 1.5 over the "
+                        "whole trajectory)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--decoder-steps", type=int, default=None, help="decoder steps when generating (the pipeline's)")
     parser.add_argument("--compare-decoder-steps", type=int, nargs="*", default=[],
@@ -237,6 +240,7 @@ def main():
     results["fd_floor_train_vs_test"] = frechet_distance_of_features(train_features, test_features)
     guidance = pipeline.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
     interval = args.guidance_interval or pipeline.default_guidance_interval
+    rescale = pipeline.default_guidance_rescale if args.guidance_rescale is None else args.guidance_rescale
     autoguidance = pipeline.default_autoguidance_scale if args.autoguidance_scale is None else args.autoguidance_scale
     autoguidance_interval = args.autoguidance_interval or pipeline.default_autoguidance_interval
     steps = 25 if args.steps is None else args.steps
@@ -259,22 +263,24 @@ def main():
             "fd_vs_test": frechet_distance_of_features(judge_outputs(judge, reconstructions)[0], test_features),
         }
 
-    def generation_metrics(guidance_scale, guidance_interval, autoguidance_scale, autoguidance_interval):
+    def generation_metrics(guidance_scale, guidance_interval, guidance_rescale, autoguidance_scale, autoguidance_interval):
         generated, generated_labels = generate_all(
             pipeline, args.num_generated // 10, guidance_scale, steps, decoder_steps, guidance_interval=guidance_interval,
             autoguidance_scale=autoguidance_scale, autoguidance_interval=autoguidance_interval,
+            guidance_rescale=guidance_rescale,
         )
         features, predictions = judge_outputs(judge, generated)
         return generated_labels, predictions, {
             "guidance_scale": guidance_scale,
             "guidance_interval": list(guidance_interval),
+            "guidance_rescale": guidance_rescale,
             "autoguidance_scale": autoguidance_scale,
             "autoguidance_interval": list(autoguidance_interval),
             "class_accuracy": (predictions == generated_labels).float().mean().item(),
             "fd_vs_test": frechet_distance_of_features(features, test_features),
         }
 
-    default_setting = (guidance, list(interval), autoguidance, list(autoguidance_interval))
+    default_setting = (guidance, list(interval), rescale, autoguidance, list(autoguidance_interval))
     generated_labels, gen_pred, default_metrics = generation_metrics(*default_setting)
     results["generation"] = {
         **default_metrics,
@@ -298,16 +304,21 @@ def main():
     print(render(results))
 
 
-def parse_guidance_setting(spec: str) -> tuple[float, list[float], float, list[float]]:
-    """`SCALE[:T_START:T_END][@SCALE[:T_START:T_END]]` -> (guidance, its interval, autoguidance, its interval);
-    no `@` part: no autoguidance (scale 1); no times: the whole trajectory."""
+def parse_guidance_setting(spec: str) -> tuple[float, list[float], float, float, list[float]]:
+    """`SCALE[:T_START:T_END][/RESCALE][@SCALE[:T_START:T_END]]` -> (guidance, its interval, its rescale,
+    autoguidance, its interval); no `/` part: no rescale (0); no `@` part: no autoguidance (scale 1); no times: the
+    whole trajectory."""
+    guidance, autoguidance = (spec.split("@", 1) + ["1"])[:2]
+    guidance, rescale = (guidance.split("/", 1) + ["0"])[:2]
     setting = []
-    for part in (spec.split("@", 1) + ["1"])[:2]:
+    for part in (guidance, autoguidance):
         values = [float(value) for value in part.split(":")]
         if len(values) not in (1, 3):
-            raise ValueError(f"Bad guidance setting {spec!r}: expected SCALE[:T_START:T_END][@SCALE[:T_START:T_END]].")
+            raise ValueError(
+                f"Bad guidance setting {spec!r}: expected SCALE[:T_START:T_END][/RESCALE][@SCALE[:T_START:T_END]]."
+            )
         setting += [values[0], values[1:] or [0.0, 1.0]]
-    return tuple(setting)
+    return (*setting[:2], float(rescale), *setting[2:])
 
 
 def format_autoguidance(row: dict) -> str:
@@ -316,6 +327,11 @@ def format_autoguidance(row: dict) -> str:
         return "–"
     interval = format_interval(row["autoguidance_interval"])
     return f"{scale:g}" + (f" at {interval}" if interval else "")
+
+
+def format_rescale(row: dict) -> str:
+    rescale = row.get("guidance_rescale") or 0.0  # reports from before the rescale have none
+    return "–" if rescale == 0 else f"{rescale:g}"
 
 
 def format_interval(interval) -> str | None:
@@ -379,6 +395,7 @@ def render(results: dict) -> str:
         "",
         f"{gen['num_images']} samples (equal per class), guidance {gen['guidance_scale']}"
         f"{f' at flow times {guided_times} (0 = noise)' if guided_times else ''}"
+        f"{f' rescaled by {format_rescale(gen)} (Lin et al., 2024)' if format_rescale(gen) != '–' else ''}"
         f"{f', autoguidance {autoguided}' if autoguided != '–' else ''}, {gen['steps']} "
         f"{gen.get('solver', 'euler').capitalize()} steps of the generator, {gen.get('decoder_steps', 1)} decoder "
         f"step(s), judged by an independently trained CNN (test accuracy {100 * results['judge_test_accuracy']:.2f} %).",
@@ -410,12 +427,12 @@ def render(results: dict) -> str:
             "",
             "Guidance settings (the same seeds and judge; the first row is the setting above):",
             "",
-            "| guidance | flow times guided | autoguidance | class accuracy | Fréchet distance | ratio to the floor |",
-            "| ---: | --- | --- | ---: | ---: | ---: |",
+            "| guidance | flow times guided | rescaled | autoguidance | class accuracy | Fréchet distance | ratio to the floor |",
+            "| ---: | --- | ---: | --- | ---: | ---: | ---: |",
         ]
         lines += [
             f"| {row['guidance_scale']} | {format_interval(row['guidance_interval']) or 'all (0 to 1)'} | "
-            f"{format_autoguidance(row)} | "
+            f"{format_rescale(row)} | {format_autoguidance(row)} | "
             f"{100 * row['class_accuracy']:.2f} % | {row['fd_vs_test']:.3f} | "
             f"{times_floor(row['fd_vs_test'], results)} |"
             for row in results["guidance_comparison"]
@@ -454,7 +471,10 @@ def render(results: dict) -> str:
         "decided) costs the most diversity, and at the last ones (near the data) it costs fidelity, so the pipeline "
         "guides only an interval of flow times (`guidance_interval` in its config; Kynkäänniemi et al., 2024) and "
         "can then guide harder for the same accuracy "
-        "(`--guidance-scale`, `--guidance-interval` and `--compare-guidance` re-measure at other settings).",
+        "(`--guidance-scale`, `--guidance-interval` and `--compare-guidance` re-measure at other settings). Rescaled "
+        "guidance (Lin et al., 2024; `guidance_rescale`, as in diffusers' Stable Diffusion pipelines) scales each "
+        "guided velocity back to the class-conditional velocity's standard deviation, in part: guidance overshoots "
+        "that scale, and pulling it back keeps more of the data's spread at the same guidance.",
         "- Autoguidance (Karras et al., 2024) extrapolates the class-conditional prediction away from a weaker "
         "model's, the pipeline's `guide_transformer` (a smaller DiT trained for fewer steps on the same latents): "
         "where the two differ is where the main model errs too, so it corrects errors instead of trading diversity "

@@ -43,6 +43,29 @@ def check_guidance_scale(guidance_scale: float | None, name: str = "guidance_sca
     return None if guidance_scale is None else float(guidance_scale)
 
 
+def check_guidance_rescale(guidance_rescale: float | None) -> float | None:
+    if guidance_rescale is not None and (
+        not isinstance(guidance_rescale, numbers.Real)
+        or isinstance(guidance_rescale, bool)
+        or not 0 <= guidance_rescale <= 1
+    ):
+        raise ValueError(
+            f"`guidance_rescale` must be a number in [0, 1] (0 = no rescaling, 1 = the guided velocity fully "
+            f"rescaled to the class-conditional one's standard deviation), got {guidance_rescale!r}."
+        )
+    return None if guidance_rescale is None else float(guidance_rescale)
+
+
+def rescale_guided_velocity(guided: torch.Tensor, conditional: torch.Tensor, guidance_rescale: float) -> torch.Tensor:
+    """Rescaled classifier-free guidance (Lin et al., 2024, "Common Diffusion Noise Schedules and Sample Steps are
+    Flawed", Sec. 3.4; diffusers' `rescale_noise_cfg`): the guided prediction scaled to the per-sample standard
+    deviation of the conditional one, mixed with it by `guidance_rescale`. Guidance overshoots the conditional
+    prediction's scale; this pulls it back without undoing its direction."""
+    dims = list(range(1, guided.ndim))
+    rescaled = guided * (conditional.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return guidance_rescale * rescaled + (1 - guidance_rescale) * guided
+
+
 def check_guidance_interval(interval: Sequence[float] | None, name: str = "guidance_interval") -> list[float] | None:
     """`(t_start, t_end)` with 0 <= t_start <= t_end <= 1 as a list (how the pipeline config stores it), or `None`."""
     if interval is None:
@@ -103,6 +126,7 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         guidance_scale (`float`, *optional*), guidance_interval (`tuple[float, float]`, *optional*): the defaults of
             the same arguments of `__call__`, the sampling settings a trained generator is meant to be used with
             (`None`: guidance 1.5, over the whole trajectory).
+        guidance_rescale (`float`, *optional*): the default of the same argument of `__call__` (`None`: 0, none).
         guide_transformer ([`DiTTransformer2DModel`], *optional*): a weaker model of the same latents and classes
             (smaller, trained less), the guiding model of autoguidance (Karras et al., 2024, "Guiding a Diffusion
             Model with a Bad Version of Itself"): its errors point the way the main model's own errors go, so
@@ -131,11 +155,13 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         guide_transformer: DiTTransformer2DModel | None = None,
         autoguidance_scale: float | None = None,
         autoguidance_interval: Sequence[float] | None = None,
+        guidance_rescale: float | None = None,
     ):
         super().__init__()
         check_num_inference_steps(decoder_num_inference_steps, "decoder_num_inference_steps", allow_none=True)
         guidance_scale = check_guidance_scale(guidance_scale)
         guidance_interval = check_guidance_interval(guidance_interval)
+        guidance_rescale = check_guidance_rescale(guidance_rescale)
         autoguidance_scale = check_guidance_scale(autoguidance_scale, "autoguidance_scale")
         autoguidance_interval = check_guidance_interval(autoguidance_interval, "autoguidance_interval")
         if guide_transformer is None and autoguidance_scale not in (None, 1.0):
@@ -171,6 +197,7 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             guidance_interval=guidance_interval,
             autoguidance_scale=autoguidance_scale,
             autoguidance_interval=autoguidance_interval,
+            guidance_rescale=guidance_rescale,
         )
 
     @staticmethod
@@ -304,6 +331,11 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         return [0.0, 1.0] if self.config.guidance_interval is None else self.config.guidance_interval
 
     @property
+    def default_guidance_rescale(self) -> float:
+        """The guidance rescaling a call uses when not told: the pipeline's config, else 0 (none)."""
+        return 0.0 if self.config.guidance_rescale is None else self.config.guidance_rescale
+
+    @property
     def default_autoguidance_scale(self) -> float:
         """The autoguidance a call uses when not told: the pipeline's config, else 1 (none)."""
         return 1.0 if self.config.autoguidance_scale is None else self.config.autoguidance_scale
@@ -331,6 +363,7 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         guidance_interval: Sequence[float] | None = None,
         autoguidance_scale: float | None = None,
         autoguidance_interval: Sequence[float] | None = None,
+        guidance_rescale: float | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Args:
@@ -360,6 +393,11 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
                 other than 1 needs a `guide_transformer`.
             autoguidance_interval (`tuple[float, float]`, *optional*): the flow times it applies at, as
                 `guidance_interval`. When `None`: the pipeline's `config.autoguidance_interval`, else all.
+            guidance_rescale (`float`, *optional*): rescaled classifier-free guidance (Lin et al., 2024; as
+                `guidance_rescale` of diffusers' Stable Diffusion pipelines): at the guided calls, the guided velocity
+                is scaled to the class-conditional velocity's per-sample standard deviation and mixed with the
+                unscaled one, `guidance_rescale * rescaled + (1 - guidance_rescale) * guided`, before autoguidance is
+                added. In [0, 1]; `0` is none. When `None`: the pipeline's `config.guidance_rescale`, else 0.
 
         Examples:
         ```py
@@ -381,6 +419,9 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         )
         autoguidance_scale = check_guidance_scale(
             self.default_autoguidance_scale if autoguidance_scale is None else autoguidance_scale, "autoguidance_scale"
+        )
+        guidance_rescale = check_guidance_rescale(
+            self.default_guidance_rescale if guidance_rescale is None else guidance_rescale
         )
         autoguidance_start, autoguidance_end = check_guidance_interval(
             self.default_autoguidance_interval if autoguidance_interval is None else autoguidance_interval,
@@ -419,6 +460,8 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             if do_guidance:
                 velocity_null = velocity[batch_size:]
                 velocity = velocity_null + guidance_scale * (velocity_class - velocity_null)
+                if guidance_rescale > 0:
+                    velocity = rescale_guided_velocity(velocity, velocity_class, guidance_rescale)
             if do_autoguidance:
                 velocity_guide = self.guide_transformer(
                     latents.to(self.guide_transformer.dtype), timestep=timestep.expand(batch_size), class_labels=labels

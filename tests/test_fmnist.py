@@ -336,11 +336,13 @@ def test_report_renders_the_tokenizer_bound_next_to_the_floor():
 
 
 def test_report_guidance_settings_with_and_without_autoguidance():
-    """`--compare-guidance SCALE:T_START:T_END[@SCALE:T_START:T_END]`: after an @ the autoguidance, none without it;
-    the guidance table shows each row's autoguidance, and a report from before autoguidance renders with none."""
+    """`--compare-guidance SCALE:T_START:T_END[/RESCALE][@SCALE:T_START:T_END]`: after a / the guidance rescale, after
+    an @ the autoguidance, none without them; the guidance table shows each row's rescale and autoguidance, and a
+    report from before them renders with none."""
     report = load_report_script()
-    assert report.parse_guidance_setting("2:0.24:0.7") == (2.0, [0.24, 0.7], 1.0, [0.0, 1.0])
-    assert report.parse_guidance_setting("1.5@2:0.7:1") == (1.5, [0.0, 1.0], 2.0, [0.7, 1.0])
+    assert report.parse_guidance_setting("2:0.24:0.7") == (2.0, [0.24, 0.7], 0.0, 1.0, [0.0, 1.0])
+    assert report.parse_guidance_setting("1.5@2:0.7:1") == (1.5, [0.0, 1.0], 0.0, 2.0, [0.7, 1.0])
+    assert report.parse_guidance_setting("2:0.24:0.7/0.7@2:0.8:1") == (2.0, [0.24, 0.7], 0.7, 2.0, [0.8, 1.0])
     with pytest.raises(ValueError, match="Bad guidance setting '2:0.24'"):
         report.parse_guidance_setting("2:0.24")
 
@@ -357,4 +359,10 @@ def test_report_guidance_settings_with_and_without_autoguidance():
     rendered = report.render(results)
     assert "guidance 2.0 at flow times 0.24 ≤ t ≤ 0.7 (0 = noise), autoguidance 2 at 0.7 ≤ t ≤ 1, 25" in rendered
     rows = [line for line in rendered.splitlines() if line.startswith("| 2.0 | 0.24 ≤ t ≤ 0.7 |")]
-    assert [row.split(" | ")[2] for row in rows] == ["2 at 0.7 ≤ t ≤ 1", "–"]
+    assert [row.split(" | ")[2:4] for row in rows] == [["–", "2 at 0.7 ≤ t ≤ 1"], ["–", "–"]]
+    results["guidance_comparison"] = [{**autoguided, "guidance_rescale": 0.7}, autoguided]
+    results["generation"].update(guidance_rescale=0.7)
+    rendered = report.render(results)
+    assert "0.24 ≤ t ≤ 0.7 (0 = noise) rescaled by 0.7 (Lin et al., 2024), autoguidance 2 at 0.7 ≤ t ≤ 1" in rendered
+    rows = [line for line in rendered.splitlines() if line.startswith("| 2.0 | 0.24 ≤ t ≤ 0.7 |")]
+    assert [row.split(" | ")[2] for row in rows] == ["0.7", "–"]

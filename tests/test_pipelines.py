@@ -190,10 +190,11 @@ def test_reconstruction_bad_inputs(reconstruction_pipeline, kwargs, error, match
 # ---------------------------------------------------------------------------------------- class-conditional
 def generate_latents_by_hand(
     pipeline, class_ids, guidance_scale, steps, generator, guidance_interval=(0.0, 1.0), guide=None,
-    autoguidance_scale=1.0, autoguidance_interval=(0.0, 1.0),
+    autoguidance_scale=1.0, autoguidance_interval=(0.0, 1.0), guidance_rescale=0.0,
 ):
     """The specification: Euler flow in the normalised latent space with CFG (at the times t = timestep / 1000 in
-    `guidance_interval`) plus autoguidance by `guide` (at the times in `autoguidance_interval`), then
+    `guidance_interval`; the guided velocity rescaled toward the conditional one's per-sample std by
+    `guidance_rescale`) plus autoguidance by `guide` (at the times in `autoguidance_interval`), then
     de-normalisation."""
     transformer, scheduler = pipeline.transformer, UniFlowFlowMatchScheduler()
     config = transformer.config
@@ -206,6 +207,8 @@ def generate_latents_by_hand(
         if guidance_scale != 1 and guidance_interval[0] <= timestep / 1000 <= guidance_interval[1]:
             unconditional = transformer(latents, timestep=t, class_labels=null).sample
             velocity = unconditional + guidance_scale * (conditional - unconditional)
+            ratio = torch.stack([c.std() / v.std() for c, v in zip(conditional, velocity)]).reshape(-1, 1, 1, 1)
+            velocity = guidance_rescale * velocity * ratio + (1 - guidance_rescale) * velocity
         if autoguidance_scale != 1 and autoguidance_interval[0] <= timestep / 1000 <= autoguidance_interval[1]:
             velocity = velocity + (autoguidance_scale - 1) * (conditional - guide(latents, t, class_labels=labels).sample)
         latents = scheduler.step(velocity, timestep, latents).prev_sample
@@ -221,6 +224,42 @@ def test_class_conditional_follows_the_specification(class_conditional_pipeline,
     expected = generate_latents_by_hand(class_conditional_pipeline, [0, 2], guidance_scale, 3, torch.manual_seed(0))
     assert latents.shape == (2, 16, 8)
     assert torch.allclose(latents, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("guidance_rescale", [0.7, 1.0])
+def test_guidance_rescale_follows_the_specification(class_conditional_pipeline, guidance_rescale):
+    kwargs = dict(guidance_scale=3.0, num_inference_steps=4, guidance_interval=(0.25, 1.0))
+    latents = class_conditional_pipeline(
+        [0, 2], generator=torch.manual_seed(0), output_type="latent", guidance_rescale=guidance_rescale, **kwargs
+    ).images
+    expected = generate_latents_by_hand(
+        class_conditional_pipeline, [0, 2], 3.0, 4, torch.manual_seed(0), guidance_interval=(0.25, 1.0),
+        guidance_rescale=guidance_rescale,
+    )
+    assert torch.allclose(latents, expected, atol=1e-5)
+    plain = class_conditional_pipeline([0, 2], generator=torch.manual_seed(0), output_type="latent", **kwargs).images
+    assert not torch.allclose(latents, plain, atol=1e-3)
+
+
+def test_guidance_rescale_default_is_saved_and_checked(class_conditional_pipeline, tmp_path):
+    pipeline = class_conditional_pipeline
+    rescaled = UniFlowClassConditionalPipeline(**pipeline.components, **{**pipeline.settings, "guidance_rescale": 0.7})
+    rescaled.set_progress_bar_config(disable=True)
+    assert pipeline.default_guidance_rescale == 0.0 and rescaled.default_guidance_rescale == 0.7
+    rescaled.save_pretrained(tmp_path)
+    loaded = UniFlowClassConditionalPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.guidance_rescale == 0.7
+    kwargs = dict(guidance_scale=3.0, num_inference_steps=3, output_type="latent")
+    assert torch.equal(
+        loaded([1], generator=torch.manual_seed(0), **kwargs).images,
+        pipeline([1], generator=torch.manual_seed(0), guidance_rescale=0.7, **kwargs).images,
+    )
+    for bad in (-0.1, 1.5, "0.7", True):
+        with pytest.raises(ValueError, match="guidance_rescale"):
+            pipeline([1], guidance_rescale=bad)
+        with pytest.raises(ValueError, match="guidance_rescale"):
+            UniFlowClassConditionalPipeline(**pipeline.components, **{**pipeline.settings, "guidance_rescale": bad})
 
 
 @pytest.mark.parametrize("guidance_interval", [(0.3, 1.0), (0.0, 0.5), (0.25, 0.5)])
@@ -737,6 +776,13 @@ def test_generate_command(class_conditional_pipeline, tmp_path, capsys):
     written = np.asarray(Image.open(tmp_path / "interval" / "stripes_0000.png"))
     assert np.array_equal(written, np.round(expected[0] * 255).astype(np.uint8))
     assert not np.array_equal(written, np.asarray(Image.open(output_dir / "stripes_0000.png")))  # guided: 1.5
+    rescaled = ["--steps", "2", "--guidance-scale", "3", "--guidance-rescale", "0.7", "--output-dir", str(tmp_path / "rs")]
+    assert cli_main([*by_id[:-4], "--model", str(model_dir), *rescaled]) == 0
+    expected = class_conditional_pipeline(
+        [2], num_inference_steps=2, guidance_scale=3.0, guidance_rescale=0.7, generator=generators([0]), output_type="np"
+    ).images
+    written = np.asarray(Image.open(tmp_path / "rs" / "stripes_0000.png"))
+    assert np.array_equal(written, np.round(expected[0] * 255).astype(np.uint8))
     assert cli_main(["generate", "--label", "hexagon", "--model", str(model_dir), "--output-dir", str(output_dir)]) == 2
     assert "Known names: 'circle', 'square', 'stripes'" in capsys.readouterr().err
 

@@ -375,6 +375,7 @@ def train_fmnist_generator(
     add_layers: int = 0,
     guidance_scale: float | None = None,
     guidance_interval: tuple[float, float] | None = None,
+    guidance_rescale: float | None = None,
     lr_scheduler_type: str = "constant",
     warmup_steps: int = 0,
     noise_scheduler=None,
@@ -382,7 +383,8 @@ def train_fmnist_generator(
 ):
     """Stage c: the class-conditional latent generator on the adapted tokenizer's latents of the 60k training images
     (or the first `max_train`), saved with the tokenizer as one `UniFlowClassConditionalPipeline` folder (whose
-    default sampling settings are `decoder_num_inference_steps`, `guidance_scale` and `guidance_interval`, and whose
+    default sampling settings are `decoder_num_inference_steps`, `guidance_scale`, `guidance_interval` and
+    `guidance_rescale`, and whose
     latent flow runs `solver`); with `ema_decay`, the saved weights are an exponential moving average of the trained
     ones. `init_generator` (a pipeline folder of this stage) continues training its DiT instead of a new one, first
     deepened by `add_layers` identity-initialised blocks when given; `lr_scheduler_type` and `warmup_steps` set the
@@ -398,7 +400,7 @@ def train_fmnist_generator(
         num_train_steps=steps, batch_size=batch_size, learning_rate=learning_rate, label_dropout=0.1, seed=seed,
         encode_batch_size=1000, decoder_num_inference_steps=decoder_num_inference_steps, ema_decay=ema_decay,
         solver=solver, init_transformer=init_generator, add_layers=add_layers, guidance_scale=guidance_scale,
-        guidance_interval=guidance_interval, lr_scheduler_type=lr_scheduler_type, warmup_steps=warmup_steps,
+        guidance_interval=guidance_interval, guidance_rescale=guidance_rescale, lr_scheduler_type=lr_scheduler_type, warmup_steps=warmup_steps,
         noise_scheduler=noise_scheduler, transformer_kwargs=transformer_kwargs,
     )
     print(f"generator: final loss {sum(result.losses[-100:]) / min(100, len(result.losses)):.4f} -> {output_dir}")

@@ -29,7 +29,9 @@ from transformers import get_scheduler
 
 from .modeling import UniFlowModel
 from .pipelines import UniFlowClassConditionalPipeline, UniFlowFlowMatchScheduler
-from .pipelines.pipeline_uniflow_class_conditional import check_guidance_interval, check_guidance_scale, latents_to_grid
+from .pipelines.pipeline_uniflow_class_conditional import (
+    check_guidance_interval, check_guidance_rescale, check_guidance_scale, latents_to_grid,
+)
 from .pipelines.pipeline_uniflow_utils import check_num_inference_steps, default_image_processor
 
 
@@ -218,6 +220,7 @@ def train_generator(
     solver: str = "euler",
     guidance_scale: float | None = None,
     guidance_interval: tuple[float, float] | None = None,
+    guidance_rescale: float | None = None,
     init_transformer: DiTTransformer2DModel | str | os.PathLike | None = None,
     add_layers: int = 0,
     lr_scheduler_type: str = "constant",
@@ -247,8 +250,9 @@ def train_generator(
             (the tokenizer's `num_sampling_steps` when `None`).
         solver (`str`, defaults to `"euler"`): the solver of the saved pipeline's latent-flow scheduler, `"euler"`
             or `"heun"` (two network calls a step, more accurate at the same steps).
-        guidance_scale, guidance_interval (*optional*): the saved pipeline's default classifier-free guidance and
-            the flow times it applies in (see `UniFlowClassConditionalPipeline`).
+        guidance_scale, guidance_interval, guidance_rescale (*optional*): the saved pipeline's default
+            classifier-free guidance, the flow times it applies in and its rescaling (see
+            `UniFlowClassConditionalPipeline`).
         init_transformer (*optional*): continue training this DiT (a module, trained in place, or a transformer or
             pipeline folder) instead of a new one, e.g. in stages that each fit a time budget; give the stage another
             `seed` than the last, or it replays the same batches. Not with `transformer_kwargs`.
@@ -279,6 +283,7 @@ def train_generator(
         decoder_num_inference_steps=decoder_num_inference_steps,
         guidance_scale=check_guidance_scale(guidance_scale),
         guidance_interval=check_guidance_interval(guidance_interval),
+        guidance_rescale=check_guidance_rescale(guidance_rescale),
     )
     if init_transformer is not None and transformer_kwargs:
         raise ValueError("`transformer_kwargs` size a new DiT; with `init_transformer` the size is that DiT's.")

@@ -168,6 +168,11 @@ def add_guidance_arguments(parser, scale_help: str) -> None:
         "--guidance-interval", type=float, nargs=2, default=None, metavar=("T_START", "T_END"),
         help="guide only at flow times in [T_START, T_END] (0 = noise, 1 = data; default: the pipeline's, else all)",
     )
+    parser.add_argument(
+        "--guidance-rescale", type=float, default=None,
+        help="rescaled guidance in [0, 1] (Lin et al., 2024): the guided velocity pulled back toward the class-"
+        "conditional one's standard deviation (0 = none; default: the pipeline's, else 0)",
+    )
 
 
 def add_autoguidance_arguments(parser, scale_help: str, required: bool = False) -> None:
@@ -262,6 +267,7 @@ def run_generate(args) -> int:
         [class_id] * args.num_images,
         guidance_scale=args.guidance_scale,
         guidance_interval=args.guidance_interval,
+        guidance_rescale=args.guidance_rescale,
         autoguidance_scale=args.autoguidance_scale,
         autoguidance_interval=args.autoguidance_interval,
         num_inference_steps=args.steps,
@@ -345,6 +351,7 @@ def run_train_generator(args) -> int:
         solver=args.solver,
         guidance_scale=args.guidance_scale,
         guidance_interval=args.guidance_interval,
+        guidance_rescale=args.guidance_rescale,
         init_transformer=args.init_generator,
         add_layers=args.add_layers,
         lr_scheduler_type=args.lr_scheduler_type,
