@@ -46,8 +46,8 @@ def generate_all(
             n = min(batch_size, per_class - start)
             out = pipeline([class_id] * n, guidance_scale=guidance_scale, guidance_interval=guidance_interval,
                            autoguidance_scale=autoguidance_scale, autoguidance_interval=autoguidance_interval,
-                           guidance_rescale=guidance_rescale, num_inference_steps=steps, decoder_num_inference_steps=decoder_steps, generator=generator,
-                           output_type="pt").images
+                           guidance_rescale=guidance_rescale, num_inference_steps=steps,
+                           decoder_num_inference_steps=decoder_steps, generator=generator, output_type="pt").images
             images.append(out.mean(dim=1))
             labels += [class_id] * n
     return torch.cat(images), torch.tensor(labels)
@@ -263,7 +263,9 @@ def main():
             "fd_vs_test": frechet_distance_of_features(judge_outputs(judge, reconstructions)[0], test_features),
         }
 
-    def generation_metrics(guidance_scale, guidance_interval, guidance_rescale, autoguidance_scale, autoguidance_interval):
+    def generation_metrics(
+        guidance_scale, guidance_interval, guidance_rescale, autoguidance_scale, autoguidance_interval
+    ):
         generated, generated_labels = generate_all(
             pipeline, args.num_generated // 10, guidance_scale, steps, decoder_steps, guidance_interval=guidance_interval,
             autoguidance_scale=autoguidance_scale, autoguidance_interval=autoguidance_interval,
@@ -347,6 +349,7 @@ def times_floor(distance: float, results: dict) -> str:
 def render(results: dict) -> str:
     gen = results["generation"]
     guided_times = format_interval(gen.get("guidance_interval", [0.0, 1.0]))
+    rescaled = format_rescale(gen)
     autoguided = format_autoguidance(gen)
     flow_timesteps = {
         tuple(row["flow_timesteps"]) for row in ablation_rows(results["tokenizers"]).values() if "flow_timesteps" in row
@@ -395,7 +398,7 @@ def render(results: dict) -> str:
         "",
         f"{gen['num_images']} samples (equal per class), guidance {gen['guidance_scale']}"
         f"{f' at flow times {guided_times} (0 = noise)' if guided_times else ''}"
-        f"{f' rescaled by {format_rescale(gen)} (Lin et al., 2024)' if format_rescale(gen) != '–' else ''}"
+        f"{f' rescaled by {rescaled} (Lin et al., 2024)' if rescaled != '–' else ''}"
         f"{f', autoguidance {autoguided}' if autoguided != '–' else ''}, {gen['steps']} "
         f"{gen.get('solver', 'euler').capitalize()} steps of the generator, {gen.get('decoder_steps', 1)} decoder "
         f"step(s), judged by an independently trained CNN (test accuracy {100 * results['judge_test_accuracy']:.2f} %).",
@@ -427,7 +430,8 @@ def render(results: dict) -> str:
             "",
             "Guidance settings (the same seeds and judge; the first row is the setting above):",
             "",
-            "| guidance | flow times guided | rescaled | autoguidance | class accuracy | Fréchet distance | ratio to the floor |",
+            "| guidance | flow times guided | rescaled | autoguidance | class accuracy | Fréchet distance "
+            "| ratio to the floor |",
             "| ---: | --- | ---: | --- | ---: | ---: | ---: |",
         ]
         lines += [

@@ -417,11 +417,11 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         guidance_start, guidance_end = check_guidance_interval(
             self.default_guidance_interval if guidance_interval is None else guidance_interval
         )
-        autoguidance_scale = check_guidance_scale(
-            self.default_autoguidance_scale if autoguidance_scale is None else autoguidance_scale, "autoguidance_scale"
-        )
         guidance_rescale = check_guidance_rescale(
             self.default_guidance_rescale if guidance_rescale is None else guidance_rescale
+        )
+        autoguidance_scale = check_guidance_scale(
+            self.default_autoguidance_scale if autoguidance_scale is None else autoguidance_scale, "autoguidance_scale"
         )
         autoguidance_start, autoguidance_end = check_guidance_interval(
             self.default_autoguidance_interval if autoguidance_interval is None else autoguidance_interval,
