@@ -12,10 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import FIXTURES
 from uniflow_hf.modeling.image_processing_uniflow import UniFlowImageProcessor, _default_max_pixels
 
 
-OFFICIAL_PREPROCESSOR_CONFIG = pathlib.Path("/work/shared/fixtures/official_release_preprocessor_config.json")
+OFFICIAL_PREPROCESSOR_CONFIG = FIXTURES / "official_release_preprocessor_config.json"
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
