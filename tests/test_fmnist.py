@@ -71,6 +71,17 @@ def test_shipped_model_is_small_safetensors_and_complete():
     assert [index["id2label"][str(i)] for i in range(10)] == FASHION_MNIST_LABELS
 
 
+def test_committed_report_measured_the_shipped_sampling_defaults(pipeline):
+    """The report's headline generation row was measured at the settings the shipped pipeline samples with."""
+    generation = committed_report()["generation"]
+    assert generation["guidance_scale"] == pipeline.default_guidance_scale
+    assert generation["guidance_interval"] == list(pipeline.default_guidance_interval)
+    assert (generation.get("guidance_rescale") or 0.0) == pipeline.default_guidance_rescale
+    assert generation["autoguidance_scale"] == pipeline.default_autoguidance_scale
+    assert generation["autoguidance_interval"] == list(pipeline.default_autoguidance_interval)
+    assert generation["decoder_steps"] == pipeline.default_decoder_num_inference_steps
+
+
 def test_generated_samples_are_recognised_as_their_class(pipeline, judge):
     labels = [name for name in FASHION_MNIST_LABELS for _ in range(10)]
     images = pipeline(labels, generator=torch.Generator().manual_seed(0), output_type="pt").images
@@ -346,10 +357,13 @@ def test_report_guidance_settings_with_and_without_autoguidance():
     with pytest.raises(ValueError, match="Bad guidance setting '2:0.24'"):
         report.parse_guidance_setting("2:0.24")
 
+    def before_autoguidance(row):  # a row as a report from before autoguidance and the rescale has it
+        return {key: value for key, value in row.items() if not key.startswith("auto") and key != "guidance_rescale"}
+
     results = committed_report()
-    plain = {key: value for key, value in results["guidance_comparison"][0].items() if not key.startswith("auto")}
-    plain.update(guidance_scale=2.0, guidance_interval=[0.24, 0.7])  # as a report from before autoguidance has it
-    results["generation"] = {key: value for key, value in results["generation"].items() if not key.startswith("auto")}
+    plain = {**before_autoguidance(results["guidance_comparison"][0]), "guidance_scale": 2.0,
+             "guidance_interval": [0.24, 0.7]}
+    results["generation"] = before_autoguidance(results["generation"])
     results["generation"].update(guidance_scale=2.0, guidance_interval=[0.24, 0.7])
     results["guidance_comparison"] = [plain]
     assert "autoguidance 2" not in report.render(results)
