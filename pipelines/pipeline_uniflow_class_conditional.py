@@ -35,20 +35,19 @@ def grid_to_latents(grid_latents: torch.Tensor) -> torch.Tensor:
 DEFAULT_GUIDANCE_SCALE = 1.5
 
 
+def is_number(value) -> bool:
+    """A real number; `True` / `False` are not (Python counts them as ints)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_guidance_scale(guidance_scale: float | None, name: str = "guidance_scale") -> float | None:
-    if guidance_scale is not None and (
-        not isinstance(guidance_scale, numbers.Real) or isinstance(guidance_scale, bool) or not guidance_scale >= 0
-    ):
+    if guidance_scale is not None and (not is_number(guidance_scale) or not guidance_scale >= 0):
         raise ValueError(f"`{name}` must be a number >= 0 (1 = no guidance), got {guidance_scale!r}.")
     return None if guidance_scale is None else float(guidance_scale)
 
 
 def check_guidance_rescale(guidance_rescale: float | None) -> float | None:
-    if guidance_rescale is not None and (
-        not isinstance(guidance_rescale, numbers.Real)
-        or isinstance(guidance_rescale, bool)
-        or not 0 <= guidance_rescale <= 1
-    ):
+    if guidance_rescale is not None and (not is_number(guidance_rescale) or not 0 <= guidance_rescale <= 1):
         raise ValueError(
             f"`guidance_rescale` must be a number in [0, 1] (0 = no rescaling, 1 = the guided velocity fully "
             f"rescaled to the class-conditional one's standard deviation), got {guidance_rescale!r}."
@@ -74,7 +73,7 @@ def check_guidance_interval(interval: Sequence[float] | None, name: str = "guida
     if (
         values is None
         or len(values) != 2
-        or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
+        or not all(is_number(v) for v in values)
         or not 0 <= values[0] <= values[1] <= 1
     ):
         raise ValueError(

@@ -357,13 +357,13 @@ def test_report_guidance_settings_with_and_without_autoguidance():
     with pytest.raises(ValueError, match="Bad guidance setting '2:0.24'"):
         report.parse_guidance_setting("2:0.24")
 
-    def before_autoguidance(row):  # a row as a report from before autoguidance and the rescale has it
+    def as_in_an_older_report(row):  # a row as a report from before autoguidance and the rescale has it
         return {key: value for key, value in row.items() if not key.startswith("auto") and key != "guidance_rescale"}
 
     results = committed_report()
-    plain = {**before_autoguidance(results["guidance_comparison"][0]), "guidance_scale": 2.0,
+    plain = {**as_in_an_older_report(results["guidance_comparison"][0]), "guidance_scale": 2.0,
              "guidance_interval": [0.24, 0.7]}
-    results["generation"] = before_autoguidance(results["generation"])
+    results["generation"] = as_in_an_older_report(results["generation"])
     results["generation"].update(guidance_scale=2.0, guidance_interval=[0.24, 0.7])
     results["guidance_comparison"] = [plain]
     assert "autoguidance 2" not in report.render(results)
