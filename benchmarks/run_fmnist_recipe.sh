@@ -95,4 +95,4 @@ ablation "$RUNS/ablation-frozen" --distillation-mode none --freeze-encoder
 python benchmarks/fmnist_report.py --model "$RUNS/uniflow-fmnist" --teacher "$RUNS/fmnist-encoder" \
   --ablations "frozen encoder (5 ep)=$RUNS/ablation-frozen" "no distillation (5 ep)=$RUNS/ablation-none" \
               "uniform weights (5 ep)=$RUNS/ablation-uniform" "adaptive β=2 (5 ep)=$RUNS/ablation-adaptive" \
-  --compare-decoder-steps 4 16 --compare-guidance 2:0.24:0.7/0.85@2:0.8:1 2:0.24:0.7@2:0.8:1 2:0.24:0.7
+  --noise-seeds 0 1 2 --compare-decoder-steps 4 16 --compare-guidance 2:0.24:0.7/0.85@2:0.8:1 2:0.24:0.7@2:0.8:1 2:0.24:0.7

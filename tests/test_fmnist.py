@@ -346,6 +346,31 @@ def test_report_renders_the_tokenizer_bound_next_to_the_floor():
     ]
 
 
+def test_report_renders_the_headline_setting_on_each_noise_seed_and_their_mean():
+    """`--noise-seeds 0 1 ...`: the headline setting measured on each noise seed, in a table with their mean; a
+    report of one seed (or from before the option) has no such table."""
+    report = load_report_script()
+    results = committed_report()
+    headline = {key: results["generation"][key] for key in ("class_accuracy", "fd_vs_test")}
+    results["fd_floor_train_vs_test"] = 0.25
+    results["generation_by_noise_seed"] = [{"noise_seed": 0, **headline}]
+    assert "| noise seed |" not in report.render(results)
+    results.pop("generation_by_noise_seed")
+    assert "| noise seed |" not in report.render(results)
+
+    results["generation_by_noise_seed"] = [
+        {"noise_seed": 0, "class_accuracy": 0.95, "fd_vs_test": 0.7},
+        {"noise_seed": 3, "class_accuracy": 0.96, "fd_vs_test": 0.8},
+    ]
+    lines = report.render(results).splitlines()
+    start = lines.index("| noise seed | class accuracy | Fréchet distance | ratio to the floor |")
+    assert lines[start + 2 : start + 5] == [
+        "| 0 | 95.00 % | 0.700 | 2.80× |",
+        "| 3 | 96.00 % | 0.800 | 3.20× |",
+        "| mean of 2 | 95.50 % | 0.750 | 3.00× |",
+    ]
+
+
 def test_report_guidance_settings_with_and_without_autoguidance():
     """`--compare-guidance SCALE:T_START:T_END[/RESCALE][@SCALE:T_START:T_END]`: after a / the guidance rescale, after
     an @ the autoguidance, none without them; the guidance table shows each row's rescale and autoguidance, and a
