@@ -268,12 +268,12 @@ def main():
         }
 
     def generation_metrics(
-        guidance_scale, guidance_interval, guidance_rescale, autoguidance_scale, autoguidance_interval, seed=None
+        guidance_scale, guidance_interval, guidance_rescale, autoguidance_scale, autoguidance_interval, seed=args.noise_seeds[0]
     ):
         generated, generated_labels = generate_all(
             pipeline, args.num_generated // 10, guidance_scale, steps, decoder_steps, guidance_interval=guidance_interval,
             autoguidance_scale=autoguidance_scale, autoguidance_interval=autoguidance_interval,
-            guidance_rescale=guidance_rescale, seed=args.noise_seeds[0] if seed is None else seed,
+            guidance_rescale=guidance_rescale, seed=seed,
         )
         features, predictions = judge_outputs(judge, generated)
         return generated_labels, predictions, {
@@ -294,7 +294,6 @@ def main():
         "solver": pipeline.scheduler.config.solver,
         "decoder_steps": decoder_steps,
         "num_images": len(generated_labels),
-        "noise_seed": args.noise_seeds[0],
         "per_class_accuracy": {
             FASHION_MNIST_LABELS[c]: (gen_pred[generated_labels == c] == c).float().mean().item() for c in range(10)
         },
