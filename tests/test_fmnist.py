@@ -255,13 +255,13 @@ def test_the_recipe_stages_chain_into_a_pipeline(tmp_path):
     assert not torch.allclose(autoguided, guided(["Bag"], **{**kwargs, "autoguidance_scale": 1.0}).images)
 
 
-def load_report_script():
-    """`benchmarks/fmnist_report.py` as a module (it is a script, not part of the package)."""
+def load_report_script(name: str = "fmnist_report"):
+    """`benchmarks/<name>.py` as a module (the report scripts are scripts, not part of the package)."""
     import importlib.util
 
     from conftest import REPO_ROOT
 
-    spec = importlib.util.spec_from_file_location("fmnist_report", REPO_ROOT / "benchmarks" / "fmnist_report.py")
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
     return report
@@ -405,3 +405,27 @@ def test_report_guidance_settings_with_and_without_autoguidance():
     assert "0.24 ≤ t ≤ 0.7 (0 = noise) rescaled by 0.7 (Lin et al., 2024), autoguidance 2 at 0.7 ≤ t ≤ 1" in rendered
     rows = [line for line in rendered.splitlines() if line.startswith("| 2.0 | 0.24 ≤ t ≤ 0.7 |")]
     assert [row.split(" | ")[2] for row in rows] == ["0.7", "–"]
+
+
+def test_ablation_seed_report_pairs_each_setting_with_the_reference_seed_by_seed():
+    """`fmnist_ablation_seeds.py`: every run's row, each setting's mean ± standard deviation over its seeds, and each
+    setting minus the first one paired by seed (mean ± standard error), counting the seeds where the first setting is
+    at least as good on both PSNR and probe; a seed only one setting was run with is not paired."""
+    report = load_report_script("fmnist_ablation_seeds")
+    assert report.parse_run("adaptive β=2:1=runs/a-s1") == ("adaptive β=2", 1, "runs/a-s1")
+    for bad in ("adaptive β=2=runs/a", "adaptive:x=runs/a", "adaptive:1="):
+        with pytest.raises(SystemExit, match="SETTING:SEED=DIR"):
+            report.parse_run(bad)
+
+    def run(setting, seed, psnr, probe):
+        return {"setting": setting, "seed": seed, "psnr": psnr, "ssim": 0.75, "probe": probe}
+
+    runs = [run("adaptive", 0, 22.0, 0.870), run("uniform", 0, 21.9, 0.872), run("adaptive", 1, 22.2, 0.874),
+            run("uniform", 1, 22.0, 0.868), run("adaptive", 2, 22.1, 0.871)]
+    lines = report.render({"runs": runs, "teacher_probe": 0.8719, "seconds": 600}).splitlines()
+    assert "| uniform | 1 | 22.00 | 0.7500 | 86.80 |" in lines
+    assert "| adaptive | 3 | 22.10 ± 0.10 | 0.7500 ± 0.0000 | 87.17 ± 0.21 |" in lines
+    assert "| uniform | 2 | 21.95 ± 0.07 | 0.7500 ± 0.0000 | 87.00 ± 0.28 |" in lines
+    # uniform − adaptive: PSNR -0.1 and -0.2 (mean -0.15, standard error 0.05), probe +0.2 and -0.6 points; adaptive
+    # is at least as good on both only with seed 1
+    assert lines[-1] == "| uniform | 2 | -0.150 ± 0.050 | -0.20 ± 0.40 | 1 of 2 |"
