@@ -91,6 +91,16 @@ for mode in adaptive uniform none; do
   ablation "$RUNS/ablation-$mode" --distillation-mode "$mode"
 done
 ablation "$RUNS/ablation-frozen" --distillation-mode none --freeze-encoder
+# ... and adaptive against uniform weights on two more training seeds (the runs above are seed 0), measured together
+for seed in 1 2; do
+  for mode in adaptive uniform; do
+    ablation "$RUNS/ablation-$mode-seed$seed" --distillation-mode "$mode" --seed "$seed"
+  done
+done
+python benchmarks/fmnist_ablation_seeds.py --teacher "$RUNS/fmnist-encoder" --json benchmarks/fmnist_ablation_seeds.json \
+  --runs "adaptive β=2:0=$RUNS/ablation-adaptive" "uniform weights:0=$RUNS/ablation-uniform" \
+         "adaptive β=2:1=$RUNS/ablation-adaptive-seed1" "uniform weights:1=$RUNS/ablation-uniform-seed1" \
+         "adaptive β=2:2=$RUNS/ablation-adaptive-seed2" "uniform weights:2=$RUNS/ablation-uniform-seed2"
 
 python benchmarks/fmnist_report.py --model "$RUNS/uniflow-fmnist" --teacher "$RUNS/fmnist-encoder" \
   --ablations "frozen encoder (5 ep)=$RUNS/ablation-frozen" "no distillation (5 ep)=$RUNS/ablation-none" \
