@@ -363,6 +363,7 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         autoguidance_scale: float | None = None,
         autoguidance_interval: Sequence[float] | None = None,
         guidance_rescale: float | None = None,
+        latents: torch.Tensor | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Args:
@@ -397,6 +398,10 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
                 is scaled to the class-conditional velocity's per-sample standard deviation and mixed with the
                 unscaled one, `guidance_rescale * rescaled + (1 - guidance_rescale) * guided`, before autoguidance is
                 added. In [0, 1]; `0` is none. When `None`: the pipeline's `config.guidance_rescale`, else 0.
+            latents (`torch.Tensor`, *optional*): the latent flow's starting noise, `(batch, in_channels,
+                sample_size, sample_size)` of the transformer (its normalised latent space), e.g. to reuse or edit
+                one draw. When `None`: drawn from `generator`, which then draws the decoder's noise too; given, the
+                `generator` draws only the decoder's noise, continuing where it stands.
 
         Examples:
         ```py
@@ -438,8 +443,14 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         device, dtype = self._execution_device, self.transformer.dtype
         config = self.transformer.config
         shape = (batch_size, config.in_channels, config.sample_size, config.sample_size)
-        # drawn in float32, then cast: a seed gives the same noise in every dtype
-        latents = randn_tensor(shape, generator=generator, device=device).to(dtype)
+        if latents is None:
+            # drawn in float32, then cast: a seed gives the same noise in every dtype
+            latents = randn_tensor(shape, generator=generator, device=device).to(dtype)
+        elif not isinstance(latents, torch.Tensor) or tuple(latents.shape) != shape:
+            got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise ValueError(f"`latents` must be a tensor of shape {shape} (batch, channels, grid, grid), got {got}.")
+        else:
+            latents = latents.to(device=device, dtype=dtype)
         labels = torch.tensor(class_ids, device=device)
         labels_and_null = torch.cat([labels, torch.full_like(labels, self.num_classes)])  # second half: null class
 

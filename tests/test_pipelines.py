@@ -458,6 +458,27 @@ def test_class_conditional_decodes_what_it_generates(class_conditional_pipeline)
     assert torch.allclose(images, pipeline.image_processor.postprocess(decoded, output_type="pt"), atol=1e-6)
 
 
+def test_class_conditional_takes_its_starting_noise(class_conditional_pipeline):
+    """`latents`: the pipeline's own draw passed in gives the seeded call's images (the generator then draws only the
+    decoder's noise, from where it stands); other noise gives other latents; a wrong shape is refused."""
+    pipeline = class_conditional_pipeline
+    kwargs = dict(num_inference_steps=2, decoder_num_inference_steps=2, output_type="pt")
+    with torch.no_grad():  # decoder noise that matters: a flow head whose velocity depends on the sample
+        for parameter in pipeline.tokenizer.flow_head.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    seeded = pipeline([0, 2], generator=torch.manual_seed(3), **kwargs).images
+    generator = torch.manual_seed(3)
+    noise = randn_tensor((2, 8, 4, 4), generator=generator)
+    assert torch.allclose(pipeline([0, 2], generator=generator, latents=noise, **kwargs).images, seeded, atol=1e-6)
+    latent_kwargs = {**kwargs, "output_type": "latent"}
+    own = pipeline([0, 2], generator=torch.manual_seed(3), **latent_kwargs).images
+    assert torch.equal(pipeline([0, 2], latents=noise, **latent_kwargs).images, own)
+    assert not torch.allclose(pipeline([0, 2], latents=1.1 * noise, **latent_kwargs).images, own, atol=1e-3)
+    for bad in (torch.zeros(1, 8, 4, 4), torch.zeros(2, 8, 16), noise.numpy()):
+        with pytest.raises(ValueError, match=r"`latents` must be a tensor of shape \(2, 8, 4, 4\)"):
+            pipeline([0, 2], latents=bad, **kwargs)
+
+
 def test_generation_decoder_steps_default_from_the_pipeline_config(class_conditional_pipeline, tmp_path):
     pipeline = class_conditional_pipeline
     assert pipeline.tokenizer.config.num_sampling_steps == 1 and pipeline.config.decoder_num_inference_steps is None
