@@ -14,7 +14,6 @@ and the linear probe of the encoder's mean last-layer token.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -103,25 +102,22 @@ def render(results: dict) -> str:
 
 
 def main():
+    # the script's folder is on sys.path when it runs
+    from fmnist_report import add_output_arguments, rerendered, tokenizer_rows, write_report
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", help="the pretrained encoder folder the runs distilled against")
     parser.add_argument("--runs", nargs="+", default=[], metavar="SETTING:SEED=DIR",
                         help="tokenizer folders of the ablation runs; the first run's setting is the reference")
     parser.add_argument("--num-recon", type=int, default=10000)
-    parser.add_argument("--output", default=str(REPO / "benchmarks" / "fmnist_ablation_seeds.md"))
-    parser.add_argument("--json", default=None, help="also write the numbers here")
-    parser.add_argument("--render", default=None, help="only re-render the report from a --json file")
+    add_output_arguments(parser, "fmnist_ablation_seeds")
     args = parser.parse_args()
-    if args.render:
-        Path(args.output).write_text(render(json.loads(Path(args.render).read_text())))
+    if rerendered(args, render):
         return
     if not (args.teacher and args.runs):
         parser.error("--teacher and --runs are needed to measure (or --render JSON to re-render)")
     runs = [parse_run(spec) for spec in args.runs]  # a malformed spec fails before anything is measured
     torch.set_num_threads(2)
-
-    from fmnist_report import tokenizer_rows  # the script's folder is on sys.path when it runs
-
 
     from uniflow_hf.fmnist import encoder_features, fmnist_pixel_values, linear_probe_accuracy, load_fashion_mnist_arrays
     from uniflow_hf.modeling import UniFlowForImageClassification, UniFlowModel
@@ -142,10 +138,7 @@ def main():
         results["runs"].append({"setting": setting, "seed": seed, "folder": folder, **row})
         print(f"{setting} (seed {seed}): {row['psnr']:.2f} dB, SSIM {row['ssim']:.4f}, probe {100 * row['probe']:.2f} %")
     results["seconds"] = time.time() - started
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    Path(args.output).write_text(render(results))
-    print(render(results))
+    write_report(results, render, args.output, args.json)
 
 
 if __name__ == "__main__":

@@ -38,16 +38,23 @@ def generate_all(
     pipeline, per_class: int, guidance_scale: float, steps: int, decoder_steps: int | None = None,
     batch_size: int = 500, seed: int = 0, guidance_interval: tuple[float, float] | None = None,
     autoguidance_scale: float | None = None, autoguidance_interval: tuple[float, float] | None = None,
-    guidance_rescale: float | None = None,
+    guidance_rescale: float | None = None, noise_scale: float = 1.0,
 ):
+    """`per_class` samples of each class; `noise_scale` scales the latent flow's starting noise (a temperature)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
     images, labels = [], []
     generator = torch.Generator().manual_seed(seed)
+    config = pipeline.transformer.config
     for class_id in range(10):
         for start in range(0, per_class, batch_size):
             n = min(batch_size, per_class - start)
+            shape = (n, config.in_channels, config.sample_size, config.sample_size)
+            # the pipeline's own draw, scaled; the generator goes on to draw the decoder's noise as it would
+            latents = None if noise_scale == 1 else noise_scale * randn_tensor(shape, generator=generator)
             out = pipeline([class_id] * n, guidance_scale=guidance_scale, guidance_interval=guidance_interval,
                            autoguidance_scale=autoguidance_scale, autoguidance_interval=autoguidance_interval,
-                           guidance_rescale=guidance_rescale, num_inference_steps=steps,
+                           guidance_rescale=guidance_rescale, num_inference_steps=steps, latents=latents,
                            decoder_num_inference_steps=decoder_steps, generator=generator, output_type="pt").images
             images.append(out.mean(dim=1))
             labels += [class_id] * n
@@ -167,9 +174,7 @@ def main():
     parser.add_argument("--decoder-steps", type=int, default=None, help="decoder steps when generating (the pipeline's)")
     parser.add_argument("--compare-decoder-steps", type=int, nargs="*", default=[],
                         help="more decoder step counts for the reconstruction table (1 and the generation's are always in)")
-    parser.add_argument("--output", default=str(REPO / "benchmarks" / "fmnist_report.md"))
-    parser.add_argument("--json", default=None, help="also write the numbers here")
-    parser.add_argument("--render", default=None, help="only re-render the report from a --json file")
+    add_output_arguments(parser, "fmnist_report")
     parser.add_argument(
         "--tokenizer-rows-from", default=None, metavar="JSON",
         help="take the tokenizer table (PSNR, SSIM, probes, ablations, PCA; nothing judged by the CNN) from this "
@@ -185,8 +190,7 @@ def main():
         parser.error("--ablation-rows-from replaces --ablations and cannot be combined with --tokenizer-rows-from")
     # read before anything is measured, so that a wrong file fails at once
     earlier_ablations = earlier_ablation_rows(args.ablation_rows_from) if args.ablation_rows_from else None
-    if args.render:
-        Path(args.output).write_text(render(json.loads(Path(args.render).read_text())))
+    if rerendered(args, render):
         return
     torch.set_num_threads(2)
 
@@ -310,9 +314,28 @@ def main():
         if setting != default_setting:
             results["guidance_comparison"].append(generation_metrics(*setting)[2])
     results["seconds"] = time.time() - started
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    Path(args.output).write_text(render(results))
+    write_report(results, render, args.output, args.json)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """`--output` (default `benchmarks/<name>.md`), `--json` and `--render`, which every report script takes."""
+    parser.add_argument("--output", default=str(REPO / "benchmarks" / f"{name}.md"))
+    parser.add_argument("--json", default=None, help="also write the numbers here")
+    parser.add_argument("--render", default=None, help="only re-render the report from a --json file")
+
+
+def rerendered(args: argparse.Namespace, render) -> bool:
+    """With `--render JSON`: the report re-rendered from that file into `--output`, nothing measured."""
+    if args.render:
+        Path(args.output).write_text(render(json.loads(Path(args.render).read_text())))
+    return bool(args.render)
+
+
+def write_report(results: dict, render, output: str, json_path: str | None) -> None:
+    """`results` rendered as markdown into `output` (and printed), and as JSON into `json_path` when given."""
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    Path(output).write_text(render(results))
     print(render(results))
 
 

@@ -106,3 +106,7 @@ python benchmarks/fmnist_report.py --model "$RUNS/uniflow-fmnist" --teacher "$RU
   --ablations "frozen encoder (5 ep)=$RUNS/ablation-frozen" "no distillation (5 ep)=$RUNS/ablation-none" \
               "uniform weights (5 ep)=$RUNS/ablation-uniform" "adaptive β=2 (5 ep)=$RUNS/ablation-adaptive" \
   --noise-seeds 0 1 2 --compare-decoder-steps 4 16 --compare-guidance 2:0.24:0.7/0.85@2:0.8:1 2:0.24:0.7@2:0.8:1 2:0.24:0.7
+
+# where the generated samples' distance comes from (per-class shifts and spreads, the starting noise scaled)
+python benchmarks/fmnist_fd_diagnostics.py --model "$RUNS/uniflow-fmnist" --noise-scales 0.97 0.985 1.04 \
+  --json benchmarks/fmnist_fd_diagnostics.json

@@ -429,3 +429,40 @@ def test_ablation_seed_report_pairs_each_setting_with_the_reference_seed_by_seed
     # uniform − adaptive: PSNR -0.1 and -0.2 (mean -0.15, standard error 0.05), probe +0.2 and -0.6 points; adaptive
     # is at least as good on both only with seed 1
     assert lines[-1] == "| uniform | 2 | -0.150 ± 0.050 | -0.20 ± 0.40 | 1 of 2 |"
+
+
+def test_fd_diagnostics_move_class_means_and_render_each_set():
+    """`fmnist_fd_diagnostics.py`: each class's features moved onto the reference class mean (their spread kept), the
+    per-class spread, and the report's rows (distances as multiples of the floor, generated / bound spreads, the
+    noise-scale rows)."""
+    diagnostics = load_report_script("fmnist_fd_diagnostics")
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(40, 3, generator=generator) * torch.tensor([1.0, 2.0, 3.0])
+    labels = torch.arange(40) % 2
+    reference = torch.randn(30, 3, generator=generator) + 5
+    reference_labels = torch.arange(30) % 2
+    moved = diagnostics.class_means_moved(features, labels, reference, reference_labels)
+    for class_id in (0, 1):
+        mine, theirs = labels == class_id, reference_labels == class_id
+        assert torch.allclose(moved[mine].mean(0), reference[theirs].mean(0), atol=1e-5)
+        assert torch.allclose(moved[mine] - moved[mine].mean(0), features[mine] - features[mine].mean(0), atol=1e-5)
+    spreads = diagnostics.class_spreads(features, labels, num_classes=2)
+    assert spreads == pytest.approx([features[labels == c].var(0).sum().item() for c in (0, 1)])
+
+    def row(distance, moved_distance, spread):
+        return {"fd_vs_test": distance, "fd_class_means_moved": moved_distance, "class_spread": spread}
+
+    results = {
+        "model": "runs/uniflow-fmnist", "seconds": 600, "judge_test_accuracy": 0.9, "num_generated": 100,
+        "noise_seed": 0, "decoder_steps": 8, "labels": ["Bag", "Coat"], "test_class_spread": [10.0, 20.0],
+        "sets": {"floor": row(0.25, 0.125, [9.0, 19.0]), "bound": row(0.5, 0.15, [8.0, 20.0]),
+                 "generated": row(0.75, 0.5, [6.0, 21.0])},
+        "noise_scales": [{"noise_scale": 1.0, "class_accuracy": 0.95, "fd_vs_test": 0.75},
+                         {"noise_scale": 1.04, "class_accuracy": 0.9, "fd_vs_test": 1.0}],
+    }
+    lines = diagnostics.render(results).splitlines()
+    assert "| their reconstructions (the bound) | 0.500 (2.00×) | 0.150 |" in lines
+    assert "| generated samples | 0.750 (3.00×) | 0.500 |" in lines
+    assert "| Bag | 10.0 | 9.0 | 8.0 | 6.0 | 0.75 |" in lines and "| Coat | 20.0 | 19.0 | 20.0 | 21.0 | 1.05 |" in lines
+    assert lines[-2:] == ["| 1 | 95.00 % | 0.750 | 3.00× |", "| 1.04 | 90.00 % | 1.000 | 4.00× |"]
+
