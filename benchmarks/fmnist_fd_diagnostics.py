@@ -21,7 +21,6 @@ import torch
 
 
 REPO = Path(__file__).resolve().parents[1]
-NUM_FLOOR = 10000  # training images of the floor and of the bound, as in fmnist_report.py
 
 
 def class_means_moved(features, labels, reference_features, reference_labels) -> torch.Tensor:
@@ -66,7 +65,7 @@ def render(results: dict) -> str:
         f"2-core CPU ({results['seconds'] / 60:.0f} min), with `fmnist_report.py`'s judge (test accuracy "
         f"{100 * results['judge_test_accuracy']:.2f} %). {results['num_generated']} generated samples (noise seed "
         f"{results['noise_seed']}) at the pipeline's default settings, {results['decoder_steps']} decoder steps; "
-        f"{NUM_FLOOR} training images for the floor and the bound, as in the report.",
+        f"{results['num_floor']} training images for the floor and the bound, as in the report.",
         "",
         "| samples | Fréchet distance to the test set | with each class's mean moved onto the test set's |",
         "| --- | ---: | ---: |",
@@ -102,7 +101,9 @@ def render(results: dict) -> str:
 
 def main():
     # the script's folder is on sys.path when it runs
-    from fmnist_report import add_output_arguments, rerendered, generate_all, write_report
+    from fmnist_report import (
+        NUM_FLOOR, add_output_arguments, bound_reconstructions, generate_all, rerendered, write_report,
+    )
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(REPO / "uniflow_hf" / "models" / "uniflow-fmnist"))
@@ -118,11 +119,9 @@ def main():
         parser.error(f"--noise-scales must be positive, got {args.noise_scales}")
     torch.set_num_threads(2)
 
-    import uniflow_hf  # noqa: F401
     from uniflow_hf import UniFlowClassConditionalPipeline
     from uniflow_hf.fmnist import (
-        FASHION_MNIST_LABELS, fmnist_pixel_values, judge_outputs, load_fashion_mnist_arrays, reconstruct_grayscale,
-        train_judge,
+        FASHION_MNIST_LABELS, fmnist_pixel_values, judge_outputs, load_fashion_mnist_arrays, train_judge,
     )
     from uniflow_hf.metrics._common import frechet_distance_of_features
 
@@ -138,9 +137,8 @@ def main():
     judge = train_judge(train_unit, train_y)
     test_features, test_predictions = judge_outputs(judge, test_unit)
     floor_labels = train_y[:NUM_FLOOR]
-    bound_images = reconstruct_grayscale(
-        pipeline.tokenizer.eval(), fmnist_pixel_values(train_x[:NUM_FLOOR]), batch_size=1000,
-        num_inference_steps=decoder_steps,
+    bound_images = bound_reconstructions(
+        pipeline.tokenizer.eval(), fmnist_pixel_values(train_x[:NUM_FLOOR]), decoder_steps
     )
     sets = {
         name: sample_set_row(judge_outputs(judge, images)[0], floor_labels, test_features, test_y)
@@ -161,7 +159,7 @@ def main():
         if scale == 1:
             sets["generated"] = sample_set_row(features, labels, test_features, test_y)
     results = {
-        "model": args.model, "num_generated": len(labels), "noise_seed": args.noise_seed,
+        "model": args.model, "num_generated": len(labels), "noise_seed": args.noise_seed, "num_floor": NUM_FLOOR,
         "decoder_steps": decoder_steps, "labels": FASHION_MNIST_LABELS,
         "judge_test_accuracy": (test_predictions == test_y).float().mean().item(),
         "test_class_spread": class_spreads(test_features, test_y), "sets": sets, "noise_scales": noise_scales,

@@ -31,6 +31,7 @@ import torch
 
 
 REPO = Path(__file__).resolve().parents[1]
+NUM_FLOOR = 10000  # training images of the floor (train vs test) and of the tokenizer's bound
 
 
 @torch.no_grad()
@@ -41,17 +42,13 @@ def generate_all(
     guidance_rescale: float | None = None, noise_scale: float = 1.0,
 ):
     """`per_class` samples of each class; `noise_scale` scales the latent flow's starting noise (a temperature)."""
-    from diffusers.utils.torch_utils import randn_tensor
-
     images, labels = [], []
     generator = torch.Generator().manual_seed(seed)
-    config = pipeline.transformer.config
     for class_id in range(10):
         for start in range(0, per_class, batch_size):
             n = min(batch_size, per_class - start)
-            shape = (n, config.in_channels, config.sample_size, config.sample_size)
             # the pipeline's own draw, scaled; the generator goes on to draw the decoder's noise as it would
-            latents = None if noise_scale == 1 else noise_scale * randn_tensor(shape, generator=generator)
+            latents = None if noise_scale == 1 else noise_scale * pipeline.prepare_latents(n, generator)
             out = pipeline([class_id] * n, guidance_scale=guidance_scale, guidance_interval=guidance_interval,
                            autoguidance_scale=autoguidance_scale, autoguidance_interval=autoguidance_interval,
                            guidance_rescale=guidance_rescale, num_inference_steps=steps, latents=latents,
@@ -59,6 +56,16 @@ def generate_all(
             images.append(out.mean(dim=1))
             labels += [class_id] * n
     return torch.cat(images), torch.tensor(labels)
+
+
+def bound_reconstructions(tokenizer, train_pixel_values: torch.Tensor, decoder_steps: int) -> torch.Tensor:
+    """The tokenizer's bound: a generator that drew exactly the latents of the floor's training images would reach
+    the distance of their reconstructions, decoded as the generation decodes (grayscale, in [0, 1])."""
+    from uniflow_hf.fmnist import reconstruct_grayscale
+
+    return reconstruct_grayscale(
+        tokenizer, train_pixel_values[:NUM_FLOOR], batch_size=1000, num_inference_steps=decoder_steps
+    )
 
 
 def tokenizer_rows(tokenizer, train_pv, train_y, test_pv, test_y, num_recon: int):
@@ -241,8 +248,7 @@ def main():
         }
 
     judge = train_judge(train_unit, train_y)
-    num_floor = 10000  # training images of the floor (and of the tokenizer's bound)
-    train_features, _ = judge_outputs(judge, train_unit[:num_floor])
+    train_features, _ = judge_outputs(judge, train_unit[:NUM_FLOOR])
     test_features, test_pred = judge_outputs(judge, test_unit)
     results["judge_test_accuracy"] = (test_pred == test_y).float().mean().item()
     results["fd_floor_train_vs_test"] = frechet_distance_of_features(train_features, test_features)
@@ -253,14 +259,9 @@ def main():
     autoguidance_interval = args.autoguidance_interval or pipeline.default_autoguidance_interval
     steps = 25 if args.steps is None else args.steps
     decoder_steps = args.decoder_steps or pipeline.default_decoder_num_inference_steps
-    # The tokenizer's bound: a generator that drew exactly the latents of the floor's training images would reach
-    # the distance of their reconstructions (decoded as the generation decodes). The test set's own reconstructions
-    # below are no such bound: they are compared with themselves.
-    train_reconstructions = reconstruct_grayscale(
-        tokenizer, train_pv[:num_floor], batch_size=1000, num_inference_steps=decoder_steps
-    )
+    # The test set's own reconstructions below are no such bound: they are compared with themselves.
     results["fd_tokenizer_bound"] = frechet_distance_of_features(
-        judge_outputs(judge, train_reconstructions)[0], test_features
+        judge_outputs(judge, bound_reconstructions(tokenizer, train_pv, decoder_steps))[0], test_features
     )
     results["reconstruction_by_decoder_steps"] = {}
     for num_steps in sorted({1, decoder_steps, *args.compare_decoder_steps}):

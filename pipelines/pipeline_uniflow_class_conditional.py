@@ -349,6 +349,23 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         mean, std = self._latent_statistics(grid_latents.device, grid_latents.dtype)
         return grid_to_latents(grid_latents * std + mean)
 
+    def prepare_latents(
+        self, batch_size: int, generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The latent flow's starting noise `(batch_size, in_channels, sample_size, sample_size)` on the execution
+        device in the transformer's dtype: `latents` checked and moved there, or, when `None`, drawn from
+        `generator` (in float32, then cast: a seed gives the same noise in every dtype)."""
+        device, dtype = self._execution_device, self.transformer.dtype
+        config = self.transformer.config
+        shape = (batch_size, config.in_channels, config.sample_size, config.sample_size)
+        if latents is None:
+            return randn_tensor(shape, generator=generator, device=device).to(dtype)
+        if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != shape:
+            got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise ValueError(f"`latents` must be a tensor of shape {shape} (batch, channels, grid, grid), got {got}.")
+        return latents.to(device=device, dtype=dtype)
+
     @torch.no_grad()
     def __call__(
         self,
@@ -440,17 +457,8 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         batch_size = len(class_ids)
         check_generator(generator, batch_size)
 
-        device, dtype = self._execution_device, self.transformer.dtype
-        config = self.transformer.config
-        shape = (batch_size, config.in_channels, config.sample_size, config.sample_size)
-        if latents is None:
-            # drawn in float32, then cast: a seed gives the same noise in every dtype
-            latents = randn_tensor(shape, generator=generator, device=device).to(dtype)
-        elif not isinstance(latents, torch.Tensor) or tuple(latents.shape) != shape:
-            got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
-            raise ValueError(f"`latents` must be a tensor of shape {shape} (batch, channels, grid, grid), got {got}.")
-        else:
-            latents = latents.to(device=device, dtype=dtype)
+        device = self._execution_device
+        latents = self.prepare_latents(batch_size, generator, latents)
         labels = torch.tensor(class_ids, device=device)
         labels_and_null = torch.cat([labels, torch.full_like(labels, self.num_classes)])  # second half: null class
 

@@ -454,7 +454,7 @@ def test_fd_diagnostics_move_class_means_and_render_each_set():
 
     results = {
         "model": "runs/uniflow-fmnist", "seconds": 600, "judge_test_accuracy": 0.9, "num_generated": 100,
-        "noise_seed": 0, "decoder_steps": 8, "labels": ["Bag", "Coat"], "test_class_spread": [10.0, 20.0],
+        "noise_seed": 0, "num_floor": 10000, "decoder_steps": 8, "labels": ["Bag", "Coat"], "test_class_spread": [10.0, 20.0],
         "sets": {"floor": row(0.25, 0.125, [9.0, 19.0]), "bound": row(0.5, 0.15, [8.0, 20.0]),
                  "generated": row(0.75, 0.5, [6.0, 21.0])},
         "noise_scales": [{"noise_scale": 1.0, "class_accuracy": 0.95, "fd_vs_test": 0.75},
