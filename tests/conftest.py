@@ -11,7 +11,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)  # tiny models: threading overhead outweighs the second core
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+# Ground truth made with the official code: a copy of the project's shared fixtures (`../shared/fixtures` beside the
+# repository, the authority), so that a plain clone runs the parity tests; `test_fixtures_match_the_shared_ones`
+# checks the copy wherever the shared ones are beside it.
+FIXTURES = REPO_ROOT / "tests" / "fixtures" / "official"
+SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
 OFFICIAL_TINY = FIXTURES / "official_uniflow_tiny"
 
 
@@ -79,5 +83,5 @@ def tiny_model(tiny_config):
 @pytest.fixture
 def official_tiny_dir():
     if not OFFICIAL_TINY.is_dir():
-        pytest.fail(f"Missing ground-truth fixtures at {OFFICIAL_TINY} (../shared/fixtures beside the repository).")
+        pytest.fail(f"Missing ground-truth fixtures at {OFFICIAL_TINY} (a copy of ../shared/fixtures).")
     return OFFICIAL_TINY

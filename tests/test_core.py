@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from uniflow_hf import UniFlowConfig, UniFlowModel, UniFlowVisionModel
 from uniflow_hf.modeling.modeling_uniflow import OFFICIAL_TO_HF_KEY_MAPPING, patchify, unpatchify
 
-from conftest import FIXTURES, TINY_CONFIG
+from conftest import FIXTURES, SHARED_FIXTURES, TINY_CONFIG
 
 
 TOL = 1e-4
@@ -20,6 +20,20 @@ DECODE_CASES = {
     "reconstruction.steps4.linear": (4, "linear"),
     "reconstruction.steps4.pow_0.25": (4, "pow_0.25"),
 }
+
+
+def test_fixtures_match_the_shared_ones():
+    """The ground truth in tests/fixtures/official is, file for file and byte for byte, the project's shared fixtures
+    (compared where those lie beside the repository, as in CI)."""
+    if not SHARED_FIXTURES.is_dir():
+        pytest.skip(f"no shared fixtures at {SHARED_FIXTURES} to compare the copy with")
+
+    def files(root):
+        return {path.relative_to(root): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+    copy, shared = files(FIXTURES), files(SHARED_FIXTURES)
+    assert sorted(copy) == sorted(shared)
+    assert [name for name in shared if copy[name] != shared[name]] == []
 
 
 @pytest.fixture(scope="module")
