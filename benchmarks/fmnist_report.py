@@ -297,6 +297,7 @@ def main():
         **default_metrics,
         "steps": steps,
         "solver": pipeline.scheduler.config.solver,
+        "euler_at_final": pipeline.scheduler.config.get("euler_at_final", False),
         "decoder_steps": decoder_steps,
         "num_images": len(generated_labels),
         "per_class_accuracy": {
@@ -455,7 +456,8 @@ def render(results: dict) -> str:
         f"{f' at flow times {guided_times} (0 = noise)' if guided_times else ''}"
         f"{f' rescaled by {rescaled} (Lin et al., 2024)' if rescaled != '–' else ''}"
         f"{f', autoguidance {autoguided}' if autoguided != '–' else ''}, {gen['steps']} "
-        f"{gen.get('solver', 'euler').capitalize()} steps of the generator, {gen.get('decoder_steps', 1)} decoder "
+        f"{gen.get('solver', 'euler').capitalize()} steps of the generator"
+        f"{' (the last a plain Euler step)' if gen.get('euler_at_final') else ''}, {gen.get('decoder_steps', 1)} decoder "
         f"step(s), judged by an independently trained CNN (test accuracy {100 * results['judge_test_accuracy']:.2f} %).",
         "",
         "| metric | value |",

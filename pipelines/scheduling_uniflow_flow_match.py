@@ -70,8 +70,10 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         schedule (`str`, defaults to `"linear"`): the time grid, `"linear"` or `"pow_<p>"`.
         shift (`float`, defaults to 1.0): SD3-style timestep shift of the grid (1 = none).
         solver (`str`, defaults to `"euler"`): `"euler"` (one network call per step) or `"heun"` (two: the trapezoid
-            rule on every step, the last one included, so the network is also called at t = 1; diffusers'
-            `FlowMatchHeunDiscreteScheduler` ends with a plain Euler step instead, one call fewer).
+            rule).
+        euler_at_final (`bool`, defaults to `False`): with `"heun"`, end with a plain Euler step, as EDM's sampler
+            and diffusers' `FlowMatchHeunDiscreteScheduler` do, so the network is never called at t = 1 (the data
+            end, where it is trained least); `False` applies the trapezoid rule on the last step too.
         training_timestep_distribution (`str`, defaults to `"fat_lognormal"`): `"fat_lognormal"` (logit-normal
             with a `uniform_fraction` share of uniform times, the release's default), `"lognormal"` or `"uniform"`.
         logit_mean, logit_std (`float`): parameters of the logit-normal.
@@ -89,6 +91,7 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         schedule: str = "linear",
         shift: float = 1.0,
         solver: str = "euler",
+        euler_at_final: bool = False,
         training_timestep_distribution: str = "fat_lognormal",
         logit_mean: float = 0.0,
         logit_std: float = 1.0,
@@ -96,6 +99,10 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
     ):
         if solver not in ("euler", "heun"):
             raise ValueError(f"`solver` must be 'euler' or 'heun', got {solver!r}.")
+        if not isinstance(euler_at_final, bool):
+            raise ValueError(f"`euler_at_final` must be True or False, got {euler_at_final!r}.")
+        if euler_at_final and solver != "heun":
+            raise ValueError("`euler_at_final` ends Heun's method with an Euler step; it needs `solver='heun'`.")
         if training_timestep_distribution not in ("fat_lognormal", "lognormal", "uniform"):
             raise ValueError(
                 "`training_timestep_distribution` must be 'fat_lognormal', 'lognormal' or 'uniform', got "
@@ -126,8 +133,11 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         grid = time_grid(num_inference_steps, schedule or self.config.schedule, self.config.shift)
         self.num_inference_steps = num_inference_steps
         if self.config.solver == "heun":
-            # t_0, then (t_k, t_k) pairs: the corrector of step k-1 and the predictor of step k share t_k.
+            # t_0, then (t_k, t_k) pairs: the corrector of step k-1 and the predictor of step k share t_k; the last
+            # step's corrector calls the network at t_K = 1 unless that step is a plain Euler step
             starts = torch.cat([grid[:1], grid[1:-1].repeat_interleave(2), grid[-1:]])
+            if self.config.euler_at_final:
+                starts = starts[:-1]
         else:
             starts = grid[:-1]
         self.times = grid.to(device)
@@ -156,11 +166,12 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         if self.config.solver == "euler":
             t, t_next = self.times[self._step_index], self.times[self._step_index + 1]
             prev_sample = x + (t_next - t) * velocity
-        elif self._first_order_sample is None:  # Heun predictor
+        elif self._first_order_sample is None:  # Heun predictor (with `euler_at_final`, the last step is just this)
             k = (self._step_index + 1) // 2
             t, t_next = self.times[k], self.times[k + 1]
-            self._first_order_sample, self._first_order_velocity = x, velocity
             prev_sample = x + (t_next - t) * velocity
+            if self._step_index + 1 < len(self.timesteps):
+                self._first_order_sample, self._first_order_velocity = x, velocity
         else:  # Heun corrector: average the two slopes
             k = self._step_index // 2
             t, t_next = self.times[k], self.times[k + 1]

@@ -80,6 +80,8 @@ def test_committed_report_measured_the_shipped_sampling_defaults(pipeline):
     assert generation["autoguidance_scale"] == pipeline.default_autoguidance_scale
     assert generation["autoguidance_interval"] == list(pipeline.default_autoguidance_interval)
     assert generation["decoder_steps"] == pipeline.default_decoder_num_inference_steps
+    assert generation["solver"] == pipeline.scheduler.config.solver
+    assert generation.get("euler_at_final", False) == pipeline.scheduler.config.euler_at_final
 
 
 def test_generated_samples_are_recognised_as_their_class(pipeline, judge):
@@ -198,7 +200,7 @@ def test_the_recipe_stages_chain_into_a_pipeline(tmp_path):
     run_stage("finetune-decoder", "--tokenizer", str(tokenizer), "--output-dir", str(decoder_tuned), "--max-train", "256")
     run_stage("train-generator", "--tokenizer", str(decoder_tuned), "--output-dir", str(model), "--steps", "3",
               "--batch-size", "16", "--max-train", "64", "--decoder-steps", "4", "--ema-decay", "0.9",
-              "--solver", "heun", "--guidance-scale", "2", "--guidance-interval", "0.2", "1")
+              "--solver", "heun", "--euler-at-final", "--guidance-scale", "2", "--guidance-interval", "0.2", "1")
     # a continuation stage starts from the saved DiT (at learning rate 0 it stays exactly that), also deepened
     continuation = ["--init-generator", str(model), "--learning-rate", "0", "--steps", "2", "--batch-size", "16",
                     "--max-train", "64", "--seed", "1"]
@@ -231,7 +233,7 @@ def test_the_recipe_stages_chain_into_a_pipeline(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     assert pipe.tokenizer.config.flow_timestep_logit_mean == -2.0
     assert pipe.config.decoder_num_inference_steps == 4 and pipe.tokenizer.config.num_sampling_steps == 1
-    assert pipe.scheduler.config.solver == "heun"
+    assert pipe.scheduler.config.solver == "heun" and pipe.scheduler.config.euler_at_final
     assert pipe.config.guidance_scale == 2.0 and pipe.config.guidance_interval == [0.2, 1.0]
     images = pipe(["Bag", "Trouser"], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
     assert images.shape == (2, 3, 28, 28) and torch.isfinite(images).all()
@@ -250,6 +252,7 @@ def test_the_recipe_stages_chain_into_a_pipeline(tmp_path):
     assert guided.guide_transformer.config.num_layers == 1 and guided.transformer.config.num_layers == 6
     assert guided.config.autoguidance_scale == 2.0 and guided.config.autoguidance_interval == [0.8, 1.0]
     assert guided.config.guidance_interval == [0.2, 1.0] and guided.config.decoder_num_inference_steps == 4
+    assert guided.scheduler.config.euler_at_final  # the sampler's settings travel with the pipeline
     kwargs = dict(num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="latent")
     autoguided = guided(["Bag"], **kwargs).images
     assert not torch.allclose(autoguided, guided(["Bag"], **{**kwargs, "autoguidance_scale": 1.0}).images)

@@ -345,7 +345,8 @@ def test_train_generator_command(tiny_model, tmp_path, monkeypatch, capsys):
 
     # a `save_to_disk` DatasetDict
     datasets.DatasetDict({"train": synthetic_dataset(per_class=2)}).save_to_disk(tmp_path / "saved")
-    sampling = ["--decoder-steps", "3", "--solver", "heun", "--guidance-scale", "2", "--guidance-interval", "0.2", "1"]
+    sampling = ["--decoder-steps", "3", "--solver", "heun", "--euler-at-final", "--guidance-scale", "2",
+                "--guidance-interval", "0.2", "1"]
     assert train(tmp_path / "saved", tmp_path / "generator", *sampling) == 0
     assert "Trained 2 steps" in capsys.readouterr().out
     pipeline = DiffusionPipeline.from_pretrained(tmp_path / "generator")
@@ -353,6 +354,7 @@ def test_train_generator_command(tiny_model, tmp_path, monkeypatch, capsys):
     assert pipeline.config.decoder_num_inference_steps == 3
     assert pipeline.config.guidance_scale == 2.0 and pipeline.config.guidance_interval == [0.2, 1.0]
     assert pipeline.scheduler.config.solver == "heun" and pipeline.scheduler.order == 2
+    assert pipeline.scheduler.config.euler_at_final
     assert pipeline.decoder_scheduler.config.solver == "euler"  # the decoder keeps the release's sampler
 
     # continuing from that pipeline's DiT (its size, not --transformer-kwargs)

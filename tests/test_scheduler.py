@@ -70,6 +70,8 @@ def test_bad_grid_arguments(steps, schedule, shift):
         (dict(logit_std=0.0), "`logit_std` must be positive, got 0.0"),
         (dict(uniform_fraction=1.5), r"`uniform_fraction` must be in \[0, 1\], got 1.5"),
         (dict(solver="rk4"), "'euler' or 'heun'"),
+        (dict(solver="heun", euler_at_final="yes"), "`euler_at_final` must be True or False, got 'yes'"),
+        (dict(euler_at_final=True), "needs `solver='heun'`"),
     ],
 )
 def test_bad_scheduler_arguments(kwargs, message):
@@ -85,6 +87,9 @@ def test_set_timesteps_euler_and_heun():
     heun.set_timesteps(2)
     assert torch.allclose(heun.timesteps, torch.tensor([0.0, 500.0, 500.0, 1000.0]))
     assert heun.order == 2
+    heun_euler_at_final = UniFlowFlowMatchScheduler(solver="heun", euler_at_final=True)
+    heun_euler_at_final.set_timesteps(2)
+    assert torch.allclose(heun_euler_at_final.timesteps, torch.tensor([0.0, 500.0, 500.0]))  # no call at t = 1
     with pytest.raises(RuntimeError, match="set_timesteps"):
         UniFlowFlowMatchScheduler().step(torch.zeros(1), 0, torch.zeros(1))
 
@@ -101,6 +106,25 @@ def test_heun_is_exact_where_euler_is_not():
     euler_end = sample_with(UniFlowFlowMatchScheduler(), velocity, start, steps)[-1]
     assert torch.allclose(heun_end, start + 0.5, atol=1e-6)
     assert torch.allclose(euler_end, start + 0.5 - 1 / (2 * steps), atol=1e-6)
+
+
+def test_heun_euler_at_final_ends_with_a_plain_euler_step():
+    """On v = t the trapezoid rule is exact on every step but the last, where Euler lags by half the slope change."""
+    steps, start = 4, torch.tensor([0.3, -1.2])
+    calls = []
+
+    def velocity(sample, timestep):
+        calls.append(float(timestep))
+        return torch.full_like(sample, float(timestep) / 1000)
+
+    scheduler = UniFlowFlowMatchScheduler(solver="heun", euler_at_final=True)
+    trajectory = sample_with(scheduler, velocity, start, steps)
+    exact_before_last = start + 0.5 * 0.75**2
+    assert torch.allclose(trajectory[-2], exact_before_last, atol=1e-6)
+    assert torch.allclose(trajectory[-1], exact_before_last + 0.25 * 0.75, atol=1e-6)  # v(3/4) over the last 1/4
+    assert max(calls) == 750 and len(calls) == 2 * steps - 1
+    # the scheduler is left clean: a second run gives the same samples
+    assert torch.equal(sample_with(scheduler, velocity, start, steps)[-1], trajectory[-1])
 
 
 def test_heun_converges_faster_on_a_linear_ode():

@@ -218,6 +218,7 @@ def train_generator(
     progress: bool = True,
     decoder_num_inference_steps: int | None = None,
     solver: str = "euler",
+    euler_at_final: bool = False,
     guidance_scale: float | None = None,
     guidance_interval: tuple[float, float] | None = None,
     guidance_rescale: float | None = None,
@@ -250,6 +251,8 @@ def train_generator(
             (the tokenizer's `num_sampling_steps` when `None`).
         solver (`str`, defaults to `"euler"`): the solver of the saved pipeline's latent-flow scheduler, `"euler"`
             or `"heun"` (two network calls a step, more accurate at the same steps).
+        euler_at_final (`bool`, defaults to `False`): with `"heun"`, the saved scheduler ends with a plain Euler step
+            (no network call at t = 1; see `UniFlowFlowMatchScheduler`).
         guidance_scale, guidance_interval, guidance_rescale (*optional*): the saved pipeline's default
             classifier-free guidance, the flow times it applies in and its rescaling (see
             `UniFlowClassConditionalPipeline`).
@@ -293,7 +296,8 @@ def train_generator(
         raise ValueError(
             "`add_layers` deepens the DiT given as `init_transformer`; a new DiT is sized by `transformer_kwargs`."
         )
-    sampling_scheduler = UniFlowFlowMatchScheduler(solver=solver)  # checked before the training, saved after it
+    # checked before the training, saved after it
+    sampling_scheduler = UniFlowFlowMatchScheduler(solver=solver, euler_at_final=euler_at_final)
     if noise_scheduler is None:
         noise_scheduler = UniFlowFlowMatchScheduler()
     elif not isinstance(noise_scheduler, UniFlowFlowMatchScheduler):

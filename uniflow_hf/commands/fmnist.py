@@ -6,6 +6,7 @@ from .generate import (
     add_guidance_arguments,
     add_init_generator_arguments,
     add_lr_schedule_arguments,
+    add_solver_arguments,
     add_transformer_kwargs_argument,
     add_training_timestep_arguments,
     training_noise_scheduler,
@@ -65,9 +66,7 @@ def register(subparsers) -> None:
     stage.add_argument(
         "--ema-decay", type=float, default=None, help="save an exponential moving average of the weights (e.g. 0.999)"
     )
-    stage.add_argument(
-        "--solver", default="euler", choices=["euler", "heun"], help="the saved pipeline's solver of the latent flow"
-    )
+    add_solver_arguments(stage)
     add_guidance_arguments(stage, "the pipeline's default classifier-free guidance (default: 1.5)")
     add_training_timestep_arguments(stage)
     stage.add_argument("--seed", type=int, default=0)
@@ -129,7 +128,7 @@ def _generator(args) -> int:
     train_fmnist_generator(
         args.tokenizer, args.output_dir, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
         max_train=args.max_train, decoder_num_inference_steps=args.decoder_steps, ema_decay=args.ema_decay,
-        solver=args.solver, learning_rate=args.learning_rate, init_generator=args.init_generator,
+        solver=args.solver, euler_at_final=args.euler_at_final, learning_rate=args.learning_rate, init_generator=args.init_generator,
         add_layers=args.add_layers, guidance_scale=args.guidance_scale, guidance_interval=args.guidance_interval,
         guidance_rescale=args.guidance_rescale,
         lr_scheduler_type=args.lr_scheduler_type, warmup_steps=args.warmup_steps,

@@ -48,9 +48,7 @@ def register(subparsers) -> None:
         "--decoder-steps", type=int, default=None,
         help="the pipeline's default steps of the pixel decoder when generating (default: the tokenizer's)",
     )
-    parser.add_argument(
-        "--solver", default="euler", choices=["euler", "heun"], help="the saved pipeline's solver of the latent flow"
-    )
+    add_solver_arguments(parser)
     add_guidance_arguments(parser, "the pipeline's default classifier-free guidance (default: 1.5)")
     parser.add_argument("--seed", type=int, default=0)
     add_transformer_kwargs_argument(parser)
@@ -160,6 +158,16 @@ def _check_positive(value, name: str, allow_none: bool = False) -> None:
         return
     if value is None or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value}.")
+
+
+def add_solver_arguments(parser) -> None:
+    parser.add_argument(
+        "--solver", default="euler", choices=["euler", "heun"], help="the saved pipeline's solver of the latent flow"
+    )
+    parser.add_argument(
+        "--euler-at-final", action="store_true",
+        help="with --solver heun: end with a plain Euler step (no network call at t = 1, the data end)",
+    )
 
 
 def add_guidance_arguments(parser, scale_help: str) -> None:
@@ -349,6 +357,7 @@ def run_train_generator(args) -> int:
         ema_decay=args.ema_decay,
         decoder_num_inference_steps=args.decoder_steps,
         solver=args.solver,
+        euler_at_final=args.euler_at_final,
         guidance_scale=args.guidance_scale,
         guidance_interval=args.guidance_interval,
         guidance_rescale=args.guidance_rescale,
