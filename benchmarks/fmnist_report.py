@@ -297,7 +297,7 @@ def main():
         **default_metrics,
         "steps": steps,
         "solver": pipeline.scheduler.config.solver,
-        "euler_at_final": pipeline.scheduler.config.get("euler_at_final", False),
+        "euler_at_final": pipeline.scheduler.config.euler_at_final,
         "decoder_steps": decoder_steps,
         "num_images": len(generated_labels),
         "per_class_accuracy": {
@@ -337,8 +337,9 @@ def write_report(results: dict, render, output: str, json_path: str | None) -> N
     """`results` rendered as markdown into `output` (and printed), and as JSON into `json_path` when given."""
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    Path(output).write_text(render(results))
-    print(render(results))
+    markdown = render(results)
+    Path(output).write_text(markdown)
+    print(markdown)
 
 
 def parse_guidance_setting(spec: str) -> tuple[float, list[float], float, float, list[float]]:

@@ -128,9 +128,9 @@ def _generator(args) -> int:
     train_fmnist_generator(
         args.tokenizer, args.output_dir, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
         max_train=args.max_train, decoder_num_inference_steps=args.decoder_steps, ema_decay=args.ema_decay,
-        solver=args.solver, euler_at_final=args.euler_at_final, learning_rate=args.learning_rate, init_generator=args.init_generator,
-        add_layers=args.add_layers, guidance_scale=args.guidance_scale, guidance_interval=args.guidance_interval,
-        guidance_rescale=args.guidance_rescale,
+        solver=args.solver, euler_at_final=args.euler_at_final, learning_rate=args.learning_rate,
+        init_generator=args.init_generator, add_layers=args.add_layers, guidance_scale=args.guidance_scale,
+        guidance_interval=args.guidance_interval, guidance_rescale=args.guidance_rescale,
         lr_scheduler_type=args.lr_scheduler_type, warmup_steps=args.warmup_steps,
         noise_scheduler=training_noise_scheduler(args), transformer_kwargs=args.transformer_kwargs,
     )
