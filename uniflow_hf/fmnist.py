@@ -385,11 +385,11 @@ def train_fmnist_generator(
     """Stage c: the class-conditional latent generator on the adapted tokenizer's latents of the 60k training images
     (or the first `max_train`), saved with the tokenizer as one `UniFlowClassConditionalPipeline` folder (whose
     default sampling settings are `decoder_num_inference_steps`, `guidance_scale`, `guidance_interval` and
-    `guidance_rescale`, and whose latent flow runs `solver`, with `euler_at_final`); with `ema_decay`, the saved weights are an exponential
-    moving average of the trained ones. `init_generator` (a pipeline folder of this stage) continues training its DiT
-    instead of a new one, first deepened by `add_layers` identity-initialised blocks when given; `lr_scheduler_type`
-    and `warmup_steps` set the learning-rate schedule, `noise_scheduler` the training flow times and
-    `transformer_kwargs` the size of a new DiT (see `train_generator`)."""
+    `guidance_rescale`, and whose latent flow runs `solver`, with `euler_at_final`); with `ema_decay`, the saved
+    weights are an exponential moving average of the trained ones. `init_generator` (a pipeline folder of this stage)
+    continues training its DiT instead of a new one, first deepened by `add_layers` identity-initialised blocks when
+    given; `lr_scheduler_type` and `warmup_steps` set the learning-rate schedule, `noise_scheduler` the training flow
+    times and `transformer_kwargs` the size of a new DiT (see `train_generator`)."""
     from .generator_training import train_generator
     from .modeling import UniFlowModel
 
@@ -399,9 +399,10 @@ def train_fmnist_generator(
         tokenizer, dataset, image_column="image", label_column="label", output_dir=output_dir,
         num_train_steps=steps, batch_size=batch_size, learning_rate=learning_rate, label_dropout=0.1, seed=seed,
         encode_batch_size=1000, decoder_num_inference_steps=decoder_num_inference_steps, ema_decay=ema_decay,
-        solver=solver, euler_at_final=euler_at_final, init_transformer=init_generator, add_layers=add_layers, guidance_scale=guidance_scale,
-        guidance_interval=guidance_interval, guidance_rescale=guidance_rescale, lr_scheduler_type=lr_scheduler_type,
-        warmup_steps=warmup_steps, noise_scheduler=noise_scheduler, transformer_kwargs=transformer_kwargs,
+        solver=solver, euler_at_final=euler_at_final, init_transformer=init_generator, add_layers=add_layers,
+        guidance_scale=guidance_scale, guidance_interval=guidance_interval, guidance_rescale=guidance_rescale,
+        lr_scheduler_type=lr_scheduler_type, warmup_steps=warmup_steps, noise_scheduler=noise_scheduler,
+        transformer_kwargs=transformer_kwargs,
     )
     print(f"generator: final loss {sum(result.losses[-100:]) / min(100, len(result.losses)):.4f} -> {output_dir}")
     return result.pipeline
