@@ -80,6 +80,7 @@ def test_committed_report_measured_the_shipped_sampling_defaults(pipeline):
     assert generation["autoguidance_scale"] == pipeline.default_autoguidance_scale
     assert generation["autoguidance_interval"] == list(pipeline.default_autoguidance_interval)
     assert generation["decoder_steps"] == pipeline.default_decoder_num_inference_steps
+    assert (generation.get("decoder_latent_scale") or 1.0) == pipeline.default_decoder_latent_scale
     assert generation["solver"] == pipeline.scheduler.config.solver
     assert generation.get("euler_at_final", False) == pipeline.scheduler.config.euler_at_final
 
@@ -341,6 +342,7 @@ def test_report_renders_the_tokenizer_bound_next_to_the_floor():
     assert "bound from the tokenizer" not in report.render(results)
 
     results["fd_floor_train_vs_test"], results["fd_tokenizer_bound"] = 0.25, 0.5
+    results["generation"]["decoder_latent_scale"] = 1.0  # a scaled one is named too (the guidance settings' test)
     rows = [line for line in report.render(results).splitlines() if line.startswith("| bound from the tokenizer")]
     decoder_steps = results["generation"]["decoder_steps"]
     assert rows == [
@@ -375,18 +377,25 @@ def test_report_renders_the_headline_setting_on_each_noise_seed_and_their_mean()
 
 
 def test_report_guidance_settings_with_and_without_autoguidance():
-    """`--compare-guidance SCALE:T_START:T_END[/RESCALE][@SCALE:T_START:T_END]`: after a / the guidance rescale, after
-    an @ the autoguidance, none without them; the guidance table shows each row's rescale and autoguidance, and a
-    report from before them renders with none."""
+    """`--compare-guidance SCALE:T_START:T_END[/RESCALE][@SCALE:T_START:T_END][xLATENT_SCALE]`: after a / the
+    guidance rescale, after an @ the autoguidance, after an x the decoder's latent scale, none without them; the
+    guidance table shows each row's rescale, autoguidance and latent scale, and a report from before them renders with
+    none."""
     report = load_report_script()
-    assert report.parse_guidance_setting("2:0.24:0.7") == (2.0, [0.24, 0.7], 0.0, 1.0, [0.0, 1.0])
-    assert report.parse_guidance_setting("1.5@2:0.7:1") == (1.5, [0.0, 1.0], 0.0, 2.0, [0.7, 1.0])
-    assert report.parse_guidance_setting("2:0.24:0.7/0.7@2:0.8:1") == (2.0, [0.24, 0.7], 0.7, 2.0, [0.8, 1.0])
+    assert report.parse_guidance_setting("2:0.24:0.7") == (2.0, [0.24, 0.7], 0.0, 1.0, [0.0, 1.0], 1.0)
+    assert report.parse_guidance_setting("1.5@2:0.7:1") == (1.5, [0.0, 1.0], 0.0, 2.0, [0.7, 1.0], 1.0)
+    assert report.parse_guidance_setting("2:0.24:0.7/0.7@2:0.8:1") == (2.0, [0.24, 0.7], 0.7, 2.0, [0.8, 1.0], 1.0)
+    assert report.parse_guidance_setting("1.5:0.24:0.7/0.85@2.5:0.8:1x1.025") == (
+        1.5, [0.24, 0.7], 0.85, 2.5, [0.8, 1.0], 1.025
+    )
     with pytest.raises(ValueError, match="Bad guidance setting '2:0.24'"):
         report.parse_guidance_setting("2:0.24")
 
-    def as_in_an_older_report(row):  # a row as a report from before autoguidance and the rescale has it
-        return {key: value for key, value in row.items() if not key.startswith("auto") and key != "guidance_rescale"}
+    def as_in_an_older_report(row):  # a row as a report from before autoguidance, the rescale and the latent scale
+        return {
+            key: value for key, value in row.items()
+            if not key.startswith("auto") and key not in ("guidance_rescale", "decoder_latent_scale")
+        }
 
     results = committed_report()
     plain = {**as_in_an_older_report(results["guidance_comparison"][0]), "guidance_scale": 2.0,
@@ -408,6 +417,14 @@ def test_report_guidance_settings_with_and_without_autoguidance():
     assert "0.24 ≤ t ≤ 0.7 (0 = noise) rescaled by 0.7 (Lin et al., 2024), autoguidance 2 at 0.7 ≤ t ≤ 1" in rendered
     rows = [line for line in rendered.splitlines() if line.startswith("| 2.0 | 0.24 ≤ t ≤ 0.7 |")]
     assert [row.split(" | ")[2] for row in rows] == ["0.7", "–"]
+    # the decoder's latent scale: in the headline, the bound row and its own column ("–" for 1 and older rows)
+    results["guidance_comparison"] = [{**autoguided, "decoder_latent_scale": 1.025}, autoguided]
+    results["generation"].update(decoder_latent_scale=1.025, decoder_steps=8)
+    rendered = report.render(results)
+    assert "8 decoder step(s) on the latents scaled by 1.025, judged by" in rendered
+    assert "training images, 8 decoder step(s) on the latents scaled by 1.025, vs test |" in rendered
+    rows = [line for line in rendered.splitlines() if line.startswith("| 2.0 | 0.24 ≤ t ≤ 0.7 |")]
+    assert [row.split(" | ")[4] for row in rows] == ["1.025", "–"]
 
 
 def test_ablation_seed_report_pairs_each_setting_with_the_reference_seed_by_seed():

@@ -262,6 +262,36 @@ def test_guidance_rescale_default_is_saved_and_checked(class_conditional_pipelin
             UniFlowClassConditionalPipeline(**pipeline.components, **{**pipeline.settings, "guidance_rescale": bad})
 
 
+def test_decoder_latent_scale_scales_what_the_decoder_decodes(class_conditional_pipeline, tmp_path):
+    """The images are the tokenizer's decoding of the generated latents times the scale, with the decoder noise the
+    generator draws next; the latents themselves (`output_type="latent"`) are not scaled. The default is saved and
+    every value is checked."""
+    pipeline = class_conditional_pipeline
+    kwargs = dict(guidance_scale=2.0, num_inference_steps=3, decoder_num_inference_steps=2)
+    latents = pipeline([0, 2], generator=torch.manual_seed(0), output_type="latent", decoder_latent_scale=1.5, **kwargs)
+    assert torch.equal(latents.images, pipeline([0, 2], generator=torch.manual_seed(0), output_type="latent", **kwargs).images)
+    images = pipeline([0, 2], generator=torch.manual_seed(0), output_type="pt", decoder_latent_scale=1.5, **kwargs).images
+
+    generator = torch.manual_seed(0)
+    generated = pipeline([0, 2], generator=generator, output_type="latent", **kwargs).images  # draws the latent noise
+    decoded = pipeline.tokenizer.decode(1.5 * generated, generator=generator, num_inference_steps=2)
+    assert torch.allclose(images, pipeline.image_processor.postprocess(decoded, output_type="pt"), atol=1e-5)
+    unscaled = pipeline([0, 2], generator=torch.manual_seed(0), output_type="pt", **kwargs).images
+    assert not torch.allclose(images, unscaled, atol=1e-5)  # the tiny decoder depends on its latents only weakly
+
+    scaled = UniFlowClassConditionalPipeline(**pipeline.components, **{**pipeline.settings, "decoder_latent_scale": 1.5})
+    scaled.save_pretrained(tmp_path)
+    loaded = UniFlowClassConditionalPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert pipeline.default_decoder_latent_scale == 1.0 and loaded.default_decoder_latent_scale == 1.5
+    assert torch.equal(loaded([0, 2], generator=torch.manual_seed(0), output_type="pt", **kwargs).images, images)
+    for bad in (0, -1.0, "1.5", True):
+        with pytest.raises(ValueError, match="`decoder_latent_scale` must be a number > 0"):
+            pipeline([1], decoder_latent_scale=bad)
+        with pytest.raises(ValueError, match="`decoder_latent_scale` must be a number > 0"):
+            UniFlowClassConditionalPipeline(**pipeline.components, **{**pipeline.settings, "decoder_latent_scale": bad})
+
+
 @pytest.mark.parametrize("guidance_interval", [(0.3, 1.0), (0.0, 0.5), (0.25, 0.5)])
 def test_guidance_interval_follows_the_specification(class_conditional_pipeline, guidance_interval):
     kwargs = dict(guidance_scale=3.0, num_inference_steps=4, guidance_interval=guidance_interval)
@@ -840,6 +870,40 @@ def test_attach_guide_command(class_conditional_pipeline, tmp_path, capsys):
     assert cli_main([*argv, "--output-dir", str(tmp_path / "refused")]) == 2
     assert "The guide was not trained on this pipeline's latents: its `latent_std`" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
+
+
+def test_set_defaults_command(class_conditional_pipeline, tmp_path, capsys):
+    """`set-defaults` saves the pipeline with the given sampling defaults and the rest unchanged (weights, other
+    settings); `generate` then uses them. Without any setting, or with a bad one, nothing is written."""
+    pipeline = class_conditional_pipeline
+    pipeline.save_pretrained(tmp_path / "model")
+    argv = ["set-defaults", "--model", str(tmp_path / "model")]
+    changed = ["--guidance-scale", "2.5", "--guidance-interval", "0.2", "0.8", "--decoder-steps", "3",
+               "--decoder-latent-scale", "1.25"]
+    assert cli_main([*argv, *changed, "--output-dir", str(tmp_path / "new")]) == 0
+    new = UniFlowClassConditionalPipeline.from_pretrained(tmp_path / "new")
+    assert new.settings == {**pipeline.settings, "guidance_scale": 2.5, "guidance_interval": [0.2, 0.8],
+                            "decoder_num_inference_steps": 3, "decoder_latent_scale": 1.25}
+    assert torch.equal(new.transformer.pos_embed.proj.weight, pipeline.transformer.pos_embed.proj.weight)
+
+    generate = ["generate", "--label", "square", "--num-images", "1", "--steps", "2", "--model", str(tmp_path / "new")]
+    assert cli_main([*generate, "--output-dir", str(tmp_path / "images")]) == 0
+    expected = pipeline([1], num_inference_steps=2, guidance_scale=2.5, guidance_interval=(0.2, 0.8),
+                        decoder_num_inference_steps=3, decoder_latent_scale=1.25, generator=generators([0]),
+                        output_type="np").images
+    written = np.asarray(Image.open(tmp_path / "images" / "square_0000.png"))
+    assert np.array_equal(written, np.round(expected[0] * 255).astype(np.uint8))
+    assert cli_main([*generate, "--decoder-latent-scale", "1", "--output-dir", str(tmp_path / "unscaled")]) == 0
+    assert not np.array_equal(written, np.asarray(Image.open(tmp_path / "unscaled" / "square_0000.png")))
+
+    capsys.readouterr()
+    assert cli_main([*argv, "--output-dir", str(tmp_path / "nothing")]) == 2
+    assert "Nothing to set: pass at least one of --guidance-scale" in capsys.readouterr().err
+    assert cli_main([*argv, "--decoder-latent-scale", "0", "--output-dir", str(tmp_path / "bad")]) == 2
+    assert "`decoder_latent_scale` must be a number > 0" in capsys.readouterr().err
+    assert cli_main([*argv, "--autoguidance-scale", "2", "--output-dir", str(tmp_path / "no-guide")]) == 2
+    assert "needs a `guide_transformer`" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in ("nothing", "bad", "no-guide"))
 
 
 def test_reconstruct_command(reconstruction_pipeline, tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""`uniflow-hf generate`, `uniflow-hf reconstruct`, `uniflow-hf train-generator` and `uniflow-hf attach-guide`."""
+"""`uniflow-hf generate`, `uniflow-hf reconstruct`, `uniflow-hf train-generator`, `uniflow-hf attach-guide` and
+`uniflow-hf set-defaults`."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def register(subparsers) -> None:
     add_autoguidance_arguments(parser, "autoguidance by the pipeline's guide_transformer (1 = none; default: the pipeline's)")
     parser.add_argument("--steps", type=int, default=25, help="steps of the latent flow")
     parser.add_argument("--decoder-steps", type=int, default=None, help="steps of the pixel decoder (default: the pipeline's)")
+    add_decoder_latent_scale_argument(parser, "(default: the pipeline's, else 1)")
     parser.set_defaults(func=run_generate)
 
     parser = subparsers.add_parser("reconstruct", help="reconstruct images with a UniFlow tokenizer, print PSNR/SSIM")
@@ -69,6 +71,18 @@ def register(subparsers) -> None:
     parser.add_argument("--output-dir", required=True, help="where to save the pipeline with its guide")
     add_autoguidance_arguments(parser, "the pipeline's default autoguidance (1 = none)", required=True)
     parser.set_defaults(func=run_attach_guide)
+
+    parser = subparsers.add_parser(
+        "set-defaults",
+        help="save a class-conditional pipeline with other default sampling settings (its weights unchanged)",
+    )
+    parser.add_argument("--model", required=True, help="class-conditional pipeline folder")
+    parser.add_argument("--output-dir", required=True, help="where to save the pipeline with its new defaults")
+    add_guidance_arguments(parser, "the default classifier-free guidance (1 = none)")
+    add_autoguidance_arguments(parser, "the default autoguidance (1 = none; needs the pipeline's guide_transformer)")
+    parser.add_argument("--decoder-steps", type=int, default=None, help="the default steps of the pixel decoder")
+    add_decoder_latent_scale_argument(parser, "(the default; 1 = none)")
+    parser.set_defaults(func=run_set_defaults)
 
 
 # ----------------------------------------------------------------------------------------------------- loading
@@ -183,6 +197,13 @@ def add_guidance_arguments(parser, scale_help: str) -> None:
     )
 
 
+def add_decoder_latent_scale_argument(parser, default_help: str) -> None:
+    parser.add_argument(
+        "--decoder-latent-scale", type=float, default=None,
+        help=f"multiply the generated latents by this before the pixel decoder decodes them {default_help}",
+    )
+
+
 def add_autoguidance_arguments(parser, scale_help: str, required: bool = False) -> None:
     parser.add_argument("--autoguidance-scale", type=float, default=None, required=required, help=scale_help)
     parser.add_argument(
@@ -280,6 +301,7 @@ def run_generate(args) -> int:
         autoguidance_interval=args.autoguidance_interval,
         num_inference_steps=args.steps,
         decoder_num_inference_steps=args.decoder_steps,
+        decoder_latent_scale=args.decoder_latent_scale,
         generator=generators,
     ).images
 
@@ -380,4 +402,29 @@ def run_attach_guide(args) -> int:
     pipeline = attach_guide(*pipelines, args.autoguidance_scale, args.autoguidance_interval)
     pipeline.save_pretrained(args.output_dir)
     print(f"Saved the pipeline with its guide ({pipeline.guide_transformer.config.num_layers} blocks) to {args.output_dir}")
+    return 0
+
+
+# the `set-defaults` options and the pipeline settings they set
+DEFAULT_SETTING_OPTIONS = {
+    "guidance_scale": "guidance_scale", "guidance_interval": "guidance_interval",
+    "guidance_rescale": "guidance_rescale", "autoguidance_scale": "autoguidance_scale",
+    "autoguidance_interval": "autoguidance_interval", "decoder_steps": "decoder_num_inference_steps",
+    "decoder_latent_scale": "decoder_latent_scale",
+}
+
+
+def run_set_defaults(args) -> int:
+    changes = {
+        setting: getattr(args, option) for option, setting in DEFAULT_SETTING_OPTIONS.items()
+        if getattr(args, option) is not None
+    }
+    if not changes:
+        options = ", ".join("--" + option.replace("_", "-") for option in DEFAULT_SETTING_OPTIONS)
+        raise ValueError(f"Nothing to set: pass at least one of {options}.")
+    pipeline = load_class_conditional_pipeline(args.model)
+    # a new pipeline, so that its __init__ checks the settings as it checks those of any pipeline
+    pipeline = type(pipeline)(**pipeline.components, **{**pipeline.settings, **changes})
+    pipeline.save_pretrained(args.output_dir)
+    print(f"Saved the pipeline to {args.output_dir} with " + ", ".join(f"{k}={v}" for k, v in changes.items()))
     return 0
