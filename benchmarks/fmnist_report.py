@@ -60,23 +60,18 @@ def generate_all(
     return torch.cat(images), torch.tensor(labels)
 
 
-@torch.no_grad()
 def bound_reconstructions(
     tokenizer, train_pixel_values: torch.Tensor, decoder_steps: int, latent_scale: float = 1.0
 ) -> torch.Tensor:
     """The tokenizer's bound: a generator that drew exactly the latents of the floor's training images would reach
     the distance of their reconstructions, decoded as the generation decodes (`decoder_steps`, the latents times
     `latent_scale`; grayscale, in [0, 1])."""
-    from uniflow_hf.fmnist import to_unit_range
+    from uniflow_hf.fmnist import reconstruct_grayscale
 
-    generator = torch.Generator().manual_seed(0)
-    return torch.cat([
-        to_unit_range(tokenizer.decode(
-            tokenizer.encode(train_pixel_values[start : start + 1000]) * latent_scale,
-            generator=generator, num_inference_steps=decoder_steps,
-        ))
-        for start in range(0, NUM_FLOOR, 1000)
-    ])
+    return reconstruct_grayscale(
+        tokenizer, train_pixel_values[:NUM_FLOOR], batch_size=1000, num_inference_steps=decoder_steps,
+        latent_scale=latent_scale,
+    )
 
 
 def tokenizer_rows(tokenizer, train_pv, train_y, test_pv, test_y, num_recon: int):

@@ -306,18 +306,23 @@ def to_unit_range(pixel_values: torch.Tensor, processor=None) -> torch.Tensor:
 
 @torch.no_grad()
 def reconstruct_grayscale(
-    tokenizer, pixel_values: torch.Tensor, batch_size: int = 500, seed: int = 0, num_inference_steps: int | None = None
+    tokenizer, pixel_values: torch.Tensor, batch_size: int = 500, seed: int = 0, num_inference_steps: int | None = None,
+    latent_scale: float = 1.0,
 ) -> torch.Tensor:
     """`tokenizer.reconstruct` over `pixel_values` in batches (one seeded generator), as [0, 1] grayscale images
-    (N, H, W); `num_inference_steps` of the decoder (`None`: the tokenizer's)."""
+    (N, H, W); `num_inference_steps` of the decoder (`None`: the tokenizer's); the latents multiplied by
+    `latent_scale` before decoding (as a class-conditional pipeline's `decoder_latent_scale` does)."""
     tokenizer.eval()
     generator = torch.Generator().manual_seed(seed)
-    return torch.cat([
-        to_unit_range(tokenizer.reconstruct(
-            pixel_values[start : start + batch_size], generator=generator, num_inference_steps=num_inference_steps
-        ))
-        for start in range(0, len(pixel_values), batch_size)
-    ])
+    images = []
+    for start in range(0, len(pixel_values), batch_size):
+        batch = pixel_values[start : start + batch_size]
+        decoded = tokenizer.decode(
+            tokenizer.encode(batch) * latent_scale, generator=generator, num_inference_steps=num_inference_steps,
+            height=batch.shape[-2], width=batch.shape[-1],
+        )
+        images.append(to_unit_range(decoded))
+    return torch.cat(images)
 
 
 def reconstruction_metrics(tokenizer, pixel_values: torch.Tensor, batch_size: int = 500, seed: int = 0) -> dict:
