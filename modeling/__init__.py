@@ -8,11 +8,12 @@ from .modeling_uniflow import (
     UniFlowModel,
     UniFlowModelOutput,
     UniFlowPreTrainedModel,
+    UniFlowTrainingOutput,
     UniFlowVisionModel,
-    adaptive_distillation_loss,
     patchify,
     unpatchify,
 )
+from .loss_uniflow import adaptive_distillation_loss
 
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "UniFlowModel",
     "UniFlowForImageClassification",
     "UniFlowModelOutput",
+    "UniFlowTrainingOutput",
     "UniFlowPreTrainedModel",
     "UniFlowVisionModel",
     "adaptive_distillation_loss",

@@ -20,7 +20,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
+from . import flow_matching
 from .configuration_uniflow import UniFlowConfig
+from .loss_uniflow import adaptive_distillation_loss
 
 
 logger = logging.get_logger(__name__)
@@ -367,75 +369,35 @@ class UniFlowFlowHead(nn.Module):
         return self.final_layer(hidden_states, embedding)
 
 
-# ------------------------------------------------------------------------------------------------------ losses
-def adaptive_distillation_loss(
-    student_hidden_states: list[torch.Tensor] | tuple[torch.Tensor, ...],
-    teacher_hidden_states: list[torch.Tensor] | tuple[torch.Tensor, ...],
-    beta: float = 2.0,
-    mode: str = "adaptive",
-    sync_across_processes: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Layer-wise adaptive self-distillation (UniFlow, Sec. 3): for layers l = 1..L,
-
-        α_l = 1 - mean over tokens of cos(H_U^l, H_T^l),
-        w_l = (l/L)·exp(β·α_l) / Σ_k (k/L)·exp(β·α_k)   (α in the weights carries no gradient),
-        L_distill = Σ_l w_l·α_l.
-
-    `mode="uniform"` uses w_l = 1/L. Pass the L layer outputs (not the embeddings). Returns (loss, weights (L,)).
-
-    `sync_across_processes=True` averages the (detached) α over the processes of the default `torch.distributed`
-    group before the weights are computed (a no-op without one): data-parallel training then weights the layers by
-    the discrepancies of the global batch, as one process holding the whole batch would, instead of each rank
-    by its own shard. Every process must then call this function (as every rank does in a training step).
-    """
-    if mode not in ("adaptive", "uniform"):
-        raise ValueError(f"`mode` must be 'adaptive' or 'uniform', got {mode!r}.")
-    if len(student_hidden_states) != len(teacher_hidden_states) or not student_hidden_states:
-        raise ValueError(
-            f"Need the same non-zero number of student and teacher layers, got {len(student_hidden_states)} and "
-            f"{len(teacher_hidden_states)}."
-        )
-    for layer, (student, teacher) in enumerate(zip(student_hidden_states, teacher_hidden_states), start=1):
-        if student.shape != teacher.shape:
-            raise ValueError(
-                f"Student and teacher states of layer {layer} differ in shape: {tuple(student.shape)} vs "
-                f"{tuple(teacher.shape)}."
-            )
-    alphas = torch.stack(
-        [
-            1 - F.cosine_similarity(s.float(), t.float().detach(), dim=-1).mean()
-            for s, t in zip(student_hidden_states, teacher_hidden_states)
-        ]
-    )
-    num_layers = len(alphas)
-    if mode == "uniform":
-        weights = torch.full_like(alphas, 1.0 / num_layers)
-    else:
-        weight_alphas = alphas.detach()
-        if sync_across_processes and torch.distributed.is_available() and torch.distributed.is_initialized():
-            weight_alphas = weight_alphas.clone()
-            torch.distributed.all_reduce(weight_alphas)
-            weight_alphas = weight_alphas / torch.distributed.get_world_size()
-        depth = torch.arange(1, num_layers + 1, device=alphas.device, dtype=alphas.dtype) / num_layers
-        weights = depth * torch.exp(beta * weight_alphas)
-        weights = weights / weights.sum()
-    return (weights * alphas).sum(), weights.detach()
-
-
 # ----------------------------------------------------------------------------------------------------- outputs
 @dataclass
 class UniFlowModelOutput(ModelOutput):
     """
-    Output of `UniFlowModel.forward`.
+    Output of `UniFlowModel.forward` at inference.
 
     Args:
-        loss: `flow_loss_weight · flow_loss + distillation_weight · distillation_loss` (training).
+        latents: (B, N, latent_channels) the latent tokens.
+        reconstruction: (B, C, H, W) the decoded image.
+        encoder_hidden_states: the encoder's hidden states (embeddings first) when asked.
+    """
+
+    latents: torch.FloatTensor | None = None
+    reconstruction: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class UniFlowTrainingOutput(ModelOutput):
+    """
+    Output of `UniFlowModel.forward` in training (`model.train()` or `return_loss=True`).
+
+    Args:
+        loss: `flow_loss_weight · flow_loss + distillation_weight · distillation_loss`.
         flow_loss: MSE of the predicted velocity of the patch flow.
         distillation_loss: layer-wise adaptive self-distillation loss (None without a teacher).
         distillation_weights: (L,) the layer weights w_l used.
         distillation_cosine: (L,) mean token cosine between student and teacher per layer.
         latents: (B, N, latent_channels) the latent tokens.
-        reconstruction: (B, C, H, W) the decoded image (inference only).
         encoder_hidden_states: the encoder's hidden states (embeddings first) when asked.
     """
 
@@ -445,7 +407,6 @@ class UniFlowModelOutput(ModelOutput):
     distillation_weights: torch.FloatTensor | None = None
     distillation_cosine: torch.FloatTensor | None = None
     latents: torch.FloatTensor | None = None
-    reconstruction: torch.FloatTensor | None = None
     encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
@@ -839,47 +800,36 @@ class UniFlowModel(UniFlowPreTrainedModel):
         noise: torch.Tensor | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         num_inference_steps: int | None = None,
-        schedule: str | None = None,
-        scheduler=None,
         height: int | None = None,
         width: int | None = None,
-        callback: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
         """Latents (B, N, latent_channels) -> images (B, C, H, W) in the normalised pixel space (not clamped).
 
-        Each pixel patch flows from Gaussian `noise` (B, N, C·p·p) (drawn with `generator` when not given) to data
-        in `num_inference_steps` steps (config default) of `scheduler` (a `UniFlowFlowMatchScheduler`; one on
-        `schedule` — "linear" or "pow_<p>", config default — when not given). `height`/`width` (pixels) are needed
-        only for non-square grids."""
-        from ..pipelines.scheduling_uniflow_flow_match import UniFlowFlowMatchScheduler
-
+        Each pixel patch flows from Gaussian `noise` (B, N, C·p·p) (drawn in float32 with `generator` when not given,
+        one generator per image when a list) to data by Euler steps over the time grid of `config.sampling_schedule`:
+        `num_inference_steps` of them (`config.num_sampling_steps` when `None`; the release decodes in 1 step).
+        `height`/`width` (pixels) are needed only for non-square grids."""
         grid = self._latent_grid(latents, height, width)
         batch, num_tokens, _ = latents.shape
         patch_dim = self.config.patch_dim
         dtype = self.flow_head.input_proj.weight.dtype
-        if noise is None:  # drawn in float32, so that a seed gives the same noise in every dtype
-            from diffusers.utils.torch_utils import randn_tensor
-
-            noise = randn_tensor((batch, num_tokens, patch_dim), generator=generator, device=latents.device)
+        if noise is None:
+            noise = flow_matching.randn((batch, num_tokens, patch_dim), generator, latents.device)
         elif noise.numel() != batch * num_tokens * patch_dim:
             raise ValueError(f"`noise` must hold ({batch}, {num_tokens}, {patch_dim}) values, got {tuple(noise.shape)}.")
-        if scheduler is None:
-            scheduler = UniFlowFlowMatchScheduler(schedule=schedule or self.config.sampling_schedule)
-        num_inference_steps = self.config.num_sampling_steps if num_inference_steps is None else num_inference_steps
-        scheduler.set_timesteps(num_inference_steps, device=latents.device, schedule=schedule)
+        steps = self.config.num_sampling_steps if num_inference_steps is None else num_inference_steps
+        times = flow_matching.time_grid(steps, self.config.sampling_schedule).to(latents.device)
 
         condition = self.decoder_condition(latents.to(dtype), grid).reshape(batch * num_tokens, -1)
         sample = noise.reshape(batch * num_tokens, patch_dim).to(device=latents.device, dtype=dtype)
-        for i, timestep in enumerate(scheduler.timesteps):
-            velocity = self.flow_head(sample, timestep, condition)
-            sample = scheduler.step(velocity, timestep, sample).prev_sample
-            if callback is not None:
-                callback(i, len(scheduler.timesteps))
+        for t, t_next in zip(times[:-1], times[1:]):
+            velocity = self.flow_head(sample, t * flow_matching.NUM_TRAIN_TIMESTEPS, condition)
+            sample = flow_matching.euler_step(sample, velocity, t, t_next)
         return unpatchify(sample.reshape(batch, num_tokens, patch_dim), self.config.patch_size, grid)
 
     @torch.no_grad()
     def reconstruct(self, pixel_values: torch.Tensor, **decode_kwargs) -> torch.Tensor:
-        """`decode(encode(pixel_values))`; `decode_kwargs` as in `decode` (noise, generator, steps, schedule...)."""
+        """`decode(encode(pixel_values))`; `decode_kwargs` as in `decode` (noise, generator, num_inference_steps)."""
         height, width = pixel_values.shape[-2:]
         return self.decode(self.encode(pixel_values), height=height, width=width, **decode_kwargs)
 
@@ -909,6 +859,31 @@ class UniFlowModel(UniFlowPreTrainedModel):
             self.distillation_teacher.eval()
         return self
 
+    def _flow_loss_draws(self, noise, timesteps, batch_size: int, num_tokens: int, generator, device):
+        """The flow loss's `noise` (B, draws, N, C·p·p) and `timesteps` (B, draws, N): as given (any layout listed in
+        `forward`), or drawn from `generator` as `flow_matching.draw_flow_training_inputs` draws them."""
+        draws, patch_dim = self.config.flow_samples_per_token, self.config.patch_dim
+        if noise is None:
+            noise = flow_matching.randn((batch_size, draws, num_tokens, patch_dim), generator, device)
+        elif noise.numel() != batch_size * draws * num_tokens * patch_dim:
+            raise ValueError(
+                f"`noise` must have shape ({batch_size}, {draws}, {num_tokens}, {patch_dim}) (batch, draws per token "
+                f"= config.flow_samples_per_token, tokens, pixel patch){f' or ({batch_size}, {num_tokens}, {patch_dim})' if draws == 1 else ''}, "
+                f"got {tuple(noise.shape)}."
+            )
+        if timesteps is None:
+            timesteps = flow_matching.training_timesteps(self.config, batch_size * draws * num_tokens, generator, device)
+        elif timesteps.numel() == batch_size:  # one time per image, shared by its tokens and draws
+            timesteps = timesteps.reshape(batch_size, 1, 1).expand(batch_size, draws, num_tokens)
+        elif timesteps.numel() != batch_size * draws * num_tokens:
+            raise ValueError(
+                f"`timesteps` must hold one network timestep (1000·t) per token and draw, shape ({batch_size}, "
+                f"{draws}, {num_tokens}){f' or ({batch_size}, {num_tokens})' if draws == 1 else ''}, or one per image "
+                f"({batch_size},); got shape {tuple(timesteps.shape)}."
+            )
+        noise = noise.reshape(batch_size, draws, num_tokens, patch_dim).to(device)
+        return noise, timesteps.reshape(batch_size, draws, num_tokens).to(device)
+
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -919,12 +894,14 @@ class UniFlowModel(UniFlowPreTrainedModel):
         return_dict: bool | None = None,
         return_loss: bool | None = None,
         **kwargs,
-    ) -> UniFlowModelOutput | tuple:
+    ) -> UniFlowModelOutput | UniFlowTrainingOutput | tuple:
         """Training (`model.train()`, or `return_loss=True`): the patch flow loss, plus the adaptive distillation
         loss when a teacher is set (`enable_distillation()`), in `loss`. Otherwise: latents and the reconstruction.
 
-        For the losses, `noise` (B, N, C·p·p) and `timesteps` (network time 1000·t, one per patch token (B, N) or
-        per image (B,)) fix the flow's random draws; they are drawn with `generator` when not given. In training
+        For the losses, `noise` (B, draws, N, C·p·p) and `timesteps` (network time 1000·t, (B, draws, N) one per
+        patch token and draw, or (B,) one per image), with draws = `config.flow_samples_per_token` (the draws axis may
+        be left out when it is 1), fix the flow's random draws; when not given they are drawn from `generator` as
+        `flow_matching.draw_flow_training_inputs` draws them (times from `config.flow_timestep_*`). In training
         under `torch.distributed`, the adaptive layer weights use the discrepancies of the global batch (see
         `adaptive_distillation_loss`). For inference, `noise` is the decoder's initial noise."""
         kwargs.pop("labels", None)
@@ -943,47 +920,27 @@ class UniFlowModel(UniFlowPreTrainedModel):
                 pixel_values, output_hidden_states=distill or bool(output_hidden_states)
             )
         latents = self.latent_proj(features)
-        output = UniFlowModelOutput(latents=latents, encoder_hidden_states=hidden_states if output_hidden_states else None)
-
+        encoder_hidden_states = hidden_states if output_hidden_states else None
         if not compute_loss:
-            output.reconstruction = self.decode(
+            reconstruction = self.decode(
                 latents, generator=generator, noise=noise, height=pixel_values.shape[-2], width=pixel_values.shape[-1]
             )
+            output = UniFlowModelOutput(latents, reconstruction, encoder_hidden_states)
             return output if return_dict else output.to_tuple()
 
-        from ..pipelines.scheduling_uniflow_flow_match import UniFlowFlowMatchScheduler
+        output = UniFlowTrainingOutput(latents=latents, encoder_hidden_states=encoder_hidden_states)
 
-        scheduler = UniFlowFlowMatchScheduler(
-            training_timestep_distribution=self.config.flow_timestep_distribution,
-            logit_mean=self.config.flow_timestep_logit_mean,
-            logit_std=self.config.flow_timestep_logit_std,
-        )
         batch_size, num_tokens = latents.shape[:2]
-        target = patchify(pixel_values, self.config.patch_size).reshape(-1, self.config.patch_dim)
-        condition = self.decoder_condition(latents, grid).reshape(target.shape[0], -1)
         draws = self.config.flow_samples_per_token  # several (noise, t) draws per token, as MAR's diffusion loss
-        target, condition = target.repeat(draws, 1), condition.repeat(draws, 1)
-        if noise is None:
-            noise = torch.randn(target.shape, generator=generator, device=target.device, dtype=target.dtype)
-        elif noise.numel() != target.numel():
-            raise ValueError(
-                f"`noise` must hold ({draws * batch_size}, {num_tokens}, {self.config.patch_dim}) values (one pixel "
-                f"patch per token and draw), got shape {tuple(noise.shape)}."
-            )
-        noise = noise.reshape(target.shape).to(device=target.device, dtype=target.dtype)
-        if timesteps is None:
-            timesteps = scheduler.sample_training_timesteps(target.shape[0], generator=generator, device=target.device)
-        elif timesteps.numel() == batch_size:
-            timesteps = timesteps.reshape(batch_size, 1).expand(batch_size, num_tokens).repeat(draws, 1)
-        elif timesteps.numel() != target.shape[0]:
-            raise ValueError(
-                f"`timesteps` must hold one network timestep (1000·t) per patch token ({batch_size}, {num_tokens}) or "
-                f"per image ({batch_size},), got shape {tuple(timesteps.shape)}."
-            )
-        timesteps = timesteps.reshape(-1).to(target.device)
-        noisy = scheduler.add_noise(target, noise, timesteps)
+        noise, timesteps = self._flow_loss_draws(noise, timesteps, batch_size, num_tokens, generator, latents.device)
+        # draw-major rows: (draws, batch, tokens) flattened, each row one pixel patch and its condition
+        target = patchify(pixel_values, self.config.patch_size).reshape(-1, self.config.patch_dim).repeat(draws, 1)
+        condition = self.decoder_condition(latents, grid).reshape(batch_size * num_tokens, -1).repeat(draws, 1)
+        noise = noise.transpose(0, 1).reshape(target.shape).to(dtype=target.dtype)
+        timesteps = timesteps.transpose(0, 1).reshape(-1)
+        noisy = flow_matching.add_noise(target, noise, timesteps)
         velocity = self.flow_head(noisy.to(self.flow_head.input_proj.weight.dtype), timesteps, condition)
-        output.flow_loss = F.mse_loss(velocity.float(), scheduler.get_velocity(target, noise).float())
+        output.flow_loss = F.mse_loss(velocity.float(), flow_matching.velocity_target(target, noise).float())
         output.loss = self.config.flow_loss_weight * output.flow_loss
 
         if distill:
@@ -1182,8 +1139,8 @@ __all__ = [
     "UniFlowVisionModel",
     "UniFlowModel",
     "UniFlowModelOutput",
+    "UniFlowTrainingOutput",
     "UniFlowForImageClassification",
-    "adaptive_distillation_loss",
     "patchify",
     "unpatchify",
     "OFFICIAL_TO_HF_KEY_MAPPING",

@@ -47,20 +47,21 @@ class UniFlowPipelineMixin:
         height: int | None = None,
         width: int | None = None,
     ) -> torch.Tensor:
-        """`tokenizer.decode` with `scheduler`, showing a progress bar over the flow decoder's network calls."""
-        steps = self.tokenizer.config.num_sampling_steps if num_inference_steps is None else num_inference_steps
-        scheduler.set_timesteps(steps)  # only to count the decoder's network calls (Heun makes two per step)
-        with self.progress_bar(total=len(scheduler.timesteps)) as progress_bar:
-            return self.tokenizer.decode(
-                latents,
-                noise=noise,
-                generator=generator,
-                num_inference_steps=steps,
-                scheduler=scheduler,
-                height=height,
-                width=width,
-                callback=lambda step, total: progress_bar.update(),
+        """`tokenizer.decode`: the decoder's own Euler loop over the tokenizer's `config.sampling_schedule`, the one
+        owner of the decoder's schedule. `scheduler` (the pipeline's decoder scheduler component, kept so that saved
+        folders load) must describe that same sampler; anything else is refused rather than silently ignored."""
+        expected = {"solver": "euler", "schedule": self.tokenizer.config.sampling_schedule, "shift": 1.0}
+        actual = {name: scheduler.config[name] for name in expected}
+        if actual != expected:
+            raise ValueError(
+                f"The pipeline's decoder scheduler says {actual}, but the tokenizer's pixel decoder samples by Euler steps "
+                f"over its config's schedule ({expected}). Set `tokenizer.config.sampling_schedule` to choose the "
+                "decoder's schedule, and give the pipeline a matching `UniFlowFlowMatchScheduler("
+                f"schedule={expected['schedule']!r})`."
             )
+        return self.tokenizer.decode(
+            latents, noise=noise, generator=generator, num_inference_steps=num_inference_steps, height=height, width=width
+        )
 
 
 def default_image_processor(tokenizer):

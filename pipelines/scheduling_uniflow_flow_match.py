@@ -1,9 +1,8 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
 """UniFlow's rectified-flow scheduler.
 
-Convention (UniFlow's, the reverse of diffusers' `FlowMatchEulerDiscreteScheduler`):
-    t = 0 is pure Gaussian noise, t = 1 is data,     x_t = t * x_data + (1 - t) * noise,
-    the network predicts the velocity v = x_data - noise and sees the timestep 1000 * t.
+The flow math itself (convention: t = 0 noise, t = 1 data, velocity v = x_data - noise, network timestep 1000 * t)
+lives in `uniflow_hf.modeling.flow_matching`, which the model's decoder and flow loss use too.
 
 Mapping to `FlowMatchEulerDiscreteScheduler`: sigma = 1 - t, and its model output is the flipped velocity
 (noise - x_data = -v). `flow_match_euler_sigmas` gives the sigmas of our time grid, so that scheduler (with
@@ -19,7 +18,15 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
+
+from ..modeling.flow_matching import (
+    TIMESTEP_DISTRIBUTIONS,
+    add_noise,
+    euler_step,
+    sample_flow_times,
+    time_grid,
+    velocity_target,
+)
 
 
 @dataclass
@@ -30,34 +37,6 @@ class UniFlowFlowMatchSchedulerOutput(BaseOutput):
     """
 
     prev_sample: torch.Tensor
-
-
-def time_grid(num_inference_steps: int, schedule: str = "linear", shift: float = 1.0) -> torch.Tensor:
-    """The K + 1 times t_0 = 0 < ... < t_K = 1 of a K-step sampler (float32, as the official sampler).
-
-    `linear`: t_k = k / K.  `pow_<p>`: s_k = ((K - k) / K) ** (1 / p), t_k = 1 - s_k.
-    `shift` warps the noise level sigma = 1 - t as SD3 does: sigma' = shift * sigma / (1 + (shift - 1) * sigma).
-    """
-    if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
-        raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
-    steps = num_inference_steps
-    if schedule == "linear":
-        sigmas = torch.arange(0, steps + 1).flip(0) / steps
-    elif isinstance(schedule, str) and schedule.startswith("pow_"):
-        try:
-            power = float(schedule[4:])
-        except ValueError:
-            power = 0.0
-        if power <= 0:
-            raise ValueError(f"`pow_<p>` schedule needs a positive p, got {schedule!r}.")
-        sigmas = torch.arange(0, steps + 1).flip(0) ** (1 / power) / steps ** (1 / power)
-    else:
-        raise ValueError(f"Unknown schedule {schedule!r}: expected 'linear' or 'pow_<p>' (e.g. 'pow_0.25').")
-    if shift <= 0:
-        raise ValueError(f"`shift` must be positive, got {shift}.")
-    if shift != 1.0:
-        sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
-    return (1 - sigmas).float()
 
 
 class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
@@ -103,7 +82,7 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"`euler_at_final` must be True or False, got {euler_at_final!r}.")
         if euler_at_final and solver != "heun":
             raise ValueError("`euler_at_final` ends Heun's method with an Euler step; it needs `solver='heun'`.")
-        if training_timestep_distribution not in ("fat_lognormal", "lognormal", "uniform"):
+        if training_timestep_distribution not in TIMESTEP_DISTRIBUTIONS:
             raise ValueError(
                 "`training_timestep_distribution` must be 'fat_lognormal', 'lognormal' or 'uniform', got "
                 f"{training_timestep_distribution!r}."
@@ -165,11 +144,11 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         x = sample.to(torch.float32)
         if self.config.solver == "euler":
             t, t_next = self.times[self._step_index], self.times[self._step_index + 1]
-            prev_sample = x + (t_next - t) * velocity
+            prev_sample = euler_step(x, velocity, t, t_next)
         elif self._first_order_sample is None:  # Heun predictor (with `euler_at_final`, the last step is just this)
             k = (self._step_index + 1) // 2
             t, t_next = self.times[k], self.times[k + 1]
-            prev_sample = x + (t_next - t) * velocity
+            prev_sample = euler_step(x, velocity, t, t_next)
             if self._step_index + 1 < len(self.timesteps):
                 self._first_order_sample, self._first_order_velocity = x, velocity
         else:  # Heun corrector: average the two slopes
@@ -191,28 +170,25 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         device: str | torch.device | None = None,
     ) -> torch.Tensor:
         """Draw `batch_size` network timesteps (1000 * t) from the training distribution."""
-        normal = randn_tensor((batch_size,), generator=generator, device=torch.device(device or "cpu"))
-        t = torch.sigmoid(self.config.logit_mean + self.config.logit_std * normal)
-        distribution = self.config.training_timestep_distribution
-        if distribution != "lognormal":
-            uniform = torch.rand((batch_size,), generator=generator, device=normal.device)
-            if distribution == "uniform":
-                t = uniform
-            else:
-                pick = torch.rand((batch_size,), generator=generator, device=normal.device) < self.config.uniform_fraction
-                t = torch.where(pick, uniform, t)
+        t = sample_flow_times(
+            batch_size,
+            self.config.training_timestep_distribution,
+            self.config.logit_mean,
+            self.config.logit_std,
+            self.config.uniform_fraction,
+            generator=generator,
+            device=device,
+        )
         return t * self.config.num_train_timesteps
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x_t = t * x_data + (1 - t) * noise, with `timesteps` = 1000 * t (one per leading row)."""
-        t = (timesteps / self.config.num_train_timesteps).to(original_samples.dtype)
-        t = t.reshape(t.shape + (1,) * (original_samples.ndim - t.ndim))
-        return t * original_samples + (1 - t) * noise
+        return add_noise(original_samples, noise, timesteps, self.config.num_train_timesteps)
 
     @staticmethod
     def get_velocity(original_samples: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The regression target of the network: v = x_data - noise."""
-        return original_samples - noise
+        return velocity_target(original_samples, noise)
 
     # ------------------------------------------------------------- diffusers
     def flow_match_euler_sigmas(self, num_inference_steps: int, schedule: str | None = None) -> np.ndarray:

@@ -60,8 +60,8 @@ def expected_metrics(model, processor, images, seed=0):
 
 
 def test_evaluation_matches_a_direct_computation(official_tiny_dir, image_folder):
-    model, processor, scheduler = load_tokenizer(str(official_tiny_dir))
-    assert scheduler is None and processor.crop_size["height"] == model.config.image_size
+    model, processor = load_tokenizer(str(official_tiny_dir))
+    assert processor.crop_size["height"] == model.config.image_size
     source = open_image_source(str(image_folder))
     names = [os.path.basename(source.name(i)) for i in range(len(source))]
     assert names == ["0_astronaut.png", "1_chelsea.png", "2_coffee.png"]  # sorted, recursive, images only
@@ -75,7 +75,7 @@ def test_evaluation_matches_a_direct_computation(official_tiny_dir, image_folder
 
 
 def test_results_depend_on_the_seed_not_on_the_batch_size(official_tiny_dir, image_folder):
-    model, processor, _ = load_tokenizer(str(official_tiny_dir))
+    model, processor = load_tokenizer(str(official_tiny_dir))
     source = open_image_source(str(image_folder))
     one_by_one = evaluate_reconstruction(model, source, processor, batch_size=1, progress=False)
     all_at_once = evaluate_reconstruction(model, source, processor, batch_size=3, progress=False)
@@ -86,7 +86,7 @@ def test_results_depend_on_the_seed_not_on_the_batch_size(official_tiny_dir, ima
 
 
 def test_steps_and_resolution(official_tiny_dir, image_folder):
-    model, processor, _ = load_tokenizer(str(official_tiny_dir))
+    model, processor = load_tokenizer(str(official_tiny_dir))
     source = open_image_source(str(image_folder))
     results = evaluate_reconstruction(
         model, source, processor, resolution=40, num_inference_steps=3, max_images=2, progress=False
@@ -117,7 +117,7 @@ def test_two_processes_give_the_single_process_result(official_tiny_dir, image_f
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
     assert completed.returncode == 0, completed.stderr[-3000:]
     sharded = json.loads(output.read_text())
-    model, processor, _ = load_tokenizer(str(official_tiny_dir))
+    model, processor = load_tokenizer(str(official_tiny_dir))
     source = open_image_source(str(folder))
     single = evaluate_reconstruction(model, source, processor, skip_unreadable=True, progress=False)
     assert sharded["num_processes"] == 2
@@ -154,7 +154,7 @@ def test_saved_dataset_split_and_column(official_tiny_dir, tmp_path):
     splits.save_to_disk(tmp_path / "dict")
     splits["test"].save_to_disk(tmp_path / "single")
     splits["test"].remove_columns("img").save_to_disk(tmp_path / "no_images")
-    model, processor, _ = load_tokenizer(str(official_tiny_dir))
+    model, processor = load_tokenizer(str(official_tiny_dir))
 
     source = open_image_source(str(tmp_path / "dict"), split="test")
     assert source.column == "img" and len(source) == 3
@@ -181,14 +181,14 @@ def test_pipeline_folder_brings_its_processor_and_scheduler(tmp_path, image_fold
     model = UniFlowModel(UniFlowConfig(**TINY_CONFIG)).eval()
     processor = UniFlowImageProcessor(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48})
     pipeline = UniFlowReconstructionPipeline(
-        tokenizer=model, scheduler=UniFlowFlowMatchScheduler(solver="heun"), image_processor=processor
+        tokenizer=model, scheduler=UniFlowFlowMatchScheduler(), image_processor=processor
     )
     pipeline.save_pretrained(tmp_path / "pipeline")
-    loaded_model, loaded_processor, scheduler = load_tokenizer(str(tmp_path / "pipeline"))
-    assert loaded_processor.crop_size["height"] == 48 and scheduler.config.solver == "heun"
+    loaded_model, loaded_processor = load_tokenizer(str(tmp_path / "pipeline"))
+    assert loaded_processor.crop_size["height"] == 48
     assert all(torch.equal(a, b) for a, b in zip(loaded_model.state_dict().values(), model.state_dict().values()))
     results = evaluate_reconstruction(
-        loaded_model, open_image_source(str(image_folder)), loaded_processor, scheduler=scheduler, progress=False
+        loaded_model, open_image_source(str(image_folder)), loaded_processor, progress=False
     )
     assert results["resolution"] == 48 and results["num_images"] == 3
 
@@ -224,7 +224,7 @@ def test_cli_writes_json_with_rfid(official_tiny_dir, image_folder, tmp_path, fr
     results = json.loads(output.read_text())
     assert results["num_images"] == 3 and results["num_processes"] == 1
     # The streamed rFID (running sums of Inception features) equals the Fréchet distance of all the features.
-    model, processor, _ = load_tokenizer(str(official_tiny_dir))
+    model, processor = load_tokenizer(str(official_tiny_dir))
     images = [Image.open(p) for p in open_image_source(str(image_folder)).paths]
     _, _, reconstructions, references = expected_metrics(model, processor, images)
     to_tensor = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2)  # noqa: E731
@@ -237,7 +237,7 @@ def test_int8_dynamic_quantisation_stays_close_to_float32(official_tiny_dir, ima
     from uniflow_hf.evaluation import quantize_dynamic_int8
     from uniflow_hf.metrics import peak_signal_noise_ratio
 
-    model, processor, _ = load_tokenizer(str(official_tiny_dir))
+    model, processor = load_tokenizer(str(official_tiny_dir))
     quantized = quantize_dynamic_int8(model)
     assert isinstance(quantized.global_blocks[0].mlp.fc1, torch.ao.nn.quantized.dynamic.Linear)
     assert isinstance(model.global_blocks[0].mlp.fc1, torch.nn.Linear)  # the original is left as it was

@@ -141,7 +141,7 @@ def test_unreadable_files_are_named_or_skipped(official_tiny_dir, tmp_path, monk
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the 64x64 file has more than 2x this: a "bomb"
     photo_rgb(20, 24, seed=1).save(tmp_path / "good.png")
     bad_name = write_bad_file(tmp_path, case)
-    model, processor, _ = load_tokenizer(str(official_tiny_dir))
+    model, processor = load_tokenizer(str(official_tiny_dir))
     source = open_image_source(str(tmp_path))
     with pytest.raises(UnreadableImageError, match=re.escape(bad_name)):
         evaluate_reconstruction(model, source, processor, progress=False)
@@ -195,7 +195,6 @@ DECODE_REJECTS = {
     "decode-latents-not-square": (dict(latents=torch.zeros(1, 15, 8)), "square grid"),
     "decode-noise-wrong-size": (dict(latents=torch.zeros(1, 16, 8), noise=torch.zeros(1, 16, 10)), "noise"),
     "decode-zero-steps": (dict(latents=torch.zeros(1, 16, 8), num_inference_steps=0), "positive integer"),
-    "decode-unknown-schedule": (dict(latents=torch.zeros(1, 16, 8), schedule="cosine"), "schedule"),
 }
 
 

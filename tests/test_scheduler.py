@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from uniflow_hf import UniFlowFlowMatchScheduler, UniFlowModel
 from uniflow_hf.pipelines import time_grid
+from uniflow_hf.modeling import unpatchify
 
 
 def velocity_field(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
@@ -226,7 +227,13 @@ def test_fixture_decoded_by_our_scheduler(official_tiny_dir, schedule):
     model = UniFlowModel.from_pretrained(official_tiny_dir).eval()
     inputs = load_file(official_tiny_dir / "inputs.safetensors")
     expected = load_file(official_tiny_dir / "expected.safetensors")[f"reconstruction.steps4.{schedule}"]
-    noise = inputs["noise"].reshape(2, 16, 192)
+    noise = inputs["noise"].reshape(32, 192)
     scheduler = UniFlowFlowMatchScheduler(schedule=schedule)
-    reconstruction = model.reconstruct(inputs["pixel_values"], noise=noise, num_inference_steps=4, scheduler=scheduler)
+    scheduler.set_timesteps(4)
+    with torch.no_grad():
+        condition = model.decoder_condition(model.encode(inputs["pixel_values"]), (4, 4)).reshape(32, -1)
+        sample = noise
+        for timestep in scheduler.timesteps:
+            sample = scheduler.step(model.flow_head(sample, timestep, condition), timestep, sample).prev_sample
+    reconstruction = unpatchify(sample.reshape(2, 16, 192), model.config.patch_size, (4, 4))
     np.testing.assert_allclose(reconstruction.numpy(), expected.numpy(), atol=1e-4, rtol=0)

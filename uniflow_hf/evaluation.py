@@ -2,7 +2,7 @@
 """Reconstruction quality of a UniFlow tokenizer: PSNR, SSIM and rFID over an image folder or a saved dataset.
 
     >>> from uniflow_hf.evaluation import evaluate_reconstruction, load_tokenizer, open_image_source
-    >>> model, processor, scheduler = load_tokenizer("path/to/uniflow")  # a UniFlowModel or pipeline folder
+    >>> model, processor = load_tokenizer("path/to/uniflow")  # a UniFlowModel or pipeline folder
     >>> results = evaluate_reconstruction(model, open_image_source("path/to/images"), processor, max_images=1000)
     >>> results["psnr"], results["ssim"]
 
@@ -111,11 +111,10 @@ def open_image_source(path: str, split: str | None = "test", column: str | None 
 
 # ------------------------------------------------------------------------------------------------ the model
 def load_tokenizer(path: str, **from_pretrained_kwargs):
-    """(UniFlowModel, UniFlowImageProcessor, scheduler or None) from a `UniFlowModel` folder (ours or the official
-    release) or a pipeline folder (with `tokenizer/`, and optionally `image_processor/` and `scheduler/`). Without a
-    saved image processor, the release preprocessing at the model's `image_size` is used."""
+    """(UniFlowModel, UniFlowImageProcessor) from a `UniFlowModel` folder (ours or the official release) or a
+    pipeline folder (with `tokenizer/`, and optionally `image_processor/`). Without a saved image processor, the
+    release preprocessing at the model's `image_size` is used. The decoder samples as the model's config says."""
     from .modeling import UniFlowImageProcessor, UniFlowModel
-    from .pipelines import UniFlowFlowMatchScheduler
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"No model folder at {path!r}.")
@@ -132,10 +131,7 @@ def load_tokenizer(path: str, **from_pretrained_kwargs):
     else:
         size = model.config.image_size
         processor = UniFlowImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    scheduler = None
-    if is_pipeline and os.path.isfile(os.path.join(path, "scheduler", "scheduler_config.json")):
-        scheduler = UniFlowFlowMatchScheduler.from_pretrained(path, subfolder="scheduler")
-    return model, processor, scheduler
+    return model, processor
 
 
 def quantize_dynamic_int8(model):
@@ -197,7 +193,6 @@ def evaluate_reconstruction(
     source,
     processor,
     *,
-    scheduler=None,
     resolution: int | None = None,
     num_inference_steps: int | None = None,
     batch_size: int = 8,
@@ -214,7 +209,6 @@ def evaluate_reconstruction(
         model (`UniFlowModel`): the tokenizer, on the device to use.
         source: `ImageFolderSource`, `DatasetSource` or anything with `__len__`, `load(i) -> PIL image`, `name(i)`.
         processor (`UniFlowImageProcessor`): preprocessing; its `postprocess` maps both images back to [0, 1].
-        scheduler (*optional*): the decoder's sampler (a pipeline's); the model's default schedule otherwise.
         resolution (`int`, *optional*): resize the short side to this and centre-crop it square (a multiple of the
             patch size); by default the processor's own square crop, else the model's `image_size`.
         num_inference_steps (`int`, *optional*): decoder steps; the model's `num_sampling_steps` otherwise.
@@ -291,9 +285,7 @@ def evaluate_reconstruction(
             pixel_values = torch.cat(pixel_values).to(device=device, dtype=model.dtype)
             noise = _decoder_noise(kept, seed, (tokens, model.config.patch_dim)).to(device=device, dtype=model.dtype)
             with autocast():
-                reconstruction = model.reconstruct(
-                    pixel_values, noise=noise, num_inference_steps=num_inference_steps, scheduler=scheduler
-                )
+                reconstruction = model.reconstruct(pixel_values, noise=noise, num_inference_steps=num_inference_steps)
             references = processor.postprocess(pixel_values, output_type="pt").to(device)
             reconstructions = processor.postprocess(reconstruction, output_type="pt").to(device)
             sums += torch.tensor(

@@ -54,7 +54,7 @@ def run_evaluate(args) -> int:
 
     try:
         accelerator = Accelerator(cpu=args.int8)  # int8 dynamic quantisation runs on the CPU only
-        model, processor, scheduler = load_tokenizer(args.model)
+        model, processor = load_tokenizer(args.model)
         if args.int8:
             model = quantize_dynamic_int8(model)
         model.to(accelerator.device)
@@ -66,7 +66,6 @@ def run_evaluate(args) -> int:
             model,
             source,
             processor,
-            scheduler=scheduler,
             resolution=args.resolution,
             num_inference_steps=args.steps,
             batch_size=args.batch_size,
