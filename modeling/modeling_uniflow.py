@@ -5,7 +5,9 @@ transformer blocks and a patch-wise pixel flow head (Yue et al., "UniFlow", ICLR
 from __future__ import annotations
 
 import copy
+import functools
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,9 +18,12 @@ from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, logging
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_uniflow import UniFlowConfig
 
@@ -182,9 +187,17 @@ class UniFlowAttention(nn.Module):
         shape = (batch_size, seq_len, self.num_heads, self.head_dim)
         query, key, value = (x.reshape(shape).transpose(1, 2) for x in (query, key, value))
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        implementation = self.config._attn_implementation
+        if kwargs.pop("output_attentions", False) and implementation != "eager":
+            # SDPA and the flash kernels return no weights (transformers' `sdpa_attention_forward` only warns): fall
+            # back to the eager computation for this call, as transformers' models did before v5.
+            logger.warning_once(
+                f"`output_attentions=True` needs the attention weights, which `{implementation}` attention does not "
+                "return: falling back to eager attention for these calls. Load the model with "
+                "`attn_implementation='eager'` to silence this."
+            )
+            implementation = "eager"
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         attn_output, attn_weights = attention_interface(
             self,
             query,
@@ -252,14 +265,11 @@ class UniFlowEncoder(nn.Module):
         self.layers = nn.ModuleList([UniFlowEncoderLayer(config, rate) for rate in rates])
         self.gradient_checkpointing = False
 
-    def forward(self, inputs_embeds: torch.Tensor, output_hidden_states: bool = False, **kwargs):
+    def forward(self, inputs_embeds: torch.Tensor, **kwargs) -> torch.Tensor:
         hidden_states = inputs_embeds
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
         for layer in self.layers:
             hidden_states = layer(hidden_states, **kwargs)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-        return hidden_states, all_hidden_states
+        return hidden_states
 
 
 # ------------------------------------------------------------------------------------------------ decoder side
@@ -571,6 +581,35 @@ def _check_pixel_values(pixel_values: torch.Tensor, config: UniFlowConfig) -> No
             )
 
 
+def _resolve_hidden_state_indices(forward):
+    """Turn `output_hidden_states` given as indices (an int or a list of them, as LLaVA passes its
+    `vision_feature_layer`) into the non-negative indices of the hidden states they select, before `capture_outputs`
+    reads them: it would count only the embeddings and the layer outputs, not the re-embedded latents a latent head
+    appends, and would take index 0 for "no hidden states". Indices out of range are an error."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        selection = kwargs.get("output_hidden_states")
+        if selection is None or isinstance(selection, bool):
+            return forward(self, *args, **kwargs)
+        num_states = self.config.num_hidden_layers + 1 + int(self.has_latent_head)
+        try:
+            indices = [operator.index(selection)] if not isinstance(selection, (list, tuple)) else [
+                operator.index(index) for index in selection
+            ]
+        except TypeError:
+            indices = None
+        if not indices or any(not -num_states <= index < num_states for index in indices):
+            raise ValueError(
+                f"`output_hidden_states` must be a bool, or a hidden state index or a non-empty list of them in "
+                f"[-{num_states}, {num_states - 1}] (this model returns {num_states} hidden states), got {selection!r}."
+            )
+        kwargs["output_hidden_states"] = sorted({index % num_states for index in indices})
+        return forward(self, *args, **kwargs)
+
+    return wrapper
+
+
 class UniFlowVisionModel(UniFlowPreTrainedModel):
     """The UniFlow encoder tower: CLS + patch tokens through the InternViT layers. Drops into
     `LlavaForConditionalGeneration` as its vision tower (`LlavaConfig(vision_config=UniFlowConfig(...))`); loads our
@@ -595,7 +634,16 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
     # The latent bottleneck (official and our names): loaded when the tower has its latent head, ignored otherwise.
     _latent_head_keys = r"^(chal_proj|chal_unproj|latent_proj|latent_unproj)\."
     _keys_to_ignore_on_load_unexpected = [_decoder_keys, _latent_head_keys]
-    _can_record_outputs = {"hidden_states": UniFlowEncoderLayer}
+    # Hidden states: the embeddings, each layer's output and, with the latent head, `latent_unproj`'s output (matched
+    # by its module name) after them. How many there are depends on the latent head, not on a config field, so
+    # `_resolve_hidden_state_indices` resolves selected indices and `capture_outputs` takes them as they are (it
+    # does so when the config lacks `num_hidden_layers_key`).
+    _can_record_outputs = {
+        "hidden_states": OutputRecorder(
+            UniFlowEncoderLayer, class_name="latent_unproj", num_hidden_layers_key="num_recorded_hidden_states"
+        ),
+        "attentions": UniFlowAttention,
+    }
     _checkpoint_key_mapping = {
         r"^vision_model\.": "",
         **{source: target for source, target in OFFICIAL_TO_HF_KEY_MAPPING.items() if source.startswith(r"^chal_")},
@@ -632,34 +680,29 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.patch_embedding
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: bool | int | list[int] | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling | tuple:
-        """`hidden_states[0]` is the embedding output (CLS first), `hidden_states[i]` the output of layer i (and, with
-        the latent head, `hidden_states[-1]` the re-embedded latents, see the class docstring).
-        `output_hidden_states` may be a bool or, as LLaVA passes its `vision_feature_layer`, a layer index (0
-        included) or a list of them: then all hidden states are returned, so any index selects as usual."""
+    @_resolve_hidden_state_indices
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutputWithPooling:
+        """`last_hidden_state` (B, 1 + N, C) with the CLS token first, `pooler_output` the CLS token.
+
+        `output_hidden_states=True` returns `hidden_states`: `[0]` the embedding output, `[i]` the output of layer i
+        (and, with the latent head, `[-1]` the re-embedded latents, see the class docstring). It may also select
+        hidden states by index, as LLaVA passes its `vision_feature_layer`: an int or a list of them (negative ones
+        count from the end, 0 included); then the tuple keeps its length, so the same indices select them, and holds
+        `None` at the indices not asked for (transformers' `capture_outputs` semantics).
+
+        `output_attentions=True` returns `attentions`: one (B, heads, 1 + N, 1 + N) map per layer. SDPA and flash
+        attention do not return weights: when they are asked for, those calls fall back to eager attention."""
         _check_pixel_values(pixel_values, self.config)
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        keep_all = output_hidden_states is not False and output_hidden_states is not None
-        kwargs.pop("output_attentions", None)
         kwargs.pop("image_sizes", None)
-        embeddings = self.embeddings(pixel_values)
-        last_hidden_state, hidden_states = self.encoder(embeddings, output_hidden_states=keep_all, **kwargs)
-        if hidden_states is not None and self.has_latent_head:
-            hidden_states += (self.latent_unproj(self.latent_proj(last_hidden_state)),)
-        output = BaseModelOutputWithPooling(
-            last_hidden_state=last_hidden_state,
-            pooler_output=last_hidden_state[:, 0],
-            hidden_states=hidden_states,
-        )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        return output if return_dict else output.to_tuple()
+        output_hidden_states = kwargs.pop("output_hidden_states", self.config.output_hidden_states)
+        kwargs["output_attentions"] = kwargs.get("output_attentions", self.config.output_attentions)
+        last_hidden_state = self.encoder(self.embeddings(pixel_values), **kwargs)
+        if output_hidden_states and self.has_latent_head:
+            # Recorded by `_can_record_outputs` as the last hidden state.
+            self.latent_unproj(self.latent_proj(last_hidden_state))
+        return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=last_hidden_state[:, 0])
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> latents (B, H/p · W/p, latent_channels), as `UniFlowModel.encode` (latent head only)."""
@@ -707,6 +750,10 @@ class UniFlowModel(UniFlowPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """Loads a folder we saved or an official release folder (official names are mapped on load)."""
         return _from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The encoder's patch embedding (for a foreign encoder, what its own `get_input_embeddings` returns)."""
+        return self.vision_model.get_input_embeddings()
 
     @classmethod
     def from_encoder(cls, encoder: PreTrainedModel, **config_kwargs) -> "UniFlowModel":
@@ -1025,13 +1072,26 @@ class UniFlowForImageClassification(UniFlowPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs):
-        from transformers.modeling_outputs import ImageClassifierOutput
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vision_model.get_input_embeddings()
 
-        hidden_states = self.vision_model(pixel_values, return_dict=True).last_hidden_state
-        logits = self.classifier(self.norm(hidden_states.mean(dim=1)))
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> ImageClassifierOutput:
+        """`logits` (B, num_labels), and the cross-entropy `loss` when `labels` (B,) are given; `hidden_states` and
+        `attentions` of the encoder as `UniFlowVisionModel` returns them (`output_hidden_states`,
+        `output_attentions`); a tuple `(loss, logits, ...)` without the `None` entries for `return_dict=False`."""
+        kwargs.pop("num_items_in_batch", None)  # the Trainer's; the loss is a mean over the batch
+        outputs = self.vision_model(pixel_values, return_dict=True, **kwargs)
+        logits = self.classifier(self.norm(outputs.last_hidden_state.mean(dim=1)))
         loss = F.cross_entropy(logits, labels) if labels is not None else None
-        return ImageClassifierOutput(loss=loss, logits=logits)
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
