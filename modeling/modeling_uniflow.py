@@ -473,16 +473,37 @@ class UniFlowPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
 
-    def save_pretrained(self, save_directory, is_main_process: bool = True, **kwargs):
+    def save_pretrained(
+        self,
+        save_directory,
+        is_main_process: bool = True,
+        *,
+        variant: str | None = None,
+        max_shard_size: int | str = "50GB",
+        safe_serialization: bool = True,
+        **kwargs,
+    ):
         """`PreTrainedModel.save_pretrained`, made atomic: the model is written to a temporary folder beside
         `save_directory`, and only a complete save then replaces the files there, so a save that fails or is killed
         midway leaves the previous model intact. Other files in `save_directory` (a processor, a training run's
-        checkpoints) are kept; weight files of a previous save that this one does not overwrite (other shards, the
-        other of single-file / sharded) are removed, so they cannot shadow the new weights."""
+        checkpoints, the weights of other variants) are kept; weight files of a previous save of the same variant
+        that this one does not overwrite (other shards, the other of single-file / sharded) are removed, so they
+        cannot shadow the new weights. Temporary folders left beside (or in) `save_directory` by saves that were
+        killed are removed; those of saves still running in another process on this machine are left alone.
+
+        `variant`, `max_shard_size` and `safe_serialization` are named in the signature because diffusers' pipeline
+        `save_pretrained` passes a component only the arguments its signature names: `variant="fp16"` writes
+        `model.fp16.safetensors` beside the default `model.safetensors`. When the folder then holds weights of
+        several dtypes, `config.json` records none, so that each loads in its own dtype (`dtype="auto"`, the
+        default, reads it from the weights). transformers v5 writes safetensors only: `safe_serialization=False`
+        is accepted (diffusers passes it on) and ignored with a warning."""
         import os
         import shutil
         import tempfile
 
+        if not safe_serialization:
+            logger.warning("`safe_serialization=False` is ignored: transformers v5 saves safetensors only.")
+        kwargs.update(variant=variant, max_shard_size=max_shard_size)
         if not is_main_process or kwargs.get("distributed_checkpoint"):
             return super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
         save_directory = os.path.abspath(os.fspath(save_directory))
@@ -492,14 +513,17 @@ class UniFlowPreTrainedModel(PreTrainedModel):
             kwargs.setdefault("repo_id", os.path.basename(save_directory))
         parent = os.path.dirname(save_directory)
         os.makedirs(parent, exist_ok=True)
+        _remove_abandoned_staging_folders(save_directory)
+        owner = _staging_owner_tag()
         try:
-            staging = tempfile.mkdtemp(prefix=f".{os.path.basename(save_directory)}.saving-", dir=parent)
+            staging = tempfile.mkdtemp(prefix=f".{os.path.basename(save_directory)}.saving-{owner}-", dir=parent)
         except PermissionError:  # a writable folder in a read-only parent: stage inside it
             os.makedirs(save_directory, exist_ok=True)
-            staging = tempfile.mkdtemp(prefix=".saving-", dir=save_directory)
+            staging = tempfile.mkdtemp(prefix=f".saving-{owner}-", dir=save_directory)
         try:
             super().save_pretrained(staging, **kwargs)
             if os.path.isdir(save_directory):
+                _unpin_dtype_of_mixed_folder(staging, save_directory)
                 _move_saved_files(staging, save_directory)
             else:
                 umask = os.umask(0)
@@ -1128,6 +1152,103 @@ def _move_saved_files(staging: str, save_directory: str) -> None:
         os.replace(os.path.join(staging, name), target)
     for name in stale:
         os.remove(os.path.join(save_directory, name))
+
+
+def _staging_owner_tag() -> str:
+    """`<pid>-<host hash>`: names the process that owns a staging folder, so that later saves can tell abandoned
+    staging folders from those of saves still running."""
+    import os
+    import socket
+    import zlib
+
+    return f"{os.getpid()}-{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
+def _remove_abandoned_staging_folders(save_directory: str) -> None:
+    """Delete the staging folders of saves of `save_directory` whose process is gone (killed midway): those beside
+    it (`.NAME.saving-<pid>-<host>-*`) and in it (`.saving-<pid>-<host>-*`). Only folders made on this machine are
+    judged (a process id means nothing on another host), and only on POSIX, where `os.kill(pid, 0)` probes a
+    process without signalling it."""
+    import os
+    import re
+    import shutil
+
+    if os.name != "posix":
+        return
+    host = _staging_owner_tag().split("-")[1]
+    owned = re.compile(r"\.saving-(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-[^/]+")
+    candidates = [
+        (os.path.dirname(save_directory), f".{os.path.basename(save_directory)}"),
+        (save_directory, ""),
+    ]
+    for folder, name_prefix in candidates:
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            match = owned.fullmatch(name[len(name_prefix) :]) if name.startswith(name_prefix) else None
+            if match is None or match["host"] != host or _process_is_running(int(match["pid"])):
+                continue
+            path = os.path.join(folder, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                logger.info(f"Removing {path}, left by a save that was killed (process {match['pid']} is gone).")
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_is_running(pid: int) -> bool:
+    import os
+
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
+
+
+def _weights_dtype(path: str) -> str | None:
+    """The safetensors dtype ("F32", "F16", "BF16"...) of the first floating tensor of a weights file, read from
+    its header."""
+    import json
+    import struct
+
+    with open(path, "rb") as handle:
+        (header_size,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(header_size))
+    dtypes = (entry["dtype"] for name, entry in header.items() if name != "__metadata__")
+    return next((dtype for dtype in dtypes if dtype.startswith(("F", "BF"))), None)
+
+
+def _unpin_dtype_of_mixed_folder(staging: str, save_directory: str) -> None:
+    """Drop `dtype` from the new `config.json` in `staging` when `save_directory` keeps weights (of another variant)
+    in another dtype than the new ones: one `config.json` serves every variant, and a pinned dtype would cast them
+    all to it (`from_pretrained`'s default `dtype="auto"` reads the config first, then the weights)."""
+    import json
+    import os
+    import re
+
+    def weight_files(folder):  # {variant: [weights files]}, index files aside
+        files = {}
+        for name in os.listdir(folder):
+            if name.endswith(".safetensors") and (match := re.fullmatch(_SAFETENSORS_WEIGHTS_FILE, name)):
+                files.setdefault(match["variant"], []).append(os.path.join(folder, name))
+        return files
+
+    new_files = weight_files(staging)
+    # Files of the variants saved now are overwritten or removed by `_move_saved_files`; the others stay.
+    kept = [path for variant, paths in weight_files(save_directory).items() if variant not in new_files for path in paths]
+    new_dtypes = {_weights_dtype(path) for paths in new_files.values() for path in paths}
+    config_file = os.path.join(staging, "config.json")
+    if not os.path.isfile(config_file) or {_weights_dtype(path) for path in kept} <= new_dtypes:
+        return
+    with open(config_file, encoding="utf-8") as handle:
+        config = json.load(handle)
+    config.pop("dtype", None)
+    with open(config_file, "w", encoding="utf-8") as handle:
+        json.dump(config, handle, indent=2, sort_keys=True)
+        handle.write("\n")
 
 
 def _refuse_pickled_only_folder(folder: str) -> None:
