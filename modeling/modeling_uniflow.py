@@ -740,7 +740,11 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Loads a folder we saved, a `UniFlowModel` folder or an official release folder."""
+        """Loads a folder we saved, a `UniFlowModel` folder or an official release folder.
+
+        Weights the checkpoint lacks are an error, unless `initialize_missing_weights=True` (to grow a model: more
+        blocks than the checkpoint, or `from_pretrained(None, config=..., state_dict=...)`): they are then
+        initialised by `_init_weights` and reported (a warning, and `missing_keys` of `output_loading_info=True`)."""
         return _from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
 
 
@@ -772,7 +776,11 @@ class UniFlowModel(UniFlowPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Loads a folder we saved or an official release folder (official names are mapped on load)."""
+        """Loads a folder we saved or an official release folder (official names are mapped on load).
+
+        Weights the checkpoint lacks are an error, unless `initialize_missing_weights=True` (to grow a model: more
+        blocks than the checkpoint, or `from_pretrained(None, config=..., state_dict=...)`): they are then
+        initialised by `_init_weights` and reported (a warning, and `missing_keys` of `output_loading_info=True`)."""
         return _from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
 
     def get_input_embeddings(self) -> nn.Module:
@@ -1119,7 +1127,11 @@ class UniFlowForImageClassification(UniFlowPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Loads a classifier folder, or the encoder of a tower, `UniFlowModel` or official folder with a new head."""
+        """Loads a classifier folder, or the encoder of a tower, `UniFlowModel` or official folder with a new head.
+
+        Weights the checkpoint lacks are an error, unless `initialize_missing_weights=True` (to grow a model: more
+        blocks than the checkpoint, or `from_pretrained(None, config=..., state_dict=...)`): they are then
+        initialised by `_init_weights` and reported (a warning, and `missing_keys` of `output_loading_info=True`)."""
         return _from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
 
 
@@ -1313,12 +1325,18 @@ def _unexpected_decoder_keys(model, folder: str, key_mapping: dict, variant: str
 def _from_pretrained_with_key_mapping(parent, cls, pretrained_model_name_or_path, *model_args, **kwargs):
     """`from_pretrained` that maps official (or sibling-class) parameter names, refuses to random-initialise weights
     the folder lacks or to drop weights it has no place for, and saves with our own names (never reverting to the
-    names it loaded). Pickled weights (`pytorch_model.bin`) load only with an explicit `use_safetensors=False`."""
+    names it loaded). Pickled weights (`pytorch_model.bin`) load only with an explicit `use_safetensors=False`.
+
+    `initialize_missing_weights=True` is the opt-in for growing a model (a checkpoint loaded into a config with
+    more global blocks or flow-head blocks, or `from_pretrained(None, config=..., state_dict=...)` with part of the
+    weights): the weights the checkpoint lacks are initialised by `_init_weights`, as in a new model, and reported
+    in a warning and in `output_loading_info`'s `missing_keys`."""
     import os
     import re
 
     kwargs.setdefault("key_mapping", dict(cls._checkpoint_key_mapping))
     wants_info = kwargs.pop("output_loading_info", False)
+    initialize_missing_weights = kwargs.pop("initialize_missing_weights", False)
     folder = os.fspath(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else ""
     if kwargs.get("subfolder"):
         folder = os.path.join(folder, kwargs["subfolder"])
@@ -1336,11 +1354,23 @@ def _from_pretrained_with_key_mapping(parent, cls, pretrained_model_name_or_path
         key for key in info["missing_keys"]
         if not key.startswith("distillation_teacher.") and not (new_head and re.match(new_head, key))
     ]
-    if missing:
+    source = pretrained_model_name_or_path if pretrained_model_name_or_path is not None else "The given state_dict"
+    if missing and not initialize_missing_weights:
         raise ValueError(
-            f"{pretrained_model_name_or_path} does not hold weights for {len(missing)} parameters of "
-            f"{cls.__name__} (e.g. {sorted(missing)[:5]}): its weights don't match its config.json. Refusing to "
-            "initialise them randomly; check the folder, or build the model from its config and load what you have."
+            f"{source} does not hold weights for {len(missing)} parameters of {cls.__name__} (e.g. "
+            f"{sorted(missing)[:5]}): its weights don't match its config. Refusing to initialise them randomly; check "
+            "the folder, or, to grow a model on purpose (e.g. more global blocks than the checkpoint), pass "
+            "`initialize_missing_weights=True`."
+        )
+    if missing:
+        # transformers skips the model-level `_init_weights` (the flow head's zero-initialised layers, the decoder
+        # position embeddings) of a model outside the library whose own parameters were loaded; run it here. The
+        # `init` functions leave the loaded parameters (flagged `_is_hf_initialized`) alone.
+        with torch.no_grad():
+            model._init_weights(model)
+        logger.warning(
+            f"{source} does not hold weights for {len(missing)} parameters of {cls.__name__}; initialised by "
+            f"`_init_weights` (`initialize_missing_weights=True`): {sorted(missing)}"
         )
     # The tower loads from folders holding more than itself (a UniFlowModel, a classifier) and leaves the rest, with
     # transformers' load report; the full model must use every weight of its folder.
