@@ -618,11 +618,9 @@ def _resolve_hidden_state_indices(forward):
             return forward(self, *args, **kwargs)
         num_states = self.config.num_hidden_layers + 1 + int(self.has_latent_head)
         try:
-            indices = [operator.index(selection)] if not isinstance(selection, (list, tuple)) else [
-                operator.index(index) for index in selection
-            ]
-        except TypeError:
-            indices = None
+            indices = [operator.index(i) for i in (selection if isinstance(selection, (list, tuple)) else [selection])]
+        except TypeError:  # not an integer
+            indices = []
         if not indices or any(not -num_states <= index < num_states for index in indices):
             raise ValueError(
                 f"`output_hidden_states` must be a bool, or a hidden state index or a non-empty list of them in "
