@@ -5,7 +5,9 @@ transformer blocks and a patch-wise pixel flow head (Yue et al., "UniFlow", ICLR
 from __future__ import annotations
 
 import copy
+import functools
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,9 +18,12 @@ from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, logging
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from . import flow_matching
 from .configuration_uniflow import UniFlowConfig
@@ -184,9 +189,17 @@ class UniFlowAttention(nn.Module):
         shape = (batch_size, seq_len, self.num_heads, self.head_dim)
         query, key, value = (x.reshape(shape).transpose(1, 2) for x in (query, key, value))
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        implementation = self.config._attn_implementation
+        if kwargs.pop("output_attentions", False) and implementation != "eager":
+            # SDPA and the flash kernels return no weights (transformers' `sdpa_attention_forward` only warns): fall
+            # back to the eager computation for this call, as transformers' models did before v5.
+            logger.warning_once(
+                f"`output_attentions=True` needs the attention weights, which `{implementation}` attention does not "
+                "return: falling back to eager attention for these calls. Load the model with "
+                "`attn_implementation='eager'` to silence this."
+            )
+            implementation = "eager"
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         attn_output, attn_weights = attention_interface(
             self,
             query,
@@ -254,14 +267,11 @@ class UniFlowEncoder(nn.Module):
         self.layers = nn.ModuleList([UniFlowEncoderLayer(config, rate) for rate in rates])
         self.gradient_checkpointing = False
 
-    def forward(self, inputs_embeds: torch.Tensor, output_hidden_states: bool = False, **kwargs):
+    def forward(self, inputs_embeds: torch.Tensor, **kwargs) -> torch.Tensor:
         hidden_states = inputs_embeds
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
         for layer in self.layers:
             hidden_states = layer(hidden_states, **kwargs)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-        return hidden_states, all_hidden_states
+        return hidden_states
 
 
 # ------------------------------------------------------------------------------------------------ decoder side
@@ -424,16 +434,37 @@ class UniFlowPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
 
-    def save_pretrained(self, save_directory, is_main_process: bool = True, **kwargs):
+    def save_pretrained(
+        self,
+        save_directory,
+        is_main_process: bool = True,
+        *,
+        variant: str | None = None,
+        max_shard_size: int | str = "50GB",
+        safe_serialization: bool = True,
+        **kwargs,
+    ):
         """`PreTrainedModel.save_pretrained`, made atomic: the model is written to a temporary folder beside
         `save_directory`, and only a complete save then replaces the files there, so a save that fails or is killed
         midway leaves the previous model intact. Other files in `save_directory` (a processor, a training run's
-        checkpoints) are kept; weight files of a previous save that this one does not overwrite (other shards, the
-        other of single-file / sharded) are removed, so they cannot shadow the new weights."""
+        checkpoints, the weights of other variants) are kept; weight files of a previous save of the same variant
+        that this one does not overwrite (other shards, the other of single-file / sharded) are removed, so they
+        cannot shadow the new weights. Temporary folders left beside (or in) `save_directory` by saves that were
+        killed are removed; those of saves still running in another process on this machine are left alone.
+
+        `variant`, `max_shard_size` and `safe_serialization` are named in the signature because diffusers' pipeline
+        `save_pretrained` passes a component only the arguments its signature names: `variant="fp16"` writes
+        `model.fp16.safetensors` beside the default `model.safetensors`. When the folder then holds weights of
+        several dtypes, `config.json` records none, so that each loads in its own dtype (`dtype="auto"`, the
+        default, reads it from the weights). transformers v5 writes safetensors only: `safe_serialization=False`
+        is accepted (diffusers passes it on) and ignored with a warning."""
         import os
         import shutil
         import tempfile
 
+        if not safe_serialization:
+            logger.warning("`safe_serialization=False` is ignored: transformers v5 saves safetensors only.")
+        kwargs.update(variant=variant, max_shard_size=max_shard_size)
         if not is_main_process or kwargs.get("distributed_checkpoint"):
             return super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
         save_directory = os.path.abspath(os.fspath(save_directory))
@@ -443,14 +474,17 @@ class UniFlowPreTrainedModel(PreTrainedModel):
             kwargs.setdefault("repo_id", os.path.basename(save_directory))
         parent = os.path.dirname(save_directory)
         os.makedirs(parent, exist_ok=True)
+        _remove_abandoned_staging_folders(save_directory)
+        owner = _staging_owner_tag()
         try:
-            staging = tempfile.mkdtemp(prefix=f".{os.path.basename(save_directory)}.saving-", dir=parent)
+            staging = tempfile.mkdtemp(prefix=f".{os.path.basename(save_directory)}.saving-{owner}-", dir=parent)
         except PermissionError:  # a writable folder in a read-only parent: stage inside it
             os.makedirs(save_directory, exist_ok=True)
-            staging = tempfile.mkdtemp(prefix=".saving-", dir=save_directory)
+            staging = tempfile.mkdtemp(prefix=f".saving-{owner}-", dir=save_directory)
         try:
             super().save_pretrained(staging, **kwargs)
             if os.path.isdir(save_directory):
+                _unpin_dtype_of_mixed_folder(staging, save_directory)
                 _move_saved_files(staging, save_directory)
             else:
                 umask = os.umask(0)
@@ -532,6 +566,33 @@ def _check_pixel_values(pixel_values: torch.Tensor, config: UniFlowConfig) -> No
             )
 
 
+def _resolve_hidden_state_indices(forward):
+    """Turn `output_hidden_states` given as indices (an int or a list of them, as LLaVA passes its
+    `vision_feature_layer`) into the non-negative indices of the hidden states they select, before `capture_outputs`
+    reads them: it would count only the embeddings and the layer outputs, not the re-embedded latents a latent head
+    appends, and would take index 0 for "no hidden states". Indices out of range are an error."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        selection = kwargs.get("output_hidden_states")
+        if selection is None or isinstance(selection, bool):
+            return forward(self, *args, **kwargs)
+        num_states = self.config.num_hidden_layers + 1 + int(self.has_latent_head)
+        try:
+            indices = [operator.index(i) for i in (selection if isinstance(selection, (list, tuple)) else [selection])]
+        except TypeError:  # not an integer
+            indices = []
+        if not indices or any(not -num_states <= index < num_states for index in indices):
+            raise ValueError(
+                f"`output_hidden_states` must be a bool, or a hidden state index or a non-empty list of them in "
+                f"[-{num_states}, {num_states - 1}] (this model returns {num_states} hidden states), got {selection!r}."
+            )
+        kwargs["output_hidden_states"] = sorted({index % num_states for index in indices})
+        return forward(self, *args, **kwargs)
+
+    return wrapper
+
+
 class UniFlowVisionModel(UniFlowPreTrainedModel):
     """The UniFlow encoder tower: CLS + patch tokens through the InternViT layers. Drops into
     `LlavaForConditionalGeneration` as its vision tower (`LlavaConfig(vision_config=UniFlowConfig(...))`); loads our
@@ -556,7 +617,16 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
     # The latent bottleneck (official and our names): loaded when the tower has its latent head, ignored otherwise.
     _latent_head_keys = r"^(chal_proj|chal_unproj|latent_proj|latent_unproj)\."
     _keys_to_ignore_on_load_unexpected = [_decoder_keys, _latent_head_keys]
-    _can_record_outputs = {"hidden_states": UniFlowEncoderLayer}
+    # Hidden states: the embeddings, each layer's output and, with the latent head, `latent_unproj`'s output (matched
+    # by its module name) after them. How many there are depends on the latent head, not on a config field, so
+    # `_resolve_hidden_state_indices` resolves selected indices and `capture_outputs` takes them as they are (it
+    # does so when the config lacks `num_hidden_layers_key`).
+    _can_record_outputs = {
+        "hidden_states": OutputRecorder(
+            UniFlowEncoderLayer, class_name="latent_unproj", num_hidden_layers_key="num_recorded_hidden_states"
+        ),
+        "attentions": UniFlowAttention,
+    }
     _checkpoint_key_mapping = {
         r"^vision_model\.": "",
         **{source: target for source, target in OFFICIAL_TO_HF_KEY_MAPPING.items() if source.startswith(r"^chal_")},
@@ -593,34 +663,29 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.patch_embedding
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: bool | int | list[int] | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling | tuple:
-        """`hidden_states[0]` is the embedding output (CLS first), `hidden_states[i]` the output of layer i (and, with
-        the latent head, `hidden_states[-1]` the re-embedded latents, see the class docstring).
-        `output_hidden_states` may be a bool or, as LLaVA passes its `vision_feature_layer`, a layer index (0
-        included) or a list of them: then all hidden states are returned, so any index selects as usual."""
+    @_resolve_hidden_state_indices
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutputWithPooling:
+        """`last_hidden_state` (B, 1 + N, C) with the CLS token first, `pooler_output` the CLS token.
+
+        `output_hidden_states=True` returns `hidden_states`: `[0]` the embedding output, `[i]` the output of layer i
+        (and, with the latent head, `[-1]` the re-embedded latents, see the class docstring). It may also select
+        hidden states by index, as LLaVA passes its `vision_feature_layer`: an int or a list of them (negative ones
+        count from the end, 0 included); then the tuple keeps its length, so the same indices select them, and holds
+        `None` at the indices not asked for (transformers' `capture_outputs` semantics).
+
+        `output_attentions=True` returns `attentions`: one (B, heads, 1 + N, 1 + N) map per layer. SDPA and flash
+        attention do not return weights: when they are asked for, those calls fall back to eager attention."""
         _check_pixel_values(pixel_values, self.config)
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        keep_all = output_hidden_states is not False and output_hidden_states is not None
-        kwargs.pop("output_attentions", None)
         kwargs.pop("image_sizes", None)
-        embeddings = self.embeddings(pixel_values)
-        last_hidden_state, hidden_states = self.encoder(embeddings, output_hidden_states=keep_all, **kwargs)
-        if hidden_states is not None and self.has_latent_head:
-            hidden_states += (self.latent_unproj(self.latent_proj(last_hidden_state)),)
-        output = BaseModelOutputWithPooling(
-            last_hidden_state=last_hidden_state,
-            pooler_output=last_hidden_state[:, 0],
-            hidden_states=hidden_states,
-        )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        return output if return_dict else output.to_tuple()
+        output_hidden_states = kwargs.pop("output_hidden_states", self.config.output_hidden_states)
+        kwargs["output_attentions"] = kwargs.get("output_attentions", self.config.output_attentions)
+        last_hidden_state = self.encoder(self.embeddings(pixel_values), **kwargs)
+        if output_hidden_states and self.has_latent_head:
+            # Recorded by `_can_record_outputs` as the last hidden state.
+            self.latent_unproj(self.latent_proj(last_hidden_state))
+        return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=last_hidden_state[:, 0])
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> latents (B, H/p · W/p, latent_channels), as `UniFlowModel.encode` (latent head only)."""
@@ -634,7 +699,11 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Loads a folder we saved, a `UniFlowModel` folder or an official release folder."""
+        """Loads a folder we saved, a `UniFlowModel` folder or an official release folder.
+
+        Weights the checkpoint lacks are an error, unless `initialize_missing_weights=True` (to grow a model: more
+        blocks than the checkpoint, or `from_pretrained(None, config=..., state_dict=...)`): they are then
+        initialised by `_init_weights` and reported (a warning, and `missing_keys` of `output_loading_info=True`)."""
         return _from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
 
 
@@ -666,8 +735,16 @@ class UniFlowModel(UniFlowPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Loads a folder we saved or an official release folder (official names are mapped on load)."""
+        """Loads a folder we saved or an official release folder (official names are mapped on load).
+
+        Weights the checkpoint lacks are an error, unless `initialize_missing_weights=True` (to grow a model: more
+        blocks than the checkpoint, or `from_pretrained(None, config=..., state_dict=...)`): they are then
+        initialised by `_init_weights` and reported (a warning, and `missing_keys` of `output_loading_info=True`)."""
         return _from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The encoder's patch embedding (for a foreign encoder, what its own `get_input_embeddings` returns)."""
+        return self.vision_model.get_input_embeddings()
 
     @classmethod
     def from_encoder(cls, encoder: PreTrainedModel, **config_kwargs) -> "UniFlowModel":
@@ -982,17 +1059,34 @@ class UniFlowForImageClassification(UniFlowPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs):
-        from transformers.modeling_outputs import ImageClassifierOutput
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vision_model.get_input_embeddings()
 
-        hidden_states = self.vision_model(pixel_values, return_dict=True).last_hidden_state
-        logits = self.classifier(self.norm(hidden_states.mean(dim=1)))
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> ImageClassifierOutput:
+        """`logits` (B, num_labels), and the cross-entropy `loss` when `labels` (B,) are given; `hidden_states` and
+        `attentions` of the encoder as `UniFlowVisionModel` returns them (`output_hidden_states`,
+        `output_attentions`); a tuple `(loss, logits, ...)` without the `None` entries for `return_dict=False`."""
+        kwargs.pop("num_items_in_batch", None)  # the Trainer's; the loss is a mean over the batch
+        outputs = self.vision_model(pixel_values, return_dict=True, **kwargs)
+        logits = self.classifier(self.norm(outputs.last_hidden_state.mean(dim=1)))
         loss = F.cross_entropy(logits, labels) if labels is not None else None
-        return ImageClassifierOutput(loss=loss, logits=logits)
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Loads a classifier folder, or the encoder of a tower, `UniFlowModel` or official folder with a new head."""
+        """Loads a classifier folder, or the encoder of a tower, `UniFlowModel` or official folder with a new head.
+
+        Weights the checkpoint lacks are an error, unless `initialize_missing_weights=True` (to grow a model: more
+        blocks than the checkpoint, or `from_pretrained(None, config=..., state_dict=...)`): they are then
+        initialised by `_init_weights` and reported (a warning, and `missing_keys` of `output_loading_info=True`)."""
         return _from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
 
 
@@ -1025,6 +1119,103 @@ def _move_saved_files(staging: str, save_directory: str) -> None:
         os.replace(os.path.join(staging, name), target)
     for name in stale:
         os.remove(os.path.join(save_directory, name))
+
+
+def _staging_owner_tag() -> str:
+    """`<pid>-<host hash>`: names the process that owns a staging folder, so that later saves can tell abandoned
+    staging folders from those of saves still running."""
+    import os
+    import socket
+    import zlib
+
+    return f"{os.getpid()}-{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
+def _remove_abandoned_staging_folders(save_directory: str) -> None:
+    """Delete the staging folders of saves of `save_directory` whose process is gone (killed midway): those beside
+    it (`.NAME.saving-<pid>-<host>-*`) and in it (`.saving-<pid>-<host>-*`). Only folders made on this machine are
+    judged (a process id means nothing on another host), and only on POSIX, where `os.kill(pid, 0)` probes a
+    process without signalling it."""
+    import os
+    import re
+    import shutil
+
+    if os.name != "posix":
+        return
+    host = _staging_owner_tag().split("-")[1]
+    owned = re.compile(r"\.saving-(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-[^/]+")
+    candidates = [
+        (os.path.dirname(save_directory), f".{os.path.basename(save_directory)}"),
+        (save_directory, ""),
+    ]
+    for folder, name_prefix in candidates:
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            match = owned.fullmatch(name[len(name_prefix) :]) if name.startswith(name_prefix) else None
+            if match is None or match["host"] != host or _process_is_running(int(match["pid"])):
+                continue
+            path = os.path.join(folder, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                logger.info(f"Removing {path}, left by a save that was killed (process {match['pid']} is gone).")
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_is_running(pid: int) -> bool:
+    import os
+
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
+
+
+def _weights_dtype(path: str) -> str | None:
+    """The safetensors dtype ("F32", "F16", "BF16"...) of the first floating tensor of a weights file, read from
+    its header."""
+    import json
+    import struct
+
+    with open(path, "rb") as handle:
+        (header_size,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(header_size))
+    dtypes = (entry["dtype"] for name, entry in header.items() if name != "__metadata__")
+    return next((dtype for dtype in dtypes if dtype.startswith(("F", "BF"))), None)
+
+
+def _unpin_dtype_of_mixed_folder(staging: str, save_directory: str) -> None:
+    """Drop `dtype` from the new `config.json` in `staging` when `save_directory` keeps weights (of another variant)
+    in another dtype than the new ones: one `config.json` serves every variant, and a pinned dtype would cast them
+    all to it (`from_pretrained`'s default `dtype="auto"` reads the config first, then the weights)."""
+    import json
+    import os
+    import re
+
+    def weight_files(folder):  # {variant: [weights files]}, index files aside
+        files = {}
+        for name in os.listdir(folder):
+            if name.endswith(".safetensors") and (match := re.fullmatch(_SAFETENSORS_WEIGHTS_FILE, name)):
+                files.setdefault(match["variant"], []).append(os.path.join(folder, name))
+        return files
+
+    new_files = weight_files(staging)
+    # Files of the variants saved now are overwritten or removed by `_move_saved_files`; the others stay.
+    kept = [path for variant, paths in weight_files(save_directory).items() if variant not in new_files for path in paths]
+    new_dtypes = {_weights_dtype(path) for paths in new_files.values() for path in paths}
+    config_file = os.path.join(staging, "config.json")
+    if not os.path.isfile(config_file) or {_weights_dtype(path) for path in kept} <= new_dtypes:
+        return
+    with open(config_file, encoding="utf-8") as handle:
+        config = json.load(handle)
+    config.pop("dtype", None)
+    with open(config_file, "w", encoding="utf-8") as handle:
+        json.dump(config, handle, indent=2, sort_keys=True)
+        handle.write("\n")
 
 
 def _refuse_pickled_only_folder(folder: str) -> None:
@@ -1089,12 +1280,18 @@ def _unexpected_decoder_keys(model, folder: str, key_mapping: dict, variant: str
 def _from_pretrained_with_key_mapping(parent, cls, pretrained_model_name_or_path, *model_args, **kwargs):
     """`from_pretrained` that maps official (or sibling-class) parameter names, refuses to random-initialise weights
     the folder lacks or to drop weights it has no place for, and saves with our own names (never reverting to the
-    names it loaded). Pickled weights (`pytorch_model.bin`) load only with an explicit `use_safetensors=False`."""
+    names it loaded). Pickled weights (`pytorch_model.bin`) load only with an explicit `use_safetensors=False`.
+
+    `initialize_missing_weights=True` is the opt-in for growing a model (a checkpoint loaded into a config with
+    more global blocks or flow-head blocks, or `from_pretrained(None, config=..., state_dict=...)` with part of the
+    weights): the weights the checkpoint lacks are initialised by `_init_weights`, as in a new model, and reported
+    in a warning and in `output_loading_info`'s `missing_keys`."""
     import os
     import re
 
     kwargs.setdefault("key_mapping", dict(cls._checkpoint_key_mapping))
     wants_info = kwargs.pop("output_loading_info", False)
+    initialize_missing_weights = kwargs.pop("initialize_missing_weights", False)
     folder = os.fspath(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else ""
     if kwargs.get("subfolder"):
         folder = os.path.join(folder, kwargs["subfolder"])
@@ -1112,11 +1309,23 @@ def _from_pretrained_with_key_mapping(parent, cls, pretrained_model_name_or_path
         key for key in info["missing_keys"]
         if not key.startswith("distillation_teacher.") and not (new_head and re.match(new_head, key))
     ]
-    if missing:
+    source = pretrained_model_name_or_path if pretrained_model_name_or_path is not None else "The given state_dict"
+    if missing and not initialize_missing_weights:
         raise ValueError(
-            f"{pretrained_model_name_or_path} does not hold weights for {len(missing)} parameters of "
-            f"{cls.__name__} (e.g. {sorted(missing)[:5]}): its weights don't match its config.json. Refusing to "
-            "initialise them randomly; check the folder, or build the model from its config and load what you have."
+            f"{source} does not hold weights for {len(missing)} parameters of {cls.__name__} (e.g. "
+            f"{sorted(missing)[:5]}): its weights don't match its config. Refusing to initialise them randomly; check "
+            "the folder, or, to grow a model on purpose (e.g. more global blocks than the checkpoint), pass "
+            "`initialize_missing_weights=True`."
+        )
+    if missing:
+        # transformers skips the model-level `_init_weights` (the flow head's zero-initialised layers, the decoder
+        # position embeddings) of a model outside the library whose own parameters were loaded; run it here. The
+        # `init` functions leave the loaded parameters (flagged `_is_hf_initialized`) alone.
+        with torch.no_grad():
+            model._init_weights(model)
+        logger.warning(
+            f"{source} does not hold weights for {len(missing)} parameters of {cls.__name__}; initialised by "
+            f"`_init_weights` (`initialize_missing_weights=True`): {sorted(missing)}"
         )
     # The tower loads from folders holding more than itself (a UniFlowModel, a classifier) and leaves the rest, with
     # transformers' load report; the full model must use every weight of its folder.

@@ -12,8 +12,8 @@
 ```
 
 How the tower meets LLaVA: LLaVA asks for the hidden states it selects (`vision_feature_layer`, an index or a list,
-passed on as `output_hidden_states`); the tower then returns all of them, `hidden_states[0]` being the embeddings
-(CLS first). `vision_feature_select_strategy="default"` drops index 0 of each selected state, our CLS token, `"full"`
+passed on as `output_hidden_states`); the tower then returns those, at their indices (`None` at the others),
+`hidden_states[0]` being the embeddings (CLS first). `vision_feature_select_strategy="default"` drops index 0 of each selected state, our CLS token, `"full"`
 keeps it: an image gives `(H/p)·(W/p) + 1 - (1 if "default")` features, which is what `build_llava_processor`'s
 `LlavaProcessor` inserts (`num_additional_image_tokens=1` for the CLS token).
 
