@@ -44,6 +44,10 @@ from transformers import ImageProcessingMixin, PreTrainedModel  # noqa: E402, F4
 
 __version__ = "0.1.0"
 
+# The shipped UniFlow-FMNIST pipeline (its model card is README.md in that folder), as an absolute path inside the
+# installed package: `UniFlowClassConditionalPipeline.from_pretrained(FMNIST_MODEL_PATH)` works from any directory.
+FMNIST_MODEL_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "uniflow-fmnist")
+
 AutoConfig.register("uniflow", UniFlowConfig, exist_ok=True)
 AutoModel.register(UniFlowConfig, UniFlowVisionModel, exist_ok=True)
 AutoImageProcessor.register(UniFlowConfig, image_processor_classes={"pil": UniFlowImageProcessor}, exist_ok=True)
@@ -69,4 +73,5 @@ __all__ = [
     "train_tokenizer",
     "evaluate_reconstruction",
     "metric_path",
+    "FMNIST_MODEL_PATH",
 ]
