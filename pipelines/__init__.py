@@ -6,15 +6,17 @@ from .scheduling_uniflow_flow_match import UniFlowFlowMatchScheduler, UniFlowFlo
 
 
 PIPELINE_CLASSES = (UniFlowReconstructionPipeline, UniFlowClassConditionalPipeline)
+SCHEDULER_CLASSES = (UniFlowFlowMatchScheduler,)
 
 
 def register_pipelines_with_diffusers() -> None:
-    """Let `DiffusionPipeline.from_pretrained(folder)` load our pipelines: it looks the `_class_name` of
-    `model_index.json` up as an attribute of the `diffusers` module. (`import uniflow_hf` calls this.)"""
+    """Put our pipelines and scheduler on the `diffusers` namespace: `DiffusionPipeline.from_pretrained(folder)` looks
+    the `_class_name` of `model_index.json` up there, and a scheduler's `compatibles` resolves its class names there.
+    (`import uniflow_hf` calls this.)"""
     import diffusers
 
-    for pipeline_class in PIPELINE_CLASSES:
-        setattr(diffusers, pipeline_class.__name__, pipeline_class)
+    for component_class in PIPELINE_CLASSES + SCHEDULER_CLASSES:
+        setattr(diffusers, component_class.__name__, component_class)
 
 
 __all__ = [

@@ -60,8 +60,13 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
     """
 
     config_name = "scheduler_config.json"
-    _compatibles = []
+    # What `from_config` may swap in for it: only itself. diffusers' flow-match schedulers run the reverse time
+    # convention (sigma = 1 - t, model output -v), so they are not drop-in for our pipelines' models; see
+    # `flow_match_euler_sigmas` for the exact mapping. Betas, alphas and `prediction_type` do not apply to a
+    # rectified flow.
+    _compatibles = ["UniFlowFlowMatchScheduler"]
     order = 1
+    init_noise_sigma = 1.0  # sampling starts from unit Gaussian noise (t = 0)
 
     @register_to_config
     def __init__(

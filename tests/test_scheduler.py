@@ -237,3 +237,18 @@ def test_fixture_decoded_by_our_scheduler(official_tiny_dir, schedule):
             sample = scheduler.step(model.flow_head(sample, timestep, condition), timestep, sample).prev_sample
     reconstruction = unpatchify(sample.reshape(2, 16, 192), model.config.patch_size, (4, 4))
     np.testing.assert_allclose(reconstruction.numpy(), expected.numpy(), atol=1e-4, rtol=0)
+
+
+def test_scheduler_common_attributes():
+    """What diffusers' pipelines and `from_config` swaps rely on: unit starting noise, `compatibles` listing the
+    scheduler itself (resolved on the `diffusers` namespace, where `import uniflow_hf` puts it)."""
+    import diffusers
+
+    scheduler = UniFlowFlowMatchScheduler()
+    assert scheduler.init_noise_sigma == 1.0
+    assert diffusers.UniFlowFlowMatchScheduler is UniFlowFlowMatchScheduler
+    assert UniFlowFlowMatchScheduler in scheduler.compatibles
+    swapped = UniFlowFlowMatchScheduler.from_config(UniFlowFlowMatchScheduler(schedule="pow_0.5").config)
+    assert swapped.config.schedule == "pow_0.5"
+    noise = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(noise * scheduler.init_noise_sigma, noise)
