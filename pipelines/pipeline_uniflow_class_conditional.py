@@ -526,7 +526,7 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             images = self.decode_latents(
                 latents * decoder_latent_scale, self.decoder_scheduler, decoder_num_inference_steps, generator=generator
             )
-            images = self.image_processor.postprocess(images, output_type=output_type)
+            images = self.processor.postprocess(images, output_type=output_type)
 
         self.maybe_free_model_hooks()
         if not return_dict:

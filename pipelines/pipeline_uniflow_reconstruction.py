@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -46,18 +47,19 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        images: Any,
+        image: Any = None,
         num_inference_steps: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         noise: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        images: Any = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Args:
-            images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of those): the images to reconstruct
+            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of those): the image(s) to reconstruct
                 (anything the image processor takes: uint8, or float in [0, 1]; any size, they are resized and
-                centre-cropped).
+                centre-cropped); `image`, as diffusers' image-input pipelines name it.
             num_inference_steps (`int`, *optional*): flow decoder steps; the tokenizer's `num_sampling_steps` when
                 `None`.
             generator (`torch.Generator` or a list of them, *optional*): the decoder's noise is drawn with it; with a
@@ -67,6 +69,7 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             output_type (`str`, *optional*, defaults to `"pil"`): `"pil"` (list of PIL images), `"np"` (float array
                 `(batch, height, width, 3)` in [0, 1]) or `"pt"` (tensor `(batch, 3, height, width)` in [0, 1]).
             return_dict (`bool`, *optional*, defaults to `True`): return an [`ImagePipelineOutput`] or a tuple.
+            images: the former name of `image` (deprecated; still accepted, with a warning).
 
         Examples:
         ```py
@@ -79,11 +82,18 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         Returns:
             [`ImagePipelineOutput`] with `images`, or `(images,)` when `return_dict=False`.
         """
+        if images is not None:
+            if image is not None:
+                raise ValueError("Pass the images as `image` (`images` is its deprecated former name), not both.")
+            warnings.warn("`images` is deprecated: pass the images to reconstruct as `image`.", FutureWarning, stacklevel=2)
+            image = images
+        if image is None:
+            raise ValueError("`image` is required: the image(s) to reconstruct.")
         check_num_inference_steps(num_inference_steps, allow_none=True)
         check_output_type(output_type)
 
         device = self._execution_device
-        pixel_values = self.image_processor(images, return_tensors="pt").pixel_values
+        pixel_values = self.processor(image, return_tensors="pt").pixel_values
         pixel_values = pixel_values.to(device=device, dtype=self.tokenizer.dtype)
         check_generator(generator, len(pixel_values))
 
@@ -97,7 +107,7 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             height=pixel_values.shape[-2],
             width=pixel_values.shape[-1],
         )
-        images = self.image_processor.postprocess(reconstruction, output_type=output_type)
+        images = self.processor.postprocess(reconstruction, output_type=output_type)
 
         self.maybe_free_model_hooks()
         if not return_dict:

@@ -37,6 +37,14 @@ class UniFlowPipelineMixin:
         if hasattr(type(value), "from_pretrained") and name in self.__dict__.get("_internal_dict", {}):
             self.register_to_config(**{name: component_library_tuple(value)})
 
+    @property
+    def processor(self):
+        """The `image_processor` component, or, where it is absent (it is optional: `pipe.image_processor = None`),
+        the tokenizer's default one (`default_image_processor`)."""
+        if self.image_processor is not None:
+            return self.image_processor
+        return default_image_processor(self.tokenizer)
+
     def decode_latents(
         self,
         latents: torch.Tensor,

@@ -169,13 +169,13 @@ def test_reconstruction_steps(reconstruction_pipeline):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(images="cat.png"), TypeError, "open the image first"),
-        (dict(images=[1, 2]), TypeError, "Unsupported image type"),
-        (dict(images=random_images(1), num_inference_steps=0), ValueError, "positive integer"),
-        (dict(images=random_images(1), num_inference_steps=-2), ValueError, "positive integer"),
-        (dict(images=random_images(1), output_type="latent"), ValueError, "output_type"),
-        (dict(images=random_images(2), generator=generators([0])), ValueError, "2 images"),
-        (dict(images=random_images(1), generator=3), TypeError, "torch.Generator"),
+        (dict(image="cat.png"), TypeError, "open the image first"),
+        (dict(image=[1, 2]), TypeError, "Unsupported image type"),
+        (dict(image=random_images(1), num_inference_steps=0), ValueError, "positive integer"),
+        (dict(image=random_images(1), num_inference_steps=-2), ValueError, "positive integer"),
+        (dict(image=random_images(1), output_type="latent"), ValueError, "output_type"),
+        (dict(image=random_images(2), generator=generators([0])), ValueError, "2 images"),
+        (dict(image=random_images(1), generator=3), TypeError, "torch.Generator"),
     ],
 )
 def test_reconstruction_bad_inputs(reconstruction_pipeline, kwargs, error, match):
@@ -932,3 +932,31 @@ def test_commands_without_a_model(tmp_path, capsys):
     assert "no-such-model does not exist" in error and "--model" in error
     assert cli_main(["reconstruct", str(tmp_path / "missing.png"), "--output-dir", str(tmp_path)]) == 2
     assert "No such image file" in capsys.readouterr().err
+
+
+def test_reconstruction_takes_image_like_diffusers_pipelines(reconstruction_pipeline):
+    images = random_images(2)
+    expected = reconstruction_pipeline(images, generator=generators([0, 1]), output_type="np").images
+    by_name = reconstruction_pipeline(image=images, generator=generators([0, 1]), output_type="np").images
+    np.testing.assert_array_equal(by_name, expected)
+    with pytest.warns(FutureWarning, match="`images` is deprecated"):
+        former = reconstruction_pipeline(images=images, generator=generators([0, 1]), output_type="np").images
+    np.testing.assert_array_equal(former, expected)
+    with pytest.raises(ValueError, match="not both"):
+        reconstruction_pipeline(image=images, images=images)
+    with pytest.raises(ValueError, match="`image` is required"):
+        reconstruction_pipeline()
+
+
+def test_pipelines_run_without_their_optional_image_processor(reconstruction_pipeline, class_conditional_pipeline):
+    """`image_processor` is an optional component: absent, the tokenizer's default one serves."""
+    images = random_images(1)
+    expected = reconstruction_pipeline(images, generator=generators([0]), output_type="np").images
+    reconstruction_pipeline.image_processor = None
+    np.testing.assert_array_equal(
+        reconstruction_pipeline(images, generator=generators([0]), output_type="np").images, expected
+    )
+    expected = class_conditional_pipeline([1], num_inference_steps=2, generator=generators([3]), output_type="np").images
+    class_conditional_pipeline.image_processor = None
+    again = class_conditional_pipeline([1], num_inference_steps=2, generator=generators([3]), output_type="np").images
+    np.testing.assert_array_equal(again, expected)
