@@ -445,3 +445,29 @@ def test_enable_distillation_with_an_explicit_teacher(tiny_config):
     assert not any(torch.equal(teacher_state[k], v) for k, v in adapted.vision_model.state_dict().items() if v.ndim > 1)
     assert not any(p.requires_grad for p in adapted.distillation_teacher.parameters())
     assert adapted.distillation_teacher is not original.vision_model  # a frozen copy
+
+
+def test_training_draws_follow_the_model_config():
+    """The dataset draws the flow times the model's config asks for (issue 37: it used default settings, so a
+    logit-normal at mean -2 trained at a median timestep near 500 instead of about 119)."""
+    config = UniFlowConfig(
+        **TINY_CONFIG, flow_timestep_distribution="lognormal", flow_timestep_logit_mean=-2.0, flow_timestep_logit_std=1.0
+    )
+    dataset = UniFlowTrainingDataset(image_dataset(40), config, augment=False)
+    timesteps = torch.cat([dataset[i]["timesteps"] for i in range(len(dataset))])
+    median = 1000 * torch.sigmoid(torch.tensor(-2.0))  # the logit-normal's median: 119.2
+    assert abs(timesteps.median().item() - median.item()) < 25
+    uniform = UniFlowTrainingDataset(image_dataset(40), UniFlowConfig(**TINY_CONFIG, flow_timestep_distribution="uniform"))
+    uniform_t = torch.cat([uniform[i]["timesteps"] for i in range(len(uniform))])
+    assert abs(uniform_t.mean().item() - 500) < 40 and uniform_t.min() < 50 and uniform_t.max() > 950
+
+
+def test_train_tokenizer_with_two_draws_per_token(tmp_path):
+    """`flow_samples_per_token=2`: the dataset draws (2, N, ...) per image and training runs (it crashed)."""
+    model = tiny_model(flow_samples_per_token=2)
+    item = UniFlowTrainingDataset(image_dataset(1), model.config)[0]
+    assert item["noise"].shape == (2, 16, 192) and item["timesteps"].shape == (2, 16)
+    before = model.flow_head.final_layer.linear.weight.clone()
+    trainer = train_tokenizer(model, image_dataset(4), training_args(tmp_path, max_steps=2), save_model=False)
+    assert all(loss > 0 for loss in logged(trainer, "loss").values())
+    assert not torch.equal(before, model.flow_head.final_layer.linear.weight)

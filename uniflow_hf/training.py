@@ -28,7 +28,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, default_da
 from transformers.utils import logging
 
 from .modeling import UniFlowConfig, UniFlowImageProcessor, UniFlowModel
-from .pipelines import UniFlowFlowMatchScheduler
+from .modeling.flow_matching import draw_flow_training_inputs
 
 
 logger = logging.get_logger(__name__)
@@ -131,8 +131,9 @@ class UniFlowImageTransform:
 
 class UniFlowTrainingDataset(torch.utils.data.Dataset):
     """Wraps a map-style image dataset for `UniFlowModel` training: item `i` is a dict of `pixel_values` (3, H, W),
-    `noise` (N, C·p·p) and `timesteps` (N,) (network time 1000·t per patch token, from `scheduler`'s training
-    distribution: logit-normal with 10 % uniform by default).
+    `noise` (draws, N, C·p·p) and `timesteps` (draws, N) (network time 1000·t per patch token and draw), drawn as
+    the model's config says (`flow_timestep_*`, draws = `flow_samples_per_token`; the draws axis is left out when it
+    is 1) by `flow_matching.draw_flow_training_inputs`, as `UniFlowModel.forward` draws them itself.
 
     The augmentation, noise and timesteps of item `i` are drawn from `sample_generator(seed, epoch, i)`: identical
     whatever the number of processes or data workers, and after resuming. `set_epoch` (called by `UniFlowTrainer` at
@@ -146,7 +147,6 @@ class UniFlowTrainingDataset(torch.utils.data.Dataset):
         image_column: the column holding the images.
         augment: random resized crop + horizontal flip (see `UniFlowImageTransform`); off for evaluation.
         seed: base seed of the per-sample draws.
-        scheduler: a `UniFlowFlowMatchScheduler` for the timestep distribution (default settings otherwise).
     """
 
     def __init__(
@@ -157,7 +157,6 @@ class UniFlowTrainingDataset(torch.utils.data.Dataset):
         image_column: str = "image",
         augment: bool = True,
         seed: int = 0,
-        scheduler: UniFlowFlowMatchScheduler | None = None,
     ):
         _check_map_style_dataset(dataset)
         columns = _column_names(dataset)
@@ -178,7 +177,6 @@ class UniFlowTrainingDataset(torch.utils.data.Dataset):
             )
         self.num_tokens = (height // config.patch_size) * (width // config.patch_size)
         self.seed = seed
-        self.scheduler = scheduler if scheduler is not None else UniFlowFlowMatchScheduler()
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -197,9 +195,10 @@ class UniFlowTrainingDataset(torch.utils.data.Dataset):
             pixel_values = self.transform(row[self.image_column], generator)
         except (ValueError, TypeError, OSError) as error:
             raise ValueError(f"Row {index}, column {self.image_column!r}: cannot use it as an image: {error}") from error
-        noise = torch.randn((self.num_tokens, self.config.patch_dim), generator=generator)
-        timesteps = self.scheduler.sample_training_timesteps(self.num_tokens, generator=generator)
-        return {"pixel_values": pixel_values, "noise": noise, "timesteps": timesteps}
+        noise, timesteps = draw_flow_training_inputs(self.config, 1, self.num_tokens, generator=generator)
+        if self.config.flow_samples_per_token == 1:
+            noise, timesteps = noise[:, 0], timesteps[:, 0]
+        return {"pixel_values": pixel_values, "noise": noise[0], "timesteps": timesteps[0]}
 
 
 def _check_map_style_dataset(dataset: Any) -> None:
