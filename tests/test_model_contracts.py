@@ -313,3 +313,19 @@ def test_later_save_removes_the_staging_folder_of_a_killed_save(tmp_path):
     model.save_pretrained(target)
     assert staging_folders() == []
     assert_same_weights(UniFlowModel.from_pretrained(target), model.state_dict(), torch.float32)
+
+
+def test_auto_model_for_image_classification_builds_and_loads_the_classifier(tmp_path):
+    """`import uniflow_hf` registers the classifier with `AutoModelForImageClassification`, as transformers'
+    own vision models are."""
+    from transformers import AutoModelForImageClassification
+
+    import uniflow_hf
+
+    config = uniflow_hf.UniFlowConfig(**TINY_CONFIG, num_labels=3)
+    model = AutoModelForImageClassification.from_config(config)
+    assert type(model) is uniflow_hf.UniFlowForImageClassification
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path)
+    pixel_values = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded.eval()(pixel_values).logits, model.eval()(pixel_values).logits)

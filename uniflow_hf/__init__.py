@@ -1,13 +1,14 @@
 """uniflow-hf: UniFlow (Yue et al., ICLR 2026) as a first-class transformers / diffusers citizen.
 
 Importing this package registers `UniFlowConfig` with `AutoConfig`, `UniFlowVisionModel` with `AutoModel`
-(so it drops into LLaVA as a vision tower), `UniFlowImageProcessor` with `AutoImageProcessor`, and our pipeline
+(so it drops into LLaVA as a vision tower), `UniFlowForImageClassification` with `AutoModelForImageClassification`,
+`UniFlowImageProcessor` with `AutoImageProcessor`, and our pipeline
 components with diffusers' loader.
 """
 
 import os
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 
 # Installed, `modeling/` and `pipelines/` live inside this package. In a source checkout they sit beside it: let
@@ -17,6 +18,7 @@ if not os.path.isdir(os.path.join(__path__[0], "modeling")):
 
 from .modeling import (
     UniFlowConfig,
+    UniFlowForImageClassification,
     UniFlowImageProcessor,
     UniFlowModel,
     UniFlowModelOutput,
@@ -50,11 +52,13 @@ FMNIST_MODEL_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mo
 
 AutoConfig.register("uniflow", UniFlowConfig, exist_ok=True)
 AutoModel.register(UniFlowConfig, UniFlowVisionModel, exist_ok=True)
+AutoModelForImageClassification.register(UniFlowConfig, UniFlowForImageClassification, exist_ok=True)
 AutoImageProcessor.register(UniFlowConfig, image_processor_classes={"pil": UniFlowImageProcessor}, exist_ok=True)
 register_pipelines_with_diffusers()
 
 __all__ = [
     "UniFlowConfig",
+    "UniFlowForImageClassification",
     "UniFlowImageProcessor",
     "UniFlowModel",
     "UniFlowModelOutput",
