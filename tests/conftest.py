@@ -85,3 +85,80 @@ def official_tiny_dir():
     if not OFFICIAL_TINY.is_dir():
         pytest.fail(f"Missing ground-truth fixtures at {OFFICIAL_TINY} (a copy of ../shared/fixtures).")
     return OFFICIAL_TINY
+
+
+# ------------------------------------------------------------------------ tiny pipelines (pipelines, conversion, CLI)
+ID2LABEL = {0: "circle", 1: "square", 2: "stripes"}
+
+
+@pytest.fixture
+def reconstruction_pipeline(tiny_model):
+    from uniflow_hf import UniFlowFlowMatchScheduler, UniFlowReconstructionPipeline
+
+    pipeline = UniFlowReconstructionPipeline(tokenizer=tiny_model, scheduler=UniFlowFlowMatchScheduler())
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def tiny_transformer(config, num_classes=3, seed=0):
+    from diffusers import DiTTransformer2DModel
+
+    torch.manual_seed(seed)
+    return DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=config.latent_channels,
+        out_channels=config.latent_channels,
+        num_layers=1,
+        sample_size=config.grid_size,
+        patch_size=1,
+        num_embeds_ada_norm=num_classes,
+    ).eval()
+
+
+@pytest.fixture
+def class_conditional_pipeline():
+    """A tiny pipeline whose decoder's output depends on the latents (its flow head holds weights)."""
+    from uniflow_hf import UniFlowClassConditionalPipeline, UniFlowFlowMatchScheduler
+
+    tokenizer = pretrained_tiny_model().eval()
+    channels = tokenizer.config.latent_channels
+    pipeline = UniFlowClassConditionalPipeline(
+        transformer=tiny_transformer(tokenizer.config),
+        scheduler=UniFlowFlowMatchScheduler(),
+        tokenizer=tokenizer,
+        decoder_scheduler=UniFlowFlowMatchScheduler(),
+        id2label=ID2LABEL,
+        latent_mean=torch.linspace(-0.5, 0.5, channels),
+        latent_std=torch.linspace(0.5, 2.0, channels),
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.fixture
+def autoguided_pipeline(class_conditional_pipeline):
+    """The tiny pipeline with another tiny DiT (other weights) as its autoguidance guide, guiding by default."""
+    from uniflow_hf import UniFlowClassConditionalPipeline
+
+    pipeline = class_conditional_pipeline
+    guide = tiny_transformer(pipeline.tokenizer.config, seed=1)
+    settings = {key: pipeline.config[key] for key in ("id2label", "latent_mean", "latent_std")}
+    pipeline = UniFlowClassConditionalPipeline(
+        **{**pipeline.components, "guide_transformer": guide}, **settings, autoguidance_scale=2.0,
+        autoguidance_interval=(0.5, 1.0),
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def random_images(count, seed=0, size=(40, 36)):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, size=(*size, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def generators(seeds):
+    return [torch.Generator().manual_seed(seed) for seed in seeds]
+

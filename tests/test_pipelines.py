@@ -1,10 +1,10 @@
 """UniFlowReconstructionPipeline and UniFlowClassConditionalPipeline: fixture parity, seeding, batching, output types,
-guidance, errors, saving/loading (also through DiffusionPipeline and after `import uniflow_hf` only), the converter
-and the `generate` / `reconstruct` commands."""
+guidance, errors, saving/loading (also through DiffusionPipeline and after `import uniflow_hf` only). The converter
+is tested in test_conversion.py, the `generate` / `reconstruct` commands in test_cli.py; the tiny pipelines all three
+use are built in conftest.py."""
 
 import json
 import os
-import runpy
 import subprocess
 import sys
 from unittest import mock
@@ -24,61 +24,8 @@ from uniflow_hf import (
     UniFlowModel,
     UniFlowReconstructionPipeline,
 )
-from conftest import pretrained_tiny_model
-from uniflow_hf.cli import main as cli_main
+from conftest import ID2LABEL, generators, random_images, tiny_transformer
 from uniflow_hf.pipelines.pipeline_uniflow_class_conditional import latents_to_grid
-
-
-CONVERTER = "uniflow_hf.conversion_scripts.convert_uniflow_to_diffusers"
-ID2LABEL = {0: "circle", 1: "square", 2: "stripes"}
-
-
-@pytest.fixture
-def reconstruction_pipeline(tiny_model):
-    pipeline = UniFlowReconstructionPipeline(tokenizer=tiny_model, scheduler=UniFlowFlowMatchScheduler())
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
-def tiny_transformer(config, num_classes=3, seed=0):
-    torch.manual_seed(seed)
-    return DiTTransformer2DModel(
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=config.latent_channels,
-        out_channels=config.latent_channels,
-        num_layers=1,
-        sample_size=config.grid_size,
-        patch_size=1,
-        num_embeds_ada_norm=num_classes,
-    ).eval()
-
-
-@pytest.fixture
-def class_conditional_pipeline():
-    """A tiny pipeline whose decoder's output depends on the latents (its flow head holds weights)."""
-    tokenizer = pretrained_tiny_model().eval()
-    channels = tokenizer.config.latent_channels
-    pipeline = UniFlowClassConditionalPipeline(
-        transformer=tiny_transformer(tokenizer.config),
-        scheduler=UniFlowFlowMatchScheduler(),
-        tokenizer=tokenizer,
-        decoder_scheduler=UniFlowFlowMatchScheduler(),
-        id2label=ID2LABEL,
-        latent_mean=torch.linspace(-0.5, 0.5, channels),
-        latent_std=torch.linspace(0.5, 2.0, channels),
-    )
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
-def random_images(count, seed=0, size=(40, 36)):
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, size=(*size, 3), dtype=np.uint8) for _ in range(count)]
-
-
-def generators(seeds):
-    return [torch.Generator().manual_seed(seed) for seed in seeds]
 
 
 # ------------------------------------------------------------------------------------------ official fixture
@@ -337,20 +284,6 @@ def test_guidance_interval_ends_on_the_grid_are_inside(class_conditional_pipelin
     with mock.patch.object(transformer, "forward", wraps=transformer.forward) as forward:
         pipeline([1, 2], guidance_scale=2.0, num_inference_steps=5, guidance_interval=(0.2, 0.4))
     assert [call.args[0].shape[0] for call in forward.call_args_list] == [2, 4, 4, 4, 4, 2, 2, 2, 2, 2]
-
-
-@pytest.fixture
-def autoguided_pipeline(class_conditional_pipeline):
-    """The tiny pipeline with another tiny DiT (other weights) as its autoguidance guide, guiding by default."""
-    pipeline = class_conditional_pipeline
-    guide = tiny_transformer(pipeline.tokenizer.config, seed=1)
-    settings = {key: pipeline.config[key] for key in ("id2label", "latent_mean", "latent_std")}
-    pipeline = UniFlowClassConditionalPipeline(
-        **{**pipeline.components, "guide_transformer": guide}, **settings, autoguidance_scale=2.0,
-        autoguidance_interval=(0.5, 1.0),
-    )
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
 
 
 @pytest.mark.parametrize(
@@ -712,226 +645,6 @@ def test_loading_without_importing_uniflow_hf(reconstruction_pipeline, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "FAILED: module diffusers has no attribute UniFlowReconstructionPipeline" in result.stdout
     assert "LOADED: UniFlowReconstructionPipeline" in result.stdout
-
-
-# ------------------------------------------------------------------------------------------------ converter
-def run_converter(argv, how):
-    """Run the converter as `python -m` or as a file would (runpy, in this process)."""
-    with mock.patch.object(sys, "argv", ["convert_uniflow_to_diffusers.py", *argv]):
-        with pytest.raises(SystemExit) as exit_info:
-            if how == "module":
-                runpy.run_module(CONVERTER, run_name="__main__", alter_sys=True)
-            else:
-                import uniflow_hf.conversion_scripts as scripts
-
-                script = os.path.join(os.path.dirname(scripts.__file__), "convert_uniflow_to_diffusers.py")
-                runpy.run_path(script, run_name="__main__")
-    return exit_info.value.code
-
-
-def test_converter_round_trip(official_tiny_dir, tmp_path):
-    pipeline_dir, plain_dir = tmp_path / "pipeline", tmp_path / "plain"
-    assert run_converter(["--input", str(official_tiny_dir), "--output", str(pipeline_dir)], "module") == 0
-    assert json.loads((pipeline_dir / "model_index.json").read_text())["_class_name"] == "UniFlowReconstructionPipeline"
-    assert run_converter(["--reverse", "--input", str(pipeline_dir), "--output", str(plain_dir)], "file") == 0
-
-    official = UniFlowModel.from_pretrained(official_tiny_dir)
-    round_tripped = UniFlowModel.from_pretrained(plain_dir)
-    official_state, round_tripped_state = official.state_dict(), round_tripped.state_dict()
-    assert official_state.keys() == round_tripped_state.keys()
-    assert all(torch.equal(official_state[key], round_tripped_state[key]) for key in official_state)
-    assert UniFlowImageProcessor.from_pretrained(plain_dir).crop_size["height"] == 32
-
-
-def test_converter_class_conditional_round_trip(class_conditional_pipeline, tmp_path):
-    from uniflow_hf.conversion_scripts.convert_uniflow_to_diffusers import main
-
-    pipeline_dir = tmp_path / "pipeline"
-    class_conditional_pipeline.save_pretrained(pipeline_dir)
-    plain_dir, generator_dir, rebuilt_dir = tmp_path / "plain", tmp_path / "generator", tmp_path / "rebuilt"
-    reverse = ["--reverse", "--input", str(pipeline_dir), "--output", str(plain_dir), "--generator", str(generator_dir)]
-    assert main(reverse) == 0
-    assert main(["--input", str(plain_dir), "--generator", str(generator_dir), "--output", str(rebuilt_dir)]) == 0
-
-    rebuilt = DiffusionPipeline.from_pretrained(rebuilt_dir)
-    assert isinstance(rebuilt, UniFlowClassConditionalPipeline) and rebuilt.config.id2label == ID2LABEL
-    rebuilt.set_progress_bar_config(disable=True)
-    kwargs = dict(num_inference_steps=2, output_type="pt")
-    assert torch.equal(
-        rebuilt([0, 2], generator=torch.manual_seed(0), **kwargs).images,
-        class_conditional_pipeline([0, 2], generator=torch.manual_seed(0), **kwargs).images,
-    )
-
-
-def test_converter_keeps_the_guide_and_the_sampling_defaults(autoguided_pipeline, tmp_path):
-    from uniflow_hf.conversion_scripts.convert_uniflow_to_diffusers import main
-
-    pipeline = autoguided_pipeline
-    pipeline.register_to_config(guidance_scale=2.5, guidance_interval=[0.25, 0.75], decoder_num_inference_steps=2)
-    pipeline.save_pretrained(tmp_path / "pipeline")
-    plain_dir, generator_dir, rebuilt_dir = tmp_path / "plain", tmp_path / "generator", tmp_path / "rebuilt"
-    assert main(["--reverse", "--input", str(tmp_path / "pipeline"), "--output", str(plain_dir),
-                 "--generator", str(generator_dir)]) == 0
-    assert (generator_dir / "guide_transformer" / "config.json").is_file()
-    assert main(["--input", str(plain_dir), "--generator", str(generator_dir), "--output", str(rebuilt_dir)]) == 0
-
-    rebuilt = UniFlowClassConditionalPipeline.from_pretrained(rebuilt_dir)
-    rebuilt.set_progress_bar_config(disable=True)
-    for key in ("guidance_scale", "guidance_interval", "decoder_num_inference_steps", "autoguidance_scale",
-                "autoguidance_interval"):
-        assert rebuilt.config[key] == pipeline.config[key], key
-    kwargs = dict(num_inference_steps=4, output_type="pt")
-    assert torch.equal(
-        rebuilt([0, 2], generator=torch.manual_seed(0), **kwargs).images,
-        pipeline([0, 2], generator=torch.manual_seed(0), **kwargs).images,
-    )
-
-
-def test_converter_errors(tmp_path, capsys):
-    from uniflow_hf.conversion_scripts.convert_uniflow_to_diffusers import main
-
-    assert main(["--input", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
-    assert "no config.json" in capsys.readouterr().err
-    assert main(["--reverse", "--input", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
-    assert "no model_index.json" in capsys.readouterr().err
-
-
-# ------------------------------------------------------------------------------------------------- commands
-def test_generate_command(class_conditional_pipeline, tmp_path, capsys):
-    model_dir, output_dir = tmp_path / "model", tmp_path / "images"
-    class_conditional_pipeline.save_pretrained(model_dir)
-    argv = ["generate", "--label", "square", "--num-images", "3", "--seed", "7", "--steps", "2"]
-    assert cli_main([*argv, "--model", str(model_dir), "--output-dir", str(output_dir)]) == 0
-    files = sorted(os.listdir(output_dir))
-    assert files == ["square_0007.png", "square_0008.png", "square_0009.png", "square_grid.png"]
-    expected = class_conditional_pipeline(
-        [1] * 3, num_inference_steps=2, generator=generators([7, 8, 9]), output_type="np"
-    ).images
-    written = np.stack([np.asarray(Image.open(output_dir / name)) for name in files[:3]])
-    assert np.array_equal(written, np.round(expected * 255).astype(np.uint8))
-    assert Image.open(output_dir / "square_grid.png").size == (96, 32)
-
-    by_id = ["generate", "--label", "2", "--num-images", "1", "--steps", "1", "--model", str(model_dir)]
-    assert cli_main([*by_id, "--output-dir", str(output_dir)]) == 0
-    assert (output_dir / "stripes_0000.png").is_file()
-    interval = ["--guidance-scale", "3", "--guidance-interval", "0.5", "1", "--output-dir", str(tmp_path / "interval")]
-    assert cli_main([*by_id, *interval]) == 0
-    expected = class_conditional_pipeline(
-        [2], num_inference_steps=1, guidance_scale=3.0, guidance_interval=(0.5, 1.0), generator=generators([0]),
-        output_type="np",
-    ).images  # one step at t = 0: outside the interval, so unguided
-    written = np.asarray(Image.open(tmp_path / "interval" / "stripes_0000.png"))
-    assert np.array_equal(written, np.round(expected[0] * 255).astype(np.uint8))
-    assert not np.array_equal(written, np.asarray(Image.open(output_dir / "stripes_0000.png")))  # guided: 1.5
-    rescaled = ["--steps", "2", "--guidance-scale", "3", "--guidance-rescale", "0.7", "--output-dir", str(tmp_path / "rs")]
-    assert cli_main([*by_id[:-4], "--model", str(model_dir), *rescaled]) == 0
-    expected = class_conditional_pipeline(
-        [2], num_inference_steps=2, guidance_scale=3.0, guidance_rescale=0.7, generator=generators([0]), output_type="np"
-    ).images
-    written = np.asarray(Image.open(tmp_path / "rs" / "stripes_0000.png"))
-    assert np.array_equal(written, np.round(expected[0] * 255).astype(np.uint8))
-    assert cli_main(["generate", "--label", "hexagon", "--model", str(model_dir), "--output-dir", str(output_dir)]) == 2
-    assert "Known names: 'circle', 'square', 'stripes'" in capsys.readouterr().err
-
-
-def test_attach_guide_command(class_conditional_pipeline, tmp_path, capsys):
-    """`attach-guide` saves the pipeline with the guide's DiT and the autoguidance default; `generate` uses it. A guide
-    trained on other latents (other statistics) is refused."""
-    pipeline = class_conditional_pipeline
-    guide = UniFlowClassConditionalPipeline(
-        **{**pipeline.components, "transformer": tiny_transformer(pipeline.tokenizer.config, seed=1)},
-        **{key: pipeline.config[key] for key in ("id2label", "latent_mean", "latent_std")},
-    )
-    pipeline.save_pretrained(tmp_path / "model")
-    guide.save_pretrained(tmp_path / "guide")
-    argv = ["attach-guide", "--model", str(tmp_path / "model"), "--guide", str(tmp_path / "guide"),
-            "--autoguidance-scale", "2", "--autoguidance-interval", "0.5", "1"]
-    assert cli_main([*argv, "--output-dir", str(tmp_path / "guided")]) == 0
-    guided = UniFlowClassConditionalPipeline.from_pretrained(tmp_path / "guided")
-    assert guided.default_autoguidance_scale == 2.0 and guided.default_autoguidance_interval == [0.5, 1.0]
-    assert torch.equal(guided.guide_transformer.pos_embed.proj.weight, guide.transformer.pos_embed.proj.weight)
-    assert torch.equal(guided.transformer.pos_embed.proj.weight, pipeline.transformer.pos_embed.proj.weight)
-
-    generate = ["generate", "--label", "square", "--num-images", "1", "--steps", "4", "--model", str(tmp_path / "guided")]
-    assert cli_main([*generate, "--output-dir", str(tmp_path / "images")]) == 0
-    expected = guided([1], num_inference_steps=4, generator=generators([0]), output_type="np").images
-    written = np.asarray(Image.open(tmp_path / "images" / "square_0000.png"))
-    assert np.array_equal(written, np.round(expected[0] * 255).astype(np.uint8))
-    assert cli_main([*generate, "--autoguidance-scale", "1", "--output-dir", str(tmp_path / "plain")]) == 0
-    assert not np.array_equal(written, np.asarray(Image.open(tmp_path / "plain" / "square_0000.png")))
-
-    guide.register_to_config(latent_std=[2 * value for value in guide.config.latent_std])
-    guide.save_pretrained(tmp_path / "other-latents")
-    argv[4] = str(tmp_path / "other-latents")
-    assert cli_main([*argv, "--output-dir", str(tmp_path / "refused")]) == 2
-    assert "The guide was not trained on this pipeline's latents: its `latent_std`" in capsys.readouterr().err
-    assert not (tmp_path / "refused").exists()
-
-
-def test_set_defaults_command(class_conditional_pipeline, tmp_path, capsys):
-    """`set-defaults` saves the pipeline with the given sampling defaults and the rest unchanged (weights, other
-    settings); `generate` then uses them. Without any setting, or with a bad one, nothing is written."""
-    pipeline = class_conditional_pipeline
-    pipeline.save_pretrained(tmp_path / "model")
-    argv = ["set-defaults", "--model", str(tmp_path / "model")]
-    changed = ["--guidance-scale", "2.5", "--guidance-interval", "0.2", "0.8", "--decoder-steps", "3",
-               "--decoder-latent-scale", "1.25"]
-    assert cli_main([*argv, *changed, "--output-dir", str(tmp_path / "new")]) == 0
-    new = UniFlowClassConditionalPipeline.from_pretrained(tmp_path / "new")
-    assert new.settings == {**pipeline.settings, "guidance_scale": 2.5, "guidance_interval": [0.2, 0.8],
-                            "decoder_num_inference_steps": 3, "decoder_latent_scale": 1.25}
-    assert torch.equal(new.transformer.pos_embed.proj.weight, pipeline.transformer.pos_embed.proj.weight)
-
-    generate = ["generate", "--label", "square", "--num-images", "1", "--steps", "2", "--model", str(tmp_path / "new")]
-    assert cli_main([*generate, "--output-dir", str(tmp_path / "images")]) == 0
-    expected = pipeline([1], num_inference_steps=2, guidance_scale=2.5, guidance_interval=(0.2, 0.8),
-                        decoder_num_inference_steps=3, decoder_latent_scale=1.25, generator=generators([0]),
-                        output_type="np").images
-    written = np.asarray(Image.open(tmp_path / "images" / "square_0000.png"))
-    assert np.array_equal(written, np.round(expected[0] * 255).astype(np.uint8))
-    assert cli_main([*generate, "--decoder-latent-scale", "1", "--output-dir", str(tmp_path / "unscaled")]) == 0
-    assert not np.array_equal(written, np.asarray(Image.open(tmp_path / "unscaled" / "square_0000.png")))
-
-    capsys.readouterr()
-    assert cli_main([*argv, "--output-dir", str(tmp_path / "nothing")]) == 2
-    assert "Nothing to set: pass at least one of --guidance-scale" in capsys.readouterr().err
-    assert cli_main([*argv, "--decoder-latent-scale", "0", "--output-dir", str(tmp_path / "bad")]) == 2
-    assert "`decoder_latent_scale` must be a number > 0" in capsys.readouterr().err
-    assert cli_main([*argv, "--autoguidance-scale", "2", "--output-dir", str(tmp_path / "no-guide")]) == 2
-    assert "needs a `guide_transformer`" in capsys.readouterr().err
-    assert not any((tmp_path / name).exists() for name in ("nothing", "bad", "no-guide"))
-
-
-def test_reconstruct_command(reconstruction_pipeline, tmp_path, capsys):
-    model_dir = tmp_path / "model"
-    reconstruction_pipeline.save_pretrained(model_dir)
-    paths = []
-    for i, array in enumerate(random_images(2, size=(32, 32))):
-        paths.append(str(tmp_path / f"input{i}.png"))
-        Image.fromarray(array).save(paths[-1])
-    argv = ["reconstruct", *paths, "--model", str(model_dir), "--output-dir", str(tmp_path / "out"), "--steps", "2"]
-    assert cli_main([*argv, "--batch-size", "1"]) == 0
-    printed = capsys.readouterr().out
-    assert printed.count("PSNR") == 3 and "SSIM" in printed and "mean over 2 image(s)" in printed
-    side_by_side = Image.open(tmp_path / "out" / "input0_reconstruction.png")
-    assert side_by_side.size == (64, 32)
-    assert np.array_equal(np.asarray(side_by_side)[:, :32], np.asarray(Image.open(paths[0])))
-
-    expected = reconstruction_pipeline(
-        [Image.open(path) for path in paths], num_inference_steps=2, generator=generators([0, 1]), output_type="pil"
-    ).images
-    assert np.array_equal(np.asarray(side_by_side)[:, 32:], np.asarray(expected[0]))
-
-
-def test_commands_without_a_model(tmp_path, capsys):
-    from uniflow_hf.commands import generate
-
-    with mock.patch.object(generate, "SHIPPED_MODEL", ("models", "no-such-model")):
-        assert cli_main(["generate", "--label", "0", "--output-dir", str(tmp_path)]) == 2
-    error = capsys.readouterr().err
-    assert "no-such-model does not exist" in error and "--model" in error
-    assert cli_main(["reconstruct", str(tmp_path / "missing.png"), "--output-dir", str(tmp_path)]) == 2
-    assert "No such image file" in capsys.readouterr().err
 
 
 def test_reconstruction_takes_image_like_diffusers_pipelines(reconstruction_pipeline):

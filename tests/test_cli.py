@@ -1,0 +1,149 @@
+"""The `uniflow-hf` commands on the tiny pipelines: generate, attach-guide, set-defaults, reconstruct."""
+
+import os
+from unittest import mock
+
+import numpy as np
+import torch
+from PIL import Image
+
+from uniflow_hf import UniFlowClassConditionalPipeline
+from conftest import generators, random_images, tiny_transformer
+from uniflow_hf.cli import main as cli_main
+
+
+def test_generate_command(class_conditional_pipeline, tmp_path, capsys):
+    model_dir, output_dir = tmp_path / "model", tmp_path / "images"
+    class_conditional_pipeline.save_pretrained(model_dir)
+    argv = ["generate", "--label", "square", "--num-images", "3", "--seed", "7", "--steps", "2"]
+    assert cli_main([*argv, "--model", str(model_dir), "--output-dir", str(output_dir)]) == 0
+    files = sorted(os.listdir(output_dir))
+    assert files == ["square_0007.png", "square_0008.png", "square_0009.png", "square_grid.png"]
+    expected = class_conditional_pipeline(
+        [1] * 3, num_inference_steps=2, generator=generators([7, 8, 9]), output_type="np"
+    ).images
+    written = np.stack([np.asarray(Image.open(output_dir / name)) for name in files[:3]])
+    assert np.array_equal(written, np.round(expected * 255).astype(np.uint8))
+    assert Image.open(output_dir / "square_grid.png").size == (96, 32)
+
+    by_id = ["generate", "--label", "2", "--num-images", "1", "--steps", "1", "--model", str(model_dir)]
+    assert cli_main([*by_id, "--output-dir", str(output_dir)]) == 0
+    assert (output_dir / "stripes_0000.png").is_file()
+    interval = ["--guidance-scale", "3", "--guidance-interval", "0.5", "1", "--output-dir", str(tmp_path / "interval")]
+    assert cli_main([*by_id, *interval]) == 0
+    expected = class_conditional_pipeline(
+        [2], num_inference_steps=1, guidance_scale=3.0, guidance_interval=(0.5, 1.0), generator=generators([0]),
+        output_type="np",
+    ).images  # one step at t = 0: outside the interval, so unguided
+    written = np.asarray(Image.open(tmp_path / "interval" / "stripes_0000.png"))
+    assert np.array_equal(written, np.round(expected[0] * 255).astype(np.uint8))
+    assert not np.array_equal(written, np.asarray(Image.open(output_dir / "stripes_0000.png")))  # guided: 1.5
+    rescaled = ["--steps", "2", "--guidance-scale", "3", "--guidance-rescale", "0.7", "--output-dir", str(tmp_path / "rs")]
+    assert cli_main([*by_id[:-4], "--model", str(model_dir), *rescaled]) == 0
+    expected = class_conditional_pipeline(
+        [2], num_inference_steps=2, guidance_scale=3.0, guidance_rescale=0.7, generator=generators([0]), output_type="np"
+    ).images
+    written = np.asarray(Image.open(tmp_path / "rs" / "stripes_0000.png"))
+    assert np.array_equal(written, np.round(expected[0] * 255).astype(np.uint8))
+    assert cli_main(["generate", "--label", "hexagon", "--model", str(model_dir), "--output-dir", str(output_dir)]) == 2
+    assert "Known names: 'circle', 'square', 'stripes'" in capsys.readouterr().err
+
+
+def test_attach_guide_command(class_conditional_pipeline, tmp_path, capsys):
+    """`attach-guide` saves the pipeline with the guide's DiT and the autoguidance default; `generate` uses it. A guide
+    trained on other latents (other statistics) is refused."""
+    pipeline = class_conditional_pipeline
+    guide = UniFlowClassConditionalPipeline(
+        **{**pipeline.components, "transformer": tiny_transformer(pipeline.tokenizer.config, seed=1)},
+        **{key: pipeline.config[key] for key in ("id2label", "latent_mean", "latent_std")},
+    )
+    pipeline.save_pretrained(tmp_path / "model")
+    guide.save_pretrained(tmp_path / "guide")
+    argv = ["attach-guide", "--model", str(tmp_path / "model"), "--guide", str(tmp_path / "guide"),
+            "--autoguidance-scale", "2", "--autoguidance-interval", "0.5", "1"]
+    assert cli_main([*argv, "--output-dir", str(tmp_path / "guided")]) == 0
+    guided = UniFlowClassConditionalPipeline.from_pretrained(tmp_path / "guided")
+    assert guided.default_autoguidance_scale == 2.0 and guided.default_autoguidance_interval == [0.5, 1.0]
+    assert torch.equal(guided.guide_transformer.pos_embed.proj.weight, guide.transformer.pos_embed.proj.weight)
+    assert torch.equal(guided.transformer.pos_embed.proj.weight, pipeline.transformer.pos_embed.proj.weight)
+
+    generate = ["generate", "--label", "square", "--num-images", "1", "--steps", "4", "--model", str(tmp_path / "guided")]
+    assert cli_main([*generate, "--output-dir", str(tmp_path / "images")]) == 0
+    expected = guided([1], num_inference_steps=4, generator=generators([0]), output_type="np").images
+    written = np.asarray(Image.open(tmp_path / "images" / "square_0000.png"))
+    assert np.array_equal(written, np.round(expected[0] * 255).astype(np.uint8))
+    assert cli_main([*generate, "--autoguidance-scale", "1", "--output-dir", str(tmp_path / "plain")]) == 0
+    assert not np.array_equal(written, np.asarray(Image.open(tmp_path / "plain" / "square_0000.png")))
+
+    guide.register_to_config(latent_std=[2 * value for value in guide.config.latent_std])
+    guide.save_pretrained(tmp_path / "other-latents")
+    argv[4] = str(tmp_path / "other-latents")
+    assert cli_main([*argv, "--output-dir", str(tmp_path / "refused")]) == 2
+    assert "The guide was not trained on this pipeline's latents: its `latent_std`" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+
+
+def test_set_defaults_command(class_conditional_pipeline, tmp_path, capsys):
+    """`set-defaults` saves the pipeline with the given sampling defaults and the rest unchanged (weights, other
+    settings); `generate` then uses them. Without any setting, or with a bad one, nothing is written."""
+    pipeline = class_conditional_pipeline
+    pipeline.save_pretrained(tmp_path / "model")
+    argv = ["set-defaults", "--model", str(tmp_path / "model")]
+    changed = ["--guidance-scale", "2.5", "--guidance-interval", "0.2", "0.8", "--decoder-steps", "3",
+               "--decoder-latent-scale", "1.25"]
+    assert cli_main([*argv, *changed, "--output-dir", str(tmp_path / "new")]) == 0
+    new = UniFlowClassConditionalPipeline.from_pretrained(tmp_path / "new")
+    assert new.settings == {**pipeline.settings, "guidance_scale": 2.5, "guidance_interval": [0.2, 0.8],
+                            "decoder_num_inference_steps": 3, "decoder_latent_scale": 1.25}
+    assert torch.equal(new.transformer.pos_embed.proj.weight, pipeline.transformer.pos_embed.proj.weight)
+
+    generate = ["generate", "--label", "square", "--num-images", "1", "--steps", "2", "--model", str(tmp_path / "new")]
+    assert cli_main([*generate, "--output-dir", str(tmp_path / "images")]) == 0
+    expected = pipeline([1], num_inference_steps=2, guidance_scale=2.5, guidance_interval=(0.2, 0.8),
+                        decoder_num_inference_steps=3, decoder_latent_scale=1.25, generator=generators([0]),
+                        output_type="np").images
+    written = np.asarray(Image.open(tmp_path / "images" / "square_0000.png"))
+    assert np.array_equal(written, np.round(expected[0] * 255).astype(np.uint8))
+    assert cli_main([*generate, "--decoder-latent-scale", "1", "--output-dir", str(tmp_path / "unscaled")]) == 0
+    assert not np.array_equal(written, np.asarray(Image.open(tmp_path / "unscaled" / "square_0000.png")))
+
+    capsys.readouterr()
+    assert cli_main([*argv, "--output-dir", str(tmp_path / "nothing")]) == 2
+    assert "Nothing to set: pass at least one of --guidance-scale" in capsys.readouterr().err
+    assert cli_main([*argv, "--decoder-latent-scale", "0", "--output-dir", str(tmp_path / "bad")]) == 2
+    assert "`decoder_latent_scale` must be a number > 0" in capsys.readouterr().err
+    assert cli_main([*argv, "--autoguidance-scale", "2", "--output-dir", str(tmp_path / "no-guide")]) == 2
+    assert "needs a `guide_transformer`" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in ("nothing", "bad", "no-guide"))
+
+
+def test_reconstruct_command(reconstruction_pipeline, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    reconstruction_pipeline.save_pretrained(model_dir)
+    paths = []
+    for i, array in enumerate(random_images(2, size=(32, 32))):
+        paths.append(str(tmp_path / f"input{i}.png"))
+        Image.fromarray(array).save(paths[-1])
+    argv = ["reconstruct", *paths, "--model", str(model_dir), "--output-dir", str(tmp_path / "out"), "--steps", "2"]
+    assert cli_main([*argv, "--batch-size", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("PSNR") == 3 and "SSIM" in printed and "mean over 2 image(s)" in printed
+    side_by_side = Image.open(tmp_path / "out" / "input0_reconstruction.png")
+    assert side_by_side.size == (64, 32)
+    assert np.array_equal(np.asarray(side_by_side)[:, :32], np.asarray(Image.open(paths[0])))
+
+    expected = reconstruction_pipeline(
+        [Image.open(path) for path in paths], num_inference_steps=2, generator=generators([0, 1]), output_type="pil"
+    ).images
+    assert np.array_equal(np.asarray(side_by_side)[:, 32:], np.asarray(expected[0]))
+
+
+def test_commands_without_a_model(tmp_path, capsys):
+    from uniflow_hf.commands import generate
+
+    with mock.patch.object(generate, "SHIPPED_MODEL", ("models", "no-such-model")):
+        assert cli_main(["generate", "--label", "0", "--output-dir", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "no-such-model does not exist" in error and "--model" in error
+    assert cli_main(["reconstruct", str(tmp_path / "missing.png"), "--output-dir", str(tmp_path)]) == 2
+    assert "No such image file" in capsys.readouterr().err
