@@ -8,6 +8,8 @@ from typing import Any
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.utils import logging
 
+from .flow_matching import TIMESTEP_DISTRIBUTIONS as FLOW_TIMESTEP_DISTRIBUTIONS
+
 
 logger = logging.get_logger(__name__)
 
@@ -29,7 +31,6 @@ _OFFICIAL_IGNORED = ("use_flash_attn", "llm_hidden_size", "use_disp_loss", "auto
 SAMPLING_SCHEDULES = ("linear", "pow_<p>")
 DISTILLATION_MODES = ("adaptive", "uniform", "none")
 VISION_FEATURE_SOURCES = ("encoder", "latent")
-FLOW_TIMESTEP_DISTRIBUTIONS = ("fat_lognormal", "lognormal", "uniform")  # as UniFlowFlowMatchScheduler
 
 
 def check_sampling_schedule(schedule: str) -> str:

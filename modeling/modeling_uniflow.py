@@ -943,20 +943,21 @@ class UniFlowModel(UniFlowPreTrainedModel):
         if noise is None:
             noise = flow_matching.randn((batch_size, draws, num_tokens, patch_dim), generator, device)
         elif noise.numel() != batch_size * draws * num_tokens * patch_dim:
+            without_draws = f" or ({batch_size}, {num_tokens}, {patch_dim})" if draws == 1 else ""
             raise ValueError(
                 f"`noise` must have shape ({batch_size}, {draws}, {num_tokens}, {patch_dim}) (batch, draws per token "
-                f"= config.flow_samples_per_token, tokens, pixel patch){f' or ({batch_size}, {num_tokens}, {patch_dim})' if draws == 1 else ''}, "
-                f"got {tuple(noise.shape)}."
+                f"= config.flow_samples_per_token, tokens, pixel patch){without_draws}, got {tuple(noise.shape)}."
             )
         if timesteps is None:
             timesteps = flow_matching.training_timesteps(self.config, batch_size * draws * num_tokens, generator, device)
         elif timesteps.numel() == batch_size:  # one time per image, shared by its tokens and draws
             timesteps = timesteps.reshape(batch_size, 1, 1).expand(batch_size, draws, num_tokens)
         elif timesteps.numel() != batch_size * draws * num_tokens:
+            without_draws = f" or ({batch_size}, {num_tokens})" if draws == 1 else ""
             raise ValueError(
                 f"`timesteps` must hold one network timestep (1000·t) per token and draw, shape ({batch_size}, "
-                f"{draws}, {num_tokens}){f' or ({batch_size}, {num_tokens})' if draws == 1 else ''}, or one per image "
-                f"({batch_size},); got shape {tuple(timesteps.shape)}."
+                f"{draws}, {num_tokens}){without_draws}, or one per image ({batch_size},); got shape "
+                f"{tuple(timesteps.shape)}."
             )
         noise = noise.reshape(batch_size, draws, num_tokens, patch_dim).to(device)
         return noise, timesteps.reshape(batch_size, draws, num_tokens).to(device)
@@ -1178,14 +1179,11 @@ def _process_is_running(pid: int) -> bool:
 def _weights_dtype(path: str) -> str | None:
     """The safetensors dtype ("F32", "F16", "BF16"...) of the first floating tensor of a weights file, read from
     its header."""
-    import json
-    import struct
+    from safetensors import safe_open
 
-    with open(path, "rb") as handle:
-        (header_size,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(header_size))
-    dtypes = (entry["dtype"] for name, entry in header.items() if name != "__metadata__")
-    return next((dtype for dtype in dtypes if dtype.startswith(("F", "BF"))), None)
+    with safe_open(path, framework="pt") as handle:
+        dtypes = (handle.get_slice(name).get_dtype() for name in handle.keys())
+        return next((dtype for dtype in dtypes if dtype.startswith(("F", "BF"))), None)
 
 
 def _unpin_dtype_of_mixed_folder(staging: str, save_directory: str) -> None:

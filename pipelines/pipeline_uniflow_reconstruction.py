@@ -93,7 +93,8 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         check_output_type(output_type)
 
         device = self._execution_device
-        pixel_values = self.processor(image, return_tensors="pt").pixel_values
+        processor = self.processor
+        pixel_values = processor(image, return_tensors="pt").pixel_values
         pixel_values = pixel_values.to(device=device, dtype=self.tokenizer.dtype)
         check_generator(generator, len(pixel_values))
 
@@ -107,7 +108,7 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             height=pixel_values.shape[-2],
             width=pixel_values.shape[-1],
         )
-        images = self.processor.postprocess(reconstruction, output_type=output_type)
+        images = processor.postprocess(reconstruction, output_type=output_type)
 
         self.maybe_free_model_hooks()
         if not return_dict:
