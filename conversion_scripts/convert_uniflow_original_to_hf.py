@@ -34,8 +34,7 @@ def convert(input_dir: str | Path, output_dir: str | Path, dtype: str = "float32
     if (input_dir / "preprocessor_config.json").is_file():
         processor = UniFlowImageProcessor.from_pretrained(input_dir)
     else:
-        size = model.config.image_size
-        processor = UniFlowImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+        processor = UniFlowImageProcessor.from_image_size(model.config.image_size)
     processor.save_pretrained(output_dir)
     return output_dir
 

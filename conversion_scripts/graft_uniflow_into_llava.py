@@ -181,7 +181,7 @@ def _save_processor(llava_dir: Path, uniflow_dir: Path, output_dir: Path, config
     from transformers.utils import logging
 
     from uniflow_hf import UniFlowImageProcessor
-    from uniflow_hf.llava import build_llava_processor, image_processor_for
+    from uniflow_hf.llava import build_llava_processor
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(llava_dir)
@@ -191,7 +191,7 @@ def _save_processor(llava_dir: Path, uniflow_dir: Path, output_dir: Path, config
     if (uniflow_dir / "preprocessor_config.json").is_file():
         image_processor = UniFlowImageProcessor.from_pretrained(uniflow_dir)
     else:
-        image_processor = image_processor_for(tower.config)
+        image_processor = UniFlowImageProcessor.from_image_size(tower.config.image_size)
     processor = build_llava_processor(
         tokenizer,
         image_processor,

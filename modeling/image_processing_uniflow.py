@@ -257,6 +257,14 @@ class UniFlowImageProcessor(PilBackend):
     def __init__(self, **kwargs: Unpack[UniFlowImageProcessorKwargs]):
         super().__init__(**kwargs)
 
+    @classmethod
+    def from_image_size(cls, image_size: int, **kwargs) -> "UniFlowImageProcessor":
+        """The processor of a model taking `image_size`² inputs (`config.image_size`): short side resized to
+        `image_size`, centre crop `image_size`², the release's normalisation. Other arguments as in `__init__`."""
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
+            raise ValueError(f"`image_size` must be a positive int (a model's `config.image_size`), got {image_size!r}.")
+        return cls(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}, **kwargs)
+
     # ------------------------------------------------------------------ inputs
 
     def _prepare_images_structure(self, images: Any, expected_ndims: int = 3) -> list[Any]:

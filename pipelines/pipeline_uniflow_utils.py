@@ -73,12 +73,11 @@ class UniFlowPipelineMixin:
 
 
 def default_image_processor(tokenizer):
-    """A `UniFlowImageProcessor` for `tokenizer`'s input size: resize the short side and centre-crop to
-    `config.image_size`, ImageNet normalisation (the official release's preprocessing)."""
+    """A `UniFlowImageProcessor` for `tokenizer`'s input size (`UniFlowImageProcessor.from_image_size`): the
+    official release's preprocessing."""
     from uniflow_hf.modeling import UniFlowImageProcessor
 
-    size = tokenizer.config.image_size
-    return UniFlowImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return UniFlowImageProcessor.from_image_size(tokenizer.config.image_size)
 
 
 def check_num_inference_steps(value, name: str = "num_inference_steps", allow_none: bool = False) -> None:

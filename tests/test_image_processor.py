@@ -103,6 +103,18 @@ def test_defaults():
     assert processor.max_pixels == _default_max_pixels()
 
 
+def test_from_image_size_resizes_and_crops_to_the_model_input():
+    processor = UniFlowImageProcessor.from_image_size(28, do_normalize=False)
+    assert dict(processor.size) == {"shortest_edge": 28}
+    assert dict(processor.crop_size) == {"height": 28, "width": 28}
+    assert processor.do_normalize is False
+    out = processor(Image.new("RGB", (70, 40)), return_tensors="pt")["pixel_values"]
+    assert out.shape == (1, 3, 28, 28)
+    for bad in (0, -3, 2.5, True, "28"):
+        with pytest.raises(ValueError, match="positive int"):
+            UniFlowImageProcessor.from_image_size(bad)
+
+
 def test_default_max_pixels_follows_pil(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89478485)
     assert _default_max_pixels() == 178956970

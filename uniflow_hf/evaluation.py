@@ -129,8 +129,7 @@ def load_tokenizer(path: str, **from_pretrained_kwargs):
     if processor_folder is not None:
         processor = UniFlowImageProcessor.from_pretrained(processor_folder)
     else:
-        size = model.config.image_size
-        processor = UniFlowImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+        processor = UniFlowImageProcessor.from_image_size(model.config.image_size)
     return model, processor
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .modeling import UniFlowImageProcessor
+
 
 FASHION_MNIST_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 FASHION_MNIST_LABELS = [
@@ -95,19 +97,11 @@ def load_fashion_mnist(root: str | Path | None = None, max_per_split: int | None
     return datasets.DatasetDict(splits)
 
 
-def fmnist_image_processor(image_size: int = 28):
-    from .modeling import UniFlowImageProcessor
-
-    return UniFlowImageProcessor(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-    )
-
-
 def fmnist_pixel_values(images: np.ndarray, processor=None, batch_size: int = 2048) -> torch.Tensor:
     """uint8 (N, 28, 28) -> the model's normalised (N, 3, 28, 28) input, through `UniFlowImageProcessor`."""
     from PIL import Image
 
-    processor = processor or fmnist_image_processor(images.shape[-1])
+    processor = processor or UniFlowImageProcessor.from_image_size(images.shape[-1])
     chunks = []
     for start in range(0, len(images), batch_size):
         batch = [Image.fromarray(image, mode="L") for image in images[start : start + batch_size]]
@@ -285,7 +279,7 @@ def _train_on_fmnist(
 
 def _save_with_processor(model, output_dir: str) -> None:
     model.save_pretrained(output_dir)
-    fmnist_image_processor().save_pretrained(output_dir)
+    UniFlowImageProcessor.from_image_size(model.config.image_size).save_pretrained(output_dir)
 
 
 def _override_config(config, overrides: dict | None) -> None:
@@ -300,7 +294,7 @@ def _override_config(config, overrides: dict | None) -> None:
 # --------------------------------------------------------------------------------------------------- evaluation
 def to_unit_range(pixel_values: torch.Tensor, processor=None) -> torch.Tensor:
     """Model-space (normalised) pixels -> [0, 1] grayscale (N, 28, 28): the mean of the three equal channels."""
-    processor = processor or fmnist_image_processor(pixel_values.shape[-1])
+    processor = processor or UniFlowImageProcessor.from_image_size(pixel_values.shape[-1])
     return processor.postprocess(pixel_values, output_type="pt").mean(dim=1)
 
 

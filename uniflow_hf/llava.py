@@ -83,11 +83,6 @@ def check_vision_feature_select_strategy(vision_feature_select_strategy: str) ->
     return vision_feature_select_strategy
 
 
-def image_processor_for(config: UniFlowConfig) -> UniFlowImageProcessor:
-    """The `UniFlowImageProcessor` of a tower: short side resized and centre-cropped to `config.image_size`."""
-    size = config.image_size
-    return UniFlowImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-
 
 def build_llava_processor(
     tokenizer,
@@ -103,7 +98,7 @@ def build_llava_processor(
         tokenizer: the language model's tokenizer; it must hold the image token as one token (`tokenizer.image_token`
             if it defines one, else `"<image>"`).
         uniflow_config_or_image_processor: the tower's `UniFlowConfig` (its image processor is then
-            `image_processor_for(config)` and its `patch_size` is read from it), or a `UniFlowImageProcessor` (pass
+            `UniFlowImageProcessor.from_image_size(config.image_size)` and its `patch_size` is read from it), or a `UniFlowImageProcessor` (pass
             `patch_size` too).
         vision_feature_select_strategy: the model config's, `"default"` (CLS dropped) or `"full"`.
         patch_size: the tower's patch size, when an image processor is passed.
@@ -118,7 +113,7 @@ def build_llava_processor(
             )
         if patch_size is not None and patch_size != config.patch_size:
             raise ValueError(f"`patch_size={patch_size}` contradicts the config's patch size {config.patch_size}.")
-        image_processor, patch_size = image_processor_for(config), config.patch_size
+        image_processor, patch_size = UniFlowImageProcessor.from_image_size(config.image_size), config.patch_size
     elif isinstance(uniflow_config_or_image_processor, UniFlowImageProcessor):
         image_processor = uniflow_config_or_image_processor
         if not isinstance(patch_size, int) or patch_size <= 0:
@@ -382,7 +377,6 @@ __all__ = [
     "check_image_tokens",
     "check_vision_feature_select_strategy",
     "finetune_llava_lora",
-    "image_processor_for",
     "lora_target_modules",
     "num_image_features",
     "train_llava",

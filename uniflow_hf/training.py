@@ -37,12 +37,6 @@ LORA_TARGETS = ("encoder", "decoder", "both")
 
 
 # ------------------------------------------------------------------------------------------------------- data
-def default_image_processor(config: UniFlowConfig) -> UniFlowImageProcessor:
-    """The processor matching `config`: short side resized to `image_size`, centre crop `image_size`²."""
-    size = config.image_size
-    return UniFlowImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-
-
 def sample_generator(seed: int, *keys: int) -> torch.Generator:
     """A CPU generator seeded from `seed` and `keys` (e.g. epoch, sample index) through NumPy's `SeedSequence`, so
     neighbouring keys give unrelated streams."""
@@ -143,7 +137,7 @@ class UniFlowTrainingDataset(torch.utils.data.Dataset):
         dataset: a `datasets.Dataset` (e.g. `load_dataset("imagefolder", ...)["train"]`) or any map-style dataset of
             dicts holding `image_column`.
         config: the model's `UniFlowConfig` (patch size and channels of the noise).
-        processor: a `UniFlowImageProcessor` (default: `default_image_processor(config)`).
+        processor: a `UniFlowImageProcessor` (default: `UniFlowImageProcessor.from_image_size(config.image_size)`).
         image_column: the column holding the images.
         augment: random resized crop + horizontal flip (see `UniFlowImageTransform`); off for evaluation.
         seed: base seed of the per-sample draws.
@@ -168,7 +162,7 @@ class UniFlowTrainingDataset(torch.utils.data.Dataset):
         self.dataset = dataset
         self.config = config
         self.image_column = image_column
-        self.transform = UniFlowImageTransform(processor or default_image_processor(config), augment=augment)
+        self.transform = UniFlowImageTransform(processor or UniFlowImageProcessor.from_image_size(config.image_size), augment=augment)
         height, width = self.transform.output_size
         if height % config.patch_size or width % config.patch_size:
             raise ValueError(
@@ -449,7 +443,7 @@ def train_tokenizer(
         raise ValueError("`model` already has adapters: pass either a PEFT model or `lora_config`, not both.")
     _check_precision(training_args)
     config = base_model.config
-    processor = processor if processor is not None else default_image_processor(config)
+    processor = processor if processor is not None else UniFlowImageProcessor.from_image_size(config.image_size)
 
     if config.freeze_encoder:
         base_model.vision_model.requires_grad_(False)
@@ -497,7 +491,6 @@ __all__ = [
     "UniFlowTrainer",
     "UniFlowTrainingDataset",
     "apply_lora",
-    "default_image_processor",
     "lora_config_for",
     "lora_target_modules",
     "loss_parts",

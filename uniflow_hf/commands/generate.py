@@ -137,24 +137,6 @@ def load_reconstruction_pipeline(model_dir: str):
     )
 
 
-def load_labelled_dataset(path: str, split: str = "train"):
-    """A `datasets.Dataset` from a `save_to_disk` folder (a Dataset or a DatasetDict, then `split`) or an
-    imagefolder directory (one sub-folder per class)."""
-    import datasets
-
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"Dataset folder {path} does not exist.")
-    if os.path.isfile(os.path.join(path, "dataset_dict.json")) or os.path.isfile(os.path.join(path, "state.json")):
-        dataset = datasets.load_from_disk(path)
-    else:
-        dataset = datasets.load_dataset("imagefolder", data_dir=path)
-    if isinstance(dataset, datasets.DatasetDict):
-        if split not in dataset:
-            raise ValueError(f"{path} has no split {split!r}; it has {sorted(dataset)}.")
-        dataset = dataset[split]
-    return dataset
-
-
 # ----------------------------------------------------------------------------------------------------- metrics
 def reconstruction_metrics(reconstructions, references) -> tuple[list[float], list[float]]:
     """Per-image PSNR (dB) and SSIM of (B, C, H, W) images in [0, 1] (data_range 1), by `uniflow_hf.metrics`."""
@@ -359,11 +341,12 @@ def run_reconstruct(args) -> int:
 
 
 def run_train_generator(args) -> int:
+    from ..data import load_image_dataset
     from ..generator_training import train_generator
 
     noise_scheduler = training_noise_scheduler(args)  # checked before the tokenizer and the dataset load
     tokenizer = load_reconstruction_pipeline(args.tokenizer).tokenizer
-    dataset = load_labelled_dataset(args.dataset, args.split)
+    dataset = load_image_dataset(args.dataset, args.split)
     result = train_generator(
         tokenizer,
         dataset,

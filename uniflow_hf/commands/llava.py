@@ -3,8 +3,6 @@ finetune-llava` (LoRA fine-tuning of a LLaVA-UniFlow on image-question-answer da
 
 from __future__ import annotations
 
-from pathlib import Path
-
 
 def register(subparsers) -> None:
     from ..conversion_scripts.graft_uniflow_into_llava import add_arguments, run as run_graft
@@ -44,24 +42,11 @@ def register(subparsers) -> None:
     finetune.set_defaults(func=run_finetune)
 
 
-def _load_dataset(path: str, split: str):
-    import datasets
-
-    if Path(path).is_dir() and any((Path(path) / name).is_file() for name in ("dataset_dict.json", "state.json")):
-        dataset = datasets.load_from_disk(path)
-    else:
-        dataset = datasets.load_dataset(path, split=split)
-    if isinstance(dataset, datasets.DatasetDict):
-        if split not in dataset:
-            raise ValueError(f"{path} has no split {split!r} (splits: {sorted(dataset)}).")
-        dataset = dataset[split]
-    return dataset
-
-
 def run_finetune(args) -> int:
     import torch
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+    from ..data import load_image_dataset
     from ..llava import (
         DEFAULT_PROMPT_TEMPLATE,
         LlavaImageQACollator,
@@ -92,7 +77,7 @@ def run_finetune(args) -> int:
     trainer = finetune_llava_lora(
         model,
         processor,
-        _load_dataset(args.dataset, args.split),
+        load_image_dataset(args.dataset, args.split),
         args.output,
         lora_config=lora_config,
         collator=collator,

@@ -92,30 +92,12 @@ def read_json_argument(value: str | None) -> dict:
     return config
 
 
-def load_image_dataset(path_or_name: str, split: str):
-    """A `datasets.Dataset` from an image folder or `save_to_disk` folder (the `split` of a DatasetDict), or the
-    `split` of a Hub dataset."""
-    import datasets
-
-    from .generate import load_labelled_dataset
-
-    if os.path.isdir(path_or_name):
-        return load_labelled_dataset(path_or_name, split)
-    try:
-        return datasets.load_dataset(path_or_name, split=split)
-    except Exception as error:  # offline, unknown name, unknown split...
-        raise FileNotFoundError(
-            f"--dataset {path_or_name!r} is not a folder and could not be loaded from the Hub ({error})."
-        ) from error
-
-
 def build_model(script_args: TrainTokenizerArguments, seed: int):
     """The model to train and its image processor (from --init-from, --encoder or --config)."""
     from transformers import AutoModel, set_seed
     from transformers.utils import logging
 
     from .. import UniFlowConfig, UniFlowImageProcessor, UniFlowModel
-    from ..training import default_image_processor
 
     if script_args.init_from and script_args.encoder:
         raise ValueError("Pass either --init-from (a UniFlow model) or --encoder (a vision encoder), not both.")
@@ -136,7 +118,7 @@ def build_model(script_args: TrainTokenizerArguments, seed: int):
             )
     else:
         raise ValueError("Pass --init-from DIR (a UniFlow model), --encoder DIR (a vision encoder) or --config JSON.")
-    return model, default_image_processor(model.config)
+    return model, UniFlowImageProcessor.from_image_size(model.config.image_size)
 
 
 def resume_argument(value: str | None) -> str | bool | None:
@@ -149,6 +131,7 @@ def resume_argument(value: str | None) -> str | bool | None:
 
 
 def run_train_tokenizer(args: argparse.Namespace) -> int:
+    from ..data import load_image_dataset
     from ..training import LORA_TARGETS, lora_config_for, train_tokenizer
 
     script_args, training_args = parse_arguments(args)
@@ -180,4 +163,4 @@ def run_train_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["TrainTokenizerArguments", "register", "run_train_tokenizer", "load_image_dataset", "build_model"]
+__all__ = ["TrainTokenizerArguments", "register", "run_train_tokenizer", "build_model"]
