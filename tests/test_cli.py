@@ -1,7 +1,12 @@
-"""The `uniflow-hf` commands on the tiny pipelines: generate, attach-guide, set-defaults, reconstruct."""
+"""The `uniflow-hf` console script (its start without heavy imports, every command's parser) and the commands on the
+tiny pipelines: generate, attach-guide, set-defaults, reconstruct."""
 
 import os
+import subprocess
+import sys
 from unittest import mock
+
+import pytest
 
 import numpy as np
 import torch
@@ -9,7 +14,56 @@ from PIL import Image
 
 from uniflow_hf import UniFlowClassConditionalPipeline
 from conftest import generators, random_images, tiny_transformer
+from uniflow_hf.cli import COMMANDS, build_parser
 from uniflow_hf.cli import main as cli_main
+
+
+HEAVY_MODULES = ("torch", "transformers", "diffusers", "accelerate", "datasets", "peft", "uniflow_hf")
+
+
+def test_help_imports_nothing_heavy():
+    """`uniflow-hf --help` (and an unknown command's error) lists every command without importing torch,
+    transformers, diffusers or `uniflow_hf` itself, whose import registers our classes with them."""
+    script = (
+        "import sys, uniflow_hf_cli\n"
+        "for argv in (['--help'], ['no-such-command']):\n"
+        "    try:\n"
+        "        uniflow_hf_cli.main(argv)\n"
+        "    except SystemExit as exit:\n"
+        "        print('exit', exit.code)\n"
+        f"print('heavy', sorted({{name.split('.')[0] for name in sys.modules}} & set({HEAVY_MODULES!r})))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert "heavy []" in result.stdout
+    assert result.stdout.count("exit 0") == 1 and "exit 2" in result.stdout
+    for name in COMMANDS:
+        assert f"    {name}" in result.stdout
+    assert "invalid choice: 'no-such-command'" in result.stderr
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_parses(command, capsys):
+    """Each listed command is registered by the module the list names, with a handler and a `--help`; and the module
+    registers no command that the list (and so `--help`) leaves out."""
+    parser = build_parser(command)
+    choices = parser._subparsers._group_actions[0].choices
+    assert set(choices) <= set(COMMANDS)
+    command_parser = choices[command]
+    if command_parser._subparsers is None:
+        assert command_parser.get_default("func") is not None
+    else:  # `fmnist STAGE`: each stage has its handler
+        stages = command_parser._subparsers._group_actions[0].choices
+        assert stages and all(stage.get_default("func") is not None for stage in stages.values())
+    with pytest.raises(SystemExit) as exit:
+        parser.parse_args([command, "--help"])
+    assert exit.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: uniflow-hf {command} [-h]")
+
+
+def test_no_command_prints_the_list(capsys):
+    assert cli_main([]) == 2
+    printed = capsys.readouterr().out
+    assert all(f"    {name}" in printed for name in COMMANDS)
 
 
 def test_generate_command(class_conditional_pipeline, tmp_path, capsys):

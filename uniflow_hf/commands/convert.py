@@ -6,7 +6,7 @@ from __future__ import annotations
 def register(subparsers) -> None:
     from ..conversion_scripts.convert_uniflow_original_to_hf import DTYPES
 
-    parser = subparsers.add_parser("convert", help="convert an official UniFlow release folder to a uniflow-hf folder")
+    parser = subparsers.add_parser("convert")
     parser.add_argument("--input", required=True, help="official release folder")
     parser.add_argument("--output", required=True, help="where to write the uniflow-hf folder")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))

@@ -17,7 +17,6 @@ import sys
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="PSNR / SSIM / rFID of a tokenizer's reconstructions over an image folder or a saved dataset",
         description=(
             "Reconstruct images with a UniFlow tokenizer and write PSNR, SSIM (images in [0, 1], data_range 1) and, "
             "given the FID Inception weights, rFID as JSON. Under `accelerate launch` the images are split between "

@@ -14,7 +14,7 @@ from .generate import (
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("fmnist", help="the UniFlow-FMNIST recipe (data, pretraining, adaptation, generator, report)")
+    parser = subparsers.add_parser("fmnist")
     stages = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
 
     stage = stages.add_parser("pretrain-encoder", help="a. train a small UniFlow encoder as a Fashion-MNIST classifier")

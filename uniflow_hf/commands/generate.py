@@ -12,7 +12,7 @@ SHIPPED_MODEL = ("models", "uniflow-fmnist")
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("generate", help="generate images of a class with a class-conditional pipeline")
+    parser = subparsers.add_parser("generate")
     parser.add_argument("--label", required=True, help="class name (from the model's id2label) or class id")
     parser.add_argument("--num-images", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     add_decoder_latent_scale_argument(parser, "(default: the pipeline's, else 1)")
     parser.set_defaults(func=run_generate)
 
-    parser = subparsers.add_parser("reconstruct", help="reconstruct images with a UniFlow tokenizer, print PSNR/SSIM")
+    parser = subparsers.add_parser("reconstruct")
     parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--model", default=None, help="pipeline or UniFlow model folder (default: the shipped model)")
@@ -59,10 +59,7 @@ def register(subparsers) -> None:
     add_training_timestep_arguments(parser)
     parser.set_defaults(func=run_train_generator)
 
-    parser = subparsers.add_parser(
-        "attach-guide",
-        help="give a class-conditional pipeline a weaker DiT of the same latents as its autoguidance guide",
-    )
+    parser = subparsers.add_parser("attach-guide")
     parser.add_argument("--model", required=True, help="class-conditional pipeline folder")
     parser.add_argument(
         "--guide", required=True,
@@ -72,10 +69,7 @@ def register(subparsers) -> None:
     add_autoguidance_arguments(parser, "the pipeline's default autoguidance (1 = none)", required=True)
     parser.set_defaults(func=run_attach_guide)
 
-    parser = subparsers.add_parser(
-        "set-defaults",
-        help="save a class-conditional pipeline with other default sampling settings (its weights unchanged)",
-    )
+    parser = subparsers.add_parser("set-defaults")
     parser.add_argument("--model", required=True, help="class-conditional pipeline folder")
     parser.add_argument("--output-dir", required=True, help="where to save the pipeline with its new defaults")
     add_guidance_arguments(parser, "the default classifier-free guidance (1 = none)")

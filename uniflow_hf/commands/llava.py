@@ -7,13 +7,11 @@ from __future__ import annotations
 def register(subparsers) -> None:
     from ..conversion_scripts.graft_uniflow_into_llava import add_arguments, run as run_graft
 
-    graft = subparsers.add_parser("graft-llava", help="graft UniFlow's encoder into a LLaVA checkpoint as its tower")
+    graft = subparsers.add_parser("graft-llava")
     add_arguments(graft)
     graft.set_defaults(func=run_graft)
 
-    finetune = subparsers.add_parser(
-        "finetune-llava", help="LoRA fine-tuning of a LLaVA-UniFlow on image-question-answer rows"
-    )
+    finetune = subparsers.add_parser("finetune-llava")
     finetune.add_argument(
         "--model", required=True, help="LLaVA-UniFlow folder with its processor (e.g. graft-llava's output)"
     )

@@ -1,0 +1,94 @@
+"""The `uniflow-hf` console script.
+
+This module lives outside the `uniflow_hf` package on purpose: importing anything inside it runs
+`uniflow_hf/__init__.py`, which registers our classes with transformers' Auto classes and diffusers' loader (and so
+imports torch, transformers and diffusers, several seconds). Here the commands are listed by name with their one-line
+help, so `uniflow-hf --help` imports nothing heavy; the module of a command is imported, and its parsers built, only
+when that command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import NamedTuple
+
+
+class Command(NamedTuple):
+    module: str  # in `uniflow_hf.commands`; its `register(subparsers)` adds the command with `set_defaults(func=...)`
+    help: str
+
+
+COMMANDS = {
+    "generate": Command("generate", "generate images of a class with a class-conditional pipeline"),
+    "reconstruct": Command("generate", "reconstruct images with a UniFlow tokenizer, print PSNR/SSIM"),
+    "attach-guide": Command(
+        "generate", "give a class-conditional pipeline a weaker DiT of the same latents as its autoguidance guide"
+    ),
+    "set-defaults": Command(
+        "generate", "save a class-conditional pipeline with other default sampling settings (its weights unchanged)"
+    ),
+    "train-tokenizer": Command(
+        "train", "train a UniFlow tokenizer (flow + self-distillation losses) with the HF Trainer"
+    ),
+    "train-generator": Command("generate", "train a class-conditional latent generator"),
+    "evaluate": Command(
+        "evaluate", "PSNR / SSIM / rFID of a tokenizer's reconstructions over an image folder or a saved dataset"
+    ),
+    "convert": Command("convert", "convert an official UniFlow release folder to a uniflow-hf folder"),
+    "graft-llava": Command("llava", "graft UniFlow's encoder into a LLaVA checkpoint as its tower"),
+    "finetune-llava": Command("llava", "LoRA fine-tuning of a LLaVA-UniFlow on image-question-answer rows"),
+    "fmnist": Command("fmnist", "the UniFlow-FMNIST recipe (data, pretraining, adaptation, generator, report)"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of `uniflow-hf`: with `command`, the full parser of that command's module; without, one that only
+    lists the commands (for `--help` and for reporting an unknown command)."""
+    parser = argparse.ArgumentParser(
+        prog="uniflow-hf",
+        description="UniFlow tokenizer tools: generate, reconstruct, train, evaluate, convert.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    if command not in COMMANDS:
+        for name, entry in COMMANDS.items():
+            subparsers.add_parser(name, help=entry.help)
+        return parser
+    importlib.import_module(f"uniflow_hf.commands.{COMMANDS[command].module}").register(subparsers)
+    if command not in subparsers.choices:
+        raise RuntimeError(f"uniflow_hf.commands.{COMMANDS[command].module} does not register `{command}`.")
+    for name, subparser in subparsers.choices.items():
+        if subparser.description is None and name in COMMANDS:
+            subparser.description = COMMANDS[name].help
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, OSError, TypeError) as error:
+        print(f"uniflow-hf {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        destroy_process_group()
+
+
+def destroy_process_group() -> None:
+    """Under `torchrun`/`accelerate launch` a command initialises a process group; it must be destroyed before the
+    interpreter exits, or gloo's worker threads can abort the process at teardown ("terminate called without an
+    active exception", pytorch/pytorch#190489) after all the work is done."""
+    distributed = sys.modules.get("torch.distributed")  # a command that never imported torch has nothing to close
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
