@@ -180,8 +180,11 @@ def test_reconstruct_command(reconstruction_pipeline, tmp_path, capsys):
         Image.fromarray(array).save(paths[-1])
     argv = ["reconstruct", *paths, "--model", str(model_dir), "--output-dir", str(tmp_path / "out"), "--steps", "2"]
     assert cli_main([*argv, "--batch-size", "1"]) == 0
-    printed = capsys.readouterr().out
-    assert printed.count("PSNR") == 3 and "SSIM" in printed and "mean over 2 image(s)" in printed
+    printed = capsys.readouterr()
+    assert printed.out.count("PSNR") == 3 and "SSIM" in printed.out and "mean over 2 image(s)" in printed.out
+    # one progress bar over both images (batches of 1), not one bar of decoder steps per batch
+    bars = printed.err.rsplit("Loading pipeline components", 1)[-1].split("\n", 1)[1]
+    assert "| 2/2 [" in bars and bars.count("| 0/2 [") == 1 and "image/s" in bars and "it/s" not in bars
     side_by_side = Image.open(tmp_path / "out" / "input0_reconstruction.png")
     assert side_by_side.size == (64, 32)
     assert np.array_equal(np.asarray(side_by_side)[:, :32], np.asarray(Image.open(paths[0])))
@@ -195,9 +198,8 @@ def test_reconstruct_command(reconstruction_pipeline, tmp_path, capsys):
 def test_commands_without_a_model(tmp_path, capsys):
     from uniflow_hf.commands import generate
 
-    with mock.patch.object(generate, "SHIPPED_MODEL", ("models", "no-such-model")):
+    with mock.patch.object(generate, "FMNIST_MODEL_PATH", str(tmp_path / "no-such-model")):
         assert cli_main(["generate", "--label", "0", "--output-dir", str(tmp_path)]) == 2
-    error = capsys.readouterr().err
-    assert "no-such-model does not exist" in error and "--model" in error
+    assert "The model folder " + str(tmp_path / "no-such-model") + " does not exist" in capsys.readouterr().err
     assert cli_main(["reconstruct", str(tmp_path / "missing.png"), "--output-dir", str(tmp_path)]) == 2
     assert "No such image file" in capsys.readouterr().err

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-from importlib import resources
 
-
-SHIPPED_MODEL = ("models", "uniflow-fmnist")
+from .. import FMNIST_MODEL_PATH
+from ..inference import image_grid, load_class_conditional_pipeline, load_reconstruction_pipeline, reconstruct_images
 
 
 def register(subparsers) -> None:
@@ -77,69 +76,6 @@ def register(subparsers) -> None:
     parser.add_argument("--decoder-steps", type=int, default=None, help="the default steps of the pixel decoder")
     add_decoder_latent_scale_argument(parser, "(the default; 1 = none)")
     parser.set_defaults(func=run_set_defaults)
-
-
-# ----------------------------------------------------------------------------------------------------- loading
-def shipped_model_dir() -> str:
-    """The model folder shipped inside the installed package (`uniflow_hf/models/uniflow-fmnist`)."""
-    path = resources.files("uniflow_hf").joinpath(*SHIPPED_MODEL)
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"The shipped model folder {path} does not exist (it is not part of this installation yet): pass "
-            "`--model DIR` with a pipeline folder, e.g. one written by `uniflow-hf train-generator`."
-        )
-    return str(path)
-
-
-def load_class_conditional_pipeline(model_dir: str):
-    from diffusers import DiffusionPipeline
-
-    from .. import UniFlowClassConditionalPipeline
-
-    if not os.path.isfile(os.path.join(model_dir, "model_index.json")):
-        raise FileNotFoundError(
-            f"{model_dir} has no model_index.json: `generate` needs a class-conditional pipeline folder."
-        )
-    pipeline = DiffusionPipeline.from_pretrained(model_dir)
-    if not isinstance(pipeline, UniFlowClassConditionalPipeline):
-        raise ValueError(
-            f"{model_dir} holds a {type(pipeline).__name__}; `generate` needs a UniFlowClassConditionalPipeline."
-        )
-    return pipeline
-
-
-def load_reconstruction_pipeline(model_dir: str):
-    """A `UniFlowReconstructionPipeline` from a reconstruction pipeline folder, the tokenizer of a class-conditional
-    pipeline folder, or a plain UniFlow model folder (ours or an official release)."""
-    from diffusers import DiffusionPipeline
-
-    from .. import UniFlowFlowMatchScheduler, UniFlowModel, UniFlowReconstructionPipeline
-
-    if os.path.isfile(os.path.join(model_dir, "model_index.json")):
-        pipeline = DiffusionPipeline.from_pretrained(model_dir)
-        if isinstance(pipeline, UniFlowReconstructionPipeline):
-            return pipeline
-        return UniFlowReconstructionPipeline(
-            tokenizer=pipeline.tokenizer, scheduler=pipeline.decoder_scheduler, image_processor=pipeline.image_processor
-        )
-    if os.path.isfile(os.path.join(model_dir, "config.json")):
-        tokenizer = UniFlowModel.from_pretrained(model_dir)
-        scheduler = UniFlowFlowMatchScheduler(schedule=tokenizer.config.sampling_schedule)
-        return UniFlowReconstructionPipeline(tokenizer=tokenizer, scheduler=scheduler)
-    raise FileNotFoundError(
-        f"{model_dir} holds neither a pipeline (model_index.json) nor a UniFlow model (config.json)."
-    )
-
-
-# ----------------------------------------------------------------------------------------------------- metrics
-def reconstruction_metrics(reconstructions, references) -> tuple[list[float], list[float]]:
-    """Per-image PSNR (dB) and SSIM of (B, C, H, W) images in [0, 1] (data_range 1), by `uniflow_hf.metrics`."""
-    from ..metrics import peak_signal_noise_ratio, structural_similarity
-
-    return (
-        peak_signal_noise_ratio(reconstructions, references).tolist(),
-        structural_similarity(reconstructions, references).tolist(),
-    )
 
 
 # ---------------------------------------------------------------------------------------------------- commands
@@ -260,10 +196,9 @@ def _label_argument(pipeline, label: str) -> int | str:
 
 def run_generate(args) -> int:
     import torch
-    from diffusers.utils import make_image_grid
 
     _check_positive(args.num_images, "--num-images")
-    pipeline = load_class_conditional_pipeline(args.model or shipped_model_dir())
+    pipeline = load_class_conditional_pipeline(args.model or FMNIST_MODEL_PATH)
     label = _label_argument(pipeline, args.label)
     class_id = pipeline.get_label_ids(label)[0]
     name = (pipeline.config.id2label or {}).get(class_id, str(class_id))
@@ -286,51 +221,34 @@ def run_generate(args) -> int:
     for i, image in enumerate(images):
         image.save(os.path.join(args.output_dir, f"{stem}_{args.seed + i:04d}.png"))
     grid_path = os.path.join(args.output_dir, f"{stem}_grid.png")
-    columns = min(len(images), 8)
-    rows = -(-len(images) // columns)
-    blank = images[0].copy()
-    blank.paste((0, 0, 0), (0, 0, *blank.size))
-    make_image_grid(images + [blank] * (rows * columns - len(images)), rows=rows, cols=columns).save(grid_path)
+    image_grid(images).save(grid_path)
     print(f"Wrote {len(images)} images of class {name!r} (id {class_id}) and {grid_path}")
     return 0
 
 
 def run_reconstruct(args) -> int:
-    import torch
-    from diffusers.utils import make_image_grid
-    from PIL import Image
-
     _check_positive(args.steps, "--steps", allow_none=True)
     _check_positive(args.batch_size, "--batch-size")
     missing = [path for path in args.images if not os.path.isfile(path)]
     if missing:
         raise FileNotFoundError(f"No such image file(s): {', '.join(missing)}")
-    pipeline = load_reconstruction_pipeline(args.model or shipped_model_dir())
-    processor = pipeline.image_processor
+    pipeline = load_reconstruction_pipeline(args.model or FMNIST_MODEL_PATH)
+    result = reconstruct_images(
+        pipeline, args.images, num_inference_steps=args.steps, seed=args.seed, batch_size=args.batch_size
+    )
     stems = [os.path.splitext(os.path.basename(path))[0] for path in args.images]
     if len(set(stems)) < len(stems):
         stems = [f"{i:04d}_{stem}" for i, stem in enumerate(stems)]
     os.makedirs(args.output_dir, exist_ok=True)
-
-    psnr, ssim = [], []
-    for start in range(0, len(args.images), args.batch_size):
-        paths = args.images[start : start + args.batch_size]
-        images = [Image.open(path).convert("RGB") for path in paths]
-        generators = [torch.Generator().manual_seed(args.seed + start + i) for i in range(len(images))]
-        reconstructions = pipeline(
-            images, num_inference_steps=args.steps, generator=generators, output_type="pt"
-        ).images
-        inputs = processor.postprocess(processor(images, return_tensors="pt").pixel_values, output_type="pt")
-        batch_psnr, batch_ssim = reconstruction_metrics(reconstructions, inputs)
-        psnr, ssim = psnr + batch_psnr, ssim + batch_ssim
-        pil_inputs, pil_reconstructions = (
-            pipeline.numpy_to_pil(x.permute(0, 2, 3, 1).numpy()) for x in (inputs, reconstructions)
-        )
-        for i, (path, original, reconstruction) in enumerate(zip(paths, pil_inputs, pil_reconstructions)):
-            out_path = os.path.join(args.output_dir, f"{stems[start + i]}_reconstruction.png")
-            make_image_grid([original, reconstruction], rows=1, cols=2).save(out_path)
-            print(f"{path}: PSNR {batch_psnr[i]:.2f} dB  SSIM {batch_ssim[i]:.4f}  -> {out_path}")
-    print(f"mean over {len(psnr)} image(s): PSNR {sum(psnr) / len(psnr):.2f} dB  SSIM {sum(ssim) / len(ssim):.4f}")
+    originals, reconstructions = (
+        pipeline.numpy_to_pil(x.permute(0, 2, 3, 1).numpy()) for x in (result.inputs, result.reconstructions)
+    )
+    for i, path in enumerate(args.images):
+        out_path = os.path.join(args.output_dir, f"{stems[i]}_reconstruction.png")
+        image_grid([originals[i], reconstructions[i]]).save(out_path)
+        print(f"{path}: PSNR {result.psnr[i]:.2f} dB  SSIM {result.ssim[i]:.4f}  -> {out_path}")
+    psnr, ssim = sum(result.psnr) / len(result.psnr), sum(result.ssim) / len(result.ssim)
+    print(f"mean over {len(result.psnr)} image(s): PSNR {psnr:.2f} dB  SSIM {ssim:.4f}")
     return 0
 
 
