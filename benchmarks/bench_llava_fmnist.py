@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoProcessor, LlavaForConditionalGeneration, TrainingArguments
 
     from uniflow_hf.fmnist import load_fashion_mnist
     from uniflow_hf.llava import (
@@ -149,25 +149,25 @@ def main(argv: list[str] | None = None) -> int:
         return collator([{**row, "answer": class_names[row["label"]]} for row in rows])
 
     output_dir = args.output or tempfile.mkdtemp(prefix="bench_llava_fmnist_")
-    train_kwargs = dict(
-        collator=collate,
+    training_args = TrainingArguments(
+        output_dir=output_dir,
         max_steps=args.steps,
+        learning_rate=args.learning_rate or (2e-4 if args.llava else 1e-3),
         per_device_train_batch_size=args.batch_size,
         seed=args.seed,
+        data_seed=args.seed,
         logging_steps=max(1, args.steps // 20),
         warmup_steps=min(100, args.steps // 10),
+        save_strategy="no",
+        dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=True,
     )
     start = time.perf_counter()
     if args.llava:
         lora_config = build_lora_config(train_vision_tower=args.train_tower)
-        learning_rate = args.learning_rate or 2e-4
-        trainer = finetune_llava_lora(
-            model, processor, train, output_dir, lora_config=lora_config, learning_rate=learning_rate, **train_kwargs
-        )
+        trainer = finetune_llava_lora(model, processor, train, training_args, lora_config=lora_config, collator=collate)
     else:
-        learning_rate = args.learning_rate or 1e-3
-        trainer = train_llava(model, processor, train, output_dir, learning_rate=learning_rate, **train_kwargs)
+        trainer = train_llava(model, processor, train, training_args, collator=collate)
     train_seconds = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -483,7 +483,7 @@ def test_lora_finetune_reload_and_merge(grafted_dir, tmp_path):
     to within 1e-4; only LoRA weights and the projector train."""
     from datasets import Dataset
     from peft import PeftModel
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoProcessor, LlavaForConditionalGeneration, TrainingArguments
 
     from uniflow_hf.llava import LlavaImageQACollator, build_lora_config, finetune_llava_lora, training_losses
 
@@ -495,11 +495,11 @@ def test_lora_finetune_reload_and_merge(grafted_dir, tmp_path):
         model,
         processor,
         dataset,
-        tmp_path / "adapter",
+        TrainingArguments(
+            output_dir=str(tmp_path / "adapter"), max_steps=30, learning_rate=3e-3, per_device_train_batch_size=4,
+            logging_steps=1, save_strategy="no", disable_tqdm=True,
+        ),
         lora_config=build_lora_config(rank=4, alpha=8, train_vision_tower=True),
-        max_steps=30,
-        learning_rate=3e-3,
-        per_device_train_batch_size=4,
     )
     losses = training_losses(trainer)
     assert len(losses) == 30
@@ -524,23 +524,46 @@ def test_lora_finetune_reload_and_merge(grafted_dir, tmp_path):
         torch.testing.assert_close(merged(**batch).logits, adapted, atol=1e-4, rtol=0)
 
 
-def test_finetune_cli(grafted_dir, tmp_path):
+def test_finetune_cli(grafted_dir, tmp_path, capsys):
+    """`finetune-llava` takes the `TrainingArguments` options: it saves checkpoints at `--save-steps`, resumes from the
+    latest with `--resume-from-checkpoint true` (training only the remaining steps), and writes the adapter and the
+    merged model."""
     from datasets import Dataset
     from transformers import LlavaForConditionalGeneration
 
     from uniflow_hf.cli import main
 
-    Dataset.from_list([{k: v for k, v in row.items() if k != "question"} for row in colour_rows(1)]).save_to_disk(
+    Dataset.from_list([{k: v for k, v in row.items() if k != "question"} for row in colour_rows(2)]).save_to_disk(
         str(tmp_path / "data")
     )
     argv = [
-        "finetune-llava", "--model", str(grafted_dir), "--dataset", str(tmp_path / "data"), "--output",
-        str(tmp_path / "adapter"), "--question", QUESTION, "--max-steps", "2", "--batch-size", "2",
-        "--merge-to", str(tmp_path / "merged"),
+        "finetune-llava", "--model", str(grafted_dir), "--dataset", str(tmp_path / "data"), "--output-dir",
+        str(tmp_path / "adapter"), "--question", QUESTION, "--per-device-train-batch-size", "1",
+        "--gradient-accumulation-steps", "2", "--logging-steps", "1", "--save-steps", "1", "--report-to", "none",
+        "--disable-tqdm", "true",
     ]
-    assert main(argv) == 0
-    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert main([*argv, "--max-steps", "2"]) == 0
+    assert "over 2 logged steps" in capsys.readouterr().out
+    assert sorted(path.name for path in (tmp_path / "adapter").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert main([*argv, "--max-steps", "3", "--resume-from-checkpoint", "true", "--merge-to", str(tmp_path / "merged")]) == 0
+    printed = capsys.readouterr().out
+    # steps 1-2 come from checkpoint-2 (their losses with its log history), only step 3 trains
+    assert printed.count("'loss'") == 1 and "over 3 logged steps" in printed and "merged model saved to" in printed
+    assert (tmp_path / "adapter" / "checkpoint-3").is_dir()
     adapter_config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["modules_to_save"] == ["multi_modal_projector"]
     merged = LlavaForConditionalGeneration.from_pretrained(tmp_path / "merged")
     assert not any("lora" in name for name in merged.state_dict())
+
+    assert main(argv[:5] + ["--max-steps", "1"]) == 2
+    assert "--output-dir is required" in capsys.readouterr().err
+
+
+def test_finetune_takes_training_arguments(grafted_dir, tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    from uniflow_hf.llava import finetune_llava_lora
+
+    model = LlavaForConditionalGeneration.from_pretrained(grafted_dir)
+    with pytest.raises(TypeError, match="`training_args` must be a transformers.TrainingArguments, got dict"):
+        finetune_llava_lora(model, None, [], {"output_dir": str(tmp_path), "max_steps": 1})

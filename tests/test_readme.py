@@ -122,3 +122,16 @@ def test_model_card_metadata_and_figures():
     for key, value in stated.items():
         digits = len(str(value).partition(".")[2])
         assert value == pytest.approx(expected[key], abs=0.5 * 10**-digits), f"{key}: {value}, report {expected[key]}"
+
+
+def test_readme_commands_parse():
+    """Each `uniflow-hf ...` line of the README names a command and options the CLI accepts."""
+    import shlex
+
+    from uniflow_hf.cli import build_parser
+
+    lines = [line.split("#")[0] for line in README.read_text().splitlines() if line.startswith("uniflow-hf ")]
+    assert len(lines) >= 3
+    for line in lines:
+        argv = shlex.split(line)[1:]
+        build_parser(argv[0]).parse_args(argv)  # argparse exits on an unknown command or option

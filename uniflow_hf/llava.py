@@ -30,14 +30,14 @@ model's attention and optionally the tower's, the projector trained fully), `tra
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import LlavaProcessor, PreTrainedConfig
+from transformers import LlavaProcessor, PreTrainedConfig, TrainingArguments
 
 from .modeling import UniFlowConfig, UniFlowImageProcessor
 
@@ -291,48 +291,36 @@ def build_lora_config(
 
 
 # --------------------------------------------------------------------------------------------------- training
+def _check_training_arguments(training_args) -> None:
+    if not isinstance(training_args, TrainingArguments):
+        raise TypeError(f"`training_args` must be a transformers.TrainingArguments, got {type(training_args).__name__}.")
+
+
 def train_llava(
     model,
     processor: LlavaProcessor,
     train_dataset,
-    output_dir: str | Path,
+    training_args: TrainingArguments,
     *,
     collator: Callable[[list[dict]], dict] | None = None,
-    max_steps: int = 100,
-    learning_rate: float = 2e-4,
-    per_device_train_batch_size: int = 4,
-    seed: int = 0,
-    **training_args,
+    resume_from_checkpoint: str | bool | None = None,
 ):
-    """Train `model` (a LLaVA, or a PEFT model around one) on image-question-answer rows with the HF `Trainer`;
-    returns the trainer (its `state.log_history` holds the losses). The collator defaults to a
-    `LlavaImageQACollator` of `processor` checked against the model's config. Extra keyword arguments go to
-    `TrainingArguments` (e.g. `gradient_accumulation_steps`, `warmup_steps`, `logging_steps`)."""
-    from transformers import Trainer, TrainingArguments
+    """Train `model` (a LLaVA, or a PEFT model around one) on image-question-answer rows with the HF `Trainer` under
+    `training_args` (whose `remove_unused_columns` is taken as `False`: the collator reads the raw rows); returns the
+    trainer (its `state.log_history` holds the losses). The collator defaults to a `LlavaImageQACollator` of
+    `processor` checked against the model's config."""
+    from transformers import Trainer
 
-    arguments = dict(
-        output_dir=str(output_dir),
-        max_steps=max_steps,
-        learning_rate=learning_rate,
-        per_device_train_batch_size=per_device_train_batch_size,
-        seed=seed,
-        data_seed=seed,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        remove_unused_columns=False,  # the collator needs the raw rows (images, questions, answers)
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=True,
-    )
-    arguments.update(training_args)
+    _check_training_arguments(training_args)
+    training_args = copy.copy(training_args)
+    training_args.remove_unused_columns = False  # the collator needs the images, questions and answers
     trainer = Trainer(
         model=model,
-        args=TrainingArguments(**arguments),
+        args=training_args,
         train_dataset=train_dataset,
         data_collator=collator if collator is not None else LlavaImageQACollator(processor, llava_config=model.config),
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer
 
 
@@ -340,27 +328,30 @@ def finetune_llava_lora(
     model,
     processor: LlavaProcessor,
     train_dataset,
-    output_dir: str | Path,
+    training_args: TrainingArguments,
     *,
     lora_config=None,
     collator: Callable[[list[dict]], dict] | None = None,
-    seed: int = 0,
-    **train_kwargs,
+    resume_from_checkpoint: str | bool | None = None,
 ):
-    """LoRA fine-tuning of a LLaVA-UniFlow (`lora_config` defaults to `build_lora_config()`): wraps `model` with PEFT,
-    trains it with `train_llava`, and saves the adapter (LoRA weights + the projector) and the processor to
-    `output_dir`. Returns the trainer; `trainer.model` is the `PeftModel` (`merge_and_unload()` merges it).
-    Reload with `PeftModel.from_pretrained(LlavaForConditionalGeneration.from_pretrained(base), output_dir)`."""
+    """LoRA fine-tuning of a LLaVA-UniFlow (`lora_config` defaults to `build_lora_config()`): wraps `model` with PEFT
+    (initialised with `training_args.seed`), trains it with `train_llava`, and saves the adapter (LoRA weights + the
+    projector) and the processor to `training_args.output_dir`. Returns the trainer; `trainer.model` is the
+    `PeftModel` (`merge_and_unload()` merges it). Reload with
+    `PeftModel.from_pretrained(LlavaForConditionalGeneration.from_pretrained(base), output_dir)`."""
     from peft import get_peft_model
     from transformers import set_seed
 
-    set_seed(seed)  # the LoRA initialisation
+    _check_training_arguments(training_args)
+    set_seed(training_args.seed)  # the LoRA initialisation
     peft_model = get_peft_model(model, lora_config if lora_config is not None else build_lora_config())
     trainer = train_llava(
-        peft_model, processor, train_dataset, output_dir, collator=collator, seed=seed, **train_kwargs
+        peft_model, processor, train_dataset, training_args, collator=collator,
+        resume_from_checkpoint=resume_from_checkpoint,
     )
-    peft_model.save_pretrained(str(output_dir))
-    processor.save_pretrained(str(output_dir))
+    if trainer.is_world_process_zero():
+        peft_model.save_pretrained(training_args.output_dir)
+        processor.save_pretrained(training_args.output_dir)
     return trainer
 
 

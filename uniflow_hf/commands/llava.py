@@ -1,7 +1,9 @@
 """`uniflow-hf graft-llava` (UniFlow's encoder as the vision tower of a LLaVA checkpoint) and `uniflow-hf
 finetune-llava` (LoRA fine-tuning of a LLaVA-UniFlow on image-question-answer data)."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: HfArgumentParser reads the dataclass field types at runtime.
+import argparse
+from dataclasses import dataclass, field
 
 
 def register(subparsers) -> None:
@@ -11,36 +13,52 @@ def register(subparsers) -> None:
     add_arguments(graft)
     graft.set_defaults(func=run_graft)
 
-    finetune = subparsers.add_parser("finetune-llava")
-    finetune.add_argument(
-        "--model", required=True, help="LLaVA-UniFlow folder with its processor (e.g. graft-llava's output)"
+    finetune = subparsers.add_parser(
+        "finetune-llava",
+        description=FINETUNE_DESCRIPTION,
+        parents=[_finetune_argument_parser(add_help=False)],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    finetune.add_argument(
-        "--dataset", required=True, help="a `datasets` folder (save_to_disk) or anything `datasets.load_dataset` reads"
-    )
-    finetune.add_argument("--split", default="train", help="split of the dataset to train on")
-    finetune.add_argument("--output", required=True, help="where to save the adapter (LoRA + projector) and processor")
-    finetune.add_argument("--image-column", default="image")
-    finetune.add_argument("--question-column", default="question")
-    finetune.add_argument("--answer-column", default="answer")
-    finetune.add_argument("--question", default=None, help="question asked of rows without a question column")
-    finetune.add_argument(
-        "--prompt-template", default=None, help="with {image} and {question}; LLaVA-1.5's by default"
-    )
-    finetune.add_argument("--lora-rank", type=int, default=8)
-    finetune.add_argument("--lora-alpha", type=int, default=16)
-    finetune.add_argument("--lora-dropout", type=float, default=0.0)
-    finetune.add_argument("--train-vision-tower", action="store_true", help="LoRA on the tower's attention too")
-    finetune.add_argument("--max-steps", type=int, default=100)
-    finetune.add_argument("--learning-rate", type=float, default=2e-4)
-    finetune.add_argument("--batch-size", type=int, default=4)
-    finetune.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    finetune.add_argument("--seed", type=int, default=0)
-    finetune.add_argument("--merge-to", default=None, help="also save the merged model (and processor) there")
     finetune.set_defaults(func=run_finetune)
 
 
-def run_finetune(args) -> int:
+FINETUNE_DESCRIPTION = """LoRA fine-tuning of a LLaVA-UniFlow on image-question-answer rows.
+
+Every `TrainingArguments` field is an option (`--output-dir`, `--max-steps`, `--learning-rate`,
+`--per-device-train-batch-size`, `--gradient-accumulation-steps`, `--bf16`, `--save-steps`, `--resume-from-checkpoint`,
+`--report-to`...), next to the options of `FinetuneLlavaArguments`."""
+
+
+@dataclass
+class FinetuneLlavaArguments:
+    """Model, data and LoRA options of `uniflow-hf finetune-llava` (the rest are `TrainingArguments`)."""
+
+    model: str = field(metadata={"help": "LLaVA-UniFlow folder with its processor (e.g. graft-llava's output)"})
+    dataset: str = field(
+        metadata={"help": "a `datasets` folder (save_to_disk) or anything `datasets.load_dataset` reads"}
+    )
+    split: str = field(default="train", metadata={"help": "split of the dataset to train on"})
+    image_column: str = field(default="image")
+    question_column: str = field(default="question")
+    answer_column: str = field(default="answer")
+    question: str | None = field(default=None, metadata={"help": "question asked of rows without a question column"})
+    prompt_template: str | None = field(
+        default=None, metadata={"help": "with {image} and {question}; LLaVA-1.5's by default"}
+    )
+    lora_rank: int = field(default=8)
+    lora_alpha: int = field(default=16)
+    lora_dropout: float = field(default=0.0)
+    train_vision_tower: bool = field(default=False, metadata={"help": "LoRA on the tower's attention too"})
+    merge_to: str | None = field(default=None, metadata={"help": "also save the merged model (and processor) there"})
+
+
+def _finetune_argument_parser(**kwargs):
+    from transformers import HfArgumentParser, TrainingArguments
+
+    return HfArgumentParser((FinetuneLlavaArguments, TrainingArguments), **kwargs)
+
+
+def run_finetune(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
@@ -52,46 +70,50 @@ def run_finetune(args) -> int:
         finetune_llava_lora,
         training_losses,
     )
+    from .train import resume_argument
 
-    model = LlavaForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32)
+    values = {key: value for key, value in vars(args).items() if key not in ("command", "func")}
+    if not values.get("output_dir"):
+        raise ValueError("--output-dir is required: where to save the adapter (LoRA + projector) and processor.")
+    script_args, training_args = _finetune_argument_parser().parse_dict(values)
+    resume_from_checkpoint = resume_argument(training_args.resume_from_checkpoint)
+    model = LlavaForConditionalGeneration.from_pretrained(script_args.model, dtype=torch.float32)
     try:
-        processor = AutoProcessor.from_pretrained(args.model)
+        processor = AutoProcessor.from_pretrained(script_args.model)
     except (OSError, ValueError) as error:
-        raise FileNotFoundError(f"{args.model} has no processor ({error}); graft-llava writes one.") from error
+        raise FileNotFoundError(f"{script_args.model} has no processor ({error}); graft-llava writes one.") from error
     collator = LlavaImageQACollator(
         processor,
-        prompt_template=args.prompt_template or DEFAULT_PROMPT_TEMPLATE,
-        image_column=args.image_column,
-        question_column=args.question_column,
-        answer_column=args.answer_column,
-        default_question=args.question,
+        prompt_template=script_args.prompt_template or DEFAULT_PROMPT_TEMPLATE,
+        image_column=script_args.image_column,
+        question_column=script_args.question_column,
+        answer_column=script_args.answer_column,
+        default_question=script_args.question,
     )
     lora_config = build_lora_config(
-        rank=args.lora_rank,
-        alpha=args.lora_alpha,
-        dropout=args.lora_dropout,
-        train_vision_tower=args.train_vision_tower,
+        rank=script_args.lora_rank,
+        alpha=script_args.lora_alpha,
+        dropout=script_args.lora_dropout,
+        train_vision_tower=script_args.train_vision_tower,
     )
     trainer = finetune_llava_lora(
         model,
         processor,
-        load_image_dataset(args.dataset, args.split),
-        args.output,
+        load_image_dataset(script_args.dataset, script_args.split),
+        training_args,
         lora_config=lora_config,
         collator=collator,
-        seed=args.seed,
-        max_steps=args.max_steps,
-        learning_rate=args.learning_rate,
-        per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        resume_from_checkpoint=resume_from_checkpoint,
     )
+    if not trainer.is_world_process_zero():
+        return 0
     losses = training_losses(trainer)
     if losses:
         print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} logged steps")
-    print(f"adapter saved to {args.output}")
-    if args.merge_to:
+    print(f"adapter saved to {training_args.output_dir}")
+    if script_args.merge_to:
         merged = trainer.model.merge_and_unload()
-        merged.save_pretrained(args.merge_to)
-        processor.save_pretrained(args.merge_to)
-        print(f"merged model saved to {args.merge_to}")
+        merged.save_pretrained(script_args.merge_to)
+        processor.save_pretrained(script_args.merge_to)
+        print(f"merged model saved to {script_args.merge_to}")
     return 0
