@@ -12,7 +12,7 @@ Two set-ups:
         [--uniflow DIR [--vision-feature-source encoder|latent]] [--llava DIR] [--train-tower] [--threads T]
 
 Smoke run: `--max-train 64 --max-eval 32 --steps 5`. Data: Debian's `dataset-fashion-mnist`
-(/usr/share/datasets/fashion-mnist), read by `uniflow_hf.fmnist.load_fashion_mnist`.
+(/usr/share/datasets/fashion-mnist), read by `uniflow_hf.recipes.fmnist.load_fashion_mnist`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def build_model_from_scratch(
     from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     from uniflow_hf import UniFlowConfig, UniFlowVisionModel
-    from uniflow_hf.fmnist import FMNIST_MODEL_CONFIG
+    from uniflow_hf.recipes.fmnist import FMNIST_MODEL_CONFIG
     from uniflow_hf.llava import build_llava_processor
 
     tokenizer = build_tokenizer(class_names)
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoProcessor, LlavaForConditionalGeneration, TrainingArguments
 
-    from uniflow_hf.fmnist import load_fashion_mnist
+    from uniflow_hf.recipes.fmnist import load_fashion_mnist
     from uniflow_hf.llava import (
         LlavaImageQACollator,
         build_lora_config,

@@ -119,7 +119,7 @@ def main():
     runs = [parse_run(spec) for spec in args.runs]  # a malformed spec fails before anything is measured
     torch.set_num_threads(2)
 
-    from uniflow_hf.fmnist import encoder_features, fmnist_pixel_values, linear_probe_accuracy, load_fashion_mnist_arrays
+    from uniflow_hf.recipes.fmnist import encoder_features, fmnist_pixel_values, linear_probe_accuracy, load_fashion_mnist_arrays
     from uniflow_hf.modeling import UniFlowForImageClassification, UniFlowModel
 
     started = time.time()

@@ -66,7 +66,7 @@ def bound_reconstructions(
     """The tokenizer's bound: a generator that drew exactly the latents of the floor's training images would reach
     the distance of their reconstructions, decoded as the generation decodes (`decoder_steps`, the latents times
     `latent_scale`; grayscale, in [0, 1])."""
-    from uniflow_hf.fmnist import reconstruct_grayscale
+    from uniflow_hf.recipes.fmnist import reconstruct_grayscale
 
     return reconstruct_grayscale(
         tokenizer, train_pixel_values[:NUM_FLOOR], batch_size=1000, num_inference_steps=decoder_steps,
@@ -75,7 +75,7 @@ def bound_reconstructions(
 
 
 def tokenizer_rows(tokenizer, train_pv, train_y, test_pv, test_y, num_recon: int):
-    from uniflow_hf.fmnist import encoder_features, linear_probe_accuracy, reconstruction_metrics
+    from uniflow_hf.recipes.fmnist import encoder_features, linear_probe_accuracy, reconstruction_metrics
 
     metrics = reconstruction_metrics(tokenizer, test_pv[:num_recon])
     features = [encoder_features(tokenizer.vision_model, pv) for pv in (train_pv, test_pv)]
@@ -101,7 +101,7 @@ def describe_flow_timesteps(distribution: str, logit_mean: float, logit_std: flo
 def pca_reference_row(train_unit, train_y, test_unit, test_y, num_components: int) -> dict:
     """PCA of the training images, keeping `num_components` numbers per image (the latent's count): the best any
     linear code of that size reconstructs, and the linear probe on its coefficients."""
-    from uniflow_hf.fmnist import linear_probe_accuracy
+    from uniflow_hf.recipes.fmnist import linear_probe_accuracy
     from uniflow_hf.metrics import peak_signal_noise_ratio, structural_similarity
 
     train, test = train_unit.flatten(1).double(), test_unit.flatten(1).double()
@@ -210,7 +210,7 @@ def main():
 
     import uniflow_hf  # noqa: F401
     from uniflow_hf import UniFlowClassConditionalPipeline
-    from uniflow_hf.fmnist import (
+    from uniflow_hf.recipes.fmnist import (
         FASHION_MNIST_LABELS, encoder_features, fmnist_pixel_values, judge_outputs, linear_probe_accuracy,
         load_fashion_mnist_arrays, reconstruct_grayscale, to_unit_range, train_judge,
     )

@@ -189,7 +189,7 @@ def shipped_samples(pipeline):
 def test_shipped_model_in_half_precision(shipped_fp32, dtype):
     """UniFlow-FMNIST's trained weights in bf16/fp16 on the GPU: close to the float32 samples (same CPU
     generators), and the tokenizer reconstructs them about as well as in float32."""
-    from uniflow_hf.fmnist import fmnist_pixel_values, reconstruct_grayscale, to_unit_range
+    from uniflow_hf.recipes.fmnist import fmnist_pixel_values, reconstruct_grayscale, to_unit_range
 
     half = UniFlowClassConditionalPipeline.from_pretrained(SHIPPED, torch_dtype=dtype).to("cuda")
     half.set_progress_bar_config(disable=True)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from uniflow_hf.metrics import peak_signal_noise_ratio
-from uniflow_hf.fmnist import (
+from uniflow_hf.recipes.fmnist import (
     FASHION_MNIST_LABELS,
     fmnist_pixel_values,
     judge_outputs,

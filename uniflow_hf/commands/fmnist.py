@@ -94,14 +94,14 @@ def _flow_timestep_overrides(args) -> dict:
 
 
 def _pretrain(args) -> int:
-    from ..fmnist import pretrain_encoder
+    from ..recipes.fmnist import pretrain_encoder
 
     pretrain_encoder(args.output_dir, epochs=args.epochs, max_train=args.max_train, seed=args.seed)
     return 0
 
 
 def _adapt(args) -> int:
-    from ..fmnist import adapt_tokenizer
+    from ..recipes.fmnist import adapt_tokenizer
 
     adapt_tokenizer(
         args.encoder, args.output_dir, epochs=args.epochs, max_train=args.max_train, seed=args.seed,
@@ -113,7 +113,7 @@ def _adapt(args) -> int:
 
 
 def _finetune_decoder(args) -> int:
-    from ..fmnist import finetune_decoder
+    from ..recipes.fmnist import finetune_decoder
 
     finetune_decoder(
         args.tokenizer, args.output_dir, epochs=args.epochs, max_train=args.max_train, seed=args.seed,
@@ -123,7 +123,7 @@ def _finetune_decoder(args) -> int:
 
 
 def _generator(args) -> int:
-    from ..fmnist import train_fmnist_generator
+    from ..recipes.fmnist import train_fmnist_generator
 
     train_fmnist_generator(
         args.tokenizer, args.output_dir, steps=args.steps, batch_size=args.batch_size, seed=args.seed,

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .modeling import UniFlowImageProcessor
+from ...modeling import UniFlowImageProcessor
 
 
 FASHION_MNIST_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
@@ -166,7 +166,7 @@ def pretrain_encoder(output_dir: str, epochs: float = 2.0, max_train: int | None
     """Stage a: train `UniFlowForImageClassification` from scratch on Fashion-MNIST; saves it with its test accuracy."""
     from transformers import set_seed
 
-    from .modeling import UniFlowConfig, UniFlowForImageClassification
+    from ...modeling import UniFlowConfig, UniFlowForImageClassification
 
     set_seed(seed)
     config = UniFlowConfig(
@@ -201,7 +201,7 @@ def adapt_tokenizer(
     `config_overrides` sets training fields of the tokenizer's config (e.g. `flow_timestep_logit_mean`)."""
     from transformers import set_seed
 
-    from .modeling import UniFlowForImageClassification, UniFlowModel
+    from ...modeling import UniFlowForImageClassification, UniFlowModel
 
     set_seed(seed)
     classifier = UniFlowForImageClassification.from_pretrained(encoder_dir, dtype=torch.float32)
@@ -244,7 +244,7 @@ def finetune_decoder(
     trained on those latents) are unchanged; only the reconstruction gets better."""
     from transformers import set_seed
 
-    from .modeling import UniFlowModel
+    from ...modeling import UniFlowModel
 
     set_seed(seed)
     model = UniFlowModel.from_pretrained(tokenizer_dir, dtype=torch.float32)
@@ -322,7 +322,7 @@ def reconstruct_grayscale(
 def reconstruction_metrics(tokenizer, pixel_values: torch.Tensor, batch_size: int = 500, seed: int = 0) -> dict:
     """PSNR and SSIM (data range 1, Gaussian-window SSIM of `uniflow_hf.metrics`) on the [0, 1] grayscale images of
     `tokenizer.reconstruct` over `pixel_values`."""
-    from .metrics import peak_signal_noise_ratio, structural_similarity
+    from ...metrics import peak_signal_noise_ratio, structural_similarity
 
     reconstruction = reconstruct_grayscale(tokenizer, pixel_values, batch_size, seed)[:, None]
     reference = to_unit_range(pixel_values)[:, None]
@@ -389,8 +389,8 @@ def train_fmnist_generator(
     continues training its DiT instead of a new one, first deepened by `add_layers` identity-initialised blocks when
     given; `lr_scheduler_type` and `warmup_steps` set the learning-rate schedule, `noise_scheduler` the training flow
     times and `transformer_kwargs` the size of a new DiT (see `train_generator`)."""
-    from .generator_training import train_generator
-    from .modeling import UniFlowModel
+    from ...generator_training import train_generator
+    from ...modeling import UniFlowModel
 
     tokenizer = UniFlowModel.from_pretrained(tokenizer_dir, dtype=torch.float32)
     dataset = load_fashion_mnist(max_per_split=max_train)["train"]
