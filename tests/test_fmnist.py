@@ -3,12 +3,12 @@
 import json
 import subprocess
 import sys
-from importlib import resources
 from pathlib import Path
 
 import pytest
 import torch
 
+from uniflow_hf import FMNIST_MODEL_PATH
 from uniflow_hf.metrics import peak_signal_noise_ratio
 from uniflow_hf.recipes.fmnist import (
     FASHION_MNIST_LABELS,
@@ -21,14 +21,14 @@ from uniflow_hf.recipes.fmnist import (
 )
 
 
-SHIPPED = Path(str(resources.files("uniflow_hf") / "models" / "uniflow-fmnist"))
+SHIPPED = Path(FMNIST_MODEL_PATH)
 
 
 @pytest.fixture(scope="module")
 def pipeline():
-    from uniflow_hf import UniFlowClassConditionalPipeline
+    from uniflow_hf.inference import load_class_conditional_pipeline
 
-    pipe = UniFlowClassConditionalPipeline.from_pretrained(SHIPPED)
+    pipe = load_class_conditional_pipeline(FMNIST_MODEL_PATH)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
