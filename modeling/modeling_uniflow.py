@@ -566,6 +566,28 @@ def _check_pixel_values(pixel_values: torch.Tensor, config: UniFlowConfig) -> No
             )
 
 
+def apply_forward_hooks(method):
+    """Run a module's method other than `forward` (`encode`, `decode`) under the hooks that wrappers attach to
+    `forward`, as diffusers' `apply_forward_hook` does for its autoencoders' `encode`/`decode`.
+
+    Accelerate's hook (`device_map` dispatch with CPU or disk offload, `accelerate.cpu_offload`, the pipelines'
+    `enable_model_cpu_offload` / `enable_sequential_cpu_offload`) runs before the method and after it: it moves the
+    module (or its own parameters, such as `UniFlowModel`'s position embeddings, which no submodule's `forward`
+    uses) and the inputs to the execution device, then offloads them again and moves the output back to the
+    inputs' device. The decorated method must not call another decorated method of the same module, nor the module's
+    own `forward`: the hooks would run nested."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        hook = getattr(self, "_hf_hook", None)
+        if hook is None:
+            return method(self, *args, **kwargs)
+        args, kwargs = hook.pre_forward(self, *args, **kwargs)
+        return hook.post_forward(self, method(self, *args, **kwargs))
+
+    return wrapper
+
+
 def _resolve_hidden_state_indices(forward):
     """Turn `output_hidden_states` given as indices (an int or a list of them, as LLaVA passes its
     `vision_feature_layer`) into the non-negative indices of the hidden states they select, before `capture_outputs`
@@ -687,6 +709,7 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
             self.latent_unproj(self.latent_proj(last_hidden_state))
         return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=last_hidden_state[:, 0])
 
+    @apply_forward_hooks
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> latents (B, H/p · W/p, latent_channels), as `UniFlowModel.encode` (latent head only)."""
         if not self.has_latent_head:
@@ -694,7 +717,8 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
                 "This UniFlowVisionModel has no latent head: build it with `vision_feature_source='latent'` (e.g. "
                 "`UniFlowVisionModel.from_pretrained(folder, vision_feature_source='latent')` on a UniFlowModel folder)."
             )
-        last_hidden_state = self(pixel_values=pixel_values, output_hidden_states=False, return_dict=True).last_hidden_state
+        _check_pixel_values(pixel_values, self.config)
+        last_hidden_state = self.encoder(self.embeddings(pixel_values))
         return self.latent_proj(last_hidden_state[:, 1:])
 
     @classmethod
@@ -831,6 +855,7 @@ class UniFlowModel(UniFlowPreTrainedModel):
         features = last_hidden_state[:, -grid[0] * grid[1] :]  # drop CLS (and register) tokens
         return features, grid, outputs.hidden_states if output_hidden_states else None
 
+    @apply_forward_hooks
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) in the processor's normalised space -> latents (B, H/p · W/p, latent_channels)."""
         features, _, _ = self.encoder_forward(pixel_values)
@@ -870,6 +895,7 @@ class UniFlowModel(UniFlowPreTrainedModel):
             )
         return height // p, width // p
 
+    @apply_forward_hooks
     @torch.no_grad()
     def decode(
         self,
@@ -886,6 +912,10 @@ class UniFlowModel(UniFlowPreTrainedModel):
         one generator per image when a list) to data by Euler steps over the time grid of `config.sampling_schedule`:
         `num_inference_steps` of them (`config.num_sampling_steps` when `None`; the release decodes in 1 step).
         `height`/`width` (pixels) are needed only for non-square grids."""
+        return self._decode(latents, noise, generator, num_inference_steps, height, width)
+
+    def _decode(self, latents, noise, generator, num_inference_steps, height, width) -> torch.Tensor:
+        """`decode` without the wrappers' hooks, for `forward` (whose own hooks have run)."""
         grid = self._latent_grid(latents, height, width)
         batch, num_tokens, _ = latents.shape
         patch_dim = self.config.patch_dim
@@ -1000,9 +1030,8 @@ class UniFlowModel(UniFlowPreTrainedModel):
         latents = self.latent_proj(features)
         encoder_hidden_states = hidden_states if output_hidden_states else None
         if not compute_loss:
-            reconstruction = self.decode(
-                latents, generator=generator, noise=noise, height=pixel_values.shape[-2], width=pixel_values.shape[-1]
-            )
+            with torch.no_grad():
+                reconstruction = self._decode(latents, noise, generator, None, *pixel_values.shape[-2:])
             output = UniFlowModelOutput(latents, reconstruction, encoder_hidden_states)
             return output if return_dict else output.to_tuple()
 
