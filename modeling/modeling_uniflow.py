@@ -457,7 +457,11 @@ class UniFlowPreTrainedModel(PreTrainedModel):
         `model.fp16.safetensors` beside the default `model.safetensors`. When the folder then holds weights of
         several dtypes, `config.json` records none, so that each loads in its own dtype (`dtype="auto"`, the
         default, reads it from the weights). transformers v5 writes safetensors only: `safe_serialization=False`
-        is accepted (diffusers passes it on) and ignored with a warning."""
+        is accepted (diffusers passes it on) and ignored with a warning.
+
+        A model sharded by FSDP2 (`fully_shard`) is saved whole: every process must call `save_pretrained` (the full
+        state dict is gathered from all of them, `torch.distributed.checkpoint`'s `get_model_state_dict`), and rank 0
+        writes it. The folder loads with `from_pretrained` like any other."""
         import os
         import shutil
         import tempfile
@@ -465,6 +469,10 @@ class UniFlowPreTrainedModel(PreTrainedModel):
         if not safe_serialization:
             logger.warning("`safe_serialization=False` is ignored: transformers v5 saves safetensors only.")
         kwargs.update(variant=variant, max_shard_size=max_shard_size)
+        if kwargs.get("state_dict") is None and _has_sharded_parameters(self):
+            kwargs["state_dict"] = _gather_full_state_dict(self)  # a collective: every process gets here
+            if torch.distributed.get_rank() != 0:
+                return  # only rank 0 holds the gathered weights, and writes them
         if not is_main_process or kwargs.get("distributed_checkpoint"):
             return super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
         save_directory = os.path.abspath(os.fspath(save_directory))
@@ -574,11 +582,22 @@ def apply_forward_hooks(method):
     `enable_model_cpu_offload` / `enable_sequential_cpu_offload`) runs before the method and after it: it moves the
     module (or its own parameters, such as `UniFlowModel`'s position embeddings, which no submodule's `forward`
     uses) and the inputs to the execution device, then offloads them again and moves the output back to the
-    inputs' device. The decorated method must not call another decorated method of the same module, nor the module's
-    own `forward`: the hooks would run nested."""
+    inputs' device.
+
+    FSDP2 (`fully_shard`) gathers a module's sharded parameters only around `forward` and the methods registered
+    with `register_fsdp_forward_method`: on a sharded module, the method registers itself on its first call.
+
+    The decorated method must not call another decorated method of the same module, nor the module's own `forward`:
+    the hooks would run nested."""
+    name = method.__name__
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
+        if name not in vars(self) and _is_fsdp_module(self):
+            from torch.distributed.fsdp import register_fsdp_forward_method
+
+            register_fsdp_forward_method(self, name)  # sets `self.<name>`: FSDP's hooks around this wrapper
+            return getattr(self, name)(*args, **kwargs)
         hook = getattr(self, "_hf_hook", None)
         if hook is None:
             return method(self, *args, **kwargs)
@@ -586,6 +605,15 @@ def apply_forward_hooks(method):
         return hook.post_forward(self, method(self, *args, **kwargs))
 
     return wrapper
+
+
+def _is_fsdp_module(module: nn.Module) -> bool:
+    """Whether FSDP2's `fully_shard` was applied to `module` itself."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
 
 
 def _resolve_hidden_state_indices(forward):
@@ -1118,6 +1146,23 @@ class UniFlowForImageClassification(UniFlowPreTrainedModel):
         blocks than the checkpoint, or `from_pretrained(None, config=..., state_dict=...)`): they are then
         initialised by `_init_weights` and reported (a warning, and `missing_keys` of `output_loading_info=True`)."""
         return _from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
+
+
+def _has_sharded_parameters(model: nn.Module) -> bool:
+    """Whether `model` holds parameters sharded across processes (`DTensor`s: FSDP2's `fully_shard`)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(parameter, DTensor) for parameter in model.parameters())
+
+
+def _gather_full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The full (unsharded) state dict of a sharded `model`, on the CPU of rank 0 (empty on the other ranks). Every
+    process must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 # model[.variant][-00001-of-00002].safetensors and model[.variant].safetensors.index.json
