@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, pretrained_tiny_model
 
 
 NUM_STEPS = 3
@@ -26,17 +26,15 @@ GLOBAL_BATCH = 4
 
 
 def build_model():
-    """The same model in every process: a distillation student drifted from its teacher, the flow head's
-    zero-initialised layers woken up."""
-    from uniflow_hf import UniFlowConfig, UniFlowModel
-
-    torch.manual_seed(0)
-    model = UniFlowModel(UniFlowConfig(**TINY_CONFIG, drop_path_rate=0.0, distillation_beta=20.0))
+    """The same model in every process: the tiny pretrained model as a distillation student whose encoder has drifted
+    from its teacher (so that the adaptive layer weights differ), with a large β."""
+    model = pretrained_tiny_model()
+    model.config.distillation_beta = 20.0
     model.enable_distillation()
-    generator = torch.Generator().manual_seed(1)
+    drift = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for parameter in [*model.vision_model.parameters(), *model.flow_head.parameters()]:
-            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+        for parameter in model.vision_model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=drift), alpha=0.05)
     return model
 
 
