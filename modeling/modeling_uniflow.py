@@ -753,7 +753,11 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
 
 class UniFlowModel(UniFlowPreTrainedModel):
     """The UniFlow tokenizer: `encode` images to (B, N, latent_channels) latents, `decode` latents to images with
-    the patch flow head, `reconstruct` both; `forward` in training returns the flow and distillation losses."""
+    the patch flow head, `reconstruct` both; `forward` in training returns the flow and distillation losses.
+
+    `encode` and `decode` run under the hooks wrappers attach to `forward` (`apply_forward_hooks`): Accelerate's
+    offload (`device_map` with CPU/disk offload, `cpu_offload`, the pipelines' model and sequential CPU offload) and
+    FSDP2 (`fully_shard`; they register themselves as its forward methods)."""
 
     # transformers matches `_keys_to_ignore_on_save` exactly (not as patterns): `enable_distillation` adds the
     # teacher's keys, so neither `save_pretrained` nor Trainer checkpoints write the teacher.

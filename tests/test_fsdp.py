@@ -94,6 +94,8 @@ def test_fsdp2_training_saving_and_inference_match_one_process(tmp_path):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 
     single = train(build_model(), slice(None))
+    assert {"config.json", "model.safetensors"} <= {path.name for path in (tmp_path / "saved").iterdir()}
+    assert not list(tmp_path.glob(".saved.saving-*"))  # no staging folder left by either process
     reloaded = UniFlowModel.from_pretrained(tmp_path / "saved")
     initial = dict(build_model().named_parameters())
     expected = {name: p for name, p in single.named_parameters() if not name.startswith("distillation_teacher.")}
