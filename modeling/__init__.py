@@ -2,8 +2,8 @@
 
 from .configuration_uniflow import UniFlowConfig
 from .image_processing_uniflow import UniFlowImageProcessor
+from .loading_uniflow import OFFICIAL_TO_HF_KEY_MAPPING
 from .modeling_uniflow import (
-    OFFICIAL_TO_HF_KEY_MAPPING,
     UniFlowForImageClassification,
     UniFlowModel,
     UniFlowModelOutput,

@@ -27,28 +27,20 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from . import flow_matching
 from .configuration_uniflow import UniFlowConfig
+from .loading_uniflow import (
+    OFFICIAL_TO_HF_KEY_MAPPING,
+    from_pretrained_with_key_mapping,
+    gather_full_state_dict,
+    has_sharded_parameters,
+    move_saved_files,
+    remove_abandoned_staging_folders,
+    staging_owner_tag,
+    unpin_dtype_of_mixed_folder,
+)
 from .loss_uniflow import adaptive_distillation_loss
 
 
 logger = logging.get_logger(__name__)
-
-# Official parameter names (github.com/ZhengrongYue/UniFlow) -> ours. Applied on load of an official folder.
-OFFICIAL_TO_HF_KEY_MAPPING = {
-    r"^(embeddings|encoder)\.": r"vision_model.\1.",
-    r"^chal_proj\.c_fc\.": "latent_proj.fc1.",
-    r"^chal_proj\.c_proj\.": "latent_proj.fc2.",
-    r"^chal_unproj\.c_fc\.": "latent_unproj.fc1.",
-    r"^chal_unproj\.c_proj\.": "latent_unproj.fc2.",
-    r"^global_block_pos_embed$": "global_position_embedding",
-    r"^decoder_pos_embed$": "decoder_position_embedding",
-    r"^flow_head\.net\.time_embed\.mlp\.0\.": "flow_head.time_embed.linear_1.",
-    r"^flow_head\.net\.time_embed\.mlp\.2\.": "flow_head.time_embed.linear_2.",
-    r"^flow_head\.net\.res_blocks\.(\d+)\.in_ln\.": r"flow_head.res_blocks.\1.norm.",
-    r"^flow_head\.net\.res_blocks\.(\d+)\.mlp\.0\.": r"flow_head.res_blocks.\1.fc1.",
-    r"^flow_head\.net\.res_blocks\.(\d+)\.mlp\.2\.": r"flow_head.res_blocks.\1.fc2.",
-    r"^flow_head\.net\.(res_blocks\.\d+|final_layer)\.adaLN_modulation\.1\.": r"flow_head.\1.modulation.",
-    r"^flow_head\.net\.": "flow_head.",
-}
 
 
 # ----------------------------------------------------------------------------------------------- patch helpers
@@ -457,7 +449,11 @@ class UniFlowPreTrainedModel(PreTrainedModel):
         `model.fp16.safetensors` beside the default `model.safetensors`. When the folder then holds weights of
         several dtypes, `config.json` records none, so that each loads in its own dtype (`dtype="auto"`, the
         default, reads it from the weights). transformers v5 writes safetensors only: `safe_serialization=False`
-        is accepted (diffusers passes it on) and ignored with a warning."""
+        is accepted (diffusers passes it on) and ignored with a warning.
+
+        A model sharded by FSDP2 (`fully_shard`) is saved whole: every process must call `save_pretrained` (the full
+        state dict is gathered from all of them, `torch.distributed.checkpoint`'s `get_model_state_dict`), and rank 0
+        writes it. The folder loads with `from_pretrained` like any other."""
         import os
         import shutil
         import tempfile
@@ -465,6 +461,10 @@ class UniFlowPreTrainedModel(PreTrainedModel):
         if not safe_serialization:
             logger.warning("`safe_serialization=False` is ignored: transformers v5 saves safetensors only.")
         kwargs.update(variant=variant, max_shard_size=max_shard_size)
+        if kwargs.get("state_dict") is None and has_sharded_parameters(self):
+            kwargs["state_dict"] = gather_full_state_dict(self)  # a collective: every process gets here
+            if torch.distributed.get_rank() != 0:
+                return  # only rank 0 holds the gathered weights, and writes them
         if not is_main_process or kwargs.get("distributed_checkpoint"):
             return super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
         save_directory = os.path.abspath(os.fspath(save_directory))
@@ -474,8 +474,8 @@ class UniFlowPreTrainedModel(PreTrainedModel):
             kwargs.setdefault("repo_id", os.path.basename(save_directory))
         parent = os.path.dirname(save_directory)
         os.makedirs(parent, exist_ok=True)
-        _remove_abandoned_staging_folders(save_directory)
-        owner = _staging_owner_tag()
+        remove_abandoned_staging_folders(save_directory)
+        owner = staging_owner_tag()
         try:
             staging = tempfile.mkdtemp(prefix=f".{os.path.basename(save_directory)}.saving-{owner}-", dir=parent)
         except PermissionError:  # a writable folder in a read-only parent: stage inside it
@@ -484,8 +484,8 @@ class UniFlowPreTrainedModel(PreTrainedModel):
         try:
             super().save_pretrained(staging, **kwargs)
             if os.path.isdir(save_directory):
-                _unpin_dtype_of_mixed_folder(staging, save_directory)
-                _move_saved_files(staging, save_directory)
+                unpin_dtype_of_mixed_folder(staging, save_directory)
+                move_saved_files(staging, save_directory)
             else:
                 umask = os.umask(0)
                 os.umask(umask)
@@ -564,6 +564,48 @@ def _check_pixel_values(pixel_values: torch.Tensor, config: UniFlowConfig) -> No
                 "`pixel_values` contains NaN or infinite values (e.g. a failed decode or a division by zero "
                 "upstream); the model needs finite inputs."
             )
+
+
+def apply_forward_hooks(method):
+    """Run a module's method other than `forward` (`encode`, `decode`) under the hooks that wrappers attach to
+    `forward`, as diffusers' `apply_forward_hook` does for its autoencoders' `encode`/`decode`.
+
+    Accelerate's hook (`device_map` dispatch with CPU or disk offload, `accelerate.cpu_offload`, the pipelines'
+    `enable_model_cpu_offload` / `enable_sequential_cpu_offload`) runs before the method and after it: it moves the
+    module (or its own parameters, such as `UniFlowModel`'s position embeddings, which no submodule's `forward`
+    uses) and the inputs to the execution device, then offloads them again and moves the output back to the
+    inputs' device.
+
+    FSDP2 (`fully_shard`) gathers a module's sharded parameters only around `forward` and the methods registered
+    with `register_fsdp_forward_method`: on a sharded module, the method registers itself on its first call.
+
+    The decorated method must not call another decorated method of the same module, nor the module's own `forward`:
+    the hooks would run nested."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if name not in vars(self) and _is_fsdp_module(self):
+            from torch.distributed.fsdp import register_fsdp_forward_method
+
+            register_fsdp_forward_method(self, name)  # sets `self.<name>`: FSDP's hooks around this wrapper
+            return getattr(self, name)(*args, **kwargs)
+        hook = getattr(self, "_hf_hook", None)
+        if hook is None:
+            return method(self, *args, **kwargs)
+        args, kwargs = hook.pre_forward(self, *args, **kwargs)
+        return hook.post_forward(self, method(self, *args, **kwargs))
+
+    return wrapper
+
+
+def _is_fsdp_module(module: nn.Module) -> bool:
+    """Whether FSDP2's `fully_shard` was applied to `module` itself."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
 
 
 def _resolve_hidden_state_indices(forward):
@@ -687,6 +729,7 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
             self.latent_unproj(self.latent_proj(last_hidden_state))
         return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=last_hidden_state[:, 0])
 
+    @apply_forward_hooks
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> latents (B, H/p · W/p, latent_channels), as `UniFlowModel.encode` (latent head only)."""
         if not self.has_latent_head:
@@ -694,7 +737,8 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
                 "This UniFlowVisionModel has no latent head: build it with `vision_feature_source='latent'` (e.g. "
                 "`UniFlowVisionModel.from_pretrained(folder, vision_feature_source='latent')` on a UniFlowModel folder)."
             )
-        last_hidden_state = self(pixel_values=pixel_values, output_hidden_states=False, return_dict=True).last_hidden_state
+        _check_pixel_values(pixel_values, self.config)
+        last_hidden_state = self.encoder(self.embeddings(pixel_values))
         return self.latent_proj(last_hidden_state[:, 1:])
 
     @classmethod
@@ -704,12 +748,16 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
         Weights the checkpoint lacks are an error, unless `initialize_missing_weights=True` (to grow a model: more
         blocks than the checkpoint, or `from_pretrained(None, config=..., state_dict=...)`): they are then
         initialised by `_init_weights` and reported (a warning, and `missing_keys` of `output_loading_info=True`)."""
-        return _from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
+        return from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
 
 
 class UniFlowModel(UniFlowPreTrainedModel):
     """The UniFlow tokenizer: `encode` images to (B, N, latent_channels) latents, `decode` latents to images with
-    the patch flow head, `reconstruct` both; `forward` in training returns the flow and distillation losses."""
+    the patch flow head, `reconstruct` both; `forward` in training returns the flow and distillation losses.
+
+    `encode` and `decode` run under the hooks wrappers attach to `forward` (`apply_forward_hooks`): Accelerate's
+    offload (`device_map` with CPU/disk offload, `cpu_offload`, the pipelines' model and sequential CPU offload) and
+    FSDP2 (`fully_shard`; they register themselves as its forward methods)."""
 
     # transformers matches `_keys_to_ignore_on_save` exactly (not as patterns): `enable_distillation` adds the
     # teacher's keys, so neither `save_pretrained` nor Trainer checkpoints write the teacher.
@@ -740,7 +788,7 @@ class UniFlowModel(UniFlowPreTrainedModel):
         Weights the checkpoint lacks are an error, unless `initialize_missing_weights=True` (to grow a model: more
         blocks than the checkpoint, or `from_pretrained(None, config=..., state_dict=...)`): they are then
         initialised by `_init_weights` and reported (a warning, and `missing_keys` of `output_loading_info=True`)."""
-        return _from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
+        return from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
 
     def get_input_embeddings(self) -> nn.Module:
         """The encoder's patch embedding (for a foreign encoder, what its own `get_input_embeddings` returns)."""
@@ -831,6 +879,7 @@ class UniFlowModel(UniFlowPreTrainedModel):
         features = last_hidden_state[:, -grid[0] * grid[1] :]  # drop CLS (and register) tokens
         return features, grid, outputs.hidden_states if output_hidden_states else None
 
+    @apply_forward_hooks
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) in the processor's normalised space -> latents (B, H/p · W/p, latent_channels)."""
         features, _, _ = self.encoder_forward(pixel_values)
@@ -870,6 +919,7 @@ class UniFlowModel(UniFlowPreTrainedModel):
             )
         return height // p, width // p
 
+    @apply_forward_hooks
     @torch.no_grad()
     def decode(
         self,
@@ -886,6 +936,10 @@ class UniFlowModel(UniFlowPreTrainedModel):
         one generator per image when a list) to data by Euler steps over the time grid of `config.sampling_schedule`:
         `num_inference_steps` of them (`config.num_sampling_steps` when `None`; the release decodes in 1 step).
         `height`/`width` (pixels) are needed only for non-square grids."""
+        return self._decode(latents, noise, generator, num_inference_steps, height, width)
+
+    def _decode(self, latents, noise, generator, num_inference_steps, height, width) -> torch.Tensor:
+        """`decode` without the wrappers' hooks, for `forward` (whose own hooks have run)."""
         grid = self._latent_grid(latents, height, width)
         batch, num_tokens, _ = latents.shape
         patch_dim = self.config.patch_dim
@@ -1000,9 +1054,8 @@ class UniFlowModel(UniFlowPreTrainedModel):
         latents = self.latent_proj(features)
         encoder_hidden_states = hidden_states if output_hidden_states else None
         if not compute_loss:
-            reconstruction = self.decode(
-                latents, generator=generator, noise=noise, height=pixel_values.shape[-2], width=pixel_values.shape[-1]
-            )
+            with torch.no_grad():
+                reconstruction = self._decode(latents, noise, generator, None, *pixel_values.shape[-2:])
             output = UniFlowModelOutput(latents, reconstruction, encoder_hidden_states)
             return output if return_dict else output.to_tuple()
 
@@ -1088,257 +1141,7 @@ class UniFlowForImageClassification(UniFlowPreTrainedModel):
         Weights the checkpoint lacks are an error, unless `initialize_missing_weights=True` (to grow a model: more
         blocks than the checkpoint, or `from_pretrained(None, config=..., state_dict=...)`): they are then
         initialised by `_init_weights` and reported (a warning, and `missing_keys` of `output_loading_info=True`)."""
-        return _from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
-
-
-# model[.variant][-00001-of-00002].safetensors and model[.variant].safetensors.index.json
-_SAFETENSORS_WEIGHTS_FILE = r"model(?P<variant>\.[^.-]+)?(?:-\d{5}-of-\d{5})?\.safetensors(?:\.index\.json)?"
-
-
-def _move_saved_files(staging: str, save_directory: str) -> None:
-    """Move a finished save from `staging` into `save_directory` (each file atomically, config.json last), then
-    delete the safetensors weight files of the same variant that the new save did not write."""
-    import os
-    import re
-    import shutil
-
-    new_names = sorted(os.listdir(staging), key=lambda name: name == "config.json")
-    new_variants = {
-        match["variant"] for name in new_names if (match := re.fullmatch(_SAFETENSORS_WEIGHTS_FILE, name))
-    }
-    stale = [
-        name
-        for name in os.listdir(save_directory)
-        if name not in new_names
-        and (match := re.fullmatch(_SAFETENSORS_WEIGHTS_FILE, name))
-        and match["variant"] in new_variants
-    ]
-    for name in new_names:
-        target = os.path.join(save_directory, name)
-        if os.path.isdir(target) and not os.path.islink(target):
-            shutil.rmtree(target)
-        os.replace(os.path.join(staging, name), target)
-    for name in stale:
-        os.remove(os.path.join(save_directory, name))
-
-
-def _staging_owner_tag() -> str:
-    """`<pid>-<host hash>`: names the process that owns a staging folder, so that later saves can tell abandoned
-    staging folders from those of saves still running."""
-    import os
-    import socket
-    import zlib
-
-    return f"{os.getpid()}-{zlib.crc32(socket.gethostname().encode()):08x}"
-
-
-def _remove_abandoned_staging_folders(save_directory: str) -> None:
-    """Delete the staging folders of saves of `save_directory` whose process is gone (killed midway): those beside
-    it (`.NAME.saving-<pid>-<host>-*`) and in it (`.saving-<pid>-<host>-*`). Only folders made on this machine are
-    judged (a process id means nothing on another host), and only on POSIX, where `os.kill(pid, 0)` probes a
-    process without signalling it."""
-    import os
-    import re
-    import shutil
-
-    if os.name != "posix":
-        return
-    host = _staging_owner_tag().split("-")[1]
-    owned = re.compile(r"\.saving-(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-[^/]+")
-    candidates = [
-        (os.path.dirname(save_directory), f".{os.path.basename(save_directory)}"),
-        (save_directory, ""),
-    ]
-    for folder, name_prefix in candidates:
-        if not os.path.isdir(folder):
-            continue
-        for name in os.listdir(folder):
-            match = owned.fullmatch(name[len(name_prefix) :]) if name.startswith(name_prefix) else None
-            if match is None or match["host"] != host or _process_is_running(int(match["pid"])):
-                continue
-            path = os.path.join(folder, name)
-            if os.path.isdir(path) and not os.path.islink(path):
-                logger.info(f"Removing {path}, left by a save that was killed (process {match['pid']} is gone).")
-                shutil.rmtree(path, ignore_errors=True)
-
-
-def _process_is_running(pid: int) -> bool:
-    import os
-
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, owned by another user
-        return True
-    return True
-
-
-def _weights_dtype(path: str) -> str | None:
-    """The safetensors dtype ("F32", "F16", "BF16"...) of the first floating tensor of a weights file, read from
-    its header."""
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as handle:
-        dtypes = (handle.get_slice(name).get_dtype() for name in handle.keys())
-        return next((dtype for dtype in dtypes if dtype.startswith(("F", "BF"))), None)
-
-
-def _unpin_dtype_of_mixed_folder(staging: str, save_directory: str) -> None:
-    """Drop `dtype` from the new `config.json` in `staging` when `save_directory` keeps weights (of another variant)
-    in another dtype than the new ones: one `config.json` serves every variant, and a pinned dtype would cast them
-    all to it (`from_pretrained`'s default `dtype="auto"` reads the config first, then the weights)."""
-    import json
-    import os
-    import re
-
-    def weight_files(folder):  # {variant: [weights files]}, index files aside
-        files = {}
-        for name in os.listdir(folder):
-            if name.endswith(".safetensors") and (match := re.fullmatch(_SAFETENSORS_WEIGHTS_FILE, name)):
-                files.setdefault(match["variant"], []).append(os.path.join(folder, name))
-        return files
-
-    new_files = weight_files(staging)
-    # Files of the variants saved now are overwritten or removed by `_move_saved_files`; the others stay.
-    kept = [path for variant, paths in weight_files(save_directory).items() if variant not in new_files for path in paths]
-    new_dtypes = {_weights_dtype(path) for paths in new_files.values() for path in paths}
-    config_file = os.path.join(staging, "config.json")
-    if not os.path.isfile(config_file) or {_weights_dtype(path) for path in kept} <= new_dtypes:
-        return
-    with open(config_file, encoding="utf-8") as handle:
-        config = json.load(handle)
-    config.pop("dtype", None)
-    with open(config_file, "w", encoding="utf-8") as handle:
-        json.dump(config, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-
-
-def _refuse_pickled_only_folder(folder: str) -> None:
-    """Raise if a local `folder` holds pickled weights but no safetensors ones (loading a pickle can run code)."""
-    import os
-
-    if not os.path.isdir(folder):
-        return
-    names = os.listdir(folder)
-    if any(name.endswith((".safetensors", ".safetensors.index.json")) for name in names):
-        return
-    # What transformers would unpickle: pytorch_model.bin, its shards and their index.
-    pickled = sorted(name for name in names if name.startswith("pytorch_model") and ".bin" in name)
-    if pickled:
-        raise OSError(
-            f"{folder} holds only pickled weights ({', '.join(pickled)}), no model.safetensors. Unpickling can run "
-            "arbitrary code, so uniflow-hf loads safetensors only by default. If you trust these files, pass "
-            "`use_safetensors=False` explicitly (then re-save the model: `save_pretrained` writes safetensors)."
-        )
-
-
-def _local_checkpoint_keys(folder: str, variant: str | None) -> list[str] | None:
-    """Parameter names in the safetensors weights of a local `folder` (headers only), or None if it has none."""
-    import json
-    import os
-
-    from safetensors import safe_open
-
-    suffix = f".{variant}" if variant else ""
-    index_file = os.path.join(folder, f"model{suffix}.safetensors.index.json")
-    weights_file = os.path.join(folder, f"model{suffix}.safetensors")
-    if os.path.isfile(weights_file):
-        with safe_open(weights_file, framework="pt") as handle:
-            return list(handle.keys())
-    if os.path.isfile(index_file):
-        with open(index_file, encoding="utf-8") as handle:
-            return list(json.load(handle)["weight_map"])
-    return None
-
-
-def _unexpected_decoder_keys(model, folder: str, key_mapping: dict, variant: str | None) -> set[str]:
-    """Decoder-side checkpoint parameters (after `key_mapping`) that `model` has no place for.
-
-    transformers merges a sub-model's `_keys_to_ignore_on_load_unexpected` into its parent's, so a `UniFlowModel`
-    with our own tower inherits the tower's "ignore the decoder keys" and would silently drop, e.g., the weights of
-    extra flow-head blocks. This finds those keys in the (local, safetensors) checkpoint; the decoder has no weight
-    conversions, so renaming with `key_mapping` is exact for them."""
-    import re
-
-    from transformers.core_model_loading import WeightRenaming, rename_source_key
-
-    if isinstance(model, UniFlowVisionModel) or not isinstance(getattr(model, "vision_model", None), UniFlowVisionModel):
-        return set()
-    keys = _local_checkpoint_keys(folder, variant) or []
-    renamings = [WeightRenaming(source_patterns=source, target_patterns=target) for source, target in key_mapping.items()]
-    leaked = [re.compile(pattern) for pattern in UniFlowVisionModel._keys_to_ignore_on_load_unexpected]
-    expected = set(model.state_dict())
-    renamed_keys = (rename_source_key(key, renamings, [])[0] for key in keys)
-    return {key for key in renamed_keys if key not in expected and any(pattern.search(key) for pattern in leaked)}
-
-
-def _from_pretrained_with_key_mapping(parent, cls, pretrained_model_name_or_path, *model_args, **kwargs):
-    """`from_pretrained` that maps official (or sibling-class) parameter names, refuses to random-initialise weights
-    the folder lacks or to drop weights it has no place for, and saves with our own names (never reverting to the
-    names it loaded). Pickled weights (`pytorch_model.bin`) load only with an explicit `use_safetensors=False`.
-
-    `initialize_missing_weights=True` is the opt-in for growing a model (a checkpoint loaded into a config with
-    more global blocks or flow-head blocks, or `from_pretrained(None, config=..., state_dict=...)` with part of the
-    weights): the weights the checkpoint lacks are initialised by `_init_weights`, as in a new model, and reported
-    in a warning and in `output_loading_info`'s `missing_keys`."""
-    import os
-    import re
-
-    kwargs.setdefault("key_mapping", dict(cls._checkpoint_key_mapping))
-    wants_info = kwargs.pop("output_loading_info", False)
-    initialize_missing_weights = kwargs.pop("initialize_missing_weights", False)
-    folder = os.fspath(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else ""
-    if kwargs.get("subfolder"):
-        folder = os.path.join(folder, kwargs["subfolder"])
-    if os.path.isdir(folder) and kwargs.get("config") is None and not os.path.isfile(os.path.join(folder, "config.json")):
-        # transformers would silently build the default (448 px, 24-layer) config instead.
-        raise OSError(f"{folder} has no config.json: it is not a saved {cls.__name__} folder.")
-    if kwargs.get("use_safetensors") is None:
-        _refuse_pickled_only_folder(folder)
-        kwargs["use_safetensors"] = True
-    model, info = parent.from_pretrained.__func__(
-        cls, pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
-    )
-    new_head = getattr(cls, "_new_head_keys", None)  # a head that may be newly initialised (transformers reports it)
-    missing = [
-        key for key in info["missing_keys"]
-        if not key.startswith("distillation_teacher.") and not (new_head and re.match(new_head, key))
-    ]
-    source = pretrained_model_name_or_path if pretrained_model_name_or_path is not None else "The given state_dict"
-    if missing and not initialize_missing_weights:
-        raise ValueError(
-            f"{source} does not hold weights for {len(missing)} parameters of {cls.__name__} (e.g. "
-            f"{sorted(missing)[:5]}): its weights don't match its config. Refusing to initialise them randomly; check "
-            "the folder, or, to grow a model on purpose (e.g. more global blocks than the checkpoint), pass "
-            "`initialize_missing_weights=True`."
-        )
-    if missing:
-        # transformers skips the model-level `_init_weights` (the flow head's zero-initialised layers, the decoder
-        # position embeddings) of a model outside the library whose own parameters were loaded; run it here. The
-        # `init` functions leave the loaded parameters (flagged `_is_hf_initialized`) alone.
-        with torch.no_grad():
-            model._init_weights(model)
-        logger.warning(
-            f"{source} does not hold weights for {len(missing)} parameters of {cls.__name__}; initialised by "
-            f"`_init_weights` (`initialize_missing_weights=True`): {sorted(missing)}"
-        )
-    # The tower loads from folders holding more than itself (a UniFlowModel, a classifier) and leaves the rest, with
-    # transformers' load report; the full model must use every weight of its folder.
-    takes_encoder_only = isinstance(model, (UniFlowVisionModel, UniFlowForImageClassification))
-    unexpected = set() if takes_encoder_only else set(info["unexpected_keys"])
-    if not takes_encoder_only and os.path.isdir(folder) and kwargs.get("use_safetensors") is not False:
-        unexpected |= _unexpected_decoder_keys(model, folder, kwargs["key_mapping"], kwargs.get("variant"))
-    if unexpected:
-        raise ValueError(
-            f"{pretrained_model_name_or_path} holds {len(unexpected)} weights that {cls.__name__} has no place for "
-            f"(e.g. {sorted(unexpected)[:5]}): its weights don't match its config.json (e.g. more blocks than the "
-            "config says). Refusing to drop them silently; check the folder's config.json."
-        )
-    model._weight_conversions = []
-    return (model, info) if wants_info else model
+        return from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
 
 
 __all__ = [
@@ -1350,5 +1153,4 @@ __all__ = [
     "UniFlowForImageClassification",
     "patchify",
     "unpatchify",
-    "OFFICIAL_TO_HF_KEY_MAPPING",
 ]

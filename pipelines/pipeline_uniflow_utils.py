@@ -37,6 +37,23 @@ class UniFlowPipelineMixin:
         if hasattr(type(value), "from_pretrained") and name in self.__dict__.get("_internal_dict", {}):
             self.register_to_config(**{name: component_library_tuple(value)})
 
+    def enable_sequential_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str | None = None):
+        """`DiffusionPipeline.enable_sequential_cpu_offload`, which also works with `device="cpu"`. diffusers names
+        the execution device with an index (`cpu:0`); torch copies a CPU parameter moved to `cpu:0` into a plain
+        tensor, which Accelerate then fails to offload after the module's forward ("new() received an invalid
+        combination of arguments"). On the CPU the hooks therefore execute on `cpu`."""
+        super().enable_sequential_cpu_offload(gpu_id=gpu_id, device=device)
+        if self._offload_device.type != "cpu":
+            return
+        for component in self.components.values():
+            if not isinstance(component, torch.nn.Module):
+                continue
+            for module in component.modules():
+                hook = getattr(module, "_hf_hook", None)
+                for hook in getattr(hook, "hooks", [hook]):  # a `SequentialHook` holds several
+                    if getattr(hook, "execution_device", None) is not None:
+                        hook.execution_device = torch.device("cpu")
+
     @property
     def processor(self):
         """The `image_processor` component, or, where it is absent (it is optional: `pipe.image_processor = None`),

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from uniflow_hf import UniFlowConfig, UniFlowModel, UniFlowVisionModel
-from uniflow_hf.modeling.modeling_uniflow import OFFICIAL_TO_HF_KEY_MAPPING, patchify, unpatchify
+from uniflow_hf.modeling import OFFICIAL_TO_HF_KEY_MAPPING, patchify, unpatchify
 
 from conftest import FIXTURES, SHARED_FIXTURES, TINY_CONFIG
 
