@@ -29,6 +29,7 @@ from transformers.utils import logging
 
 from .modeling import UniFlowConfig, UniFlowImageProcessor, UniFlowModel
 from .modeling.flow_matching import draw_flow_training_inputs
+from .modeling.loss_uniflow import process_rank_and_world_size, reduce_across_processes
 
 
 logger = logging.get_logger(__name__)
@@ -292,13 +293,17 @@ class UniFlowTrainer(Trainer):
         (self._train_parts if model.training else self._eval_parts).add(loss_parts(outputs))
         return (loss, outputs) if return_outputs else loss
 
-    def _reduce_across_processes(self, values: torch.Tensor) -> torch.Tensor:
-        return self.accelerator.reduce(values.to(self.args.device), reduction="mean").cpu()
+    def _mean_across_processes(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean over the processes of the default `torch.distributed` group, the group the model averages the
+        distillation's α over: the logs then agree with the model under DDP, FSDP and DeepSpeed alike (accelerate's
+        own process count can be 1 while the group holds several, e.g. DeepSpeed on a machine without GPUs, which
+        doubled the logged values of 2 processes)."""
+        return reduce_across_processes(values.to(self.args.device)).cpu()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Training logs carry "loss" and are emitted by every process at the same step, so averaging is safe there.
         if "loss" in logs:
-            logs.update(self._train_parts.pop(self._reduce_across_processes))
+            logs.update(self._train_parts.pop(self._mean_across_processes))
         super().log(logs, start_time)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -314,7 +319,7 @@ class UniFlowTrainer(Trainer):
             ignore_keys=ignore_keys,
             metric_key_prefix=metric_key_prefix,
         )
-        for name, value in self._eval_parts.pop(self._reduce_across_processes).items():
+        for name, value in self._eval_parts.pop(self._mean_across_processes).items():
             output.metrics[f"{metric_key_prefix}_{name}"] = value
         return output
 
