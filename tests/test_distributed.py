@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import REPO_ROOT, TINY_CONFIG, training_args
 
@@ -51,15 +52,18 @@ def build_dataset():
     return datasets.Dataset.from_dict({"image": images}).cast_column("image", datasets.Image())
 
 
-def train(output_dir, per_device_batch):
-    """3 SGD steps (a linear optimizer, so that the comparison measures the gradients, not Adam's normalisation)."""
+def train(output_dir, per_device_batch, stream=False):
+    """3 SGD steps (a linear optimizer, so that the comparison measures the gradients, not Adam's normalisation);
+    `stream`: from the images as a one-shard `datasets.IterableDataset`, which 2 processes split example by example
+    (process r reads samples r, r + 2...: each global batch is the single process's batch)."""
     from uniflow_hf.training import train_tokenizer
 
     args = training_args(
         output_dir, per_device_train_batch_size=per_device_batch, max_steps=NUM_STEPS, optim="sgd",
         learning_rate=0.2, lr_scheduler_type="constant",
     )
-    return train_tokenizer(build_model(), build_dataset(), args, save_model=False)
+    dataset = build_dataset().to_iterable_dataset(num_shards=1) if stream else build_dataset()
+    return train_tokenizer(build_model(), dataset, args, save_model=False)
 
 
 def free_port():
@@ -81,9 +85,10 @@ def torchrun(mode, output_dir, *args, environment=None):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 
 
-def test_two_processes_reach_the_weights_of_one(tmp_path):
+@pytest.mark.parametrize("data", ["map_style", "stream"])
+def test_two_processes_reach_the_weights_of_one(tmp_path, data):
     torch.set_num_threads(1)
-    torchrun("train", tmp_path / "ddp", GLOBAL_BATCH // 2)
+    torchrun("train", tmp_path / "ddp", GLOBAL_BATCH // 2, data)
     report = json.loads((tmp_path / "ddp" / "report.json").read_text())
     assert report["world_size"] == 2
 
@@ -119,8 +124,8 @@ def test_logs_average_over_the_group_the_model_reduces_over(tmp_path):
         assert log["flow_loss"] == 1.5 and log["distill_cos/layer_01"] == 0.25 and log["loss"] == 0.0
 
 
-def train_worker(output_dir, per_device_batch):
-    trainer = train(output_dir, int(per_device_batch))
+def train_worker(output_dir, per_device_batch, data):
+    trainer = train(output_dir, int(per_device_batch), stream=data == "stream")
     if trainer.is_world_process_zero():
         from safetensors.torch import save_file
 

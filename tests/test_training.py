@@ -19,6 +19,7 @@ from uniflow_hf import UniFlowConfig, UniFlowImageProcessor, UniFlowModel
 from uniflow_hf.cli import main as cli_main
 from uniflow_hf.training import (
     UniFlowImageTransform,
+    UniFlowIterableTrainingDataset,
     UniFlowTrainingDataset,
     apply_lora,
     lora_target_modules,
@@ -132,6 +133,48 @@ def test_resume_continues_like_an_unbroken_run(tmp_path):
             assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-9), (key, step)
     for (name, a), b in zip(unbroken.model.named_parameters(), resumed.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_a_stream_trains_as_the_map_style_dataset_read_in_order(tmp_path):
+    """A `datasets.IterableDataset` (2 shards, 6 images) keys its draws by the running position in the stream: 4
+    steps of batch 2 (one pass and a bit, so the second epoch reshuffles nothing but draws afresh) give the same
+    losses and weights as the map-style dataset read in order; a resume from step 2 continues on them."""
+    args = dict(per_device_train_batch_size=2, max_steps=4, train_sampling_strategy="sequential")
+    images = image_dataset(6)
+    in_order = train_tokenizer(tiny_model(), images, training_args(tmp_path / "map", **args), save_model=False)
+    stream = images.to_iterable_dataset(num_shards=2)
+    streamed = train_tokenizer(
+        tiny_model(), stream, training_args(tmp_path / "stream", save_strategy="steps", save_steps=2, **args),
+        save_model=False,
+    )  # fmt: skip
+    for key in ("loss", "flow_loss", "distillation_loss"):
+        assert sorted(logged(streamed, key)) == [1, 2, 3, 4]
+        assert logged(streamed, key) == pytest.approx(logged(in_order, key), rel=1e-5), key
+    for (name, a), b in zip(in_order.model.named_parameters(), streamed.model.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7, msg=name)
+
+    resumed = train_tokenizer(
+        tiny_model(), images.to_iterable_dataset(num_shards=2), training_args(tmp_path / "resumed", **args),
+        resume_from_checkpoint=str(tmp_path / "stream" / "checkpoint-2"), save_model=False,
+    )  # fmt: skip
+    for step in (3, 4):
+        assert logged(resumed, "loss")[step] == pytest.approx(logged(streamed, "loss")[step], rel=1e-5)
+
+
+def test_stream_positions_and_errors():
+    config = UniFlowConfig(**TINY_CONFIG)
+    stream = UniFlowIterableTrainingDataset(image_dataset(3).to_iterable_dataset(), config, seed=5)
+    items = list(stream)
+    rows = UniFlowTrainingDataset(image_dataset(3), config, seed=5)
+    assert len(items) == 3 and all(torch.equal(items[i]["noise"], rows[i]["noise"]) for i in range(3))
+    stream.set_epoch(1)
+    assert not torch.equal(next(iter(stream))["noise"], items[0]["noise"])
+    with pytest.raises(TypeError, match="wrap it with `UniFlowIterableTrainingDataset`"):
+        UniFlowTrainingDataset(image_dataset(2).to_iterable_dataset(), config)
+    with pytest.raises(TypeError, match="Expected a `datasets.IterableDataset`"):
+        UniFlowIterableTrainingDataset(image_dataset(2), config)
+    with pytest.raises(ValueError, match="Sample 0 of the stream of the dataset has no 'image' column"):
+        next(iter(UniFlowIterableTrainingDataset(datasets.IterableDataset.from_generator(lambda: iter([{"img": 1}])), config)))
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
