@@ -4,13 +4,14 @@ run on real photos."""
 
 import json
 import re
+from collections import Counter
 
 import datasets
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_CONFIG, pretrained_tiny_model, training_args
+from conftest import REPO_ROOT, TINY_CONFIG, pretrained_tiny_model, training_args
 from PIL import Image
 from safetensors import safe_open
 from transformers import CLIPVisionConfig, CLIPVisionModel, Trainer, default_data_collator
@@ -319,6 +320,43 @@ def test_bad_datasets_give_clear_errors(tmp_path):
         UniFlowTrainingDataset(image_dataset(2), config, processor=odd_processor)
     with pytest.raises(TypeError, match="pass one split"):
         UniFlowTrainingDataset(datasets.DatasetDict({"train": image_dataset(2)}), config)
+
+
+# ------------------------------------------------------------------------------------------- sharded training
+def test_fsdp2_example_config_wraps_each_no_split_layer():
+    """examples/accelerate/fsdp2.yaml auto-wraps by the model's `_no_split_modules`: each names a class the model
+    instantiates, and the policy accelerate builds from the config makes one FSDP unit of each such layer (student and
+    teacher encoder layers, global blocks, flow head; in LLaVA, the tower's and the language model's layers). The
+    sharded run itself needs GPUs (tests/test_cuda.py)."""
+    import yaml
+    from accelerate import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    example = yaml.safe_load((REPO_ROOT / "examples" / "accelerate" / "fsdp2.yaml").read_text())["fsdp_config"]
+    assert example["fsdp_version"] == 2 and "fsdp_transformer_layer_cls_to_wrap" not in example
+    plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=example["fsdp_version"],
+        auto_wrap_policy=example["fsdp_auto_wrap_policy"].lower(),
+        reshard_after_forward=example["fsdp_reshard_after_forward"],
+        state_dict_type=example["fsdp_state_dict_type"],
+    )
+
+    def wrapped_units(model):
+        policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
+        return Counter(type(module).__name__ for module in model.modules() if policy(module))
+
+    model = tiny_model()
+    model.enable_distillation()
+    assert set(model._no_split_modules) <= {type(module).__name__ for module in model.modules()}
+    layers, blocks = TINY_CONFIG["num_hidden_layers"], TINY_CONFIG["num_global_blocks"]
+    assert wrapped_units(model) == {
+        "UniFlowEncoderLayer": 2 * layers, "UniFlowVisionEmbeddings": 2, "UniFlowGlobalBlock": blocks, "UniFlowFlowHead": 1,
+    }  # fmt: skip
+
+    text = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    llava = LlavaForConditionalGeneration(LlavaConfig(vision_config=UniFlowConfig(**TINY_CONFIG), text_config=text))
+    assert wrapped_units(llava) == {"UniFlowEncoderLayer": layers, "UniFlowVisionEmbeddings": 1, "LlamaDecoderLayer": 2}
 
 
 # --------------------------------------------------------------------------------------------------------- CLI

@@ -530,7 +530,9 @@ def train_tokenizer(
     - `lora_config`: a `peft.LoraConfig` to train adapters only (see `lora_target_modules` / `apply_lora`).
     - `resume_from_checkpoint`: a checkpoint folder or True (latest in `output_dir`); default
       `training_args.resume_from_checkpoint`. Build `model` as for the first run: the teacher is never saved.
-    - `save_model`: save the final model (or adapters) and the processor to `training_args.output_dir`.
+    - `save_model`: save the final model (or adapters) and the processor to `training_args.output_dir`; under FSDP
+      the full state dict is gathered for it (whatever `fsdp_state_dict_type` the checkpoints use), and under
+      DeepSpeed ZeRO-3 the config's `stage3_gather_16bit_weights_on_model_save` does the same (examples/).
 
     Returns the trainer (`trainer.model`, `trainer.state.log_history`...).
     """
@@ -581,6 +583,8 @@ def train_tokenizer(
         resume_from_checkpoint = training_args.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     if save_model:
+        if trainer.is_fsdp_enabled:  # checkpoints may be sharded; the model is gathered for `from_pretrained`
+            trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
         trainer.save_model()
     return trainer
 
