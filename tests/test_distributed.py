@@ -2,8 +2,9 @@
 
 `torchrun --nproc_per_node 2` (gloo on CPU, per-device batch 2) and one process (batch 4) train the same model on
 the same 4 images for 3 steps and must end with the same weights. That holds because every random draw of a
-sample (augmentation, flow noise, timesteps) is keyed by (seed, epoch, sample index) in `UniFlowTrainingDataset`,
-the distillation teacher is the same starting encoder in every process, the adaptive layer weights use α averaged
+sample (augmentation, flow noise, timesteps) is keyed by (seed, epoch, sample index) in `UniFlowTrainingDataset`
+(by the position in the stream in `UniFlowIterableTrainingDataset`, whose processes read their own part), the
+distillation teacher is the same starting encoder in every process, the adaptive layer weights use α averaged
 over the processes, and `drop_path_rate` is 0. The student starts away from its teacher with a large β, so that
 per-process layer weights would visibly differ.
 
@@ -52,17 +53,21 @@ def build_dataset():
     return datasets.Dataset.from_dict({"image": images}).cast_column("image", datasets.Image())
 
 
-def train(output_dir, per_device_batch, stream=False):
-    """3 SGD steps (a linear optimizer, so that the comparison measures the gradients, not Adam's normalisation);
-    `stream`: from the images as a one-shard `datasets.IterableDataset`, which 2 processes split example by example
-    (process r reads samples r, r + 2...: each global batch is the single process's batch)."""
+def train(output_dir, per_device_batch, data="map_style"):
+    """3 SGD steps (a linear optimizer, so that the comparison measures the gradients, not Adam's normalisation) on
+    the images as `data`: "map_style"; "stream", a one-shard `datasets.IterableDataset`, which 2 processes split
+    example by example (process r reads samples r, r + 2...: each global batch is the single process's batch);
+    "stream_shards", two shards, one per process (process r reads shard r, its i-th sample at position 2i + r, so
+    shards [0, 1] and [2, 3] interleave as images 0, 2, 1, 3); "interleaved", the map-style images in that order."""
     from uniflow_hf.training import train_tokenizer
 
     args = training_args(
         output_dir, per_device_train_batch_size=per_device_batch, max_steps=NUM_STEPS, optim="sgd",
         learning_rate=0.2, lr_scheduler_type="constant",
     )
-    dataset = build_dataset().to_iterable_dataset(num_shards=1) if stream else build_dataset()
+    dataset = build_dataset().select([0, 2, 1, 3]) if data == "interleaved" else build_dataset()
+    if data.startswith("stream"):
+        dataset = dataset.to_iterable_dataset(num_shards=2 if data == "stream_shards" else 1)
     return train_tokenizer(build_model(), dataset, args, save_model=False)
 
 
@@ -85,14 +90,14 @@ def torchrun(mode, output_dir, *args, environment=None):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 
 
-@pytest.mark.parametrize("data", ["map_style", "stream"])
+@pytest.mark.parametrize("data", ["map_style", "stream", "stream_shards"])
 def test_two_processes_reach_the_weights_of_one(tmp_path, data):
     torch.set_num_threads(1)
     torchrun("train", tmp_path / "ddp", GLOBAL_BATCH // 2, data)
     report = json.loads((tmp_path / "ddp" / "report.json").read_text())
     assert report["world_size"] == 2
 
-    trainer = train(tmp_path / "single", per_device_batch=GLOBAL_BATCH)
+    trainer = train(tmp_path / "single", GLOBAL_BATCH, "interleaved" if data == "stream_shards" else "map_style")
     single = {name: parameter.detach() for name, parameter in trainer.model.named_parameters()}
     from safetensors.torch import load_file
 
@@ -125,7 +130,7 @@ def test_logs_average_over_the_group_the_model_reduces_over(tmp_path):
 
 
 def train_worker(output_dir, per_device_batch, data):
-    trainer = train(output_dir, int(per_device_batch), stream=data == "stream")
+    trainer = train(output_dir, int(per_device_batch), data)
     if trainer.is_world_process_zero():
         from safetensors.torch import save_file
 
