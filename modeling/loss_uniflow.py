@@ -1,10 +1,37 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
-"""UniFlow's training loss beyond the flow head's own MSE: layer-wise adaptive self-distillation."""
+"""UniFlow's training loss beyond the flow head's own MSE: layer-wise adaptive self-distillation, and the one
+reduction across processes that it, the training logs and the evaluation share (`reduce_across_processes`)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+
+def process_rank_and_world_size() -> tuple[int, int]:
+    """(rank, world size) in the default `torch.distributed` group, or (0, 1) without one.
+
+    The one source of the world that UniFlow's training and evaluation use, whatever launched them (`torchrun`,
+    `accelerate launch`, DeepSpeed, FSDP): the group the reductions actually run over. Accelerate's own count can
+    disagree with it (on a machine without an accelerator, `torchrun` without `--use-cpu` / `ACCELERATE_USE_CPU`
+    leaves its state at one process while the group holds all of them)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def reduce_across_processes(tensor: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """The sum or mean of `tensor` over the processes of the default `torch.distributed` group, detached (a copy;
+    `tensor` itself without a group). Every process must call it. The tensor must be on a device of the group's
+    backend (CUDA for NCCL)."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"`reduction` must be 'mean' or 'sum', got {reduction!r}.")
+    _, world_size = process_rank_and_world_size()
+    if world_size == 1:
+        return tensor.detach()
+    reduced = tensor.detach().clone()
+    torch.distributed.all_reduce(reduced)
+    return reduced / world_size if reduction == "mean" else reduced
 
 
 def adaptive_distillation_loss(
@@ -23,7 +50,7 @@ def adaptive_distillation_loss(
     `mode="uniform"` uses w_l = 1/L. Pass the L layer outputs (not the embeddings). Returns (loss, weights (L,)).
 
     `sync_across_processes=True` averages the (detached) α over the processes of the default `torch.distributed`
-    group before the weights are computed (a no-op without one): data-parallel training then weights the layers by
+    group (`reduce_across_processes`) before the weights are computed (a no-op without one): data-parallel training then weights the layers by
     the discrepancies of the global batch, as one process holding the whole batch would, instead of each rank
     by its own shard. Every process must then call this function (as every rank does in a training step).
     """
@@ -50,15 +77,11 @@ def adaptive_distillation_loss(
     if mode == "uniform":
         weights = torch.full_like(alphas, 1.0 / num_layers)
     else:
-        weight_alphas = alphas.detach()
-        if sync_across_processes and torch.distributed.is_available() and torch.distributed.is_initialized():
-            weight_alphas = weight_alphas.clone()
-            torch.distributed.all_reduce(weight_alphas)
-            weight_alphas = weight_alphas / torch.distributed.get_world_size()
+        weight_alphas = reduce_across_processes(alphas) if sync_across_processes else alphas.detach()
         depth = torch.arange(1, num_layers + 1, device=alphas.device, dtype=alphas.dtype) / num_layers
         weights = depth * torch.exp(beta * weight_alphas)
         weights = weights / weights.sum()
     return (weights * alphas).sum(), weights.detach()
 
 
-__all__ = ["adaptive_distillation_loss"]
+__all__ = ["adaptive_distillation_loss", "process_rank_and_world_size", "reduce_across_processes"]

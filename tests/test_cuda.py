@@ -22,7 +22,7 @@ from uniflow_hf import (
 )
 from uniflow_hf.metrics import peak_signal_noise_ratio
 
-from conftest import TINY_CONFIG, pretrained_tiny_model, training_args
+from conftest import REPO_ROOT, TINY_CONFIG, pretrained_tiny_model, training_args
 from test_generator_training import TINY_DIT, synthetic_dataset
 
 
@@ -269,3 +269,63 @@ def test_llava_with_uniflow_tower_in_bf16_on_cuda():
     assert model.model.vision_tower.dtype == torch.bfloat16
     assert relative_error(logits.float(), reference) < 5e-2
     assert generated.shape == (2, batch["input_ids"].shape[1] + 3)
+
+
+# ------------------------------------------------------------------- sharded training with the examples/ configs
+def launch_train_tokenizer(tmp_path, name, *launcher, extra=()):
+    """`accelerate launch [launcher] --num_processes 1 -m uniflow_hf.cli train-tokenizer` on 6 synthetic images for
+    3 float32 steps (checkpoint at step 2); returns the output folder and the logged steps."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    images = tmp_path / "images"
+    if not images.is_dir():
+        synthetic_dataset(per_class=2).save_to_disk(str(images))
+        (tmp_path / "config.json").write_text(json.dumps(TINY_CONFIG))
+    output = tmp_path / name
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "1",
+        "-m", "uniflow_hf.cli", "train-tokenizer", "--dataset", str(images), "--config", str(tmp_path / "config.json"),
+        "--output-dir", str(output), "--max-steps", "3", "--save-steps", "2", "--per-device-train-batch-size", "2",
+        "--logging-steps", "1", "--report-to", "none", "--seed", "0", "--disable-tqdm", "true", *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    state = json.loads((output / "checkpoint-2" / "trainer_state.json").read_text())
+    return output, [entry for entry in state["log_history"] if "flow_loss" in entry]
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory):
+    return launch_train_tokenizer(tmp_path_factory.mktemp("sharded"), "plain")
+
+
+@pytest.mark.parametrize(
+    "name, launcher, extra",
+    [
+        ("fsdp2", ["--config_file", "examples/accelerate/fsdp2.yaml", "--mixed_precision", "no"], []),
+        ("zero2", [], ["--deepspeed", "examples/deepspeed/zero2.json"]),
+        ("zero3", ["--config_file", "examples/accelerate/deepspeed_zero3.yaml"], []),
+    ],
+)
+def test_sharded_training_with_the_example_configs(plain_run, name, launcher, extra):
+    """Accelerate's FSDP2 plugin and DeepSpeed ZeRO-2/3 train the tokenizer from the example configs: the first
+    step's losses (before any update) equal the plain run's, so the logged values are neither doubled nor from
+    another batch, and the final model, gathered from the shards, loads with a plain `from_pretrained`."""
+    if name != "fsdp2":
+        pytest.importorskip("deepspeed")
+    plain_output, plain_logs = plain_run
+    output, logs = launch_train_tokenizer(plain_output.parent, name, *launcher, extra=extra)
+    assert [entry["step"] for entry in logs] == [entry["step"] for entry in plain_logs] == [1, 2]
+    for key in ("loss", "flow_loss", "distillation_loss", "distill_cos/layer_01", "distill_w/layer_03"):
+        assert logs[0][key] == pytest.approx(plain_logs[0][key], rel=1e-4), key
+    sharded, plain = UniFlowModel.from_pretrained(output), UniFlowModel.from_pretrained(plain_output)
+    initial = dict(UniFlowModel.from_pretrained(plain_output / "checkpoint-2").named_parameters())
+    for (parameter_name, parameter), reference in zip(sharded.named_parameters(), plain.parameters()):
+        assert parameter.shape == reference.shape and torch.isfinite(parameter).all(), parameter_name
+    assert any(not torch.equal(p, initial[n]) for n, p in sharded.named_parameters())  # step 3 was saved
+    pixel_values, noise = inputs()
+    assert torch.isfinite(sharded.eval().reconstruct(pixel_values, noise=noise)).all()

@@ -2,12 +2,14 @@
 
 `torchrun --nproc_per_node 2` (gloo on CPU, per-device batch 2) and one process (batch 4) train the same model on
 the same 4 images for 3 steps and must end with the same weights. That holds because every random draw of a
-sample (augmentation, flow noise, timesteps) is keyed by (seed, epoch, sample index) in `UniFlowTrainingDataset`,
-the distillation teacher is the same starting encoder in every process, the adaptive layer weights use α averaged
+sample (augmentation, flow noise, timesteps) is keyed by (seed, epoch, sample index) in `UniFlowTrainingDataset`
+(by the position in the stream in `UniFlowIterableTrainingDataset`, whose processes read their own part), the
+distillation teacher is the same starting encoder in every process, the adaptive layer weights use α averaged
 over the processes, and `drop_path_rate` is 0. The student starts away from its teacher with a large β, so that
 per-process layer weights would visibly differ.
 
-Run as a script (by the test, through torchrun): `python tests/test_distributed.py OUTPUT_DIR PER_DEVICE_BATCH`.
+Run as a script (by the tests, through torchrun): `python tests/test_distributed.py MODE OUTPUT_DIR [ARGS]`, MODE
+one of the `WORKERS` below.
 """
 
 import json
@@ -17,8 +19,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
-from conftest import TINY_CONFIG, training_args
+from conftest import REPO_ROOT, TINY_CONFIG, training_args
 
 
 NUM_STEPS = 3
@@ -50,15 +53,22 @@ def build_dataset():
     return datasets.Dataset.from_dict({"image": images}).cast_column("image", datasets.Image())
 
 
-def train(output_dir, per_device_batch):
-    """3 SGD steps (a linear optimizer, so that the comparison measures the gradients, not Adam's normalisation)."""
+def train(output_dir, per_device_batch, data="map_style"):
+    """3 SGD steps (a linear optimizer, so that the comparison measures the gradients, not Adam's normalisation) on
+    the images as `data`: "map_style"; "stream", a one-shard `datasets.IterableDataset`, which 2 processes split
+    example by example (process r reads samples r, r + 2...: each global batch is the single process's batch);
+    "stream_shards", two shards, one per process (process r reads shard r, its i-th sample at position 2i + r, so
+    shards [0, 1] and [2, 3] interleave as images 0, 2, 1, 3); "interleaved", the map-style images in that order."""
     from uniflow_hf.training import train_tokenizer
 
     args = training_args(
         output_dir, per_device_train_batch_size=per_device_batch, max_steps=NUM_STEPS, optim="sgd",
         learning_rate=0.2, lr_scheduler_type="constant",
     )
-    return train_tokenizer(build_model(), build_dataset(), args, save_model=False)
+    dataset = build_dataset().select([0, 2, 1, 3]) if data == "interleaved" else build_dataset()
+    if data.startswith("stream"):
+        dataset = dataset.to_iterable_dataset(num_shards=2 if data == "stream_shards" else 1)
+    return train_tokenizer(build_model(), dataset, args, save_model=False)
 
 
 def free_port():
@@ -67,20 +77,27 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def test_two_processes_reach_the_weights_of_one(tmp_path):
-    torch.set_num_threads(1)
+def torchrun(mode, output_dir, *args, environment=None):
+    """Run `mode`'s worker in 2 processes (gloo on CPU) importing this checkout; fail with their output."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    env.update(PYTHONPATH=str(REPO_ROOT), **(environment or {}))  # the workers' sys.path starts at tests/
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
         "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-        __file__, str(tmp_path / "ddp"), str(GLOBAL_BATCH // 2),
+        __file__, mode, str(output_dir), *map(str, args),
     ]  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+
+@pytest.mark.parametrize("data", ["map_style", "stream", "stream_shards"])
+def test_two_processes_reach_the_weights_of_one(tmp_path, data):
+    torch.set_num_threads(1)
+    torchrun("train", tmp_path / "ddp", GLOBAL_BATCH // 2, data)
     report = json.loads((tmp_path / "ddp" / "report.json").read_text())
     assert report["world_size"] == 2
 
-    trainer = train(tmp_path / "single", per_device_batch=GLOBAL_BATCH)
+    trainer = train(tmp_path / "single", GLOBAL_BATCH, "interleaved" if data == "stream_shards" else "map_style")
     single = {name: parameter.detach() for name, parameter in trainer.model.named_parameters()}
     from safetensors.torch import load_file
 
@@ -101,10 +118,19 @@ def test_two_processes_reach_the_weights_of_one(tmp_path):
     assert steps[0]["distill_w/layer_03"] != steps[0]["distill_w/layer_01"] * 3
 
 
-if __name__ == "__main__":  # one torchrun worker
-    torch.set_num_threads(1)
-    output_dir, per_device_batch = Path(sys.argv[1]), int(sys.argv[2])
-    trainer = train(output_dir, per_device_batch)
+def test_logs_average_over_the_group_the_model_reduces_over(tmp_path):
+    """The logged loss parts are means over the default `torch.distributed` group, the group the model averages the
+    distillation's α over, even when accelerate counts fewer processes (here `use_cpu=False` on a machine without
+    GPUs: accelerate says 1 process while torchrun started 2; DeepSpeed without GPUs says 1 while summing over 2,
+    which doubled the logs). Each process adds its own values; both must log their mean."""
+    torchrun("log", tmp_path)
+    logs = [json.loads((tmp_path / f"log{rank}.json").read_text()) for rank in range(2)]
+    for log in logs:
+        assert log["flow_loss"] == 1.5 and log["distill_cos/layer_01"] == 0.25 and log["loss"] == 0.0
+
+
+def train_worker(output_dir, per_device_batch, data):
+    trainer = train(output_dir, int(per_device_batch), data)
     if trainer.is_world_process_zero():
         from safetensors.torch import save_file
 
@@ -113,6 +139,26 @@ if __name__ == "__main__":  # one torchrun worker
         history = [entry for entry in trainer.state.log_history if "flow_loss" in entry]
         report = {"world_size": trainer.args.world_size, "log_history": history}
         (output_dir / "report.json").write_text(json.dumps(report))
+
+
+def log_worker(output_dir):
+    from uniflow_hf.training import UniFlowTrainer
+
+    torch.distributed.init_process_group("gloo")
+    rank = torch.distributed.get_rank()
+    trainer = UniFlowTrainer(model=build_model(), args=training_args(output_dir, use_cpu=False))
+    trainer._train_parts.add({"flow_loss": torch.tensor(1.0 + rank), "distill_cos/layer_01": torch.tensor(0.5 * rank)})
+    trainer.log({"loss": 0.0})
+    (output_dir / f"log{rank}.json").write_text(json.dumps(trainer.state.log_history[-1]))
+
+
+WORKERS = {"train": train_worker, "log": log_worker}
+
+
+if __name__ == "__main__":  # one torchrun worker
+    torch.set_num_threads(1)
+    mode, output_dir = sys.argv[1], Path(sys.argv[2])
+    WORKERS[mode](output_dir, *sys.argv[3:])
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
     # Skip the interpreter's teardown: a thread left by the c10d/gloo stack sometimes aborts it

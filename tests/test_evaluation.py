@@ -127,6 +127,60 @@ def test_two_processes_give_the_single_process_result(official_tiny_dir, image_f
     assert sharded["ssim"] == pytest.approx(single["ssim"], rel=1e-6)
 
 
+class RecordingSource:
+    """An image folder that records the indices it loads."""
+
+    def __init__(self, root):
+        self.folder = open_image_source(str(root))
+        self.loaded = []
+
+    def __len__(self):
+        return len(self.folder)
+
+    def name(self, index):
+        return self.folder.name(index)
+
+    def load(self, index):
+        self.loaded.append(index)
+        return self.folder.load(index)
+
+
+def test_torchrun_without_accelerate_variables_halves_the_work(official_tiny_dir, tmp_path):
+    """Plain `torchrun` on a machine without GPUs and without ACCELERATE_USE_CPU (accelerate then counts one
+    process, while the launcher started two): each process reconstructs half of the images, and the reduced
+    metrics are those of one process over all of them."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index, name in enumerate(PHOTOS):
+        photo(name).save(folder / f"{index}_{name}.png")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    # PYTHONPATH: the workers import this checkout, not an installed copy (their sys.path starts at tests/)
+    environment.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", GLOO_SOCKET_IFNAME="lo", PYTHONPATH=str(REPO_ROOT))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(free_port()), __file__, str(official_tiny_dir), str(folder), str(tmp_path),
+    ]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert [rank["loaded"] for rank in ranks] == [[0, 1], [2, 3]]
+    model, processor = load_tokenizer(str(official_tiny_dir))
+    single = evaluate_reconstruction(model, open_image_source(str(folder)), processor, progress=False)
+    for rank, results in enumerate(ranks):
+        assert results["process_index"] == rank and results["num_processes"] == 2
+        assert results["num_images"] == single["num_images"] == 4
+        assert results["psnr"] == pytest.approx(single["psnr"], rel=1e-6)
+        assert results["ssim"] == pytest.approx(single["ssim"], rel=1e-6)
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_cli_destroys_the_process_group_it_ran_under(official_tiny_dir, image_folder, tmp_path):
     """A command run under torchrun must destroy the process group before the interpreter exits: gloo's threads can
     otherwise abort a finished process at teardown (seen on CI as SIGABRT after the results were written)."""
@@ -279,3 +333,17 @@ def test_benchmark_flop_formula_matches_the_flop_counter():
         with counter, torch.no_grad():
             model.reconstruct(torch.randn(2, 3, resolution, resolution), num_inference_steps=steps)
         assert counter.get_total_flops() == bench.analytic_flops(config, resolution, steps, batch_size=2)["reconstruct"]
+
+
+if __name__ == "__main__":  # one torchrun worker of test_torchrun_without_accelerate_variables_halves_the_work
+    from accelerate import Accelerator
+
+    model_dir, image_dir, output_dir = sys.argv[1:4]
+    accelerator = Accelerator()  # as `uniflow-hf evaluate` builds it
+    model, processor = load_tokenizer(model_dir)
+    source = RecordingSource(image_dir)
+    results = evaluate_reconstruction(model, source, processor, batch_size=1, accelerator=accelerator, progress=False)
+    results["loaded"] = source.loaded
+    with open(os.path.join(output_dir, f"rank{results['process_index']}.json"), "w") as handle:
+        json.dump(results, handle)
+    torch.distributed.destroy_process_group()

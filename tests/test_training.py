@@ -4,13 +4,14 @@ run on real photos."""
 
 import json
 import re
+from collections import Counter
 
 import datasets
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_CONFIG, pretrained_tiny_model, training_args
+from conftest import REPO_ROOT, TINY_CONFIG, pretrained_tiny_model, training_args
 from PIL import Image
 from safetensors import safe_open
 from transformers import CLIPVisionConfig, CLIPVisionModel, Trainer, default_data_collator
@@ -19,6 +20,7 @@ from uniflow_hf import UniFlowConfig, UniFlowImageProcessor, UniFlowModel
 from uniflow_hf.cli import main as cli_main
 from uniflow_hf.training import (
     UniFlowImageTransform,
+    UniFlowIterableTrainingDataset,
     UniFlowTrainingDataset,
     apply_lora,
     lora_target_modules,
@@ -132,6 +134,48 @@ def test_resume_continues_like_an_unbroken_run(tmp_path):
             assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-9), (key, step)
     for (name, a), b in zip(unbroken.model.named_parameters(), resumed.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_a_stream_trains_as_the_map_style_dataset_read_in_order(tmp_path):
+    """A `datasets.IterableDataset` (2 shards, 6 images) keys its draws by the running position in the stream: 4
+    steps of batch 2 (one pass and a bit, so the second epoch reshuffles nothing but draws afresh) give the same
+    losses and weights as the map-style dataset read in order; a resume from step 2 continues on them."""
+    args = dict(per_device_train_batch_size=2, max_steps=4, train_sampling_strategy="sequential")
+    images = image_dataset(6)
+    in_order = train_tokenizer(tiny_model(), images, training_args(tmp_path / "map", **args), save_model=False)
+    stream = images.to_iterable_dataset(num_shards=2)
+    streamed = train_tokenizer(
+        tiny_model(), stream, training_args(tmp_path / "stream", save_strategy="steps", save_steps=2, **args),
+        save_model=False,
+    )  # fmt: skip
+    for key in ("loss", "flow_loss", "distillation_loss"):
+        assert sorted(logged(streamed, key)) == [1, 2, 3, 4]
+        assert logged(streamed, key) == pytest.approx(logged(in_order, key), rel=1e-5), key
+    for (name, a), b in zip(in_order.model.named_parameters(), streamed.model.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7, msg=name)
+
+    resumed = train_tokenizer(
+        tiny_model(), images.to_iterable_dataset(num_shards=2), training_args(tmp_path / "resumed", **args),
+        resume_from_checkpoint=str(tmp_path / "stream" / "checkpoint-2"), save_model=False,
+    )  # fmt: skip
+    for step in (3, 4):
+        assert logged(resumed, "loss")[step] == pytest.approx(logged(streamed, "loss")[step], rel=1e-5)
+
+
+def test_stream_positions_and_errors():
+    config = UniFlowConfig(**TINY_CONFIG)
+    stream = UniFlowIterableTrainingDataset(image_dataset(3).to_iterable_dataset(), config, seed=5)
+    items = list(stream)
+    rows = UniFlowTrainingDataset(image_dataset(3), config, seed=5)
+    assert len(items) == 3 and all(torch.equal(items[i]["noise"], rows[i]["noise"]) for i in range(3))
+    stream.set_epoch(1)
+    assert not torch.equal(next(iter(stream))["noise"], items[0]["noise"])
+    with pytest.raises(TypeError, match="wrap it with `UniFlowIterableTrainingDataset`"):
+        UniFlowTrainingDataset(image_dataset(2).to_iterable_dataset(), config)
+    with pytest.raises(TypeError, match="Expected a `datasets.IterableDataset`"):
+        UniFlowIterableTrainingDataset(image_dataset(2), config)
+    with pytest.raises(ValueError, match="Sample 0 of the stream of the dataset has no 'image' column"):
+        next(iter(UniFlowIterableTrainingDataset(datasets.IterableDataset.from_generator(lambda: iter([{"img": 1}])), config)))
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
@@ -276,6 +320,43 @@ def test_bad_datasets_give_clear_errors(tmp_path):
         UniFlowTrainingDataset(image_dataset(2), config, processor=odd_processor)
     with pytest.raises(TypeError, match="pass one split"):
         UniFlowTrainingDataset(datasets.DatasetDict({"train": image_dataset(2)}), config)
+
+
+# ------------------------------------------------------------------------------------------- sharded training
+def test_fsdp2_example_config_wraps_each_no_split_layer():
+    """examples/accelerate/fsdp2.yaml auto-wraps by the model's `_no_split_modules`: each names a class the model
+    instantiates, and the policy accelerate builds from the config makes one FSDP unit of each such layer (student and
+    teacher encoder layers, global blocks, flow head; in LLaVA, the tower's and the language model's layers). The
+    sharded run itself needs GPUs (tests/test_cuda.py)."""
+    import yaml
+    from accelerate import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    example = yaml.safe_load((REPO_ROOT / "examples" / "accelerate" / "fsdp2.yaml").read_text())["fsdp_config"]
+    assert example["fsdp_version"] == 2 and "fsdp_transformer_layer_cls_to_wrap" not in example
+    plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=example["fsdp_version"],
+        auto_wrap_policy=example["fsdp_auto_wrap_policy"].lower(),
+        reshard_after_forward=example["fsdp_reshard_after_forward"],
+        state_dict_type=example["fsdp_state_dict_type"],
+    )
+
+    def wrapped_units(model):
+        policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
+        return Counter(type(module).__name__ for module in model.modules() if policy(module))
+
+    model = tiny_model()
+    model.enable_distillation()
+    assert set(model._no_split_modules) <= {type(module).__name__ for module in model.modules()}
+    layers, blocks = TINY_CONFIG["num_hidden_layers"], TINY_CONFIG["num_global_blocks"]
+    assert wrapped_units(model) == {
+        "UniFlowEncoderLayer": 2 * layers, "UniFlowVisionEmbeddings": 2, "UniFlowGlobalBlock": blocks, "UniFlowFlowHead": 1,
+    }  # fmt: skip
+
+    text = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    llava = LlavaForConditionalGeneration(LlavaConfig(vision_config=UniFlowConfig(**TINY_CONFIG), text_config=text))
+    assert wrapped_units(llava) == {"UniFlowEncoderLayer": layers, "UniFlowVisionEmbeddings": 1, "LlamaDecoderLayer": 2}
 
 
 # --------------------------------------------------------------------------------------------------------- CLI

@@ -8,7 +8,8 @@
 
 Images are streamed: read, preprocessed and reconstructed a batch at a time, the metrics accumulated as running sums
 (Inception features as their mean and covariance sums), so memory does not grow with the dataset. Under
-`accelerate launch` the images are split between the processes and the sums reduced across them. The decoder's
+`torchrun` or `accelerate launch` the images are split between the processes of the default `torch.distributed`
+group and the sums reduced across them (no `ACCELERATE_USE_CPU` needed on machines without GPUs). The decoder's
 initial noise of the i-th image is drawn from a generator seeded with `seed + i`, so the results do not depend on
 the batch size or the number of processes. The metrics compare the reconstruction with the preprocessed
 (resized and centre-cropped) original, both mapped back to [0, 1] by `processor.postprocess` (data_range 1).
@@ -25,6 +26,7 @@ import torch
 from PIL import Image
 
 from .metrics import FeatureStatistics, FIDInceptionV3, frechet_distance_of_statistics
+from .modeling.loss_uniflow import process_rank_and_world_size, reduce_across_processes
 from .metrics import peak_signal_noise_ratio, structural_similarity
 
 
@@ -186,6 +188,20 @@ def _read_batch(source, indices, processor, preprocess_kwargs, skip_unreadable, 
     return kept, pixel_values
 
 
+def _process_shard(num_images: int, rank: int, world_size: int) -> list[int]:
+    """The contiguous block of image indices of process `rank` (the first `num_images % world_size` get one more)."""
+    per_process, extra = divmod(num_images, world_size)
+    start = rank * per_process + min(rank, extra)
+    return list(range(start, start + per_process + (rank < extra)))
+
+
+def _group_device(device: torch.device) -> torch.device:
+    """Where the default group's backend reduces tensors: CUDA for NCCL, else the CPU."""
+    if "nccl" in str(torch.distributed.get_backend()):
+        return device if device.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 @torch.no_grad()
 def evaluate_reconstruction(
     model,
@@ -216,20 +232,23 @@ def evaluate_reconstruction(
         seed (`int`): the decoder noise of image i is drawn with seed `seed + i`.
         skip_unreadable (`bool`): skip (and list) unreadable images instead of raising `UnreadableImageError` (in
             a multi-process run, a process that raises leaves the others waiting: check the data first, or skip).
-        accelerator (`accelerate.Accelerator` or `PartialState`, *optional*): splits the images between processes
-            (`PartialState()` by default, i.e. the processes of `accelerate launch`, or just this one). With an
-            `Accelerator` whose mixed precision is bf16/fp16, the model runs under its autocast (GPU only).
+        accelerator (`accelerate.Accelerator` or `PartialState`, *optional*): sets up the processes of `torchrun` /
+            `accelerate launch` (`PartialState()` by default; one process without a launcher). The images are split
+            between the processes of the default `torch.distributed` group (`process_rank_and_world_size`), the
+            group the sums are reduced over, whatever accelerate counts. With an `Accelerator` whose mixed precision
+            is bf16/fp16, the model runs under its autocast (GPU only).
         progress (`bool`): show a progress bar (main process).
 
     Returns:
-        A dict: `psnr` and `ssim` (means over the images), `rfid` (with `inception`), `num_images`, `num_skipped`,
-        `skipped` (names and errors), `resolution`, `num_inference_steps`, `seed`.
+        A dict, the same in every process: `psnr` and `ssim` (means over the images), `rfid` (with `inception`),
+        `num_images`, `num_skipped`, `skipped` (names and errors), `resolution`, `num_inference_steps`, `seed`,
+        `num_processes` (the images were split between), `process_index` (of this process; 0 writes the results).
     """
     from accelerate import PartialState
-    from accelerate.utils import gather_object, reduce
     from tqdm.auto import tqdm
 
     state = accelerator if accelerator is not None else PartialState()
+    rank, world_size = process_rank_and_world_size()
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
@@ -273,40 +292,43 @@ def evaluate_reconstruction(
     }
     sums = torch.zeros(3, dtype=torch.float64)  # images, PSNR, SSIM
     skipped = []
-    with state.split_between_processes(list(range(num_images))) as shard:
-        bar = tqdm(total=len(shard), desc="Reconstructing", disable=not progress or not state.is_local_main_process)
-        for start in range(0, len(shard), batch_size):
-            indices = shard[start : start + batch_size]
-            kept, pixel_values = _read_batch(source, indices, processor, preprocess_kwargs, skip_unreadable, skipped)
-            bar.update(len(indices))
-            if not kept:
-                continue
-            pixel_values = torch.cat(pixel_values).to(device=device, dtype=model.dtype)
-            noise = _decoder_noise(kept, seed, (tokens, model.config.patch_dim)).to(device=device, dtype=model.dtype)
-            with autocast():
-                reconstruction = model.reconstruct(pixel_values, noise=noise, num_inference_steps=num_inference_steps)
-            references = processor.postprocess(pixel_values, output_type="pt").to(device)
-            reconstructions = processor.postprocess(reconstruction, output_type="pt").to(device)
-            sums += torch.tensor(
-                [
-                    len(kept),
-                    peak_signal_noise_ratio(reconstructions, references).sum().item(),
-                    structural_similarity(reconstructions, references).sum().item(),
-                ],
-                dtype=torch.float64,
-            )
-            if inception is not None:
-                statistics["reconstructions"].update(inception(reconstructions))
-                statistics["references"].update(inception(references))
-        bar.close()
+    shard = _process_shard(num_images, rank, world_size)
+    bar = tqdm(total=len(shard), desc="Reconstructing", disable=not progress or rank != 0)
+    for start in range(0, len(shard), batch_size):
+        indices = shard[start : start + batch_size]
+        kept, pixel_values = _read_batch(source, indices, processor, preprocess_kwargs, skip_unreadable, skipped)
+        bar.update(len(indices))
+        if not kept:
+            continue
+        pixel_values = torch.cat(pixel_values).to(device=device, dtype=model.dtype)
+        noise = _decoder_noise(kept, seed, (tokens, model.config.patch_dim)).to(device=device, dtype=model.dtype)
+        with autocast():
+            reconstruction = model.reconstruct(pixel_values, noise=noise, num_inference_steps=num_inference_steps)
+        references = processor.postprocess(pixel_values, output_type="pt").to(device)
+        reconstructions = processor.postprocess(reconstruction, output_type="pt").to(device)
+        sums += torch.tensor(
+            [
+                len(kept),
+                peak_signal_noise_ratio(reconstructions, references).sum().item(),
+                structural_similarity(reconstructions, references).sum().item(),
+            ],
+            dtype=torch.float64,
+        )
+        if inception is not None:
+            statistics["reconstructions"].update(inception(reconstructions))
+            statistics["references"].update(inception(references))
+    bar.close()
 
     def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
-        if state.num_processes == 1:
+        if world_size == 1:
             return tensor
-        return reduce(tensor.to(state.device), reduction="sum").cpu()
+        return reduce_across_processes(tensor.to(_group_device(device)), reduction="sum").cpu()
 
     sums = sum_over_processes(sums)
-    skipped = gather_object(skipped) if state.num_processes > 1 else skipped
+    if world_size > 1:
+        gathered = [None] * world_size
+        torch.distributed.all_gather_object(gathered, skipped)
+        skipped = [message for messages in gathered for message in messages]
     count = int(sums[0])
     if count == 0:
         raise ValueError(f"None of the {num_images} images could be evaluated: {skipped[:3]}")
@@ -319,6 +341,8 @@ def evaluate_reconstruction(
         "resolution": resolution,
         "num_inference_steps": num_inference_steps,
         "seed": seed,
+        "num_processes": world_size,
+        "process_index": rank,
     }
     if inception is not None:
         if count < 2:

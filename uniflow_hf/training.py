@@ -6,6 +6,7 @@
   (`UniFlowImageTransform`: random resized crop of scale (0.8, 1), random horizontal flip), plus the flow's `noise`
   and `timesteps`. All its randomness comes from a generator seeded by (seed, epoch, sample index): a run gives the
   same batches on any number of processes, with any number of data workers, and after a resume.
+  `UniFlowIterableTrainingDataset` does the same for streams (`datasets.IterableDataset`), split between processes.
 - `UniFlowTrainer` is a `Trainer` that logs the loss parts: `flow_loss`, `distillation_loss` and, per encoder layer,
   the distillation weight `distill_w/layer_03` and student-teacher cosine `distill_cos/layer_03` (running means over
   the logging interval, averaged over processes); its evaluation reports the same parts (`eval_flow_loss`...).
@@ -29,6 +30,7 @@ from transformers.utils import logging
 
 from .modeling import UniFlowConfig, UniFlowImageProcessor, UniFlowModel
 from .modeling.flow_matching import draw_flow_training_inputs
+from .modeling.loss_uniflow import process_rank_and_world_size, reduce_across_processes
 
 
 logger = logging.get_logger(__name__)
@@ -123,25 +125,9 @@ class UniFlowImageTransform:
         return left, top, left + crop_width, top + crop_height
 
 
-class UniFlowTrainingDataset(torch.utils.data.Dataset):
-    """Wraps a map-style image dataset for `UniFlowModel` training: item `i` is a dict of `pixel_values` (3, H, W),
-    `noise` (draws, N, C·p·p) and `timesteps` (draws, N) (network time 1000·t per patch token and draw), drawn as
-    the model's config says (`flow_timestep_*`, draws = `flow_samples_per_token`; the draws axis is left out when it
-    is 1) by `flow_matching.draw_flow_training_inputs`, as `UniFlowModel.forward` draws them itself.
-
-    The augmentation, noise and timesteps of item `i` are drawn from `sample_generator(seed, epoch, i)`: identical
-    whatever the number of processes or data workers, and after resuming. `set_epoch` (called by `UniFlowTrainer` at
-    each epoch) gives fresh draws per epoch.
-
-    Args:
-        dataset: a `datasets.Dataset` (e.g. `load_dataset("imagefolder", ...)["train"]`) or any map-style dataset of
-            dicts holding `image_column`.
-        config: the model's `UniFlowConfig` (patch size and channels of the noise).
-        processor: a `UniFlowImageProcessor` (default: `UniFlowImageProcessor.from_image_size(config.image_size)`).
-        image_column: the column holding the images.
-        augment: random resized crop + horizontal flip (see `UniFlowImageTransform`); off for evaluation.
-        seed: base seed of the per-sample draws.
-    """
+class _UniFlowSampleDraws:
+    """What both training datasets share: the image column, the transform, and the example of a row whose random
+    draws come from `sample_generator(seed, epoch, key)`."""
 
     def __init__(
         self,
@@ -152,7 +138,6 @@ class UniFlowTrainingDataset(torch.utils.data.Dataset):
         augment: bool = True,
         seed: int = 0,
     ):
-        _check_map_style_dataset(dataset)
         columns = _column_names(dataset)
         if columns is not None and image_column not in columns:
             raise ValueError(
@@ -176,23 +161,104 @@ class UniFlowTrainingDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        row = self.dataset[index]
+    def _example(self, row: Any, key: int, where: str) -> dict[str, torch.Tensor]:
+        """The training example of `row`, its draws keyed by (seed, epoch, `key`); `where` names it in errors."""
         if not isinstance(row, dict) or self.image_column not in row:
             found = list(row) if isinstance(row, dict) else type(row).__name__
-            raise ValueError(f"Row {index} of the dataset has no {self.image_column!r} column (it holds {found}).")
-        generator = sample_generator(self.seed, self.epoch, index)
+            raise ValueError(f"{where} of the dataset has no {self.image_column!r} column (it holds {found}).")
+        generator = sample_generator(self.seed, self.epoch, key)
         try:
             pixel_values = self.transform(row[self.image_column], generator)
         except (ValueError, TypeError, OSError) as error:
-            raise ValueError(f"Row {index}, column {self.image_column!r}: cannot use it as an image: {error}") from error
+            raise ValueError(f"{where}, column {self.image_column!r}: cannot use it as an image: {error}") from error
         noise, timesteps = draw_flow_training_inputs(self.config, 1, self.num_tokens, generator=generator)
         if self.config.flow_samples_per_token == 1:
             noise, timesteps = noise[:, 0], timesteps[:, 0]
         return {"pixel_values": pixel_values, "noise": noise[0], "timesteps": timesteps[0]}
+
+
+class UniFlowTrainingDataset(_UniFlowSampleDraws, torch.utils.data.Dataset):
+    """Wraps a map-style image dataset for `UniFlowModel` training: item `i` is a dict of `pixel_values` (3, H, W),
+    `noise` (draws, N, C·p·p) and `timesteps` (draws, N) (network time 1000·t per patch token and draw), drawn as
+    the model's config says (`flow_timestep_*`, draws = `flow_samples_per_token`; the draws axis is left out when it
+    is 1) by `flow_matching.draw_flow_training_inputs`, as `UniFlowModel.forward` draws them itself.
+
+    The augmentation, noise and timesteps of item `i` are drawn from `sample_generator(seed, epoch, i)`: identical
+    whatever the number of processes or data workers, and after resuming. `set_epoch` (called by `UniFlowTrainer` at
+    each epoch) gives fresh draws per epoch. Streams (`datasets.IterableDataset`) go to
+    `UniFlowIterableTrainingDataset`.
+
+    Args:
+        dataset: a `datasets.Dataset` (e.g. `load_dataset("imagefolder", ...)["train"]`) or any map-style dataset of
+            dicts holding `image_column`.
+        config: the model's `UniFlowConfig` (patch size and channels of the noise).
+        processor: a `UniFlowImageProcessor` (default: `UniFlowImageProcessor.from_image_size(config.image_size)`).
+        image_column: the column holding the images.
+        augment: random resized crop + horizontal flip (see `UniFlowImageTransform`); off for evaluation.
+        seed: base seed of the per-sample draws.
+    """
+
+    def __init__(self, dataset: Any, *args, **kwargs):
+        _check_map_style_dataset(dataset)
+        super().__init__(dataset, *args, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self._example(self.dataset[index], index, f"Row {index}")
+
+
+class UniFlowIterableTrainingDataset(_UniFlowSampleDraws, torch.utils.data.IterableDataset):
+    """`UniFlowTrainingDataset` for a stream: a `datasets.IterableDataset` (`load_dataset(..., streaming=True)`,
+    `Dataset.to_iterable_dataset(num_shards=...)`, sharded parquet or webdataset files), for data too large to index.
+
+    Under `torch.distributed` each process reads its own part of the stream,
+    `datasets.distributed.split_dataset_by_node` of the default group (whole shards when their number is a multiple
+    of the world size, else every world-size-th example), and data workers split their process's shards again.
+    The draws of a sample are keyed by (seed, epoch, position), the position being its running index in the
+    stream as the processes and workers interleave it: `(i · workers + worker) · world_size + rank` for the i-th
+    sample a worker reads. One process without workers numbers the stream 0, 1, 2... as the map-style dataset numbers
+    its rows, so the same stream gives the same training; with "every world-size-th example" splitting the
+    position is the sample's index in the whole stream, whatever the world size.
+
+    `set_epoch` (called by the Trainer before each pass) also reaches the stream (`IterableDataset.set_epoch`: a
+    shuffled stream reshuffles per epoch). Resuming (`resume_from_checkpoint`): the Trainer reads through and drops
+    the batches consumed since the start of the stream, so the run continues on the same samples and draws while
+    it is in its first pass over the stream (the Trainer cannot count passes over a stream of unknown length; pass
+    `ignore_data_skip=True` to start the stream over instead, which does not repeat the same samples). With several
+    processes every one must get the same number of batches: use a stream longer than `max_steps` needs
+    (`IterableDataset.repeat(None)` makes it endless), or one whose split gives equal parts.
+
+    Args: as `UniFlowTrainingDataset`'s, `dataset` being a `datasets.IterableDataset` of dicts holding `image_column`.
+    """
+
+    def __init__(self, dataset: Any, *args, **kwargs):
+        import datasets
+
+        if isinstance(dataset, datasets.IterableDatasetDict):
+            raise TypeError(f"Got an IterableDatasetDict with splits {list(dataset)}; pass one split (e.g. dataset['train']).")
+        if not isinstance(dataset, datasets.IterableDataset):
+            raise TypeError(
+                f"Expected a `datasets.IterableDataset` (e.g. `load_dataset(..., streaming=True)`), got "
+                f"{type(dataset).__name__}; wrap other iterables with `datasets.IterableDataset.from_generator`."
+            )
+        super().__init__(dataset, *args, **kwargs)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.dataset.set_epoch(self.epoch)
+
+    def __iter__(self):
+        from datasets.distributed import split_dataset_by_node
+
+        rank, world_size = process_rank_and_world_size()
+        stream = split_dataset_by_node(self.dataset, rank, world_size) if world_size > 1 else self.dataset
+        worker = torch.utils.data.get_worker_info()
+        num_workers, worker_id = (worker.num_workers, worker.id) if worker is not None else (1, 0)
+        for i, row in enumerate(stream):
+            position = (i * num_workers + worker_id) * world_size + rank
+            yield self._example(row, position, f"Sample {position} of the stream")
 
 
 def _check_map_style_dataset(dataset: Any) -> None:
@@ -200,10 +266,15 @@ def _check_map_style_dataset(dataset: Any) -> None:
 
     if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         raise TypeError(f"Got a DatasetDict with splits {list(dataset)}; pass one split (e.g. dataset['train']).")
-    if isinstance(dataset, (datasets.IterableDataset, torch.utils.data.IterableDataset)):
+    if isinstance(dataset, datasets.IterableDataset):
         raise TypeError(
-            "Streaming / iterable datasets are not supported: each sample's random draws are keyed by its index. "
-            "Use a map-style dataset (e.g. load_dataset(..., streaming=False))."
+            "Got a stream (`datasets.IterableDataset`): wrap it with `UniFlowIterableTrainingDataset` "
+            "(`train_tokenizer` does so for its training set; evaluation sets must be map-style)."
+        )
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        raise TypeError(
+            f"Got a torch IterableDataset ({type(dataset).__name__}): the per-sample draws need a map-style dataset "
+            "or a `datasets.IterableDataset` (e.g. `datasets.IterableDataset.from_generator`)."
         )
     if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
         raise TypeError(f"Expected a map-style dataset (with __len__ and __getitem__), got {type(dataset).__name__}.")
@@ -287,18 +358,44 @@ class UniFlowTrainer(Trainer):
                 "would repeat the augmentation, noise and timesteps of the first. Prefer non-persistent workers."
             )
 
+    def get_train_dataloader(self):
+        """For a stream (`UniFlowIterableTrainingDataset`), which already splits itself between the processes, a
+        dataloader that accelerate neither splits again nor feeds from the main process only."""
+        if not isinstance(self.train_dataset, UniFlowIterableTrainingDataset):
+            return super().get_train_dataloader()
+        from accelerate.data_loader import prepare_data_loader
+
+        workers = self.args.dataloader_num_workers
+        loader = torch.utils.data.DataLoader(
+            self.train_dataset,
+            batch_size=self._train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers and workers > 0,
+            prefetch_factor=self.args.dataloader_prefetch_factor if workers > 0 else None,
+            drop_last=self.args.dataloader_drop_last,
+        )
+        return prepare_data_loader(
+            loader, self.args.device, num_processes=1, process_index=0, put_on_device=True, dispatch_batches=False
+        )
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         (self._train_parts if model.training else self._eval_parts).add(loss_parts(outputs))
         return (loss, outputs) if return_outputs else loss
 
-    def _reduce_across_processes(self, values: torch.Tensor) -> torch.Tensor:
-        return self.accelerator.reduce(values.to(self.args.device), reduction="mean").cpu()
+    def _mean_across_processes(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean over the processes of the default `torch.distributed` group, the group the model averages the
+        distillation's α over: the logs then agree with the model under DDP, FSDP and DeepSpeed alike (accelerate's
+        own process count can be 1 while the group holds several, e.g. DeepSpeed on a machine without GPUs, which
+        doubled the logged values of 2 processes)."""
+        return reduce_across_processes(values.to(self.args.device)).cpu()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Training logs carry "loss" and are emitted by every process at the same step, so averaging is safe there.
         if "loss" in logs:
-            logs.update(self._train_parts.pop(self._reduce_across_processes))
+            logs.update(self._train_parts.pop(self._mean_across_processes))
         super().log(logs, start_time)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -314,7 +411,7 @@ class UniFlowTrainer(Trainer):
             ignore_keys=ignore_keys,
             metric_key_prefix=metric_key_prefix,
         )
-        for name, value in self._eval_parts.pop(self._reduce_across_processes).items():
+        for name, value in self._eval_parts.pop(self._mean_across_processes).items():
             output.metrics[f"{metric_key_prefix}_{name}"] = value
         return output
 
@@ -425,13 +522,17 @@ def train_tokenizer(
       `distillation=False`, `config.distillation_mode == "none"`, or `config.freeze_encoder` (then the encoder is
       frozen: `requires_grad_(False)`, and only the decoder side trains). A teacher already set is kept.
     - `train_dataset` / `eval_dataset`: image datasets with `image_column` (see `UniFlowTrainingDataset`; the
-      evaluation set is not augmented and its draws are fixed, so its loss is comparable across evaluations).
+      evaluation set is not augmented and its draws are fixed, so its loss is comparable across evaluations). The
+      training set may be a stream, a `datasets.IterableDataset` (see `UniFlowIterableTrainingDataset`: split between
+      processes, resume, `max_steps` required).
     - `training_args`: any `TrainingArguments` (`gradient_checkpointing`, multi-GPU through torchrun / accelerate,
       `save_steps`...). bf16/fp16 on CPU is refused. The per-sample draws are seeded by `data_seed` (else `seed`).
     - `lora_config`: a `peft.LoraConfig` to train adapters only (see `lora_target_modules` / `apply_lora`).
     - `resume_from_checkpoint`: a checkpoint folder or True (latest in `output_dir`); default
       `training_args.resume_from_checkpoint`. Build `model` as for the first run: the teacher is never saved.
-    - `save_model`: save the final model (or adapters) and the processor to `training_args.output_dir`.
+    - `save_model`: save the final model (or adapters) and the processor to `training_args.output_dir`; under FSDP
+      the full state dict is gathered for it (whatever `fsdp_state_dict_type` the checkpoints use), and under
+      DeepSpeed ZeRO-3 the config's `stage3_gather_16bit_weights_on_model_save` does the same (examples/).
 
     Returns the trainer (`trainer.model`, `trainer.state.log_history`...).
     """
@@ -462,12 +563,13 @@ def train_tokenizer(
 
         model = get_peft_model(model, lora_config)
 
+    import datasets
+
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
-    wrapped = {
-        split: UniFlowTrainingDataset(data, config, processor, image_column, augment=augment and split == "train", seed=seed)
-        for split, data in (("train", train_dataset), ("eval", eval_dataset))
-        if data is not None
-    }
+    train_class = UniFlowIterableTrainingDataset if isinstance(train_dataset, datasets.IterableDataset) else UniFlowTrainingDataset
+    wrapped = {"train": train_class(train_dataset, config, processor, image_column, augment=augment, seed=seed)}
+    if eval_dataset is not None:
+        wrapped["eval"] = UniFlowTrainingDataset(eval_dataset, config, processor, image_column, augment=False, seed=seed)
     trainer = UniFlowTrainer(
         model=model,
         args=training_args,
@@ -481,6 +583,8 @@ def train_tokenizer(
         resume_from_checkpoint = training_args.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     if save_model:
+        if trainer.is_fsdp_enabled:  # checkpoints may be sharded; the model is gathered for `from_pretrained`
+            trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
         trainer.save_model()
     return trainer
 
@@ -488,6 +592,7 @@ def train_tokenizer(
 __all__ = [
     "LORA_TARGETS",
     "UniFlowImageTransform",
+    "UniFlowIterableTrainingDataset",
     "UniFlowTrainer",
     "UniFlowTrainingDataset",
     "apply_lora",
