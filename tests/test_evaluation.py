@@ -113,9 +113,11 @@ def test_two_processes_give_the_single_process_result(official_tiny_dir, image_f
         "--model", str(official_tiny_dir), "--dataset", str(folder), "--batch-size", "1", "--skip-unreadable",
         "--no-progress", "--output", str(output),
     ]  # fmt: skip
-    environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}  # plain torchrun, no Accelerate setup
+    environment.pop("ACCELERATE_USE_CPU", None)
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
     assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.count('"num_images"') == 1  # only the first process prints (and writes) the results
     sharded = json.loads(output.read_text())
     model, processor = load_tokenizer(str(official_tiny_dir))
     source = open_image_source(str(folder))

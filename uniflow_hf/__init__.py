@@ -33,7 +33,7 @@ from .pipelines import (
     register_pipelines_with_diffusers,
 )
 from .llava import LlavaImageQACollator, build_llava_processor, finetune_llava_lora
-from .training import UniFlowTrainer, UniFlowTrainingDataset, apply_lora, train_tokenizer
+from .training import UniFlowIterableTrainingDataset, UniFlowTrainer, UniFlowTrainingDataset, apply_lora, train_tokenizer
 from .evaluation import evaluate_reconstruction
 from .metrics import metric_path
 
@@ -73,6 +73,7 @@ __all__ = [
     "finetune_llava_lora",
     "UniFlowTrainer",
     "UniFlowTrainingDataset",
+    "UniFlowIterableTrainingDataset",
     "apply_lora",
     "train_tokenizer",
     "evaluate_reconstruction",

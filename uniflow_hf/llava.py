@@ -342,6 +342,8 @@ def finetune_llava_lora(
     from peft import get_peft_model
     from transformers import set_seed
 
+    from .training import save_final_model
+
     _check_training_arguments(training_args)
     set_seed(training_args.seed)  # the LoRA initialisation
     peft_model = get_peft_model(model, lora_config if lora_config is not None else build_lora_config())
@@ -349,8 +351,8 @@ def finetune_llava_lora(
         peft_model, processor, train_dataset, training_args, collator=collator,
         resume_from_checkpoint=resume_from_checkpoint,
     )
+    save_final_model(trainer)  # the adapter, gathered whole under FSDP / DeepSpeed ZeRO-3
     if trainer.is_world_process_zero():
-        peft_model.save_pretrained(training_args.output_dir)
         processor.save_pretrained(training_args.output_dir)
     return trainer
 

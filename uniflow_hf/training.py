@@ -583,10 +583,17 @@ def train_tokenizer(
         resume_from_checkpoint = training_args.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     if save_model:
-        if trainer.is_fsdp_enabled:  # checkpoints may be sharded; the model is gathered for `from_pretrained`
-            trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-        trainer.save_model()
+        save_final_model(trainer)
     return trainer
+
+
+def save_final_model(trainer) -> None:
+    """`trainer.save_model()` to `args.output_dir` with whole weights: under FSDP the checkpoints may be sharded, so
+    the final save gathers a full state dict (DeepSpeed ZeRO-3 gathers in `save_model` itself); the main process
+    writes, so the folder (or adapter) loads with plain `from_pretrained`."""
+    if trainer.is_fsdp_enabled:
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model()
 
 
 __all__ = [
@@ -594,6 +601,7 @@ __all__ = [
     "UniFlowImageTransform",
     "UniFlowIterableTrainingDataset",
     "UniFlowTrainer",
+    "save_final_model",
     "UniFlowTrainingDataset",
     "apply_lora",
     "lora_config_for",

@@ -3,8 +3,9 @@
     uniflow-hf evaluate --model DIR --dataset DIR [--split test] [--resolution R] [--steps K] [--batch-size B]
                         [--max-images N] [--inception-weights FILE] [--output results.json]
 
-Shard the images across GPUs with `accelerate launch --multi_gpu --num_processes N -m uniflow_hf.cli evaluate ...`
-(across CPU processes: `ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N -m uniflow_hf.cli evaluate ...`).
+Shard the images across processes with `torchrun --nproc_per_node N -m uniflow_hf.cli evaluate ...` or
+`accelerate launch --num_processes N -m uniflow_hf.cli evaluate ...` (GPUs or CPU processes alike); the first process
+prints and writes the results.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ def register(subparsers) -> None:
         "evaluate",
         description=(
             "Reconstruct images with a UniFlow tokenizer and write PSNR, SSIM (images in [0, 1], data_range 1) and, "
-            "given the FID Inception weights, rFID as JSON. Under `accelerate launch` the images are split between "
-            "the processes."
+            "given the FID Inception weights, rFID as JSON. Under `torchrun` or `accelerate launch` the images are "
+            "split between the processes."
         ),
     )
     parser.add_argument("--model", required=True, help="a UniFlowModel folder, or a pipeline folder (with tokenizer/)")
@@ -80,13 +81,12 @@ def run_evaluate(args) -> int:
             raise
         print(f"uniflow-hf evaluate: error: {error}", file=sys.stderr)
         return 2
-    if accelerator.is_main_process:
+    if results["process_index"] == 0:  # the rank in the default process group, which split the images
         results = {
             "model": os.path.abspath(args.model),
             "dataset": os.path.abspath(args.dataset),
             "split": args.split if os.path.isfile(os.path.join(args.dataset, "dataset_dict.json")) else None,
             "inception_weights": args.inception_weights,
-            "num_processes": accelerator.num_processes,
             "int8": args.int8,
             **results,
         }
