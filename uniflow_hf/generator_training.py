@@ -636,8 +636,8 @@ def _set_batch_and_steps(args: GeneratorTrainingArguments, num_images: int) -> i
     global_batch_size = world_size * args.per_device_train_batch_size * accumulation
     if args.max_steps <= 0:
         args.max_steps = max(1, math.ceil(args.num_train_epochs * num_images / global_batch_size))
-    if isinstance(args.warmup_steps, int) and args.warmup_steps >= args.max_steps:
-        raise ValueError(f"`warmup_steps` ({args.warmup_steps}) must be below the number of steps ({args.max_steps}).")
+    if args.warmup_steps >= max(1, args.max_steps):  # below 1 it is a share of the steps
+        raise ValueError(f"`warmup_steps` ({args.warmup_steps:g}) must be below the number of steps ({args.max_steps}).")
     return global_batch_size
 
 

@@ -10,7 +10,7 @@ too), next to the command's own options. Multi-GPU / multi-node: launch the same
 import argparse
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 @dataclass
@@ -103,10 +103,12 @@ def parse_arguments(args: argparse.Namespace):
     TrainingArguments)."""
     from transformers import HfArgumentParser
 
-    values = {key: value for key, value in vars(args).items() if key not in ("command", "func", "argument_types")}
+    argument_types = args.argument_types()
+    names = {option.name for argument_type in argument_types for option in fields(argument_type)}
+    values = {key: value for key, value in vars(args).items() if key in names}  # not the sub-command's own keys
     if not values.get("output_dir"):
         raise ValueError("--output-dir is required: the folder for checkpoints and the trained model.")
-    return HfArgumentParser(args.argument_types()).parse_dict(values)
+    return HfArgumentParser(argument_types).parse_dict(values)
 
 
 def read_json_argument(value: str | None) -> dict:
