@@ -12,13 +12,11 @@ Run as a script (by the test, through torchrun): `python tests/test_distributed.
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
-from conftest import TINY_CONFIG, training_args
+from conftest import TINY_CONFIG, run_torchrun, training_args
 
 
 NUM_STEPS = 3
@@ -61,22 +59,9 @@ def train(output_dir, per_device_batch):
     return train_tokenizer(build_model(), build_dataset(), args, save_model=False)
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_processes_reach_the_weights_of_one(tmp_path):
     torch.set_num_threads(1)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-        __file__, str(tmp_path / "ddp"), str(GLOBAL_BATCH // 2),
-    ]  # fmt: skip
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    run_torchrun(__file__, str(tmp_path / "ddp"), str(GLOBAL_BATCH // 2))
     report = json.loads((tmp_path / "ddp" / "report.json").read_text())
     assert report["world_size"] == 2
 

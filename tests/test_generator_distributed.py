@@ -11,15 +11,13 @@ Run as a script (by the test, through torchrun): `python tests/test_generator_di
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 from unittest import mock
 
 import pytest
 import torch
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, run_torchrun
 
 
 NUM_STEPS = 3
@@ -55,26 +53,13 @@ def train(output_dir, **overrides):
     return train_generator(build_tokenizer(), synthetic_dataset(per_class=2), generator_args(output_dir, **overrides))
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def weights(result) -> dict[str, torch.Tensor]:
     return {name: value.detach() for name, value in result.pipeline.transformer.state_dict().items()}
 
 
 def test_two_processes_train_as_one_with_the_global_batch(tmp_path):
     torch.set_num_threads(1)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-        __file__, str(tmp_path / "ddp"), str(GLOBAL_BATCH // 2),
-    ]  # fmt: skip
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    run_torchrun(__file__, str(tmp_path / "ddp"), str(GLOBAL_BATCH // 2))
     report = json.loads((tmp_path / "ddp" / "report.json").read_text())
     assert report["world_size"] == 2
     # a launch whose processes x accumulation do not divide the global batch is refused
@@ -122,7 +107,6 @@ def test_gradient_accumulation_trains_as_the_whole_batch(tmp_path):
 
 if __name__ == "__main__":  # one torchrun worker
     torch.set_num_threads(1)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the uniflow_hf of this checkout
     output_dir, per_device_batch = Path(sys.argv[1]), int(sys.argv[2])
     from uniflow_hf.generator_training import GeneratorTrainingStream, build_generator_transformer
 
