@@ -40,6 +40,19 @@ def run_torchrun(script, *args, nproc_per_node: int = 2, timeout: int = 300):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 
 
+def exit_torchrun_worker():
+    """End a torchrun worker of `run_torchrun` once its work is written: wait for the others, close the process
+    group, and skip the interpreter's teardown, which a thread left by the c10d/gloo stack sometimes aborts
+    ("terminate called without an active exception")."""
+    import sys
+
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def training_args(output_dir, **overrides):
     """CPU `TrainingArguments` for the tiny training tests: quiet, no saving, every step logged."""
     from transformers import TrainingArguments

@@ -11,12 +11,11 @@ Run as a script (by the test, through torchrun): `python tests/test_distributed.
 """
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
-from conftest import TINY_CONFIG, run_torchrun, training_args
+from conftest import TINY_CONFIG, exit_torchrun_worker, run_torchrun, training_args
 
 
 NUM_STEPS = 3
@@ -98,10 +97,4 @@ if __name__ == "__main__":  # one torchrun worker
         history = [entry for entry in trainer.state.log_history if "flow_loss" in entry]
         report = {"world_size": trainer.args.world_size, "log_history": history}
         (output_dir / "report.json").write_text(json.dumps(report))
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-    # Skip the interpreter's teardown: a thread left by the c10d/gloo stack sometimes aborts it
-    # ("terminate called without an active exception") after all the work is done and written.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_torchrun_worker()

@@ -10,14 +10,13 @@ Run as a script (by the test, through torchrun): `python tests/test_generator_di
 """
 
 import json
-import os
 import sys
 from pathlib import Path
 from unittest import mock
 
 import pytest
 import torch
-from conftest import TINY_CONFIG, run_torchrun
+from conftest import TINY_CONFIG, exit_torchrun_worker, run_torchrun
 
 
 NUM_STEPS = 3
@@ -131,10 +130,4 @@ if __name__ == "__main__":  # one torchrun worker
         torch.save(initial.state_dict(), output_dir / "initial.pt")
         report = {"world_size": world_size, "losses": result.losses, "error": error}
         (output_dir / "report.json").write_text(json.dumps(report))
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-    # Skip the interpreter's teardown: a thread left by the c10d/gloo stack sometimes aborts it
-    # ("terminate called without an active exception") after all the work is done and written.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_torchrun_worker()
