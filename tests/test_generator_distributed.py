@@ -6,7 +6,8 @@ That holds because `GeneratorTrainingStream` decides every step's samples and th
 dropout from (seed, step, sample number) alone; each process reads its own part of every global batch. The two
 processes also build the latent cache together (one shard each), which the one-process runs then reuse.
 
-Run as a script (by the test, through torchrun): `python tests/test_generator_distributed.py OUTPUT_DIR PER_DEVICE_BATCH`.
+Run as a script (by the test, through torchrun):
+`python tests/test_generator_distributed.py OUTPUT_DIR PER_DEVICE_BATCH`.
 """
 
 import json

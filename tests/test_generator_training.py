@@ -280,7 +280,8 @@ def test_resume_continues_on_the_same_losses(tiny_model, tmp_path):
     for name, weight in resumed.pipeline.transformer.state_dict().items():
         torch.testing.assert_close(weight, expected[name], rtol=1e-6, atol=1e-7, msg=name)
     with pytest.raises(ValueError, match="No checkpoint to resume from"):
-        train_generator(tiny_model, dataset, generator_args(output_dir=tmp_path / "empty", **kwargs), resume_from_checkpoint=True)
+        args = generator_args(output_dir=tmp_path / "empty", **kwargs)
+        train_generator(tiny_model, dataset, args, resume_from_checkpoint=True)
 
 
 def test_latent_cache_is_reused_and_checked(tiny_model, tmp_path):

@@ -410,7 +410,8 @@ def _write_latent_shard(tokenizer, dataset, args: GeneratorTrainingArguments, pa
             offset += len(latents)
         writer.finalize()
     with open(path + ".sums.json", "w") as handle:
-        json.dump({"count": (end - start) * shape[0], "sum": sums[0].tolist(), "sum_of_squares": sums[1].tolist()}, handle)
+        totals = {"count": (end - start) * shape[0], "sum": sums[0].tolist(), "sum_of_squares": sums[1].tolist()}
+        json.dump(totals, handle)
 
 
 def build_latent_cache(
@@ -515,7 +516,8 @@ class GeneratorTrainingStream(torch.utils.data.Dataset):
     def image_index(self, position: int) -> int:
         epoch, offset = divmod(position, len(self.cache.latents))
         if epoch not in self._orders:
-            self._orders = {epoch: torch.randperm(len(self.cache.latents), generator=sample_generator(self.seed, 0, epoch))}
+            generator = sample_generator(self.seed, 0, epoch)
+            self._orders = {epoch: torch.randperm(len(self.cache.latents), generator=generator)}
         return int(self._orders[epoch][offset])
 
     def __getitems__(self, positions: list[int]) -> list[dict[str, torch.Tensor]]:
@@ -605,7 +607,9 @@ def _check_precision(args: GeneratorTrainingArguments) -> None:
     if args.device.type != "cpu":
         return
     if args.fp16:
-        raise ValueError("fp16 mixed precision needs a GPU: drop --fp16 (or use --bf16 on a CPU with bfloat16 support).")
+        raise ValueError(
+            "fp16 mixed precision needs a GPU: drop --fp16 (or use --bf16 on a CPU with bfloat16 support)."
+        )
     if args.bf16 and not _cpu_has_native_bf16():
         raise ValueError(
             "This CPU has no bfloat16 arithmetic (neither AVX512-BF16 nor AMX): --bf16 would run emulated, about 100x "
@@ -637,7 +641,9 @@ def _set_batch_and_steps(args: GeneratorTrainingArguments, num_images: int) -> i
     if args.max_steps <= 0:
         args.max_steps = max(1, math.ceil(args.num_train_epochs * num_images / global_batch_size))
     if args.warmup_steps >= max(1, args.max_steps):  # below 1 it is a share of the steps
-        raise ValueError(f"`warmup_steps` ({args.warmup_steps:g}) must be below the number of steps ({args.max_steps}).")
+        raise ValueError(
+            f"`warmup_steps` ({args.warmup_steps:g}) must be below the number of steps ({args.max_steps})."
+        )
     return global_batch_size
 
 
@@ -686,9 +692,13 @@ def train_generator(
     if not isinstance(args, GeneratorTrainingArguments):
         raise TypeError(f"`args` must be GeneratorTrainingArguments, got {type(args).__name__}.")
     if transformer is not None and (args.init_generator or args.transformer_kwargs):
-        raise ValueError("Pass the DiT to train as `transformer` or as `init_generator`/`transformer_kwargs`, not both.")
+        raise ValueError(
+            "Pass the DiT to train as `transformer` or as `init_generator`/`transformer_kwargs`, not both."
+        )
     if args.add_layers and transformer is None and args.init_generator is None:
-        raise ValueError("`add_layers` deepens the DiT given as `init_generator`; a new DiT is sized by `transformer_kwargs`.")
+        raise ValueError(
+            "`add_layers` deepens the DiT given as `init_generator`; a new DiT is sized by `transformer_kwargs`."
+        )
     if len(dataset) == 0:
         raise ValueError("The dataset is empty.")
     _check_precision(args)

@@ -213,7 +213,8 @@ def run_train_generator(args: argparse.Namespace) -> int:
     result = train_generator(tokenizer, dataset, training_args, resume_from_checkpoint=resume_from_checkpoint)
     if training_args.process_index == 0:
         last = result.losses[-100:]
-        print(f"Trained {len(result.losses)} steps (mean loss of the last {len(last)}: {sum(last) / max(1, len(last)):.4f})")
+        mean = sum(last) / max(1, len(last))
+        print(f"Trained {len(result.losses)} steps (mean loss of the last {len(last)}: {mean:.4f})")
         print(f"Saved the UniFlowClassConditionalPipeline to {training_args.output_dir}")
     return 0
 
