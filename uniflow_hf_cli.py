@@ -32,7 +32,9 @@ COMMANDS = {
     "train-tokenizer": Command(
         "train", "train a UniFlow tokenizer (flow + self-distillation losses) with the HF Trainer"
     ),
-    "train-generator": Command("generate", "train a class-conditional latent generator"),
+    "train-generator": Command(
+        "train", "train a class-conditional latent generator (a DiT) on a frozen tokenizer with the HF Trainer"
+    ),
     "evaluate": Command(
         "evaluate", "PSNR / SSIM / rFID of a tokenizer's reconstructions over an image folder or a saved dataset"
     ),

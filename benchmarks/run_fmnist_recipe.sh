@@ -48,18 +48,18 @@ finetune_decoder "$RUNS/fmnist-tokenizer-97ep" "$RUNS/fmnist-tokenizer"
 #    reconstruction with the release's 1; the saved weights are an exponential moving average (0.999) and the latent
 #    flow samples with Heun's method. Stages c to c''' trained on the 79-epoch tokenizer's latents.
 TOKENIZER_79=$RUNS/fmnist-tokenizer-79ep-ft
-uniflow-hf fmnist train-generator --tokenizer "$TOKENIZER_79" --output-dir "$RUNS/uniflow-fmnist-10k" --steps 10000 \
+uniflow-hf fmnist train-generator --tokenizer "$TOKENIZER_79" --output-dir "$RUNS/uniflow-fmnist-10k" --max-steps 10000 \
   --decoder-steps 4 --ema-decay 0.999 --solver heun
 # c'. 10000 more steps from those weights at a lower learning rate (another seed, so other batches and noise)
 uniflow-hf fmnist train-generator --tokenizer "$TOKENIZER_79" --init-generator "$RUNS/uniflow-fmnist-10k" \
-  --output-dir "$RUNS/uniflow-fmnist-20k" --steps 10000 --learning-rate 2e-4 --seed 1 --decoder-steps 4 --ema-decay 0.999 --solver heun
+  --output-dir "$RUNS/uniflow-fmnist-20k" --max-steps 10000 --learning-rate 2e-4 --seed 1 --decoder-steps 4 --ema-decay 0.999 --solver heun
 # c'' and c'''. two more such stages at learning rate 1e-4; from c''' on every stage saves the pipeline's sampling
 #    defaults: guidance 1.75, applied only from flow time 0.24 on (t = 0 is the noise), and 8 decoder steps (saved
 #    settings, not trained ones)
 uniflow-hf fmnist train-generator --tokenizer "$TOKENIZER_79" --init-generator "$RUNS/uniflow-fmnist-20k" \
-  --output-dir "$RUNS/uniflow-fmnist-30k" --steps 10000 --learning-rate 1e-4 --seed 2 --decoder-steps 4 --ema-decay 0.999 --solver heun
+  --output-dir "$RUNS/uniflow-fmnist-30k" --max-steps 10000 --learning-rate 1e-4 --seed 2 --decoder-steps 4 --ema-decay 0.999 --solver heun
 uniflow-hf fmnist train-generator --tokenizer "$TOKENIZER_79" --init-generator "$RUNS/uniflow-fmnist-30k" \
-  --output-dir "$RUNS/uniflow-fmnist-40k" --steps 10000 --learning-rate 1e-4 --seed 3 --decoder-steps 8 --ema-decay 0.999 --solver heun \
+  --output-dir "$RUNS/uniflow-fmnist-40k" --max-steps 10000 --learning-rate 1e-4 --seed 3 --decoder-steps 8 --ema-decay 0.999 --solver heun \
   --guidance-scale 1.75 --guidance-interval 0.24 1
 # d and d'. the last two adaptation rounds moved the latents, so the DiT follows them: two 8000-step stages on the
 #    97-epoch tokenizer (the one that ships); train-generator measures the latents' mean and std anew for it.
@@ -68,15 +68,15 @@ uniflow-hf fmnist train-generator --tokenizer "$TOKENIZER_79" --init-generator "
 #    rescaled by 0.85 (Lin et al., 2024; chosen after training on 10k samples), and Heun's method ending with a
 #    plain Euler step (--euler-at-final: no network call at t = 1; chosen after training on three 10k-sample seeds)
 uniflow-hf fmnist train-generator --tokenizer "$RUNS/fmnist-tokenizer" --init-generator "$RUNS/uniflow-fmnist-40k" \
-  --output-dir "$RUNS/uniflow-fmnist-48k" --steps 8000 --learning-rate 1e-4 --seed 4 --decoder-steps 8 --ema-decay 0.999 --solver heun \
+  --output-dir "$RUNS/uniflow-fmnist-48k" --max-steps 8000 --learning-rate 1e-4 --seed 4 --decoder-steps 8 --ema-decay 0.999 --solver heun \
   --guidance-scale 1.75 --guidance-interval 0.24 1
 uniflow-hf fmnist train-generator --tokenizer "$RUNS/fmnist-tokenizer" --init-generator "$RUNS/uniflow-fmnist-48k" \
-  --output-dir "$RUNS/uniflow-fmnist-56k" --steps 8000 --learning-rate 1e-4 --seed 5 --decoder-steps 8 --ema-decay 0.999 --solver heun \
+  --output-dir "$RUNS/uniflow-fmnist-56k" --max-steps 8000 --learning-rate 1e-4 --seed 5 --decoder-steps 8 --ema-decay 0.999 --solver heun \
   --euler-at-final --guidance-scale 2 --guidance-interval 0.24 0.7 --guidance-rescale 0.85
 # e. autoguidance (Karras et al., 2024): a 2-block DiT trained 4000 steps on the same latents, the "bad version" the
 #    pipeline extrapolates away from at flow times 0.8 <= t <= 1 (scale 2.5; chosen after training: the interval on
 #    3000 samples, the scale with the rescale above on 10k)
-uniflow-hf fmnist train-generator --tokenizer "$RUNS/fmnist-tokenizer" --output-dir "$RUNS/fmnist-guide" --steps 4000 \
+uniflow-hf fmnist train-generator --tokenizer "$RUNS/fmnist-tokenizer" --output-dir "$RUNS/fmnist-guide" --max-steps 4000 \
   --transformer-kwargs '{"num_layers": 2}' --seed 10 --decoder-steps 8 --ema-decay 0.999 --solver heun
 uniflow-hf attach-guide --model "$RUNS/uniflow-fmnist-56k" --guide "$RUNS/fmnist-guide" --output-dir "$RUNS/uniflow-fmnist-guided" \
   --autoguidance-scale 2.5 --autoguidance-interval 0.8 1

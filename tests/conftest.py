@@ -19,6 +19,40 @@ SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
 OFFICIAL_TINY = FIXTURES / "official_uniflow_tiny"
 
 
+def run_torchrun(script, *args, nproc_per_node: int = 2, timeout: int = 300):
+    """`torchrun --nproc_per_node N script args...` on this machine's CPU (gloo over loopback, one thread per
+    process), importing this checkout's `uniflow_hf`; fails the test with the end of its output unless every process
+    succeeds."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc_per_node),
+        "--master_addr", "127.0.0.1", "--master_port", str(port), str(script), *map(str, args),
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+
+def exit_torchrun_worker():
+    """End a torchrun worker of `run_torchrun` once its work is written: wait for the others, close the process
+    group, and skip the interpreter's teardown, which a thread left by the c10d/gloo stack sometimes aborts
+    ("terminate called without an active exception")."""
+    import sys
+
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def training_args(output_dir, **overrides):
     """CPU `TrainingArguments` for the tiny training tests: quiet, no saving, every step logged."""
     from transformers import TrainingArguments

@@ -236,12 +236,13 @@ def test_train_tokenizer_with_bf16_mixed_precision(tmp_path, lora):
 def test_train_generator_with_bf16_mixed_precision(tmp_path):
     from diffusers import DiffusionPipeline
 
-    from uniflow_hf.generator_training import train_generator
+    from uniflow_hf.generator_training import GeneratorTrainingArguments, train_generator
 
-    result = train_generator(
-        pretrained_tiny_model().eval(), synthetic_dataset(per_class=4), output_dir=tmp_path, num_train_steps=3,
-        batch_size=4, transformer_kwargs=TINY_DIT, mixed_precision="bf16", progress=False,
+    args = GeneratorTrainingArguments(
+        output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, transformer_kwargs=TINY_DIT, bf16=True,
+        report_to="none", save_strategy="no", disable_tqdm=True,
     )
+    result = train_generator(pretrained_tiny_model().eval(), synthetic_dataset(per_class=4), args)
     assert len(result.losses) == 3 and all(np.isfinite(result.losses))
     assert result.pipeline.transformer.dtype == torch.float32
     pipeline = DiffusionPipeline.from_pretrained(tmp_path).to("cuda")

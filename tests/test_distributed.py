@@ -13,15 +13,12 @@ one of the `WORKERS` below.
 """
 
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_CONFIG, training_args
+from conftest import TINY_CONFIG, exit_torchrun_worker, run_torchrun, training_args
 
 
 NUM_STEPS = 3
@@ -71,29 +68,10 @@ def train(output_dir, per_device_batch, data="map_style"):
     return train_tokenizer(build_model(), dataset, args, save_model=False)
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def torchrun(mode, output_dir, *args, environment=None):
-    """Run `mode`'s worker in 2 processes (gloo on CPU) importing this checkout; fail with their output."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    env.update(PYTHONPATH=str(REPO_ROOT), **(environment or {}))  # the workers' sys.path starts at tests/
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-        __file__, mode, str(output_dir), *map(str, args),
-    ]  # fmt: skip
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-
-
 @pytest.mark.parametrize("data", ["map_style", "stream", "stream_shards"])
 def test_two_processes_reach_the_weights_of_one(tmp_path, data):
     torch.set_num_threads(1)
-    torchrun("train", tmp_path / "ddp", GLOBAL_BATCH // 2, data)
+    run_torchrun(__file__, "train", tmp_path / "ddp", GLOBAL_BATCH // 2, data)
     report = json.loads((tmp_path / "ddp" / "report.json").read_text())
     assert report["world_size"] == 2
 
@@ -123,7 +101,7 @@ def test_logs_average_over_the_group_the_model_reduces_over(tmp_path):
     distillation's α over, even when accelerate counts fewer processes (here `use_cpu=False` on a machine without
     GPUs: accelerate says 1 process while torchrun started 2; DeepSpeed without GPUs says 1 while summing over 2,
     which doubled the logs). Each process adds its own values; both must log their mean."""
-    torchrun("log", tmp_path)
+    run_torchrun(__file__, "log", tmp_path)
     logs = [json.loads((tmp_path / f"log{rank}.json").read_text()) for rank in range(2)]
     for log in logs:
         assert log["flow_loss"] == 1.5 and log["distill_cos/layer_01"] == 0.25 and log["loss"] == 0.0
@@ -159,10 +137,4 @@ if __name__ == "__main__":  # one torchrun worker
     torch.set_num_threads(1)
     mode, output_dir = sys.argv[1], Path(sys.argv[2])
     WORKERS[mode](output_dir, *sys.argv[3:])
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-    # Skip the interpreter's teardown: a thread left by the c10d/gloo stack sometimes aborts it
-    # ("terminate called without an active exception") after all the work is done and written.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_torchrun_worker()

@@ -171,9 +171,9 @@ def test_fmnist_stage_rejects_a_bad_flow_timestep_setting(tmp_path):
 
 def test_fmnist_train_generator_rejects_bad_schedules(tmp_path):
     stage = ["train-generator", "--tokenizer", str(SHIPPED / "tokenizer"), "--output-dir", str(tmp_path / "gen"),
-             "--max-train", "64", "--steps", "10"]
+             "--max-train", "64", "--max-steps", "10"]
     result = fmnist_command(*stage, "--lr-scheduler-type", "linear", "--warmup-steps", "10", timeout=300)
-    assert result.returncode == 2 and "`warmup_steps` must be an integer from 0 to num_train_steps - 1 (9)" in result.stderr
+    assert result.returncode == 2 and "`warmup_steps` (10) must be below the number of steps (10)" in result.stderr
     result = fmnist_command(*stage, "--timestep-logit-std", "0", timeout=300)
     assert result.returncode == 2 and "`logit_std` must be positive, got 0.0" in result.stderr
     assert not (tmp_path / "gen").exists()
@@ -199,11 +199,12 @@ def test_the_recipe_stages_chain_into_a_pipeline(tmp_path):
     run_stage("adapt", "--encoder", str(encoder), "--output-dir", str(tokenizer), "--max-train", "256",
               "--flow-timestep-distribution", "lognormal", "--flow-timestep-logit-mean", "-2")
     run_stage("finetune-decoder", "--tokenizer", str(tokenizer), "--output-dir", str(decoder_tuned), "--max-train", "256")
-    run_stage("train-generator", "--tokenizer", str(decoder_tuned), "--output-dir", str(model), "--steps", "3",
-              "--batch-size", "16", "--max-train", "64", "--decoder-steps", "4", "--ema-decay", "0.9",
+    run_stage("train-generator", "--tokenizer", str(decoder_tuned), "--output-dir", str(model), "--max-steps", "3",
+              "--per-device-train-batch-size", "16", "--max-train", "64", "--decoder-steps", "4", "--ema-decay", "0.9",
               "--solver", "heun", "--euler-at-final", "--guidance-scale", "2", "--guidance-interval", "0.2", "1")
     # a continuation stage starts from the saved DiT (at learning rate 0 it stays exactly that), also deepened
-    continuation = ["--init-generator", str(model), "--learning-rate", "0", "--steps", "2", "--batch-size", "16",
+    continuation = ["--init-generator", str(model), "--learning-rate", "0", "--max-steps", "2",
+                    "--per-device-train-batch-size", "16",
                     "--max-train", "64", "--seed", "1"]
     run_stage("train-generator", "--tokenizer", str(decoder_tuned), "--output-dir", str(tmp_path / "continued"),
               *continuation)
@@ -240,8 +241,8 @@ def test_the_recipe_stages_chain_into_a_pipeline(tmp_path):
     assert images.shape == (2, 3, 28, 28) and torch.isfinite(images).all()
 
     # e. a smaller DiT on the same latents, attached as the pipeline's autoguidance guide
-    run_stage("train-generator", "--tokenizer", str(decoder_tuned), "--output-dir", str(tmp_path / "guide"), "--steps",
-              "2", "--batch-size", "16", "--max-train", "64", "--seed", "2", "--transformer-kwargs", '{"num_layers": 1}')
+    run_stage("train-generator", "--tokenizer", str(decoder_tuned), "--output-dir", str(tmp_path / "guide"), "--max-steps",
+              "2", "--per-device-train-batch-size", "16", "--max-train", "64", "--seed", "2", "--transformer-kwargs", '{"num_layers": 1}')
     attach = subprocess.run(
         [sys.executable, "-m", "uniflow_hf.cli", "attach-guide", "--model", str(model), "--guide", str(tmp_path / "guide"),
          "--autoguidance-scale", "2", "--autoguidance-interval", "0.8", "1", "--output-dir", str(tmp_path / "guided")],

@@ -1,7 +1,12 @@
 """Training the class-conditional latent generator: the saved pipeline, the latent statistics, label dropout, the
-`train-generator` command, and (at tiny scale) that it learns to generate latents of the requested class."""
+latent cache, checkpoint and resume, the `train-generator` command, and (at tiny scale) that it learns to generate
+latents of the requested class. Multi-process training: test_generator_distributed.py."""
 
+import copy
+import itertools
 import json
+import os
+import shutil
 from unittest import mock
 
 import datasets
@@ -15,7 +20,7 @@ from PIL import Image
 from uniflow_hf import UniFlowClassConditionalPipeline, UniFlowFlowMatchScheduler
 from uniflow_hf.cli import main as cli_main
 from uniflow_hf.generator_training import (
-    deepen_generator_transformer, encode_dataset, latent_statistics, train_generator,
+    GeneratorTrainingArguments, deepen_generator_transformer, encode_dataset, latent_statistics, train_generator,
 )
 
 
@@ -51,6 +56,32 @@ def synthetic_dataset(per_class: int, seed: int = 0, class_label: bool = True) -
     return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
 
 
+_RUNS = {"folder": None, "numbers": itertools.count()}
+
+
+@pytest.fixture(autouse=True)
+def runs_folder(tmp_path_factory):
+    """Where `generator_args` puts the runs given no `output_dir`: a new folder per test."""
+    _RUNS["folder"] = tmp_path_factory.mktemp("runs")
+
+
+def generator_args(output_dir=None, **overrides) -> GeneratorTrainingArguments:
+    """CPU `GeneratorTrainingArguments` for the tiny tests: quiet, no checkpoints, one step of 4 samples by default,
+    in a new `output_dir` (so a new latent cache) unless given."""
+    if output_dir is None:
+        output_dir = _RUNS["folder"] / f"run{next(_RUNS['numbers'])}"
+    values = dict(
+        output_dir=str(output_dir), use_cpu=True, report_to="none", save_strategy="no", logging_strategy="no",
+        disable_tqdm=True, seed=0, max_steps=1, per_device_train_batch_size=4,
+    )
+    return GeneratorTrainingArguments(**{**values, **overrides})
+
+
+def train(tokenizer, dataset, transformer=None, **overrides):
+    """`train_generator` with `generator_args(**overrides)`."""
+    return train_generator(tokenizer, dataset, generator_args(**overrides), transformer=transformer)
+
+
 def spy_on_dit_forward():
     """Patch `DiTTransformer2DModel.forward` with a mock that records each call and still runs the real forward."""
     return mock.patch.object(
@@ -60,10 +91,10 @@ def spy_on_dit_forward():
 
 def test_train_generator_saves_a_complete_pipeline(tiny_model, tmp_path):
     dataset = synthetic_dataset(per_class=3)
-    kwargs = dict(num_train_steps=3, batch_size=4, seed=1, transformer_kwargs=TINY_DIT, ema_decay=0.9, progress=False)
-    result = train_generator(tiny_model, dataset, output_dir=tmp_path, **kwargs)
+    kwargs = dict(max_steps=3, seed=1, transformer_kwargs=TINY_DIT, ema_decay=0.9)
+    result = train(tiny_model, dataset, output_dir=tmp_path, **kwargs)
     assert len(result.losses) == 3 and all(np.isfinite(result.losses))
-    assert train_generator(tiny_model, dataset, **kwargs).losses == result.losses  # seeded
+    assert train(tiny_model, dataset, **kwargs).losses == result.losses  # seeded
 
     pipeline = DiffusionPipeline.from_pretrained(tmp_path)
     assert isinstance(pipeline, UniFlowClassConditionalPipeline)
@@ -83,9 +114,9 @@ def test_train_generator_saves_a_complete_pipeline(tiny_model, tmp_path):
 
 def test_ema_saves_the_average_and_leaves_the_training_alone(tiny_model):
     dataset = synthetic_dataset(per_class=2)
-    kwargs = dict(num_train_steps=4, batch_size=4, seed=3, transformer_kwargs=TINY_DIT, progress=False)
-    plain = train_generator(tiny_model, dataset, **kwargs)
-    averaged = train_generator(tiny_model, dataset, ema_decay=0.5, **kwargs)
+    kwargs = dict(max_steps=4, seed=3, transformer_kwargs=TINY_DIT)
+    plain = train(tiny_model, dataset, **kwargs)
+    averaged = train(tiny_model, dataset, ema_decay=0.5, **kwargs)
     assert averaged.losses == plain.losses  # the average is only what gets saved
     plain_weights = plain.pipeline.transformer.state_dict()
     averaged_weights = averaged.pipeline.transformer.state_dict()
@@ -99,9 +130,9 @@ def test_label_dropout_goes_to_the_null_class(tiny_model):
         spy_on_dit_forward() as spy,
         mock.patch.object(LabelEmbedding, "token_drop") as builtin_dropout,
     ):
-        train_generator(
-            tiny_model, dataset, num_train_steps=8, batch_size=12, label_dropout=0.5, transformer_kwargs=TINY_DIT,
-            progress=False,
+        train(
+            tiny_model, dataset, max_steps=8, per_device_train_batch_size=12, label_dropout=0.5,
+            transformer_kwargs=TINY_DIT,
         )
     builtin_dropout.assert_not_called()
     labels = torch.cat([call.kwargs["class_labels"] for call in spy.call_args_list])
@@ -109,9 +140,9 @@ def test_label_dropout_goes_to_the_null_class(tiny_model):
     assert set(labels.tolist()) == {0, 1, 2, 3}
     # every epoch visits every image once: without dropout, the labels of each epoch are the dataset's
     with spy_on_dit_forward() as spy:
-        train_generator(
-            tiny_model, dataset, num_train_steps=2, batch_size=12, label_dropout=0.0, transformer_kwargs=TINY_DIT,
-            progress=False,
+        train(
+            tiny_model, dataset, max_steps=2, per_device_train_batch_size=12, label_dropout=0.0,
+            transformer_kwargs=TINY_DIT,
         )
     for call in spy.call_args_list:
         assert sorted(call.kwargs["class_labels"].tolist()) == [0] * 4 + [1] * 4 + [2] * 4
@@ -119,46 +150,51 @@ def test_label_dropout_goes_to_the_null_class(tiny_model):
 
 def test_integer_labels_and_errors(tiny_model):
     dataset = synthetic_dataset(per_class=1, class_label=False)
-    result = train_generator(
-        tiny_model, dataset, num_train_steps=1, batch_size=2, transformer_kwargs=TINY_DIT, progress=False
-    )
+    result = train(tiny_model, dataset, per_device_train_batch_size=2, transformer_kwargs=TINY_DIT)
     assert result.pipeline.config.id2label == {0: "0", 1: "1", 2: "2"}
     with pytest.raises(ValueError, match="No image column 'pixels'"):
-        train_generator(tiny_model, dataset, image_column="pixels", num_train_steps=1, progress=False)
+        train(tiny_model, dataset, image_column="pixels")
     with pytest.raises(ValueError, match="No label column 'class'"):
-        train_generator(tiny_model, dataset, label_column="class", num_train_steps=1, progress=False)
-    with pytest.raises(ValueError, match="label_dropout"):
-        train_generator(tiny_model, dataset, label_dropout=1.0, num_train_steps=1, progress=False)
-    with pytest.raises(ValueError, match="`solver` must be 'euler' or 'heun'"):
-        train_generator(tiny_model, dataset, solver="rk4", num_train_steps=1, progress=False)
-    with pytest.raises(ValueError, match="`guidance_scale` must be a number >= 0"):
-        train_generator(tiny_model, dataset, guidance_scale=-1, num_train_steps=1, progress=False)
-    with pytest.raises(ValueError, match=r"`ema_decay` must be in \(0, 1\)"):
-        train_generator(tiny_model, dataset, ema_decay=1.0, num_train_steps=1, progress=False)
+        train(tiny_model, dataset, label_column="class")
     with pytest.raises(ValueError, match="follow from the tokenizer"):
-        train_generator(tiny_model, dataset, transformer_kwargs={"in_channels": 4}, num_train_steps=1, progress=False)
+        train(tiny_model, dataset, transformer_kwargs={"in_channels": 4})
+    with pytest.raises(TypeError, match="`args` must be GeneratorTrainingArguments"):
+        train_generator(tiny_model, dataset, generator_args().to_dict())
+    # the settings are checked when the arguments are made, before any data or model loads
+    for settings, message in [
+        (dict(label_dropout=1.0), "label_dropout"),
+        (dict(solver="rk4"), "`solver` must be 'euler' or 'heun'"),
+        (dict(guidance_scale=-1), "`guidance_scale` must be a number >= 0"),
+        (dict(guidance_interval=[0.8, 0.2]), "0 <= t_start <= t_end <= 1"),
+        (dict(ema_decay=1.0), r"`ema_decay` must be in \(0, 1\)"),
+        (dict(transformer_kwargs="{not json"), "`transformer_kwargs` is not valid JSON"),
+        (dict(global_batch_size=0), "`global_batch_size` must be a positive integer"),
+        (dict(timestep_logit_std=0.0), "`logit_std` must be positive"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            generator_args(**settings)
 
 
 def training_timesteps(tiny_model, **kwargs) -> torch.Tensor:
     """The flow times (1000 t) the DiT was trained at in 8 steps of 12 samples."""
     with spy_on_dit_forward() as spy:
-        train_generator(
-            tiny_model, synthetic_dataset(per_class=4), num_train_steps=8, batch_size=12, transformer_kwargs=TINY_DIT,
-            progress=False, **kwargs,
+        train(
+            tiny_model, synthetic_dataset(per_class=4), max_steps=8, per_device_train_batch_size=12,
+            transformer_kwargs=TINY_DIT, **kwargs,
         )
     return torch.cat([call.kwargs["timestep"] for call in spy.call_args_list])
 
 
-def test_training_flow_times_come_from_the_noise_scheduler(tiny_model):
+def test_training_flow_times_follow_the_timestep_settings(tiny_model):
     default = training_timesteps(tiny_model)
     assert len(default) == 96 and 0.3 < (default < 500).float().mean() < 0.7  # the release's, centred at t = 0.5
-    assert torch.equal(training_timesteps(tiny_model, noise_scheduler=UniFlowFlowMatchScheduler()), default)
+    release = UniFlowFlowMatchScheduler().config
+    same = dict(timestep_distribution=release.training_timestep_distribution, timestep_logit_mean=release.logit_mean)
+    assert torch.equal(training_timesteps(tiny_model, **same), default)
     # a logit-normal at logit 3 (t = 0.95), std 0.3: every time within 4 std of it, near the data end
-    near_data = UniFlowFlowMatchScheduler(training_timestep_distribution="lognormal", logit_mean=3.0, logit_std=0.3)
-    skewed = training_timesteps(tiny_model, noise_scheduler=near_data)
+    near_data = dict(timestep_distribution="lognormal", timestep_logit_mean=3.0, timestep_logit_std=0.3)
+    skewed = training_timesteps(tiny_model, **near_data)
     assert skewed.min() > 1000 * torch.sigmoid(torch.tensor(1.8)) and skewed.max() < 1000 * torch.sigmoid(torch.tensor(4.2))
-    with pytest.raises(TypeError, match="`noise_scheduler` must be a UniFlowFlowMatchScheduler"):
-        train_generator(tiny_model, synthetic_dataset(per_class=1), noise_scheduler="lognormal", progress=False)
 
 
 def learning_rates_of_training(tiny_model, **kwargs) -> list[float]:
@@ -170,9 +206,9 @@ def learning_rates_of_training(tiny_model, **kwargs) -> list[float]:
         return step(optimizer, *args, **kw)
 
     with mock.patch.object(torch.optim.AdamW, "step", autospec=True, side_effect=record):
-        train_generator(
-            tiny_model, synthetic_dataset(per_class=2), num_train_steps=4, batch_size=4, learning_rate=1e-3,
-            transformer_kwargs=TINY_DIT, progress=False, **kwargs,
+        train(
+            tiny_model, synthetic_dataset(per_class=2), max_steps=4, learning_rate=1e-3, optim="adamw_torch",
+            transformer_kwargs=TINY_DIT, **kwargs,
         )
     return seen
 
@@ -185,38 +221,137 @@ def test_learning_rate_schedules(tiny_model):
     warmed = learning_rates_of_training(tiny_model, lr_scheduler_type="linear", warmup_steps=2)
     assert warmed == pytest.approx([0.0, 5e-4, 1e-3, 5e-4])
 
-    dataset = synthetic_dataset(per_class=1)
-    with pytest.raises(ValueError, match="`lr_scheduler_type` must be one of constant, constant_with_warmup, linear, cosine"):
-        train_generator(tiny_model, dataset, lr_scheduler_type="plateau", num_train_steps=1, progress=False)
-    with pytest.raises(ValueError, match=r"`warmup_steps` must be an integer from 0 to num_train_steps - 1 \(3\)"):
-        train_generator(tiny_model, dataset, lr_scheduler_type="linear", warmup_steps=4, num_train_steps=4, progress=False)
+    with pytest.raises(ValueError, match="plateau is not a valid SchedulerType"):
+        generator_args(lr_scheduler_type="plateau")
     with pytest.raises(ValueError, match="use 'constant_with_warmup'"):
-        train_generator(tiny_model, dataset, warmup_steps=1, num_train_steps=4, progress=False)
+        generator_args(warmup_steps=1, max_steps=4)
+    with pytest.raises(ValueError, match=r"`warmup_steps` \(4\) must be below the number of steps \(4\)"):
+        train(tiny_model, synthetic_dataset(per_class=1), lr_scheduler_type="linear", warmup_steps=4, max_steps=4)
 
 
 def test_training_continues_from_a_saved_generator(tiny_model, tmp_path):
-    """`init_transformer` (a pipeline folder, a transformer folder or a module) starts from those weights: at
-    learning rate 0 they come out unchanged, at a positive one they move on from there; mismatches are refused."""
+    """`init_generator` (a pipeline folder, a transformer folder) or `transformer` (a module) starts from those
+    weights: at learning rate 0 they come out unchanged, at a positive one they move on from there; mismatches are
+    refused."""
     dataset = synthetic_dataset(per_class=2)
-    kwargs = dict(batch_size=4, progress=False)
-    first = train_generator(tiny_model, dataset, output_dir=tmp_path, num_train_steps=2, transformer_kwargs=TINY_DIT, **kwargs)
+    saved_dir = tmp_path / "first"
+    first = train(tiny_model, dataset, output_dir=saved_dir, max_steps=2, transformer_kwargs=TINY_DIT)
     saved = {k: v.clone() for k, v in first.pipeline.transformer.state_dict().items()}
-    for source in (tmp_path, tmp_path / "transformer"):
-        kept = train_generator(tiny_model, dataset, init_transformer=source, num_train_steps=1, learning_rate=0.0, **kwargs)
+    for source in (saved_dir, saved_dir / "transformer"):
+        kept = train(tiny_model, dataset, init_generator=str(source), learning_rate=0.0)
         assert all(torch.equal(v, saved[k]) for k, v in kept.pipeline.transformer.state_dict().items())
-    moved = train_generator(tiny_model, dataset, init_transformer=tmp_path, num_train_steps=1, seed=1, **kwargs)
-    fresh = train_generator(tiny_model, dataset, num_train_steps=1, seed=1, transformer_kwargs=TINY_DIT, **kwargs)
+    moved = train(tiny_model, dataset, init_generator=str(saved_dir), seed=1)
+    fresh = train(tiny_model, dataset, seed=1, transformer_kwargs=TINY_DIT)
     assert moved.losses != fresh.losses  # it started from the saved weights, not from a new DiT
     assert not all(torch.equal(v, saved[k]) for k, v in moved.pipeline.transformer.state_dict().items())
 
     with pytest.raises(ValueError, match="`transformer_kwargs` size a new DiT"):
-        train_generator(tiny_model, dataset, init_transformer=tmp_path, transformer_kwargs=TINY_DIT, num_train_steps=1, **kwargs)
+        generator_args(init_generator=str(saved_dir), transformer_kwargs=TINY_DIT)
+    with pytest.raises(ValueError, match="not both"):
+        train(tiny_model, dataset, first.pipeline.transformer, init_generator=str(saved_dir))
     with pytest.raises(ValueError, match="holds no DiT"):
-        train_generator(tiny_model, dataset, init_transformer=tmp_path / "tokenizer", num_train_steps=1, **kwargs)
+        train(tiny_model, dataset, init_generator=str(saved_dir / "tokenizer"))
     two_classes = synthetic_dataset(per_class=2).filter(lambda row: row["label"] < 2)
     two_classes = two_classes.cast_column("label", datasets.ClassLabel(names=CLASS_NAMES[:2]))
     with pytest.raises(ValueError, match="'num_embeds_ada_norm': 3.*'num_embeds_ada_norm': 2"):
-        train_generator(tiny_model, two_classes, init_transformer=first.pipeline.transformer, num_train_steps=1, **kwargs)
+        train(tiny_model, two_classes, first.pipeline.transformer)
+
+
+def test_resume_continues_on_the_same_losses(tiny_model, tmp_path):
+    """A run killed after its step-2 checkpoint and resumed from there ends as the straight 4-step run: the same
+    losses at steps 3 and 4 and the same saved (averaged) weights. The resumed run reads the samples of steps 3 and 4
+    (not those of 1 and 2 again), and its learning-rate schedule, AdamW moments and weight average go on."""
+    dataset = synthetic_dataset(per_class=2)
+    kwargs = dict(
+        max_steps=4, transformer_kwargs=TINY_DIT, ema_decay=0.7, lr_scheduler_type="linear", save_strategy="steps",
+        save_steps=2, per_device_train_batch_size=3, latent_cache_dir=str(tmp_path / "cache"),
+    )
+    straight = train(tiny_model, dataset, output_dir=tmp_path / "straight", **kwargs)
+    assert sorted(os.listdir(tmp_path / "straight" / "checkpoint-2")) == sorted(
+        ["ema.pt", "model.safetensors", "optimizer.pt", "rng_state.pth", "scheduler.pt", "trainer_state.json",
+         "training_args.bin"]
+    )
+    shutil.copytree(tmp_path / "straight" / "checkpoint-2", tmp_path / "killed" / "checkpoint-2")
+    args = generator_args(output_dir=tmp_path / "killed", **kwargs)
+    resumed = train_generator(tiny_model, dataset, args, resume_from_checkpoint=True)  # the latest checkpoint
+    assert len(straight.losses) == 4 and resumed.losses == pytest.approx(straight.losses[2:], rel=1e-6, abs=0)
+    assert resumed.losses != pytest.approx(straight.losses[:2], rel=1e-3)  # not the first two steps again
+    expected = straight.pipeline.transformer.state_dict()
+    for name, weight in resumed.pipeline.transformer.state_dict().items():
+        torch.testing.assert_close(weight, expected[name], rtol=1e-6, atol=1e-7, msg=name)
+    with pytest.raises(ValueError, match="No checkpoint to resume from"):
+        args = generator_args(output_dir=tmp_path / "empty", **kwargs)
+        train_generator(tiny_model, dataset, args, resume_from_checkpoint=True)
+
+
+def test_latent_cache_is_reused_and_checked(tiny_model, tmp_path):
+    """The latents go to an Arrow dataset on disk once; a later run of the same tokenizer and dataset reads them
+    without encoding; another tokenizer (weights or config), another dataset, a folder that is something else or
+    that cannot be made are refused; a run stopped while encoding leaves no cache behind."""
+    from uniflow_hf import UniFlowModel
+
+    dataset = synthetic_dataset(per_class=2)
+    cache = tmp_path / "cache"
+    kwargs = dict(latent_cache_dir=str(cache), transformer_kwargs=TINY_DIT, max_steps=2)
+    first = train(tiny_model, dataset, **kwargs)
+    info = json.loads((cache / "latent_cache.json").read_text())
+    assert info["shards"] == ["shard-00000-of-00001.arrow"] and info["num_rows"] == 6
+    stored = datasets.Dataset.from_file(str(cache / info["shards"][0])).with_format("torch")[:]
+    torch.testing.assert_close(stored["latents"], encode_dataset(tiny_model, dataset, "image"), rtol=0, atol=0)
+    assert stored["label"].tolist() == list(dataset["label"])
+    mean, std = latent_statistics(stored["latents"])
+    assert info["latent_mean"] == pytest.approx(mean, abs=1e-6) and info["latent_std"] == pytest.approx(std, abs=1e-6)
+
+    with mock.patch.object(UniFlowModel, "encode", side_effect=AssertionError("encoded again")):
+        assert train(tiny_model, dataset, **kwargs).losses == first.losses
+    other_weights, other_config = copy.deepcopy(tiny_model), copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        next(other_weights.parameters()).add_(1e-3)
+    other_config.config.num_sampling_steps = 7
+    for other in (other_weights, other_config):
+        with pytest.raises(ValueError, match="was made by another tokenizer"):
+            train(other, dataset, **kwargs)
+    with pytest.raises(ValueError, match="was made from another dataset"):
+        train(tiny_model, synthetic_dataset(per_class=2, seed=1), **kwargs)
+
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(ValueError, match="exists and is not a latent cache"):
+        train(tiny_model, dataset, **{**kwargs, "latent_cache_dir": str(tmp_path / "notes")})
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match="Cannot create the latent cache folder"):
+        train(tiny_model, dataset, **{**kwargs, "latent_cache_dir": str(tmp_path / "a_file" / "cache")})
+    with mock.patch.object(UniFlowModel, "encode", side_effect=KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny_model, dataset, **{**kwargs, "latent_cache_dir": str(tmp_path / "new")})
+    assert not (tmp_path / "new").exists()  # only the temporary folder beside it, replaced by the next run
+    assert train(tiny_model, dataset, **{**kwargs, "latent_cache_dir": str(tmp_path / "new")}).losses == first.losses
+    assert sorted(os.listdir(tmp_path)) == ["a_file", "cache", "new", "notes"]
+
+
+def test_mixed_precision_is_checked_against_the_processor(tiny_model):
+    """--bf16 on a CPU without bfloat16 arithmetic is refused (it would run emulated); on one with it (mocked here)
+    the DiT runs under bfloat16 autocast. fp16 needs a GPU."""
+    dataset = synthetic_dataset(per_class=1)
+    with mock.patch("uniflow_hf.generator_training._cpu_has_native_bf16", return_value=False):
+        with pytest.raises(ValueError, match="no bfloat16 arithmetic"):
+            train(tiny_model, dataset, bf16=True, transformer_kwargs=TINY_DIT)
+    with pytest.raises(ValueError, match="fp16 mixed precision needs a GPU"):
+        train(tiny_model, dataset, fp16=True, transformer_kwargs=TINY_DIT)
+
+    autocast, forward = [], DiTTransformer2DModel.forward
+
+    def record(*args, **kwargs):
+        autocast.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return forward(*args, **kwargs)
+
+    with (
+        mock.patch("uniflow_hf.generator_training._cpu_has_native_bf16", return_value=True),
+        mock.patch.object(DiTTransformer2DModel, "forward", autospec=True, side_effect=record),
+    ):
+        result = train(tiny_model, dataset, bf16=True, transformer_kwargs=TINY_DIT, per_device_train_batch_size=2)
+    assert autocast == [torch.bfloat16] and np.isfinite(result.losses).all()
+    assert result.pipeline.transformer.dtype == torch.float32  # mixed precision: the weights stay float32
 
 
 def random_dit(num_layers: int, seed: int = 0) -> DiTTransformer2DModel:
@@ -283,9 +418,8 @@ def test_training_continues_a_deepened_generator(tiny_model, tmp_path):
     """`add_layers` deepens the DiT to continue before training: at learning rate 0 it generates what the saved one
     generates; then training opens the new blocks' gates."""
     dataset = synthetic_dataset(per_class=2)
-    kwargs = dict(batch_size=4, progress=False)
-    first = train_generator(tiny_model, dataset, output_dir=tmp_path, num_train_steps=2, transformer_kwargs=TINY_DIT, **kwargs)
-    kept = train_generator(tiny_model, dataset, init_transformer=tmp_path, add_layers=1, num_train_steps=1, learning_rate=0.0, **kwargs)
+    first = train(tiny_model, dataset, output_dir=tmp_path, max_steps=2, transformer_kwargs=TINY_DIT)
+    kept = train(tiny_model, dataset, init_generator=str(tmp_path), add_layers=1, learning_rate=0.0)
     assert kept.pipeline.transformer.config.num_layers == 2
     pipelines = (first.pipeline, kept.pipeline)
     for pipeline in pipelines:
@@ -293,15 +427,15 @@ def test_training_continues_a_deepened_generator(tiny_model, tmp_path):
     latents = [p([0, 1, 2], num_inference_steps=3, generator=torch.manual_seed(0), output_type="latent").images for p in pipelines]
     torch.testing.assert_close(latents[1], latents[0], rtol=0, atol=1e-6)
 
-    trained = train_generator(tiny_model, dataset, init_transformer=tmp_path, add_layers=1, num_train_steps=2, seed=1, **kwargs)
+    trained = train(tiny_model, dataset, init_generator=str(tmp_path), add_layers=1, max_steps=2, seed=1)
     dim = trained.pipeline.transformer.inner_dim
     gate = trained.pipeline.transformer.transformer_blocks[1].norm1.linear.bias[2 * dim : 3 * dim]
     assert torch.count_nonzero(gate) > 0
 
-    with pytest.raises(ValueError, match="`add_layers` deepens the DiT given as `init_transformer`"):
-        train_generator(tiny_model, dataset, add_layers=1, num_train_steps=1, transformer_kwargs=TINY_DIT, **kwargs)
+    with pytest.raises(ValueError, match="`add_layers` deepens the DiT given as `init_generator`"):
+        train(tiny_model, dataset, add_layers=1, transformer_kwargs=TINY_DIT)
     with pytest.raises(ValueError, match="non-negative integer"):
-        train_generator(tiny_model, dataset, init_transformer=tmp_path, add_layers=-1, num_train_steps=1, **kwargs)
+        generator_args(init_generator=str(tmp_path), add_layers=-1)
 
 
 def test_generated_latents_are_recognised_as_their_class(tiny_model):
@@ -318,9 +452,9 @@ def test_generated_latents_are_recognised_as_their_class(tiny_model):
     requested = torch.tensor([0, 1, 2] * 10)
 
     def accuracy(num_train_steps: int) -> float:
-        pipeline = train_generator(
-            tiny_model, dataset, num_train_steps=num_train_steps, batch_size=32, learning_rate=1e-3, seed=0,
-            transformer_kwargs=dict(TINY_DIT, num_layers=2, attention_head_dim=16), progress=False,
+        pipeline = train(
+            tiny_model, dataset, max_steps=num_train_steps, per_device_train_batch_size=32, learning_rate=1e-3,
+            seed=0, transformer_kwargs=dict(TINY_DIT, num_layers=2, attention_head_dim=16),
         ).pipeline
         pipeline.set_progress_bar_config(disable=True)
         latents = pipeline(
@@ -337,16 +471,17 @@ def test_generated_latents_are_recognised_as_their_class(tiny_model):
 def test_train_generator_command(tiny_model, tmp_path, monkeypatch, capsys):
     tokenizer_dir = tmp_path / "tokenizer"
     tiny_model.save_pretrained(tokenizer_dir)
+    quiet = ["--use_cpu", "--report_to", "none", "--save_strategy", "no", "--logging_strategy", "no", "--disable_tqdm", "true"]
 
     def train(dataset_dir, output_dir, *extra):
-        argv = ["train-generator", "--tokenizer", str(tokenizer_dir), "--dataset", str(dataset_dir)]
-        argv += ["--output-dir", str(output_dir), "--num-train-steps", "2", "--batch-size", "4", *extra]
-        return cli_main([*argv, "--transformer-kwargs", json.dumps(TINY_DIT)])
+        argv = ["train-generator", "--tokenizer", str(tokenizer_dir), "--dataset", str(dataset_dir), *quiet]
+        argv += ["--output_dir", str(output_dir), "--max_steps", "2", "--per_device_train_batch_size", "4", *extra]
+        return cli_main([*argv, "--transformer_kwargs", json.dumps(TINY_DIT)])
 
     # a `save_to_disk` DatasetDict
     datasets.DatasetDict({"train": synthetic_dataset(per_class=2)}).save_to_disk(tmp_path / "saved")
-    sampling = ["--decoder-steps", "3", "--solver", "heun", "--euler-at-final", "--guidance-scale", "2",
-                "--guidance-interval", "0.2", "1"]
+    sampling = ["--decoder-steps", "3", "--solver", "heun", "--euler_at_final", "--guidance_scale", "2",
+                "--guidance_interval", "0.2", "1"]
     assert train(tmp_path / "saved", tmp_path / "generator", *sampling) == 0
     assert "Trained 2 steps" in capsys.readouterr().out
     pipeline = DiffusionPipeline.from_pretrained(tmp_path / "generator")
@@ -357,22 +492,24 @@ def test_train_generator_command(tiny_model, tmp_path, monkeypatch, capsys):
     assert pipeline.scheduler.config.euler_at_final
     assert pipeline.decoder_scheduler.config.solver == "euler"  # the decoder keeps the release's sampler
 
-    # continuing from that pipeline's DiT (its size, not --transformer-kwargs)
+    # continuing from that pipeline's DiT (its size, not --transformer_kwargs), reusing the first run's latents
     argv = ["train-generator", "--tokenizer", str(tokenizer_dir), "--dataset", str(tmp_path / "saved"), "--seed", "1",
-            "--output-dir", str(tmp_path / "continued"), "--num-train-steps", "1", "--batch-size", "4"]
-    assert cli_main([*argv, "--init-generator", str(tmp_path / "generator"), "--learning-rate", "0"]) == 0
+            "--output_dir", str(tmp_path / "continued"), "--max_steps", "1", "--per_device_train_batch_size", "4",
+            "--latent_cache_dir", str(tmp_path / "generator" / "latent_cache"), *quiet]
+    assert cli_main([*argv, "--init_generator", str(tmp_path / "generator"), "--learning_rate", "0"]) == 0
     continued = DiffusionPipeline.from_pretrained(tmp_path / "continued")
     for name, parameter in continued.transformer.state_dict().items():
         assert torch.equal(parameter, pipeline.transformer.state_dict()[name])
-    assert cli_main([*argv, "--init-generator", str(tmp_path / "generator"), "--transformer-kwargs", "{}"]) == 0
+    assert not (tmp_path / "continued" / "latent_cache").exists()
+    assert cli_main([*argv, "--init_generator", str(tmp_path / "generator"), "--transformer_kwargs", "{}"]) == 0
     assert cli_main([*argv, "--init-generator", str(tmp_path / "generator"), "--add-layers", "1"]) == 0
     assert DiffusionPipeline.from_pretrained(tmp_path / "continued").transformer.config.num_layers == 2
-    assert cli_main([*argv, "--init-generator", str(tmp_path / "generator"), "--lr-scheduler-type", "linear"]) == 0
-    assert cli_main([*argv, "--init-generator", str(tmp_path / "generator"), "--lr-scheduler-type", "step"]) == 2
-    assert "`lr_scheduler_type` must be one of constant" in capsys.readouterr().err
-    assert cli_main([*argv, "--add-layers", "1", "--transformer-kwargs", json.dumps(TINY_DIT)]) == 2
-    assert "`add_layers` deepens the DiT given as `init_transformer`" in capsys.readouterr().err
-    assert cli_main([*argv, "--init-generator", str(tmp_path / "generator"), "--transformer-kwargs", json.dumps(TINY_DIT)]) == 2
+    assert cli_main([*argv, "--init_generator", str(tmp_path / "generator"), "--lr_scheduler_type", "linear"]) == 0
+    assert cli_main([*argv, "--init_generator", str(tmp_path / "generator"), "--lr_scheduler_type", "step"]) == 2
+    assert "step is not a valid SchedulerType" in capsys.readouterr().err
+    assert cli_main([*argv, "--add_layers", "1", "--transformer_kwargs", json.dumps(TINY_DIT)]) == 2
+    assert "`add_layers` deepens the DiT given as `init_generator`" in capsys.readouterr().err
+    assert cli_main([*argv, "--init_generator", str(tmp_path / "generator"), "--transformer_kwargs", json.dumps(TINY_DIT)]) == 2
     assert "`transformer_kwargs` size a new DiT" in capsys.readouterr().err
 
     # an imagefolder directory: one sub-folder per class
@@ -381,21 +518,24 @@ def test_train_generator_command(tiny_model, tmp_path, monkeypatch, capsys):
     for class_id, name in enumerate(["cat", "dog"]):
         (tmp_path / "folder" / name).mkdir(parents=True)
         Image.fromarray(synthetic_images(class_id, 1, rng)[0]).save(tmp_path / "folder" / name / "0.png")
-    assert train(tmp_path / "folder", tmp_path / "from_folder") == 0
+    assert train(tmp_path / "folder", tmp_path / "from_folder", "--per_device_train_batch_size", "2") == 0
     from_folder = DiffusionPipeline.from_pretrained(tmp_path / "from_folder")
     assert from_folder.labels == {"cat": 0, "dog": 1} and from_folder.config.decoder_num_inference_steps is None
     assert from_folder.config.guidance_scale is None and from_folder.config.guidance_interval is None
-    assert train(tmp_path / "saved", tmp_path / "unused", "--guidance-interval", "0.8", "0.2") == 2
+    assert train(tmp_path / "saved", tmp_path / "unused", "--guidance_interval", "0.8", "0.2") == 2
     assert "0 <= t_start <= t_end <= 1" in capsys.readouterr().err
 
-    # the training flow times (--timestep-*): all near the data end at logit mean 3, std 0.3
-    near_data = ["--timestep-distribution", "lognormal", "--timestep-logit-mean", "3", "--timestep-logit-std", "0.3"]
+    # the training flow times (--timestep_*): all near the data end at logit mean 3, std 0.3
+    near_data = ["--timestep_distribution", "lognormal", "--timestep_logit_mean", "3", "--timestep_logit_std", "0.3"]
     with spy_on_dit_forward() as spy:
         assert train(tmp_path / "saved", tmp_path / "near_data", *near_data) == 0
     timesteps = torch.cat([call.kwargs["timestep"] for call in spy.call_args_list])
     assert len(timesteps) == 8 and timesteps.min() > 1000 * torch.sigmoid(torch.tensor(1.8))
-    assert train(tmp_path / "saved", tmp_path / "unused", "--timestep-uniform-fraction", "2") == 2
+    assert train(tmp_path / "saved", tmp_path / "unused", "--timestep_uniform_fraction", "2") == 2
     assert "`uniform_fraction` must be in [0, 1], got 2.0" in capsys.readouterr().err
+    with mock.patch("uniflow_hf.generator_training._cpu_has_native_bf16", return_value=False):
+        assert train(tmp_path / "saved", tmp_path / "unused", "--bf16") == 2
+    assert "--bf16 would run emulated" in capsys.readouterr().err
     assert not (tmp_path / "unused").exists()
 
     assert train(tmp_path / "nowhere", tmp_path / "unused") == 2

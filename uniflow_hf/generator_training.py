@@ -1,56 +1,177 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
 """Train a class-conditional latent generator (a diffusers `DiTTransformer2DModel`) on a frozen UniFlow tokenizer.
 
-The images of a labelled `datasets.Dataset` are encoded once with the frozen tokenizer (kept in memory), the
-latents are normalised per channel, and the DiT learns the rectified flow from Gaussian noise (t = 0) to those
-latents (t = 1) by regressing the velocity `latents - noise` at times drawn from the training distribution of
-`noise_scheduler`; labels are dropped to the null class with probability `label_dropout` so that classifier-free
-guidance works. The result is a complete `UniFlowClassConditionalPipeline`.
+The images of a labelled `datasets.Dataset` are encoded once with the frozen tokenizer into an on-disk latent cache
+(an Arrow dataset, memory-mapped, each process encoding its share), the latents are normalised per channel, and the
+DiT learns the rectified flow from Gaussian noise (t = 0) to those latents (t = 1) by regressing the velocity
+`latents - noise` at times drawn from the training distribution set by `GeneratorTrainingArguments`; labels are dropped
+to the null class with probability `label_dropout` so that classifier-free guidance works. The `Trainer` runs it
+(multi-process with torchrun / accelerate launch, gradient accumulation, mixed precision, checkpoints and resume,
+trackers); the result is a complete `UniFlowClassConditionalPipeline`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
-from accelerate.utils import set_seed
 from diffusers import DiTTransformer2DModel
 from diffusers.models.embeddings import LabelEmbedding
 from diffusers.training_utils import EMAModel
+from torch import nn
 from tqdm.auto import tqdm
-from transformers import get_scheduler
+from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator, set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .modeling import UniFlowModel
+from .modeling.configuration_uniflow import FLOW_TIMESTEP_DISTRIBUTIONS
 from .pipelines import UniFlowClassConditionalPipeline, UniFlowFlowMatchScheduler
 from .pipelines.pipeline_uniflow_class_conditional import (
     check_guidance_interval, check_guidance_rescale, check_guidance_scale, latents_to_grid,
 )
 from .pipelines.pipeline_uniflow_utils import check_num_inference_steps, default_image_processor
+from .training import sample_generator
 
 
-# learning-rate schedules of transformers' `get_scheduler` that need no more than the warm-up and the step count
-LR_SCHEDULER_TYPES = ("constant", "constant_with_warmup", "linear", "cosine")
+@dataclass
+class GeneratorTrainingArguments(TrainingArguments):
+    """`TrainingArguments` for `train_generator` (and `uniflow-hf train-generator`): every `Trainer` option
+    (`--max_steps`, `--gradient_accumulation_steps`, `--bf16`, `--save_steps`, `--resume_from_checkpoint`,
+    `--report_to`...), with the generator's defaults for the learning rate, batch and schedule, and the options of
+    the data, the DiT and the saved pipeline below."""
 
+    learning_rate: float = field(default=3e-4, metadata={"help": "AdamW learning rate."})
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "Samples per process and micro-batch."})
+    lr_scheduler_type: str = field(
+        default="constant", metadata={"help": "learning-rate schedule (transformers' SchedulerType), e.g. cosine"}
+    )
+    global_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "samples per optimisation step over all processes: sets --per_device_train_batch_size to it / "
+            "(processes x gradient_accumulation_steps), which must divide it"
+        },
+    )
+    image_column: str = field(default="image", metadata={"help": "the dataset column holding the images"})
+    label_column: str = field(default="label", metadata={"help": "the dataset column holding the class labels"})
+    latent_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "where the tokenizer's latents of the dataset are cached (reused by later runs of the same "
+            "tokenizer and dataset; default: OUTPUT_DIR/latent_cache)"
+        },
+    )
+    encode_batch_size: int = field(default=64, metadata={"help": "images per batch when encoding the latents"})
+    label_dropout: float = field(
+        default=0.1, metadata={"help": "probability of training a sample as the null class (for guidance)"}
+    )
+    ema_decay: float | None = field(
+        default=None, metadata={"help": "save an exponential moving average of the weights (e.g. 0.999)"}
+    )
+    transformer_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": 'size of a new DiT as JSON, e.g. \'{"num_layers": 4, "attention_head_dim": 32}\''},
+    )
+    init_generator: str | None = field(
+        default=None,
+        metadata={"help": "continue training the DiT of this pipeline (or transformer) folder (use another --seed)"},
+    )
+    add_layers: int = field(
+        default=0,
+        metadata={
+            "help": "with --init_generator: first deepen that DiT by N blocks that start as the identity, so the "
+            "larger DiT starts where the smaller one ended"
+        },
+    )
+    timestep_distribution: str | None = field(
+        default=None,
+        metadata={
+            "help": "training flow times (default fat_lognormal, the release's: a logit-normal with a share of "
+            "uniform times)",
+            "choices": list(FLOW_TIMESTEP_DISTRIBUTIONS),
+        },
+    )
+    timestep_logit_mean: float | None = field(
+        default=None, metadata={"help": "mean of the logit-normal (default 0; > 0 trains more near the data, t = 1)"}
+    )
+    timestep_logit_std: float | None = field(default=None, metadata={"help": "its standard deviation (default 1)"})
+    timestep_uniform_fraction: float | None = field(
+        default=None, metadata={"help": "share of uniform times in fat_lognormal (default 0.1)"}
+    )
+    solver: str = field(
+        default="euler", metadata={"help": "the saved pipeline's solver of the latent flow", "choices": ["euler", "heun"]}
+    )
+    euler_at_final: bool = field(
+        default=False, metadata={"help": "with heun: end with a plain Euler step (no network call at t = 1)"}
+    )
+    decoder_num_inference_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "the pipeline's default steps of the pixel decoder (default: the tokenizer's)",
+            "aliases": ["--decoder-steps"],
+        },
+    )
+    guidance_scale: float | None = field(
+        default=None, metadata={"help": "the pipeline's default classifier-free guidance (default: 1.5)"}
+    )
+    guidance_interval: list[float] | None = field(
+        default=None, metadata={"help": "guide only at flow times T_START T_END (0 = noise, 1 = data)"}
+    )
+    guidance_rescale: float | None = field(
+        default=None, metadata={"help": "the pipeline's default guidance rescale in [0, 1]"}
+    )
 
-def check_lr_schedule(lr_scheduler_type: str, warmup_steps: int, num_train_steps: int) -> None:
-    if lr_scheduler_type not in LR_SCHEDULER_TYPES:
-        accepted = ", ".join(LR_SCHEDULER_TYPES)
-        raise ValueError(f"`lr_scheduler_type` must be one of {accepted}; got {lr_scheduler_type!r}.")
-    if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or not 0 <= warmup_steps < num_train_steps:
-        raise ValueError(
-            f"`warmup_steps` must be an integer from 0 to num_train_steps - 1 ({num_train_steps - 1}), "
-            f"got {warmup_steps!r}."
-        )
-    if warmup_steps and lr_scheduler_type == "constant":
-        raise ValueError(
-            "`lr_scheduler_type='constant'` has no warm-up; use 'constant_with_warmup' for `warmup_steps`."
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.transformer_kwargs, str):
+            try:
+                self.transformer_kwargs = json.loads(self.transformer_kwargs)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"`transformer_kwargs` is not valid JSON: {error}") from error
+        if self.transformer_kwargs is not None and not isinstance(self.transformer_kwargs, dict):
+            raise ValueError(f"`transformer_kwargs` must be a JSON object, got {self.transformer_kwargs!r}.")
+        if not 0 <= self.label_dropout < 1:
+            raise ValueError(f"`label_dropout` must be in [0, 1), got {self.label_dropout}.")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"`ema_decay` must be in (0, 1) (e.g. 0.999) or None for no average, got {self.ema_decay}.")
+        for name in ("global_batch_size", "encode_batch_size"):
+            check_num_inference_steps(getattr(self, name), name, allow_none=True)  # a positive integer
+        if self.init_generator is not None and self.transformer_kwargs:
+            raise ValueError("`transformer_kwargs` size a new DiT; with `init_generator` the size is that DiT's.")
+        if not isinstance(self.add_layers, int) or isinstance(self.add_layers, bool) or self.add_layers < 0:
+            raise ValueError(f"`add_layers` must be a non-negative integer, got {self.add_layers!r}.")
+        if self.warmup_steps and self.lr_scheduler_type == "constant":
+            raise ValueError("`lr_scheduler_type='constant'` has no warm-up; use 'constant_with_warmup' for `warmup_steps`.")
+        self.training_noise_scheduler()  # checks the timestep settings
+        UniFlowFlowMatchScheduler(solver=self.solver, euler_at_final=self.euler_at_final)
+        self.pipeline_settings()
+
+    def training_noise_scheduler(self) -> UniFlowFlowMatchScheduler:
+        """The scheduler that draws the training flow times (`sample_training_timesteps`) and noises the latents."""
+        values = {
+            "training_timestep_distribution": self.timestep_distribution,
+            "logit_mean": self.timestep_logit_mean,
+            "logit_std": self.timestep_logit_std,
+            "uniform_fraction": self.timestep_uniform_fraction,
+        }
+        return UniFlowFlowMatchScheduler(**{name: value for name, value in values.items() if value is not None})
+
+    def pipeline_settings(self) -> dict[str, Any]:
+        """The saved pipeline's default sampling settings (checked)."""
+        check_num_inference_steps(self.decoder_num_inference_steps, "decoder_num_inference_steps", allow_none=True)
+        return dict(
+            decoder_num_inference_steps=self.decoder_num_inference_steps,
+            guidance_scale=check_guidance_scale(self.guidance_scale),
+            guidance_interval=check_guidance_interval(self.guidance_interval),
+            guidance_rescale=check_guidance_rescale(self.guidance_rescale),
         )
 
 
@@ -169,21 +290,21 @@ def dataset_id2label(dataset, label_column: str) -> dict[int, str]:
     return {class_id: str(class_id) for class_id in range(max(labels) + 1)}
 
 
-@torch.no_grad()
-def encode_dataset(
-    tokenizer: UniFlowModel, dataset, image_column: str, batch_size: int = 64, device: torch.device | None = None
-) -> torch.Tensor:
-    """Latents (num_images, tokens, latent_channels) of every image of `dataset` (float32, on the CPU)."""
+def _encoded_batches(tokenizer: UniFlowModel, dataset, image_column: str, batch_size: int, progress: bool = True):
+    """Latents (batch, tokens, latent_channels) of `dataset`'s images, batch by batch (float32, on the CPU)."""
     if image_column not in dataset.column_names:
         raise ValueError(f"No image column {image_column!r} in the dataset; its columns are {dataset.column_names}.")
     processor = default_image_processor(tokenizer)
-    device = device or tokenizer.device
-    latents = []
-    for start in tqdm(range(0, len(dataset), batch_size), desc="Encoding images"):
+    for start in tqdm(range(0, len(dataset), batch_size), desc="Encoding images", disable=not progress):
         images = dataset[start : start + batch_size][image_column]
-        pixel_values = processor(images, return_tensors="pt").pixel_values.to(device=device, dtype=tokenizer.dtype)
-        latents.append(tokenizer.encode(pixel_values).float().cpu())
-    return torch.cat(latents)
+        pixel_values = processor(images, return_tensors="pt").pixel_values
+        with torch.no_grad():
+            yield tokenizer.encode(pixel_values.to(device=tokenizer.device, dtype=tokenizer.dtype)).float().cpu()
+
+
+def encode_dataset(tokenizer: UniFlowModel, dataset, image_column: str, batch_size: int = 64) -> torch.Tensor:
+    """Latents (num_images, tokens, latent_channels) of every image of `dataset` (float32, on the CPU)."""
+    return torch.cat(list(_encoded_batches(tokenizer, dataset, image_column, batch_size)))
 
 
 def latent_statistics(latents: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -192,205 +313,462 @@ def latent_statistics(latents: torch.Tensor) -> tuple[list[float], list[float]]:
     return flat.mean(0).tolist(), flat.std(0).clamp_min(1e-6).tolist()
 
 
-def _label_embeddings(transformer: torch.nn.Module) -> list[LabelEmbedding]:
+def _label_embeddings(transformer: nn.Module) -> list[LabelEmbedding]:
     """diffusers' `LabelEmbedding`s of a DiT (one per block). In train mode each drops labels by itself, with the
     global RNG and independently per block; training turns that off and drops each sample's label once, seeded."""
     return [module for module in transformer.modules() if isinstance(module, LabelEmbedding)]
 
 
+# ------------------------------------------------------------------------------------------------ latent cache
+LATENT_CACHE_INFO = "latent_cache.json"
+
+
+def tokenizer_fingerprint(tokenizer: UniFlowModel) -> str:
+    """A hash of what decides a tokenizer's latents: its config (less bookkeeping entries), its image processor and
+    every weight (the distillation teacher aside)."""
+    digest = hashlib.sha256()
+    config = {
+        key: value for key, value in tokenizer.config.to_dict().items()
+        if not key.startswith("_") and key not in ("architectures", "dtype", "torch_dtype", "transformers_version")
+    }
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    digest.update(default_image_processor(tokenizer).to_json_string().encode())
+    for name, tensor in sorted(tokenizer.state_dict().items()):
+        if name.startswith("distillation_teacher."):
+            continue
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+@dataclass
+class LatentCache:
+    """
+    Args:
+        latents (`datasets.Dataset`): columns `latents` (tokens, latent_channels) float32 and `label`, one row per
+            image in the dataset's order, memory-mapped from the cache folder (in torch format).
+        latent_mean, latent_std (`list[float]`): per-channel statistics of all the latents.
+    """
+
+    latents: Any
+    latent_mean: list[float]
+    latent_std: list[float]
+
+
+def _cache_key(tokenizer: UniFlowModel, dataset, image_column: str, label_column: str) -> dict[str, Any]:
+    return {
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "dataset_fingerprint": getattr(dataset, "_fingerprint", None),
+        "num_rows": len(dataset),
+        "image_column": image_column,
+        "label_column": label_column,
+    }
+
+
+def _read_latent_cache(cache_dir: str, key: dict[str, Any]) -> LatentCache:
+    import datasets
+
+    with open(os.path.join(cache_dir, LATENT_CACHE_INFO)) as handle:
+        info = json.load(handle)
+    if info["tokenizer_fingerprint"] != key["tokenizer_fingerprint"]:
+        raise ValueError(
+            f"The latent cache {cache_dir} was made by another tokenizer (weights or config differ: fingerprint "
+            f"{info['tokenizer_fingerprint'][:12]}..., this one's {key['tokenizer_fingerprint'][:12]}...). Pass "
+            "another `latent_cache_dir` (--latent_cache_dir) or delete that folder."
+        )
+    found = {name: info.get(name) for name in key if name != "tokenizer_fingerprint"}
+    expected = {name: value for name, value in key.items() if name != "tokenizer_fingerprint"}
+    if found != expected:
+        raise ValueError(
+            f"The latent cache {cache_dir} was made from another dataset ({found}; this one is {expected}). Pass "
+            "another `latent_cache_dir` (--latent_cache_dir) or delete that folder."
+        )
+    shards = [datasets.Dataset.from_file(os.path.join(cache_dir, name)) for name in info["shards"]]
+    latents = datasets.concatenate_datasets(shards).with_format("torch")
+    return LatentCache(latents, info["latent_mean"], info["latent_std"])
+
+
+def _write_latent_shard(tokenizer, dataset, args: GeneratorTrainingArguments, path: str, rank: int, world_size: int):
+    """Encode this process's contiguous share of `dataset` into the Arrow file `path`; per-channel sums beside it."""
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+
+    start, end = rank * len(dataset) // world_size, (rank + 1) * len(dataset) // world_size
+    shard = dataset.select(range(start, end))
+    shape = (tokenizer.config.grid_size**2, tokenizer.config.latent_channels)
+    features = datasets.Features(
+        {"latents": datasets.Array2D(shape, "float32"), "label": datasets.Value("int64")}
+    )
+    sums = torch.zeros(2, shape[1], dtype=torch.float64)
+    labels = list(shard[args.label_column])
+    with ArrowWriter(features=features, path=path) as writer:
+        offset = 0
+        for latents in _encoded_batches(tokenizer, shard, args.image_column, args.encode_batch_size, rank == 0):
+            flat = latents.reshape(-1, shape[1]).double()
+            sums += torch.stack([flat.sum(0), flat.square().sum(0)])
+            writer.write_batch({"latents": latents.numpy(), "label": labels[offset : offset + len(latents)]})
+            offset += len(latents)
+        writer.finalize()
+    with open(path + ".sums.json", "w") as handle:
+        totals = {"count": (end - start) * shape[0], "sum": sums[0].tolist(), "sum_of_squares": sums[1].tolist()}
+        json.dump(totals, handle)
+
+
+def build_latent_cache(
+    tokenizer: UniFlowModel, dataset, args: GeneratorTrainingArguments, cache_dir: str | os.PathLike
+) -> LatentCache:
+    """The tokenizer's latents of every image of `dataset`, with the labels, in an Arrow dataset on disk at
+    `cache_dir` (memory-mapped: processes read it without a copy in their memory).
+
+    A folder made before for the same tokenizer (same weights and config) and dataset is reused; one made by another
+    tokenizer or from another dataset is an error. Otherwise every process encodes its own contiguous share of the
+    images (`args.encode_batch_size` at a time) into a temporary folder beside `cache_dir`, renamed to `cache_dir` once
+    complete, so that a run killed while encoding leaves no half-written cache. All processes need `cache_dir` on a
+    filesystem they share."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    cache_dir = os.path.abspath(os.fspath(cache_dir))
+    key = _cache_key(tokenizer, dataset, args.image_column, args.label_column)
+    if os.path.isfile(os.path.join(cache_dir, LATENT_CACHE_INFO)):
+        return _read_latent_cache(cache_dir, key)
+    if os.path.exists(cache_dir) and (not os.path.isdir(cache_dir) or os.listdir(cache_dir)):
+        raise ValueError(f"{cache_dir} exists and is not a latent cache: pass an empty or new `latent_cache_dir`.")
+    parent = os.path.dirname(cache_dir)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"Cannot create the latent cache folder {cache_dir}: {error}") from error
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"Cannot write the latent cache {cache_dir}: its folder {parent} is not writable.")
+
+    partial = cache_dir + ".incomplete"
+    if state.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)  # what a killed run left
+        os.makedirs(partial)
+    state.wait_for_everyone()
+    names = [f"shard-{rank:05d}-of-{state.num_processes:05d}.arrow" for rank in range(state.num_processes)]
+    _write_latent_shard(
+        tokenizer, dataset, args, os.path.join(partial, names[state.process_index]), state.process_index,
+        state.num_processes,
+    )
+    state.wait_for_everyone()
+    if state.is_main_process:
+        totals = torch.zeros(3, tokenizer.config.latent_channels, dtype=torch.float64)
+        for name in names:
+            with open(os.path.join(partial, name + ".sums.json")) as handle:
+                sums = json.load(handle)
+            totals += torch.tensor([[sums["count"]] * totals.shape[1], sums["sum"], sums["sum_of_squares"]])
+        count, total, total_of_squares = totals
+        mean = total / count
+        std = ((total_of_squares - count * mean.square()) / (count - 1).clamp_min(1)).clamp_min(0).sqrt()
+        info = {**key, "shards": names, "latent_mean": mean.tolist(), "latent_std": std.clamp_min(1e-6).tolist()}
+        with open(os.path.join(partial, LATENT_CACHE_INFO), "w") as handle:
+            json.dump(info, handle, indent=2)
+        if os.path.isdir(cache_dir):
+            os.rmdir(cache_dir)  # empty (checked above)
+        os.rename(partial, cache_dir)
+    state.wait_for_everyone()
+    return _read_latent_cache(cache_dir, key)
+
+
+# ------------------------------------------------------------------------------------------------ the training
+class GeneratorTrainingStream(torch.utils.data.Dataset):
+    """The training samples of the whole run, in order: item `position` belongs to optimisation step
+    `position // global_batch_size`, as that step's sample number `position % global_batch_size`.
+
+    The image is the next one of the run's epochs of shuffled images (`sample_generator(seed, 0, epoch)` shuffles
+    epoch `epoch`; the last partial global batch of an epoch runs on into the next). The image's noise, flow time and
+    label dropout are drawn from `sample_generator(seed, 1, step, sample number)`. Nothing depends on the number of
+    processes or on how a step's samples are split between them and over accumulation steps: N processes at
+    per-device batch B train on exactly the samples of 1 process at batch N·B, and a resumed run on those it would
+    have seen.
+
+    An item is a dict of `latents` (normalised, (C, grid, grid)), `noise` (same shape), `timesteps` (network time,
+    1000·t) and `class_labels` (the null class `num_classes` where dropped)."""
+
+    def __init__(
+        self,
+        cache: LatentCache,
+        grid_size: int,
+        num_classes: int,
+        num_steps: int,
+        global_batch_size: int,
+        noise_scheduler: UniFlowFlowMatchScheduler,
+        label_dropout: float,
+        seed: int,
+    ):
+        self.cache = cache
+        self.grid_size = grid_size
+        self.num_classes = num_classes
+        self.num_steps = num_steps
+        self.global_batch_size = global_batch_size
+        self.noise_scheduler = noise_scheduler
+        self.label_dropout = label_dropout
+        self.seed = seed
+        self.mean = torch.tensor(cache.latent_mean).reshape(1, -1, 1, 1)
+        self.std = torch.tensor(cache.latent_std).reshape(1, -1, 1, 1)
+        self._orders: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return self.num_steps * self.global_batch_size
+
+    def image_index(self, position: int) -> int:
+        epoch, offset = divmod(position, len(self.cache.latents))
+        if epoch not in self._orders:
+            generator = sample_generator(self.seed, 0, epoch)
+            self._orders = {epoch: torch.randperm(len(self.cache.latents), generator=generator)}
+        return int(self._orders[epoch][offset])
+
+    def __getitems__(self, positions: list[int]) -> list[dict[str, torch.Tensor]]:
+        rows = self.cache.latents[[self.image_index(position) for position in positions]]
+        latents = (latents_to_grid(rows["latents"], self.grid_size) - self.mean) / self.std
+        items = []
+        for position, sample, label in zip(positions, latents, rows["label"].tolist()):
+            generator = sample_generator(self.seed, 1, *divmod(position, self.global_batch_size))
+            noise = torch.randn(sample.shape, generator=generator)
+            timestep = self.noise_scheduler.sample_training_timesteps(1, generator=generator)[0]
+            dropped = torch.rand((), generator=generator).item() < self.label_dropout
+            class_label = torch.tensor(self.num_classes if dropped else label)
+            items.append({"latents": sample, "noise": noise, "timesteps": timestep, "class_labels": class_label})
+        return items
+
+    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([position])[0]
+
+
+class GeneratorFlowMatchingModel(nn.Module):
+    """The DiT with its training loss, as the `Trainer` trains it: the mean squared error of the velocity it predicts
+    at `noise_scheduler.add_noise(latents, noise, timesteps)` against `latents - noise`."""
+
+    def __init__(self, transformer: DiTTransformer2DModel, noise_scheduler: UniFlowFlowMatchScheduler):
+        super().__init__()
+        self.transformer = transformer
+        self.noise_scheduler = noise_scheduler
+
+    def forward(self, latents, noise, timesteps, class_labels) -> dict[str, torch.Tensor]:
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        velocity = self.transformer(noisy, timestep=timesteps, class_labels=class_labels).sample
+        return {"loss": F.mse_loss(velocity.float(), self.noise_scheduler.get_velocity(latents, noise).float())}
+
+
+class GeneratorTrainer(Trainer):
+    """A `Trainer` for `GeneratorFlowMatchingModel` on a `GeneratorTrainingStream`: the stream is read in order
+    (the samples of each step are decided by the stream, not by a sampler), and the loss of every micro-batch is kept
+    for `step_losses`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._micro_batch_losses: list[torch.Tensor] = []
+
+    def _get_train_sampler(self, train_dataset=None):
+        return torch.utils.data.SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training:
+            self._micro_batch_losses.append(loss.detach().float())
+        return (loss, outputs) if return_outputs else loss
+
+    def step_losses(self) -> list[float]:
+        """The loss of every optimisation step this trainer ran, averaged over its micro-batches and processes."""
+        if not self._micro_batch_losses:
+            return []
+        losses = torch.stack(self._micro_batch_losses).reshape(-1, self.args.gradient_accumulation_steps).mean(1)
+        return self.accelerator.reduce(losses.to(self.args.device), reduction="mean").cpu().tolist()
+
+
+class _EMACallback(TrainerCallback):
+    """Steps an `EMAModel` after every optimisation step and saves it in every checkpoint (`ema.pt`)."""
+
+    def __init__(self, ema: EMAModel, parameters: list[nn.Parameter]):
+        self.ema = ema
+        self.parameters = parameters
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ema.step(self.parameters)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            torch.save(self.ema.state_dict(), os.path.join(folder, EMA_STATE_NAME))
+
+
+EMA_STATE_NAME = "ema.pt"
+
+
+def _cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); elsewhere it is emulated, ~100x slower."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def _check_precision(args: GeneratorTrainingArguments) -> None:
+    if args.device.type != "cpu":
+        return
+    if args.fp16:
+        raise ValueError(
+            "fp16 mixed precision needs a GPU: drop --fp16 (or use --bf16 on a CPU with bfloat16 support)."
+        )
+    if args.bf16 and not _cpu_has_native_bf16():
+        raise ValueError(
+            "This CPU has no bfloat16 arithmetic (neither AVX512-BF16 nor AMX): --bf16 would run emulated, about 100x "
+            "slower than float32. Drop --bf16 here, or train on a GPU or a CPU with bfloat16 support."
+        )
+
+
+def _set_batch_and_steps(args: GeneratorTrainingArguments, num_images: int) -> int:
+    """Check the global batch against the launch, set `per_device_train_batch_size` and `max_steps`; return the
+    global batch size."""
+    world_size, accumulation = args.world_size, args.gradient_accumulation_steps
+    if args.global_batch_size is not None:
+        if args.global_batch_size % (world_size * accumulation):
+            raise ValueError(
+                f"`global_batch_size` {args.global_batch_size} does not divide into {world_size} process(es) x "
+                f"{accumulation} accumulation step(s): launch a number of processes and pick "
+                "`gradient_accumulation_steps` whose product divides it."
+            )
+        per_device = args.global_batch_size // (world_size * accumulation)
+        default = GeneratorTrainingArguments.__dataclass_fields__["per_device_train_batch_size"].default
+        if args.per_device_train_batch_size not in (default, per_device):
+            raise ValueError(
+                f"`per_device_train_batch_size` {args.per_device_train_batch_size} disagrees with `global_batch_size` "
+                f"{args.global_batch_size} over {world_size} process(es) x {accumulation} accumulation step(s) "
+                f"({per_device}); pass only one of them."
+            )
+        args.per_device_train_batch_size = per_device
+    global_batch_size = world_size * args.per_device_train_batch_size * accumulation
+    if args.max_steps <= 0:
+        args.max_steps = max(1, math.ceil(args.num_train_epochs * num_images / global_batch_size))
+    if args.warmup_steps >= max(1, args.max_steps):  # below 1 it is a share of the steps
+        raise ValueError(
+            f"`warmup_steps` ({args.warmup_steps:g}) must be below the number of steps ({args.max_steps})."
+        )
+    return global_batch_size
+
+
+def _resume_folder(args: GeneratorTrainingArguments, resume_from_checkpoint: str | bool | None) -> str | None:
+    if resume_from_checkpoint is True:
+        folder = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+        if folder is None:
+            raise ValueError(f"No checkpoint to resume from in {args.output_dir}.")
+        return folder
+    return os.fspath(resume_from_checkpoint) if resume_from_checkpoint else None
+
+
 def train_generator(
     tokenizer: UniFlowModel | str | os.PathLike,
     dataset,
-    image_column: str = "image",
-    label_column: str = "label",
-    output_dir: str | os.PathLike | None = None,
-    num_train_steps: int = 1000,
-    batch_size: int = 64,
-    learning_rate: float = 3e-4,
-    label_dropout: float = 0.1,
-    seed: int = 0,
-    transformer_kwargs: dict[str, Any] | None = None,
-    ema_decay: float | None = None,
-    weight_decay: float = 0.0,
-    max_grad_norm: float = 1.0,
-    encode_batch_size: int = 64,
-    mixed_precision: str = "no",
-    progress: bool = True,
-    decoder_num_inference_steps: int | None = None,
-    solver: str = "euler",
-    euler_at_final: bool = False,
-    guidance_scale: float | None = None,
-    guidance_interval: tuple[float, float] | None = None,
-    guidance_rescale: float | None = None,
-    init_transformer: DiTTransformer2DModel | str | os.PathLike | None = None,
-    add_layers: int = 0,
-    lr_scheduler_type: str = "constant",
-    warmup_steps: int = 0,
-    noise_scheduler: UniFlowFlowMatchScheduler | None = None,
+    args: GeneratorTrainingArguments,
+    transformer: DiTTransformer2DModel | None = None,
+    resume_from_checkpoint: str | bool | None = None,
+    callbacks: list[TrainerCallback] | None = None,
+    save_pipeline: bool = True,
 ) -> GeneratorTrainingOutput:
-    """Train a `DiTTransformer2DModel` to generate `tokenizer` latents of the classes of `dataset`.
+    """Train a `DiTTransformer2DModel` to generate `tokenizer` latents of the classes of `dataset` with the
+    `Trainer`, and return (and save to `args.output_dir`) the `UniFlowClassConditionalPipeline`.
+
+    The latents are encoded once into an on-disk cache (`build_latent_cache`, at `args.latent_cache_dir`); the
+    samples, noise, flow times and label dropout of every step are those of `GeneratorTrainingStream`: under
+    `torchrun --nproc_per_node N` each process trains on its own part of every global batch, and the run equals one
+    process with the whole global batch. Checkpoints (`save_steps`...) hold the EMA weights too, and resuming one
+    (`resume_from_checkpoint`) continues on the same losses.
 
     Args:
         tokenizer (`UniFlowModel` or a folder): the frozen UniFlow tokenizer.
-        dataset (`datasets.Dataset`): images in `image_column` (PIL images or arrays) and labels in `label_column`
-            (a `ClassLabel`, whose names become the pipeline's `id2label`, or non-negative ints).
-        output_dir (*optional*): where to save the `UniFlowClassConditionalPipeline` folder.
-        num_train_steps, batch_size, learning_rate, weight_decay, max_grad_norm: the AdamW optimisation.
-        lr_scheduler_type (`str`, defaults to `"constant"`), warmup_steps (`int`, defaults to 0): the learning-rate
-            schedule over the `num_train_steps` (transformers' `get_scheduler`, as the `Trainer` arguments of the
-            same names): `"constant"`, `"constant_with_warmup"`, `"linear"` or `"cosine"` (both decay to 0), after
-            `warmup_steps` of linear warm-up. A decay to 0 suits a last stage that continues `init_transformer`.
-        label_dropout (`float`, defaults to 0.1): probability of training a sample as the null class (for
-            classifier-free guidance).
-        seed (`int`): seeds the weights, the batches, the noise, the times and the label dropout.
-        transformer_kwargs (`dict`, *optional*): size of the DiT (see `build_generator_transformer`).
-        ema_decay (`float`, *optional*): keep an exponential moving average of the weights (diffusers' `EMAModel`,
-            with its warm-up) and save that.
-        mixed_precision (`str`): Accelerate's `"no"`, `"fp16"` or `"bf16"` (GPU only).
-        decoder_num_inference_steps (`int`, *optional*): the pipeline's default decoder steps when generating
-            (the tokenizer's `num_sampling_steps` when `None`).
-        solver (`str`, defaults to `"euler"`): the solver of the saved pipeline's latent-flow scheduler, `"euler"`
-            or `"heun"` (two network calls a step, more accurate at the same steps).
-        euler_at_final (`bool`, defaults to `False`): with `"heun"`, the saved scheduler ends with a plain Euler step
-            (no network call at t = 1; see `UniFlowFlowMatchScheduler`).
-        guidance_scale, guidance_interval, guidance_rescale (*optional*): the saved pipeline's default
-            classifier-free guidance, the flow times it applies in and its rescaling (see
-            `UniFlowClassConditionalPipeline`).
-        init_transformer (*optional*): continue training this DiT (a module, trained in place, or a transformer or
-            pipeline folder) instead of a new one, e.g. in stages that each fit a time budget; give the stage another
-            `seed` than the last, or it replays the same batches. Not with `transformer_kwargs`.
-        add_layers (`int`, defaults to 0): with `init_transformer`, first deepen that DiT by this many blocks that
-            start as the identity (`deepen_generator_transformer`): a larger generator that continues from what the
-            smaller one learnt. A module passed as `init_transformer` is then left as it was.
-        noise_scheduler (`UniFlowFlowMatchScheduler`, *optional*): draws the training flow times
-            (`sample_training_timesteps`, from its `training_timestep_distribution`, `logit_mean`, `logit_std` and
-            `uniform_fraction`) and noises the latents. Defaults to `UniFlowFlowMatchScheduler()`, the release's
-            logit-normal centred at t = 0.5 with 10 % uniform times; a positive `logit_mean` trains more near the
-            data (t = 1).
+        dataset (`datasets.Dataset`): images in `args.image_column` (PIL images or arrays) and labels in
+            `args.label_column` (a `ClassLabel`, whose names become the pipeline's `id2label`, or non-negative ints).
+        args ([`GeneratorTrainingArguments`]): the training, the DiT and the saved pipeline's settings.
+        transformer (`DiTTransformer2DModel`, *optional*): train this DiT (in place) instead of a new one or
+            `args.init_generator`; deepened first by `args.add_layers` (a copy then, the module left as it was).
+        resume_from_checkpoint (*optional*): a checkpoint folder, or `True` for the latest in `args.output_dir`
+            (default: `args.resume_from_checkpoint`).
+        callbacks (*optional*): more `TrainerCallback`s.
+        save_pipeline (`bool`, defaults to `True`): save the pipeline to `args.output_dir`.
 
     Returns:
-        [`GeneratorTrainingOutput`] with the pipeline and the loss of every step.
+        [`GeneratorTrainingOutput`] with the pipeline and the loss of every step this call ran.
     """
-    if not 0 <= label_dropout < 1:
-        raise ValueError(f"`label_dropout` must be in [0, 1), got {label_dropout}.")
-    if ema_decay is not None and not 0 < ema_decay < 1:
-        raise ValueError(f"`ema_decay` must be in (0, 1) (e.g. 0.999) or None for no average, got {ema_decay}.")
-    for name, value in (("num_train_steps", num_train_steps), ("batch_size", batch_size)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    check_lr_schedule(lr_scheduler_type, warmup_steps, num_train_steps)
+    if not isinstance(args, GeneratorTrainingArguments):
+        raise TypeError(f"`args` must be GeneratorTrainingArguments, got {type(args).__name__}.")
+    if transformer is not None and (args.init_generator or args.transformer_kwargs):
+        raise ValueError(
+            "Pass the DiT to train as `transformer` or as `init_generator`/`transformer_kwargs`, not both."
+        )
+    if args.add_layers and transformer is None and args.init_generator is None:
+        raise ValueError(
+            "`add_layers` deepens the DiT given as `init_generator`; a new DiT is sized by `transformer_kwargs`."
+        )
     if len(dataset) == 0:
         raise ValueError("The dataset is empty.")
-    check_num_inference_steps(decoder_num_inference_steps, "decoder_num_inference_steps", allow_none=True)
-    sampling_defaults = dict(
-        decoder_num_inference_steps=decoder_num_inference_steps,
-        guidance_scale=check_guidance_scale(guidance_scale),
-        guidance_interval=check_guidance_interval(guidance_interval),
-        guidance_rescale=check_guidance_rescale(guidance_rescale),
-    )
-    if init_transformer is not None and transformer_kwargs:
-        raise ValueError("`transformer_kwargs` size a new DiT; with `init_transformer` the size is that DiT's.")
-    if not isinstance(add_layers, int) or isinstance(add_layers, bool) or add_layers < 0:
-        raise ValueError(f"`add_layers` must be a non-negative integer, got {add_layers!r}.")
-    if add_layers and init_transformer is None:
-        raise ValueError(
-            "`add_layers` deepens the DiT given as `init_transformer`; a new DiT is sized by `transformer_kwargs`."
-        )
-    # checked before the training, saved after it
-    sampling_scheduler = UniFlowFlowMatchScheduler(solver=solver, euler_at_final=euler_at_final)
-    if noise_scheduler is None:
-        noise_scheduler = UniFlowFlowMatchScheduler()
-    elif not isinstance(noise_scheduler, UniFlowFlowMatchScheduler):
-        raise TypeError(
-            "`noise_scheduler` must be a UniFlowFlowMatchScheduler (it draws the training flow times), got "
-            f"{type(noise_scheduler).__name__}."
-        )
+    _check_precision(args)
+    global_batch_size = _set_batch_and_steps(args, len(dataset))
+    if resume_from_checkpoint is None:
+        resume_from_checkpoint = args.resume_from_checkpoint
+    resume_folder = _resume_folder(args, resume_from_checkpoint)
 
-    accelerator = Accelerator(mixed_precision=mixed_precision)
-    set_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
     if not isinstance(tokenizer, UniFlowModel):
         tokenizer = UniFlowModel.from_pretrained(tokenizer)
-    tokenizer.eval().requires_grad_(False).to(accelerator.device)
-
-    id2label = dataset_id2label(dataset, label_column)
+    tokenizer.eval().requires_grad_(False).to(args.device)
+    id2label = dataset_id2label(dataset, args.label_column)
     num_classes = len(id2label)
-    labels = torch.tensor(list(dataset[label_column]), dtype=torch.long)
-    latents = encode_dataset(tokenizer, dataset, image_column, encode_batch_size, accelerator.device)
-    latent_mean, latent_std = latent_statistics(latents)
-    mean = torch.tensor(latent_mean).reshape(1, -1, 1, 1)
-    std = torch.tensor(latent_std).reshape(1, -1, 1, 1)
-    data = (latents_to_grid(latents, tokenizer.config.grid_size) - mean) / std
+    cache_dir = args.latent_cache_dir or os.path.join(args.output_dir, "latent_cache")
+    cache = build_latent_cache(tokenizer, dataset, args, cache_dir)
 
-    if init_transformer is None:
-        transformer = build_generator_transformer(tokenizer, num_classes, **(transformer_kwargs or {}))
+    set_seed(args.seed)  # the same new DiT in every process
+    if transformer is None and args.init_generator is None:
+        transformer = build_generator_transformer(tokenizer, num_classes, **(args.transformer_kwargs or {}))
     else:
-        transformer = load_generator_transformer(init_transformer, tokenizer, num_classes)
-        if add_layers:
-            transformer = deepen_generator_transformer(transformer, add_layers)
+        transformer = load_generator_transformer(
+            transformer if transformer is not None else args.init_generator, tokenizer, num_classes
+        )
+        if args.add_layers:
+            transformer = deepen_generator_transformer(transformer, args.add_layers)
     label_embeddings = _label_embeddings(transformer)
     builtin_dropout = [module.dropout_prob for module in label_embeddings]
     for module in label_embeddings:
         module.dropout_prob = 0.0
-    optimizer = torch.optim.AdamW(transformer.parameters(), lr=learning_rate, weight_decay=weight_decay)
-    transformer, optimizer = accelerator.prepare(transformer, optimizer)
-    # not prepared by Accelerate, which would step it once per process: one step per optimisation step
-    lr_scheduler = get_scheduler(
-        lr_scheduler_type, optimizer, num_warmup_steps=warmup_steps, num_training_steps=num_train_steps
+
+    noise_scheduler = args.training_noise_scheduler()
+    stream = GeneratorTrainingStream(
+        cache, tokenizer.config.grid_size, num_classes, args.max_steps, global_batch_size, noise_scheduler,
+        args.label_dropout, args.seed,
     )
-    ema = EMAModel(transformer.parameters(), decay=ema_decay) if ema_decay is not None else None
+    callbacks = list(callbacks or [])
+    ema = None
+    if args.ema_decay is not None:
+        ema = EMAModel(transformer.parameters(), decay=args.ema_decay)
+        if resume_folder is not None:
+            ema.load_state_dict(torch.load(os.path.join(resume_folder, EMA_STATE_NAME), weights_only=True))
+        callbacks.append(_EMACallback(ema, list(transformer.parameters())))
+    trainer = GeneratorTrainer(
+        model=GeneratorFlowMatchingModel(transformer, noise_scheduler),
+        args=args,
+        train_dataset=stream,
+        data_collator=default_data_collator,
+        callbacks=callbacks,
+    )
+    trainer.train(resume_from_checkpoint=resume_folder)
+    losses = trainer.step_losses()
 
-    transformer.train()
-    losses = []
-    order = torch.empty(0, dtype=torch.long)
-    progress_bar = tqdm(range(num_train_steps), desc="Training generator", disable=not progress)
-    for _ in progress_bar:
-        if len(order) < batch_size:  # epochs of shuffled indices; the last partial one runs on into the next
-            epochs = math.ceil(batch_size / len(data)) + 1
-            order = torch.cat([order] + [torch.randperm(len(data), generator=generator) for _ in range(epochs)])
-        indices, order = order[:batch_size], order[batch_size:]
-        batch_labels = labels[indices]
-        dropped = torch.rand(batch_size, generator=generator) < label_dropout
-        batch_labels = torch.where(dropped, num_classes, batch_labels).to(accelerator.device)
-        sample = data[indices].to(accelerator.device)
-        noise = torch.randn(sample.shape, generator=generator).to(accelerator.device)
-        timesteps = noise_scheduler.sample_training_timesteps(batch_size, generator=generator).to(accelerator.device)
-
-        with accelerator.autocast():
-            velocity = transformer(
-                noise_scheduler.add_noise(sample, noise, timesteps), timestep=timesteps, class_labels=batch_labels
-            ).sample
-        loss = F.mse_loss(velocity.float(), noise_scheduler.get_velocity(sample, noise).float())
-        accelerator.backward(loss)
-        if max_grad_norm:
-            accelerator.clip_grad_norm_(transformer.parameters(), max_grad_norm)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.step(transformer.parameters())
-        losses.append(loss.item())
-        progress_bar.set_postfix(loss=f"{losses[-1]:.4f}")
-
-    transformer = accelerator.unwrap_model(transformer)
     if ema is not None:
         ema.copy_to(transformer.parameters())
     for module, probability in zip(label_embeddings, builtin_dropout):
         module.dropout_prob = probability
     transformer.eval()
-
     pipeline = UniFlowClassConditionalPipeline(
         transformer=transformer,
-        scheduler=sampling_scheduler,
+        scheduler=UniFlowFlowMatchScheduler(solver=args.solver, euler_at_final=args.euler_at_final),
         tokenizer=tokenizer,
         decoder_scheduler=UniFlowFlowMatchScheduler(schedule=tokenizer.config.sampling_schedule),
         id2label=id2label,
-        latent_mean=latent_mean,
-        latent_std=latent_std,
-        **sampling_defaults,
+        latent_mean=cache.latent_mean,
+        latent_std=cache.latent_std,
+        **args.pipeline_settings(),
     )
-    if output_dir is not None and accelerator.is_main_process:
-        pipeline.save_pretrained(output_dir)
+    if save_pipeline and trainer.is_world_process_zero():
+        pipeline.save_pretrained(args.output_dir)
+    trainer.accelerator.wait_for_everyone()
     return GeneratorTrainingOutput(pipeline=pipeline, losses=losses)
 
 
@@ -432,14 +810,20 @@ def attach_guide(
 
 
 __all__ = [
+    "GeneratorFlowMatchingModel",
+    "GeneratorTrainer",
+    "GeneratorTrainingArguments",
     "GeneratorTrainingOutput",
+    "GeneratorTrainingStream",
+    "LatentCache",
     "attach_guide",
-    "LR_SCHEDULER_TYPES",
     "build_generator_transformer",
+    "build_latent_cache",
     "dataset_id2label",
     "deepen_generator_transformer",
     "encode_dataset",
     "latent_statistics",
     "load_generator_transformer",
+    "tokenizer_fingerprint",
     "train_generator",
 ]

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from .generate import (
-    add_guidance_arguments,
-    add_init_generator_arguments,
-    add_lr_schedule_arguments,
-    add_solver_arguments,
-    add_transformer_kwargs_argument,
-    add_training_timestep_arguments,
-    training_noise_scheduler,
-)
+from dataclasses import dataclass, field
+
+from .train import add_training_command, parse_arguments
 
 
 def register(subparsers) -> None:
@@ -49,28 +43,31 @@ def register(subparsers) -> None:
     stage.add_argument("--seed", type=int, default=0)
     stage.set_defaults(func=_finetune_decoder)
 
-    stage = stages.add_parser("train-generator", help="c. class-conditional latent generator -> a pipeline folder")
-    stage.add_argument("--tokenizer", required=True, help="output folder of `adapt`")
-    stage.add_argument("--output-dir", required=True)
-    stage.add_argument("--steps", type=int, default=7000)
-    stage.add_argument("--batch-size", type=int, default=128)
-    stage.add_argument("--learning-rate", type=float, default=5e-4)
-    add_lr_schedule_arguments(stage)
-    add_transformer_kwargs_argument(stage)
-    add_init_generator_arguments(stage)
-    stage.add_argument("--max-train", type=int, default=None)
-    stage.add_argument(
-        "--decoder-steps", type=int, default=None,
-        help="the pipeline's default steps of the pixel decoder when generating (default: the tokenizer's, 1)",
+    stage = add_training_command(
+        stages, "train-generator", _generator_argument_types, _generator,
+        help="c. class-conditional latent generator -> a pipeline folder (every train-generator option)",
     )
-    stage.add_argument(
-        "--ema-decay", type=float, default=None, help="save an exponential moving average of the weights (e.g. 0.999)"
-    )
-    add_solver_arguments(stage)
-    add_guidance_arguments(stage, "the pipeline's default classifier-free guidance (default: 1.5)")
-    add_training_timestep_arguments(stage)
-    stage.add_argument("--seed", type=int, default=0)
-    stage.set_defaults(func=_generator)
+    stage.set_defaults(**_generator_defaults())
+
+
+@dataclass
+class FmnistGeneratorArguments:
+    """Stage c's own options (the rest are `GeneratorTrainingArguments`, with the recipe's defaults)."""
+
+    tokenizer: str = field(metadata={"help": "output folder of `adapt`"})
+    max_train: int | None = field(default=None, metadata={"help": "use only the first N training images"})
+
+
+def _generator_argument_types():
+    from ..generator_training import GeneratorTrainingArguments
+
+    return FmnistGeneratorArguments, GeneratorTrainingArguments
+
+
+def _generator_defaults() -> dict:
+    from ..recipes.fmnist import FMNIST_GENERATOR_DEFAULTS
+
+    return FMNIST_GENERATOR_DEFAULTS
 
 
 def _add_flow_timestep_arguments(stage) -> None:
@@ -125,13 +122,6 @@ def _finetune_decoder(args) -> int:
 def _generator(args) -> int:
     from ..recipes.fmnist import train_fmnist_generator
 
-    train_fmnist_generator(
-        args.tokenizer, args.output_dir, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-        max_train=args.max_train, decoder_num_inference_steps=args.decoder_steps, ema_decay=args.ema_decay,
-        solver=args.solver, euler_at_final=args.euler_at_final, learning_rate=args.learning_rate,
-        init_generator=args.init_generator, add_layers=args.add_layers, guidance_scale=args.guidance_scale,
-        guidance_interval=args.guidance_interval, guidance_rescale=args.guidance_rescale,
-        lr_scheduler_type=args.lr_scheduler_type, warmup_steps=args.warmup_steps,
-        noise_scheduler=training_noise_scheduler(args), transformer_kwargs=args.transformer_kwargs,
-    )
+    stage_args, training_args = parse_arguments(args)
+    train_fmnist_generator(stage_args.tokenizer, training_args, max_train=stage_args.max_train)
     return 0

@@ -1,15 +1,16 @@
-"""`uniflow-hf train-tokenizer`: train (or LoRA fine-tune) a UniFlow tokenizer with the Hugging Face Trainer.
+"""`uniflow-hf train-tokenizer` and `uniflow-hf train-generator`: training with the Hugging Face Trainer.
 
-Every `TrainingArguments` field is an option (`--learning-rate`, `--max-steps`, `--save-steps`,
-`--gradient-checkpointing`, `--resume-from-checkpoint`, `--report-to`...), next to the options of
-`TrainTokenizerArguments`. Multi-GPU / multi-node: launch the same command with `torchrun` or `accelerate launch`
-(see examples/README.md)."""
+`train-tokenizer` trains (or LoRA fine-tunes) a UniFlow tokenizer, `train-generator` a class-conditional latent
+generator on a frozen tokenizer. Every `TrainingArguments` field is an option (`--learning_rate`, `--max_steps`,
+`--save_steps`, `--gradient_accumulation_steps`, `--bf16`, `--resume_from_checkpoint`, `--report_to`...; dashes work
+too), next to the command's own options. Multi-GPU / multi-node: launch the same command with `torchrun` or
+`accelerate launch` (see examples/README.md)."""
 
 # No `from __future__ import annotations`: HfArgumentParser reads the dataclass field types at runtime.
 import argparse
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 @dataclass
@@ -48,29 +49,64 @@ class TrainTokenizerArguments:
     lora_alpha: int | None = field(default=None, metadata={"help": "LoRA alpha (default 2r)"})
 
 
-def _argument_parser(**kwargs):
-    from transformers import HfArgumentParser, TrainingArguments
+@dataclass
+class TrainGeneratorArguments:
+    """Where `uniflow-hf train-generator` finds the tokenizer and the images (the rest are
+    `GeneratorTrainingArguments`)."""
 
-    return HfArgumentParser((TrainTokenizerArguments, TrainingArguments), **kwargs)
+    tokenizer: str = field(metadata={"help": "UniFlow model folder (or a pipeline folder holding one)"})
+    dataset: str = field(
+        metadata={"help": "a labelled imagefolder directory (one sub-folder per class) or a `save_to_disk` dataset"}
+    )
+    train_split: str = field(default="train", metadata={"help": "split to train on when the dataset has several"})
+
+
+def _tokenizer_argument_types():
+    from transformers import TrainingArguments
+
+    return TrainTokenizerArguments, TrainingArguments
+
+
+def _generator_argument_types():
+    from ..generator_training import GeneratorTrainingArguments
+
+    return TrainGeneratorArguments, GeneratorTrainingArguments
+
+
+def add_training_command(subparsers, name: str, argument_types, func, **kwargs):
+    """A sub-command whose options are the fields of the dataclasses `argument_types()` (HfArgumentParser)."""
+    from transformers import HfArgumentParser
+
+    parser = subparsers.add_parser(
+        name,
+        parents=[HfArgumentParser(argument_types(), add_help=False)],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kwargs,
+    )
+    parser.set_defaults(func=func, argument_types=argument_types)
+    return parser
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "train-tokenizer",
-        help="train a UniFlow tokenizer (flow + self-distillation losses) with the HF Trainer",
-        description=__doc__,
-        parents=[_argument_parser(add_help=False)],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    add_training_command(
+        subparsers, "train-tokenizer", _tokenizer_argument_types, run_train_tokenizer, description=__doc__
     )
-    parser.set_defaults(func=run_train_tokenizer)
+    add_training_command(
+        subparsers, "train-generator", _generator_argument_types, run_train_generator, description=__doc__
+    )
 
 
 def parse_arguments(args: argparse.Namespace):
-    """The parsed options as (TrainTokenizerArguments, TrainingArguments)."""
-    values = {key: value for key, value in vars(args).items() if key not in ("command", "func")}
+    """The parsed options as instances of the command's dataclasses (e.g. TrainTokenizerArguments and
+    TrainingArguments)."""
+    from transformers import HfArgumentParser
+
+    argument_types = args.argument_types()
+    names = {option.name for argument_type in argument_types for option in fields(argument_type)}
+    values = {key: value for key, value in vars(args).items() if key in names}  # not the sub-command's own keys
     if not values.get("output_dir"):
         raise ValueError("--output-dir is required: the folder for checkpoints and the trained model.")
-    return _argument_parser().parse_dict(values)
+    return HfArgumentParser(argument_types).parse_dict(values)
 
 
 def read_json_argument(value: str | None) -> dict:
@@ -163,4 +199,31 @@ def run_train_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["TrainTokenizerArguments", "register", "run_train_tokenizer", "build_model"]
+def run_train_generator(args: argparse.Namespace) -> int:
+    from ..data import load_image_dataset
+    from ..generator_training import train_generator
+    from ..inference import load_reconstruction_pipeline
+
+    script_args, training_args = parse_arguments(args)
+    resume_from_checkpoint = resume_argument(training_args.resume_from_checkpoint)
+    tokenizer = load_reconstruction_pipeline(script_args.tokenizer).tokenizer
+    dataset = load_image_dataset(script_args.dataset, script_args.train_split)
+    result = train_generator(tokenizer, dataset, training_args, resume_from_checkpoint=resume_from_checkpoint)
+    if training_args.process_index == 0:
+        last = result.losses[-100:]
+        mean = sum(last) / max(1, len(last))
+        print(f"Trained {len(result.losses)} steps (mean loss of the last {len(last)}: {mean:.4f})")
+        print(f"Saved the UniFlowClassConditionalPipeline to {training_args.output_dir}")
+    return 0
+
+
+__all__ = [
+    "TrainGeneratorArguments",
+    "TrainTokenizerArguments",
+    "add_training_command",
+    "build_model",
+    "parse_arguments",
+    "register",
+    "run_train_generator",
+    "run_train_tokenizer",
+]

@@ -4,6 +4,7 @@ recipe. See `recipe.py`."""
 from .recipe import (
     FASHION_MNIST_DIR,
     FASHION_MNIST_LABELS,
+    FMNIST_GENERATOR_DEFAULTS,
     FMNIST_MODEL_CONFIG,
     JudgeCNN,
     TensorImageDataset,
@@ -28,6 +29,7 @@ from .recipe import (
 __all__ = [
     "FASHION_MNIST_DIR",
     "FASHION_MNIST_LABELS",
+    "FMNIST_GENERATOR_DEFAULTS",
     "FMNIST_MODEL_CONFIG",
     "JudgeCNN",
     "TensorImageDataset",

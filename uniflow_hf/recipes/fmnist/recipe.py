@@ -359,51 +359,26 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, epochs: int = 30, se
         return (probe(test_x).argmax(-1) == test_y).float().mean().item()
 
 
-def train_fmnist_generator(
-    tokenizer_dir: str,
-    output_dir: str,
-    steps: int = 7000,
-    batch_size: int = 128,
-    seed: int = 0,
-    max_train: int | None = None,
-    decoder_num_inference_steps: int | None = None,
-    ema_decay: float | None = None,
-    solver: str = "euler",
-    euler_at_final: bool = False,
-    learning_rate: float = 5e-4,
-    init_generator: str | None = None,
-    add_layers: int = 0,
-    guidance_scale: float | None = None,
-    guidance_interval: tuple[float, float] | None = None,
-    guidance_rescale: float | None = None,
-    lr_scheduler_type: str = "constant",
-    warmup_steps: int = 0,
-    noise_scheduler=None,
-    transformer_kwargs: dict | None = None,
-):
+# stage c's defaults (`uniflow-hf fmnist train-generator`): GeneratorTrainingArguments fields
+FMNIST_GENERATOR_DEFAULTS = dict(
+    max_steps=7000, per_device_train_batch_size=128, learning_rate=5e-4, label_dropout=0.1, seed=0,
+    encode_batch_size=1000, save_strategy="no", logging_steps=100,
+)
+
+
+def train_fmnist_generator(tokenizer_dir: str, args, max_train: int | None = None):
     """Stage c: the class-conditional latent generator on the adapted tokenizer's latents of the 60k training images
-    (or the first `max_train`), saved with the tokenizer as one `UniFlowClassConditionalPipeline` folder (whose
-    default sampling settings are `decoder_num_inference_steps`, `guidance_scale`, `guidance_interval` and
-    `guidance_rescale`, and whose latent flow runs `solver`, with `euler_at_final`); with `ema_decay`, the saved
-    weights are an exponential moving average of the trained ones. `init_generator` (a pipeline folder of this stage)
-    continues training its DiT instead of a new one, first deepened by `add_layers` identity-initialised blocks when
-    given; `lr_scheduler_type` and `warmup_steps` set the learning-rate schedule, `noise_scheduler` the training flow
-    times and `transformer_kwargs` the size of a new DiT (see `train_generator`)."""
+    (or the first `max_train`), trained by `train_generator` with `args` (`GeneratorTrainingArguments`, the recipe's
+    values in `FMNIST_GENERATOR_DEFAULTS`) and saved with the tokenizer as one `UniFlowClassConditionalPipeline`
+    folder in `args.output_dir`."""
     from ...generator_training import train_generator
     from ...modeling import UniFlowModel
 
     tokenizer = UniFlowModel.from_pretrained(tokenizer_dir, dtype=torch.float32)
     dataset = load_fashion_mnist(max_per_split=max_train)["train"]
-    result = train_generator(
-        tokenizer, dataset, image_column="image", label_column="label", output_dir=output_dir,
-        num_train_steps=steps, batch_size=batch_size, learning_rate=learning_rate, label_dropout=0.1, seed=seed,
-        encode_batch_size=1000, decoder_num_inference_steps=decoder_num_inference_steps, ema_decay=ema_decay,
-        solver=solver, euler_at_final=euler_at_final, init_transformer=init_generator, add_layers=add_layers,
-        guidance_scale=guidance_scale, guidance_interval=guidance_interval, guidance_rescale=guidance_rescale,
-        lr_scheduler_type=lr_scheduler_type, warmup_steps=warmup_steps, noise_scheduler=noise_scheduler,
-        transformer_kwargs=transformer_kwargs,
-    )
-    print(f"generator: final loss {sum(result.losses[-100:]) / min(100, len(result.losses)):.4f} -> {output_dir}")
+    result = train_generator(tokenizer, dataset, args)
+    last = result.losses[-100:]
+    print(f"generator: final loss {sum(last) / max(1, len(last)):.4f} -> {args.output_dir}")
     return result.pipeline
 
 
