@@ -43,3 +43,17 @@ def test_bad_paths_are_named(tmp_path):
         load_image_dataset(str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="is not a folder .* could not load it"):
         load_image_dataset("no-such-user/no-such-dataset-for-uniflow")
+
+
+def test_streaming_yields_the_same_rows(tmp_path):
+    dataset = datasets.Dataset.from_dict({"image": _images(3), "label": [0, 1, 0]})
+    datasets.DatasetDict({"train": dataset}).save_to_disk(tmp_path / "dict")
+    stream = load_image_dataset(tmp_path / "dict", "train", streaming=True)
+    assert isinstance(stream, datasets.IterableDataset)
+    assert [row["label"] for row in stream] == [0, 1, 0]
+    for name, image in zip(["cat", "dog"], _images(2)):
+        (tmp_path / "folder" / name).mkdir(parents=True)
+        image.save(tmp_path / "folder" / name / "0.png")
+    stream = load_image_dataset(tmp_path / "folder", streaming=True)
+    assert isinstance(stream, datasets.IterableDataset)
+    assert sorted(row["label"] for row in stream) == [0, 1]

@@ -406,6 +406,17 @@ def test_cli_saved_dataset_init_from_eval_split_and_lora(tmp_path, capsys):
     assert history["output_dir"] == str(output)
 
 
+def test_cli_streams_the_training_split(tmp_path, capsys):
+    images = write_image_folder(tmp_path / "images", 4)
+    arguments = ["--dataset", str(images), "--config", json.dumps(TINY_CONFIG), "--streaming"]
+    assert cli_main(cli_common(tmp_path / "run", *arguments, "--max-steps", "2")) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["step"] == 2
+    assert UniFlowModel.from_pretrained(tmp_path / "run").config.hidden_size == TINY_CONFIG["hidden_size"]
+    assert cli_main(cli_common(tmp_path / "run2", *arguments)) == 2  # a stream has no length: the run needs max_steps
+    assert "max_steps" in capsys.readouterr().err
+
+
 def test_cli_builds_around_a_vision_encoder(tmp_path):
     encoder_dir = tmp_path / "clip"
     CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

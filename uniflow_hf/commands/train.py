@@ -26,6 +26,13 @@ class TrainTokenizerArguments:
     image_column: str = field(default="image", metadata={"help": "the dataset column holding the images"})
     train_split: str = field(default="train", metadata={"help": "split to train on when the dataset has several"})
     eval_split: str | None = field(default=None, metadata={"help": "split to evaluate on (e.g. 'validation')"})
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "stream the training split (datasets' IterableDataset, split between processes) instead of "
+            "loading it; needs --max_steps"
+        },
+    )
     init_from: str | None = field(
         default=None, metadata={"help": "UniFlowModel folder to start from (ours or the official release format)"}
     )
@@ -174,7 +181,7 @@ def run_train_tokenizer(args: argparse.Namespace) -> int:
     if script_args.lora is not None and script_args.lora not in LORA_TARGETS:
         raise ValueError(f"--lora must be one of {LORA_TARGETS}, got {script_args.lora!r}.")
     resume_from_checkpoint = resume_argument(training_args.resume_from_checkpoint)
-    train_dataset = load_image_dataset(script_args.dataset, script_args.train_split)
+    train_dataset = load_image_dataset(script_args.dataset, script_args.train_split, streaming=script_args.streaming)
     eval_dataset = load_image_dataset(script_args.dataset, script_args.eval_split) if script_args.eval_split else None
     model, processor = build_model(script_args, training_args.seed)
 
