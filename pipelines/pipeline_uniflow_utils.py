@@ -37,6 +37,14 @@ class UniFlowPipelineMixin:
         if hasattr(type(value), "from_pretrained") and name in self.__dict__.get("_internal_dict", {}):
             self.register_to_config(**{name: component_library_tuple(value)})
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`DiffusionPipeline.save_pretrained`, then a model card (README.md) unless the folder has one."""
+        from uniflow_hf.modeling.model_card_uniflow import save_model_card, saving_pipeline
+
+        with saving_pipeline():
+            super().save_pretrained(save_directory, *args, **kwargs)
+        save_model_card(save_directory, self)
+
     @property
     def processor(self):
         """The `image_processor` component, or, where it is absent (it is optional: `pipe.image_processor = None`),
