@@ -177,3 +177,63 @@ def test_bf16_reconstruction_at_release_width_is_within_40_db_of_fp32():
     psnr = 10 * torch.log10(data_range**2 / (output - reference).square().mean(dim=(1, 2, 3)))
     print(f"release width, bf16 vs fp32: PSNR {psnr.min():.1f} dB, {seconds:.1f} s (fp32 + bf16)")
     assert psnr.min() >= 40
+
+
+# ------------------------------------------------------------------------- the benchmark and the GPU check script
+def _load_benchmark(name):
+    import importlib.util
+
+    from conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def gpu_check():
+    return _load_benchmark("gpu_check")
+
+
+def test_gpu_check_refuses_to_run_without_cuda(gpu_check, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main([]) == 2
+    assert "CUDA is not available" in capsys.readouterr().out
+
+
+def test_gpu_check_dry_run_on_cpu(gpu_check, monkeypatch, capsys):
+    """`--device cpu --tiny`: every check but torch.compile (minutes on this CPU; run by hand: it passed) on a tiny
+    config, and a failing check makes it exit 1."""
+    arguments = ["--device", "cpu", "--tiny", "--no-compile", "--repeats", "1"]
+    assert gpu_check.main(arguments) == 0
+    output = capsys.readouterr().out
+    assert output.count("PASS  ") == 3 and "all checks passed" in output and "float32, eager" in output
+    monkeypatch.setattr(gpu_check, "MIN_PSNR", 1000.0)
+    assert gpu_check.main(arguments) == 1
+    assert "FAILED: bf16 vs fp32 reconstruction, shipped model" in capsys.readouterr().out
+
+
+def test_benchmark_skips_what_the_measured_matmul_rate_says_would_take_too_long(monkeypatch, capsys, tmp_path):
+    """bench_reconstruct.py on an emulated-bf16 machine (its bfloat16 matmul rate mocked to 1 MFLOP/s): the float32
+    row runs, the bfloat16 row is skipped with its estimate; the machine and its "auto" dtype are printed."""
+    import json
+
+    bench = _load_benchmark("bench_reconstruct")
+    measure = bench.matmul_gflops
+
+    def matmul_gflops(config, resolution, device, dtype, *args, **kwargs):
+        if dtype == torch.bfloat16:
+            return 1e-3, "mocked"
+        return measure(config, resolution, device, dtype, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "matmul_gflops", matmul_gflops)
+    rows_file = tmp_path / "rows.json"
+    argv = ["--resolutions", "32", "--ops", "reconstruct", "--repeats", "1", "--pipeline-batch-sizes"]
+    bench.main([*argv, "--budget", "60", "--json", str(rows_file)])
+    output = capsys.readouterr().out
+    assert "dtype auto -> " in output and "torch CPU capability" in output
+    float32, bfloat16 = json.loads(rows_file.read_text())
+    assert float32["dtype"] == "float32" and float32["images_per_s"] > 0 and "skipped" not in float32
+    assert bfloat16["dtype"] == "bfloat16" and bfloat16["skipped"] and bfloat16["estimated_s"] > 60
+    assert "skipped: ~" in output and "over the 60 s budget" in output
