@@ -323,7 +323,9 @@ def benchmark_pipeline(args, dtype_name: str, device: torch.device) -> list[dict
         estimate = seconds_per_image * batch_size * args.repeats
         if estimate > args.budget:
             print(f"{batch_size:>6}  skipped: ~{estimate:.0f} s is over the {args.budget:.0f} s budget")
-            rows.append(dict(op="pipeline", dtype=dtype_name, batch_size=batch_size, skipped=True, estimated_s=estimate))
+            rows.append(
+                dict(op="pipeline", dtype=dtype_name, batch_size=batch_size, skipped=True, estimated_s=estimate)
+            )
             continue
         labels = [index % num_classes for index in range(batch_size)]
         call = lambda: pipe(labels, generator=torch.manual_seed(0), output_type="pt")  # noqa: E731
@@ -388,7 +390,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dtypes", "--dtype", nargs="+", choices=sorted(DTYPES), default=["float32", "bfloat16"],
                         help="each is benchmarked against its own matmul rate (default: float32 and bfloat16)")
     parser.add_argument("--autocast", action="store_true",
-                        help="run half precision under torch.autocast with float32 weights (default: cast the weights)")
+                        help="half precision under torch.autocast with float32 weights (default: cast the weights)")
     parser.add_argument("--budget", type=float, default=120.0,
                         help="skip a configuration whose estimated time (warm-up + repeats) is over this (seconds)")
     parser.add_argument("--pipeline-batch-sizes", type=int, nargs="*", default=[1, 64, 256],

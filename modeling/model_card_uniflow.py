@@ -83,11 +83,11 @@ def create_model_card(
         text += f"\nIt is derived from [{base_model}](https://huggingface.co/{base_model}).\n"
     if usage:
         text += f"\n## Usage\n\n```python\n{usage}\n```\n"
-    text += "\nThis card was written by `uniflow-hf` when the folder was saved; edit it freely (it is never overwritten).\n"
+    text += "\nThis card was written by `uniflow-hf` when the folder was saved; edit it freely (saves keep it).\n"
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text}")
 
 
-def _card_for(saved) -> "ModelCard":  # noqa: F821
+def _card_for(saved):
     """The card of a UniFlow model or pipeline, from its class (and, for a model, its `name_or_path`)."""
     from diffusers import DiffusionPipeline
 

@@ -33,7 +33,7 @@ def cpuinfo(tmp_path, monkeypatch):
         (AMX_CPUINFO, torch.bfloat16, "amx_bf16 and avx512_bf16"),
         (AVX512_BF16_CPUINFO, torch.bfloat16, "avx512_bf16"),
         (AVX2_CPUINFO, torch.float32, "neither AMX-BF16 nor AVX512-BF16 (avx2"),
-        (None, torch.float32, "could not be read"),
+        (None, torch.float32, "no flags to read"),
     ],
     ids=["amx", "avx512-bf16", "avx2-only", "no-cpuinfo"],
 )
@@ -108,7 +108,8 @@ def _fp32_and_bf16_reconstructions(model, pixel_values):
     and noise cast to bfloat16 (the model is left in bfloat16)."""
     height, width = pixel_values.shape[-2:]
     num_tokens = (height // model.config.patch_size) * (width // model.config.patch_size)
-    noise = torch.randn(pixel_values.shape[0], num_tokens, model.config.patch_dim, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(pixel_values.shape[0], num_tokens, model.config.patch_dim, generator=generator)
     with torch.inference_mode():
         reference = model.reconstruct(pixel_values, noise=noise)
         model.to(torch.bfloat16)

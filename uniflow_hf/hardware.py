@@ -11,6 +11,11 @@ guards >= 40 dB), so "auto" trades no visible quality for the speed."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+
+if TYPE_CHECKING:
+    import torch
 
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
@@ -25,7 +30,7 @@ class DtypeChoice:
     """A resolved dtype and why it was chosen, e.g. for a CLI to print: `str(choice)` reads
     "bfloat16 (auto: CPU ... has amx_bf16 ...)"."""
 
-    dtype: "torch.dtype"  # noqa: F821
+    dtype: torch.dtype
     reason: str
 
     @property
@@ -61,10 +66,10 @@ def cpu_flags() -> frozenset[str]:
 
 
 def cpu_model_name() -> str:
-    """The CPU's model name (`/proc/cpuinfo`, else `platform.processor()`), or "unknown CPU"."""
+    """The CPU's model name (`/proc/cpuinfo`, else `platform.processor()`), or "(model unknown)"."""
     import platform
 
-    return read_cpuinfo().get("model name") or platform.processor() or "unknown CPU"
+    return read_cpuinfo().get("model name") or platform.processor() or "(model unknown)"
 
 
 def cpu_bf16_support() -> tuple[bool, str]:
@@ -75,7 +80,7 @@ def cpu_bf16_support() -> tuple[bool, str]:
     capability = torch.backends.cpu.get_cpu_capability()
     model = cpu_model_name()
     if not flags:
-        return False, f"CPU {model}: its flags could not be read ({CPUINFO_PATH} is missing), so bfloat16 is not assumed"
+        return False, f"CPU {model}: no flags to read ({CPUINFO_PATH} is missing), so bfloat16 is not assumed"
     found = [flag for flag in FAST_BF16_CPU_FLAGS if flag in flags]
     if found:
         return True, f"CPU {model} has {' and '.join(found)} (torch CPU capability {capability})"
@@ -130,7 +135,7 @@ def choose_dtype(choice="auto", device=None) -> DtypeChoice:
     return DtypeChoice(dtype, "requested")
 
 
-def resolve_dtype(choice="auto", device=None) -> "torch.dtype":  # noqa: F821
+def resolve_dtype(choice="auto", device=None) -> torch.dtype:
     """The torch dtype `choose_dtype(choice, device)` resolves to (see there)."""
     return choose_dtype(choice, device).dtype
 
