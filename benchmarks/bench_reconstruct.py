@@ -6,7 +6,7 @@ Random weights for the reconstruction (nothing is downloaded). The machine is pr
 flags that decide its matmul speed (AVX2, AVX512, AVX512-BF16, AMX) and the dtype `uniflow_hf.hardware` picks for it.
 For each dtype the rate of a matmul of the model's dominant shape is measured first, in that dtype: the practical
 ceiling the achieved rate is compared with, and the estimate by which a configuration over `--budget` seconds is
-skipped rather than run (bfloat16 on a CPU without AMX / AVX512-BF16 runs ~150x slower than float32). Each
+skipped rather than run (bfloat16 on a CPU without AMX / AVX512-BF16 runs ~8x slower than float32). Each
 configuration then runs once under `torch.utils.flop_counter.FlopCounterMode` and the peak-memory probe (which
 doubles as the warm-up), then `--repeats` times; the best time is reported. On a CPU the rates use the CPU time of
 this process (`time.process_time`), so that other programs sharing the cores do not distort them; the wall-clock
@@ -141,17 +141,19 @@ def matmul_gflops(
     max_seconds: float = 5.0,
 ) -> tuple[float, str]:
     """(GFLOP/s, what was measured) of the model's dominant matmul over a batch, (batch·tokens x hidden) @ (hidden x
-    intermediate). The batch matters on a GPU: one image's 1025 tokens leave most of an H100 idle. A 64-row probe is
-    timed first; where the full shape would take over `max_seconds` (bfloat16 on a CPU without AMX / AVX512-BF16
-    runs at well under 1 GFLOP/s), the probe's rate is the answer, so the measurement itself cannot hang."""
+    intermediate), run as its Linear layers run it: `F.linear` with an (intermediate x hidden) weight. The layout
+    matters: on an AVX2-only CPU a bfloat16 `torch.mm` with a row-major (hidden x intermediate) right operand runs at
+    0.4 GFLOP/s, the same product with the Linear layout at 10 GFLOP/s (float32: ~90 either way). The batch matters on a
+    GPU: one image's 1025 tokens leave most of an H100 idle. A 64-row probe is timed first; where the full shape would
+    take over `max_seconds`, the probe's rate is the answer, so the measurement itself cannot hang."""
     tokens = batch_size * ((resolution // config.patch_size) ** 2 + 1)
     hidden, intermediate = config.hidden_size, config.intermediate_size
 
     def rate(rows: int, times: int) -> float:
-        a = torch.randn(rows, hidden, device=device, dtype=dtype)
-        b = torch.randn(hidden, intermediate, device=device, dtype=dtype)
-        torch.mm(a, b)  # warm-up
-        seconds, _ = best_time(lambda: torch.mm(a, b), times, device)
+        inputs = torch.randn(rows, hidden, device=device, dtype=dtype)
+        weight = torch.randn(intermediate, hidden, device=device, dtype=dtype)
+        torch.nn.functional.linear(inputs, weight)  # warm-up
+        seconds, _ = best_time(lambda: torch.nn.functional.linear(inputs, weight), times, device)
         return 2 * rows * hidden * intermediate / seconds / 1e9
 
     probe_rows = min(tokens, 64)

@@ -157,8 +157,8 @@ def test_bf16_reconstruction_of_the_shipped_model_is_within_40_db_of_fp32():
 def test_bf16_reconstruction_at_release_width_is_within_40_db_of_fp32():
     """Random weights at the release widths: the defaults of `UniFlowConfig` (InternViT-300M: hidden 1024, MLP 4096,
     16 heads, patch 14; latent 64; the 6 global blocks at 1024 / 16 heads; the flow head's 12 blocks at width 1024)
-    are kept, except, so that a bfloat16 run takes seconds on an AVX2-only CPU (bf16 matmuls ~150x slower than
-    float32 there): 1 encoder layer instead of 24, and 28 px images (4 patch tokens) instead of 448 px (1024). The
+    are kept, except, so that a bfloat16 run takes seconds on an AVX2-only CPU (its bf16 Linear layers ~8x slower
+    than float32): 1 encoder layer instead of 24, and 28 px images (4 patch tokens) instead of 448 px (1024). The
     zero-initialised adaLN gates and output layers get small random weights, so every layer shapes the output; the
     PSNR is taken over the raw (normalised-pixel) outputs, with the float32 output's value range as data range.
     Measured on the AVX2-only AMD EPYC: 58.4 dB; the two reconstructions 1.2 s, the whole test ~8 s."""
