@@ -1,17 +1,21 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
-"""Throughput, peak memory and achieved FLOP rate of UniFlow's encode / decode / reconstruct.
+"""Throughput, peak memory and achieved FLOP rate of UniFlow's encode / decode / reconstruct, in float32 and
+bfloat16, and the images/s of the shipped class-conditional pipeline, in one run.
 
-Random weights (nothing is downloaded). Each configuration is first run once under
-`torch.utils.flop_counter.FlopCounterMode` and the peak-memory probe (which doubles as the warm-up), then timed
-`--repeats` times; the best time is reported. The achieved GFLOP/s is printed next to the rate of a float32 matmul of
-the model's dominant shape measured in the same run, the practical ceiling of the device. On a CPU the rates use the
-CPU time of this process (`time.process_time`), so that other programs sharing the cores do not distort them; the
-wall-clock time is printed too. On a GPU they use the wall-clock time (synchronised).
+Random weights for the reconstruction (nothing is downloaded). The machine is printed first: the CPU model, the
+flags that decide its matmul speed (AVX2, AVX512, AVX512-BF16, AMX) and the dtype `uniflow_hf.hardware` picks for it.
+For each dtype the rate of a matmul of the model's dominant shape is measured first, in that dtype: the practical
+ceiling the achieved rate is compared with, and the estimate by which a configuration over `--budget` seconds is
+skipped rather than run (bfloat16 on a CPU without AMX / AVX512-BF16 runs ~8x slower than float32). Each
+configuration then runs once under `torch.utils.flop_counter.FlopCounterMode` and the peak-memory probe (which
+doubles as the warm-up), then `--repeats` times; the best time is reported. On a CPU the rates use the CPU time of
+this process (`time.process_time`), so that other programs sharing the cores do not distort them; the wall-clock
+time is printed too. On a GPU they use the wall-clock time (synchronised).
 
     python benchmarks/bench_reconstruct.py --quick                  # small configs, seconds on a CPU
     python benchmarks/bench_reconstruct.py --release                # UniFlowConfig() at 448 px (~1 TFLOP / image)
     python benchmarks/bench_reconstruct.py --release --int8         # + int8 dynamic quantisation of the Linears (CPU)
-    python benchmarks/bench_reconstruct.py --release --device cuda --dtype bfloat16 --compile
+    python benchmarks/bench_reconstruct.py --release --device cuda --dtype bfloat16 --autocast --compile
     python benchmarks/bench_reconstruct.py --batch-sizes 1 4 --resolutions 224 448 --steps 1 4 --profile
 
 See benchmarks/README.md for the numbers and the GPU notes.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import threading
@@ -132,20 +137,50 @@ def best_time(function, repeats: int, device: torch.device) -> tuple[float, floa
 
 
 def matmul_gflops(
-    config, resolution: int, device: torch.device, dtype: torch.dtype, repeats: int, batch_size: int = 1
-) -> float:
-    """GFLOP/s of the model's dominant matmul over a batch, (batch·tokens x hidden) @ (hidden x intermediate). The
-    batch matters on a GPU: one image's 1025 tokens leave most of an H100 idle."""
+    config, resolution: int, device: torch.device, dtype: torch.dtype, repeats: int, batch_size: int = 1,
+    max_seconds: float = 5.0,
+) -> tuple[float, str]:
+    """(GFLOP/s, what was measured) of the model's dominant matmul over a batch, (batch·tokens x hidden) @ (hidden x
+    intermediate), run as its Linear layers run it: `F.linear` with an (intermediate x hidden) weight. The layout
+    matters: on an AVX2-only CPU a bfloat16 `torch.mm` with a row-major (hidden x intermediate) right operand runs at
+    0.4 GFLOP/s, the same product with the Linear layout at 10 GFLOP/s (float32: ~90 either way). The batch matters on a
+    GPU: one image's 1025 tokens leave most of an H100 idle. A 64-row probe is timed first; where the full shape would
+    take over `max_seconds`, the probe's rate is the answer, so the measurement itself cannot hang."""
     tokens = batch_size * ((resolution // config.patch_size) ** 2 + 1)
-    a = torch.randn(tokens, config.hidden_size, device=device, dtype=dtype)
-    b = torch.randn(config.hidden_size, config.intermediate_size, device=device, dtype=dtype)
-    torch.mm(a, b)  # warm-up
-    seconds, _ = best_time(lambda: torch.mm(a, b), max(repeats, 3), device)
-    return 2 * tokens * config.hidden_size * config.intermediate_size / seconds / 1e9
+    hidden, intermediate = config.hidden_size, config.intermediate_size
+
+    def rate(rows: int, times: int) -> float:
+        inputs = torch.randn(rows, hidden, device=device, dtype=dtype)
+        weight = torch.randn(intermediate, hidden, device=device, dtype=dtype)
+        torch.nn.functional.linear(inputs, weight)  # warm-up
+        seconds, _ = best_time(lambda: torch.nn.functional.linear(inputs, weight), times, device)
+        return 2 * rows * hidden * intermediate / seconds / 1e9
+
+    probe_rows = min(tokens, 64)
+    probe = rate(probe_rows, 2)
+    if 2 * tokens * hidden * intermediate / (probe * 1e9) * max(repeats, 3) > max_seconds:
+        return probe, f"({probe_rows} x {hidden}) @ ({hidden} x {intermediate}); the full shape would take too long"
+    return rate(tokens, max(repeats, 3)), f"({tokens} x {hidden}) @ ({hidden} x {intermediate})"
+
+
+def describe_machine(device: torch.device) -> str:
+    """The device, and for a CPU its model, the flags that decide its matmul speed and the dtype "auto" picks."""
+    from uniflow_hf.hardware import choose_dtype, cpu_flags, cpu_model_name
+
+    if device.type == "cuda":
+        return f"GPU {torch.cuda.get_device_name(device)}; dtype auto -> {choose_dtype('auto', device)}"
+    flags = cpu_flags()
+    relevant = [flag for flag in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+                if flag in flags]
+    return (
+        f"CPU {cpu_model_name()} ({os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads); flags: "
+        f"{' '.join(relevant) or 'unknown'}; torch CPU capability {torch.backends.cpu.get_cpu_capability()}\n"
+        f"dtype auto -> {choose_dtype('auto', device)}"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ runs
-def build_model(config, device, attn_implementation, compile_model):
+def build_model(config, device, attn_implementation):
     from uniflow_hf import UniFlowModel
 
     torch.manual_seed(0)
@@ -154,8 +189,16 @@ def build_model(config, device, attn_implementation, compile_model):
         for parameter in model.parameters():
             if parameter.ndim == 2 and not parameter.any():
                 parameter.normal_(std=0.02)
-    model = model.to(device)
-    if compile_model:  # in place: the modules keep their type and parameter names
+    return model.to(device)
+
+
+def model_in_dtype(model, dtype: torch.dtype, args):
+    """The float32 `model`, or a copy with its weights in `dtype` (as `from_pretrained(dtype=...)` loads it; with
+    `--autocast` the float32 weights run under `torch.autocast` instead); compiled in place with `--compile` (the
+    modules keep their type and parameter names)."""
+    if dtype != torch.float32 and not args.autocast:
+        model = copy.deepcopy(model).to(dtype)
+    if args.compile:
         model.vision_model.compile()
         model.flow_head.compile()
     return model
@@ -175,57 +218,78 @@ def benchmark(args) -> list[dict]:
     from uniflow_hf import UniFlowConfig
 
     device = torch.device(args.device)
-    dtype = DTYPES[args.dtype]
-    if device.type == "cpu" and dtype != torch.float32:
-        raise SystemExit("Half precision on CPU is not supported here (slow and inexact): use --dtype float32.")
     if args.int8 and (device.type != "cpu" or args.compile):
         raise SystemExit("--int8 (dynamic quantisation) is a CPU path, without --compile.")
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
     config = UniFlowConfig(**({} if args.release else QUICK_CONFIG), **json.loads(args.config or "{}"))
-    autocast = (
-        torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-    )
     print(
-        f"device={device} ({torch.get_num_threads()} threads on CPU) dtype={args.dtype} "
-        f"attention={args.attn_implementation} compile={args.compile} int8={args.int8} torch={torch.__version__}"
+        f"device={device} dtypes={' '.join(args.dtypes)} ({'autocast' if args.autocast else 'weights cast'}) "
+        f"attention={args.attn_implementation} compile={args.compile} int8={args.int8} torch={torch.__version__}\n"
+        f"{describe_machine(device)}\nbudget: {args.budget:.0f} s estimated per configuration (warm-up + "
+        f"{args.repeats} timed runs, at the measured matmul rate); configurations over it are skipped"
     )
-    model = build_model(config, device, args.attn_implementation, args.compile)
+    rows = []
+    if args.resolutions:
+        model = build_model(config, device, args.attn_implementation)
+        for dtype_name in args.dtypes:
+            rows += benchmark_dtype(args, config, model, dtype_name, device)
+    for dtype_name in args.dtypes if args.pipeline_batch_sizes else ():
+        rows += benchmark_pipeline(args, dtype_name, device)
+    return rows
+
+
+def benchmark_dtype(args, config, model, dtype_name: str, device: torch.device) -> list[dict]:
+    """encode / decode / reconstruct rows of one dtype, each against that dtype's matmul rate."""
+    dtype = DTYPES[dtype_name]
+    model = model_in_dtype(model, dtype, args)
+    autocast = torch.autocast(device.type, dtype=dtype) if args.autocast and dtype != torch.float32 else None
+    autocast = autocast or contextlib.nullcontext()
+    input_dtype = torch.float32 if args.autocast else dtype
     quantized = None
-    if args.int8:
+    if args.int8 and dtype == torch.float32:
         from uniflow_hf.evaluation import quantize_dynamic_int8
 
         quantized = quantize_dynamic_int8(model)
     rows = []
     for resolution in args.resolutions:
-        ceiling = matmul_gflops(config, resolution, device, dtype, args.repeats, max(args.batch_sizes))
-        print(f"\n{resolution}px: {args.dtype} matmul ceiling {ceiling:.1f} GFLOP/s (batch {max(args.batch_sizes)})")
-        header = (
+        ceiling, measured = matmul_gflops(config, resolution, device, dtype, args.repeats, max(args.batch_sizes))
+        print(f"\n{resolution}px {dtype_name}: matmul rate {ceiling:.1f} GFLOP/s, {measured}")
+        print(
             f"{'op':<12}{'batch':>6}{'steps':>6}{'ms':>10}{'wall ms':>10}{'img/s':>9}{'GFLOP/img':>11}{'counted':>9}"
             f"{'GFLOP/s':>9}{'of mm':>7}{'peak MB':>9}"
         )
-        print(header)
         for batch_size in args.batch_sizes:
             generator = torch.Generator().manual_seed(0)
-            pixel_values = torch.randn(batch_size, 3, resolution, resolution, generator=generator).to(device)
+            pixel_values = torch.randn(batch_size, 3, resolution, resolution, generator=generator)
             num_tokens = (resolution // config.patch_size) ** 2
-            noise = torch.randn(batch_size, num_tokens, config.patch_dim, generator=generator).to(device)
-            with torch.inference_mode():
-                latents = model.encode(pixel_values)
+            noise = torch.randn(batch_size, num_tokens, config.patch_dim, generator=generator)
+            pixel_values, noise = pixel_values.to(device, input_dtype), noise.to(device, input_dtype)
+            latents = None
             for steps in args.steps:
                 ops = [op for op in args.ops if not (op == "encode" and steps != args.steps[0])]
                 for op in ops:
+                    expected = analytic_flops(config, resolution, steps, batch_size)[op] / batch_size
+                    estimate = expected * batch_size * (1 + args.repeats) / (ceiling * 1e9)
+                    if estimate > args.budget:
+                        print(f"{op:<12}{batch_size:>6}{steps:>6}  skipped: ~{estimate:.0f} s at {ceiling:.2f} "
+                              f"GFLOP/s is over the {args.budget:.0f} s budget")
+                        rows.append(dict(op=op, dtype=dtype_name, resolution=resolution, batch_size=batch_size,
+                                         steps=steps, skipped=True, estimated_s=estimate, matmul_gflops=ceiling))
+                        continue
+                    if op == "decode" and latents is None:
+                        with torch.inference_mode(), autocast:
+                            latents = model.encode(pixel_values)
                     call = lambda: run_op(model, op, pixel_values, latents, noise, steps)  # noqa: E731
                     counter = _flop_counter()
                     with PeakMemory(device) as memory, counter, autocast:
                         call()  # warm-up (and compilation) under the FLOP counter and the memory probe
                     counted = counter.get_total_flops() / batch_size
-                    expected = analytic_flops(config, resolution, steps, batch_size)[op] / batch_size
                     with autocast:
                         seconds, wall_seconds = best_time(call, args.repeats, device)
                     gflops = expected * batch_size / seconds / 1e9
-                    row = dict(op=op, resolution=resolution, batch_size=batch_size, steps=steps, ms=seconds * 1e3,
-                               wall_ms=wall_seconds * 1e3, images_per_s=batch_size / seconds,
+                    row = dict(op=op, dtype=dtype_name, resolution=resolution, batch_size=batch_size, steps=steps,
+                               ms=seconds * 1e3, wall_ms=wall_seconds * 1e3, images_per_s=batch_size / seconds,
                                gflop_per_image=expected / 1e9, counted_gflop_per_image=counted / 1e9, gflops=gflops,
                                matmul_gflops=ceiling, fraction_of_matmul=gflops / ceiling,
                                peak_mb=memory.peak_bytes / 2**20)
@@ -240,6 +304,44 @@ def benchmark(args) -> list[dict]:
                         )
                     if args.profile and op == "reconstruct":
                         profile(call)
+    return rows
+
+
+def benchmark_pipeline(args, dtype_name: str, device: torch.device) -> list[dict]:
+    """images/s of the shipped class-conditional pipeline (UniFlow-FMNIST, its default steps) per batch size, warmed
+    up once at the smallest; a batch whose estimate (the previous batch's time per image, an over-estimate as larger
+    batches run faster per image) is over the budget is skipped."""
+    from diffusers import DiffusionPipeline
+
+    import uniflow_hf
+
+    pipe = DiffusionPipeline.from_pretrained(uniflow_hf.FMNIST_MODEL_PATH, dtype=DTYPES[dtype_name]).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    num_classes = len(pipe.labels)
+    print(f"\nclass-conditional pipeline (shipped UniFlow-FMNIST, {dtype_name}, default steps)")
+    print(f"{'batch':>6}{'ms':>10}{'wall ms':>10}{'img/s':>9}{'wall img/s':>11}")
+    rows, seconds_per_image = [], 0.0
+    for batch_size in sorted(args.pipeline_batch_sizes):
+        estimate = seconds_per_image * batch_size * args.repeats
+        if estimate > args.budget:
+            print(f"{batch_size:>6}  skipped: ~{estimate:.0f} s is over the {args.budget:.0f} s budget")
+            rows.append(
+                dict(op="pipeline", dtype=dtype_name, batch_size=batch_size, skipped=True, estimated_s=estimate)
+            )
+            continue
+        labels = [index % num_classes for index in range(batch_size)]
+        call = lambda: pipe(labels, generator=torch.manual_seed(0), output_type="pt")  # noqa: E731
+        with torch.inference_mode():
+            if not rows:
+                call()  # warm-up
+            seconds, wall_seconds = best_time(call, args.repeats, device)
+        seconds_per_image = seconds / batch_size
+        row = dict(op="pipeline", dtype=dtype_name, batch_size=batch_size, ms=seconds * 1e3,
+                   wall_ms=wall_seconds * 1e3, images_per_s=batch_size / seconds,
+                   wall_images_per_s=batch_size / wall_seconds)
+        rows.append(row)
+        print(f"{batch_size:>6}{row['ms']:>10.1f}{row['wall_ms']:>10.1f}{row['images_per_s']:>9.1f}"
+              f"{row['wall_images_per_s']:>11.1f}")
     return rows
 
 
@@ -281,14 +383,20 @@ def main(argv=None) -> None:
     mode.add_argument("--quick", action="store_true", help="a small config (the default)")
     mode.add_argument("--release", action="store_true", help="UniFlowConfig() (InternViT-300M + decoder) at 448 px")
     parser.add_argument("--config", help='JSON overrides of the config, e.g. \'{"num_hidden_layers": 4}\'')
-    parser.add_argument("--resolutions", type=int, nargs="+")
+    parser.add_argument("--resolutions", type=int, nargs="*", help="none (an empty list): the pipeline rows only")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
     parser.add_argument("--steps", type=int, nargs="+", default=[1])
     parser.add_argument("--ops", nargs="+", choices=OPS)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                        help="bfloat16 / float16 run under torch.autocast (GPU only)")
+    parser.add_argument("--dtypes", "--dtype", nargs="+", choices=sorted(DTYPES), default=["float32", "bfloat16"],
+                        help="each is benchmarked against its own matmul rate (default: float32 and bfloat16)")
+    parser.add_argument("--autocast", action="store_true",
+                        help="half precision under torch.autocast with float32 weights (default: cast the weights)")
+    parser.add_argument("--budget", type=float, default=120.0,
+                        help="skip a configuration whose estimated time (warm-up + repeats) is over this (seconds)")
+    parser.add_argument("--pipeline-batch-sizes", type=int, nargs="*", default=[1, 64, 256],
+                        help="images/s of the shipped class-conditional pipeline at these batch sizes ('' for none)")
     parser.add_argument("--attn-implementation", choices=["sdpa", "eager"], default="sdpa")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder and the flow head")
     parser.add_argument("--int8", action="store_true", help="also time int8 dynamic quantisation (CPU)")

@@ -16,12 +16,12 @@ python3 -c "import torch, transformers, diffusers, peft, accelerate, datasets; p
 
 python3 -m pytest tests/test_cuda.py -v -rs -p no:cacheprovider 2>&1 | tee "$LOG/test_cuda.log"
 
-bench="python3 benchmarks/bench_reconstruct.py --release --device cuda --repeats 5"
+bench="python3 benchmarks/bench_reconstruct.py --release --device cuda --repeats 5 --pipeline-batch-sizes"
 {
-  $bench --batch-sizes 1 8 32 --json "$LOG/bench_float32.json"
-  $bench --batch-sizes 1 8 32 --dtype bfloat16 --json "$LOG/bench_bfloat16.json"
-  $bench --batch-sizes 8 32 --dtype bfloat16 --compile --json "$LOG/bench_bfloat16_compile.json"
-  $bench --batch-sizes 32 --steps 1 4 --dtype bfloat16 --ops encode decode reconstruct --json "$LOG/bench_ops.json"
+  $bench --batch-sizes 1 8 32 --dtype float32 --pipeline-batch-sizes 1 64 256 --json "$LOG/bench_float32.json"
+  $bench --batch-sizes 1 8 32 --dtype bfloat16 --autocast --json "$LOG/bench_bfloat16.json"
+  $bench --batch-sizes 8 32 --dtype bfloat16 --autocast --compile --json "$LOG/bench_bfloat16_compile.json"
+  $bench --batch-sizes 32 --steps 1 4 --dtype bfloat16 --autocast --ops encode decode reconstruct --json "$LOG/bench_ops.json"
 } 2>&1 | tee "$LOG/bench.log"
 
 python3 -m pytest tests -q -p no:cacheprovider -n "${WORKERS:-8}" 2>&1 | tee "$LOG/suite.log"

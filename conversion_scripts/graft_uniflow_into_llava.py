@@ -227,6 +227,7 @@ def graft_uniflow_into_llava(
 
     import uniflow_hf  # noqa: F401  (registers UniFlowConfig / UniFlowVisionModel with the Auto classes)
     from uniflow_hf.llava import check_vision_feature_select_strategy, num_image_features
+    from uniflow_hf.modeling.model_card_uniflow import hub_repo_id, save_model_card
 
     llava_dir, uniflow_dir, output_dir = Path(llava_dir), Path(uniflow_dir), Path(output_dir)
     if output_dir.resolve() in (llava_dir.resolve(), uniflow_dir.resolve()):
@@ -264,6 +265,11 @@ def graft_uniflow_into_llava(
     if (llava_dir / "generation_config.json").is_file():
         shutil.copy(llava_dir / "generation_config.json", output_dir / "generation_config.json")
     _save_processor(llava_dir, uniflow_dir, output_dir, config, tower)
+    save_model_card(
+        output_dir, title="LLaVA with a UniFlow vision tower", library_name="transformers",
+        pipeline_tag="image-text-to-text", tags=("llava", "vision-encoder"), base_model=hub_repo_id(llava_dir),
+        description=f"a LLaVA model whose vision tower is the UniFlow encoder of {uniflow_dir.name}",
+    )
     if verify:
         verify_grafted(output_dir)
     return output_dir

@@ -458,6 +458,8 @@ class UniFlowPreTrainedModel(PreTrainedModel):
         import shutil
         import tempfile
 
+        from .model_card_uniflow import save_model_card
+
         if not safe_serialization:
             logger.warning("`safe_serialization=False` is ignored: transformers v5 saves safetensors only.")
         kwargs.update(variant=variant, max_shard_size=max_shard_size)
@@ -483,6 +485,7 @@ class UniFlowPreTrainedModel(PreTrainedModel):
             staging = tempfile.mkdtemp(prefix=f".saving-{owner}-", dir=save_directory)
         try:
             super().save_pretrained(staging, **kwargs)
+            save_model_card(staging, self, existing_folder=save_directory)  # README.md, unless the folder has one
             if os.path.isdir(save_directory):
                 unpin_dtype_of_mixed_folder(staging, save_directory)
                 move_saved_files(staging, save_directory)

@@ -54,6 +54,14 @@ class UniFlowPipelineMixin:
                     if getattr(hook, "execution_device", None) is not None:
                         hook.execution_device = torch.device("cpu")
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`DiffusionPipeline.save_pretrained`, then a model card (README.md) unless the folder has one."""
+        from uniflow_hf.modeling.model_card_uniflow import save_model_card, saving_pipeline
+
+        with saving_pipeline():
+            super().save_pretrained(save_directory, *args, **kwargs)
+        save_model_card(save_directory, self)
+
     @property
     def processor(self):
         """The `image_processor` component, or, where it is absent (it is optional: `pipe.image_processor = None`),

@@ -327,7 +327,7 @@ def test_a_save_killed_midway_leaves_the_previous_model_intact(saved_model, tmp_
     sharded = sorted(path.name for path in target.iterdir())
     assert "model.safetensors" not in sharded and "model.safetensors.index.json" in sharded
     changed.save_pretrained(target)  # back to one file: the shards and their index go
-    expected_files = ["config.json", "model.safetensors", "preprocessor_config.json"]
+    expected_files = ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
     assert sorted(path.name for path in target.iterdir()) == expected_files
     reloaded = UniFlowModel.from_pretrained(target)
     assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), changed.state_dict().values()))
