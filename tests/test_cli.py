@@ -203,3 +203,33 @@ def test_commands_without_a_model(tmp_path, capsys):
     assert "The model folder " + str(tmp_path / "no-such-model") + " does not exist" in capsys.readouterr().err
     assert cli_main(["reconstruct", str(tmp_path / "missing.png"), "--output-dir", str(tmp_path)]) == 2
     assert "No such image file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fast_bf16, expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_dtype_auto_follows_the_cpu(reconstruction_pipeline, tmp_path, capsys, fast_bf16, expected):
+    """`--dtype auto` (the default) loads the models in bfloat16 on a CPU with native bf16 and float32 elsewhere
+    (the capability mocked both ways), and says which and why."""
+    from uniflow_hf import hardware
+    from uniflow_hf.commands import generate
+
+    reconstruction_pipeline.save_pretrained(tmp_path / "model")
+    Image.fromarray(random_images(1, size=(32, 32))[0]).save(tmp_path / "input.png")
+    argv = ["reconstruct", str(tmp_path / "input.png"), "--model", str(tmp_path / "model"), "--steps", "1"]
+    support = (fast_bf16, "mocked CPU")
+    with mock.patch.object(hardware, "cpu_bf16_support", return_value=support), mock.patch.object(
+        generate, "load_reconstruction_pipeline", wraps=generate.load_reconstruction_pipeline
+    ) as load:
+        assert cli_main([*argv, "--output-dir", str(tmp_path / "out")]) == 0
+    assert load.call_args.kwargs["dtype"] == expected
+    printed = capsys.readouterr()
+    assert f"dtype {str(expected).removeprefix('torch.')} (auto: mocked CPU)" in printed.err
+    assert "PSNR" in printed.out
+
+
+def test_dtype_argument_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["reconstruct", "x.png", "--output-dir", str(tmp_path), "--dtype", "float64"])
+    assert "invalid choice: 'float64'" in capsys.readouterr().err
+    argv = ["evaluate", "--model", str(tmp_path), "--dataset", str(tmp_path), "--int8", "--dtype", "bfloat16"]
+    assert cli_main(argv) == 2
+    assert "--int8 quantises float32 layers" in capsys.readouterr().err

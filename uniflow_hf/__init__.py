@@ -35,6 +35,7 @@ from .pipelines import (
 from .llava import LlavaImageQACollator, build_llava_processor, finetune_llava_lora
 from .training import UniFlowIterableTrainingDataset, UniFlowTrainer, UniFlowTrainingDataset, apply_lora, train_tokenizer
 from .evaluation import evaluate_reconstruction
+from .hardware import choose_dtype, resolve_dtype
 from .metrics import metric_path
 
 # diffusers' pipeline loader resolves a component saved as ["uniflow_hf", "<ClassName>"] in model_index.json with
@@ -77,6 +78,8 @@ __all__ = [
     "apply_lora",
     "train_tokenizer",
     "evaluate_reconstruction",
+    "choose_dtype",
+    "resolve_dtype",
     "metric_path",
     "FMNIST_MODEL_PATH",
 ]

@@ -23,12 +23,15 @@ def _check_folder(model_dir: str | os.PathLike) -> None:
         raise FileNotFoundError(f"The model folder {model_dir} does not exist.")
 
 
-def load_class_conditional_pipeline(model_dir: str | os.PathLike) -> UniFlowClassConditionalPipeline:
-    """The `UniFlowClassConditionalPipeline` saved in `model_dir` (e.g. `uniflow_hf.FMNIST_MODEL_PATH`)."""
+def load_class_conditional_pipeline(
+    model_dir: str | os.PathLike, dtype: torch.dtype | None = None
+) -> UniFlowClassConditionalPipeline:
+    """The `UniFlowClassConditionalPipeline` saved in `model_dir` (e.g. `uniflow_hf.FMNIST_MODEL_PATH`), its models
+    in `dtype` when given (e.g. `uniflow_hf.hardware.resolve_dtype("auto")`)."""
     _check_folder(model_dir)
     if not os.path.isfile(os.path.join(model_dir, "model_index.json")):
         raise FileNotFoundError(f"{model_dir} has no model_index.json: it is not a class-conditional pipeline folder.")
-    pipeline = DiffusionPipeline.from_pretrained(model_dir)
+    pipeline = DiffusionPipeline.from_pretrained(model_dir, **_dtype_kwargs(dtype, "torch_dtype"))
     if not isinstance(pipeline, UniFlowClassConditionalPipeline):
         raise ValueError(
             f"{model_dir} holds a {type(pipeline).__name__}, not a UniFlowClassConditionalPipeline."
@@ -36,24 +39,32 @@ def load_class_conditional_pipeline(model_dir: str | os.PathLike) -> UniFlowClas
     return pipeline
 
 
-def load_reconstruction_pipeline(model_dir: str | os.PathLike) -> UniFlowReconstructionPipeline:
+def load_reconstruction_pipeline(
+    model_dir: str | os.PathLike, dtype: torch.dtype | None = None
+) -> UniFlowReconstructionPipeline:
     """A `UniFlowReconstructionPipeline` from a reconstruction pipeline folder, the tokenizer of a class-conditional
-    pipeline folder, or a plain UniFlow model folder (ours or an official release)."""
+    pipeline folder, or a plain UniFlow model folder (ours or an official release); the tokenizer in `dtype` when
+    given."""
     _check_folder(model_dir)
     if os.path.isfile(os.path.join(model_dir, "model_index.json")):
-        pipeline = DiffusionPipeline.from_pretrained(model_dir)
+        pipeline = DiffusionPipeline.from_pretrained(model_dir, **_dtype_kwargs(dtype, "torch_dtype"))
         if isinstance(pipeline, UniFlowReconstructionPipeline):
             return pipeline
         return UniFlowReconstructionPipeline(
             tokenizer=pipeline.tokenizer, scheduler=pipeline.decoder_scheduler, image_processor=pipeline.image_processor
         )
     if os.path.isfile(os.path.join(model_dir, "config.json")):
-        tokenizer = UniFlowModel.from_pretrained(model_dir)
+        tokenizer = UniFlowModel.from_pretrained(model_dir, **_dtype_kwargs(dtype, "dtype"))
         scheduler = UniFlowFlowMatchScheduler(schedule=tokenizer.config.sampling_schedule)
         return UniFlowReconstructionPipeline(tokenizer=tokenizer, scheduler=scheduler)
     raise FileNotFoundError(
         f"{model_dir} holds neither a pipeline (model_index.json) nor a UniFlow model (config.json)."
     )
+
+
+def _dtype_kwargs(dtype: torch.dtype | None, name: str) -> dict:
+    # diffusers names it `torch_dtype`, transformers v5 `dtype`; None keeps each folder's own dtype
+    return {} if dtype is None else {name: dtype}
 
 
 @dataclass

@@ -14,6 +14,8 @@ import json
 import os
 import sys
 
+from .generate import add_dtype_argument, resolve_dtype_argument
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -43,10 +45,12 @@ def register(subparsers) -> None:
     parser.add_argument("--skip-unreadable", action="store_true", help="skip (and list) unreadable images")
     parser.add_argument("--output", default=None, help="write the results to this JSON file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_dtype_argument(parser)
     parser.set_defaults(func=run_evaluate)
 
 
 def run_evaluate(args) -> int:
+    import torch
     from accelerate import Accelerator
 
     from ..evaluation import evaluate_reconstruction, load_tokenizer, open_image_source, quantize_dynamic_int8
@@ -54,7 +58,10 @@ def run_evaluate(args) -> int:
 
     try:
         accelerator = Accelerator(cpu=args.int8)  # int8 dynamic quantisation runs on the CPU only
-        model, processor = load_tokenizer(args.model)
+        if args.int8 and args.dtype not in ("auto", "float32"):
+            raise ValueError(f"--int8 quantises float32 layers: it takes --dtype auto or float32, not {args.dtype}.")
+        dtype = torch.float32 if args.int8 else resolve_dtype_argument(args, accelerator.device)
+        model, processor = load_tokenizer(args.model, dtype=dtype)
         if args.int8:
             model = quantize_dynamic_int8(model)
         model.to(accelerator.device)
@@ -88,6 +95,7 @@ def run_evaluate(args) -> int:
             "split": args.split if os.path.isfile(os.path.join(args.dataset, "dataset_dict.json")) else None,
             "inception_weights": args.inception_weights,
             "int8": args.int8,
+            "dtype": str(dtype).removeprefix("torch."),
             **results,
         }
         text = json.dumps(results, indent=2)

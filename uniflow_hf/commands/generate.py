@@ -20,6 +20,7 @@ def register(subparsers) -> None:
     parser.add_argument("--steps", type=int, default=25, help="steps of the latent flow")
     parser.add_argument("--decoder-steps", type=int, default=None, help="steps of the pixel decoder (default: the pipeline's)")
     add_decoder_latent_scale_argument(parser, "(default: the pipeline's, else 1)")
+    add_dtype_argument(parser)
     parser.set_defaults(func=run_generate)
 
     parser = subparsers.add_parser("reconstruct")
@@ -29,6 +30,7 @@ def register(subparsers) -> None:
     parser.add_argument("--steps", type=int, default=None, help="steps of the pixel decoder (model default)")
     parser.add_argument("--seed", type=int, default=0, help="image i decodes with seed + i")
     parser.add_argument("--batch-size", type=int, default=16)
+    add_dtype_argument(parser)
     parser.set_defaults(func=run_reconstruct)
 
     parser = subparsers.add_parser("attach-guide")
@@ -49,6 +51,27 @@ def register(subparsers) -> None:
     parser.add_argument("--decoder-steps", type=int, default=None, help="the default steps of the pixel decoder")
     add_decoder_latent_scale_argument(parser, "(the default; 1 = none)")
     parser.set_defaults(func=run_set_defaults)
+
+
+def add_dtype_argument(parser) -> None:
+    from ..hardware import DTYPE_CHOICES
+
+    parser.add_argument(
+        "--dtype", default="auto", choices=DTYPE_CHOICES,
+        help="compute dtype; auto (default): bfloat16 where the hardware runs it natively (CUDA with bf16, CPUs with "
+        "AMX or AVX512-BF16), float32 elsewhere. The choice and its reason are printed (stderr).",
+    )
+
+
+def resolve_dtype_argument(args, device=None):
+    """The torch dtype of `--dtype` on `device` (default: the CPU the command runs on), printed with its reason."""
+    import sys
+
+    from ..hardware import choose_dtype
+
+    choice = choose_dtype(args.dtype, device or "cpu")
+    print(f"uniflow-hf {args.command}: dtype {choice}", file=sys.stderr)
+    return choice.dtype
 
 
 # ---------------------------------------------------------------------------------------------------- commands
@@ -101,7 +124,7 @@ def run_generate(args) -> int:
     import torch
 
     _check_positive(args.num_images, "--num-images")
-    pipeline = load_class_conditional_pipeline(args.model or FMNIST_MODEL_PATH)
+    pipeline = load_class_conditional_pipeline(args.model or FMNIST_MODEL_PATH, dtype=resolve_dtype_argument(args))
     label = _label_argument(pipeline, args.label)
     class_id = pipeline.get_label_ids(label)[0]
     name = (pipeline.config.id2label or {}).get(class_id, str(class_id))
@@ -135,7 +158,7 @@ def run_reconstruct(args) -> int:
     missing = [path for path in args.images if not os.path.isfile(path)]
     if missing:
         raise FileNotFoundError(f"No such image file(s): {', '.join(missing)}")
-    pipeline = load_reconstruction_pipeline(args.model or FMNIST_MODEL_PATH)
+    pipeline = load_reconstruction_pipeline(args.model or FMNIST_MODEL_PATH, dtype=resolve_dtype_argument(args))
     result = reconstruct_images(
         pipeline, args.images, num_inference_steps=args.steps, seed=args.seed, batch_size=args.batch_size
     )
