@@ -31,7 +31,7 @@ def load_class_conditional_pipeline(
     _check_folder(model_dir)
     if not os.path.isfile(os.path.join(model_dir, "model_index.json")):
         raise FileNotFoundError(f"{model_dir} has no model_index.json: it is not a class-conditional pipeline folder.")
-    pipeline = DiffusionPipeline.from_pretrained(model_dir, **_dtype_kwargs(dtype, "torch_dtype"))
+    pipeline = DiffusionPipeline.from_pretrained(model_dir, **_dtype_kwargs(dtype))
     if not isinstance(pipeline, UniFlowClassConditionalPipeline):
         raise ValueError(
             f"{model_dir} holds a {type(pipeline).__name__}, not a UniFlowClassConditionalPipeline."
@@ -47,14 +47,14 @@ def load_reconstruction_pipeline(
     given."""
     _check_folder(model_dir)
     if os.path.isfile(os.path.join(model_dir, "model_index.json")):
-        pipeline = DiffusionPipeline.from_pretrained(model_dir, **_dtype_kwargs(dtype, "torch_dtype"))
+        pipeline = DiffusionPipeline.from_pretrained(model_dir, **_dtype_kwargs(dtype))
         if isinstance(pipeline, UniFlowReconstructionPipeline):
             return pipeline
         return UniFlowReconstructionPipeline(
             tokenizer=pipeline.tokenizer, scheduler=pipeline.decoder_scheduler, image_processor=pipeline.image_processor
         )
     if os.path.isfile(os.path.join(model_dir, "config.json")):
-        tokenizer = UniFlowModel.from_pretrained(model_dir, **_dtype_kwargs(dtype, "dtype"))
+        tokenizer = UniFlowModel.from_pretrained(model_dir, **_dtype_kwargs(dtype))
         scheduler = UniFlowFlowMatchScheduler(schedule=tokenizer.config.sampling_schedule)
         return UniFlowReconstructionPipeline(tokenizer=tokenizer, scheduler=scheduler)
     raise FileNotFoundError(
@@ -62,9 +62,8 @@ def load_reconstruction_pipeline(
     )
 
 
-def _dtype_kwargs(dtype: torch.dtype | None, name: str) -> dict:
-    # diffusers names it `torch_dtype`, transformers v5 `dtype`; None keeps each folder's own dtype
-    return {} if dtype is None else {name: dtype}
+def _dtype_kwargs(dtype: torch.dtype | None) -> dict:
+    return {} if dtype is None else {"dtype": dtype}  # None keeps each folder's own dtype
 
 
 @dataclass
