@@ -12,14 +12,9 @@ import torch
 from PIL import Image
 
 from transformers.image_processing_backends import PilBackend
-from transformers.image_utils import (
-    IMAGENET_DEFAULT_MEAN,
-    IMAGENET_DEFAULT_STD,
-    ChannelDimension,
-    PILImageResampling,
-    SizeDict,
-)
-from transformers.processing_utils import ImagesKwargs, Unpack
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ChannelDimension, SizeDict
+from transformers.image_utils import PILImageResampling
+from transformers.processing_utils import ImagesKwargs
 
 
 INPUT_TYPES = "a PIL.Image.Image, a numpy.ndarray, a torch.Tensor, or a (non-empty) list of those"
@@ -34,11 +29,7 @@ def _default_max_pixels() -> int:
 
 
 class UniFlowImageProcessorKwargs(ImagesKwargs, total=False):
-    """
-    max_pixels (`int`, *optional*, defaults to `self.max_pixels`):
-        Largest accepted number of pixels (height * width) of an input image; larger ones raise a `ValueError`
-        before any conversion or resizing (decompression-bomb guard).
-    """
+    """max_pixels (`int`, *optional*): the largest accepted input, in pixels (decompression-bomb guard)."""
 
     max_pixels: int | None
 
@@ -53,13 +44,10 @@ def _flatten(images: Any) -> Iterator[Any]:
     elif isinstance(images, Image.Image):
         yield images
     elif isinstance(images, (np.ndarray, torch.Tensor)):
-        kind = "numpy array" if isinstance(images, np.ndarray) else "torch tensor"
-        if images.ndim == 4 and len(images) == 0:
-            raise ValueError(f"Got an empty batch ({kind} of shape {tuple(images.shape)}).")
-        if images.ndim not in (2, 3, 4):
+        if images.ndim not in (2, 3, 4) or images.ndim == 4 and len(images) == 0:
             raise ValueError(
-                f"Got a {kind} with {images.ndim} dimensions (shape {tuple(images.shape)}); expected 2 "
-                "(height, width), 3 (channels first or last) or 4 (a batch of those) dimensions."
+                f"Got an image array with {images.ndim} dimensions (shape {tuple(images.shape)}); expected 2 (height, "
+                "width), 3 (channels first or last) or 4 (a non-empty batch of those) dimensions."
             )
         yield from (images if images.ndim == 4 else [images])
     elif isinstance(images, (str, bytes)) or hasattr(images, "__fspath__"):
@@ -69,71 +57,6 @@ def _flatten(images: Any) -> Iterator[Any]:
         )
     else:
         raise TypeError(f"Unsupported image type {type(images).__name__}; expected {INPUT_TYPES}.")
-
-
-def _channels_last(array: np.ndarray, channels_first: bool, input_data_format: str | None) -> np.ndarray:
-    """A 2D or 3D array as `(height, width, channels)`; `channels_first` decides when both axes could be channels."""
-    if array.ndim == 2:
-        return array[..., None]
-    if input_data_format is not None:
-        channels_first = ChannelDimension(input_data_format) == ChannelDimension.FIRST
-    else:
-        first, last = array.shape[0] in NUM_CHANNELS, array.shape[-1] in NUM_CHANNELS
-        channels_first = first and (channels_first or not last)
-    if array.shape[0 if channels_first else -1] not in NUM_CHANNELS:
-        raise ValueError(
-            f"Got an image of shape {tuple(array.shape)} without a channel axis of 1, 3 or 4 channels "
-            f"(input_data_format={input_data_format}); expected (channels, height, width) or (height, width, "
-            "channels), or a 2D (height, width) grayscale image."
-        )
-    return np.moveaxis(array, 0, -1) if channels_first else array
-
-
-def _check_finite(array: np.ndarray, what: str) -> None:
-    if not np.isfinite(array).all():
-        raise ValueError(f"{what} contains NaN or infinite values; only finite pixel values are supported.")
-
-
-def _to_uint8(array: np.ndarray, what: str) -> np.ndarray:
-    """8-bit values of an array: uint16 divided by 257, bool as 0/255, floats in [0, 1] times 255 (rounded)."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == np.bool_:
-        return array.astype(np.uint8) * 255
-    if array.dtype == np.uint16:
-        return np.round(array / 257.0).astype(np.uint8)
-    if not np.issubdtype(array.dtype, np.floating):
-        raise TypeError(f"Unsupported {what} dtype {array.dtype}; expected {ARRAY_DTYPES}.")
-    _check_finite(array, what=f"The {what}")
-    low, high = float(array.min()), float(array.max())
-    if low < 0.0 or high > 1.0:
-        raise ValueError(
-            f"Float images must have values in [0, 1], but the {what} has values in [{low}, {high}]. "
-            "Pass uint8 arrays for values in [0, 255], or rescale the values to [0, 1]."
-        )
-    return np.round(array.astype(np.float64) * 255.0).astype(np.uint8)
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """
-    An 8-bit "RGB" copy of a PIL image of any mode. 16-bit integer modes (and "I" holding 16-bit data, as PIL opens
-    16-bit TIFFs and PNGs) are divided by 257, other "I" images scaled by `255 / (2**31 - 1)` after clipping negatives;
-    every other mode goes through PIL's `convert("RGB")`, which drops an alpha channel without compositing.
-    """
-    if image.mode == "I" and np.asarray(image).max(initial=0) > 65535:
-        gray = np.round(np.clip(np.asarray(image), 0, INT32_MAX) * (255.0 / INT32_MAX)).astype(np.uint8)
-        return Image.fromarray(gray).convert("RGB")
-    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
-        gray = _to_uint8(np.clip(np.asarray(image), 0, 65535).astype(np.uint16), what="16-bit image")
-        return Image.fromarray(gray).convert("RGB")
-    if image.mode == "F":
-        _check_finite(np.asarray(image), what=f"The PIL image (mode {image.mode!r})")
-    try:
-        with warnings.catch_warnings():  # "P" images with byte transparency suggest RGBA; RGB drops alpha either way
-            warnings.filterwarnings("ignore", message="Palette images with Transparency", category=UserWarning)
-            return image.convert("RGB")
-    except (ValueError, OSError) as error:
-        raise ValueError(f"Cannot convert a PIL image of mode {image.mode!r} to RGB: {error}") from error
 
 
 def _check_num_pixels(height: int, width: int, max_pixels: int | None) -> None:
@@ -147,31 +70,92 @@ def _check_num_pixels(height: int, width: int, max_pixels: int | None) -> None:
         )
 
 
+def _check_finite(array: np.ndarray, what: str) -> None:
+    if not np.isfinite(array).all():
+        raise ValueError(f"{what} contains NaN or infinite values; only finite pixel values are supported.")
+
+
+def _array_to_image(
+    array: np.ndarray, channels_first: bool, input_data_format: str | None, max_pixels: int | None, what: str
+) -> Image.Image:
+    """
+    A 2D or 3D array as an 8-bit PIL image: uint16 divided by 257, bool as 0/255, floats in [0, 1] times 255
+    (rounded). `channels_first` decides when both end axes could hold the channels.
+    """
+    if array.ndim == 3:
+        if input_data_format is not None:
+            channels_first = ChannelDimension(input_data_format) == ChannelDimension.FIRST
+        else:
+            first, last = array.shape[0] in NUM_CHANNELS, array.shape[-1] in NUM_CHANNELS
+            channels_first = first and (channels_first or not last)
+        if array.shape[0 if channels_first else -1] not in NUM_CHANNELS:
+            raise ValueError(
+                f"Got an image of shape {tuple(array.shape)} without a channel axis of 1, 3 or 4 channels "
+                f"(input_data_format={input_data_format}); expected (channels, height, width) or (height, width, "
+                "channels), or a 2D (height, width) grayscale image."
+            )
+        array = np.moveaxis(array, 0, -1) if channels_first else array
+        array = array[..., 0] if array.shape[-1] == 1 else array
+    _check_num_pixels(array.shape[0], array.shape[1], max_pixels)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype == np.uint16:
+        array = np.round(array / 257.0).astype(np.uint8)
+    elif np.issubdtype(array.dtype, np.floating):
+        _check_finite(array, what=f"The {what}")
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            raise ValueError(
+                f"Float images must have values in [0, 1], but the {what} has values in [{low}, {high}]. "
+                "Pass uint8 arrays for values in [0, 255], or rescale the values to [0, 1]."
+            )
+        array = np.round(array.astype(np.float64) * 255.0).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise TypeError(f"Unsupported {what} dtype {array.dtype}; expected {ARRAY_DTYPES}.")
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """
+    An 8-bit "RGB" copy of a PIL image of any mode. 16-bit integer modes (and "I" holding 16-bit data, as PIL opens
+    16-bit TIFFs and PNGs) are divided by 257, other "I" images scaled by `255 / (2**31 - 1)` after clipping negatives;
+    every other mode goes through PIL's `convert("RGB")`, which drops an alpha channel without compositing.
+    """
+    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        values = np.asarray(image).astype(np.float64)
+        if values.max(initial=0) > 65535:
+            values = np.clip(values, 0, INT32_MAX) * (255.0 / INT32_MAX)
+        else:
+            values = np.clip(values, 0, 65535) / 257.0
+        image = Image.fromarray(np.round(values).astype(np.uint8))
+    elif image.mode == "F":
+        _check_finite(np.asarray(image), what=f"The PIL image (mode {image.mode!r})")
+    try:
+        with warnings.catch_warnings():  # "P" images with byte transparency suggest RGBA; RGB drops alpha either way
+            warnings.filterwarnings("ignore", message="Palette images with Transparency", category=UserWarning)
+            return image.convert("RGB")
+    except (ValueError, OSError) as error:
+        raise ValueError(f"Cannot convert a PIL image of mode {image.mode!r} to RGB: {error}") from error
+
+
 class UniFlowImageProcessor(PilBackend):
     r"""
-    Constructs a UniFlow image processor: the official release's preprocessing on transformers' PIL backend.
+    Constructs a UniFlow image processor: the official release's preprocessing, bit for bit. Each image is converted
+    to 8-bit RGB, halved with `Image.BOX` while its short side is at least twice `size["shortest_edge"]`, resized with
+    `resample` to that short side, center-cropped to `crop_size`, rescaled and normalized (ImageNet mean and std).
 
-    Each image is converted to 8-bit RGB, halved with `Image.BOX` while its short side is at least twice
-    `size["shortest_edge"]`, resized with `resample` so that its short side equals `size["shortest_edge"]`,
-    center-cropped to `crop_size` with rounded offsets, rescaled by `rescale_factor` and normalized with
-    `image_mean` / `image_std`; the result is bit-identical to the release's.
-
-    Accepted inputs: PIL images of any mode; NumPy arrays and torch tensors of shape `(H, W)`, `(H, W, C)` or
-    `(C, H, W)` with `C` in 1, 3, 4 and dtype uint8, uint16, bool or float in [0, 1]; 4D batches of those; lists of
-    all of them. When the channel axis is ambiguous, arrays are read as channels-last and tensors as channels-first
-    unless `input_data_format` says otherwise. Alpha channels are dropped, as PIL's `convert("RGB")` does.
+    Inputs: PIL images of any mode; arrays and tensors of shape `(H, W)`, `(H, W, C)` or `(C, H, W)` with `C` in
+    1, 3, 4 and dtype uint8, uint16, bool or float in [0, 1]; 4D batches and lists of those. An ambiguous channel axis
+    is the last one for arrays, the first one for tensors, unless `input_data_format` says otherwise. Alpha channels
+    are dropped, as PIL's `convert("RGB")` does. Settings are those of [`~image_processing_backends.PilBackend`], and:
 
     Args:
         size (`dict[str, int]` or `int`, *optional*, defaults to `{"shortest_edge": 448}`):
-            Target short side of the resize (only `shortest_edge` is supported).
+            Target short side (`shortest_edge` only).
         crop_size (`dict[str, int]` or `int`, *optional*, defaults to `{"height": 448, "width": 448}`):
             Size of the center crop; smaller images are zero-padded first.
-        resample (`PILImageResampling`, *optional*, defaults to `PILImageResampling.BICUBIC`):
-            Filter of the final short-side resize (the halving steps always use `Image.BOX`).
         max_pixels (`int`, *optional*, defaults to `2 * PIL.Image.MAX_IMAGE_PIXELS`, or `2**28` when that is `None`):
             Largest accepted input, in pixels; checked before any conversion or resizing.
-        **kwargs: the other settings of [`~image_processing_utils.BaseImageProcessor`] (`do_resize`, `do_center_crop`,
-            `do_rescale`, `rescale_factor`, `do_normalize`, `image_mean`, `image_std`; ImageNet mean and std).
     """
 
     valid_kwargs = UniFlowImageProcessorKwargs
@@ -189,9 +173,6 @@ class UniFlowImageProcessor(PilBackend):
     do_normalize = True
     do_convert_rgb = True
     max_pixels = _default_max_pixels()
-
-    def __init__(self, **kwargs: Unpack[UniFlowImageProcessorKwargs]):
-        super().__init__(**kwargs)
 
     @classmethod
     def from_image_size(cls, image_size: int, **kwargs) -> "UniFlowImageProcessor":
@@ -219,20 +200,16 @@ class UniFlowImageProcessor(PilBackend):
         max_pixels = self.max_pixels if max_pixels is None else max_pixels
         if isinstance(image, Image.Image):
             _check_num_pixels(image.height, image.width, max_pixels)
+        elif isinstance(image, np.ndarray):
+            image = _array_to_image(image, False, input_data_format, max_pixels, what="numpy array")
         else:
-            what = "numpy array" if isinstance(image, np.ndarray) else "torch tensor"
-            if isinstance(image, torch.Tensor):
-                image = image.detach().cpu()
-                if image.is_floating_point() and image.dtype != torch.float64:
-                    image = image.float()  # float16/bfloat16 have no (or no exact) NumPy counterpart
-                image = image.numpy()
-            image = _channels_last(image, channels_first=what == "torch tensor", input_data_format=input_data_format)
-            _check_num_pixels(image.shape[0], image.shape[1], max_pixels)
-            image = _to_uint8(image, what)
-            image = Image.fromarray(np.ascontiguousarray(image[..., 0] if image.shape[-1] == 1 else image))
+            image = image.detach().cpu()
+            if image.is_floating_point() and image.dtype != torch.float64:
+                image = image.float()  # float16/bfloat16 have no (or no exact) NumPy counterpart
+            image = _array_to_image(image.numpy(), True, input_data_format, max_pixels, what="torch tensor")
         return np.asarray(_to_rgb(image)).transpose(2, 0, 1)
 
-    def resize(self, image: np.ndarray, size: SizeDict, resample: PILImageResampling | None = None, **kwargs) -> np.ndarray:
+    def resize(self, image: np.ndarray, size: SizeDict, resample: int | None = None, **kwargs) -> np.ndarray:
         """
         Resize a `(3, H, W)` uint8 image as the release does: halve it with `Image.BOX` to `(W // 2, H // 2)` while
         its short side is at least `2 * S` (`S = size["shortest_edge"]`), then resize it with `resample` to short
@@ -273,16 +250,10 @@ class UniFlowImageProcessor(PilBackend):
 
     def postprocess(self, pixel_values: torch.Tensor | np.ndarray, output_type: str = "pil"):
         """
-        Map model outputs in this processor's normalized pixel space back to images.
-
-        Args:
-            pixel_values (`torch.Tensor` or `np.ndarray` of shape `(batch_size, 3, height, width)`):
-                Images as this processor produces them (a `(3, height, width)` image is a batch of one). They are
-                denormalized (`x * std + mean`, when `do_normalize` is set) and clamped to [0, 1].
-            output_type (`str`, *optional*, defaults to `"pil"`):
-                `"pil"`: a list of RGB PIL images (8-bit, `round(x * 255)`); `"np"`: a float32 array of shape
-                `(batch_size, height, width, 3)`; `"pt"`: a float32 `torch.Tensor` of shape `(batch_size, 3, height,
-                width)`.
+        Images from `pixel_values` of shape `(batch_size, 3, height, width)` or `(3, height, width)` in this
+        processor's space: denormalized (when `do_normalize` is set) and clamped to [0, 1]. `output_type` `"pil"`
+        gives a list of RGB PIL images (`round(x * 255)`), `"np"` a float32 `(batch_size, height, width, 3)` array,
+        `"pt"` a float32 `(batch_size, 3, height, width)` tensor.
         """
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"Unknown output_type {output_type!r}; expected one of ('pil', 'np', 'pt').")
