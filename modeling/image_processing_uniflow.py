@@ -52,8 +52,8 @@ def _flatten(images: Any) -> Iterator[Any]:
         yield from (images if images.ndim == 4 else [images])
     elif isinstance(images, (str, bytes)) or hasattr(images, "__fspath__"):
         raise TypeError(
-            f"Got {type(images).__name__} {images!r}, but file paths and URLs are not loaded by UniFlowImageProcessor; "
-            f"open the image first (e.g. `PIL.Image.open(path)`) and pass {INPUT_TYPES}."
+            f"Got {type(images).__name__} {images!r}, but file paths and URLs are not loaded by "
+            f"UniFlowImageProcessor; open the image first (e.g. `PIL.Image.open(path)`) and pass {INPUT_TYPES}."
         )
     else:
         raise TypeError(f"Unsupported image type {type(images).__name__}; expected {INPUT_TYPES}.")
@@ -117,10 +117,12 @@ def _array_to_image(
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """
-    An 8-bit "RGB" copy of a PIL image of any mode. 16-bit integer modes (and "I" holding 16-bit data, as PIL opens
+    A PIL image of any mode in 8-bit "RGB". 16-bit integer modes (and "I" holding 16-bit data, as PIL opens
     16-bit TIFFs and PNGs) are divided by 257, other "I" images scaled by `255 / (2**31 - 1)` after clipping negatives;
     every other mode goes through PIL's `convert("RGB")`, which drops an alpha channel without compositing.
     """
+    if image.mode == "RGB":
+        return image
     if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
         values = np.asarray(image).astype(np.float64)
         if values.max(initial=0) > 65535:
@@ -159,8 +161,6 @@ class UniFlowImageProcessor(PilBackend):
     """
 
     valid_kwargs = UniFlowImageProcessorKwargs
-    model_input_names = ["pixel_values"]
-
     resample = PILImageResampling.BICUBIC
     image_mean = IMAGENET_DEFAULT_MEAN
     image_std = IMAGENET_DEFAULT_STD
@@ -179,7 +179,9 @@ class UniFlowImageProcessor(PilBackend):
         """The processor of a model taking `image_size`² inputs (`config.image_size`): short side resized to
         `image_size`, center crop `image_size`², the release's normalization. Other arguments as in `__init__`."""
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
-            raise ValueError(f"`image_size` must be a positive int (a model's `config.image_size`), got {image_size!r}.")
+            raise ValueError(
+                f"`image_size` must be a positive int (a model's `config.image_size`), got {image_size!r}."
+            )
         return cls(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}, **kwargs)
 
     def _prepare_images_structure(self, images: Any, expected_ndims: int = 3) -> list[Any]:
@@ -194,7 +196,7 @@ class UniFlowImageProcessor(PilBackend):
         max_pixels: int | None = None,
         **kwargs,
     ) -> np.ndarray:
-        """One input image as a `(3, height, width)` uint8 RGB array; its size is checked against `max_pixels` first."""
+        """One input image as a `(3, height, width)` uint8 RGB array, its size checked against `max_pixels` first."""
         if do_convert_rgb is False:
             raise ValueError("UniFlow models need 3-channel RGB input: `do_convert_rgb=False` is not supported.")
         max_pixels = self.max_pixels if max_pixels is None else max_pixels
@@ -210,11 +212,8 @@ class UniFlowImageProcessor(PilBackend):
         return np.asarray(_to_rgb(image)).transpose(2, 0, 1)
 
     def resize(self, image: np.ndarray, size: SizeDict, resample: int | None = None, **kwargs) -> np.ndarray:
-        """
-        Resize a `(3, H, W)` uint8 image as the release does: halve it with `Image.BOX` to `(W // 2, H // 2)` while
-        its short side is at least `2 * S` (`S = size["shortest_edge"]`), then resize it with `resample` to short
-        side `S` and long side `int(round(long * S / short))`.
-        """
+        """As the release: halve a `(3, H, W)` uint8 image with `Image.BOX` while its short side is at least `2 * S`
+        (`S = size["shortest_edge"]`), then resize it with `resample` to `S` x `int(round(long * S / short))`."""
         target = size.shortest_edge
         if not target or any(key != "shortest_edge" for key, _ in size):
             raise ValueError(
@@ -233,11 +232,8 @@ class UniFlowImageProcessor(PilBackend):
         return np.asarray(pil_image.resize(new_size, resample=int(resample))).transpose(2, 0, 1)
 
     def center_crop(self, image: np.ndarray, size: SizeDict, **kwargs) -> np.ndarray:
-        """
-        Center-crop a `(C, H, W)` image to `(size["height"], size["width"])` at offsets `int(round((H - height) / 2))`
-        and `int(round((W - width) / 2))`, as the release (torchvision's `center_crop`) does, zero-padding first an
-        image smaller than the crop.
-        """
+        """As the release (torchvision's `center_crop`): crop at offsets `int(round((H - height) / 2))` and
+        `int(round((W - width) / 2))`, zero-padding first an image smaller than the crop."""
         if size.height is None or size.width is None:
             raise ValueError(f"`crop_size` must have keys 'height' and 'width', got {dict(size)}.")
         pad_height, pad_width = max(size.height - image.shape[1], 0), max(size.width - image.shape[2], 0)
@@ -247,6 +243,10 @@ class UniFlowImageProcessor(PilBackend):
         top = int(round((image.shape[1] - size.height) / 2.0))
         left = int(round((image.shape[2] - size.width) / 2.0))
         return image[:, top : top + size.height, left : left + size.width]
+
+    def rescale(self, image: np.ndarray, scale: float, **kwargs) -> np.ndarray:
+        """`image * scale` in float32, computed as the release's `ToTensor` does: a division by `1 / scale` (255)."""
+        return image.astype(np.float32) / np.float32(1 / scale)
 
     def postprocess(self, pixel_values: torch.Tensor | np.ndarray, output_type: str = "pil"):
         """
@@ -260,9 +260,7 @@ class UniFlowImageProcessor(PilBackend):
         if isinstance(pixel_values, torch.Tensor):
             pixel_values = pixel_values.detach().to(device="cpu", dtype=torch.float32).numpy()
         elif not isinstance(pixel_values, np.ndarray):
-            raise TypeError(
-                f"`pixel_values` must be a torch.Tensor or a numpy.ndarray, got {type(pixel_values).__name__}."
-            )
+            raise TypeError(f"`pixel_values` must be a torch.Tensor or a numpy.ndarray, got {type(pixel_values)}.")
         images = pixel_values.astype(np.float32)
         images = images[None] if images.ndim == 3 else images
         if images.ndim != 4 or images.shape[1] != 3:
