@@ -425,6 +425,11 @@ class UniFlowPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # Writes README.md into a folder being saved: `(folder, model, existing_folder=None, replace_generic=False,
+    # repo_id=None)`.
+    # The uniflow-hf package sets it (`uniflow_hf.model_card.save_model_card`); code loaded with `trust_remote_code`
+    # alone writes no card.
+    model_card_writer: Callable | None = None
 
     def save_pretrained(
         self,
@@ -453,12 +458,14 @@ class UniFlowPreTrainedModel(PreTrainedModel):
 
         A model sharded by FSDP2 (`fully_shard`) is saved whole: every process must call `save_pretrained` (the full
         state dict is gathered from all of them, `torch.distributed.checkpoint`'s `get_model_state_dict`), and rank 0
-        writes it. The folder loads with `from_pretrained` like any other."""
+        writes it. The folder loads with `from_pretrained` like any other.
+
+        The folder also gets the code of the class and its config (`register_for_auto_class`, `auto_map` in
+        config.json), so it loads with `AutoModel.from_pretrained(folder, trust_remote_code=True)` without
+        uniflow-hf, and a README.md from `model_card_writer` when one is set."""
         import os
         import shutil
         import tempfile
-
-        from .model_card_uniflow import save_model_card
 
         if not safe_serialization:
             logger.warning("`safe_serialization=False` is ignored: transformers v5 saves safetensors only.")
@@ -485,7 +492,8 @@ class UniFlowPreTrainedModel(PreTrainedModel):
             staging = tempfile.mkdtemp(prefix=f".saving-{owner}-", dir=save_directory)
         try:
             super().save_pretrained(staging, **kwargs)
-            save_model_card(staging, self, existing_folder=save_directory)  # README.md, unless the folder has one
+            if self.model_card_writer is not None:  # README.md, unless the folder has one
+                self.model_card_writer(staging, self, existing_folder=save_directory)
             if os.path.isdir(save_directory):
                 unpin_dtype_of_mixed_folder(staging, save_directory)
                 move_saved_files(staging, save_directory)
@@ -496,6 +504,13 @@ class UniFlowPreTrainedModel(PreTrainedModel):
                 os.rename(staging, save_directory)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
+        """`push_to_hub` (and `save_pretrained(push_to_hub=True)`) put transformers' generic card into the folder
+        they upload; upload the card of `model_card_writer` instead (a card already on the Hub is kept)."""
+        if self.model_card_writer is not None:
+            self.model_card_writer(working_dir, self, replace_generic=True, repo_id=repo_id)
+        return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
     def _init_weights(self, module):
         """Truncated-normal linears, unit norms, LayerScale at `initializer_factor`, sin-cos decoder position
@@ -1146,6 +1161,10 @@ class UniFlowForImageClassification(UniFlowPreTrainedModel):
         initialised by `_init_weights` and reported (a warning, and `missing_keys` of `output_loading_info=True`)."""
         return from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
 
+
+UniFlowModel.register_for_auto_class("AutoModel")
+UniFlowVisionModel.register_for_auto_class("AutoModel")
+UniFlowForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
 __all__ = [
     "UniFlowPreTrainedModel",
