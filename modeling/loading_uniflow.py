@@ -255,9 +255,14 @@ def from_pretrained_with_key_mapping(parent, cls, pretrained_model_name_or_path,
     folder = os.fspath(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else ""
     if kwargs.get("subfolder"):
         folder = os.path.join(folder, kwargs["subfolder"])
-    if os.path.isdir(folder) and kwargs.get("config") is None and not os.path.isfile(os.path.join(folder, "config.json")):
-        # transformers would silently build the default (448 px, 24-layer) config instead.
-        raise OSError(f"{folder} has no config.json: it is not a saved {cls.__name__} folder.")
+    is_model_folder = any(os.path.isfile(os.path.join(folder, name)) for name in ("config.json", "adapter_config.json"))
+    if os.path.isdir(folder) and kwargs.get("config") is None and not is_model_folder:
+        # transformers would silently build the default (448 px, 24-layer) config instead. (A PEFT adapter folder
+        # names its base model; transformers loads that, then the adapter.)
+        raise OSError(
+            f"{folder} has no config.json (nor adapter_config.json): it is not a saved {cls.__name__} folder or a "
+            "PEFT adapter of one."
+        )
     if kwargs.get("use_safetensors") is None:
         _refuse_pickled_only_folder(folder)
         kwargs["use_safetensors"] = True
