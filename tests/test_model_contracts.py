@@ -48,9 +48,10 @@ def assert_same_weights(model, expected, dtype):
 
 
 def settings(component):
-    """The public settings of a component without weights (a scheduler's config, an image processor's)."""
+    """The public settings of a component without weights (a scheduler's config, an image processor's); not the
+    `auto_map` that saving adds (where its code lies)."""
     values = component.to_dict() if hasattr(component, "to_dict") else dict(component.config)
-    return {key: value for key, value in values.items() if not key.startswith("_")}
+    return {key: value for key, value in values.items() if not key.startswith("_") and key != "auto_map"}
 
 
 # ----------------------------------------------------------------------------------------------- variant saves
