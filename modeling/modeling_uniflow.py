@@ -469,6 +469,13 @@ class UniFlowPreTrainedModel(PreTrainedModel):
 
         if not safe_serialization:
             logger.warning("`safe_serialization=False` is ignored: transformers v5 saves safetensors only.")
+        # `AutoModel` on any UniFlow folder builds the encoder tower, with or without uniflow-hf (which registers it
+        # so: LLaVA and transformers' image-feature-extraction pipeline build `AutoModel`); the class saved adds its
+        # own Auto class (`register_for_auto_class`) to this `auto_map`.
+        auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": "modeling_uniflow.UniFlowVisionModel"}
+        if self.config.encoder_config is not None:  # the tower is UniFlow's own encoder only
+            del auto_map["AutoModel"]
+        self.config.auto_map = auto_map
         kwargs.update(variant=variant, max_shard_size=max_shard_size)
         if kwargs.get("state_dict") is None and has_sharded_parameters(self):
             kwargs["state_dict"] = gather_full_state_dict(self)  # a collective: every process gets here
@@ -1162,7 +1169,7 @@ class UniFlowForImageClassification(UniFlowPreTrainedModel):
         return from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
 
 
-UniFlowModel.register_for_auto_class("AutoModel")
+UniFlowModel.register_for_auto_class("AutoModelForImageToImage")
 UniFlowVisionModel.register_for_auto_class("AutoModel")
 UniFlowForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 

@@ -88,7 +88,11 @@ def test_saved_folder_uses_our_names_and_keeps_parity(official_tiny_dir, fixture
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == "uniflow"
     # The official release's auto_map (its remote code) is replaced by ours, to the code saved beside the weights.
-    assert config["auto_map"] == {"AutoConfig": "configuration_uniflow.UniFlowConfig", "AutoModel": "modeling_uniflow.UniFlowModel"}
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_uniflow.UniFlowConfig",
+        "AutoModel": "modeling_uniflow.UniFlowVisionModel",
+        "AutoModelForImageToImage": "modeling_uniflow.UniFlowModel",
+    }
     model = UniFlowModel.from_pretrained(tmp_path).eval()
     tower = UniFlowVisionModel.from_pretrained(tmp_path).eval()  # the tower reads a full-model folder too
     check_against_official(model, tower, *fixture_tensors)

@@ -73,7 +73,7 @@ def test_card_states_the_saved_config(tmp_path):
     metadata, body = read_card(tmp_path / "tokenizer" / "README.md")
     assert "a latent of 8 channels per patch" in body and not re.search(r"64[ -]channel", body)
     assert "1 global blocks" in body and "`num_sampling_steps=3`" in body and "32x32 3-channel images in 8x8" in body
-    assert 'AutoModel.from_pretrained("path/to/this/folder", trust_remote_code=True)' in body
+    assert 'AutoModelForImageToImage.from_pretrained("path/to/this/folder", trust_remote_code=True)' in body
     UniFlowVisionModel(config, add_latent_head=True).save_pretrained(tmp_path / "tower")
     metadata, body = read_card(tmp_path / "tower" / "README.md")
     assert metadata["pipeline_tag"] == "image-feature-extraction" and "latents (8 channels per patch)" in body
@@ -103,7 +103,7 @@ def test_push_to_hub_uploads_our_card(tiny_model, monkeypatch):
     tiny_model.push_to_hub("someone/uniflow-tiny")
     assert "This is the model card of a" not in sent["README.md"]
     assert "a latent of 8 channels per patch" in sent["README.md"]
-    assert 'AutoModel.from_pretrained("someone/uniflow-tiny", trust_remote_code=True)' in sent["README.md"]
+    assert 'AutoModelForImageToImage.from_pretrained("someone/uniflow-tiny", trust_remote_code=True)' in sent["README.md"]
 
 
 def test_hub_repo_id_accepts_only_hub_names(tmp_path):

@@ -61,22 +61,27 @@ def llava_outputs(model, processor, image):
 
 # ------------------------------------------------------------------------------ checks run without uniflow_hf
 def check_tokenizer_and_tower(folders, expected):
-    from transformers import AutoModel
+    """The tokenizer (`AutoModelForImageToImage`), a tower folder and the tokenizer's encoder (`AutoModel`)."""
+    from transformers import AutoModel, AutoModelForImageToImage
 
     pixel_values, noise, _ = remote_inputs()
-    tokenizer = AutoModel.from_pretrained(folders["tokenizer"], trust_remote_code=True, dtype=torch.float32).eval()
-    tower = AutoModel.from_pretrained(folders["tower"], trust_remote_code=True, dtype=torch.float32).eval()
-    assert (type(tokenizer).__name__, type(tower).__name__) == ("UniFlowModel", "UniFlowVisionModel")
+    load = dict(trust_remote_code=True, dtype=torch.float32)
+    tokenizer = AutoModelForImageToImage.from_pretrained(folders["tokenizer"], **load).eval()
+    towers = {name: AutoModel.from_pretrained(folders[name], **load).eval() for name in ("tower", "tokenizer")}
+    assert type(tokenizer).__name__ == "UniFlowModel"
+    assert {type(tower).__name__ for tower in towers.values()} == {"UniFlowVisionModel"}
     with torch.no_grad():
-        actual = {**tokenizer_outputs(tokenizer, pixel_values, noise), "tower": tower(pixel_values).last_hidden_state}
+        actual = tokenizer_outputs(tokenizer, pixel_values, noise)
+        actual.update({f"{name}_tower": tower(pixel_values).last_hidden_state for name, tower in towers.items()})
     return {f"tokenizer.{name}": value for name, value in actual.items()}
 
 
 def check_converted_official(folders, expected):
-    from transformers import AutoModel
+    from transformers import AutoModelForImageToImage
 
     pixel_values, noise, _ = remote_inputs()
-    model = AutoModel.from_pretrained(folders["converted"], trust_remote_code=True, dtype=torch.float32).eval()
+    load = dict(trust_remote_code=True, dtype=torch.float32)
+    model = AutoModelForImageToImage.from_pretrained(folders["converted"], **load).eval()
     return {f"converted.{name}": value for name, value in tokenizer_outputs(model, pixel_values, noise).items()}
 
 
@@ -152,10 +157,13 @@ def remote_code_folders(tmp_path_factory, official_tiny_dir_module):
     graft_uniflow_into_llava(clip_llava, folders["tokenizer"], folders["llava"])
     llava = LlavaForConditionalGeneration.from_pretrained(folders["llava"]).eval()
 
+    encoder = UniFlowVisionModel.from_pretrained(folders["tokenizer"]).eval()
     expected = {f"tokenizer.{name}": value for name, value in tokenizer_outputs(tokenizer, pixel_values, noise).items()}
     with torch.no_grad():
-        expected["tokenizer.tower"] = tower(pixel_values).last_hidden_state
-        expected["feature_extraction"] = tokenizer.encode(processor(image, return_tensors="pt")["pixel_values"])
+        expected["tokenizer.tower_tower"] = tower(pixel_values).last_hidden_state
+        expected["tokenizer.tokenizer_tower"] = encoder(pixel_values).last_hidden_state
+        processed = processor(image, return_tensors="pt")["pixel_values"]
+        expected["feature_extraction"] = encoder(processed).last_hidden_state
     expected.update({f"converted.{k}": v for k, v in tokenizer_outputs(converted, pixel_values, noise).items()})
     llava_processor = AutoProcessor.from_pretrained(folders["llava"])
     expected.update({f"llava.{k}": v for k, v in llava_outputs(llava, llava_processor, image).items()})
@@ -190,21 +198,24 @@ def test_folders_load_without_the_package(remote_code_folders, tmp_path):
 
 
 def test_folders_load_natively_with_the_package(remote_code_folders):
-    from transformers import AutoModel, AutoProcessor, LlavaForConditionalGeneration, pipeline
+    """The package's classes, through the same Auto classes, without `trust_remote_code`."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoModelForImageToImage, AutoProcessor, LlavaForConditionalGeneration, pipeline
 
     import uniflow_hf
 
-    tower = AutoModel.from_pretrained(remote_code_folders["tower"])
-    assert type(tower) is uniflow_hf.UniFlowVisionModel
+    for name in ("tower", "tokenizer"):
+        assert type(AutoModel.from_pretrained(remote_code_folders[name])) is uniflow_hf.UniFlowVisionModel
     for name in ("tokenizer", "converted"):
-        assert type(uniflow_hf.UniFlowModel.from_pretrained(remote_code_folders[name])) is uniflow_hf.UniFlowModel
+        assert type(AutoModelForImageToImage.from_pretrained(remote_code_folders[name])) is uniflow_hf.UniFlowModel
     llava = LlavaForConditionalGeneration.from_pretrained(remote_code_folders["llava"])
     assert type(llava.model.vision_tower) is uniflow_hf.UniFlowVisionModel
     processor = AutoProcessor.from_pretrained(remote_code_folders["llava"])
     assert type(processor.image_processor) is uniflow_hf.UniFlowImageProcessor
-    extractor = pipeline("image-feature-extraction", model=remote_code_folders["tower"])
+    extractor = pipeline("image-feature-extraction", model=remote_code_folders["tokenizer"])
     features = extractor(remote_inputs()[2], return_tensors=True)
-    assert features.shape == (1, 1 + (IMAGE_SIZE // 8) ** 2, tower.config.hidden_size)
+    expected = load_file(remote_code_folders["expected"])["feature_extraction"]
+    torch.testing.assert_close(features, expected, rtol=0, atol=1e-6)
 
 
 if __name__ == "__main__":

@@ -2,13 +2,20 @@
 
 Importing this package registers `UniFlowConfig` with `AutoConfig`, `UniFlowVisionModel` with `AutoModel`
 (so it drops into LLaVA as a vision tower), `UniFlowForImageClassification` with `AutoModelForImageClassification`,
+`UniFlowModel` with `AutoModelForImageToImage` (the `auto_map` of saved folders says the same),
 `UniFlowImageProcessor` with `AutoImageProcessor`, and our pipeline
 components with diffusers' loader.
 """
 
 import os
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForImageToImage,
+)
 
 
 # Installed, `modeling/` and `pipelines/` live inside this package. In a source checkout they sit beside it: let
@@ -56,6 +63,7 @@ UniFlowPreTrainedModel.model_card_writer = staticmethod(save_model_card)  # READ
 AutoConfig.register("uniflow", UniFlowConfig, exist_ok=True)
 AutoModel.register(UniFlowConfig, UniFlowVisionModel, exist_ok=True)
 AutoModelForImageClassification.register(UniFlowConfig, UniFlowForImageClassification, exist_ok=True)
+AutoModelForImageToImage.register(UniFlowConfig, UniFlowModel, exist_ok=True)
 AutoImageProcessor.register(UniFlowConfig, image_processor_classes={"pil": UniFlowImageProcessor}, exist_ok=True)
 register_pipelines_with_diffusers()
 

@@ -139,13 +139,13 @@ def _llava_card_parts(model) -> tuple[str, tuple[str, ...], str]:
 
 
 _LOAD_CLASSES = {  # class saved -> (uniflow-hf class, Auto class without the package)
-    "UniFlowModel": ("UniFlowModel", "AutoModel"),
+    "UniFlowModel": ("UniFlowModel", "AutoModelForImageToImage"),
     "UniFlowVisionModel": ("UniFlowVisionModel", "AutoModel"),
     "UniFlowForImageClassification": ("UniFlowForImageClassification", "AutoModelForImageClassification"),
 }
 
 
-def _usage(class_name: str, repo_id: str) -> str:
+def _usage(class_name: str, repo_id: str, with_encoder: bool = False) -> str:
     """How to load the folder: with uniflow-hf, and without it through the code saved beside the weights."""
     if class_name in PIPELINE_KINDS:
         return (
@@ -164,12 +164,18 @@ def _usage(class_name: str, repo_id: str) -> str:
             f'processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)'
         )
     package_class, auto_class = _LOAD_CLASSES.get(class_name, (class_name, "AutoModel"))
-    return (
+    # `AutoModel` builds the encoder tower of a UniFlow folder whose encoder is UniFlow's own (`auto_map`).
+    with_encoder = with_encoder and auto_class != "AutoModel"
+    usage = (
         f"# with uniflow-hf installed\nfrom uniflow_hf import {package_class}\n\n"
         f'model = {package_class}.from_pretrained("{repo_id}")\n\n'
-        f"# without it: the code saved beside the weights\nfrom transformers import {auto_class}\n\n"
+        "# without it: the code saved beside the weights\n"
+        f"from transformers import {'AutoModel, ' if with_encoder else ''}{auto_class}\n\n"
         f'model = {auto_class}.from_pretrained("{repo_id}", trust_remote_code=True)'
     )
+    if with_encoder:
+        usage += f'\nencoder = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True)  # the encoder alone'
+    return usage
 
 
 def model_card(obj, repo_id: str | None = None):
@@ -188,7 +194,9 @@ def model_card(obj, repo_id: str | None = None):
             class_name = "UniFlowLlavaForConditionalGeneration"
     title = "LLaVA with a UniFlow vision tower" if class_name.startswith("UniFlowLlava") else class_name
     base_model = hub_repo_id(getattr(obj, "name_or_path", None))
-    return create_model_card(title, description, library_name, pipeline_tag, tags, base_model, _usage(class_name, repo_id))
+    with_encoder = library_name == "transformers" and getattr(obj.config, "encoder_config", True) is None
+    usage = _usage(class_name, repo_id, with_encoder)
+    return create_model_card(title, description, library_name, pipeline_tag, tags, base_model, usage)
 
 
 def _has_own_card(folder) -> bool:
