@@ -76,6 +76,16 @@ def check_tokenizer_and_tower(folders, expected):
     return {f"tokenizer.{name}": value for name, value in actual.items()}
 
 
+def check_classifier(folders, expected):
+    from transformers import AutoModelForImageClassification
+
+    load = dict(trust_remote_code=True, dtype=torch.float32)
+    model = AutoModelForImageClassification.from_pretrained(folders["classifier"], **load).eval()
+    assert type(model).__name__ == "UniFlowForImageClassification"
+    with torch.no_grad():
+        return {"classifier.logits": model(remote_inputs()[0]).logits}
+
+
 def check_converted_official(folders, expected):
     from transformers import AutoModelForImageToImage
 
@@ -106,6 +116,7 @@ def check_image_feature_extraction_pipeline(folders, expected):
 # for the same generator) goes here, beside its folders and expected images in `remote_code_folders`.
 REMOTE_CODE_CHECKS = [
     check_tokenizer_and_tower,
+    check_classifier,
     check_converted_official,
     check_grafted_llava,
     check_image_feature_extraction_pipeline,
@@ -129,19 +140,25 @@ def run_remote_code_checks(folders_file):
 
 # ----------------------------------------------------------------------------------- folders, with the package
 @pytest.fixture(scope="module")
-def remote_code_folders(tmp_path_factory, official_tiny_dir_module):
+def remote_code_folders(tmp_path_factory):
     """The saved folders and the package's outputs on them (expected.safetensors)."""
     from safetensors.torch import save_file
     from test_llava import build_tokenizer, save_clip_llava
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from conftest import TINY_CONFIG, pretrained_tiny_model
-    from uniflow_hf import UniFlowConfig, UniFlowImageProcessor, UniFlowModel, UniFlowVisionModel
+    from conftest import OFFICIAL_TINY, TINY_CONFIG, pretrained_tiny_model
+    from uniflow_hf import (
+        UniFlowConfig,
+        UniFlowForImageClassification,
+        UniFlowImageProcessor,
+        UniFlowModel,
+        UniFlowVisionModel,
+    )
     from uniflow_hf.conversion_scripts.convert_uniflow_original_to_hf import convert
     from uniflow_hf.conversion_scripts.graft_uniflow_into_llava import graft_uniflow_into_llava
 
     root = tmp_path_factory.mktemp("remote_code")
-    folders = {name: root / name for name in ("tokenizer", "tower", "converted", "llava")}
+    folders = {name: root / name for name in ("tokenizer", "tower", "classifier", "converted", "llava")}
     pixel_values, noise, image = remote_inputs()
     tokenizer = pretrained_tiny_model().eval()
     tokenizer.save_pretrained(folders["tokenizer"])
@@ -151,7 +168,9 @@ def remote_code_folders(tmp_path_factory, official_tiny_dir_module):
     tower = UniFlowVisionModel(UniFlowConfig(**TINY_CONFIG)).eval()
     tower.save_pretrained(folders["tower"])
     processor.save_pretrained(folders["tower"])
-    convert(official_tiny_dir_module, folders["converted"])
+    classifier = UniFlowForImageClassification(UniFlowConfig(**TINY_CONFIG, num_labels=3)).eval()
+    classifier.save_pretrained(folders["classifier"])
+    convert(OFFICIAL_TINY, folders["converted"])  # the official release's fixture
     converted = UniFlowModel.from_pretrained(folders["converted"]).eval()
     clip_llava = save_clip_llava(root / "clip_llava", build_tokenizer())
     graft_uniflow_into_llava(clip_llava, folders["tokenizer"], folders["llava"])
@@ -162,6 +181,7 @@ def remote_code_folders(tmp_path_factory, official_tiny_dir_module):
     with torch.no_grad():
         expected["tokenizer.tower_tower"] = tower(pixel_values).last_hidden_state
         expected["tokenizer.tokenizer_tower"] = encoder(pixel_values).last_hidden_state
+        expected["classifier.logits"] = classifier(pixel_values).logits
         processed = processor(image, return_tensors="pt")["pixel_values"]
         expected["feature_extraction"] = encoder(processed).last_hidden_state
     expected.update({f"converted.{k}": v for k, v in tokenizer_outputs(converted, pixel_values, noise).items()})
@@ -170,13 +190,6 @@ def remote_code_folders(tmp_path_factory, official_tiny_dir_module):
     folders["expected"] = root / "expected.safetensors"
     save_file({name: value.contiguous() for name, value in expected.items()}, str(folders["expected"]))
     return {name: str(path) for name, path in folders.items()}
-
-
-@pytest.fixture(scope="module")
-def official_tiny_dir_module():
-    from conftest import OFFICIAL_TINY
-
-    return OFFICIAL_TINY
 
 
 def test_folders_load_without_the_package(remote_code_folders, tmp_path):
@@ -190,7 +203,7 @@ def test_folders_load_without_the_package(remote_code_folders, tmp_path):
     for check in REMOTE_CODE_CHECKS:
         assert f"{check.__name__}: ok" in result.stdout
     # Each folder holds the code it loads with, and that code imports nothing of the package.
-    for name in ("tokenizer", "tower", "converted", "llava"):
+    for name in ("tokenizer", "tower", "classifier", "converted", "llava"):
         code = {path.name: path.read_text() for path in Path(remote_code_folders[name]).glob("*.py")}
         assert {"configuration_uniflow.py", "modeling_uniflow.py"} <= set(code), name
         foreign = re.compile(r"^\s*(from|import)\s+(uniflow_hf|diffusers|peft|accelerate)\b", re.MULTILINE)
@@ -200,12 +213,21 @@ def test_folders_load_without_the_package(remote_code_folders, tmp_path):
 def test_folders_load_natively_with_the_package(remote_code_folders):
     """The package's classes, through the same Auto classes, without `trust_remote_code`."""
     from safetensors.torch import load_file
-    from transformers import AutoModel, AutoModelForImageToImage, AutoProcessor, LlavaForConditionalGeneration, pipeline
+    from transformers import (
+        AutoModel,
+        AutoModelForImageClassification,
+        AutoModelForImageToImage,
+        AutoProcessor,
+        LlavaForConditionalGeneration,
+        pipeline,
+    )
 
     import uniflow_hf
 
     for name in ("tower", "tokenizer"):
         assert type(AutoModel.from_pretrained(remote_code_folders[name])) is uniflow_hf.UniFlowVisionModel
+    classifier = AutoModelForImageClassification.from_pretrained(remote_code_folders["classifier"])
+    assert type(classifier) is uniflow_hf.UniFlowForImageClassification
     for name in ("tokenizer", "converted"):
         assert type(AutoModelForImageToImage.from_pretrained(remote_code_folders[name])) is uniflow_hf.UniFlowModel
     llava = LlavaForConditionalGeneration.from_pretrained(remote_code_folders["llava"])
