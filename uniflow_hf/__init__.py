@@ -45,6 +45,7 @@ from .evaluation import evaluate_reconstruction
 from .hardware import choose_dtype, resolve_dtype
 from .metrics import metric_path
 from .model_card import save_model_card
+from .saving import save_folder_atomically
 
 # diffusers' pipeline loader resolves a component saved as ["uniflow_hf", "<ClassName>"] in model_index.json with
 # `getattr(uniflow_hf, "<ClassName>")`, and picks its load method by testing it against these base classes, which it
@@ -59,7 +60,8 @@ __version__ = "0.1.0"
 # installed package: `UniFlowClassConditionalPipeline.from_pretrained(FMNIST_MODEL_PATH)` works from any directory.
 FMNIST_MODEL_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "uniflow-fmnist")
 
-UniFlowPreTrainedModel.model_card_writer = staticmethod(save_model_card)  # README.md on save and push_to_hub
+UniFlowPreTrainedModel.folder_writer = staticmethod(save_folder_atomically)  # atomic saves, FSDP2, README.md
+UniFlowPreTrainedModel.model_card_writer = staticmethod(save_model_card)  # our card on push_to_hub
 AutoConfig.register("uniflow", UniFlowConfig, exist_ok=True)
 AutoModel.register(UniFlowConfig, UniFlowVisionModel, exist_ok=True)
 AutoModelForImageClassification.register(UniFlowConfig, UniFlowForImageClassification, exist_ok=True)
