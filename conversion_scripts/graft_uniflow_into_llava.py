@@ -20,7 +20,9 @@ the UniFlow `vision_config`, `vision_feature_layer` (default: the LLaVA's own, o
 `LlavaForConditionalGeneration.from_pretrained(OUT_DIR)` once `uniflow_hf` is imported, and without uniflow-hf with
 `AutoModelForImageTextToText` / `AutoProcessor.from_pretrained(OUT_DIR, trust_remote_code=True)`: the folder holds
 the code (`modeling_uniflow_llava.py` and its siblings, `image_processing_uniflow.py`) and the `auto_map`s pointing
-at it. Unless `--no-verify`, the script loads it with the package and checks that every weight is there.
+at it. Unless `--no-verify`, the script loads it with the package and checks that every weight is there. To re-save
+it with its code, load it with `uniflow_hf.UniFlowLlavaForConditionalGeneration` (a `LlavaForConditionalGeneration`);
+a plain `LlavaForConditionalGeneration` saves the `auto_map` but not the files it names.
 """
 
 from __future__ import annotations
