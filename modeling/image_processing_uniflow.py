@@ -281,3 +281,5 @@ class UniFlowImageProcessor(PilBackend):
 
 
 __all__ = ["UniFlowImageProcessor"]
+
+UniFlowImageProcessor.register_for_auto_class()  # saves write `auto_map` and this file (trust_remote_code)

@@ -337,8 +337,8 @@ def finetune_llava_lora(
     """LoRA fine-tuning of a LLaVA-UniFlow (`lora_config` defaults to `build_lora_config()`): wraps `model` with PEFT
     (initialised with `training_args.seed`), trains it with `train_llava`, and saves the adapter (LoRA weights + the
     projector) and the processor to `training_args.output_dir`. Returns the trainer; `trainer.model` is the
-    `PeftModel` (`merge_and_unload()` merges it). Reload with
-    `PeftModel.from_pretrained(LlavaForConditionalGeneration.from_pretrained(base), output_dir)`."""
+    `PeftModel` (`merge_and_unload()` merges it). Reload with `LlavaForConditionalGeneration.from_pretrained(
+    output_dir)` (the base named in adapter_config.json, then the adapter) or `model.load_adapter(output_dir)`."""
     from peft import get_peft_model
     from transformers import set_seed
 
