@@ -213,3 +213,19 @@ def test_output_paths_are_checked_before_any_work(tmp_path, capsys):
             check_output_dir(tmp_path / "new" / "run")
     assert check_output_dir(tmp_path / "new" / "run") == str(tmp_path / "new" / "run")
     assert not (tmp_path / "new").exists()  # checking creates nothing
+
+
+def test_the_latent_cache_names_an_unreadable_image_before_encoding(tmp_path):
+    import datasets
+    from test_generator_distributed import build_tokenizer, generator_args
+
+    from uniflow_hf.data import UnreadableImagesError
+    from uniflow_hf.generator_training import train_generator
+
+    images = write_image_folder(tmp_path / "images", 2)
+    rows = [{"bytes": (images / "0.png").read_bytes(), "path": None}, {"bytes": b"not an image", "path": None}]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    dataset = datasets.Dataset.from_dict({"image": rows, "label": [0, 1]}, features=features)
+    with pytest.raises(UnreadableImagesError, match=r"1 of 2 images cannot be read: row 1 \(UnidentifiedImageError"):
+        train_generator(build_tokenizer(), dataset, generator_args(tmp_path / "gen"))
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "cache.incomplete").exists()

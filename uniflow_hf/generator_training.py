@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .data import check_images
 from .io import last_complete_checkpoint
 from .modeling import UniFlowModel
 from .modeling.configuration_uniflow import FLOW_TIMESTEP_DISTRIBUTIONS
@@ -424,8 +425,9 @@ def build_latent_cache(
     A folder made before for the same tokenizer (same weights and config) and dataset is reused; one made by another
     tokenizer or from another dataset is an error. Otherwise every process encodes its own contiguous share of the
     images (`args.encode_batch_size` at a time) into a temporary folder beside `cache_dir`, renamed to `cache_dir` once
-    complete, so that a run killed while encoding leaves no half-written cache. All processes need `cache_dir` on a
-    filesystem they share."""
+    complete, so that a run killed while encoding leaves no half-written cache; every image is opened first
+    (`data.check_images`), so that an unreadable one stops the build before it starts, named. All processes need
+    `cache_dir` on a filesystem they share."""
     from accelerate import PartialState
 
     state = PartialState()
@@ -443,6 +445,7 @@ def build_latent_cache(
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"Cannot write the latent cache {cache_dir}: its folder {parent} is not writable.")
 
+    check_images(dataset, args.image_column)  # an unreadable image, named, before any encoding
     partial = cache_dir + ".incomplete"
     if state.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)  # what a killed run left

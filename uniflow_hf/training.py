@@ -506,7 +506,8 @@ def _launched_processes() -> int:
 def check_cpu_launch(deepspeed: Any = None) -> None:
     """Refuse the launches that cannot shard on a machine without an accelerator, before any work:
     `accelerate launch --cpu --num_processes N` (it starts one process: accelerate starts several CPU processes only
-    through MPI) and DeepSpeed (`deepspeed` config, or an accelerate DeepSpeed config)."""
+    through MPI) and DeepSpeed (`deepspeed` config, or an accelerate DeepSpeed config). Accelerate's FSDP runs as
+    DDP there, with a warning."""
     if _has_accelerator():
         return
     use_deepspeed = deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
@@ -518,6 +519,11 @@ def check_cpu_launch(deepspeed: Any = None) -> None:
             f"DeepSpeed (--deepspeed, or an accelerate DeepSpeed config) runs on GPUs; this machine has none and "
             f"DeepSpeed {installed}. On CPU launch the same command without it: `torchrun --nproc_per_node N` or "
             "`accelerate launch --multi_gpu --num_processes N` train data-parallel across the CPU processes."
+        )
+    if _launched_processes() > 1 and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        logger.warning_once(
+            "Accelerate runs FSDP on accelerators only: on this CPU machine the processes train data-parallel "
+            "(DDP), each holding the whole model."
         )
     single_cpu_process = os.environ.get("ACCELERATE_USE_CPU", "false").lower() == "true" and "MASTER_ADDR" in os.environ
     if single_cpu_process and "WORLD_SIZE" not in os.environ and "PMI_SIZE" not in os.environ:
@@ -542,11 +548,6 @@ def shard_across_cpu_processes(training_args: TrainingArguments) -> TrainingArgu
     check_cpu_launch(getattr(training_args, "deepspeed", None))
     if not cpu_processes_need_use_cpu() or training_args.use_cpu or training_args.world_size > 1:
         return training_args
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
-        logger.warning(
-            "Accelerate runs FSDP on accelerators only: on this CPU machine the processes train data-parallel "
-            "(DDP), each holding the whole model."
-        )
     logger.info(f"{_launched_processes()} processes and no accelerator: training on the CPU, sharded (use_cpu).")
     training_args.use_cpu = True
     training_args.dataloader_pin_memory = False
