@@ -8,6 +8,7 @@ still alive at the time limit (a hang at exit). Tiny model, 4 images, 2 steps; n
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,33 @@ def write_images(folder: Path, count: int = 4) -> None:
         Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{index}.png")
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes below `pid` (torchrun starts each worker in a session of its own, so a process group misses
+    them)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as file:
+                    parent = int(file.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def signal_process(pid: int, number: int) -> None:
+    try:
+        os.kill(pid, number)
+    except ProcessLookupError:
+        pass
+
+
 def launch(images: Path, output_dir: Path, port: int, timeout: float) -> dict:
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file",
@@ -40,20 +68,25 @@ def launch(images: Path, output_dir: Path, port: int, timeout: float) -> dict:
         "--config", json.dumps(TINY_CONFIG), "--output_dir", str(output_dir), "--max_steps", "2",
         "--per_device_train_batch_size", "2", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    # PYTHONFAULTHANDLER: a worker aborted at the time limit prints the Python stack of each of its threads
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHONFAULTHANDLER": "1"}
     start = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)  # fmt: skip
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         output, _ = process.communicate(timeout=timeout)
         hung = False
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, 9)  # the launcher and its workers: the session this run started
+    except subprocess.TimeoutExpired:  # abort the workers (their stacks are printed), then end the launcher
+        workers = descendants(process.pid)
+        for pid in workers:
+            signal_process(pid, signal.SIGABRT)
+        time.sleep(10)
+        for pid in [*workers, process.pid]:
+            signal_process(pid, signal.SIGKILL)
         output, _ = process.communicate()
         hung = True
     return {
         "returncode": process.returncode, "hung": hung, "seconds": round(time.perf_counter() - start, 1),
-        "saved_model": (output_dir / "model.safetensors").is_file(), "tail": output[-1500:],
+        "saved_model": (output_dir / "model.safetensors").is_file(), "tail": output[-6000 if hung else -1500 :],
     }  # fmt: skip
 
 

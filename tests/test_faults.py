@@ -102,12 +102,12 @@ def test_resume_after_a_kill_while_checkpointing_ends_at_the_unbroken_run(tmp_pa
 def test_resume_needs_a_complete_checkpoint(tmp_path):
     (tmp_path / "checkpoint-3").mkdir()
     (tmp_path / "checkpoint-3" / "trainer_state.json").write_text('{"global_st')  # cut short
-    with pytest.raises(FileNotFoundError, match=r"checkpoint-3 \(unreadable trainer_state.json"):
+    with pytest.raises(ValueError, match=r"checkpoint-3 \(unreadable trainer_state.json"):
         last_complete_checkpoint(tmp_path)
     (tmp_path / "checkpoint-1").mkdir()
     (tmp_path / "checkpoint-1" / "trainer_state.json").write_text("{}")
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-1")
-    with pytest.raises(FileNotFoundError, match=r"checkpoint-1 \(no ema.pt\)"):
+    with pytest.raises(ValueError, match=r"checkpoint-1 \(no ema.pt\)"):
         last_complete_checkpoint(tmp_path, required_files=("ema.pt",))  # the generator's EMA, saved after the state
 
 
@@ -207,6 +207,10 @@ def test_output_paths_are_checked_before_any_work(tmp_path, capsys):
         assert f"--output-dir {a_file / 'run'} lies below {a_file}, which is a file" in capsys.readouterr().err
         assert cli_main(tokenizer_command(tmp_path / "images", a_file)) == 2
         assert f"--output-dir {a_file} is a file, not a folder" in capsys.readouterr().err
+        generator = ["train-generator", "--tokenizer", "t", "--dataset", "d", "--output-dir", str(tmp_path / "gen"),
+                     "--latent-cache-dir", str(a_file / "cache"), "--use-cpu", "--report-to", "none"]  # fmt: skip
+        assert cli_main(generator) == 2
+        assert f"--latent-cache-dir {a_file / 'cache'} lies below {a_file}" in capsys.readouterr().err
     assert a_file.read_text() == "not a folder"
     with mock.patch("os.access", return_value=False):  # an unwritable folder (the tests may run as root)
         with pytest.raises(PermissionError, match=f"the folder {tmp_path} is not writable"):

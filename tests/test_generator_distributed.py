@@ -1,8 +1,8 @@
 """Multi-process generator training gives the result of one process holding the global batch.
 
 `torchrun --nproc_per_node 2` (gloo on CPU, per-device batch 2, no `use_cpu`: the launch shards by itself) and one
-process (batch 4) train the same DiT on the
-same 6 images for 3 steps and must end with the same losses and weights, while one process at batch 2 does not.
+process (batch 4) train the same DiT on the same 6 images for 3 steps and must end with the same losses and weights,
+while one process at batch 2 does not.
 That holds because `GeneratorTrainingStream` decides every step's samples and their noise, flow times and label
 dropout from (seed, step, sample number) alone; each process reads its own part of every global batch. The two
 processes also build the latent cache together (one shard each), which the one-process runs then reuse.

@@ -81,8 +81,8 @@ def last_complete_checkpoint(output_dir: str | os.PathLike, required_files: tupl
                 logger.info(f"Resuming from {folder}.")
             return folder
         skipped.append(f"{os.path.basename(folder)} ({reason})")
-    found = f" (found only incomplete ones: {'; '.join(skipped)})" if skipped else ""
-    raise FileNotFoundError(f"No complete checkpoint to resume from in {output_dir}{found}.")
+    found = f" (only checkpoints not completely written: {'; '.join(skipped)})" if skipped else ""
+    raise ValueError(f"No checkpoint to resume from in {output_dir}{found}.")
 
 
 def check_training_output_dir(output_dir: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> str:

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from transformers import LlavaProcessor, PreTrainedConfig, TrainingArguments
 
+from .io import last_complete_checkpoint
 from .modeling import UniFlowConfig, UniFlowImageProcessor
 
 
@@ -325,8 +326,6 @@ def train_llava(
         data_collator=collator if collator is not None else LlavaImageQACollator(processor, llava_config=model.config),
     )
     if resume_from_checkpoint is True:
-        from .io import last_complete_checkpoint
-
         resume_from_checkpoint = last_complete_checkpoint(training_args.output_dir)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer

@@ -557,6 +557,22 @@ def shard_across_cpu_processes(training_args: TrainingArguments) -> TrainingArgu
     return training_args
 
 
+def close_process_group() -> None:
+    """End a launched run: collect the trainer's unreachable objects first, then destroy the default process group.
+
+    In this order because the reducer of a DDP-wrapped model holds a reference to the group: freed after
+    `destroy_process_group`, it holds the last one and destroys the gloo group while holding the GIL, joining gloo's
+    worker threads, one of which may need the GIL to free the tensors of a finished collective (an all-gather) — a
+    deadlock at exit, one worker never ending (about 1 run in 3 on CPU; `benchmarks/repeat_fsdp2_cpu.py`). Freed
+    while the group is still registered, the reducer drops a reference that is not the last, and the group is then
+    destroyed from Python, whose binding releases the GIL. Callers drop their own references to the trainer first."""
+    import gc
+
+    gc.collect()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def check_training_numbers(training_args: TrainingArguments) -> None:
     """Refuse nonsense step and batch numbers before any work (`TrainingArguments` takes them, and the Trainer would
     train anyway: a negative `max_steps` as epochs, a zero batch until it fails)."""
@@ -706,6 +722,7 @@ __all__ = [
     "apply_lora",
     "check_cpu_launch",
     "check_training_numbers",
+    "close_process_group",
     "cpu_processes_need_use_cpu",
     "lora_config_for",
     "lora_target_modules",

@@ -79,6 +79,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         finetune_llava_lora,
         training_losses,
     )
+    from ..training import close_process_group
     from ..data import check_images
     from .train import parse_training_options, resume_argument
 
@@ -120,15 +121,16 @@ def run_finetune(args: argparse.Namespace) -> int:
         collator=collator,
         resume_from_checkpoint=resume_from_checkpoint,
     )
-    if not trainer.is_world_process_zero():
-        return 0
-    losses = training_losses(trainer)
-    if losses:
-        print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} logged steps")
-    print(f"adapter saved to {training_args.output_dir}")
-    if script_args.merge_to:
-        merged = trainer.model.merge_and_unload()
-        merged.save_pretrained(script_args.merge_to)
-        processor.save_pretrained(script_args.merge_to)
-        print(f"merged model saved to {script_args.merge_to}")
+    if trainer.is_world_process_zero():
+        losses = training_losses(trainer)
+        if losses:
+            print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} logged steps")
+        print(f"adapter saved to {training_args.output_dir}")
+        if script_args.merge_to:
+            merged = trainer.model.merge_and_unload()
+            merged.save_pretrained(script_args.merge_to)
+            processor.save_pretrained(script_args.merge_to)
+            print(f"merged model saved to {script_args.merge_to}")
+    del trainer  # freed before the process group of a launch is closed (close_process_group)
+    close_process_group()
     return 0
