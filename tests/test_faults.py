@@ -23,7 +23,12 @@ from safetensors.torch import load_file
 
 from uniflow_hf import UniFlowConfig
 from uniflow_hf.cli import main as cli_main
-from uniflow_hf.io import check_output_dir, checkpoint_incompleteness, last_complete_checkpoint
+from uniflow_hf.io import (
+    check_output_dir,
+    check_training_output_dir,
+    checkpoint_incompleteness,
+    last_complete_checkpoint,
+)
 
 
 def write_image_folder(folder: Path, count: int = 4) -> Path:
@@ -141,6 +146,14 @@ def test_a_used_output_folder_is_refused_and_left_byte_identical(tmp_path, capsy
     assert cli_main(tokenizer_command(images, output, "--max-steps", "1", "--save-steps", "5", "--overwrite-output-dir")) == 0
     assert not (output / "checkpoint-2").exists()
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 1
+
+
+def test_the_refusal_names_only_the_options_the_command_has(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(FileExistsError) as refusal:
+        check_training_output_dir(tmp_path, overwrite=None)  # e.g. `fmnist train-generator`: no overwrite option
+    assert "Pass --resume-from-checkpoint true to continue its last checkpoint or another" in str(refusal.value)
+    assert check_training_output_dir(tmp_path, resume=True) == check_training_output_dir(tmp_path, overwrite=True)
 
 
 @pytest.mark.parametrize(

@@ -85,19 +85,22 @@ def last_complete_checkpoint(output_dir: str | os.PathLike, required_files: tupl
     raise ValueError(f"No checkpoint to resume from in {output_dir}{found}.")
 
 
-def check_training_output_dir(output_dir: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> str:
+def check_training_output_dir(
+    output_dir: str | os.PathLike, resume: bool = False, overwrite: bool | None = False
+) -> str:
     """Before a training run: `output_dir` must be writable (`check_output_dir`) and, unless the run resumes or
     overwrites, empty — a run never mixes its model and checkpoints with another's, and a refused run leaves the
-    folder as it was. Returns the absolute path."""
+    folder as it was. `overwrite=None`: the command has no --overwrite-output-dir. Returns the absolute path."""
     output_dir = check_output_dir(output_dir)
     if resume or overwrite or not os.path.isdir(output_dir):
         return output_dir
     used = sorted(os.listdir(output_dir))
     if used:
         shown = ", ".join(used[:5]) + (f" and {len(used) - 5} more" if len(used) > 5 else "")
+        overwrite_option = "" if overwrite is None else ", --overwrite-output-dir to train over it,"
         raise FileExistsError(
             f"--output-dir {output_dir} is not empty (it holds {shown}). Pass --resume-from-checkpoint true to "
-            "continue its last checkpoint, --overwrite-output-dir to train over it, or another --output-dir."
+            f"continue its last checkpoint{overwrite_option} or another --output-dir."
         )
     return output_dir
 

@@ -145,14 +145,15 @@ def parse_training_options(argument_types, values: dict):
     if not values.get("output_dir"):
         raise ValueError("--output-dir is required: the folder for checkpoints and the trained model.")
     resume = values.get("resume_from_checkpoint") not in (None, "", "false", "False")
-    check_training_output_dir(values["output_dir"], resume=resume, overwrite=bool(values.get("overwrite_output_dir")))
+    overwrite = bool(values.get("overwrite_output_dir")) if TrainingRunArguments in argument_types else None
+    check_training_output_dir(values["output_dir"], resume=resume, overwrite=overwrite)
     check_cpu_launch(values.get("deepspeed"))
     if cpu_processes_need_use_cpu():
         values = {**values, "use_cpu": True}
     parsed = HfArgumentParser(argument_types).parse_dict(values)
     training_args = parsed[-1]
     check_training_numbers(training_args)
-    if values.get("overwrite_output_dir") and not resume and training_args.process_index == 0:
+    if overwrite and not resume and training_args.process_index == 0:
         remove_checkpoints(training_args.output_dir)
     return parsed
 
