@@ -239,6 +239,10 @@ class UniFlowConfig(PreTrainedConfig):
             raise ValueError(f"`flow_timestep_logit_std` must be > 0, got {self.flow_timestep_logit_std}.")
         if self.num_sampling_steps < 1:
             raise ValueError(f"`num_sampling_steps` must be >= 1, got {self.num_sampling_steps}.")
+        for name in ("num_attention_heads", "global_num_attention_heads"):  # numbers of heads divide hidden_size
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
         if self.encoder_config is None:
             if self.hidden_size % self.num_attention_heads:
                 raise ValueError(
