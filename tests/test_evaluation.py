@@ -111,7 +111,7 @@ def test_two_processes_give_the_single_process_result(official_tiny_dir, image_f
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "uniflow_hf.cli", "evaluate",
         "--model", str(official_tiny_dir), "--dataset", str(folder), "--batch-size", "1", "--skip-unreadable",
-        "--no-progress", "--output", str(output),
+        "--no-progress", "--output", str(output), "--dtype", "float32",
     ]  # fmt: skip
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}  # plain torchrun, no Accelerate setup
     environment.pop("ACCELERATE_USE_CPU", None)
@@ -275,6 +275,7 @@ def test_cli_writes_json_with_rfid(official_tiny_dir, image_folder, tmp_path, fr
     code = main([
         "evaluate", "--model", str(official_tiny_dir), "--dataset", str(image_folder), "--batch-size", "2",
         "--inception-weights", str(tmp_path / "inception.pth"), "--output", str(output), "--no-progress",
+        "--dtype", "float32",
     ])  # fmt: skip
     assert code == 0
     results = json.loads(output.read_text())
