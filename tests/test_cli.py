@@ -236,3 +236,60 @@ def test_dtype_argument_errors(tmp_path, capsys):
     argv = ["evaluate", "--model", str(tmp_path), "--dataset", str(tmp_path), "--int8", "--dtype", "bfloat16"]
     assert cli_main(argv) == 2
     assert "--int8 quantises float32 layers" in capsys.readouterr().err
+
+
+@pytest.fixture
+def cuda_looks_available(monkeypatch):
+    """CUDA as a GPU machine shows it (Accelerate's device `cuda`, a bf16-capable device) on an AVX2-like CPU, with
+    `DiffusionPipeline.to` recorded rather than run: the commands' device and dtype choice, without a GPU."""
+    import accelerate
+    from diffusers import DiffusionPipeline
+    from uniflow_hf import hardware
+
+    monkeypatch.setattr(accelerate, "PartialState", lambda: mock.Mock(device=torch.device("cuda")))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA Test GPU")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(hardware, "cpu_bf16_support", lambda: (False, "mocked CPU without bf16"))
+    with mock.patch.object(DiffusionPipeline, "to", autospec=True, side_effect=lambda self, *args: self) as moves:
+        yield moves
+
+
+@pytest.mark.parametrize("command", ["generate", "reconstruct"])
+def test_commands_run_on_accelerates_device(command, class_conditional_pipeline, tmp_path, capsys, cuda_looks_available):
+    """`generate` and `reconstruct` move the pipeline to Accelerate's device (CUDA when present) with `--dtype auto`
+    resolved for that device; `--device cpu` keeps them on the CPU, the dtype resolved for the CPU."""
+    from uniflow_hf.commands import generate
+
+    class_conditional_pipeline.save_pretrained(tmp_path / "model")
+    Image.fromarray(random_images(1, size=(32, 32))[0]).save(tmp_path / "input.png")
+    inputs = ["--label", "square", "--num-images", "1"] if command == "generate" else [str(tmp_path / "input.png")]
+    argv = [command, *inputs, "--model", str(tmp_path / "model"), "--steps", "1", "--output-dir", str(tmp_path / "out")]
+    loader = "load_class_conditional_pipeline" if command == "generate" else "load_reconstruction_pipeline"
+    for device_argv, device, dtype in [([], "cuda", torch.bfloat16), (["--device", "cpu"], "cpu", torch.float32)]:
+        with mock.patch.object(generate, loader, wraps=getattr(generate, loader)) as load:
+            assert cli_main([*argv, *device_argv]) == 0
+        assert load.call_args.kwargs["dtype"] == dtype
+        assert cuda_looks_available.call_args.args[1:] == (torch.device(device),)
+        dtype_name = str(dtype).removeprefix("torch.")
+        assert f"uniflow-hf {command}: device {device}, dtype {dtype_name} (auto: " in capsys.readouterr().err
+
+
+def test_device_argument_errors(tmp_path, capsys):
+    """A `--device` that is not a device, or not on this machine, is refused before any model is loaded."""
+    argv = ["generate", "--label", "0", "--model", str(tmp_path / "no-such-model"), "--output-dir", str(tmp_path)]
+    assert cli_main([*argv, "--device", "gpu0"]) == 2
+    assert "--device 'gpu0' is not a device: use cpu, cuda, cuda:N" in capsys.readouterr().err
+    with mock.patch.object(torch.cuda, "is_available", return_value=False):
+        assert cli_main([*argv, "--device", "cuda"]) == 2
+    assert "--device cuda: this machine has no cuda device (use --device cpu)." in capsys.readouterr().err
+    with mock.patch.object(torch.cuda, "is_available", return_value=True), mock.patch.object(
+        torch.cuda, "device_count", return_value=1
+    ):
+        assert cli_main([*argv, "--device", "cuda:3"]) == 2
+    assert "--device cuda:3: this machine has 1 CUDA device(s)." in capsys.readouterr().err
+    evaluate = ["evaluate", "--model", str(tmp_path), "--dataset", str(tmp_path), "--int8", "--device", "cuda"]
+    with mock.patch.object(torch.cuda, "is_available", return_value=True):
+        assert cli_main(evaluate) == 2
+    assert "--int8 quantisation runs on the CPU only: it takes no --device cuda." in capsys.readouterr().err

@@ -280,6 +280,7 @@ def test_cli_writes_json_with_rfid(official_tiny_dir, image_folder, tmp_path, fr
     assert code == 0
     results = json.loads(output.read_text())
     assert results["num_images"] == 3 and results["num_processes"] == 1
+    assert results["device"] == "cpu" and results["dtype"] == "float32"  # Accelerate's device (ACCELERATE_USE_CPU)
     # The streamed rFID (running sums of Inception features) equals the Fréchet distance of all the features.
     model, processor = load_tokenizer(str(official_tiny_dir))
     images = [Image.open(p) for p in open_image_source(str(image_folder)).paths]
