@@ -80,7 +80,8 @@ def test_generate_command(class_conditional_pipeline, tmp_path, capsys):
     assert np.array_equal(written, np.round(expected * 255).astype(np.uint8))
     assert Image.open(output_dir / "square_grid.png").size == (96, 32)
 
-    by_id = ["generate", "--dtype", "float32", "--label", "2", "--num-images", "1", "--steps", "1", "--model", str(model_dir)]
+    by_id = ["generate", "--dtype", "float32", "--label", "2", "--num-images", "1", "--steps", "1",
+             "--model", str(model_dir)]
     assert cli_main([*by_id, "--output-dir", str(output_dir)]) == 0
     assert (output_dir / "stripes_0000.png").is_file()
     interval = ["--guidance-scale", "3", "--guidance-interval", "0.5", "1", "--output-dir", str(tmp_path / "interval")]
@@ -257,7 +258,8 @@ def cuda_looks_available(monkeypatch):
 
 
 @pytest.mark.parametrize("command", ["generate", "reconstruct"])
-def test_commands_run_on_accelerates_device(command, class_conditional_pipeline, tmp_path, capsys, cuda_looks_available):
+def test_commands_run_on_accelerates_device(command, class_conditional_pipeline, tmp_path, capsys,
+                                            cuda_looks_available):
     """`generate` and `reconstruct` move the pipeline to Accelerate's device (CUDA when present) with `--dtype auto`
     resolved for that device; `--device cpu` keeps them on the CPU, the dtype resolved for the CPU."""
     from uniflow_hf.commands import generate

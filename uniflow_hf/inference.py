@@ -103,8 +103,10 @@ def reconstruct_images(
                 ]
                 batch = [image.convert("RGB") for image in batch]
                 generators = [torch.Generator().manual_seed(seed + start + i) for i in range(len(batch))]
-                output = pipeline(batch, num_inference_steps=num_inference_steps, generator=generators, output_type="pt")
-                reconstructions.append(output.images.to("cpu", torch.float32))  # from any device and dtype
+                decoded = pipeline(
+                    batch, num_inference_steps=num_inference_steps, generator=generators, output_type="pt"
+                ).images
+                reconstructions.append(decoded.to("cpu", torch.float32))  # from any device and dtype
                 inputs.append(processor.postprocess(processor(batch, return_tensors="pt").pixel_values, output_type="pt"))
                 bar.update(len(batch))
     finally:
