@@ -35,9 +35,10 @@ def pipeline():
 
 @pytest.fixture(scope="module")
 def judge():
-    """An independent CNN judge, trained here (1 epoch on 20k images: ~85-88 % test accuracy)."""
+    """An independent CNN judge, trained here (1 epoch on 10k images, 7 s: 79 % test accuracy; it judges 81 % of the
+    shipped model's samples below as their class, 84 % after 20k images, 24 s)."""
     images, labels = load_fashion_mnist_arrays("train")
-    judge = train_judge(torch.from_numpy(images[:20000]).float() / 255, torch.from_numpy(labels[:20000]), epochs=1)
+    judge = train_judge(torch.from_numpy(images[:10000]).float() / 255, torch.from_numpy(labels[:10000]), epochs=1)
     test_images, test_labels = load_fashion_mnist_arrays("test")
     _, predictions = judge_outputs(judge, torch.from_numpy(test_images[:2000]).float() / 255)
     accuracy = (predictions == torch.from_numpy(test_labels[:2000])).float().mean().item()
