@@ -18,6 +18,9 @@ from uniflow_hf.cli import COMMANDS, build_parser
 from uniflow_hf.cli import main as cli_main
 
 
+# The commands' options for the tests that compare their output with the pipelines' float32 CPU output: on any host
+# (a GPU, a CPU where `--dtype auto` picks bfloat16) the commands then compute what the comparison expects.
+CPU_FLOAT32 = ["--device", "cpu", "--dtype", "float32"]
 HEAVY_MODULES = ("torch", "transformers", "diffusers", "accelerate", "datasets", "peft", "uniflow_hf")
 
 
@@ -69,7 +72,7 @@ def test_no_command_prints_the_list(capsys):
 def test_generate_command(class_conditional_pipeline, tmp_path, capsys):
     model_dir, output_dir = tmp_path / "model", tmp_path / "images"
     class_conditional_pipeline.save_pretrained(model_dir)
-    argv = ["generate", "--dtype", "float32", "--label", "square", "--num-images", "3", "--seed", "7", "--steps", "2"]
+    argv = ["generate", *CPU_FLOAT32, "--label", "square", "--num-images", "3", "--seed", "7", "--steps", "2"]
     assert cli_main([*argv, "--model", str(model_dir), "--output-dir", str(output_dir)]) == 0
     files = sorted(os.listdir(output_dir))
     assert files == ["square_0007.png", "square_0008.png", "square_0009.png", "square_grid.png"]
@@ -80,7 +83,7 @@ def test_generate_command(class_conditional_pipeline, tmp_path, capsys):
     assert np.array_equal(written, np.round(expected * 255).astype(np.uint8))
     assert Image.open(output_dir / "square_grid.png").size == (96, 32)
 
-    by_id = ["generate", "--dtype", "float32", "--label", "2", "--num-images", "1", "--steps", "1",
+    by_id = ["generate", *CPU_FLOAT32, "--label", "2", "--num-images", "1", "--steps", "1",
              "--model", str(model_dir)]
     assert cli_main([*by_id, "--output-dir", str(output_dir)]) == 0
     assert (output_dir / "stripes_0000.png").is_file()
@@ -122,7 +125,7 @@ def test_attach_guide_command(class_conditional_pipeline, tmp_path, capsys):
     assert torch.equal(guided.guide_transformer.pos_embed.proj.weight, guide.transformer.pos_embed.proj.weight)
     assert torch.equal(guided.transformer.pos_embed.proj.weight, pipeline.transformer.pos_embed.proj.weight)
 
-    generate = ["generate", "--dtype", "float32", "--label", "square", "--num-images", "1", "--steps", "4",
+    generate = ["generate", *CPU_FLOAT32, "--label", "square", "--num-images", "1", "--steps", "4",
                 "--model", str(tmp_path / "guided")]
     assert cli_main([*generate, "--output-dir", str(tmp_path / "images")]) == 0
     expected = guided([1], num_inference_steps=4, generator=generators([0]), output_type="np").images
@@ -153,7 +156,7 @@ def test_set_defaults_command(class_conditional_pipeline, tmp_path, capsys):
                             "decoder_num_inference_steps": 3, "decoder_latent_scale": 1.25}
     assert torch.equal(new.transformer.pos_embed.proj.weight, pipeline.transformer.pos_embed.proj.weight)
 
-    generate = ["generate", "--dtype", "float32", "--label", "square", "--num-images", "1", "--steps", "2",
+    generate = ["generate", *CPU_FLOAT32, "--label", "square", "--num-images", "1", "--steps", "2",
                 "--model", str(tmp_path / "new")]
     assert cli_main([*generate, "--output-dir", str(tmp_path / "images")]) == 0
     expected = pipeline([1], num_inference_steps=2, guidance_scale=2.5, guidance_interval=(0.2, 0.8),
@@ -182,7 +185,7 @@ def test_reconstruct_command(reconstruction_pipeline, tmp_path, capsys):
         paths.append(str(tmp_path / f"input{i}.png"))
         Image.fromarray(array).save(paths[-1])
     argv = ["reconstruct", *paths, "--model", str(model_dir), "--output-dir", str(tmp_path / "out"), "--steps", "2",
-            "--dtype", "float32"]  # the expected images below are float32 ones
+            *CPU_FLOAT32]
     assert cli_main([*argv, "--batch-size", "1"]) == 0
     printed = capsys.readouterr()
     assert printed.out.count("PSNR") == 3 and "SSIM" in printed.out and "mean over 2 image(s)" in printed.out
