@@ -117,6 +117,7 @@ def test_two_processes_give_the_single_process_result(official_tiny_dir, image_f
     environment = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}  # plain torchrun
     # PYTHONPATH: the workers import this checkout, not an installed copy (their sys.path starts at tests/)
     environment.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", GLOO_SOCKET_IFNAME="lo", PYTHONPATH=str(REPO_ROOT))
+    environment["CUDA_VISIBLE_DEVICES"] = ""  # a machine without GPUs, on any host
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
         "--master_port", str(free_port()), __file__, str(tmp_path), *evaluate,
