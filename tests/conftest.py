@@ -19,6 +19,35 @@ SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
 OFFICIAL_TINY = FIXTURES / "official_uniflow_tiny"
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--cpu-flags", default=None, metavar="FLAGS",
+        help='run the whole suite as on a CPU with exactly these /proc/cpuinfo flags, e.g. "amx_bf16 avx512_bf16" '
+        "(what `--dtype auto` sees, in this process and the ones the tests start)",
+    )
+
+
+def pytest_configure(config):
+    """`--cpu-flags`: point `uniflow_hf.hardware` at a fake cpuinfo, through the `UNIFLOW_HF_CPUINFO` override that
+    subprocesses inherit."""
+    flags = config.getoption("--cpu-flags")
+    if flags is None:
+        return
+    import sys
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="uniflow-hf-cpuinfo-")) / "cpuinfo"
+    path.write_text(f"processor\t: 0\nmodel name\t: Fake CPU (pytest --cpu-flags)\nflags\t\t: {flags}\n")
+    os.environ["UNIFLOW_HF_CPUINFO"] = str(path)
+    if "uniflow_hf.hardware" in sys.modules:  # imported before this hook (e.g. by a plugin)
+        sys.modules["uniflow_hf.hardware"].CPUINFO_PATH = str(path)
+
+
+def pytest_report_header(config):
+    flags = config.getoption("--cpu-flags")
+    return None if flags is None else f"uniflow-hf: CPU flags mocked to {flags!r} (UNIFLOW_HF_CPUINFO)"
+
+
 def run_torchrun(script, *args, nproc_per_node: int = 2, timeout: int = 300):
     """`torchrun --nproc_per_node N script args...` on this machine's CPU (gloo over loopback, one thread per
     process), importing this checkout's `uniflow_hf`; fails the test with the end of its output unless every process

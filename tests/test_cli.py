@@ -18,6 +18,9 @@ from uniflow_hf.cli import COMMANDS, build_parser
 from uniflow_hf.cli import main as cli_main
 
 
+# The commands' options for the tests that compare their output with the pipelines' float32 CPU output: on any host
+# (a GPU, a CPU where `--dtype auto` picks bfloat16) the commands then compute what the comparison expects.
+CPU_FLOAT32 = ["--device", "cpu", "--dtype", "float32"]
 HEAVY_MODULES = ("torch", "transformers", "diffusers", "accelerate", "datasets", "peft", "uniflow_hf")
 
 
@@ -69,7 +72,7 @@ def test_no_command_prints_the_list(capsys):
 def test_generate_command(class_conditional_pipeline, tmp_path, capsys):
     model_dir, output_dir = tmp_path / "model", tmp_path / "images"
     class_conditional_pipeline.save_pretrained(model_dir)
-    argv = ["generate", "--label", "square", "--num-images", "3", "--seed", "7", "--steps", "2"]
+    argv = ["generate", *CPU_FLOAT32, "--label", "square", "--num-images", "3", "--seed", "7", "--steps", "2"]
     assert cli_main([*argv, "--model", str(model_dir), "--output-dir", str(output_dir)]) == 0
     files = sorted(os.listdir(output_dir))
     assert files == ["square_0007.png", "square_0008.png", "square_0009.png", "square_grid.png"]
@@ -80,7 +83,8 @@ def test_generate_command(class_conditional_pipeline, tmp_path, capsys):
     assert np.array_equal(written, np.round(expected * 255).astype(np.uint8))
     assert Image.open(output_dir / "square_grid.png").size == (96, 32)
 
-    by_id = ["generate", "--label", "2", "--num-images", "1", "--steps", "1", "--model", str(model_dir)]
+    by_id = ["generate", *CPU_FLOAT32, "--label", "2", "--num-images", "1", "--steps", "1",
+             "--model", str(model_dir)]
     assert cli_main([*by_id, "--output-dir", str(output_dir)]) == 0
     assert (output_dir / "stripes_0000.png").is_file()
     interval = ["--guidance-scale", "3", "--guidance-interval", "0.5", "1", "--output-dir", str(tmp_path / "interval")]
@@ -121,7 +125,8 @@ def test_attach_guide_command(class_conditional_pipeline, tmp_path, capsys):
     assert torch.equal(guided.guide_transformer.pos_embed.proj.weight, guide.transformer.pos_embed.proj.weight)
     assert torch.equal(guided.transformer.pos_embed.proj.weight, pipeline.transformer.pos_embed.proj.weight)
 
-    generate = ["generate", "--label", "square", "--num-images", "1", "--steps", "4", "--model", str(tmp_path / "guided")]
+    generate = ["generate", *CPU_FLOAT32, "--label", "square", "--num-images", "1", "--steps", "4",
+                "--model", str(tmp_path / "guided")]
     assert cli_main([*generate, "--output-dir", str(tmp_path / "images")]) == 0
     expected = guided([1], num_inference_steps=4, generator=generators([0]), output_type="np").images
     written = np.asarray(Image.open(tmp_path / "images" / "square_0000.png"))
@@ -151,7 +156,8 @@ def test_set_defaults_command(class_conditional_pipeline, tmp_path, capsys):
                             "decoder_num_inference_steps": 3, "decoder_latent_scale": 1.25}
     assert torch.equal(new.transformer.pos_embed.proj.weight, pipeline.transformer.pos_embed.proj.weight)
 
-    generate = ["generate", "--label", "square", "--num-images", "1", "--steps", "2", "--model", str(tmp_path / "new")]
+    generate = ["generate", *CPU_FLOAT32, "--label", "square", "--num-images", "1", "--steps", "2",
+                "--model", str(tmp_path / "new")]
     assert cli_main([*generate, "--output-dir", str(tmp_path / "images")]) == 0
     expected = pipeline([1], num_inference_steps=2, guidance_scale=2.5, guidance_interval=(0.2, 0.8),
                         decoder_num_inference_steps=3, decoder_latent_scale=1.25, generator=generators([0]),
@@ -178,7 +184,8 @@ def test_reconstruct_command(reconstruction_pipeline, tmp_path, capsys):
     for i, array in enumerate(random_images(2, size=(32, 32))):
         paths.append(str(tmp_path / f"input{i}.png"))
         Image.fromarray(array).save(paths[-1])
-    argv = ["reconstruct", *paths, "--model", str(model_dir), "--output-dir", str(tmp_path / "out"), "--steps", "2"]
+    argv = ["reconstruct", *paths, "--model", str(model_dir), "--output-dir", str(tmp_path / "out"), "--steps", "2",
+            *CPU_FLOAT32]
     assert cli_main([*argv, "--batch-size", "1"]) == 0
     printed = capsys.readouterr()
     assert printed.out.count("PSNR") == 3 and "SSIM" in printed.out and "mean over 2 image(s)" in printed.out
@@ -233,3 +240,61 @@ def test_dtype_argument_errors(tmp_path, capsys):
     argv = ["evaluate", "--model", str(tmp_path), "--dataset", str(tmp_path), "--int8", "--dtype", "bfloat16"]
     assert cli_main(argv) == 2
     assert "--int8 quantises float32 layers" in capsys.readouterr().err
+
+
+@pytest.fixture
+def cuda_looks_available(monkeypatch):
+    """CUDA as a GPU machine shows it (Accelerate's device `cuda`, a bf16-capable device) on an AVX2-like CPU, with
+    `DiffusionPipeline.to` recorded rather than run: the commands' device and dtype choice, without a GPU."""
+    import accelerate
+    from diffusers import DiffusionPipeline
+    from uniflow_hf import hardware
+
+    monkeypatch.setattr(accelerate, "PartialState", lambda: mock.Mock(device=torch.device("cuda")))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA Test GPU")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(hardware, "cpu_bf16_support", lambda: (False, "mocked CPU without bf16"))
+    with mock.patch.object(DiffusionPipeline, "to", autospec=True, side_effect=lambda self, *args: self) as moves:
+        yield moves
+
+
+@pytest.mark.parametrize("command", ["generate", "reconstruct"])
+def test_commands_run_on_accelerates_device(command, class_conditional_pipeline, tmp_path, capsys,
+                                            cuda_looks_available):
+    """`generate` and `reconstruct` move the pipeline to Accelerate's device (CUDA when present) with `--dtype auto`
+    resolved for that device; `--device cpu` keeps them on the CPU, the dtype resolved for the CPU."""
+    from uniflow_hf.commands import generate
+
+    class_conditional_pipeline.save_pretrained(tmp_path / "model")
+    Image.fromarray(random_images(1, size=(32, 32))[0]).save(tmp_path / "input.png")
+    inputs = ["--label", "square", "--num-images", "1"] if command == "generate" else [str(tmp_path / "input.png")]
+    argv = [command, *inputs, "--model", str(tmp_path / "model"), "--steps", "1", "--output-dir", str(tmp_path / "out")]
+    loader = "load_class_conditional_pipeline" if command == "generate" else "load_reconstruction_pipeline"
+    for device_argv, device, dtype in [([], "cuda", torch.bfloat16), (["--device", "cpu"], "cpu", torch.float32)]:
+        with mock.patch.object(generate, loader, wraps=getattr(generate, loader)) as load:
+            assert cli_main([*argv, *device_argv]) == 0
+        assert load.call_args.kwargs["dtype"] == dtype
+        assert cuda_looks_available.call_args.args[1:] == (torch.device(device),)
+        dtype_name = str(dtype).removeprefix("torch.")
+        assert f"uniflow-hf {command}: device {device}, dtype {dtype_name} (auto: " in capsys.readouterr().err
+
+
+def test_device_argument_errors(tmp_path, capsys):
+    """A `--device` that is not a device, or not on this machine, is refused before any model is loaded."""
+    argv = ["generate", "--label", "0", "--model", str(tmp_path / "no-such-model"), "--output-dir", str(tmp_path)]
+    assert cli_main([*argv, "--device", "gpu0"]) == 2
+    assert "--device 'gpu0' is not a device: use cpu, cuda, cuda:N" in capsys.readouterr().err
+    with mock.patch.object(torch.cuda, "is_available", return_value=False):
+        assert cli_main([*argv, "--device", "cuda"]) == 2
+    assert "--device cuda: this machine has no cuda device (use --device cpu)." in capsys.readouterr().err
+    with mock.patch.object(torch.cuda, "is_available", return_value=True), mock.patch.object(
+        torch.cuda, "device_count", return_value=1
+    ):
+        assert cli_main([*argv, "--device", "cuda:3"]) == 2
+    assert "--device cuda:3: this machine has 1 CUDA device(s)." in capsys.readouterr().err
+    evaluate = ["evaluate", "--model", str(tmp_path), "--dataset", str(tmp_path), "--int8", "--device", "cuda"]
+    with mock.patch.object(torch.cuda, "is_available", return_value=True):
+        assert cli_main(evaluate) == 2
+    assert "--int8 quantisation runs on the CPU only: it takes no --device cuda." in capsys.readouterr().err

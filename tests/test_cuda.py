@@ -210,6 +210,30 @@ def test_shipped_model_in_half_precision(shipped_fp32, dtype):
     assert reconstruction_psnr(half.tokenizer) > reconstruction_psnr(shipped_fp32.tokenizer) - 1.0
 
 
+def test_generate_command_runs_on_cuda(tmp_path, capsys):
+    """`uniflow-hf generate` with no `--device` runs on Accelerate's device, the GPU, in the dtype `auto` picks
+    for it (bfloat16 where the GPU has it natively)."""
+    from unittest import mock
+
+    from uniflow_hf.cli import main
+    from uniflow_hf.commands import generate
+
+    loaded, load = [], generate.load_class_conditional_pipeline
+
+    def load_and_keep(*args, **kwargs):
+        loaded.append(load(*args, **kwargs))
+        return loaded[-1]
+
+    with mock.patch.object(generate, "load_class_conditional_pipeline", load_and_keep):
+        argv = ["generate", "--label", "Sneaker", "--num-images", "2", "--steps", "4", "--output-dir", str(tmp_path)]
+        assert main(argv) == 0
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float32
+    assert loaded[0].device.type == "cuda" and loaded[0].transformer.dtype == loaded[0].tokenizer.dtype == dtype
+    assert "uniflow-hf generate: device cuda" in capsys.readouterr().err
+    written = sorted(path.name for path in tmp_path.iterdir())
+    assert written == ["Sneaker_0000.png", "Sneaker_0001.png", "Sneaker_grid.png"]
+
+
 # -------------------------------------------------------------------------------------------------- training
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_train_tokenizer_with_bf16_mixed_precision(tmp_path, lora):

@@ -9,8 +9,8 @@ distillation teacher is the same starting encoder in every process, the adaptive
 over the processes, and `drop_path_rate` is 0. The student starts away from its teacher with a large β, so that
 per-process layer weights would visibly differ.
 
-Run as a script (by the tests, through torchrun): `python tests/test_distributed.py MODE OUTPUT_DIR [ARGS]`, MODE
-one of the `WORKERS` below.
+Run as a script (by the tests, through one torchrun launch shared by all of them): `python tests/test_distributed.py
+OUTPUT_DIR`, each worker running `log_worker` and then `train_worker` for each kind of data.
 """
 
 import json
@@ -69,18 +69,28 @@ def train(output_dir, per_device_batch, data="map_style", use_cpu=True):
     return train_tokenizer(build_model(), dataset, args, save_model=False)
 
 
-@pytest.mark.parametrize("data", ["map_style", "stream", "stream_shards"])
-def test_two_processes_reach_the_weights_of_one(tmp_path, data):
+DATA = ["map_style", "stream", "stream_shards"]
+
+
+@pytest.fixture(scope="module")
+def torchrun_output(tmp_path_factory):
+    """The folder of one `torchrun --nproc_per_node 2` launch of this file's workers (~20 s each launch costs)."""
+    output_dir = tmp_path_factory.mktemp("torchrun")
+    run_torchrun(__file__, output_dir)
+    return output_dir
+
+
+@pytest.mark.parametrize("data", DATA)
+def test_two_processes_reach_the_weights_of_one(torchrun_output, tmp_path, data):
     torch.set_num_threads(1)
-    run_torchrun(__file__, "train", tmp_path / "ddp", GLOBAL_BATCH // 2, data)
-    report = json.loads((tmp_path / "ddp" / "report.json").read_text())
+    report = json.loads((torchrun_output / data / "report.json").read_text())
     assert report["world_size"] == 2
 
     trainer = train(tmp_path / "single", GLOBAL_BATCH, "interleaved" if data == "stream_shards" else "map_style")
     single = {name: parameter.detach() for name, parameter in trainer.model.named_parameters()}
     from safetensors.torch import load_file
 
-    distributed = load_file(tmp_path / "ddp" / "weights.safetensors")
+    distributed = load_file(torchrun_output / data / "weights.safetensors")
     initial = dict(build_model().named_parameters())
     assert distributed.keys() == single.keys()
     moved = max((single[name] - initial[name]).abs().max().item() for name in single)
@@ -97,22 +107,22 @@ def test_two_processes_reach_the_weights_of_one(tmp_path, data):
     assert steps[0]["distill_w/layer_03"] != steps[0]["distill_w/layer_01"] * 3
 
 
-def test_logs_average_over_the_group_the_model_reduces_over(tmp_path):
+def test_logs_average_over_the_group_the_model_reduces_over(torchrun_output):
     """The logged loss parts are means over the default `torch.distributed` group, the group the model averages the
     distillation's α over, even when accelerate counts fewer processes (here `use_cpu=False` on a machine without
     GPUs: accelerate says 1 process while torchrun started 2; DeepSpeed without GPUs says 1 while summing over 2,
     which doubled the logs). Each process adds its own values; both must log their mean."""
-    run_torchrun(__file__, "log", tmp_path)
-    logs = [json.loads((tmp_path / f"log{rank}.json").read_text()) for rank in range(2)]
+    logs = [json.loads((torchrun_output / f"log{rank}.json").read_text()) for rank in range(2)]
     for log in logs:
         assert log["flow_loss"] == 1.5 and log["distill_cos/layer_01"] == 0.25 and log["loss"] == 0.0
 
 
-def train_worker(output_dir, per_device_batch, data):
-    trainer = train(output_dir, int(per_device_batch), data, use_cpu=False)  # no flag: a CPU launch shards by itself
+def train_worker(output_dir, data):
+    trainer = train(output_dir, GLOBAL_BATCH // 2, data, use_cpu=False)  # no flag: a CPU launch shards by itself
     if trainer.is_world_process_zero():
         from safetensors.torch import save_file
 
+        output_dir.mkdir(parents=True, exist_ok=True)
         weights = {name: parameter.detach().contiguous() for name, parameter in trainer.model.named_parameters()}
         save_file(weights, output_dir / "weights.safetensors")
         history = [entry for entry in trainer.state.log_history if "flow_loss" in entry]
@@ -121,6 +131,8 @@ def train_worker(output_dir, per_device_batch, data):
 
 
 def log_worker(output_dir):
+    from accelerate.state import AcceleratorState
+
     from uniflow_hf.training import UniFlowTrainer
 
     torch.distributed.init_process_group("gloo")
@@ -129,13 +141,13 @@ def log_worker(output_dir):
     trainer._train_parts.add({"flow_loss": torch.tensor(1.0 + rank), "distill_cos/layer_01": torch.tensor(0.5 * rank)})
     trainer.log({"loss": 0.0})
     (output_dir / f"log{rank}.json").write_text(json.dumps(trainer.state.log_history[-1]))
-
-
-WORKERS = {"train": train_worker, "log": log_worker}
+    AcceleratorState._reset_state(reset_partial_state=True)  # the training below counts both processes
 
 
 if __name__ == "__main__":  # one torchrun worker
     torch.set_num_threads(1)
-    mode, output_dir = sys.argv[1], Path(sys.argv[2])
-    WORKERS[mode](output_dir, *sys.argv[3:])
+    output_dir = Path(sys.argv[1])
+    log_worker(output_dir)
+    for data in DATA:
+        train_worker(output_dir / data, data)
     exit_torchrun_worker()

@@ -100,24 +100,32 @@ def test_steps_and_resolution(official_tiny_dir, image_folder):
 
 
 def test_two_processes_give_the_single_process_result(official_tiny_dir, image_folder, tmp_path):
-    """2 CPU processes (torchrun; Accelerate's MULTI_CPU): the images are split, the sums reduced, the skipped
-    list gathered."""
+    """`torchrun --nproc_per_node 2 ... uniflow-hf evaluate` on CPU with no Accelerate setup (accelerate then counts
+    one process while the launcher started two): each process loads half of the images, the sums are reduced and the
+    skipped list gathered, so the results are those of one process over all of them; only the first process prints
+    and writes them. One launch (this file as the workers' script) for all of it."""
     folder = tmp_path / "images"
     folder.mkdir()
     for path in sorted(image_folder.rglob("*.png")):
         (folder / path.name).write_bytes(path.read_bytes())
     (folder / "3_empty.png").write_bytes(b"")
     output = tmp_path / "results.json"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "uniflow_hf.cli", "evaluate",
-        "--model", str(official_tiny_dir), "--dataset", str(folder), "--batch-size", "1", "--skip-unreadable",
-        "--no-progress", "--output", str(output),
+    evaluate = [
+        "evaluate", "--model", str(official_tiny_dir), "--dataset", str(folder), "--batch-size", "1",
+        "--skip-unreadable", "--no-progress", "--output", str(output), "--dtype", "float32",
     ]  # fmt: skip
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}  # plain torchrun, no Accelerate setup
-    environment.pop("ACCELERATE_USE_CPU", None)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}  # plain torchrun
+    # PYTHONPATH: the workers import this checkout, not an installed copy (their sys.path starts at tests/)
+    environment.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", GLOO_SOCKET_IFNAME="lo", PYTHONPATH=str(REPO_ROOT))
+    environment["CUDA_VISIBLE_DEVICES"] = ""  # a machine without GPUs, on any host
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(free_port()), __file__, str(tmp_path), *evaluate,
+    ]  # fmt: skip
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert completed.stdout.count('"num_images"') == 1  # only the first process prints (and writes) the results
+    assert [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)] == [[0, 1], [2, 3]]
     sharded = json.loads(output.read_text())
     model, processor = load_tokenizer(str(official_tiny_dir))
     source = open_image_source(str(folder))
@@ -145,34 +153,6 @@ class RecordingSource:
     def load(self, index):
         self.loaded.append(index)
         return self.folder.load(index)
-
-
-def test_torchrun_without_accelerate_variables_halves_the_work(official_tiny_dir, tmp_path):
-    """Plain `torchrun` on a machine without GPUs and without ACCELERATE_USE_CPU (accelerate then counts one
-    process, while the launcher started two): each process reconstructs half of the images, and the reduced
-    metrics are those of one process over all of them."""
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for index, name in enumerate(PHOTOS):
-        photo(name).save(folder / f"{index}_{name}.png")
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
-    # PYTHONPATH: the workers import this checkout, not an installed copy (their sys.path starts at tests/)
-    environment.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", GLOO_SOCKET_IFNAME="lo", PYTHONPATH=str(REPO_ROOT))
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), __file__, str(official_tiny_dir), str(folder), str(tmp_path),
-    ]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
-    assert [rank["loaded"] for rank in ranks] == [[0, 1], [2, 3]]
-    model, processor = load_tokenizer(str(official_tiny_dir))
-    single = evaluate_reconstruction(model, open_image_source(str(folder)), processor, progress=False)
-    for rank, results in enumerate(ranks):
-        assert results["process_index"] == rank and results["num_processes"] == 2
-        assert results["num_images"] == single["num_images"] == 4
-        assert results["psnr"] == pytest.approx(single["psnr"], rel=1e-6)
-        assert results["ssim"] == pytest.approx(single["ssim"], rel=1e-6)
 
 
 def free_port():
@@ -275,10 +255,12 @@ def test_cli_writes_json_with_rfid(official_tiny_dir, image_folder, tmp_path, fr
     code = main([
         "evaluate", "--model", str(official_tiny_dir), "--dataset", str(image_folder), "--batch-size", "2",
         "--inception-weights", str(tmp_path / "inception.pth"), "--output", str(output), "--no-progress",
+        "--dtype", "float32",
     ])  # fmt: skip
     assert code == 0
     results = json.loads(output.read_text())
     assert results["num_images"] == 3 and results["num_processes"] == 1
+    assert results["device"] == "cpu" and results["dtype"] == "float32"  # Accelerate's device (ACCELERATE_USE_CPU)
     # The streamed rFID (running sums of Inception features) equals the Fréchet distance of all the features.
     model, processor = load_tokenizer(str(official_tiny_dir))
     images = [Image.open(p) for p in open_image_source(str(image_folder)).paths]
@@ -337,15 +319,14 @@ def test_benchmark_flop_formula_matches_the_flop_counter():
         assert counter.get_total_flops() == bench.analytic_flops(config, resolution, steps, batch_size=2)["reconstruct"]
 
 
-if __name__ == "__main__":  # one torchrun worker of test_torchrun_without_accelerate_variables_halves_the_work
-    from accelerate import Accelerator
+if __name__ == "__main__":  # a torchrun worker of test_two_processes_give_the_single_process_result
+    import uniflow_hf.evaluation
+    from uniflow_hf.cli import main
 
-    model_dir, image_dir, output_dir = sys.argv[1:4]
-    accelerator = Accelerator()  # as `uniflow-hf evaluate` builds it
-    model, processor = load_tokenizer(model_dir)
-    source = RecordingSource(image_dir)
-    results = evaluate_reconstruction(model, source, processor, batch_size=1, accelerator=accelerator, progress=False)
-    results["loaded"] = source.loaded
-    with open(os.path.join(output_dir, f"rank{results['process_index']}.json"), "w") as handle:
-        json.dump(results, handle)
-    torch.distributed.destroy_process_group()
+    output_dir, argv = sys.argv[1], sys.argv[2:]
+    source = RecordingSource(argv[argv.index("--dataset") + 1])
+    uniflow_hf.evaluation.open_image_source = lambda *args: source  # what `evaluate` opens: records what it loads
+    code = main(argv)
+    with open(os.path.join(output_dir, f"rank{os.environ['RANK']}.json"), "w") as handle:
+        json.dump(source.loaded, handle)
+    sys.exit(code)

@@ -67,12 +67,12 @@ def test_auto_on_cuda_follows_native_bf16_support(monkeypatch, supported, expect
 
 def test_this_machine_gets_the_dtype_its_flags_call_for():
     """The real detection, read against /proc/cpuinfo here (the development machine, an AVX2-only AMD EPYC, gets
-    float32; an AMX or AVX512-BF16 machine gets bfloat16)."""
+    float32; an AMX or AVX512-BF16 machine gets bfloat16), or against the fake one of `pytest --cpu-flags`."""
     try:
-        with open("/proc/cpuinfo") as handle:
+        with open(hardware.CPUINFO_PATH) as handle:
             flags = next(line for line in handle if line.startswith("flags")).split(":")[1].split()
     except (OSError, StopIteration):
-        pytest.skip("no x86 /proc/cpuinfo on this machine")
+        pytest.skip(f"no x86 {hardware.CPUINFO_PATH} on this machine")
     fast = "amx_bf16" in flags or "avx512_bf16" in flags
     choice = hardware.choose_dtype("auto", "cpu")
     print(f"this machine: {choice}")

@@ -7,10 +7,15 @@ compute capability 8.0 and up) and on x86 CPUs with AMX (`amx_bf16`) or AVX512-B
 oneDNN's bfloat16 matmuls run on. Elsewhere it is emulated: on an AVX2-only AMD EPYC a bfloat16 Linear layer runs ~8x
 slower than a float32 one (10 against 87 GFLOP/s on one thread), and a bfloat16 `torch.mm` with a row-major right
 operand ~200x slower (0.4 GFLOP/s). A reconstruction in bfloat16 is 49-58 dB PSNR from the float32 one
-(tests/test_hardware.py guards >= 40 dB), so "auto" trades no visible quality for the speed."""
+(tests/test_hardware.py guards >= 40 dB), so "auto" trades no visible quality for the speed.
+
+Testing override: the environment variable `UNIFLOW_HF_CPUINFO` names a file read instead of `/proc/cpuinfo` (read
+once, at import), so that a test suite, and the processes it starts, can run as on another CPU (the project's
+`pytest --cpu-flags "amx_bf16 avx512_bf16"` writes such a file). Nothing else reads it."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,7 +28,7 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16")
 DTYPE_CHOICES = ("auto", *DTYPE_NAMES)
 # x86 CPU flags (as /proc/cpuinfo names them) under which oneDNN runs bfloat16 matmuls natively.
 FAST_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
-CPUINFO_PATH = "/proc/cpuinfo"
+CPUINFO_PATH = os.environ.get("UNIFLOW_HF_CPUINFO") or "/proc/cpuinfo"  # the variable: a testing override
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,8 @@ def reconstruct_images(
     progress: bool = True,
 ) -> ReconstructionResult:
     """Reconstruct `images` (files or PIL images) `batch_size` at a time under one progress bar over all of them,
-    image `i` decoding with the noise of seed `seed + i` (so the batch size does not change the results)."""
+    image `i` decoding with the noise of seed `seed + i` (so the batch size does not change the results), on the
+    pipeline's device; the result holds float32 CPU tensors."""
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size}.")
     processor = pipeline.image_processor
@@ -102,9 +103,10 @@ def reconstruct_images(
                 ]
                 batch = [image.convert("RGB") for image in batch]
                 generators = [torch.Generator().manual_seed(seed + start + i) for i in range(len(batch))]
-                reconstructions.append(
-                    pipeline(batch, num_inference_steps=num_inference_steps, generator=generators, output_type="pt").images
-                )
+                decoded = pipeline(
+                    batch, num_inference_steps=num_inference_steps, generator=generators, output_type="pt"
+                ).images
+                reconstructions.append(decoded.to("cpu", torch.float32))  # from any device and dtype
                 inputs.append(processor.postprocess(processor(batch, return_tensors="pt").pixel_values, output_type="pt"))
                 bar.update(len(batch))
     finally:

@@ -2,6 +2,7 @@
 
     uniflow-hf evaluate --model DIR --dataset DIR [--split test] [--resolution R] [--steps K] [--batch-size B]
                         [--max-images N] [--inception-weights FILE] [--output results.json]
+                        [--device cpu|cuda|cuda:N] [--dtype auto|float32|bfloat16|float16]
 
 Shard the images across processes with `torchrun --nproc_per_node N -m uniflow_hf.cli evaluate ...` or
 `accelerate launch --num_processes N -m uniflow_hf.cli evaluate ...` (GPUs or CPU processes alike); the first process
@@ -14,7 +15,7 @@ import json
 import os
 import sys
 
-from .generate import add_dtype_argument, resolve_dtype_argument
+from .generate import add_device_arguments, resolve_device_argument, resolve_dtype_argument
 
 
 def register(subparsers) -> None:
@@ -45,7 +46,7 @@ def register(subparsers) -> None:
     parser.add_argument("--skip-unreadable", action="store_true", help="skip (and list) unreadable images")
     parser.add_argument("--output", default=None, help="write the results to this JSON file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_dtype_argument(parser)
+    add_device_arguments(parser)
     parser.set_defaults(func=run_evaluate)
 
 
@@ -57,17 +58,23 @@ def run_evaluate(args) -> int:
     from ..metrics import FIDInceptionV3
 
     try:
-        accelerator = Accelerator(cpu=args.int8)  # int8 dynamic quantisation runs on the CPU only
         if args.int8 and args.dtype not in ("auto", "float32"):
             raise ValueError(f"--int8 quantises float32 layers: it takes --dtype auto or float32, not {args.dtype}.")
-        dtype = torch.float32 if args.int8 else resolve_dtype_argument(args, accelerator.device)
+        device = None if args.device is None else resolve_device_argument(args)
+        if args.int8 and device is not None and device.type != "cpu":
+            raise ValueError(f"--int8 quantisation runs on the CPU only: it takes no --device {args.device}.")
+        # int8 dynamic quantisation runs on the CPU only
+        accelerator = Accelerator(cpu=args.int8 or (device is not None and device.type == "cpu"))
+        if device is None or (device.type == accelerator.device.type and device.index is None):
+            device = accelerator.device  # under a launcher: this process's own GPU
+        dtype = torch.float32 if args.int8 else resolve_dtype_argument(args, device)
         model, processor = load_tokenizer(args.model, dtype=dtype)
         if args.int8:
             model = quantize_dynamic_int8(model)
-        model.to(accelerator.device)
+        model.to(device)
         inception = None
         if args.inception_weights is not None:
-            inception = FIDInceptionV3.from_weights_file(args.inception_weights, accelerator.device)
+            inception = FIDInceptionV3.from_weights_file(args.inception_weights, device)
         source = open_image_source(args.dataset, args.split, args.image_column)
         results = evaluate_reconstruction(
             model,
@@ -95,6 +102,7 @@ def run_evaluate(args) -> int:
             "split": args.split if os.path.isfile(os.path.join(args.dataset, "dataset_dict.json")) else None,
             "inception_weights": args.inception_weights,
             "int8": args.int8,
+            "device": str(device),
             "dtype": str(dtype).removeprefix("torch."),
             **results,
         }

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     parser.add_argument("--steps", type=int, default=25, help="steps of the latent flow")
     parser.add_argument("--decoder-steps", type=int, default=None, help="steps of the pixel decoder (default: the pipeline's)")
     add_decoder_latent_scale_argument(parser, "(default: the pipeline's, else 1)")
-    add_dtype_argument(parser)
+    add_device_arguments(parser)
     parser.set_defaults(func=run_generate)
 
     parser = subparsers.add_parser("reconstruct")
@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     parser.add_argument("--steps", type=int, default=None, help="steps of the pixel decoder (model default)")
     parser.add_argument("--seed", type=int, default=0, help="image i decodes with seed + i")
     parser.add_argument("--batch-size", type=int, default=16)
-    add_dtype_argument(parser)
+    add_device_arguments(parser)
     parser.set_defaults(func=run_reconstruct)
 
     parser = subparsers.add_parser("attach-guide")
@@ -53,25 +53,61 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run_set_defaults)
 
 
-def add_dtype_argument(parser) -> None:
+def add_device_arguments(parser) -> None:
+    """`--device` and `--dtype`, the dtype resolved for the device (`resolve_device_and_dtype`)."""
     from ..hardware import DTYPE_CHOICES
 
     parser.add_argument(
+        "--device", default=None,
+        help="where the models run: cpu, cuda, cuda:N, mps, ... (default: Accelerate's device, the accelerator when "
+        "one is present, else the CPU)",
+    )
+    parser.add_argument(
         "--dtype", default="auto", choices=DTYPE_CHOICES,
-        help="compute dtype; auto (default): bfloat16 where the hardware runs it natively (CUDA with bf16, CPUs with "
+        help="compute dtype; auto (default): bfloat16 where the device runs it natively (CUDA with bf16, CPUs with "
         "AMX or AVX512-BF16), float32 elsewhere. The choice and its reason are printed (stderr).",
     )
 
 
-def resolve_dtype_argument(args, device=None):
-    """The torch dtype of `--dtype` on `device` (default: the CPU the command runs on), printed with its reason."""
+def resolve_device_argument(args):
+    """The torch device of `--device`, by default Accelerate's (`PartialState().device`: CUDA when present, the
+    process's own GPU under a launcher); a device that does not exist here is refused."""
+    import torch
+
+    if args.device is None:
+        from accelerate import PartialState
+
+        return PartialState().device
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        raise ValueError(
+            f"--device {args.device!r} is not a device: use cpu, cuda, cuda:N, mps or xpu (leave it out for "
+            "Accelerate's device)."
+        ) from error
+    backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
+    if device.type != "cpu" and not getattr(backend, "is_available", lambda: False)():
+        raise ValueError(f"--device {args.device}: this machine has no {device.type} device (use --device cpu).")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s).")
+    return device
+
+
+def resolve_dtype_argument(args, device):
+    """The torch dtype of `--dtype` on `device`, printed with its reason (stderr)."""
     import sys
 
     from ..hardware import choose_dtype
 
-    choice = choose_dtype(args.dtype, device or "cpu")
-    print(f"uniflow-hf {args.command}: dtype {choice}", file=sys.stderr)
+    choice = choose_dtype(args.dtype, device)
+    print(f"uniflow-hf {args.command}: device {device}, dtype {choice}", file=sys.stderr)
     return choice.dtype
+
+
+def resolve_device_and_dtype(args):
+    """(device, dtype) of `--device` and `--dtype` (see `resolve_device_argument`, `resolve_dtype_argument`)."""
+    device = resolve_device_argument(args)
+    return device, resolve_dtype_argument(args, device)
 
 
 # ---------------------------------------------------------------------------------------------------- commands
@@ -124,7 +160,8 @@ def run_generate(args) -> int:
     import torch
 
     _check_positive(args.num_images, "--num-images")
-    pipeline = load_class_conditional_pipeline(args.model or FMNIST_MODEL_PATH, dtype=resolve_dtype_argument(args))
+    device, dtype = resolve_device_and_dtype(args)
+    pipeline = load_class_conditional_pipeline(args.model or FMNIST_MODEL_PATH, dtype=dtype).to(device)
     label = _label_argument(pipeline, args.label)
     class_id = pipeline.get_label_ids(label)[0]
     name = (pipeline.config.id2label or {}).get(class_id, str(class_id))
@@ -158,7 +195,8 @@ def run_reconstruct(args) -> int:
     missing = [path for path in args.images if not os.path.isfile(path)]
     if missing:
         raise FileNotFoundError(f"No such image file(s): {', '.join(missing)}")
-    pipeline = load_reconstruction_pipeline(args.model or FMNIST_MODEL_PATH, dtype=resolve_dtype_argument(args))
+    device, dtype = resolve_device_and_dtype(args)
+    pipeline = load_reconstruction_pipeline(args.model or FMNIST_MODEL_PATH, dtype=dtype).to(device)
     result = reconstruct_images(
         pipeline, args.images, num_inference_steps=args.steps, seed=args.seed, batch_size=args.batch_size
     )
