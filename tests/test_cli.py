@@ -298,3 +298,27 @@ def test_device_argument_errors(tmp_path, capsys):
     with mock.patch.object(torch.cuda, "is_available", return_value=True):
         assert cli_main(evaluate) == 2
     assert "--int8 quantisation runs on the CPU only: it takes no --device cuda." in capsys.readouterr().err
+
+
+def test_output_paths_are_checked_before_loading(tmp_path, capsys):
+    """An output path below a regular file is refused before any model or image is loaded (the model folder here
+    does not exist, so any loading would fail with another message), and the file is left as it was."""
+    a_file = tmp_path / "afile.txt"
+    a_file.write_text("not a folder")
+    image = tmp_path / "image.png"
+    Image.new("L", (28, 28)).save(image)
+    model = ["--model", str(tmp_path / "no-such-model")]
+    commands = [
+        ["generate", "--label", "0", *model, "--output-dir", str(a_file / "out")],
+        ["reconstruct", str(image), *model, "--output-dir", str(a_file / "out")],
+        ["attach-guide", *model, "--guide", str(tmp_path), "--autoguidance-scale", "2",
+         "--output-dir", str(a_file / "out")],
+        ["set-defaults", *model, "--guidance-scale", "2", "--output-dir", str(a_file / "out")],
+    ]
+    for argv in commands:
+        assert cli_main(argv) == 2, argv
+        assert f"--output-dir {a_file / 'out'} lies below {a_file}, which is a file" in capsys.readouterr().err
+    evaluate = ["evaluate", *model, "--dataset", str(tmp_path), "--output", str(a_file / "results.json")]
+    assert cli_main(evaluate) == 2
+    assert f"--output {a_file} is a file, not a folder" in capsys.readouterr().err
+    assert a_file.read_text() == "not a folder"

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 
+from ..io import check_output_dir
 from .generate import add_device_arguments, resolve_device_argument, resolve_dtype_argument
 
 
@@ -60,6 +61,8 @@ def run_evaluate(args) -> int:
     try:
         if args.int8 and args.dtype not in ("auto", "float32"):
             raise ValueError(f"--int8 quantises float32 layers: it takes --dtype auto or float32, not {args.dtype}.")
+        if args.output is not None:
+            check_output_dir(os.path.dirname(os.path.abspath(args.output)), "--output")
         device = None if args.device is None else resolve_device_argument(args)
         if args.int8 and device is not None and device.type != "cpu":
             raise ValueError(f"--int8 quantisation runs on the CPU only: it takes no --device {args.device}.")

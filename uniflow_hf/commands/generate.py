@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from .. import FMNIST_MODEL_PATH
+from ..io import check_output_dir
 from ..inference import image_grid, load_class_conditional_pipeline, load_reconstruction_pipeline, reconstruct_images
 
 
@@ -160,6 +161,7 @@ def run_generate(args) -> int:
     import torch
 
     _check_positive(args.num_images, "--num-images")
+    check_output_dir(args.output_dir)
     device, dtype = resolve_device_and_dtype(args)
     pipeline = load_class_conditional_pipeline(args.model or FMNIST_MODEL_PATH, dtype=dtype).to(device)
     label = _label_argument(pipeline, args.label)
@@ -195,6 +197,7 @@ def run_reconstruct(args) -> int:
     missing = [path for path in args.images if not os.path.isfile(path)]
     if missing:
         raise FileNotFoundError(f"No such image file(s): {', '.join(missing)}")
+    check_output_dir(args.output_dir)
     device, dtype = resolve_device_and_dtype(args)
     pipeline = load_reconstruction_pipeline(args.model or FMNIST_MODEL_PATH, dtype=dtype).to(device)
     result = reconstruct_images(
@@ -219,6 +222,7 @@ def run_reconstruct(args) -> int:
 def run_attach_guide(args) -> int:
     from ..generator_training import attach_guide
 
+    check_output_dir(args.output_dir)
     pipelines = [load_class_conditional_pipeline(folder) for folder in (args.model, args.guide)]
     pipeline = attach_guide(*pipelines, args.autoguidance_scale, args.autoguidance_interval)
     pipeline.save_pretrained(args.output_dir)
@@ -243,6 +247,7 @@ def run_set_defaults(args) -> int:
     if not changes:
         options = ", ".join("--" + option.replace("_", "-") for option in DEFAULT_SETTING_OPTIONS)
         raise ValueError(f"Nothing to set: pass at least one of {options}.")
+    check_output_dir(args.output_dir)
     pipeline = load_class_conditional_pipeline(args.model)
     # a new pipeline, so that its __init__ checks the settings as it checks those of any pipeline
     pipeline = type(pipeline)(**pipeline.components, **{**pipeline.settings, **changes})
