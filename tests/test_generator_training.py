@@ -335,7 +335,7 @@ def test_mixed_precision_is_checked_against_the_processor(tiny_model):
     """--bf16 on a CPU without bfloat16 arithmetic is refused (it would run emulated); on one with it (mocked here)
     the DiT runs under bfloat16 autocast. fp16 needs a GPU."""
     dataset = synthetic_dataset(per_class=1)
-    with mock.patch("uniflow_hf.generator_training._cpu_has_native_bf16", return_value=False):
+    with mock.patch("uniflow_hf.generator_training.cpu_bf16_support", return_value=(False, "mocked")):
         with pytest.raises(ValueError, match="no bfloat16 arithmetic"):
             train(tiny_model, dataset, bf16=True, transformer_kwargs=TINY_DIT)
     with pytest.raises(ValueError, match="fp16 mixed precision needs a GPU"):
@@ -348,7 +348,7 @@ def test_mixed_precision_is_checked_against_the_processor(tiny_model):
         return forward(*args, **kwargs)
 
     with (
-        mock.patch("uniflow_hf.generator_training._cpu_has_native_bf16", return_value=True),
+        mock.patch("uniflow_hf.generator_training.cpu_bf16_support", return_value=(True, "mocked")),
         mock.patch.object(DiTTransformer2DModel, "forward", autospec=True, side_effect=record),
     ):
         result = train(tiny_model, dataset, bf16=True, transformer_kwargs=TINY_DIT, per_device_train_batch_size=2)
@@ -535,7 +535,7 @@ def test_train_generator_command(tiny_model, tmp_path, monkeypatch, capsys):
     assert len(timesteps) == 8 and timesteps.min() > 1000 * torch.sigmoid(torch.tensor(1.8))
     assert train(tmp_path / "saved", tmp_path / "unused", "--timestep_uniform_fraction", "2") == 2
     assert "`uniform_fraction` must be in [0, 1], got 2.0" in capsys.readouterr().err
-    with mock.patch("uniflow_hf.generator_training._cpu_has_native_bf16", return_value=False):
+    with mock.patch("uniflow_hf.generator_training.cpu_bf16_support", return_value=(False, "mocked")):
         assert train(tmp_path / "saved", tmp_path / "unused", "--bf16") == 2
     assert "--bf16 would run emulated" in capsys.readouterr().err
     assert not (tmp_path / "unused").exists()

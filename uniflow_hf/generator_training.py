@@ -30,6 +30,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, default_da
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .data import check_images
+from .hardware import cpu_bf16_support
 from .io import last_complete_checkpoint
 from .modeling import UniFlowModel
 from .modeling.configuration_uniflow import FLOW_TIMESTEP_DISTRIBUTIONS
@@ -558,12 +559,6 @@ class _EMACallback(TrainerCallback):
 EMA_STATE_NAME = "ema.pt"
 
 
-def _cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); elsewhere it is emulated, ~100x slower."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
 def _check_precision(args: GeneratorTrainingArguments) -> None:
     if args.device.type != "cpu":
         return
@@ -571,10 +566,13 @@ def _check_precision(args: GeneratorTrainingArguments) -> None:
         raise ValueError(
             "fp16 mixed precision needs a GPU: drop --fp16 (or use --bf16 on a CPU with bfloat16 support)."
         )
-    if args.bf16 and not _cpu_has_native_bf16():
+    if not args.bf16:
+        return
+    fast_bf16, why = cpu_bf16_support()
+    if not fast_bf16:
         raise ValueError(
-            "This CPU has no bfloat16 arithmetic (neither AVX512-BF16 nor AMX): --bf16 would run emulated, about 100x "
-            "slower than float32. Drop --bf16 here, or train on a GPU or a CPU with bfloat16 support."
+            f"This CPU has no bfloat16 arithmetic, so --bf16 would run emulated ({why}). Drop --bf16 here, or train "
+            "on a GPU or a CPU with bfloat16 support."
         )
 
 
