@@ -170,6 +170,7 @@ def test_integer_labels_and_errors(tiny_model):
         (dict(transformer_kwargs="{not json"), "`transformer_kwargs` is not valid JSON"),
         (dict(global_batch_size=0), "`global_batch_size` must be a positive integer"),
         (dict(timestep_logit_std=0.0), "`logit_std` must be positive"),
+        (dict(train_sampling_strategy="random"), "`train_sampling_strategy` must be 'sequential'"),
     ]:
         with pytest.raises(ValueError, match=message):
             generator_args(**settings)

@@ -61,6 +61,13 @@ class GeneratorTrainingArguments(TrainingArguments):
             "(processes x gradient_accumulation_steps), which must divide it"
         },
     )
+    train_sampling_strategy: str = field(
+        default="sequential",
+        metadata={
+            "help": "read the training samples in order (the only choice: the stream decides every step's samples)",
+            "choices": ["sequential"],
+        },
+    )
     image_column: str = field(default="image", metadata={"help": "the dataset column holding the images"})
     label_column: str = field(default="label", metadata={"help": "the dataset column holding the class labels"})
     latent_cache_dir: str | None = field(
@@ -149,6 +156,11 @@ class GeneratorTrainingArguments(TrainingArguments):
             raise ValueError("`transformer_kwargs` size a new DiT; with `init_generator` the size is that DiT's.")
         if not isinstance(self.add_layers, int) or isinstance(self.add_layers, bool) or self.add_layers < 0:
             raise ValueError(f"`add_layers` must be a non-negative integer, got {self.add_layers!r}.")
+        if self.train_sampling_strategy != "sequential":
+            raise ValueError(
+                f"`train_sampling_strategy` must be 'sequential' (the training stream shuffles the images and decides "
+                f"every step's samples itself), got {self.train_sampling_strategy!r}."
+            )
         if self.warmup_steps and self.lr_scheduler_type == "constant":
             raise ValueError("`lr_scheduler_type='constant'` has no warm-up; use 'constant_with_warmup' for `warmup_steps`.")
         self.training_noise_scheduler()  # checks the timestep settings
@@ -515,16 +527,13 @@ class GeneratorFlowMatchingModel(nn.Module):
 
 
 class GeneratorTrainer(Trainer):
-    """A `Trainer` for `GeneratorFlowMatchingModel` on a `GeneratorTrainingStream`: the stream is read in order
-    (the samples of each step are decided by the stream, not by a sampler), and the loss of every micro-batch is kept
-    for `step_losses`."""
+    """A `Trainer` for `GeneratorFlowMatchingModel` on a `GeneratorTrainingStream` (read in order:
+    `train_sampling_strategy="sequential"`, so that the stream decides the samples of each step) that keeps the loss
+    of every micro-batch for `step_losses`."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._micro_batch_losses: list[torch.Tensor] = []
-
-    def _get_train_sampler(self, train_dataset=None):
-        return torch.utils.data.SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
