@@ -4,8 +4,8 @@
 process (batch 4) train the same DiT on the same 6 images for 3 steps and must end with the same losses and weights,
 while one process at batch 2 does not.
 That holds because `GeneratorTrainingStream` decides every step's samples and their noise, flow times and label
-dropout from (seed, step, sample number) alone; each process reads its own part of every global batch. The two
-processes also build the latent cache together (one shard each), which the one-process runs then reuse.
+dropout from (seed, step, sample number) alone; each process reads its own part of every global batch. The first
+process encodes the latent cache, the second reads its file, and the one-process runs then reuse it.
 
 Run as a script (by the test, through torchrun):
 `python tests/test_generator_distributed.py OUTPUT_DIR PER_DEVICE_BATCH`.
@@ -69,9 +69,9 @@ def test_two_processes_train_as_one_with_the_global_batch(tmp_path):
     positions = [json.loads((tmp_path / "ddp" / f"positions-{rank}.json").read_text()) for rank in range(2)]
     assert sorted(positions[0] + positions[1]) == list(range(NUM_STEPS * GLOBAL_BATCH))
     assert positions[0] == [0, 1, 4, 5, 8, 9] and positions[1] == [2, 3, 6, 7, 10, 11]
-    # the two processes built the latent cache together; the one-process runs below reuse it without encoding
-    info = json.loads((tmp_path / "cache" / "latent_cache.json").read_text())
-    assert info["shards"] == ["shard-00000-of-00002.arrow", "shard-00001-of-00002.arrow"]
+    # the main process encoded the latent cache, the other read it; the one-process runs below reuse it unencoded
+    assert report["encoded"] == [6, 0]
+    assert [path.suffix for path in (tmp_path / "cache").iterdir()] == [".arrow"]
 
     from uniflow_hf import UniFlowModel
 
@@ -122,14 +122,21 @@ if __name__ == "__main__":  # one torchrun worker
         read.extend(int(position) for position in positions)
         return getitems(stream, positions)
 
-    with mock.patch.object(GeneratorTrainingStream, "__getitems__", autospec=True, side_effect=record):
+    from uniflow_hf import UniFlowModel
+
+    encode = mock.patch.object(UniFlowModel, "encode", autospec=True, side_effect=UniFlowModel.encode)
+    with mock.patch.object(GeneratorTrainingStream, "__getitems__", autospec=True, side_effect=record), encode as spy:
         result = train(output_dir, per_device_train_batch_size=per_device_batch, use_cpu=False)  # no flag: shards
     rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    encoded = torch.tensor([sum(len(call.args[1]) for call in spy.call_args_list)])  # images each process encoded
+    gathered = [torch.zeros_like(encoded) for _ in range(world_size)]
+    torch.distributed.all_gather(gathered, encoded)
     (output_dir / f"positions-{rank}.json").write_text(json.dumps(read))
     if rank == 0:
         torch.manual_seed(0)  # the DiT every process started from
         initial = build_generator_transformer(build_tokenizer(), 3, **generator_args(output_dir).transformer_kwargs)
         torch.save(initial.state_dict(), output_dir / "initial.pt")
         report = {"world_size": world_size, "losses": result.losses, "error": error}
+        report["encoded"] = [int(count) for count in gathered]
         (output_dir / "report.json").write_text(json.dumps(report))
     exit_torchrun_worker()

@@ -170,6 +170,7 @@ def test_integer_labels_and_errors(tiny_model):
         (dict(transformer_kwargs="{not json"), "`transformer_kwargs` is not valid JSON"),
         (dict(global_batch_size=0), "`global_batch_size` must be a positive integer"),
         (dict(timestep_logit_std=0.0), "`logit_std` must be positive"),
+        (dict(train_sampling_strategy="random"), "`train_sampling_strategy` must be 'sequential'"),
     ]:
         with pytest.raises(ValueError, match=message):
             generator_args(**settings)
@@ -285,22 +286,23 @@ def test_resume_continues_on_the_same_losses(tiny_model, tmp_path):
 
 
 def test_latent_cache_is_reused_and_checked(tiny_model, tmp_path):
-    """The latents go to an Arrow dataset on disk once; a later run of the same tokenizer and dataset reads them
-    without encoding; another tokenizer (weights or config), another dataset, a folder that is something else or
-    that cannot be made are refused; a run stopped while encoding leaves no cache behind."""
+    """The latents go to an Arrow file on disk once (`Dataset.map`); a later run of the same tokenizer and dataset
+    reads them without encoding; another tokenizer (weights or config) or another dataset gets a fresh cache file
+    beside it; a folder that cannot be made or written is refused before encoding; a run stopped while encoding leaves no cache file behind."""
     from uniflow_hf import UniFlowModel
 
     dataset = synthetic_dataset(per_class=2)
     cache = tmp_path / "cache"
     kwargs = dict(latent_cache_dir=str(cache), transformer_kwargs=TINY_DIT, max_steps=2)
     first = train(tiny_model, dataset, **kwargs)
-    info = json.loads((cache / "latent_cache.json").read_text())
-    assert info["shards"] == ["shard-00000-of-00001.arrow"] and info["num_rows"] == 6
-    stored = datasets.Dataset.from_file(str(cache / info["shards"][0])).with_format("torch")[:]
+    (cache_file,) = cache.iterdir()
+    assert cache_file.name.startswith("latents-") and cache_file.suffix == ".arrow"
+    stored = datasets.Dataset.from_file(str(cache_file)).with_format("torch")[:]
     torch.testing.assert_close(stored["latents"], encode_dataset(tiny_model, dataset, "image"), rtol=0, atol=0)
     assert stored["label"].tolist() == list(dataset["label"])
     mean, std = latent_statistics(stored["latents"])
-    assert info["latent_mean"] == pytest.approx(mean, abs=1e-6) and info["latent_std"] == pytest.approx(std, abs=1e-6)
+    config = first.pipeline.config
+    assert config.latent_mean == pytest.approx(mean, abs=1e-6) and config.latent_std == pytest.approx(std, abs=1e-6)
 
     with mock.patch.object(UniFlowModel, "encode", side_effect=AssertionError("encoded again")):
         assert train(tiny_model, dataset, **kwargs).losses == first.losses
@@ -308,32 +310,33 @@ def test_latent_cache_is_reused_and_checked(tiny_model, tmp_path):
     with torch.no_grad():
         next(other_weights.parameters()).add_(1e-3)
     other_config.config.num_sampling_steps = 7
-    for other in (other_weights, other_config):
-        with pytest.raises(ValueError, match="was made by another tokenizer"):
-            train(other, dataset, **kwargs)
-    with pytest.raises(ValueError, match="was made from another dataset"):
-        train(tiny_model, synthetic_dataset(per_class=2, seed=1), **kwargs)
+    for count, (other, other_dataset) in enumerate(
+        [(other_weights, dataset), (other_config, dataset), (tiny_model, synthetic_dataset(per_class=2, seed=1))], 2
+    ):
+        with mock.patch.object(UniFlowModel, "encode", autospec=True, side_effect=UniFlowModel.encode) as encode:
+            train(other, other_dataset, **kwargs)
+        assert encode.call_count == 1 and len(list(cache.iterdir())) == count  # encoded into a file of its own
+    assert datasets.Dataset.from_file(str(cache_file)).with_format("torch")[:]["latents"].equal(stored["latents"])
 
-    (tmp_path / "notes").mkdir()
-    (tmp_path / "notes" / "todo.txt").write_text("mine")
-    with pytest.raises(ValueError, match="exists and is not a latent cache"):
-        train(tiny_model, dataset, **{**kwargs, "latent_cache_dir": str(tmp_path / "notes")})
+    with mock.patch("os.access", return_value=False):  # an unwritable folder (the tests may run as root)
+        with pytest.raises(ValueError, match=f"Cannot write the latent cache {tmp_path / 'new'}: the folder"):
+            train(tiny_model, dataset, **{**kwargs, "latent_cache_dir": str(tmp_path / "new")})
     (tmp_path / "a_file").write_text("")
     with pytest.raises(ValueError, match="Cannot create the latent cache folder"):
         train(tiny_model, dataset, **{**kwargs, "latent_cache_dir": str(tmp_path / "a_file" / "cache")})
     with mock.patch.object(UniFlowModel, "encode", side_effect=KeyboardInterrupt):
         with pytest.raises(KeyboardInterrupt):
             train(tiny_model, dataset, **{**kwargs, "latent_cache_dir": str(tmp_path / "new")})
-    assert not (tmp_path / "new").exists()  # only the temporary folder beside it, replaced by the next run
+    assert list((tmp_path / "new").iterdir()) == []  # datasets removed its temporary file
     assert train(tiny_model, dataset, **{**kwargs, "latent_cache_dir": str(tmp_path / "new")}).losses == first.losses
-    assert sorted(os.listdir(tmp_path)) == ["a_file", "cache", "new", "notes"]
+    assert sorted(os.listdir(tmp_path)) == ["a_file", "cache", "new"]
 
 
 def test_mixed_precision_is_checked_against_the_processor(tiny_model):
     """--bf16 on a CPU without bfloat16 arithmetic is refused (it would run emulated); on one with it (mocked here)
     the DiT runs under bfloat16 autocast. fp16 needs a GPU."""
     dataset = synthetic_dataset(per_class=1)
-    with mock.patch("uniflow_hf.generator_training._cpu_has_native_bf16", return_value=False):
+    with mock.patch("uniflow_hf.generator_training.cpu_bf16_support", return_value=(False, "mocked")):
         with pytest.raises(ValueError, match="no bfloat16 arithmetic"):
             train(tiny_model, dataset, bf16=True, transformer_kwargs=TINY_DIT)
     with pytest.raises(ValueError, match="fp16 mixed precision needs a GPU"):
@@ -346,7 +349,7 @@ def test_mixed_precision_is_checked_against_the_processor(tiny_model):
         return forward(*args, **kwargs)
 
     with (
-        mock.patch("uniflow_hf.generator_training._cpu_has_native_bf16", return_value=True),
+        mock.patch("uniflow_hf.generator_training.cpu_bf16_support", return_value=(True, "mocked")),
         mock.patch.object(DiTTransformer2DModel, "forward", autospec=True, side_effect=record),
     ):
         result = train(tiny_model, dataset, bf16=True, transformer_kwargs=TINY_DIT, per_device_train_batch_size=2)
@@ -533,7 +536,7 @@ def test_train_generator_command(tiny_model, tmp_path, monkeypatch, capsys):
     assert len(timesteps) == 8 and timesteps.min() > 1000 * torch.sigmoid(torch.tensor(1.8))
     assert train(tmp_path / "saved", tmp_path / "unused", "--timestep_uniform_fraction", "2") == 2
     assert "`uniform_fraction` must be in [0, 1], got 2.0" in capsys.readouterr().err
-    with mock.patch("uniflow_hf.generator_training._cpu_has_native_bf16", return_value=False):
+    with mock.patch("uniflow_hf.generator_training.cpu_bf16_support", return_value=(False, "mocked")):
         assert train(tmp_path / "saved", tmp_path / "unused", "--bf16") == 2
     assert "--bf16 would run emulated" in capsys.readouterr().err
     assert not (tmp_path / "unused").exists()

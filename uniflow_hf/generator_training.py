@@ -2,7 +2,7 @@
 """Train a class-conditional latent generator (a diffusers `DiTTransformer2DModel`) on a frozen UniFlow tokenizer.
 
 The images of a labelled `datasets.Dataset` are encoded once with the frozen tokenizer into an on-disk latent cache
-(an Arrow dataset, memory-mapped, each process encoding its share), the latents are normalised per channel, and the
+(`Dataset.map` into an Arrow file named by the tokenizer's and the dataset's fingerprints, memory-mapped), the latents are normalised per channel, and the
 DiT learns the rectified flow from Gaussian noise (t = 0) to those latents (t = 1) by regressing the velocity
 `latents - noise` at times drawn from the training distribution set by `GeneratorTrainingArguments`; labels are dropped
 to the null class with probability `label_dropout` so that classifier-free guidance works. The `Trainer` runs it
@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,11 +26,11 @@ from diffusers import DiTTransformer2DModel
 from diffusers.models.embeddings import LabelEmbedding
 from diffusers.training_utils import EMAModel
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .data import check_images
+from .hardware import cpu_bf16_support
 from .io import last_complete_checkpoint
 from .modeling import UniFlowModel
 from .modeling.configuration_uniflow import FLOW_TIMESTEP_DISTRIBUTIONS
@@ -60,6 +59,13 @@ class GeneratorTrainingArguments(TrainingArguments):
         metadata={
             "help": "samples per optimisation step over all processes: sets --per_device_train_batch_size to it / "
             "(processes x gradient_accumulation_steps), which must divide it"
+        },
+    )
+    train_sampling_strategy: str = field(
+        default="sequential",
+        metadata={
+            "help": "read the training samples in order (the only choice: the stream decides every step's samples)",
+            "choices": ["sequential"],
         },
     )
     image_column: str = field(default="image", metadata={"help": "the dataset column holding the images"})
@@ -150,6 +156,11 @@ class GeneratorTrainingArguments(TrainingArguments):
             raise ValueError("`transformer_kwargs` size a new DiT; with `init_generator` the size is that DiT's.")
         if not isinstance(self.add_layers, int) or isinstance(self.add_layers, bool) or self.add_layers < 0:
             raise ValueError(f"`add_layers` must be a non-negative integer, got {self.add_layers!r}.")
+        if self.train_sampling_strategy != "sequential":
+            raise ValueError(
+                f"`train_sampling_strategy` must be 'sequential' (the training stream shuffles the images and decides "
+                f"every step's samples itself), got {self.train_sampling_strategy!r}."
+            )
         if self.warmup_steps and self.lr_scheduler_type == "constant":
             raise ValueError("`lr_scheduler_type='constant'` has no warm-up; use 'constant_with_warmup' for `warmup_steps`.")
         self.training_noise_scheduler()  # checks the timestep settings
@@ -292,27 +303,38 @@ def dataset_id2label(dataset, label_column: str) -> dict[int, str]:
     return {class_id: str(class_id) for class_id in range(max(labels) + 1)}
 
 
-def _encoded_batches(tokenizer: UniFlowModel, dataset, image_column: str, batch_size: int, progress: bool = True):
-    """Latents (batch, tokens, latent_channels) of `dataset`'s images, batch by batch (float32, on the CPU)."""
+def _encode_images(tokenizer: UniFlowModel, processor, images) -> torch.Tensor:
+    """Latents (batch, tokens, latent_channels) of a batch of images (float32, on the CPU)."""
+    pixel_values = processor(images, return_tensors="pt").pixel_values
+    with torch.no_grad():
+        return tokenizer.encode(pixel_values.to(device=tokenizer.device, dtype=tokenizer.dtype)).float().cpu()
+
+
+def _check_image_column(dataset, image_column: str) -> None:
     if image_column not in dataset.column_names:
         raise ValueError(f"No image column {image_column!r} in the dataset; its columns are {dataset.column_names}.")
-    processor = default_image_processor(tokenizer)
-    for start in tqdm(range(0, len(dataset), batch_size), desc="Encoding images", disable=not progress):
-        images = dataset[start : start + batch_size][image_column]
-        pixel_values = processor(images, return_tensors="pt").pixel_values
-        with torch.no_grad():
-            yield tokenizer.encode(pixel_values.to(device=tokenizer.device, dtype=tokenizer.dtype)).float().cpu()
 
 
 def encode_dataset(tokenizer: UniFlowModel, dataset, image_column: str, batch_size: int = 64) -> torch.Tensor:
     """Latents (num_images, tokens, latent_channels) of every image of `dataset` (float32, on the CPU)."""
-    return torch.cat(list(_encoded_batches(tokenizer, dataset, image_column, batch_size)))
+    _check_image_column(dataset, image_column)
+    processor = default_image_processor(tokenizer)
+    return torch.cat([
+        _encode_images(tokenizer, processor, dataset[start : start + batch_size][image_column])
+        for start in range(0, len(dataset), batch_size)
+    ])
 
 
-def latent_statistics(latents: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation of latents (..., latent_channels)."""
-    flat = latents.reshape(-1, latents.shape[-1]).double()
-    return flat.mean(0).tolist(), flat.std(0).clamp_min(1e-6).tolist()
+def latent_statistics(latents) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of latents (..., latent_channels): one tensor, or an iterable of
+    tensors (batches of a dataset too large to hold at once)."""
+    count, total, total_of_squares = 0, 0.0, 0.0
+    for batch in [latents] if isinstance(latents, torch.Tensor) else latents:
+        flat = batch.reshape(-1, batch.shape[-1]).double()
+        count, total, total_of_squares = count + len(flat), total + flat.sum(0), total_of_squares + flat.square().sum(0)
+    mean = total / count
+    variance = (total_of_squares - count * mean.square()) / max(count - 1, 1)
+    return mean.tolist(), variance.clamp_min(0).sqrt().clamp_min(1e-6).tolist()
 
 
 def _label_embeddings(transformer: nn.Module) -> list[LabelEmbedding]:
@@ -322,16 +344,14 @@ def _label_embeddings(transformer: nn.Module) -> list[LabelEmbedding]:
 
 
 # ------------------------------------------------------------------------------------------------ latent cache
-LATENT_CACHE_INFO = "latent_cache.json"
-
-
 def tokenizer_fingerprint(tokenizer: UniFlowModel) -> str:
     """A hash of what decides a tokenizer's latents: its config (less bookkeeping entries), its image processor and
     every weight (the distillation teacher aside)."""
     digest = hashlib.sha256()
     config = {
         key: value for key, value in tokenizer.config.to_dict().items()
-        if not key.startswith("_") and key not in ("architectures", "dtype", "torch_dtype", "transformers_version")
+        if not key.startswith("_")
+        and key not in ("architectures", "auto_map", "dtype", "torch_dtype", "transformers_version")
     }
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     digest.update(default_image_processor(tokenizer).to_json_string().encode())
@@ -348,7 +368,7 @@ class LatentCache:
     """
     Args:
         latents (`datasets.Dataset`): columns `latents` (tokens, latent_channels) float32 and `label`, one row per
-            image in the dataset's order, memory-mapped from the cache folder (in torch format).
+            image in the dataset's order, memory-mapped from the cache file (in torch format).
         latent_mean, latent_std (`list[float]`): per-channel statistics of all the latents.
     """
 
@@ -357,123 +377,73 @@ class LatentCache:
     latent_std: list[float]
 
 
-def _cache_key(tokenizer: UniFlowModel, dataset, image_column: str, label_column: str) -> dict[str, Any]:
-    return {
-        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-        "dataset_fingerprint": getattr(dataset, "_fingerprint", None),
-        "num_rows": len(dataset),
-        "image_column": image_column,
-        "label_column": label_column,
-    }
+def latent_cache_fingerprint(tokenizer: UniFlowModel, dataset, image_column: str, label_column: str) -> str:
+    """The `datasets` fingerprint of the latents: a hash of the tokenizer (`tokenizer_fingerprint`), of the dataset
+    (its own fingerprint) and of the columns read, so that another tokenizer or dataset never reuses them."""
+    key = [tokenizer_fingerprint(tokenizer), dataset._fingerprint, image_column, label_column]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
 
 
-def _read_latent_cache(cache_dir: str, key: dict[str, Any]) -> LatentCache:
-    import datasets
-
-    with open(os.path.join(cache_dir, LATENT_CACHE_INFO)) as handle:
-        info = json.load(handle)
-    if info["tokenizer_fingerprint"] != key["tokenizer_fingerprint"]:
-        raise ValueError(
-            f"The latent cache {cache_dir} was made by another tokenizer (weights or config differ: fingerprint "
-            f"{info['tokenizer_fingerprint'][:12]}..., this one's {key['tokenizer_fingerprint'][:12]}...). Pass "
-            "another `latent_cache_dir` (--latent_cache_dir) or delete that folder."
-        )
-    found = {name: info.get(name) for name in key if name != "tokenizer_fingerprint"}
-    expected = {name: value for name, value in key.items() if name != "tokenizer_fingerprint"}
-    if found != expected:
-        raise ValueError(
-            f"The latent cache {cache_dir} was made from another dataset ({found}; this one is {expected}). Pass "
-            "another `latent_cache_dir` (--latent_cache_dir) or delete that folder."
-        )
-    shards = [datasets.Dataset.from_file(os.path.join(cache_dir, name)) for name in info["shards"]]
-    latents = datasets.concatenate_datasets(shards).with_format("torch")
-    return LatentCache(latents, info["latent_mean"], info["latent_std"])
-
-
-def _write_latent_shard(tokenizer, dataset, args: GeneratorTrainingArguments, path: str, rank: int, world_size: int):
-    """Encode this process's contiguous share of `dataset` into the Arrow file `path`; per-channel sums beside it."""
-    import datasets
-    from datasets.arrow_writer import ArrowWriter
-
-    start, end = rank * len(dataset) // world_size, (rank + 1) * len(dataset) // world_size
-    shard = dataset.select(range(start, end))
-    shape = (tokenizer.config.grid_size**2, tokenizer.config.latent_channels)
-    features = datasets.Features(
-        {"latents": datasets.Array2D(shape, "float32"), "label": datasets.Value("int64")}
-    )
-    sums = torch.zeros(2, shape[1], dtype=torch.float64)
-    labels = list(shard[args.label_column])
-    with ArrowWriter(features=features, path=path) as writer:
-        offset = 0
-        for latents in _encoded_batches(tokenizer, shard, args.image_column, args.encode_batch_size, rank == 0):
-            flat = latents.reshape(-1, shape[1]).double()
-            sums += torch.stack([flat.sum(0), flat.square().sum(0)])
-            writer.write_batch({"latents": latents.numpy(), "label": labels[offset : offset + len(latents)]})
-            offset += len(latents)
-        writer.finalize()
-    with open(path + ".sums.json", "w") as handle:
-        totals = {"count": (end - start) * shape[0], "sum": sums[0].tolist(), "sum_of_squares": sums[1].tolist()}
-        json.dump(totals, handle)
+def _check_cache_folder(cache_dir: str) -> None:
+    """Refuse, before any work, a latent cache folder that cannot be made or written."""
+    try:
+        os.makedirs(os.path.dirname(cache_dir), exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"Cannot create the latent cache folder {cache_dir}: {error}") from error
+    if os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
+        raise ValueError(f"Cannot create the latent cache folder {cache_dir}: a file has that name.")
+    folder = cache_dir if os.path.isdir(cache_dir) else os.path.dirname(cache_dir)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"Cannot write the latent cache {cache_dir}: the folder {folder} is not writable.")
 
 
 def build_latent_cache(
     tokenizer: UniFlowModel, dataset, args: GeneratorTrainingArguments, cache_dir: str | os.PathLike
 ) -> LatentCache:
-    """The tokenizer's latents of every image of `dataset`, with the labels, in an Arrow dataset on disk at
-    `cache_dir` (memory-mapped: processes read it without a copy in their memory).
+    """The tokenizer's latents of every image of `dataset`, with the labels: `dataset.map` encodes them
+    (`args.encode_batch_size` images at a time) into the Arrow file `cache_dir/latents-FINGERPRINT.arrow`,
+    memory-mapped (processes read it without a copy in their memory), and the per-channel statistics are read from it.
 
-    A folder made before for the same tokenizer (same weights and config) and dataset is reused; one made by another
-    tokenizer or from another dataset is an error. Otherwise every process encodes its own contiguous share of the
-    images (`args.encode_batch_size` at a time) into a temporary folder beside `cache_dir`, renamed to `cache_dir` once
-    complete, so that a run killed while encoding leaves no half-written cache; every image is opened first
-    (`data.check_images`), so that an unreadable one stops the build before it starts, named. All processes need
-    `cache_dir` on a filesystem they share."""
+    The fingerprint (`latent_cache_fingerprint`) hashes the tokenizer's weights and config and the dataset's
+    fingerprint: a later run of the same tokenizer on the same dataset reuses the file without encoding, another
+    tokenizer or dataset gets a file of its own. `datasets` writes the file under a temporary name and renames it once
+    complete, so a run killed while encoding leaves no half-written cache. Before encoding, the folder is checked to be
+    writable and every image is opened (`data.check_images`), so that an unreadable one stops the build, named.
+    Under several processes the main process encodes (`main_process_first`) and the others then read its file, so
+    `cache_dir` must be on a filesystem they share."""
     from accelerate import PartialState
+    from datasets import Array2D, Features, Value
+
+    _check_image_column(dataset, args.image_column)
+    fingerprint = latent_cache_fingerprint(tokenizer, dataset, args.image_column, args.label_column)
+    cache_dir = os.path.abspath(os.fspath(cache_dir))
+    cache_file = os.path.join(cache_dir, f"latents-{fingerprint}.arrow")
+    if not os.path.isfile(cache_file):  # every process checks, before any of them waits for another
+        _check_cache_folder(cache_dir)
+        check_images(dataset, args.image_column)  # an unreadable image, named, before any encoding
+    processor = default_image_processor(tokenizer)
+    shape = (tokenizer.config.grid_size**2, tokenizer.config.latent_channels)
+
+    def encode(images, labels):
+        return {"latents": _encode_images(tokenizer, processor, images).numpy(), "label": labels}
 
     state = PartialState()
-    cache_dir = os.path.abspath(os.fspath(cache_dir))
-    key = _cache_key(tokenizer, dataset, args.image_column, args.label_column)
-    if os.path.isfile(os.path.join(cache_dir, LATENT_CACHE_INFO)):
-        return _read_latent_cache(cache_dir, key)
-    if os.path.exists(cache_dir) and (not os.path.isdir(cache_dir) or os.listdir(cache_dir)):
-        raise ValueError(f"{cache_dir} exists and is not a latent cache: pass an empty or new `latent_cache_dir`.")
-    parent = os.path.dirname(cache_dir)
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as error:
-        raise ValueError(f"Cannot create the latent cache folder {cache_dir}: {error}") from error
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"Cannot write the latent cache {cache_dir}: its folder {parent} is not writable.")
-
-    check_images(dataset, args.image_column)  # an unreadable image, named, before any encoding
-    partial = cache_dir + ".incomplete"
-    if state.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)  # what a killed run left
-        os.makedirs(partial)
-    state.wait_for_everyone()
-    names = [f"shard-{rank:05d}-of-{state.num_processes:05d}.arrow" for rank in range(state.num_processes)]
-    _write_latent_shard(
-        tokenizer, dataset, args, os.path.join(partial, names[state.process_index]), state.process_index,
-        state.num_processes,
-    )
-    state.wait_for_everyone()
-    if state.is_main_process:
-        totals = torch.zeros(3, tokenizer.config.latent_channels, dtype=torch.float64)
-        for name in names:
-            with open(os.path.join(partial, name + ".sums.json")) as handle:
-                sums = json.load(handle)
-            totals += torch.tensor([[sums["count"]] * totals.shape[1], sums["sum"], sums["sum_of_squares"]])
-        count, total, total_of_squares = totals
-        mean = total / count
-        std = ((total_of_squares - count * mean.square()) / (count - 1).clamp_min(1)).clamp_min(0).sqrt()
-        info = {**key, "shards": names, "latent_mean": mean.tolist(), "latent_std": std.clamp_min(1e-6).tolist()}
-        with open(os.path.join(partial, LATENT_CACHE_INFO), "w") as handle:
-            json.dump(info, handle, indent=2)
-        if os.path.isdir(cache_dir):
-            os.rmdir(cache_dir)  # empty (checked above)
-        os.rename(partial, cache_dir)
-    state.wait_for_everyone()
-    return _read_latent_cache(cache_dir, key)
+    with state.main_process_first():  # the others wait, then find the main process's file
+        os.makedirs(cache_dir, exist_ok=True)
+        latents = dataset.map(
+            encode,
+            batched=True,
+            batch_size=args.encode_batch_size,
+            input_columns=[args.image_column, args.label_column],
+            remove_columns=dataset.column_names,
+            features=Features({"latents": Array2D(shape, "float32"), "label": Value("int64")}),
+            cache_file_name=cache_file,
+            load_from_cache_file=True,
+            new_fingerprint=fingerprint,
+            desc="Encoding images",
+        ).with_format("torch")
+    mean, std = latent_statistics(batch["latents"] for batch in latents.iter(batch_size=args.encode_batch_size))
+    return LatentCache(latents, mean, std)
 
 
 # ------------------------------------------------------------------------------------------------ the training
@@ -557,16 +527,13 @@ class GeneratorFlowMatchingModel(nn.Module):
 
 
 class GeneratorTrainer(Trainer):
-    """A `Trainer` for `GeneratorFlowMatchingModel` on a `GeneratorTrainingStream`: the stream is read in order
-    (the samples of each step are decided by the stream, not by a sampler), and the loss of every micro-batch is kept
-    for `step_losses`."""
+    """A `Trainer` for `GeneratorFlowMatchingModel` on a `GeneratorTrainingStream` (read in order:
+    `train_sampling_strategy="sequential"`, so that the stream decides the samples of each step) that keeps the loss
+    of every micro-batch for `step_losses`."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._micro_batch_losses: list[torch.Tensor] = []
-
-    def _get_train_sampler(self, train_dataset=None):
-        return torch.utils.data.SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
@@ -601,12 +568,6 @@ class _EMACallback(TrainerCallback):
 EMA_STATE_NAME = "ema.pt"
 
 
-def _cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); elsewhere it is emulated, ~100x slower."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
 def _check_precision(args: GeneratorTrainingArguments) -> None:
     if args.device.type != "cpu":
         return
@@ -614,10 +575,13 @@ def _check_precision(args: GeneratorTrainingArguments) -> None:
         raise ValueError(
             "fp16 mixed precision needs a GPU: drop --fp16 (or use --bf16 on a CPU with bfloat16 support)."
         )
-    if args.bf16 and not _cpu_has_native_bf16():
+    if not args.bf16:
+        return
+    fast_bf16, why = cpu_bf16_support()
+    if not fast_bf16:
         raise ValueError(
-            "This CPU has no bfloat16 arithmetic (neither AVX512-BF16 nor AMX): --bf16 would run emulated, about 100x "
-            "slower than float32. Drop --bf16 here, or train on a GPU or a CPU with bfloat16 support."
+            f"This CPU has no bfloat16 arithmetic, so --bf16 would run emulated ({why}). Drop --bf16 here, or train "
+            "on a GPU or a CPU with bfloat16 support."
         )
 
 
@@ -826,6 +790,7 @@ __all__ = [
     "dataset_id2label",
     "deepen_generator_transformer",
     "encode_dataset",
+    "latent_cache_fingerprint",
     "latent_statistics",
     "load_generator_transformer",
     "tokenizer_fingerprint",
