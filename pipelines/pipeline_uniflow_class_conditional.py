@@ -272,8 +272,8 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         guide = " and a guide DiT for autoguidance" if self.guide_transformer is not None else ""
         return (
             f"a class-conditional UniFlow pipeline for {self.num_classes} classes ({', '.join(names)}): a "
-            f"{config.num_layers}-layer latent DiT{guide} samples latents for a class label, which "
-            f"{self.tokenizer_facts()}, turns into images"
+            f"{config.num_layers}-layer latent DiT{guide} samples latents for a class label, and "
+            f"{self.tokenizer_facts()} decodes them to images with its patch-wise pixel flow decoder"
         )
 
     @classmethod

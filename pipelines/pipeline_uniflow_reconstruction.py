@@ -48,7 +48,10 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         self.register_modules(tokenizer=tokenizer, scheduler=scheduler, image_processor=image_processor)
 
     def card_description(self) -> str:
-        return f"a UniFlow reconstruction pipeline: images are encoded to latents and decoded back by {self.tokenizer_facts()}"
+        return (
+            f"a UniFlow reconstruction pipeline: {self.tokenizer_facts()} encodes images to latents and decodes them "
+            "back with its patch-wise pixel flow decoder"
+        )
 
     @torch.no_grad()
     def __call__(

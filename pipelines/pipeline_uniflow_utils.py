@@ -72,10 +72,12 @@ def check_scheduler(name: str, scheduler) -> None:
 
 def package_model_cards():
     """`uniflow_hf`'s card writer, or `None` where only the code saved beside a pipeline is loaded (no card then)."""
-    try:
-        return importlib.import_module("uniflow_hf.modeling.model_card_uniflow")
-    except ImportError:
-        return None
+    for module_name in ("uniflow_hf.model_card", "uniflow_hf.modeling.model_card_uniflow"):
+        try:
+            return importlib.import_module(module_name)
+        except ImportError:
+            continue
+    return None
 
 
 class UniFlowPipelineMixin:
@@ -167,11 +169,12 @@ class UniFlowPipelineMixin:
         card.save(os.path.join(folder, cards.MODEL_CARD_NAME))
 
     def tokenizer_facts(self) -> str:
+        """The saved tokenizer, in words, from its config."""
         config = self.tokenizer.config
         return (
-            f"a UniFlow tokenizer for {config.image_size}x{config.image_size} images: {config.patch_size}x"
-            f"{config.patch_size} patches, a {config.latent_channels}-channel latent per patch "
-            f"({config.grid_size}x{config.grid_size} latents), decoded by its patch-wise pixel flow decoder"
+            f"a UniFlow tokenizer of {config.image_size}x{config.image_size} images ({config.patch_size}x"
+            f"{config.patch_size} patches, one latent of {config.latent_channels} channels per patch, "
+            f"{config.grid_size}x{config.grid_size} latents per image)"
         )
 
     def card_usage(self) -> str:
