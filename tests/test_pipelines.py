@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -833,3 +834,23 @@ def test_push_to_hub_uploads_our_card(reconstruction_pipeline, tmp_path):
     assert create_repo.call_args.args == ("uniflow-reconstruction",)
     assert uploaded["repo_id"] == "someone/uniflow-reconstruction"
     assert "UniFlowReconstructionPipeline" in uploaded["card"] and "trust_remote_code=True" in uploaded["card"]
+
+
+def test_shipped_folder_carries_the_package_code():
+    """The code saved in the shipped pipeline folder is the package's: a change to it needs a re-save
+    (`python conversion_scripts/resave_pipeline.py uniflow_hf/models/uniflow-fmnist`)."""
+    import uniflow_hf
+    from uniflow_hf.pipelines import packaged_class
+    from uniflow_hf.pipelines.pipeline_uniflow_utils import module_code_files
+
+    folder = Path(uniflow_hf.FMNIST_MODEL_PATH)
+    model_index = json.loads((folder / "model_index.json").read_text())
+    code = {"": model_index["_class_name"]}  # subfolder -> [module file, class]
+    component_names = UniFlowClassConditionalPipeline._get_signature_keys(UniFlowClassConditionalPipeline)[0]
+    code.update({name: model_index[name] for name in component_names if model_index[name][0] not in ("diffusers", None)})
+    assert sorted(code) == ["", "decoder_scheduler", "image_processor", "scheduler", "tokenizer"]
+    for subfolder, (module_file, class_name) in code.items():
+        module = sys.modules[packaged_class(module_file, class_name).__module__]
+        for file_name, source in module_code_files(module).items():
+            saved = folder / subfolder / file_name
+            assert saved.read_text() == Path(source).read_text(), f"{saved} is not the package's {source}"
