@@ -1,5 +1,8 @@
 """Convert an official UniFlow release folder (config.json + model.safetensors, single or sharded, usually bf16)
-into a clean uniflow-hf folder: our config format, our parameter names, one dtype, plus a preprocessor config.
+into a clean uniflow-hf folder: our config format, our parameter names, one dtype, plus a preprocessor config. Like
+the release, it loads without uniflow-hf through `trust_remote_code=True`: the release's `auto_map` (to its own
+code) becomes ours, to the code saved beside the weights (`AutoModelForImageToImage` for the tokenizer, `AutoModel`
+for its encoder, `AutoImageProcessor`).
 
     python conversion_scripts/convert_uniflow_original_to_hf.py --input OFFICIAL_DIR --output OUT_DIR \
         [--dtype float32|bfloat16|float16] [--verify]

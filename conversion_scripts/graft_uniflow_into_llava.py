@@ -17,8 +17,12 @@ LLaVA initialises it) unless `--keep-projector` is given and the old one fits th
 the UniFlow `vision_config`, `vision_feature_layer` (default: the LLaVA's own, or -1, the latent tokens, with
 `--vision-feature-source latent`), the strategy and `image_seq_length`; the processor becomes a `LlavaProcessor` with
 `UniFlowImageProcessor` (processor_config.json, preprocessor_config.json, tokenizer files). It loads with plain
-`LlavaForConditionalGeneration.from_pretrained(OUT_DIR)` once `uniflow_hf` is imported; unless `--no-verify`, the
-script loads it so and checks that every weight is there.
+`LlavaForConditionalGeneration.from_pretrained(OUT_DIR)` once `uniflow_hf` is imported, and without uniflow-hf with
+`AutoModelForImageTextToText` / `AutoProcessor.from_pretrained(OUT_DIR, trust_remote_code=True)`: the folder holds
+the code (`modeling_uniflow_llava.py` and its siblings, `image_processing_uniflow.py`) and the `auto_map`s pointing
+at it. Unless `--no-verify`, the script loads it with the package and checks that every weight is there. To re-save
+it with its code, load it with `uniflow_hf.UniFlowLlavaForConditionalGeneration` (a `LlavaForConditionalGeneration`);
+a plain `LlavaForConditionalGeneration` saves the `auto_map` but not the files it names.
 """
 
 from __future__ import annotations
@@ -223,11 +227,12 @@ def graft_uniflow_into_llava(
     """Write to `output_dir` the LLaVA of `llava_dir` with UniFlow's encoder (of `uniflow_dir`) as its tower; see
     the module docstring. Returns `output_dir`."""
     from huggingface_hub import save_torch_state_dict
-    from transformers import LlavaConfig
+    from transformers.dynamic_module_utils import custom_object_save
 
     import uniflow_hf  # noqa: F401  (registers UniFlowConfig / UniFlowVisionModel with the Auto classes)
     from uniflow_hf.llava import check_vision_feature_select_strategy, num_image_features
-    from uniflow_hf.modeling.model_card_uniflow import hub_repo_id, save_model_card
+    from uniflow_hf.model_card import model_card
+    from uniflow_hf.modeling.modeling_uniflow_llava import UniFlowLlavaConfig, UniFlowLlavaForConditionalGeneration
 
     llava_dir, uniflow_dir, output_dir = Path(llava_dir), Path(uniflow_dir), Path(output_dir)
     if output_dir.resolve() in (llava_dir.resolve(), uniflow_dir.resolve()):
@@ -250,7 +255,7 @@ def graft_uniflow_into_llava(
         vision_feature_select_strategy=strategy,
         dtype=str(language_model_dtype).removeprefix("torch."),
     )
-    config = LlavaConfig.from_dict(config_dict)
+    config = UniFlowLlavaConfig.from_dict(config_dict)
     config.image_seq_length = num_image_features(config)
     config.architectures = ["LlavaForConditionalGeneration"]
 
@@ -260,16 +265,19 @@ def graft_uniflow_into_llava(
     new_state_dict.update(_projector_state_dict(config, state_dict, keep_projector, language_model_dtype, seed))
 
     output_dir.mkdir(parents=True, exist_ok=True)
+    # The code beside the weights: the config's save copies modeling_uniflow_llava.py and its siblings and writes
+    # `auto_map` for AutoConfig; the model class adds its own entry to the same `auto_map`.
+    with torch.device("meta"):
+        model = UniFlowLlavaForConditionalGeneration(config)
+    custom_object_save(model, output_dir, config=config)
     config.save_pretrained(output_dir)
     save_torch_state_dict(new_state_dict, output_dir, max_shard_size="5GB")
     if (llava_dir / "generation_config.json").is_file():
         shutil.copy(llava_dir / "generation_config.json", output_dir / "generation_config.json")
     _save_processor(llava_dir, uniflow_dir, output_dir, config, tower)
-    save_model_card(
-        output_dir, title="LLaVA with a UniFlow vision tower", library_name="transformers",
-        pipeline_tag="image-text-to-text", tags=("llava", "vision-encoder"), base_model=hub_repo_id(llava_dir),
-        description=f"a LLaVA model whose vision tower is the UniFlow encoder of {uniflow_dir.name}",
-    )
+    if not (output_dir / "README.md").exists():
+        model.name_or_path = str(llava_dir)  # the card's base_model when it names a Hub repository
+        model_card(model).save(output_dir / "README.md")
     if verify:
         verify_grafted(output_dir)
     return output_dir

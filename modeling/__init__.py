@@ -14,6 +14,7 @@ from .modeling_uniflow import (
     unpatchify,
 )
 from .loss_uniflow import adaptive_distillation_loss
+from .modeling_uniflow_llava import UniFlowLlavaConfig, UniFlowLlavaForConditionalGeneration
 
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "UniFlowTrainingOutput",
     "UniFlowPreTrainedModel",
     "UniFlowVisionModel",
+    "UniFlowLlavaConfig",
+    "UniFlowLlavaForConditionalGeneration",
     "adaptive_distillation_loss",
     "patchify",
     "unpatchify",

@@ -86,7 +86,13 @@ def test_saved_folder_uses_our_names_and_keeps_parity(official_tiny_dir, fixture
     assert "latent_proj.fc1.weight" in keys and "flow_head.res_blocks.0.modulation.weight" in keys
     assert not any(k.startswith(("chal_", "flow_head.net.")) or "pos_embed" in k for k in keys)
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["model_type"] == "uniflow" and "auto_map" not in config
+    assert config["model_type"] == "uniflow"
+    # The official release's auto_map (its remote code) is replaced by ours, to the code saved beside the weights.
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_uniflow.UniFlowConfig",
+        "AutoModel": "modeling_uniflow.UniFlowVisionModel",
+        "AutoModelForImageToImage": "modeling_uniflow.UniFlowModel",
+    }
     model = UniFlowModel.from_pretrained(tmp_path).eval()
     tower = UniFlowVisionModel.from_pretrained(tmp_path).eval()  # the tower reads a full-model folder too
     check_against_official(model, tower, *fixture_tensors)

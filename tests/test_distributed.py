@@ -1,6 +1,7 @@
 """Data-parallel training gives the result of one process holding the global batch.
 
-`torchrun --nproc_per_node 2` (gloo on CPU, per-device batch 2) and one process (batch 4) train the same model on
+`torchrun --nproc_per_node 2` (gloo on CPU, per-device batch 2, `TrainingArguments` without `use_cpu`: a launch on a
+machine without an accelerator shards by itself) and one process (batch 4) train the same model on
 the same 4 images for 3 steps and must end with the same weights. That holds because every random draw of a
 sample (augmentation, flow noise, timesteps) is keyed by (seed, epoch, sample index) in `UniFlowTrainingDataset`
 (by the position in the stream in `UniFlowIterableTrainingDataset`, whose processes read their own part), the
@@ -50,7 +51,7 @@ def build_dataset():
     return datasets.Dataset.from_dict({"image": images}).cast_column("image", datasets.Image())
 
 
-def train(output_dir, per_device_batch, data="map_style"):
+def train(output_dir, per_device_batch, data="map_style", use_cpu=True):
     """3 SGD steps (a linear optimizer, so that the comparison measures the gradients, not Adam's normalisation) on
     the images as `data`: "map_style"; "stream", a one-shard `datasets.IterableDataset`, which 2 processes split
     example by example (process r reads samples r, r + 2...: each global batch is the single process's batch);
@@ -60,7 +61,7 @@ def train(output_dir, per_device_batch, data="map_style"):
 
     args = training_args(
         output_dir, per_device_train_batch_size=per_device_batch, max_steps=NUM_STEPS, optim="sgd",
-        learning_rate=0.2, lr_scheduler_type="constant",
+        learning_rate=0.2, lr_scheduler_type="constant", use_cpu=use_cpu,
     )
     dataset = build_dataset().select([0, 2, 1, 3]) if data == "interleaved" else build_dataset()
     if data.startswith("stream"):
@@ -108,7 +109,7 @@ def test_logs_average_over_the_group_the_model_reduces_over(tmp_path):
 
 
 def train_worker(output_dir, per_device_batch, data):
-    trainer = train(output_dir, int(per_device_batch), data)
+    trainer = train(output_dir, int(per_device_batch), data, use_cpu=False)  # no flag: a CPU launch shards by itself
     if trainer.is_world_process_zero():
         from safetensors.torch import save_file
 

@@ -1,7 +1,8 @@
 """Multi-process generator training gives the result of one process holding the global batch.
 
-`torchrun --nproc_per_node 2` (gloo on CPU, per-device batch 2) and one process (batch 4) train the same DiT on the
-same 6 images for 3 steps and must end with the same losses and weights, while one process at batch 2 does not.
+`torchrun --nproc_per_node 2` (gloo on CPU, per-device batch 2, no `use_cpu`: the launch shards by itself) and one
+process (batch 4) train the same DiT on the same 6 images for 3 steps and must end with the same losses and weights,
+while one process at batch 2 does not.
 That holds because `GeneratorTrainingStream` decides every step's samples and their noise, flow times and label
 dropout from (seed, step, sample number) alone; each process reads its own part of every global batch. The two
 processes also build the latent cache together (one shard each), which the one-process runs then reuse.
@@ -112,7 +113,7 @@ if __name__ == "__main__":  # one torchrun worker
 
     error = ""
     try:
-        train(output_dir, global_batch_size=6, gradient_accumulation_steps=4)
+        train(output_dir, global_batch_size=6, gradient_accumulation_steps=4, use_cpu=False)
     except ValueError as caught:
         error = str(caught)
     read, getitems = [], GeneratorTrainingStream.__getitems__
@@ -122,7 +123,7 @@ if __name__ == "__main__":  # one torchrun worker
         return getitems(stream, positions)
 
     with mock.patch.object(GeneratorTrainingStream, "__getitems__", autospec=True, side_effect=record):
-        result = train(output_dir, per_device_train_batch_size=per_device_batch)
+        result = train(output_dir, per_device_train_batch_size=per_device_batch, use_cpu=False)  # no flag: shards
     rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
     (output_dir / f"positions-{rank}.json").write_text(json.dumps(read))
     if rank == 0:

@@ -495,7 +495,7 @@ def test_train_generator_command(tiny_model, tmp_path, monkeypatch, capsys):
     # continuing from that pipeline's DiT (its size, not --transformer_kwargs), reusing the first run's latents
     argv = ["train-generator", "--tokenizer", str(tokenizer_dir), "--dataset", str(tmp_path / "saved"), "--seed", "1",
             "--output_dir", str(tmp_path / "continued"), "--max_steps", "1", "--per_device_train_batch_size", "4",
-            "--latent_cache_dir", str(tmp_path / "generator" / "latent_cache"), *quiet]
+            "--latent_cache_dir", str(tmp_path / "generator" / "latent_cache"), "--overwrite_output_dir", *quiet]
     assert cli_main([*argv, "--init_generator", str(tmp_path / "generator"), "--learning_rate", "0"]) == 0
     continued = DiffusionPipeline.from_pretrained(tmp_path / "continued")
     for name, parameter in continued.transformer.state_dict().items():

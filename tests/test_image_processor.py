@@ -92,6 +92,14 @@ def test_crop_offset_rounds_half_to_even():
     np.testing.assert_array_equal(np.round(out * 255).astype(np.uint8), halved[:, 6:38].transpose(2, 0, 1))
 
 
+def test_rescale_is_the_release_to_tensor_for_every_8bit_level():
+    # The release's ToTensor divides uint8 values by 255 in float32: every level must give exactly those bits.
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    out = native(UniFlowImageProcessor(), levels, return_tensors="np")[0]
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, np.broadcast_to(levels.astype(np.float32) / np.float32(255), (3, 16, 16)))
+
+
 def test_defaults():
     processor = UniFlowImageProcessor()
     assert dict(processor.size) == {"shortest_edge": 448}
@@ -341,7 +349,7 @@ def _nan_float_image():
         (42, TypeError, "Unsupported image type int; expected a PIL.Image.Image, a numpy.ndarray"),
         ([np.zeros((8, 8, 3), np.uint8), None], TypeError, "Unsupported image type NoneType"),
         ([], ValueError, "empty list of images"),
-        (np.zeros((0, 8, 8, 3), np.uint8), ValueError, "empty batch"),
+        (np.zeros((0, 8, 8, 3), np.uint8), ValueError, r"shape \(0, 8, 8, 3\).*non-empty batch"),
         (np.zeros(10, np.uint8), ValueError, "1 dimensions .*expected 2"),
         (np.zeros((1, 2, 8, 8, 3), np.uint8), ValueError, "5 dimensions .*expected 2"),
         (np.zeros((8, 8, 2), np.uint8), ValueError, "1, 3 or 4 channels"),
@@ -381,7 +389,7 @@ def test_bad_settings_raise_helpful_errors():
     image = random_rgb(20, 20)
     with pytest.raises(ValueError, match="shortest_edge"):
         UniFlowImageProcessor(size={"height": 16, "width": 16})(image)
-    with pytest.raises(ValueError, match="different sizes"):
+    with pytest.raises(ValueError, match="return_tensors=None"):  # transformers' BatchFeature says so
         UniFlowImageProcessor()(
             [image, random_rgb(10, 20)], do_resize=False, do_center_crop=False, return_tensors="pt"
         )

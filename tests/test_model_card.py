@@ -1,13 +1,18 @@
-"""Model cards (`uniflow_hf.modeling.model_card_uniflow`): saved and converted folders get a README.md with Hugging
-Face YAML metadata when they have none, keep the one they have, and load as before."""
+"""Model cards (`uniflow_hf.model_card`): saved and converted folders get a README.md with Hugging Face YAML metadata
+and the facts of the config saved when they have none, keep the one they have, and load as before; `push_to_hub`
+uploads that card."""
 
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from uniflow_hf.modeling.model_card_uniflow import hub_repo_id
+from conftest import TINY_CONFIG
+
+from uniflow_hf.model_card import hub_repo_id
 
 
 def read_card(path):
@@ -57,6 +62,48 @@ def test_card_names_the_head_and_a_hub_base_model(tiny_config, tmp_path):
     model.save_pretrained(tmp_path)
     metadata, _ = read_card(tmp_path / "README.md")
     assert metadata["pipeline_tag"] == "image-classification" and metadata["base_model"] == "some-org/uniflow-base"
+
+
+def test_card_states_the_saved_config(tmp_path):
+    """A tokenizer with 8 latent channels is described with 8, and the card says how to load it without uniflow-hf."""
+    from uniflow_hf import UniFlowConfig, UniFlowModel, UniFlowVisionModel
+
+    config = UniFlowConfig(**{**TINY_CONFIG, "latent_channels": 8, "num_global_blocks": 1, "num_sampling_steps": 3})
+    UniFlowModel(config).save_pretrained(tmp_path / "tokenizer")
+    metadata, body = read_card(tmp_path / "tokenizer" / "README.md")
+    assert "a latent of 8 channels per patch" in body and not re.search(r"64[ -]channel", body)
+    assert "1 global blocks" in body and "`num_sampling_steps=3`" in body and "32x32 3-channel images in 8x8" in body
+    assert 'AutoModelForImageToImage.from_pretrained("path/to/this/folder", trust_remote_code=True)' in body
+    UniFlowVisionModel(config, add_latent_head=True).save_pretrained(tmp_path / "tower")
+    metadata, body = read_card(tmp_path / "tower" / "README.md")
+    assert metadata["pipeline_tag"] == "image-feature-extraction" and "latents (8 channels per patch)" in body
+
+
+def test_push_to_hub_uploads_our_card(tiny_model, monkeypatch):
+    """`push_to_hub` puts transformers' generic card into the folder it uploads; ours is what is sent."""
+    from unittest import mock
+
+    from huggingface_hub import ModelCard
+    from huggingface_hub.errors import EntryNotFoundError
+    from transformers.utils import hub
+
+    sent = {}
+
+    def upload(self, working_dir, repo_id, *args, **kwargs):
+        sent["README.md"] = (Path(working_dir) / "README.md").read_text()
+
+    def no_card_on_the_hub(*args, **kwargs):
+        raise EntryNotFoundError("no README.md")
+
+    monkeypatch.setattr(hub.PushToHubMixin, "_upload_modified_files", upload)
+    monkeypatch.setattr(ModelCard, "load", no_card_on_the_hub)
+    api = mock.Mock()
+    api.create_repo.return_value.repo_id = "someone/uniflow-tiny"
+    monkeypatch.setattr(hub, "hf_api", lambda: api)
+    tiny_model.push_to_hub("someone/uniflow-tiny")
+    assert "This is the model card of a" not in sent["README.md"]
+    assert "a latent of 8 channels per patch" in sent["README.md"]
+    assert 'AutoModelForImageToImage.from_pretrained("someone/uniflow-tiny", trust_remote_code=True)' in sent["README.md"]
 
 
 def test_hub_repo_id_accepts_only_hub_names(tmp_path):
@@ -110,7 +157,7 @@ def test_converter_writes_a_card(official_tiny_dir, tmp_path):
 
 @pytest.mark.parametrize("missing", ["title", "library_name"])
 def test_card_from_arguments_needs_them(tmp_path, missing):
-    from uniflow_hf.modeling.model_card_uniflow import save_model_card
+    from uniflow_hf.model_card import save_model_card
 
     arguments = dict(title="T", description="d", library_name="transformers", pipeline_tag="image-text-to-text")
     del arguments[missing]

@@ -48,9 +48,10 @@ def assert_same_weights(model, expected, dtype):
 
 
 def settings(component):
-    """The public settings of a component without weights (a scheduler's config, an image processor's)."""
+    """The public settings of a component without weights (a scheduler's config, an image processor's); not the
+    `auto_map` that saving adds (where its code lies)."""
     values = component.to_dict() if hasattr(component, "to_dict") else dict(component.config)
-    return {key: value for key, value in values.items() if not key.startswith("_")}
+    return {key: value for key, value in values.items() if not key.startswith("_") and key != "auto_map"}
 
 
 # ----------------------------------------------------------------------------------------------- variant saves
@@ -329,3 +330,32 @@ def test_auto_model_for_image_classification_builds_and_loads_the_classifier(tmp
     loaded = AutoModelForImageClassification.from_pretrained(tmp_path)
     pixel_values = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(loaded.eval()(pixel_values).logits, model.eval()(pixel_values).logits)
+
+
+@pytest.mark.parametrize("model_class", ["UniFlowVisionModel", "UniFlowModel"])
+def test_adapter_folder_loads_like_clip_adapters(tmp_path, model_class):
+    """peft >= 0.22: `load_adapter(dir)` on the base, and `from_pretrained(adapter_dir)` (the base named in
+    adapter_config.json, then the adapter), give the outputs of the adapted model that was saved."""
+    from peft import LoraConfig, get_peft_model
+
+    import uniflow_hf
+
+    cls = getattr(uniflow_hf, model_class)
+    torch.manual_seed(0)
+    cls(uniflow_hf.UniFlowConfig(**TINY_CONFIG)).save_pretrained(tmp_path / "base")
+    adapted = get_peft_model(
+        cls.from_pretrained(tmp_path / "base"), LoraConfig(r=4, target_modules=["qkv"], init_lora_weights=False)
+    ).eval()
+    adapted.save_pretrained(tmp_path / "adapter")
+    pixel_values = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def run(model):
+        return model(pixel_values).last_hidden_state if model_class == "UniFlowVisionModel" else model.encode(pixel_values)
+
+    with torch.no_grad():
+        expected = run(adapted)
+        base = cls.from_pretrained(tmp_path / "base").eval()
+        assert (run(base) - expected).abs().max() > 1e-4  # the adapter changes the outputs
+        base.load_adapter(tmp_path / "adapter")
+        torch.testing.assert_close(run(base), expected, rtol=0, atol=1e-6)
+        torch.testing.assert_close(run(cls.from_pretrained(tmp_path / "adapter").eval()), expected, rtol=0, atol=1e-6)

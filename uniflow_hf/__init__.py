@@ -2,13 +2,20 @@
 
 Importing this package registers `UniFlowConfig` with `AutoConfig`, `UniFlowVisionModel` with `AutoModel`
 (so it drops into LLaVA as a vision tower), `UniFlowForImageClassification` with `AutoModelForImageClassification`,
+`UniFlowModel` with `AutoModelForImageToImage` (the `auto_map` of saved folders says the same),
 `UniFlowImageProcessor` with `AutoImageProcessor`, and our pipeline
 components with diffusers' loader.
 """
 
 import os
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForImageToImage,
+)
 
 
 # Installed, `modeling/` and `pipelines/` live inside this package. In a source checkout they sit beside it: let
@@ -20,6 +27,7 @@ from .modeling import (
     UniFlowConfig,
     UniFlowForImageClassification,
     UniFlowImageProcessor,
+    UniFlowLlavaForConditionalGeneration,
     UniFlowModel,
     UniFlowModelOutput,
     UniFlowPreTrainedModel,
@@ -37,6 +45,8 @@ from .training import UniFlowIterableTrainingDataset, UniFlowTrainer, UniFlowTra
 from .evaluation import evaluate_reconstruction
 from .hardware import choose_dtype, resolve_dtype
 from .metrics import metric_path
+from .model_card import save_model_card
+from .saving import save_folder_atomically
 
 # diffusers' pipeline loader resolves a component saved as ["uniflow_hf", "<ClassName>"] in model_index.json with
 # `getattr(uniflow_hf, "<ClassName>")`, and picks its load method by testing it against these base classes, which it
@@ -51,9 +61,12 @@ __version__ = "0.1.0"
 # installed package: `UniFlowClassConditionalPipeline.from_pretrained(FMNIST_MODEL_PATH)` works from any directory.
 FMNIST_MODEL_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "uniflow-fmnist")
 
+UniFlowPreTrainedModel.folder_writer = staticmethod(save_folder_atomically)  # atomic saves, FSDP2, README.md
+UniFlowPreTrainedModel.model_card_writer = staticmethod(save_model_card)  # our card on push_to_hub
 AutoConfig.register("uniflow", UniFlowConfig, exist_ok=True)
 AutoModel.register(UniFlowConfig, UniFlowVisionModel, exist_ok=True)
 AutoModelForImageClassification.register(UniFlowConfig, UniFlowForImageClassification, exist_ok=True)
+AutoModelForImageToImage.register(UniFlowConfig, UniFlowModel, exist_ok=True)
 AutoImageProcessor.register(UniFlowConfig, image_processor_classes={"pil": UniFlowImageProcessor}, exist_ok=True)
 register_pipelines_with_diffusers()
 
@@ -61,6 +74,7 @@ __all__ = [
     "UniFlowConfig",
     "UniFlowForImageClassification",
     "UniFlowImageProcessor",
+    "UniFlowLlavaForConditionalGeneration",
     "UniFlowModel",
     "UniFlowModelOutput",
     "UniFlowPreTrainedModel",

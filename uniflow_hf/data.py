@@ -39,6 +39,64 @@ def load_image_dataset(path_or_name: str | os.PathLike, split: str = "train", st
     return _select_split(dataset, path, split)
 
 
+class UnreadableImagesError(ValueError):
+    """Images of a training dataset that PIL cannot read, found before training starts."""
+
+
+def _image_problem(value) -> str | None:
+    """Why the undecoded image `value` (a `datasets.Image(decode=False)` dict of bytes / path) cannot be read."""
+    import io
+
+    from PIL import Image
+
+    if value is None:
+        return "no image (None)"
+    source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value.get("path")
+    try:
+        with Image.open(source) as image:
+            image.verify()  # structure and checksums, without decoding
+        if isinstance(source, io.BytesIO):
+            source.seek(0)
+        with Image.open(source) as image:
+            image.load()  # the pixels (verify alone passes a truncated JPEG)
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def check_images(dataset, image_column: str = "image", skip_unreadable: bool = False, batch_size: int = 256):
+    """Open every image of `dataset`'s `image_column` once, before training: return `dataset` when all are readable;
+    with unreadable ones raise `UnreadableImagesError` naming each (its file, else its row), or with
+    `skip_unreadable` return the dataset without them and log their names.
+
+    Only a `datasets.Dataset` whose column is a `datasets.Image` feature is checked (read undecoded, so each file is
+    opened once, by PIL); streams and columns of decoded arrays are returned as they are (they are read, and any
+    bad one named, as training meets it)."""
+    import datasets
+    from transformers.utils import logging
+
+    if not isinstance(dataset, datasets.Dataset) or not isinstance(dataset.features.get(image_column), datasets.Image):
+        return dataset
+    raw = dataset.cast_column(image_column, datasets.Image(decode=False)).select_columns([image_column])
+    problems = {}
+    for start in range(0, len(raw), batch_size):
+        for offset, value in enumerate(raw[start : start + batch_size][image_column]):
+            problem = _image_problem(value)
+            if problem is not None:
+                name = (value or {}).get("path") or f"row {start + offset}"
+                problems[start + offset] = f"{name} ({problem})"
+    if not problems:
+        return dataset
+    listed = "; ".join(list(problems.values())[:20]) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
+    if not skip_unreadable:
+        raise UnreadableImagesError(
+            f"{len(problems)} of {len(dataset)} images cannot be read: {listed}. Fix or remove them, or pass "
+            "--skip-unreadable to train without them."
+        )
+    logging.get_logger(__name__).warning(f"Skipping {len(problems)} unreadable image(s): {listed}.")
+    return dataset.select([index for index in range(len(dataset)) if index not in problems])
+
+
 def _select_split(dataset, path: str, split: str):
     import datasets
 
@@ -49,4 +107,4 @@ def _select_split(dataset, path: str, split: str):
     return dataset
 
 
-__all__ = ["load_image_dataset"]
+__all__ = ["UnreadableImagesError", "check_images", "load_image_dataset"]

@@ -29,8 +29,10 @@ from diffusers.training_utils import EMAModel
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator, set_seed
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .data import check_images
+from .io import last_complete_checkpoint
 from .modeling import UniFlowModel
 from .modeling.configuration_uniflow import FLOW_TIMESTEP_DISTRIBUTIONS
 from .pipelines import UniFlowClassConditionalPipeline, UniFlowFlowMatchScheduler
@@ -38,7 +40,7 @@ from .pipelines.pipeline_uniflow_class_conditional import (
     check_guidance_interval, check_guidance_rescale, check_guidance_scale, latents_to_grid,
 )
 from .pipelines.pipeline_uniflow_utils import check_num_inference_steps, default_image_processor
-from .training import sample_generator
+from .training import prepare_training_arguments, sample_generator
 
 
 @dataclass
@@ -423,8 +425,9 @@ def build_latent_cache(
     A folder made before for the same tokenizer (same weights and config) and dataset is reused; one made by another
     tokenizer or from another dataset is an error. Otherwise every process encodes its own contiguous share of the
     images (`args.encode_batch_size` at a time) into a temporary folder beside `cache_dir`, renamed to `cache_dir` once
-    complete, so that a run killed while encoding leaves no half-written cache. All processes need `cache_dir` on a
-    filesystem they share."""
+    complete, so that a run killed while encoding leaves no half-written cache; every image is opened first
+    (`data.check_images`), so that an unreadable one stops the build before it starts, named. All processes need
+    `cache_dir` on a filesystem they share."""
     from accelerate import PartialState
 
     state = PartialState()
@@ -442,6 +445,7 @@ def build_latent_cache(
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"Cannot write the latent cache {cache_dir}: its folder {parent} is not writable.")
 
+    check_images(dataset, args.image_column)  # an unreadable image, named, before any encoding
     partial = cache_dir + ".incomplete"
     if state.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)  # what a killed run left
@@ -648,11 +652,10 @@ def _set_batch_and_steps(args: GeneratorTrainingArguments, num_images: int) -> i
 
 
 def _resume_folder(args: GeneratorTrainingArguments, resume_from_checkpoint: str | bool | None) -> str | None:
+    """True: the last completely written checkpoint (with its EMA state when the run averages one)."""
     if resume_from_checkpoint is True:
-        folder = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
-        if folder is None:
-            raise ValueError(f"No checkpoint to resume from in {args.output_dir}.")
-        return folder
+        required = (EMA_STATE_NAME,) if args.ema_decay is not None else ()
+        return last_complete_checkpoint(args.output_dir, required_files=required)
     return os.fspath(resume_from_checkpoint) if resume_from_checkpoint else None
 
 
@@ -701,6 +704,7 @@ def train_generator(
         )
     if len(dataset) == 0:
         raise ValueError("The dataset is empty.")
+    prepare_training_arguments(args)
     _check_precision(args)
     global_batch_size = _set_batch_and_steps(args, len(dataset))
     if resume_from_checkpoint is None:

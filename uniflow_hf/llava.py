@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from transformers import LlavaProcessor, PreTrainedConfig, TrainingArguments
 
+from .io import last_complete_checkpoint
 from .modeling import UniFlowConfig, UniFlowImageProcessor
 
 
@@ -292,8 +293,12 @@ def build_lora_config(
 
 # --------------------------------------------------------------------------------------------------- training
 def _check_training_arguments(training_args) -> None:
+    """The arguments' type and numbers; under a CPU launch, `use_cpu` so that the processes shard."""
+    from .training import prepare_training_arguments
+
     if not isinstance(training_args, TrainingArguments):
         raise TypeError(f"`training_args` must be a transformers.TrainingArguments, got {type(training_args).__name__}.")
+    prepare_training_arguments(training_args)
 
 
 def train_llava(
@@ -320,6 +325,8 @@ def train_llava(
         train_dataset=train_dataset,
         data_collator=collator if collator is not None else LlavaImageQACollator(processor, llava_config=model.config),
     )
+    if resume_from_checkpoint is True:
+        resume_from_checkpoint = last_complete_checkpoint(training_args.output_dir)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer
 
@@ -337,8 +344,8 @@ def finetune_llava_lora(
     """LoRA fine-tuning of a LLaVA-UniFlow (`lora_config` defaults to `build_lora_config()`): wraps `model` with PEFT
     (initialised with `training_args.seed`), trains it with `train_llava`, and saves the adapter (LoRA weights + the
     projector) and the processor to `training_args.output_dir`. Returns the trainer; `trainer.model` is the
-    `PeftModel` (`merge_and_unload()` merges it). Reload with
-    `PeftModel.from_pretrained(LlavaForConditionalGeneration.from_pretrained(base), output_dir)`."""
+    `PeftModel` (`merge_and_unload()` merges it). Reload with `LlavaForConditionalGeneration.from_pretrained(
+    output_dir)` (the base named in adapter_config.json, then the adapter) or `model.load_adapter(output_dir)`."""
     from peft import get_peft_model
     from transformers import set_seed
 

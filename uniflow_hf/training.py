@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,6 +29,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 from transformers.utils import logging
 
+from .io import last_complete_checkpoint
 from .modeling import UniFlowConfig, UniFlowImageProcessor, UniFlowModel
 from .modeling.flow_matching import draw_flow_training_inputs
 from .modeling.loss_uniflow import process_rank_and_world_size, reduce_across_processes
@@ -490,6 +492,116 @@ def apply_lora(model: UniFlowModel, targets: str = "both", r: int = 8, lora_alph
     return get_peft_model(model, lora_config_for(model, targets, r, lora_alpha, **lora_kwargs))
 
 
+# ----------------------------------------------------------------------------------------------- launchers
+def _has_accelerator() -> bool:
+    accelerator = getattr(torch, "accelerator", None)
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+
+
+def _launched_processes() -> int:
+    """The number of processes torchrun / `accelerate launch` started (1 outside a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_cpu_launch(deepspeed: Any = None) -> None:
+    """Refuse the launches that cannot shard on a machine without an accelerator, before any work:
+    `accelerate launch --cpu --num_processes N` (it starts one process: accelerate starts several CPU processes only
+    through MPI) and DeepSpeed (`deepspeed` config, or an accelerate DeepSpeed config). Accelerate's FSDP runs as
+    DDP there, with a warning."""
+    if _has_accelerator():
+        return
+    use_deepspeed = deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if use_deepspeed:
+        import importlib.util
+
+        installed = "is installed" if importlib.util.find_spec("deepspeed") else "is not installed here"
+        raise ValueError(
+            f"DeepSpeed (--deepspeed, or an accelerate DeepSpeed config) runs on GPUs; this machine has none and "
+            f"DeepSpeed {installed}. On CPU launch the same command without it: `torchrun --nproc_per_node N` or "
+            "`accelerate launch --multi_gpu --num_processes N` train data-parallel across the CPU processes."
+        )
+    if _launched_processes() > 1 and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        logger.warning_once(
+            "Accelerate runs FSDP on accelerators only: on this CPU machine the processes train data-parallel "
+            "(DDP), each holding the whole model."
+        )
+    single_cpu_process = os.environ.get("ACCELERATE_USE_CPU", "false").lower() == "true" and "MASTER_ADDR" in os.environ
+    if single_cpu_process and "WORLD_SIZE" not in os.environ and "PMI_SIZE" not in os.environ:
+        raise ValueError(
+            "`accelerate launch --cpu --num_processes N` started this single process (accelerate starts several CPU "
+            "processes only through MPI, with --mpirun_hostfile). Launch N CPU processes with `accelerate launch "
+            "--multi_gpu --num_processes N ...` or `torchrun --nproc_per_node N ...` (no --cpu: on a machine without "
+            "GPUs they train on the CPU, sharded), or drop --num_processes for one process."
+        )
+
+
+def cpu_processes_need_use_cpu() -> bool:
+    """Whether a launcher started several processes on a machine without an accelerator: `TrainingArguments` then
+    needs `use_cpu` for them to form one (gloo) group and shard the data — without it transformers and accelerate
+    set up the distributed mode for accelerators only, and each process trains alone on all the data."""
+    return _launched_processes() > 1 and not _has_accelerator()
+
+
+def shard_across_cpu_processes(training_args: TrainingArguments) -> TrainingArguments:
+    """`check_cpu_launch`, then, when `cpu_processes_need_use_cpu` and `training_args` were made without `use_cpu`,
+    switch them to it (in place) so that the processes train as one data-parallel run, as on GPUs."""
+    check_cpu_launch(getattr(training_args, "deepspeed", None))
+    if not cpu_processes_need_use_cpu() or training_args.use_cpu or training_args.world_size > 1:
+        return training_args
+    logger.info(f"{_launched_processes()} processes and no accelerator: training on the CPU, sharded (use_cpu).")
+    training_args.use_cpu = True
+    training_args.dataloader_pin_memory = False
+    training_args.ddp_backend = training_args.ddp_backend or "gloo"
+    training_args.__dict__.pop("_setup_devices", None)  # the cached device set-up, redone with use_cpu
+    _ = training_args.device
+    return training_args
+
+
+def close_process_group() -> None:
+    """End a launched run: collect the trainer's unreachable objects first, then destroy the default process group.
+
+    In this order because the reducer of a DDP-wrapped model holds a reference to the group: freed after
+    `destroy_process_group`, it holds the last one and destroys the gloo group while holding the GIL, joining gloo's
+    worker threads, one of which may need the GIL to free the tensors of a finished collective (an all-gather) — a
+    deadlock at exit, one worker never ending (about 1 run in 3 on CPU; `benchmarks/repeat_fsdp2_cpu.py`). Freed
+    while the group is still registered, the reducer drops a reference that is not the last, and the group is then
+    destroyed from Python, whose binding releases the GIL. Callers drop their own references to the trainer first."""
+    import gc
+
+    gc.collect()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def check_training_numbers(training_args: TrainingArguments) -> None:
+    """Refuse nonsense step and batch numbers before any work (`TrainingArguments` takes them, and the Trainer would
+    train anyway: a negative `max_steps` as epochs, a zero batch until it fails)."""
+    args = training_args
+    if not (args.max_steps == -1 or args.max_steps > 0):
+        raise ValueError(
+            f"--max-steps must be a positive number of steps, or -1 to train --num-train-epochs; got {args.max_steps}."
+        )
+    if args.max_steps == -1 and not args.num_train_epochs > 0:
+        raise ValueError(f"--num-train-epochs must be > 0 (or pass --max-steps), got {args.num_train_epochs}.")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}.")
+    for name in ("logging_steps", "save_steps", "eval_steps"):
+        if getattr(args, name) is not None and not getattr(args, name) > 0:
+            raise ValueError(
+                f"--{name.replace('_', '-')} must be > 0 (a number of steps, or a share of the run below 1), got "
+                f"{getattr(args, name)}."
+            )
+    if args.learning_rate < 0:
+        raise ValueError(f"--learning-rate must be >= 0, got {args.learning_rate}.")
+
+
+def prepare_training_arguments(training_args: TrainingArguments) -> TrainingArguments:
+    """What every training entry point runs first: `check_training_numbers`, then `shard_across_cpu_processes`."""
+    check_training_numbers(training_args)
+    return shard_across_cpu_processes(training_args)
+
+
 # ----------------------------------------------------------------------------------------------- entry point
 def _check_precision(training_args: TrainingArguments) -> None:
     """Refuse half precision on CPU (set by --bf16/--fp16 or by accelerate's ACCELERATE_MIXED_PRECISION)."""
@@ -528,7 +640,8 @@ def train_tokenizer(
     - `training_args`: any `TrainingArguments` (`gradient_checkpointing`, multi-GPU through torchrun / accelerate,
       `save_steps`...). bf16/fp16 on CPU is refused. The per-sample draws are seeded by `data_seed` (else `seed`).
     - `lora_config`: a `peft.LoraConfig` to train adapters only (see `lora_target_modules` / `apply_lora`).
-    - `resume_from_checkpoint`: a checkpoint folder or True (latest in `output_dir`); default
+    - `resume_from_checkpoint`: a checkpoint folder or True (the last completely written one in `output_dir`,
+      `io.last_complete_checkpoint`); default
       `training_args.resume_from_checkpoint`. Build `model` as for the first run: the teacher is never saved.
     - `save_model`: save the final model (or adapters) and the processor to `training_args.output_dir`; under FSDP
       the full state dict is gathered for it (whatever `fsdp_state_dict_type` the checkpoints use), and under
@@ -542,6 +655,7 @@ def train_tokenizer(
     has_adapters = base_model is not model
     if has_adapters and lora_config is not None:
         raise ValueError("`model` already has adapters: pass either a PEFT model or `lora_config`, not both.")
+    prepare_training_arguments(training_args)
     _check_precision(training_args)
     config = base_model.config
     processor = processor if processor is not None else UniFlowImageProcessor.from_image_size(config.image_size)
@@ -581,6 +695,8 @@ def train_tokenizer(
     )
     if resume_from_checkpoint is None:
         resume_from_checkpoint = training_args.resume_from_checkpoint
+    if resume_from_checkpoint is True:
+        resume_from_checkpoint = last_complete_checkpoint(training_args.output_dir)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     if save_model:
         save_final_model(trainer)
@@ -604,9 +720,15 @@ __all__ = [
     "save_final_model",
     "UniFlowTrainingDataset",
     "apply_lora",
+    "check_cpu_launch",
+    "check_training_numbers",
+    "close_process_group",
+    "cpu_processes_need_use_cpu",
     "lora_config_for",
     "lora_target_modules",
     "loss_parts",
+    "prepare_training_arguments",
     "sample_generator",
+    "shard_across_cpu_processes",
     "train_tokenizer",
 ]

@@ -52,10 +52,18 @@ class FinetuneLlavaArguments:
     merge_to: str | None = field(default=None, metadata={"help": "also save the merged model (and processor) there"})
 
 
-def _finetune_argument_parser(**kwargs):
-    from transformers import HfArgumentParser, TrainingArguments
+def _finetune_argument_types():
+    from transformers import TrainingArguments
 
-    return HfArgumentParser((FinetuneLlavaArguments, TrainingArguments), **kwargs)
+    from .train import TrainingRunArguments
+
+    return FinetuneLlavaArguments, TrainingRunArguments, TrainingArguments
+
+
+def _finetune_argument_parser(**kwargs):
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser(_finetune_argument_types(), **kwargs)
 
 
 def run_finetune(args: argparse.Namespace) -> int:
@@ -63,6 +71,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     from ..data import load_image_dataset
+    from ..io import check_output_dir
     from ..llava import (
         DEFAULT_PROMPT_TEMPLATE,
         LlavaImageQACollator,
@@ -70,13 +79,20 @@ def run_finetune(args: argparse.Namespace) -> int:
         finetune_llava_lora,
         training_losses,
     )
-    from .train import resume_argument
+    from ..training import close_process_group
+    from ..data import check_images
+    from .train import parse_training_options, resume_argument
 
     values = {key: value for key, value in vars(args).items() if key not in ("command", "func")}
     if not values.get("output_dir"):
         raise ValueError("--output-dir is required: where to save the adapter (LoRA + projector) and processor.")
-    script_args, training_args = _finetune_argument_parser().parse_dict(values)
+    script_args, run_args, training_args = parse_training_options(_finetune_argument_types(), values)
     resume_from_checkpoint = resume_argument(training_args.resume_from_checkpoint)
+    if script_args.merge_to:
+        check_output_dir(script_args.merge_to, "--merge-to")
+    dataset = check_images(
+        load_image_dataset(script_args.dataset, script_args.split), script_args.image_column, run_args.skip_unreadable
+    )
     model = LlavaForConditionalGeneration.from_pretrained(script_args.model, dtype=torch.float32)
     try:
         processor = AutoProcessor.from_pretrained(script_args.model)
@@ -99,21 +115,22 @@ def run_finetune(args: argparse.Namespace) -> int:
     trainer = finetune_llava_lora(
         model,
         processor,
-        load_image_dataset(script_args.dataset, script_args.split),
+        dataset,
         training_args,
         lora_config=lora_config,
         collator=collator,
         resume_from_checkpoint=resume_from_checkpoint,
     )
-    if not trainer.is_world_process_zero():
-        return 0
-    losses = training_losses(trainer)
-    if losses:
-        print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} logged steps")
-    print(f"adapter saved to {training_args.output_dir}")
-    if script_args.merge_to:
-        merged = trainer.model.merge_and_unload()
-        merged.save_pretrained(script_args.merge_to)
-        processor.save_pretrained(script_args.merge_to)
-        print(f"merged model saved to {script_args.merge_to}")
+    if trainer.is_world_process_zero():
+        losses = training_losses(trainer)
+        if losses:
+            print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} logged steps")
+        print(f"adapter saved to {training_args.output_dir}")
+        if script_args.merge_to:
+            merged = trainer.model.merge_and_unload()
+            merged.save_pretrained(script_args.merge_to)
+            processor.save_pretrained(script_args.merge_to)
+            print(f"merged model saved to {script_args.merge_to}")
+    del trainer  # freed before the process group of a launch is closed (close_process_group)
+    close_process_group()
     return 0

@@ -68,16 +68,33 @@ class TrainGeneratorArguments:
     train_split: str = field(default="train", metadata={"help": "split to train on when the dataset has several"})
 
 
+@dataclass
+class TrainingRunArguments:
+    """What every training command does with a used output folder and unreadable images."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "train into a non-empty --output-dir (its old checkpoints are removed); without it, or "
+            "--resume-from-checkpoint, such a folder is refused"
+        },
+    )
+    skip_unreadable: bool = field(
+        default=False,
+        metadata={"help": "train without the images that cannot be read (listed by name) instead of refusing to start"},
+    )
+
+
 def _tokenizer_argument_types():
     from transformers import TrainingArguments
 
-    return TrainTokenizerArguments, TrainingArguments
+    return TrainTokenizerArguments, TrainingRunArguments, TrainingArguments
 
 
 def _generator_argument_types():
     from ..generator_training import GeneratorTrainingArguments
 
-    return TrainGeneratorArguments, GeneratorTrainingArguments
+    return TrainGeneratorArguments, TrainingRunArguments, GeneratorTrainingArguments
 
 
 def add_training_command(subparsers, name: str, argument_types, func, **kwargs):
@@ -104,16 +121,41 @@ def register(subparsers) -> None:
 
 
 def parse_arguments(args: argparse.Namespace):
-    """The parsed options as instances of the command's dataclasses (e.g. TrainTokenizerArguments and
-    TrainingArguments)."""
-    from transformers import HfArgumentParser
-
+    """The parsed options as instances of the command's dataclasses (e.g. TrainTokenizerArguments,
+    TrainingRunArguments and TrainingArguments)."""
     argument_types = args.argument_types()
     names = {option.name for argument_type in argument_types for option in fields(argument_type)}
     values = {key: value for key, value in vars(args).items() if key in names}  # not the sub-command's own keys
+    return parse_training_options(argument_types, values)
+
+
+def parse_training_options(argument_types, values: dict):
+    """`HfArgumentParser(argument_types).parse_dict(values)` for a training command (the `TrainingArguments` type
+    last, `TrainingRunArguments` among the others), with every check that needs no work done first: the output
+    folder (writable; empty unless resuming or overwriting), the launch (on a machine without an accelerator
+    several processes get `use_cpu`, so that they shard; DeepSpeed and `accelerate launch --cpu --num_processes N`
+    are refused) and the step and batch numbers. Every process checks the folder before the processes meet (in
+    `TrainingArguments`), so none sees what another already wrote. With `--overwrite-output-dir` the main process
+    then removes the earlier run's checkpoints."""
+    from transformers import HfArgumentParser
+
+    from ..io import check_training_output_dir, remove_checkpoints
+    from ..training import check_cpu_launch, check_training_numbers, cpu_processes_need_use_cpu
+
     if not values.get("output_dir"):
         raise ValueError("--output-dir is required: the folder for checkpoints and the trained model.")
-    return HfArgumentParser(argument_types).parse_dict(values)
+    resume = values.get("resume_from_checkpoint") not in (None, "", "false", "False")
+    overwrite = bool(values.get("overwrite_output_dir")) if TrainingRunArguments in argument_types else None
+    check_training_output_dir(values["output_dir"], resume=resume, overwrite=overwrite)
+    check_cpu_launch(values.get("deepspeed"))
+    if cpu_processes_need_use_cpu():
+        values = {**values, "use_cpu": True}
+    parsed = HfArgumentParser(argument_types).parse_dict(values)
+    training_args = parsed[-1]
+    check_training_numbers(training_args)
+    if overwrite and not resume and training_args.process_index == 0:
+        remove_checkpoints(training_args.output_dir)
+    return parsed
 
 
 def read_json_argument(value: str | None) -> dict:
@@ -165,23 +207,27 @@ def build_model(script_args: TrainTokenizerArguments, seed: int):
 
 
 def resume_argument(value: str | None) -> str | bool | None:
-    """`--resume-from-checkpoint`: a checkpoint folder, or true / latest for the latest one in --output-dir."""
+    """`--resume-from-checkpoint`: a checkpoint folder, or true / latest for the last completely written one in
+    --output-dir (`io.last_complete_checkpoint`)."""
     if value is not None and value.lower() in ("true", "latest", "last"):
         return True
+    if value is not None and value.lower() == "false":
+        return None
     if value is not None and not os.path.isdir(value):
         raise FileNotFoundError(f"--resume-from-checkpoint {value!r} is not a checkpoint folder (or 'true' for the latest).")
     return value
 
 
 def run_train_tokenizer(args: argparse.Namespace) -> int:
-    from ..data import load_image_dataset
-    from ..training import LORA_TARGETS, lora_config_for, train_tokenizer
+    from ..data import check_images, load_image_dataset
+    from ..training import LORA_TARGETS, close_process_group, lora_config_for, train_tokenizer
 
-    script_args, training_args = parse_arguments(args)
+    script_args, run_args, training_args = parse_arguments(args)
     if script_args.lora is not None and script_args.lora not in LORA_TARGETS:
         raise ValueError(f"--lora must be one of {LORA_TARGETS}, got {script_args.lora!r}.")
     resume_from_checkpoint = resume_argument(training_args.resume_from_checkpoint)
     train_dataset = load_image_dataset(script_args.dataset, script_args.train_split, streaming=script_args.streaming)
+    train_dataset = check_images(train_dataset, script_args.image_column, run_args.skip_unreadable)
     eval_dataset = load_image_dataset(script_args.dataset, script_args.eval_split) if script_args.eval_split else None
     model, processor = build_model(script_args, training_args.seed)
 
@@ -202,34 +248,43 @@ def run_train_tokenizer(args: argparse.Namespace) -> int:
     )
     if trainer.is_world_process_zero():  # one JSON line: where the model is, and the final training metrics
         print(json.dumps({"output_dir": training_args.output_dir, **trainer.state.log_history[-1]}))
-    trainer.accelerator.end_training()  # closes the process group of a torchrun / accelerate launch
+    del trainer  # freed before the process group of a torchrun / accelerate launch is closed (close_process_group)
+    close_process_group()
     return 0
 
 
 def run_train_generator(args: argparse.Namespace) -> int:
-    from ..data import load_image_dataset
+    from ..data import check_images, load_image_dataset
     from ..generator_training import train_generator
     from ..inference import load_reconstruction_pipeline
+    from ..io import check_output_dir
+    from ..training import close_process_group
 
-    script_args, training_args = parse_arguments(args)
+    script_args, run_args, training_args = parse_arguments(args)
     resume_from_checkpoint = resume_argument(training_args.resume_from_checkpoint)
-    tokenizer = load_reconstruction_pipeline(script_args.tokenizer).tokenizer
+    if training_args.latent_cache_dir:
+        check_output_dir(training_args.latent_cache_dir, "--latent-cache-dir")
     dataset = load_image_dataset(script_args.dataset, script_args.train_split)
+    dataset = check_images(dataset, training_args.image_column, run_args.skip_unreadable)
+    tokenizer = load_reconstruction_pipeline(script_args.tokenizer).tokenizer
     result = train_generator(tokenizer, dataset, training_args, resume_from_checkpoint=resume_from_checkpoint)
     if training_args.process_index == 0:
         last = result.losses[-100:]
         mean = sum(last) / max(1, len(last))
         print(f"Trained {len(result.losses)} steps (mean loss of the last {len(last)}: {mean:.4f})")
         print(f"Saved the UniFlowClassConditionalPipeline to {training_args.output_dir}")
+    close_process_group()
     return 0
 
 
 __all__ = [
     "TrainGeneratorArguments",
     "TrainTokenizerArguments",
+    "TrainingRunArguments",
     "add_training_command",
     "build_model",
     "parse_arguments",
+    "parse_training_options",
     "register",
     "run_train_generator",
     "run_train_tokenizer",

@@ -1,0 +1,123 @@
+"""Checks the commands run on the paths they write, before any work: an output folder that cannot be made or
+written, a used training folder, and the checkpoint a resume may continue (the last one completely written)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+_CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+def check_output_dir(path: str | os.PathLike, option: str = "--output-dir") -> str:
+    """The absolute path of `path` once checked that a folder can be made there and written: not a regular file, not
+    below one, and its nearest existing folder writable. Creates nothing. `option` names the argument in errors."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"{option} {path} is a file, not a folder: pass a folder path.")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(
+            f"{option} {path} lies below {existing}, which is a file: no folder can be made there. Pass a path "
+            "outside it."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{option} {path}: the folder {existing} is not writable.")
+    return path
+
+
+def checkpoint_folders(output_dir: str | os.PathLike) -> list[str]:
+    """The `checkpoint-<step>` folders of `output_dir`, by step."""
+    if not os.path.isdir(output_dir):
+        return []
+    steps = {}
+    for name in os.listdir(output_dir):
+        match = _CHECKPOINT_NAME.match(name)
+        if match and os.path.isdir(os.path.join(output_dir, name)):
+            steps[int(match.group(1))] = os.path.join(os.fspath(output_dir), name)
+    return [steps[step] for step in sorted(steps)]
+
+
+def checkpoint_incompleteness(folder: str, required_files: tuple[str, ...] = ()) -> str | None:
+    """Why `folder` is not a completely written checkpoint, or None. The Trainer writes `trainer_state.json` last
+    (after the weights, optimizer, scheduler and RNG states), so a save cut short lacks it or holds it truncated;
+    `required_files` are written after it (e.g. by an `on_save` callback)."""
+    state_file = os.path.join(folder, TRAINER_STATE_NAME)
+    if not os.path.isfile(state_file):
+        return f"no {TRAINER_STATE_NAME}"
+    try:
+        with open(state_file, encoding="utf-8") as file:
+            json.load(file)
+    except (OSError, ValueError) as error:
+        return f"unreadable {TRAINER_STATE_NAME} ({error})"
+    missing = [name for name in required_files if not os.path.exists(os.path.join(folder, name))]
+    return f"no {', '.join(missing)}" if missing else None
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike, required_files: tuple[str, ...] = ()) -> str:
+    """The last completely written checkpoint of `output_dir` (`resume_from_checkpoint=True`), skipping, with a
+    warning that names them, the later ones a killed run left half-written. Raises when there is none."""
+    skipped = []
+    for folder in reversed(checkpoint_folders(output_dir)):
+        reason = checkpoint_incompleteness(folder, required_files)
+        if reason is None:
+            if skipped:
+                logger.warning(
+                    f"Resuming from {folder}: skipped the checkpoint(s) not completely written (a run killed while "
+                    f"saving): {'; '.join(skipped)}."
+                )
+            else:
+                logger.info(f"Resuming from {folder}.")
+            return folder
+        skipped.append(f"{os.path.basename(folder)} ({reason})")
+    found = f" (only checkpoints not completely written: {'; '.join(skipped)})" if skipped else ""
+    raise ValueError(f"No checkpoint to resume from in {output_dir}{found}.")
+
+
+def check_training_output_dir(
+    output_dir: str | os.PathLike, resume: bool = False, overwrite: bool | None = False
+) -> str:
+    """Before a training run: `output_dir` must be writable (`check_output_dir`) and, unless the run resumes or
+    overwrites, empty — a run never mixes its model and checkpoints with another's, and a refused run leaves the
+    folder as it was. `overwrite=None`: the command has no --overwrite-output-dir. Returns the absolute path."""
+    output_dir = check_output_dir(output_dir)
+    if resume or overwrite or not os.path.isdir(output_dir):
+        return output_dir
+    used = sorted(os.listdir(output_dir))
+    if used:
+        shown = ", ".join(used[:5]) + (f" and {len(used) - 5} more" if len(used) > 5 else "")
+        overwrite_option = "" if overwrite is None else ", --overwrite-output-dir to train over it,"
+        raise FileExistsError(
+            f"--output-dir {output_dir} is not empty (it holds {shown}). Pass --resume-from-checkpoint true to "
+            f"continue its last checkpoint{overwrite_option} or another --output-dir."
+        )
+    return output_dir
+
+
+def remove_checkpoints(output_dir: str | os.PathLike) -> None:
+    """Remove the `checkpoint-*` folders of an earlier run (`--overwrite-output-dir`): a later resume would take them
+    for this run's."""
+    for folder in checkpoint_folders(output_dir):
+        logger.warning(f"--overwrite-output-dir: removing {folder} of the earlier run.")
+        shutil.rmtree(folder)
+
+
+__all__ = [
+    "check_output_dir",
+    "check_training_output_dir",
+    "checkpoint_folders",
+    "checkpoint_incompleteness",
+    "last_complete_checkpoint",
+    "remove_checkpoints",
+]

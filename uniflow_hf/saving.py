@@ -1,0 +1,201 @@
+# Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
+"""How the package saves UniFlow models: `save_folder_atomically` is `UniFlowPreTrainedModel.folder_writer` once
+`uniflow_hf` is imported, so `model.save_pretrained` (and the Trainer's and the pipelines' saves through it) writes
+through a staging folder, gathers sharded (FSDP2) models, keeps folders holding several dtype variants loadable and
+adds the model card. The code saved beside the weights (modeling/) does none of this: loaded with
+`trust_remote_code` alone, a model saves as transformers does."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+import zlib
+
+import torch
+from torch import nn
+from transformers.utils import logging
+
+from .model_card import save_model_card
+
+
+logger = logging.get_logger(__name__)
+
+
+def save_folder_atomically(model, save_pretrained, save_directory, is_main_process: bool = True, **kwargs):
+    """`save_pretrained(save_directory, **kwargs)` (transformers' own, of `model`), made atomic: the model is written
+    to a temporary folder beside `save_directory`, and only a complete save then replaces the files there, so a save
+    that fails or is killed midway leaves the previous model intact. Other files in `save_directory` (a processor, a
+    training run's checkpoints, the weights of other variants) are kept; weight files of a previous save of the same
+    variant that this one does not overwrite (other shards, the other of single-file / sharded) are removed, so they
+    cannot shadow the new weights. Temporary folders left beside (or in) `save_directory` by saves that were killed
+    are removed; those of saves still running in another process on this machine are left alone.
+
+    When the folder then holds weights of several dtypes (`variant="fp16"` beside the default), `config.json` records
+    none, so that each loads in its own dtype (`dtype="auto"`, the default, reads it from the weights).
+
+    A model sharded by FSDP2 (`fully_shard`) is saved whole: every process must call `save_pretrained` (the full
+    state dict is gathered from all of them, `torch.distributed.checkpoint`'s `get_model_state_dict`), and rank 0
+    writes it. The folder loads with `from_pretrained` like any other. README.md: `save_model_card`, unless the
+    folder has a card."""
+    if kwargs.get("state_dict") is None and has_sharded_parameters(model):
+        kwargs["state_dict"] = gather_full_state_dict(model)  # a collective: every process gets here
+        if torch.distributed.get_rank() != 0:
+            return  # only rank 0 holds the gathered weights, and writes them
+    if not is_main_process or kwargs.get("distributed_checkpoint"):
+        return save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
+    save_directory = os.path.abspath(os.fspath(save_directory))
+    if os.path.isfile(save_directory):
+        raise ValueError(f"`save_directory` ({save_directory}) is a file; pass a folder.")
+    if kwargs.get("push_to_hub"):
+        kwargs.setdefault("repo_id", os.path.basename(save_directory))
+    parent = os.path.dirname(save_directory)
+    os.makedirs(parent, exist_ok=True)
+    remove_abandoned_staging_folders(save_directory)
+    owner = staging_owner_tag()
+    try:
+        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(save_directory)}.saving-{owner}-", dir=parent)
+    except PermissionError:  # a writable folder in a read-only parent: stage inside it
+        os.makedirs(save_directory, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".saving-{owner}-", dir=save_directory)
+    try:
+        save_pretrained(staging, **kwargs)
+        save_model_card(staging, model, existing_folder=save_directory)  # README.md, unless the folder has one
+        if os.path.isdir(save_directory):
+            unpin_dtype_of_mixed_folder(staging, save_directory)
+            move_saved_files(staging, save_directory)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private
+            os.rename(staging, save_directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def has_sharded_parameters(model: nn.Module) -> bool:
+    """Whether `model` holds parameters sharded across processes (`DTensor`s: FSDP2's `fully_shard`)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(parameter, DTensor) for parameter in model.parameters())
+
+
+def gather_full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The full (unsharded) state dict of a sharded `model`, on the CPU of rank 0 (empty on the other ranks). Every
+    process must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+# model[.variant][-00001-of-00002].safetensors and model[.variant].safetensors.index.json
+_SAFETENSORS_WEIGHTS_FILE = r"model(?P<variant>\.[^.-]+)?(?:-\d{5}-of-\d{5})?\.safetensors(?:\.index\.json)?"
+
+
+def move_saved_files(staging: str, save_directory: str) -> None:
+    """Move a finished save from `staging` into `save_directory` (each file atomically, config.json last), then
+    delete the safetensors weight files of the same variant that the new save did not write."""
+    new_names = sorted(os.listdir(staging), key=lambda name: name == "config.json")
+    new_variants = {
+        match["variant"] for name in new_names if (match := re.fullmatch(_SAFETENSORS_WEIGHTS_FILE, name))
+    }
+    stale = [
+        name
+        for name in os.listdir(save_directory)
+        if name not in new_names
+        and (match := re.fullmatch(_SAFETENSORS_WEIGHTS_FILE, name))
+        and match["variant"] in new_variants
+    ]
+    for name in new_names:
+        target = os.path.join(save_directory, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)
+        os.replace(os.path.join(staging, name), target)
+    for name in stale:
+        os.remove(os.path.join(save_directory, name))
+
+
+def staging_owner_tag() -> str:
+    """`<pid>-<host hash>`: names the process that owns a staging folder, so that later saves can tell abandoned
+    staging folders from those of saves still running."""
+    return f"{os.getpid()}-{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
+def remove_abandoned_staging_folders(save_directory: str) -> None:
+    """Delete the staging folders of saves of `save_directory` whose process is gone (killed midway): those beside
+    it (`.NAME.saving-<pid>-<host>-*`) and in it (`.saving-<pid>-<host>-*`). Only folders made on this machine are
+    judged (a process id means nothing on another host), and only on POSIX, where `os.kill(pid, 0)` probes a
+    process without signalling it."""
+    if os.name != "posix":
+        return
+    host = staging_owner_tag().split("-")[1]
+    owned = re.compile(r"\.saving-(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-[^/]+")
+    candidates = [
+        (os.path.dirname(save_directory), f".{os.path.basename(save_directory)}"),
+        (save_directory, ""),
+    ]
+    for folder, name_prefix in candidates:
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            match = owned.fullmatch(name[len(name_prefix) :]) if name.startswith(name_prefix) else None
+            if match is None or match["host"] != host or _process_is_running(int(match["pid"])):
+                continue
+            path = os.path.join(folder, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                logger.info(f"Removing {path}, left by a save that was killed (process {match['pid']} is gone).")
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_is_running(pid: int) -> bool:
+
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
+
+
+def _weights_dtype(path: str) -> str | None:
+    """The safetensors dtype ("F32", "F16", "BF16"...) of the first floating tensor of a weights file, read from
+    its header."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as handle:
+        dtypes = (handle.get_slice(name).get_dtype() for name in handle.keys())
+        return next((dtype for dtype in dtypes if dtype.startswith(("F", "BF"))), None)
+
+
+def unpin_dtype_of_mixed_folder(staging: str, save_directory: str) -> None:
+    """Drop `dtype` from the new `config.json` in `staging` when `save_directory` keeps weights (of another variant)
+    in another dtype than the new ones: one `config.json` serves every variant, and a pinned dtype would cast them
+    all to it (`from_pretrained`'s default `dtype="auto"` reads the config first, then the weights)."""
+    def weight_files(folder):  # {variant: [weights files]}, index files aside
+        files = {}
+        for name in os.listdir(folder):
+            if name.endswith(".safetensors") and (match := re.fullmatch(_SAFETENSORS_WEIGHTS_FILE, name)):
+                files.setdefault(match["variant"], []).append(os.path.join(folder, name))
+        return files
+
+    new_files = weight_files(staging)
+    # Files of the variants saved now are overwritten or removed by `move_saved_files`; the others stay.
+    kept = [path for variant, paths in weight_files(save_directory).items() if variant not in new_files for path in paths]
+    new_dtypes = {_weights_dtype(path) for paths in new_files.values() for path in paths}
+    config_file = os.path.join(staging, "config.json")
+    if not os.path.isfile(config_file) or {_weights_dtype(path) for path in kept} <= new_dtypes:
+        return
+    with open(config_file, encoding="utf-8") as handle:
+        config = json.load(handle)
+    config.pop("dtype", None)
+    with open(config_file, "w", encoding="utf-8") as handle:
+        json.dump(config, handle, indent=2, sort_keys=True)
+        handle.write("\n")
