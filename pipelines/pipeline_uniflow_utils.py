@@ -72,12 +72,10 @@ def check_scheduler(name: str, scheduler) -> None:
 
 def package_model_cards():
     """`uniflow_hf`'s card writer, or `None` where only the code saved beside a pipeline is loaded (no card then)."""
-    for module_name in ("uniflow_hf.model_card", "uniflow_hf.modeling.model_card_uniflow"):
-        try:
-            return importlib.import_module(module_name)
-        except ImportError:
-            continue
-    return None
+    try:
+        return importlib.import_module("uniflow_hf.model_card")
+    except ImportError:
+        return None
 
 
 class UniFlowPipelineMixin:

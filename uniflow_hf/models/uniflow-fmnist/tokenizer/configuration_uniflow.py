@@ -26,7 +26,7 @@ _OFFICIAL_FIXED = {
     "decoder_type": "mlp",
     "use_cfg": False,  # the flow head of the release is never guided
 }
-_OFFICIAL_IGNORED = ("use_flash_attn", "llm_hidden_size", "use_disp_loss", "auto_map", "vit_hidden_size")
+_OFFICIAL_IGNORED = ("use_flash_attn", "llm_hidden_size", "use_disp_loss", "vit_hidden_size")
 
 SAMPLING_SCHEDULES = ("linear", "pow_<p>")
 DISTILLATION_MODES = ("adaptive", "uniform", "none")
@@ -55,7 +55,8 @@ class UniFlowConfig(PreTrainedConfig):
     The official release's `config.json` loads unchanged: its flat fields describe the InternViT encoder, and
     `latent_ch`, `global_blocks_depth`, `num_decoder_layers`, `num_sampling_steps` (a string there) are read as
     `latent_channels`, `num_global_blocks`, `num_flow_head_blocks` and `num_sampling_steps`. Its `auto_map` (to the
-    official remote code) is dropped.
+    official remote code) is dropped; folders saved from this class get their own (`register_for_auto_class`), which
+    points at the code saved beside the weights.
 
     Any transformers vision encoder can replace the built-in InternViT encoder through `encoder_config` (a config or
     dict of e.g. CLIP, SigLIP or DINOv2 vision models); `hidden_size`, `image_size` and `patch_size` then follow it.
@@ -214,6 +215,8 @@ class UniFlowConfig(PreTrainedConfig):
             )
         for name in _OFFICIAL_IGNORED:
             kwargs.pop(name, None)
+        if not str((kwargs.get("auto_map") or {}).get("AutoConfig", "")).endswith(".UniFlowConfig"):
+            kwargs.pop("auto_map", None)  # the official release's remote code, not this one
         # The official `architectures` names the remote-code class; ours are set when we save.
         if kwargs.get("architectures") == ["UniFlowVisionModel"] and "transformers_version" in kwargs:
             kwargs.pop("architectures")
@@ -236,6 +239,10 @@ class UniFlowConfig(PreTrainedConfig):
             raise ValueError(f"`flow_timestep_logit_std` must be > 0, got {self.flow_timestep_logit_std}.")
         if self.num_sampling_steps < 1:
             raise ValueError(f"`num_sampling_steps` must be >= 1, got {self.num_sampling_steps}.")
+        for name in ("num_attention_heads", "global_num_attention_heads"):  # numbers of heads divide hidden_size
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
         if self.encoder_config is None:
             if self.hidden_size % self.num_attention_heads:
                 raise ValueError(
@@ -266,5 +273,7 @@ class UniFlowConfig(PreTrainedConfig):
         """Numbers per pixel patch: channels × patch × patch (what the flow head generates per token)."""
         return self.num_channels * self.patch_size * self.patch_size
 
+
+UniFlowConfig.register_for_auto_class()
 
 __all__ = ["UniFlowConfig", "check_sampling_schedule"]

@@ -1,13 +1,11 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
-"""Loading and saving UniFlow models: the official release's parameter names, `from_pretrained`'s checks (weights
-that a folder lacks or has no place for, pickled-only folders) and `save_pretrained`'s atomic write (staging folders,
-stale weight files, the dtype of folders holding several variants), and the full state dict of a sharded model.
-`modeling_uniflow.py`'s `PreTrainedModel` methods call into it."""
+"""Loading UniFlow models: the official release's parameter names and `from_pretrained`'s checks (weights that a
+folder lacks or has no place for, pickled-only folders). `modeling_uniflow.py`'s `from_pretrained` methods call into
+it. (How the package saves, atomically, is `uniflow_hf/saving.py`.)"""
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 from transformers.utils import logging
 
 
@@ -30,148 +28,6 @@ OFFICIAL_TO_HF_KEY_MAPPING = {
     r"^flow_head\.net\.(res_blocks\.\d+|final_layer)\.adaLN_modulation\.1\.": r"flow_head.\1.modulation.",
     r"^flow_head\.net\.": "flow_head.",
 }
-
-
-def has_sharded_parameters(model: nn.Module) -> bool:
-    """Whether `model` holds parameters sharded across processes (`DTensor`s: FSDP2's `fully_shard`)."""
-    if not torch.distributed.is_available():
-        return False
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(parameter, DTensor) for parameter in model.parameters())
-
-
-def gather_full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The full (unsharded) state dict of a sharded `model`, on the CPU of rank 0 (empty on the other ranks). Every
-    process must call it."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-# model[.variant][-00001-of-00002].safetensors and model[.variant].safetensors.index.json
-_SAFETENSORS_WEIGHTS_FILE = r"model(?P<variant>\.[^.-]+)?(?:-\d{5}-of-\d{5})?\.safetensors(?:\.index\.json)?"
-
-
-def move_saved_files(staging: str, save_directory: str) -> None:
-    """Move a finished save from `staging` into `save_directory` (each file atomically, config.json last), then
-    delete the safetensors weight files of the same variant that the new save did not write."""
-    import os
-    import re
-    import shutil
-
-    new_names = sorted(os.listdir(staging), key=lambda name: name == "config.json")
-    new_variants = {
-        match["variant"] for name in new_names if (match := re.fullmatch(_SAFETENSORS_WEIGHTS_FILE, name))
-    }
-    stale = [
-        name
-        for name in os.listdir(save_directory)
-        if name not in new_names
-        and (match := re.fullmatch(_SAFETENSORS_WEIGHTS_FILE, name))
-        and match["variant"] in new_variants
-    ]
-    for name in new_names:
-        target = os.path.join(save_directory, name)
-        if os.path.isdir(target) and not os.path.islink(target):
-            shutil.rmtree(target)
-        os.replace(os.path.join(staging, name), target)
-    for name in stale:
-        os.remove(os.path.join(save_directory, name))
-
-
-def staging_owner_tag() -> str:
-    """`<pid>-<host hash>`: names the process that owns a staging folder, so that later saves can tell abandoned
-    staging folders from those of saves still running."""
-    import os
-    import socket
-    import zlib
-
-    return f"{os.getpid()}-{zlib.crc32(socket.gethostname().encode()):08x}"
-
-
-def remove_abandoned_staging_folders(save_directory: str) -> None:
-    """Delete the staging folders of saves of `save_directory` whose process is gone (killed midway): those beside
-    it (`.NAME.saving-<pid>-<host>-*`) and in it (`.saving-<pid>-<host>-*`). Only folders made on this machine are
-    judged (a process id means nothing on another host), and only on POSIX, where `os.kill(pid, 0)` probes a
-    process without signalling it."""
-    import os
-    import re
-    import shutil
-
-    if os.name != "posix":
-        return
-    host = staging_owner_tag().split("-")[1]
-    owned = re.compile(r"\.saving-(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-[^/]+")
-    candidates = [
-        (os.path.dirname(save_directory), f".{os.path.basename(save_directory)}"),
-        (save_directory, ""),
-    ]
-    for folder, name_prefix in candidates:
-        if not os.path.isdir(folder):
-            continue
-        for name in os.listdir(folder):
-            match = owned.fullmatch(name[len(name_prefix) :]) if name.startswith(name_prefix) else None
-            if match is None or match["host"] != host or _process_is_running(int(match["pid"])):
-                continue
-            path = os.path.join(folder, name)
-            if os.path.isdir(path) and not os.path.islink(path):
-                logger.info(f"Removing {path}, left by a save that was killed (process {match['pid']} is gone).")
-                shutil.rmtree(path, ignore_errors=True)
-
-
-def _process_is_running(pid: int) -> bool:
-    import os
-
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, owned by another user
-        return True
-    return True
-
-
-def _weights_dtype(path: str) -> str | None:
-    """The safetensors dtype ("F32", "F16", "BF16"...) of the first floating tensor of a weights file, read from
-    its header."""
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as handle:
-        dtypes = (handle.get_slice(name).get_dtype() for name in handle.keys())
-        return next((dtype for dtype in dtypes if dtype.startswith(("F", "BF"))), None)
-
-
-def unpin_dtype_of_mixed_folder(staging: str, save_directory: str) -> None:
-    """Drop `dtype` from the new `config.json` in `staging` when `save_directory` keeps weights (of another variant)
-    in another dtype than the new ones: one `config.json` serves every variant, and a pinned dtype would cast them
-    all to it (`from_pretrained`'s default `dtype="auto"` reads the config first, then the weights)."""
-    import json
-    import os
-    import re
-
-    def weight_files(folder):  # {variant: [weights files]}, index files aside
-        files = {}
-        for name in os.listdir(folder):
-            if name.endswith(".safetensors") and (match := re.fullmatch(_SAFETENSORS_WEIGHTS_FILE, name)):
-                files.setdefault(match["variant"], []).append(os.path.join(folder, name))
-        return files
-
-    new_files = weight_files(staging)
-    # Files of the variants saved now are overwritten or removed by `move_saved_files`; the others stay.
-    kept = [path for variant, paths in weight_files(save_directory).items() if variant not in new_files for path in paths]
-    new_dtypes = {_weights_dtype(path) for paths in new_files.values() for path in paths}
-    config_file = os.path.join(staging, "config.json")
-    if not os.path.isfile(config_file) or {_weights_dtype(path) for path in kept} <= new_dtypes:
-        return
-    with open(config_file, encoding="utf-8") as handle:
-        config = json.load(handle)
-    config.pop("dtype", None)
-    with open(config_file, "w", encoding="utf-8") as handle:
-        json.dump(config, handle, indent=2, sort_keys=True)
-        handle.write("\n")
 
 
 def _refuse_pickled_only_folder(folder: str) -> None:
@@ -255,9 +111,14 @@ def from_pretrained_with_key_mapping(parent, cls, pretrained_model_name_or_path,
     folder = os.fspath(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else ""
     if kwargs.get("subfolder"):
         folder = os.path.join(folder, kwargs["subfolder"])
-    if os.path.isdir(folder) and kwargs.get("config") is None and not os.path.isfile(os.path.join(folder, "config.json")):
-        # transformers would silently build the default (448 px, 24-layer) config instead.
-        raise OSError(f"{folder} has no config.json: it is not a saved {cls.__name__} folder.")
+    is_model_folder = any(os.path.isfile(os.path.join(folder, name)) for name in ("config.json", "adapter_config.json"))
+    if os.path.isdir(folder) and kwargs.get("config") is None and not is_model_folder:
+        # transformers would silently build the default (448 px, 24-layer) config instead. (A PEFT adapter folder
+        # names its base model; transformers loads that, then the adapter.)
+        raise OSError(
+            f"{folder} has no config.json (nor adapter_config.json): it is not a saved {cls.__name__} folder or a "
+            "PEFT adapter of one."
+        )
     if kwargs.get("use_safetensors") is None:
         _refuse_pickled_only_folder(folder)
         kwargs["use_safetensors"] = True

@@ -28,16 +28,7 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 from . import flow_matching
 from .configuration_uniflow import UniFlowConfig
 from .flow_matching import NUM_TRAIN_TIMESTEPS  # named so: diffusers' remote-code loader copies `from .x import` files
-from .loading_uniflow import (
-    OFFICIAL_TO_HF_KEY_MAPPING,
-    from_pretrained_with_key_mapping,
-    gather_full_state_dict,
-    has_sharded_parameters,
-    move_saved_files,
-    remove_abandoned_staging_folders,
-    staging_owner_tag,
-    unpin_dtype_of_mixed_folder,
-)
+from .loading_uniflow import OFFICIAL_TO_HF_KEY_MAPPING, from_pretrained_with_key_mapping
 from .loss_uniflow import adaptive_distillation_loss
 
 
@@ -426,6 +417,14 @@ class UniFlowPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # How `save_pretrained` writes a folder: `(model, save_pretrained, save_directory, **kwargs)`, `save_pretrained`
+    # being transformers' own. The uniflow-hf package sets it (`uniflow_hf.saving.save_folder_atomically`: a staging
+    # folder, sharded models gathered, mixed-dtype variant folders, README.md); code loaded with `trust_remote_code`
+    # alone saves as transformers does.
+    folder_writer: Callable | None = None
+    # Writes README.md into a folder being saved or uploaded: `(folder, model, existing_folder=None,
+    # replace_generic=False, repo_id=None)`. The package sets it (`uniflow_hf.model_card.save_model_card`).
+    model_card_writer: Callable | None = None
 
     def save_pretrained(
         self,
@@ -437,66 +436,34 @@ class UniFlowPreTrainedModel(PreTrainedModel):
         safe_serialization: bool = True,
         **kwargs,
     ):
-        """`PreTrainedModel.save_pretrained`, made atomic: the model is written to a temporary folder beside
-        `save_directory`, and only a complete save then replaces the files there, so a save that fails or is killed
-        midway leaves the previous model intact. Other files in `save_directory` (a processor, a training run's
-        checkpoints, the weights of other variants) are kept; weight files of a previous save of the same variant
-        that this one does not overwrite (other shards, the other of single-file / sharded) are removed, so they
-        cannot shadow the new weights. Temporary folders left beside (or in) `save_directory` by saves that were
-        killed are removed; those of saves still running in another process on this machine are left alone.
+        """`PreTrainedModel.save_pretrained`, through `folder_writer` when one is set. The folder gets the code of
+        the class and its config (`register_for_auto_class`, `auto_map` in config.json), so it loads with the Auto
+        classes and `trust_remote_code=True` without uniflow-hf.
 
         `variant`, `max_shard_size` and `safe_serialization` are named in the signature because diffusers' pipeline
         `save_pretrained` passes a component only the arguments its signature names: `variant="fp16"` writes
-        `model.fp16.safetensors` beside the default `model.safetensors`. When the folder then holds weights of
-        several dtypes, `config.json` records none, so that each loads in its own dtype (`dtype="auto"`, the
-        default, reads it from the weights). transformers v5 writes safetensors only: `safe_serialization=False`
-        is accepted (diffusers passes it on) and ignored with a warning.
-
-        A model sharded by FSDP2 (`fully_shard`) is saved whole: every process must call `save_pretrained` (the full
-        state dict is gathered from all of them, `torch.distributed.checkpoint`'s `get_model_state_dict`), and rank 0
-        writes it. The folder loads with `from_pretrained` like any other."""
-        import os
-        import shutil
-        import tempfile
-
-        from .model_card_uniflow import save_model_card
-
+        `model.fp16.safetensors` beside the default `model.safetensors`. transformers v5 writes safetensors only:
+        `safe_serialization=False` is accepted (diffusers passes it on) and ignored with a warning."""
         if not safe_serialization:
             logger.warning("`safe_serialization=False` is ignored: transformers v5 saves safetensors only.")
-        kwargs.update(variant=variant, max_shard_size=max_shard_size)
-        if kwargs.get("state_dict") is None and has_sharded_parameters(self):
-            kwargs["state_dict"] = gather_full_state_dict(self)  # a collective: every process gets here
-            if torch.distributed.get_rank() != 0:
-                return  # only rank 0 holds the gathered weights, and writes them
-        if not is_main_process or kwargs.get("distributed_checkpoint"):
-            return super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
-        save_directory = os.path.abspath(os.fspath(save_directory))
-        if os.path.isfile(save_directory):
-            raise ValueError(f"`save_directory` ({save_directory}) is a file; pass a folder.")
-        if kwargs.get("push_to_hub"):
-            kwargs.setdefault("repo_id", os.path.basename(save_directory))
-        parent = os.path.dirname(save_directory)
-        os.makedirs(parent, exist_ok=True)
-        remove_abandoned_staging_folders(save_directory)
-        owner = staging_owner_tag()
-        try:
-            staging = tempfile.mkdtemp(prefix=f".{os.path.basename(save_directory)}.saving-{owner}-", dir=parent)
-        except PermissionError:  # a writable folder in a read-only parent: stage inside it
-            os.makedirs(save_directory, exist_ok=True)
-            staging = tempfile.mkdtemp(prefix=f".saving-{owner}-", dir=save_directory)
-        try:
-            super().save_pretrained(staging, **kwargs)
-            save_model_card(staging, self, existing_folder=save_directory)  # README.md, unless the folder has one
-            if os.path.isdir(save_directory):
-                unpin_dtype_of_mixed_folder(staging, save_directory)
-                move_saved_files(staging, save_directory)
-            else:
-                umask = os.umask(0)
-                os.umask(umask)
-                os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private
-                os.rename(staging, save_directory)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        # `AutoModel` on any UniFlow folder builds the encoder tower, with or without uniflow-hf (which registers it
+        # so: LLaVA and transformers' image-feature-extraction pipeline build `AutoModel`); the class saved adds its
+        # own Auto class (`register_for_auto_class`) to this `auto_map`.
+        auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": "modeling_uniflow.UniFlowVisionModel"}
+        if self.config.encoder_config is not None:  # the tower is UniFlow's own encoder only
+            del auto_map["AutoModel"]
+        self.config.auto_map = auto_map
+        kwargs.update(is_main_process=is_main_process, variant=variant, max_shard_size=max_shard_size)
+        if self.folder_writer is None:
+            return super().save_pretrained(save_directory, **kwargs)
+        return self.folder_writer(self, super().save_pretrained, save_directory, **kwargs)
+
+    def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
+        """`push_to_hub` (and `save_pretrained(push_to_hub=True)`) put transformers' generic card into the folder
+        they upload; upload the card of `model_card_writer` instead (a card already on the Hub is kept)."""
+        if self.model_card_writer is not None:
+            self.model_card_writer(working_dir, self, replace_generic=True, repo_id=repo_id)
+        return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
     def _init_weights(self, module):
         """Truncated-normal linears, unit norms, LayerScale at `initializer_factor`, sin-cos decoder position
@@ -1147,6 +1114,10 @@ class UniFlowForImageClassification(UniFlowPreTrainedModel):
         initialised by `_init_weights` and reported (a warning, and `missing_keys` of `output_loading_info=True`)."""
         return from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
 
+
+UniFlowModel.register_for_auto_class("AutoModelForImageToImage")
+UniFlowVisionModel.register_for_auto_class("AutoModel")
+UniFlowForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
 __all__ = [
     "UniFlowPreTrainedModel",
