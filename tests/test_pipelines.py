@@ -663,7 +663,7 @@ def test_replacing_a_component_records_its_module_file(reconstruction_pipeline, 
 
 
 def test_loading_without_importing_uniflow_hf_needs_trust_remote_code(reconstruction_pipeline, tmp_path):
-    """The folder's code runs only with `trust_remote_code=True` (tests/test_remote_pipelines.py); after
+    """The folder's code runs only with `trust_remote_code=True` (tests/test_remote_code.py); after
     `import uniflow_hf` the package's classes load without it."""
     reconstruction_pipeline.save_pretrained(tmp_path)
     script = (
