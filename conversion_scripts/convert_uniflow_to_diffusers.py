@@ -72,9 +72,10 @@ def convert_uniflow_to_diffusers(
     if dtype not in DTYPES:
         raise ValueError(f"Unknown dtype {dtype!r}: expected one of {sorted(DTYPES)}.")
     tokenizer = UniFlowModel.from_pretrained(input_dir, dtype=DTYPES[dtype])
-    image_processor = None  # the pipeline builds the release's preprocessing for the tokenizer's input size
     if (input_dir / "preprocessor_config.json").is_file():
         image_processor = UniFlowImageProcessor.from_pretrained(input_dir)
+    else:  # the release's preprocessing for the tokenizer's input size
+        image_processor = UniFlowImageProcessor.from_image_size(tokenizer.config.image_size)
     decoder_scheduler = UniFlowFlowMatchScheduler(schedule=tokenizer.config.sampling_schedule)
 
     if generator_dir is None:
@@ -119,7 +120,7 @@ def convert_diffusers_to_uniflow(
     # The plain folder decodes with the tokenizer's own default schedule: keep the pipeline's.
     tokenizer.config.sampling_schedule = decoder_scheduler.config.schedule
     tokenizer.save_pretrained(output_dir)
-    pipeline.image_processor.save_pretrained(output_dir)
+    pipeline.processor.save_pretrained(output_dir)
 
     if is_class_conditional and generator_dir is not None:
         generator_dir = Path(generator_dir)

@@ -27,6 +27,7 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from . import flow_matching
 from .configuration_uniflow import UniFlowConfig
+from .flow_matching import NUM_TRAIN_TIMESTEPS  # named so: diffusers' remote-code loader copies `from .x import` files
 from .loading_uniflow import OFFICIAL_TO_HF_KEY_MAPPING, from_pretrained_with_key_mapping
 from .loss_uniflow import adaptive_distillation_loss
 
@@ -924,7 +925,7 @@ class UniFlowModel(UniFlowPreTrainedModel):
         condition = self.decoder_condition(latents.to(dtype), grid).reshape(batch * num_tokens, -1)
         sample = noise.reshape(batch * num_tokens, patch_dim).to(device=latents.device, dtype=dtype)
         for t, t_next in zip(times[:-1], times[1:]):
-            velocity = self.flow_head(sample, t * flow_matching.NUM_TRAIN_TIMESTEPS, condition)
+            velocity = self.flow_head(sample, t * NUM_TRAIN_TIMESTEPS, condition)
             sample = flow_matching.euler_step(sample, velocity, t, t_next)
         return unpatchify(sample.reshape(batch, num_tokens, patch_dim), self.config.patch_size, grid)
 

@@ -1,22 +1,85 @@
 """diffusers side of uniflow-hf (installed as `uniflow_hf.pipelines`)."""
 
-from .pipeline_uniflow_class_conditional import UniFlowClassConditionalPipeline
-from .pipeline_uniflow_reconstruction import UniFlowReconstructionPipeline
-from .scheduling_uniflow_flow_match import UniFlowFlowMatchScheduler, UniFlowFlowMatchSchedulerOutput, time_grid
+import functools
+import sys
+
+from ..modeling import flow_matching
+
+
+# The scheduler imports the flow math as its sibling `.flow_matching`, as it does where a saved pipeline's code is
+# loaded with `trust_remote_code` (the file saved beside it); in the package that sibling is the model's own file.
+sys.modules[f"{__name__}.flow_matching"] = flow_matching
+
+from . import pipeline_uniflow_class_conditional, pipeline_uniflow_reconstruction, scheduling_uniflow_flow_match  # noqa: E402
+from .pipeline_uniflow_class_conditional import UniFlowClassConditionalPipeline  # noqa: E402
+from .pipeline_uniflow_reconstruction import UniFlowReconstructionPipeline  # noqa: E402
+from .scheduling_uniflow_flow_match import (  # noqa: E402
+    UniFlowFlowMatchScheduler,
+    UniFlowFlowMatchSchedulerOutput,
+    time_grid,
+)
 
 
 PIPELINE_CLASSES = (UniFlowReconstructionPipeline, UniFlowClassConditionalPipeline)
 SCHEDULER_CLASSES = (UniFlowFlowMatchScheduler,)
 
 
+def packaged_modules() -> dict:
+    """Module file name (as `model_index.json` records it) -> the package's module of that name."""
+    from ..modeling import configuration_uniflow, image_processing_uniflow, modeling_uniflow
+
+    modules = (
+        pipeline_uniflow_class_conditional,
+        pipeline_uniflow_reconstruction,
+        scheduling_uniflow_flow_match,
+        modeling_uniflow,
+        configuration_uniflow,
+        image_processing_uniflow,
+    )
+    return {module.__name__.rsplit(".", 1)[-1]: module for module in modules}
+
+
+def packaged_class(module_file: str, class_name: str | None):
+    """The package's class that a saved `[module file, class]` entry names, or `None`."""
+    module = packaged_modules().get(module_file.removesuffix(".py"))
+    return getattr(module, class_name, None) if module is not None and class_name else None
+
+
 def register_pipelines_with_diffusers() -> None:
-    """Put our pipelines and scheduler on the `diffusers` namespace: `DiffusionPipeline.from_pretrained(folder)` looks
-    the `_class_name` of `model_index.json` up there, and a scheduler's `compatibles` resolves its class names there.
-    (`import uniflow_hf` calls this.)"""
+    """Let diffusers' loader find our classes without `trust_remote_code` once `uniflow_hf` is imported (`import
+    uniflow_hf` calls this), as transformers prefers a registered class over a checkpoint's `auto_map`:
+
+    - folders saved in diffusers' custom form (`[module file, class]` entries, the code beside them): without
+      `trust_remote_code`, an entry naming one of our module files resolves to the package's class instead of the
+      saved code (with `trust_remote_code=True`, diffusers loads the saved code as usual);
+    - folders saved before that (`"_class_name": "UniFlowClassConditionalPipeline"`, entries `["uniflow_hf", ...]`):
+      the pipelines and the scheduler are put on the `diffusers` namespace, where those names are looked up."""
     import diffusers
+    from diffusers.pipelines import pipeline_loading_utils as loading
+
+    import uniflow_hf
 
     for component_class in PIPELINE_CLASSES + SCHEDULER_CLASSES:
         setattr(diffusers, component_class.__name__, component_class)
+    if getattr(loading.get_class_from_dynamic_module, "prefers_uniflow_hf", False):
+        return
+
+    saved_code_class = loading.get_class_from_dynamic_module
+    library = loading._get_library_or_raise
+
+    @functools.wraps(saved_code_class)
+    def get_class_from_dynamic_module(pretrained_model_name_or_path, module_file, **kwargs):
+        packaged = None if kwargs.get("trust_remote_code") else packaged_class(module_file, kwargs.get("class_name"))
+        return packaged or saved_code_class(pretrained_model_name_or_path, module_file, **kwargs)
+
+    @functools.wraps(library)
+    def get_library_or_raise(library_name):
+        # a component passed to `from_pretrained` is checked against the library its entry names
+        return uniflow_hf if library_name in packaged_modules() else library(library_name)
+
+    get_class_from_dynamic_module.prefers_uniflow_hf = True
+    loading.get_class_from_dynamic_module = get_class_from_dynamic_module
+    loading._get_library_or_raise = get_library_or_raise
 
 
 __all__ = [

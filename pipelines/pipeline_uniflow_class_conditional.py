@@ -5,21 +5,21 @@ requested class, the UniFlow tokenizer decodes them to pixels."""
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from diffusers import DiffusionPipeline, DiTTransformer2DModel, ImagePipelineOutput
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from .pipeline_uniflow_utils import (
+    OUTPUT_TYPES,
     UniFlowPipelineMixin,
+    check_callback,
     check_generator,
     check_num_inference_steps,
-    OUTPUT_TYPES,
     check_output_type,
-    default_image_processor,
 )
-from .scheduling_uniflow_flow_match import UniFlowFlowMatchScheduler
 
 
 def latents_to_grid(latents: torch.Tensor, grid_size: int) -> torch.Tensor:
@@ -124,8 +124,8 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             `model_index.json` stores them, are accepted).
         latent_mean, latent_std (`list[float]`, *optional*): per-channel statistics of the training latents; the
             transformer works on `(latents - mean) / std`. `None` means 0 and 1.
-        image_processor ([`UniFlowImageProcessor`], *optional*): maps decoded pixels back to images; built for the
-            tokenizer when `None`.
+        image_processor ([`UniFlowImageProcessor`], *optional*): maps decoded pixels back to images; when `None`
+            (it stays absent through save and load), one built for the tokenizer (`pipe.processor`) serves.
         decoder_num_inference_steps (`int`, *optional*): the default steps of the pixel flow decoder when generating
             (the tokenizer's `num_sampling_steps`, its reconstruction default, when `None`). A 1-step decoder gives
             the mean of the patches a latent could stand for, which is best for reconstruction PSNR; a few steps
@@ -147,13 +147,16 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
 
     model_cpu_offload_seq = "transformer->guide_transformer->tokenizer"
     _optional_components = ["image_processor", "guide_transformer"]
+    # The Hub has no class-conditional generation task (`unconditional-image-generation` would say it takes no input).
+    card_pipeline_tag = None
+    card_tags = ("pixel-flow-decoder", "class-conditional", "class-conditional-image-generation", "dit")
 
     def __init__(
         self,
         transformer: DiTTransformer2DModel,
-        scheduler: UniFlowFlowMatchScheduler,
+        scheduler: SchedulerMixin,
         tokenizer,
-        decoder_scheduler: UniFlowFlowMatchScheduler,
+        decoder_scheduler: SchedulerMixin,
         id2label: dict[int, str] | dict[str, str] | None = None,
         latent_mean: Sequence[float] | None = None,
         latent_std: Sequence[float] | None = None,
@@ -180,8 +183,6 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
                 f"`autoguidance_scale` {autoguidance_scale} needs a `guide_transformer`; without one pass "
                 "`autoguidance_scale=None` (or 1), i.e. no autoguidance."
             )
-        if image_processor is None and tokenizer is not None:
-            image_processor = default_image_processor(tokenizer)
         self.register_modules(
             transformer=transformer,
             scheduler=scheduler,
@@ -264,6 +265,16 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
                 f"The guide_transformer must model the transformer's latents and classes: it has {guide}, the "
                 f"transformer {main}."
             )
+
+    def card_description(self) -> str:
+        names = list(self.labels) or [str(class_id) for class_id in range(self.num_classes)]
+        config = self.transformer.config
+        guide = " and a guide DiT for autoguidance" if self.guide_transformer is not None else ""
+        return (
+            f"a class-conditional UniFlow pipeline for {self.num_classes} classes ({', '.join(names)}): a "
+            f"{config.num_layers}-layer latent DiT{guide} samples latents for a class label, and "
+            f"{self.tokenizer_facts()} decodes them to images with its patch-wise pixel flow decoder"
+        )
 
     @classmethod
     def setting_names(cls) -> list[str]:
@@ -400,6 +411,9 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         guidance_rescale: float | None = None,
         latents: torch.Tensor | None = None,
         decoder_latent_scale: float | None = None,
+        num_images_per_prompt: int = 1,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
     ) -> ImagePipelineOutput | tuple:
         r"""
         Args:
@@ -446,6 +460,13 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
                 enlarges the latents too, so a scale above 1 lets the guidance drop and the samples keep more of
                 their diversity.
                 When `None`: the pipeline's `config.decoder_latent_scale`, else 1.
+            num_images_per_prompt (`int`, *optional*, defaults to 1): images per class label, each label's images
+                consecutive (as diffusers repeats each prompt): `[a, b]` with 2 gives `a, a, b, b`.
+            callback_on_step_end (`Callable`, *optional*): called after each step of the latent flow as
+                `callback_on_step_end(self, step, timestep, callback_kwargs)`, `callback_kwargs` holding the tensors
+                named in `callback_on_step_end_tensor_inputs`; the tensors it returns in a dict replace them.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*, defaults to `["latents"]`): of
+                `pipe._callback_tensor_inputs` (`latents`: the latent flow's sample, in the transformer's space).
 
         Examples:
         ```py
@@ -483,7 +504,9 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
                 f"`autoguidance_scale` {autoguidance_scale} needs a `guide_transformer`, and this pipeline has none "
                 "(1 = no autoguidance)."
             )
-        class_ids = self.get_label_ids(class_labels)
+        check_num_inference_steps(num_images_per_prompt, "num_images_per_prompt")
+        callback_on_step_end_tensor_inputs = check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        class_ids = [class_id for class_id in self.get_label_ids(class_labels) for _ in range(num_images_per_prompt)]
         batch_size = len(class_ids)
         check_generator(generator, batch_size)
 
@@ -497,7 +520,8 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         # which network calls to guide, compared at 6 decimals (float32 grid times: 0.2 may read 0.19999998)
         guided = [guidance_scale != 1 and guidance_start <= round(t, 6) <= guidance_end for t in times]
         autoguided = [autoguidance_scale != 1 and autoguidance_start <= round(t, 6) <= autoguidance_end for t in times]
-        for timestep, do_guidance, do_autoguidance in zip(self.progress_bar(self.scheduler.timesteps), guided, autoguided):
+        steps = zip(self.progress_bar(self.scheduler.timesteps), guided, autoguided)
+        for step, (timestep, do_guidance, do_autoguidance) in enumerate(steps):
             model_input = torch.cat([latents, latents]) if do_guidance else latents
             velocity = self.transformer(
                 model_input,
@@ -516,6 +540,9 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
                 ).sample.to(velocity.dtype)
                 velocity = velocity + (autoguidance_scale - 1) * (velocity_class - velocity_guide)
             latents = self.scheduler.step(velocity, timestep, latents).prev_sample
+            latents = self.run_step_end_callback(
+                callback_on_step_end, callback_on_step_end_tensor_inputs, step, timestep, {"latents": latents}
+            )["latents"]
 
         latents = self.denormalize_latents(latents)
         if output_type == "latent":

@@ -4,19 +4,21 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .pipeline_uniflow_utils import (
+    OUTPUT_TYPES,
     UniFlowPipelineMixin,
+    check_callback,
     check_generator,
     check_num_inference_steps,
     check_output_type,
-    default_image_processor,
 )
-from .scheduling_uniflow_flow_match import UniFlowFlowMatchScheduler
 
 
 class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
@@ -31,18 +33,25 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
     Args:
         tokenizer ([`UniFlowModel`]): the UniFlow image tokenizer (encoder and flow decoder).
         scheduler ([`UniFlowFlowMatchScheduler`]): the sampler of the flow decoder.
-        image_processor ([`UniFlowImageProcessor`], *optional*): the pre/post-processing. When `None`, one is built
-            for the tokenizer's input size (resize the short side, centre-crop to `config.image_size`).
+        image_processor ([`UniFlowImageProcessor`], *optional*): the pre/post-processing. When `None` (it stays
+            absent through save and load), one built for the tokenizer's input size (resize the short side,
+            centre-crop to `config.image_size`) serves (`pipe.processor`).
     """
 
     model_cpu_offload_seq = "tokenizer"
     _optional_components = ["image_processor"]
+    card_pipeline_tag = "image-to-image"
+    card_tags = ("pixel-flow-decoder", "reconstruction")
 
-    def __init__(self, tokenizer, scheduler: UniFlowFlowMatchScheduler, image_processor=None):
+    def __init__(self, tokenizer, scheduler: SchedulerMixin, image_processor=None):
         super().__init__()
-        if image_processor is None and tokenizer is not None:
-            image_processor = default_image_processor(tokenizer)
         self.register_modules(tokenizer=tokenizer, scheduler=scheduler, image_processor=image_processor)
+
+    def card_description(self) -> str:
+        return (
+            f"a UniFlow reconstruction pipeline: {self.tokenizer_facts()} encodes images to latents and decodes them "
+            "back with its patch-wise pixel flow decoder"
+        )
 
     @torch.no_grad()
     def __call__(
@@ -54,6 +63,9 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         images: Any = None,
+        num_images_per_prompt: int = 1,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
     ) -> ImagePipelineOutput | tuple:
         r"""
         Args:
@@ -67,9 +79,18 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             noise (`torch.Tensor`, *optional*): the decoder's initial noise `(batch, tokens, channels * p * p)`
                 (then `generator` is unused).
             output_type (`str`, *optional*, defaults to `"pil"`): `"pil"` (list of PIL images), `"np"` (float array
-                `(batch, height, width, 3)` in [0, 1]) or `"pt"` (tensor `(batch, 3, height, width)` in [0, 1]).
+                `(batch, height, width, 3)` in [0, 1]), `"pt"` (tensor `(batch, 3, height, width)` in [0, 1]) or
+                `"latent"`: the encoded latents `(batch, tokens, latent_channels)`, not decoded.
             return_dict (`bool`, *optional*, defaults to `True`): return an [`ImagePipelineOutput`] or a tuple.
             images: the former name of `image` (deprecated; still accepted, with a warning).
+            num_images_per_prompt (`int`, *optional*, defaults to 1): reconstructions per image (each its own
+                decoder noise), each image's consecutive.
+            callback_on_step_end (`Callable`, *optional*): `callback_on_step_end(self, step, timestep,
+                callback_kwargs)`, diffusers' contract. The reconstruction has one latent step, the encoding: the
+                callback is called once (step 0, timestep 1000: the data end of the flow) with the latents the decoder
+                is about to decode, and the tensors it returns in a dict replace them.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*, defaults to `["latents"]`): of
+                `pipe._callback_tensor_inputs`.
 
         Examples:
         ```py
@@ -90,25 +111,35 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         if image is None:
             raise ValueError("`image` is required: the image(s) to reconstruct.")
         check_num_inference_steps(num_inference_steps, allow_none=True)
-        check_output_type(output_type)
+        check_num_inference_steps(num_images_per_prompt, "num_images_per_prompt")
+        check_output_type(output_type, OUTPUT_TYPES + ("latent",))
+        callback_on_step_end_tensor_inputs = check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
 
         device = self._execution_device
         processor = self.processor
         pixel_values = processor(image, return_tensors="pt").pixel_values
         pixel_values = pixel_values.to(device=device, dtype=self.tokenizer.dtype)
+        pixel_values = pixel_values.repeat_interleave(num_images_per_prompt, dim=0)
         check_generator(generator, len(pixel_values))
 
         latents = self.tokenizer.encode(pixel_values)
-        reconstruction = self.decode_latents(
-            latents,
-            self.scheduler,
-            num_inference_steps,
-            generator=generator,
-            noise=noise,
-            height=pixel_values.shape[-2],
-            width=pixel_values.shape[-1],
-        )
-        images = processor.postprocess(reconstruction, output_type=output_type)
+        timestep = torch.tensor(float(self.scheduler.config.num_train_timesteps), device=device)
+        latents = self.run_step_end_callback(
+            callback_on_step_end, callback_on_step_end_tensor_inputs, 0, timestep, {"latents": latents}
+        )["latents"]
+        if output_type == "latent":
+            images = latents
+        else:
+            reconstruction = self.decode_latents(
+                latents,
+                self.scheduler,
+                num_inference_steps,
+                generator=generator,
+                noise=noise,
+                height=pixel_values.shape[-2],
+                width=pixel_values.shape[-1],
+            )
+            images = processor.postprocess(reconstruction, output_type=output_type)
 
         self.maybe_free_model_hooks()
         if not return_dict:

@@ -2,7 +2,8 @@
 """UniFlow's rectified-flow scheduler.
 
 The flow math itself (convention: t = 0 noise, t = 1 data, velocity v = x_data - noise, network timestep 1000 * t)
-lives in `uniflow_hf.modeling.flow_matching`, which the model's decoder and flow loss use too.
+lives in `flow_matching.py`, the file the model's decoder and flow loss use too (`uniflow_hf.modeling.flow_matching`;
+the package makes it importable from here as `.flow_matching`, and pipelines save it beside this file).
 
 Mapping to `FlowMatchEulerDiscreteScheduler`: sigma = 1 - t, and its model output is the flipped velocity
 (noise - x_data = -v). `flow_match_euler_sigmas` gives the sigmas of our time grid, so that scheduler (with
@@ -19,7 +20,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
-from ..modeling.flow_matching import (
+from .flow_matching import (
     TIMESTEP_DISTRIBUTIONS,
     add_noise,
     euler_step,

@@ -35,7 +35,9 @@ def run_converter(argv, how):
 def test_converter_round_trip(official_tiny_dir, tmp_path):
     pipeline_dir, plain_dir = tmp_path / "pipeline", tmp_path / "plain"
     assert run_converter(["--input", str(official_tiny_dir), "--output", str(pipeline_dir)], "module") == 0
-    assert json.loads((pipeline_dir / "model_index.json").read_text())["_class_name"] == "UniFlowReconstructionPipeline"
+    model_index = json.loads((pipeline_dir / "model_index.json").read_text())
+    assert model_index["_class_name"] == ["pipeline_uniflow_reconstruction", "UniFlowReconstructionPipeline"]
+    assert model_index["image_processor"] == ["image_processing_uniflow", "UniFlowImageProcessor"]
     assert run_converter(["--reverse", "--input", str(pipeline_dir), "--output", str(plain_dir)], "file") == 0
 
     official = UniFlowModel.from_pretrained(official_tiny_dir)

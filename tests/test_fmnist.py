@@ -68,7 +68,7 @@ def test_shipped_model_is_small_safetensors_and_complete():
     assert sum(p.stat().st_size for p in files) <= 25 * 2**20
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
     index = json.loads((SHIPPED / "model_index.json").read_text())
-    assert index["_class_name"] == "UniFlowClassConditionalPipeline"
+    assert index["_class_name"] == ["pipeline_uniflow_class_conditional", "UniFlowClassConditionalPipeline"]
     assert [index["id2label"][str(i)] for i in range(10)] == FASHION_MNIST_LABELS
 
 

@@ -119,7 +119,7 @@ def test_pipeline_save_writes_one_card_and_round_trips(class_conditional_pipelin
     class_conditional_pipeline.save_pretrained(tmp_path)
     metadata, body = read_card(tmp_path / "README.md")
     assert metadata["library_name"] == "diffusers" and metadata["license"] == "apache-2.0"
-    assert metadata["pipeline_tag"] == "unconditional-image-generation" and "class-conditional" in metadata["tags"]
+    assert "pipeline_tag" not in metadata and "class-conditional" in metadata["tags"]  # not "unconditional"
     assert "DiffusionPipeline.from_pretrained" in body
     assert sorted(path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("README.md")) == ["README.md"]
     loaded = DiffusionPipeline.from_pretrained(tmp_path)

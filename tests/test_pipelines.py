@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -50,7 +51,7 @@ def test_pipeline_is_the_processor_around_the_tokenizer(official_tiny_dir):
     images = random_images(2)
     noise = torch.randn(2, 16, 192, generator=torch.Generator().manual_seed(0))
     output = pipeline(images, num_inference_steps=3, noise=noise, output_type="pt").images
-    processor = pipeline.image_processor
+    processor = pipeline.processor
     expected = tokenizer.reconstruct(
         processor(images, return_tensors="pt").pixel_values, noise=noise, num_inference_steps=3
     )
@@ -120,7 +121,9 @@ def test_reconstruction_steps(reconstruction_pipeline):
         (dict(image=[1, 2]), TypeError, "Unsupported image type"),
         (dict(image=random_images(1), num_inference_steps=0), ValueError, "positive integer"),
         (dict(image=random_images(1), num_inference_steps=-2), ValueError, "positive integer"),
-        (dict(image=random_images(1), output_type="latent"), ValueError, "output_type"),
+        (dict(image=random_images(1), output_type="tensor"), ValueError, "output_type"),
+        (dict(image=random_images(1), num_images_per_prompt=0), ValueError, "num_images_per_prompt"),
+        (dict(image=random_images(1), callback_on_step_end_tensor_inputs=["noise"]), ValueError, "may name"),
         (dict(image=random_images(2), generator=generators([0])), ValueError, "2 images"),
         (dict(image=random_images(1), generator=3), TypeError, "torch.Generator"),
     ],
@@ -218,7 +221,7 @@ def test_decoder_latent_scale_scales_what_the_decoder_decodes(class_conditional_
     generator = torch.manual_seed(0)
     generated = pipeline([0, 2], generator=generator, output_type="latent", **kwargs).images  # draws the latent noise
     decoded = pipeline.tokenizer.decode(1.5 * generated, generator=generator, num_inference_steps=2)
-    assert torch.allclose(images, pipeline.image_processor.postprocess(decoded, output_type="pt"), atol=1e-5)
+    assert torch.allclose(images, pipeline.processor.postprocess(decoded, output_type="pt"), atol=1e-5)
     unscaled = pipeline([0, 2], generator=torch.manual_seed(0), output_type="pt", **kwargs).images
     assert not torch.allclose(images, unscaled, atol=1e-5)  # the tiny decoder depends on its latents only weakly
 
@@ -414,7 +417,7 @@ def test_class_conditional_decodes_what_it_generates(class_conditional_pipeline)
     generators_ = generators([5, 6])
     latents = pipeline([0, 1], generator=generators_, output_type="latent", **kwargs).images
     decoded = pipeline.tokenizer.decode(latents, generator=generators_, num_inference_steps=3)  # decoder noise follows
-    assert torch.allclose(images, pipeline.image_processor.postprocess(decoded, output_type="pt"), atol=1e-6)
+    assert torch.allclose(images, pipeline.processor.postprocess(decoded, output_type="pt"), atol=1e-6)
 
 
 def test_class_conditional_takes_its_starting_noise(class_conditional_pipeline):
@@ -572,10 +575,16 @@ def test_latent_grid_layout(class_conditional_pipeline):
 def test_reconstruction_save_and_load(reconstruction_pipeline, tmp_path, tiny_config):
     reconstruction_pipeline.save_pretrained(tmp_path)
     model_index = json.loads((tmp_path / "model_index.json").read_text())
-    assert model_index["_class_name"] == "UniFlowReconstructionPipeline"
-    assert model_index["tokenizer"] == ["uniflow_hf", "UniFlowModel"]
-    assert model_index["scheduler"] == ["uniflow_hf", "UniFlowFlowMatchScheduler"]
-    assert model_index["image_processor"] == ["uniflow_hf", "UniFlowImageProcessor"]
+    # diffusers' custom pipeline and components: [module file, class], each file in the folder that names it
+    assert model_index["_class_name"] == ["pipeline_uniflow_reconstruction", "UniFlowReconstructionPipeline"]
+    assert model_index["tokenizer"] == ["modeling_uniflow", "UniFlowModel"]
+    assert model_index["scheduler"] == ["scheduling_uniflow_flow_match", "UniFlowFlowMatchScheduler"]
+    assert model_index["image_processor"] == [None, None]  # absent, and it stays absent
+    for path in ("pipeline_uniflow_reconstruction.py", "pipeline_uniflow_utils.py", "tokenizer/modeling_uniflow.py",
+                 "tokenizer/configuration_uniflow.py", "tokenizer/flow_matching.py", "scheduler/flow_matching.py",
+                 "scheduler/scheduling_uniflow_flow_match.py", "tokenizer/preprocessor_config.json"):
+        assert (tmp_path / path).is_file(), path
+    assert not (tmp_path / "image_processor").exists()
 
     images = random_images(2)
     expected = reconstruction_pipeline(images, generator=torch.manual_seed(0), output_type="pt").images
@@ -583,7 +592,8 @@ def test_reconstruction_save_and_load(reconstruction_pipeline, tmp_path, tiny_co
         UniFlowReconstructionPipeline.from_pretrained(tmp_path),
         DiffusionPipeline.from_pretrained(tmp_path, dtype=torch.float32),
     ):
-        assert isinstance(loaded, UniFlowReconstructionPipeline)
+        assert type(loaded) is UniFlowReconstructionPipeline and type(loaded.tokenizer) is UniFlowModel
+        assert loaded.image_processor is None
         loaded.set_progress_bar_config(disable=True)
         assert torch.equal(loaded(images, generator=torch.manual_seed(0), output_type="pt").images, expected)
 
@@ -598,17 +608,22 @@ def test_reconstruction_save_and_load(reconstruction_pipeline, tmp_path, tiny_co
 
 def test_class_conditional_save_and_load(class_conditional_pipeline, tmp_path):
     pipeline = class_conditional_pipeline
+    pipeline.image_processor = pipeline.processor
     pipeline.save_pretrained(tmp_path)
     model_index = json.loads((tmp_path / "model_index.json").read_text())
+    assert model_index["_class_name"] == ["pipeline_uniflow_class_conditional", "UniFlowClassConditionalPipeline"]
     assert model_index["transformer"] == ["diffusers", "DiTTransformer2DModel"]
-    assert model_index["decoder_scheduler"] == ["uniflow_hf", "UniFlowFlowMatchScheduler"]
+    assert model_index["decoder_scheduler"] == ["scheduling_uniflow_flow_match", "UniFlowFlowMatchScheduler"]
+    assert model_index["image_processor"] == ["image_processing_uniflow", "UniFlowImageProcessor"]
+    assert (tmp_path / "image_processor" / "image_processing_uniflow.py").is_file()
     assert model_index["id2label"] == {"0": "circle", "1": "square", "2": "stripes"}
     assert model_index["latent_std"] == pytest.approx(pipeline.config.latent_std)
 
     kwargs = dict(num_inference_steps=2, output_type="pt")
     expected = pipeline(["stripes", 1], generator=torch.manual_seed(0), **kwargs).images
     loaded = DiffusionPipeline.from_pretrained(tmp_path, dtype=torch.float32)
-    assert isinstance(loaded, UniFlowClassConditionalPipeline)
+    assert type(loaded) is UniFlowClassConditionalPipeline
+    assert type(loaded.image_processor) is UniFlowImageProcessor
     assert loaded.config.id2label == ID2LABEL
     assert loaded.config.latent_mean == pytest.approx(pipeline.config.latent_mean)
     loaded.set_progress_bar_config(disable=True)
@@ -619,32 +634,56 @@ def test_class_conditional_save_and_load(class_conditional_pipeline, tmp_path):
     assert renamed.labels == {"a": 0, "b": 1, "c": 2}
 
 
-def test_replacing_a_component_keeps_the_library_name(reconstruction_pipeline, tiny_config):
+def test_folders_saved_in_the_former_form_still_load(class_conditional_pipeline, tmp_path):
+    """Folders saved before the custom-code form: `_class_name` a name, our entries `["uniflow_hf", class]`, no code."""
+    pipeline = class_conditional_pipeline
+    pipeline.image_processor = pipeline.processor
+    pipeline.save_pretrained(tmp_path)
+    model_index = json.loads((tmp_path / "model_index.json").read_text())
+    model_index["_class_name"] = "UniFlowClassConditionalPipeline"
+    for name in ("tokenizer", "scheduler", "decoder_scheduler", "image_processor"):
+        model_index[name] = ["uniflow_hf", model_index[name][1]]
+    (tmp_path / "model_index.json").write_text(json.dumps(model_index))
+    for code_file in tmp_path.rglob("*.py"):
+        code_file.unlink()
+
+    kwargs = dict(num_inference_steps=2, output_type="pt")
+    expected = pipeline([0, 2], generator=torch.manual_seed(0), **kwargs).images
+    for loaded in (DiffusionPipeline.from_pretrained(tmp_path), UniFlowClassConditionalPipeline.from_pretrained(tmp_path)):
+        assert type(loaded) is UniFlowClassConditionalPipeline and type(loaded.tokenizer) is UniFlowModel
+        loaded.set_progress_bar_config(disable=True)
+        assert torch.equal(loaded([0, 2], generator=torch.manual_seed(0), **kwargs).images, expected)
+
+
+def test_replacing_a_component_records_its_module_file(reconstruction_pipeline, tiny_config):
     reconstruction_pipeline.tokenizer = UniFlowModel(tiny_config)
-    assert reconstruction_pipeline.config.tokenizer == ("uniflow_hf", "UniFlowModel")
+    assert reconstruction_pipeline.config.tokenizer == ("modeling_uniflow", "UniFlowModel")
     reconstruction_pipeline.image_processor = UniFlowImageProcessor(size=32, crop_size=32)
-    assert reconstruction_pipeline.config.image_processor == ("uniflow_hf", "UniFlowImageProcessor")
+    assert reconstruction_pipeline.config.image_processor == ("image_processing_uniflow", "UniFlowImageProcessor")
 
 
-def test_loading_without_importing_uniflow_hf(reconstruction_pipeline, tmp_path):
-    """diffusers resolves the pipeline class by name on its own module: that works after `import uniflow_hf` only."""
+def test_loading_without_importing_uniflow_hf_needs_trust_remote_code(reconstruction_pipeline, tmp_path):
+    """The folder's code runs only with `trust_remote_code=True` (tests/test_remote_code.py); after
+    `import uniflow_hf` the package's classes load without it."""
     reconstruction_pipeline.save_pretrained(tmp_path)
     script = (
         "import sys\n"
         "from diffusers import DiffusionPipeline\n"
         "try:\n"
         f"    DiffusionPipeline.from_pretrained({str(tmp_path)!r})\n"
-        "except AttributeError as error:\n"
+        "except ValueError as error:\n"
         "    print('FAILED:', error)\n"
         "assert 'uniflow_hf' not in sys.modules\n"
         "import uniflow_hf\n"
-        f"print('LOADED:', type(DiffusionPipeline.from_pretrained({str(tmp_path)!r})).__name__)\n"
+        f"loaded = DiffusionPipeline.from_pretrained({str(tmp_path)!r})\n"
+        "print('LOADED:', type(loaded).__module__, type(loaded.scheduler).__module__)\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "FAILED: module diffusers has no attribute UniFlowReconstructionPipeline" in result.stdout
-    assert "LOADED: UniFlowReconstructionPipeline" in result.stdout
+    assert "Pass `trust_remote_code=True` to allow loading remote code modules" in result.stdout
+    expected = "LOADED: uniflow_hf.pipelines.pipeline_uniflow_reconstruction uniflow_hf.pipelines.scheduling_uniflow_flow_match"
+    assert expected in result.stdout
 
 
 def test_reconstruction_takes_image_like_diffusers_pipelines(reconstruction_pipeline):
@@ -673,3 +712,145 @@ def test_pipelines_run_without_their_optional_image_processor(reconstruction_pip
     class_conditional_pipeline.image_processor = None
     again = class_conditional_pipeline([1], num_inference_steps=2, generator=generators([3]), output_type="np").images
     np.testing.assert_array_equal(again, expected)
+
+
+# ------------------------------------------------------------------------------------ diffusers call contracts
+def test_step_end_callback_sees_and_changes_the_latents(class_conditional_pipeline):
+    pipeline, seen = class_conditional_pipeline, []
+
+    def record(pipe, step, timestep, callback_kwargs):
+        seen.append((step, float(timestep), callback_kwargs["latents"].clone()))
+        return {}
+
+    kwargs = dict(num_inference_steps=3, output_type="latent")
+    plain = pipeline([0, 2], generator=torch.manual_seed(0), **kwargs).images
+    recorded = pipeline([0, 2], generator=torch.manual_seed(0), callback_on_step_end=record, **kwargs).images
+    assert torch.equal(recorded, plain)  # a callback that returns nothing changes nothing
+    assert [step for step, _, _ in seen] == [0, 1, 2]
+    assert [timestep for _, timestep, _ in seen] == pytest.approx(pipeline.scheduler.timesteps.tolist())
+    assert torch.allclose(pipeline.denormalize_latents(seen[-1][2]), plain, atol=1e-6)  # the last step's latents
+
+    # the latents it returns replace the pipeline's: zero (normalised) latents at the last step are the latent mean
+    zeroed = pipeline(
+        [0, 2], generator=torch.manual_seed(0), callback_on_step_end=lambda p, i, t, k: {"latents": 0 * k["latents"]},
+        callback_on_step_end_tensor_inputs=["latents"], **kwargs,
+    ).images
+    expected = torch.tensor(pipeline.config.latent_mean).expand_as(zeroed)
+    torch.testing.assert_close(zeroed, expected, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"may name \['latents'\]"):
+        pipeline([0], callback_on_step_end=record, callback_on_step_end_tensor_inputs=["prompt_embeds"])
+
+
+def test_num_images_per_prompt_repeats_each_label_consecutively(class_conditional_pipeline):
+    pipeline = class_conditional_pipeline
+    kwargs = dict(num_inference_steps=2, output_type="pt")
+    images = pipeline(["stripes", 0], num_images_per_prompt=2, generator=generators(range(4)), **kwargs).images
+    expected = pipeline([2, 2, 0, 0], generator=generators(range(4)), **kwargs).images
+    assert images.shape == (4, 3, 32, 32) and torch.equal(images, expected)
+    latents = pipeline([1], num_images_per_prompt=3, num_inference_steps=2, output_type="latent").images
+    assert latents.shape == (3, 16, pipeline.tokenizer.config.latent_channels)
+    with pytest.raises(ValueError, match="3 generators for 4 images"):
+        pipeline([0, 1], num_images_per_prompt=2, generator=generators(range(3)), **kwargs)
+    with pytest.raises(ValueError, match="`num_images_per_prompt` must be a positive integer"):
+        pipeline([0], num_images_per_prompt=0)
+
+
+def test_reconstruction_latents_images_per_prompt_and_callback(reconstruction_pipeline):
+    pipeline, images = reconstruction_pipeline, random_images(2)
+    latents = pipeline(images, output_type="latent").images
+    encoded = pipeline.tokenizer.encode(pipeline.processor(images, return_tensors="pt").pixel_values)
+    assert latents.shape == (2, 16, pipeline.tokenizer.config.latent_channels) and torch.equal(latents, encoded)
+
+    repeated = pipeline(images, num_images_per_prompt=2, generator=generators(range(4)), output_type="pt").images
+    expected = pipeline([images[0], images[0], images[1], images[1]], generator=generators(range(4)), output_type="pt")
+    assert repeated.shape == (4, 3, 32, 32) and torch.equal(repeated, expected.images)
+
+    # the callback sees the encoded latents at the one latent step and may replace them before decoding
+    seen = []
+
+    def swap(pipe, step, timestep, callback_kwargs):
+        seen.append((step, float(timestep)))
+        return {"latents": callback_kwargs["latents"].flip(0)}
+
+    swapped = pipeline(images, generator=generators([0, 1]), callback_on_step_end=swap, output_type="pt").images
+    flipped = pipeline([images[1], images[0]], generator=generators([0, 1]), output_type="pt").images
+    assert seen == [(0, 1000.0)] and torch.equal(swapped, flipped)
+
+
+def test_an_absent_image_processor_stays_absent(class_conditional_pipeline, tmp_path):
+    pipeline = class_conditional_pipeline
+    assert pipeline.image_processor is None  # not built at construction: `processor` serves
+    pipeline.image_processor = pipeline.processor
+    pipeline.image_processor = None
+    pipeline.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["image_processor"] == [None, None]
+    loaded = DiffusionPipeline.from_pretrained(tmp_path)
+    assert loaded.image_processor is None and isinstance(loaded.processor, UniFlowImageProcessor)
+
+
+def test_image_feature_extraction_on_the_tokenizer_folder(reconstruction_pipeline, tmp_path):
+    """transformers' pipeline finds the image processor in `tokenizer/`, beside the model it describes."""
+    from transformers import pipeline as transformers_pipeline
+
+    reconstruction_pipeline.save_pretrained(tmp_path)
+    extractor = transformers_pipeline("image-feature-extraction", model=str(tmp_path / "tokenizer"))
+    image = Image.fromarray(random_images(1)[0])
+    features = extractor(image, return_tensors=True)
+    pixel_values = reconstruction_pipeline.processor(image, return_tensors="pt").pixel_values
+    expected = extractor.model(pixel_values=pixel_values).last_hidden_state
+    assert isinstance(extractor.image_processor, UniFlowImageProcessor)
+    assert features.shape == (1, 17, 64) and torch.allclose(features, expected, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------------ cards
+def test_pipeline_cards_state_what_was_saved(class_conditional_pipeline, reconstruction_pipeline, tmp_path):
+    from huggingface_hub import ModelCard
+
+    class_conditional_pipeline.save_pretrained(tmp_path / "generation")
+    card = ModelCard.load(tmp_path / "generation" / "README.md")
+    assert card.data.pipeline_tag is None  # the Hub has no class-conditional task; not "unconditional"
+    assert {"class-conditional", "class-conditional-image-generation", "dit"} <= set(card.data.tags)
+    assert card.data.library_name == "diffusers"
+    assert "3 classes (circle, square, stripes)" in card.text
+    assert "32x32 images (8x8 patches, one latent of 8 channels per patch, 4x4 latents per image)" in card.text
+    assert "trust_remote_code=True" in card.text and "import uniflow_hf" in card.text
+
+    reconstruction_pipeline.save_pretrained(tmp_path / "reconstruction")
+    card = ModelCard.load(tmp_path / "reconstruction" / "README.md")
+    assert card.data.pipeline_tag == "image-to-image" and "reconstruction" in card.data.tags
+    assert not (tmp_path / "reconstruction" / "tokenizer" / "README.md").exists()  # the pipeline's card describes it
+
+
+def test_push_to_hub_uploads_our_card(reconstruction_pipeline, tmp_path):
+    uploaded = {}
+
+    def upload_folder(self, folder, repo_id, **kwargs):
+        uploaded.update(repo_id=repo_id, card=(tmp_path / "folder" / "README.md").read_text())
+
+    repo = mock.Mock(repo_id="someone/uniflow-reconstruction")
+    with mock.patch("huggingface_hub.create_repo", return_value=repo) as create_repo, \
+            mock.patch.object(DiffusionPipeline, "_upload_folder", upload_folder):
+        reconstruction_pipeline.save_pretrained(tmp_path / "folder", push_to_hub=True, repo_id="uniflow-reconstruction")
+    assert create_repo.call_args.args == ("uniflow-reconstruction",)
+    assert uploaded["repo_id"] == "someone/uniflow-reconstruction"
+    assert "UniFlowReconstructionPipeline" in uploaded["card"] and "trust_remote_code=True" in uploaded["card"]
+
+
+def test_shipped_folder_carries_the_package_code():
+    """The code saved in the shipped pipeline folder is the package's: a change to it needs a re-save
+    (`python conversion_scripts/resave_pipeline.py uniflow_hf/models/uniflow-fmnist`)."""
+    import uniflow_hf
+    from uniflow_hf.pipelines import packaged_class
+    from uniflow_hf.pipelines.pipeline_uniflow_utils import module_code_files
+
+    folder = Path(uniflow_hf.FMNIST_MODEL_PATH)
+    model_index = json.loads((folder / "model_index.json").read_text())
+    code = {"": model_index["_class_name"]}  # subfolder -> [module file, class]
+    component_names = UniFlowClassConditionalPipeline._get_signature_keys(UniFlowClassConditionalPipeline)[0]
+    code.update({name: model_index[name] for name in component_names if model_index[name][0] not in ("diffusers", None)})
+    assert sorted(code) == ["", "decoder_scheduler", "image_processor", "scheduler", "tokenizer"]
+    for subfolder, (module_file, class_name) in code.items():
+        module = sys.modules[packaged_class(module_file, class_name).__module__]
+        for file_name, source in module_code_files(module).items():
+            saved = folder / subfolder / file_name
+            assert saved.read_text() == Path(source).read_text(), f"{saved} is not the package's {source}"

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 MODEL_CARD = REPO / "uniflow_hf" / "models" / "uniflow-fmnist" / "README.md"
 MAX_README_LINES = 200
-CARD_KEYS = ("license", "library_name", "pipeline_tag", "tags", "datasets", "metrics")
+CARD_KEYS = ("license", "library_name", "tags", "datasets", "metrics")  # no pipeline_tag: no Hub task is class-conditional
 
 # Runs each snippet in a fresh namespace (so a missing import fails as it would in a fresh interpreter) and in a
 # directory of its own, paying the transformers/diffusers import once for all snippets.
@@ -93,7 +93,8 @@ def test_shipped_model_path_is_the_installed_pipeline_folder():
     path = Path(uniflow_hf.FMNIST_MODEL_PATH)
     assert "FMNIST_MODEL_PATH" in uniflow_hf.__all__
     assert path.is_absolute() and path.parent == Path(uniflow_hf.__file__).resolve().parent / "models"
-    assert json.loads((path / "model_index.json").read_text())["_class_name"] == "UniFlowClassConditionalPipeline"
+    class_name = json.loads((path / "model_index.json").read_text())["_class_name"]
+    assert class_name == ["pipeline_uniflow_class_conditional", "UniFlowClassConditionalPipeline"]
     assert (path / "README.md").read_text() == MODEL_CARD.read_text()  # the card ships with the model
 
 
@@ -103,7 +104,8 @@ def test_model_card_metadata_and_figures():
     card = ModelCard(text).data
     missing = [key for key in CARD_KEYS if not card.to_dict().get(key)]
     assert not missing, f"the model card's metadata lacks {missing}"
-    assert card.license == "apache-2.0" and "fashion_mnist" in card.datasets
+    assert card.license == "apache-2.0" and "fashion_mnist" in card.datasets and "class-conditional" in card.tags
+    assert card.pipeline_tag is None  # not unconditional-image-generation
 
     # Its figures are the committed report's, to the digits the card gives.
     report = json.loads((REPO / "benchmarks" / "fmnist_report.json").read_text())

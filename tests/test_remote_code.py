@@ -1,5 +1,5 @@
 """Folders travel: what the package saves (tokenizer, tower, converted official release, grafted LLaVA, a folder for
-transformers' image-feature-extraction pipeline) loads where `uniflow_hf` cannot be imported, through the Auto
+transformers' image-feature-extraction pipeline, the two diffusers pipelines and their `tokenizer/`) loads where `uniflow_hf` cannot be imported, through the Auto
 classes and `trust_remote_code=True` (the code saved beside the weights), and gives the package's outputs; and
 loads natively, without `trust_remote_code`, with the package imported.
 
@@ -59,6 +59,15 @@ def llava_outputs(model, processor, image):
     return {"image_features": torch.cat(list(features)), "generated": generated}
 
 
+def diffusers_pipeline_outputs(generation, reconstruction, image):
+    for pipeline in (generation, reconstruction):
+        pipeline.set_progress_bar_config(disable=True)
+    generated = generation(["stripes", 1], num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                           output_type="pt")
+    reconstructed = reconstruction([image, image], generator=torch.Generator().manual_seed(1), output_type="pt")
+    return {"pipelines.generation": generated.images, "pipelines.reconstruction": reconstructed.images}
+
+
 # ------------------------------------------------------------------------------ checks run without uniflow_hf
 def check_tokenizer_and_tower(folders, expected):
     """The tokenizer (`AutoModelForImageToImage`), a tower folder and the tokenizer's encoder (`AutoModel`)."""
@@ -112,14 +121,31 @@ def check_image_feature_extraction_pipeline(folders, expected):
     return {"feature_extraction": extractor(remote_inputs()[2], return_tensors=True)}
 
 
-# The checks the subprocess runs. The diffusers pipelines' check (DiffusionPipeline + trust_remote_code, same images
-# for the same generator) goes here, beside its folders and expected images in `remote_code_folders`.
+def check_diffusers_pipelines(folders, expected):
+    """`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` runs the code saved in the pipeline folders
+    (diffusers' custom pipelines and components): the same images for the same generator; and the image-feature-
+    extraction pipeline on a pipeline's `tokenizer/`."""
+    from diffusers import DiffusionPipeline
+    from transformers import pipeline
+
+    generation = DiffusionPipeline.from_pretrained(folders["generation"], trust_remote_code=True)
+    reconstruction = DiffusionPipeline.from_pretrained(folders["reconstruction"], trust_remote_code=True)
+    assert type(generation).__module__ == "diffusers_modules.local.pipeline_uniflow_class_conditional"
+    assert type(reconstruction.tokenizer).__module__ == "diffusers_modules.local.modeling_uniflow"
+    outputs = diffusers_pipeline_outputs(generation, reconstruction, remote_inputs()[2])
+    extractor = pipeline("image-feature-extraction", model=f"{folders['generation']}/tokenizer", trust_remote_code=True)
+    outputs["feature_extraction"] = extractor(remote_inputs()[2], return_tensors=True)
+    return outputs
+
+
+# The checks the subprocess runs.
 REMOTE_CODE_CHECKS = [
     check_tokenizer_and_tower,
     check_classifier,
     check_converted_official,
     check_grafted_llava,
     check_image_feature_extraction_pipeline,
+    check_diffusers_pipelines,
 ]
 
 
@@ -146,19 +172,25 @@ def remote_code_folders(tmp_path_factory):
     from test_llava import build_tokenizer, save_clip_llava
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from conftest import OFFICIAL_TINY, TINY_CONFIG, pretrained_tiny_model
+    from conftest import ID2LABEL, OFFICIAL_TINY, TINY_CONFIG, pretrained_tiny_model, tiny_transformer
     from uniflow_hf import (
+        UniFlowClassConditionalPipeline,
         UniFlowConfig,
+        UniFlowFlowMatchScheduler,
         UniFlowForImageClassification,
         UniFlowImageProcessor,
         UniFlowModel,
+        UniFlowReconstructionPipeline,
         UniFlowVisionModel,
     )
     from uniflow_hf.conversion_scripts.convert_uniflow_original_to_hf import convert
     from uniflow_hf.conversion_scripts.graft_uniflow_into_llava import graft_uniflow_into_llava
 
     root = tmp_path_factory.mktemp("remote_code")
-    folders = {name: root / name for name in ("tokenizer", "tower", "classifier", "converted", "llava")}
+    folders = {
+        name: root / name
+        for name in ("tokenizer", "tower", "classifier", "converted", "llava", "generation", "reconstruction")
+    }
     pixel_values, noise, image = remote_inputs()
     tokenizer = pretrained_tiny_model().eval()
     tokenizer.save_pretrained(folders["tokenizer"])
@@ -175,6 +207,13 @@ def remote_code_folders(tmp_path_factory):
     clip_llava = save_clip_llava(root / "clip_llava", build_tokenizer())
     graft_uniflow_into_llava(clip_llava, folders["tokenizer"], folders["llava"])
     llava = LlavaForConditionalGeneration.from_pretrained(folders["llava"]).eval()
+    generation = UniFlowClassConditionalPipeline(
+        transformer=tiny_transformer(tokenizer.config), scheduler=UniFlowFlowMatchScheduler(), tokenizer=tokenizer,
+        decoder_scheduler=UniFlowFlowMatchScheduler(), id2label=ID2LABEL, image_processor=processor,
+    )
+    generation.save_pretrained(folders["generation"])
+    reconstruction = UniFlowReconstructionPipeline(tokenizer, UniFlowFlowMatchScheduler(), image_processor=processor)
+    reconstruction.save_pretrained(folders["reconstruction"])
 
     encoder = UniFlowVisionModel.from_pretrained(folders["tokenizer"]).eval()
     expected = {f"tokenizer.{name}": value for name, value in tokenizer_outputs(tokenizer, pixel_values, noise).items()}
@@ -187,6 +226,7 @@ def remote_code_folders(tmp_path_factory):
     expected.update({f"converted.{k}": v for k, v in tokenizer_outputs(converted, pixel_values, noise).items()})
     llava_processor = AutoProcessor.from_pretrained(folders["llava"])
     expected.update({f"llava.{k}": v for k, v in llava_outputs(llava, llava_processor, image).items()})
+    expected.update(diffusers_pipeline_outputs(generation, reconstruction, image))
     folders["expected"] = root / "expected.safetensors"
     save_file({name: value.contiguous() for name, value in expected.items()}, str(folders["expected"]))
     return {name: str(path) for name, path in folders.items()}
@@ -208,6 +248,10 @@ def test_folders_load_without_the_package(remote_code_folders, tmp_path):
         assert {"configuration_uniflow.py", "modeling_uniflow.py"} <= set(code), name
         foreign = re.compile(r"^\s*(from|import)\s+(uniflow_hf|diffusers|peft|accelerate)\b", re.MULTILINE)
         assert not [file for file, text in code.items() if foreign.search(text)], name
+    package = re.compile(r"^\s*(from|import)\s+uniflow_hf\b", re.MULTILINE)
+    for name in ("generation", "reconstruction"):
+        code = {path: path.read_text() for path in Path(remote_code_folders[name]).rglob("*.py")}
+        assert len(code) >= 10 and not [path for path, text in code.items() if package.search(text)], name
 
 
 def test_folders_load_natively_with_the_package(remote_code_folders):
@@ -234,10 +278,17 @@ def test_folders_load_natively_with_the_package(remote_code_folders):
     assert type(llava.model.vision_tower) is uniflow_hf.UniFlowVisionModel
     processor = AutoProcessor.from_pretrained(remote_code_folders["llava"])
     assert type(processor.image_processor) is uniflow_hf.UniFlowImageProcessor
-    extractor = pipeline("image-feature-extraction", model=remote_code_folders["tokenizer"])
-    features = extractor(remote_inputs()[2], return_tensors=True)
-    expected = load_file(remote_code_folders["expected"])["feature_extraction"]
-    torch.testing.assert_close(features, expected, rtol=0, atol=1e-6)
+    expected = load_file(remote_code_folders["expected"])
+    for folder in (remote_code_folders["tokenizer"], f"{remote_code_folders['generation']}/tokenizer"):
+        extractor = pipeline("image-feature-extraction", model=folder)
+        features = extractor(remote_inputs()[2], return_tensors=True)
+        torch.testing.assert_close(features, expected["feature_extraction"], rtol=0, atol=1e-6)
+    from diffusers import DiffusionPipeline
+
+    for name, pipeline_class in (("generation", uniflow_hf.UniFlowClassConditionalPipeline),
+                                 ("reconstruction", uniflow_hf.UniFlowReconstructionPipeline)):
+        loaded = DiffusionPipeline.from_pretrained(remote_code_folders[name])
+        assert type(loaded) is pipeline_class and type(loaded.tokenizer) is uniflow_hf.UniFlowModel
 
 
 if __name__ == "__main__":

@@ -252,3 +252,16 @@ def test_scheduler_common_attributes():
     assert swapped.config.schedule == "pow_0.5"
     noise = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
     assert torch.equal(noise * scheduler.init_noise_sigma, noise)
+
+
+def test_pipelines_refuse_a_scheduler_of_the_reverse_convention(reconstruction_pipeline, class_conditional_pipeline):
+    """diffusers' flow-match schedulers run sigma = 1 - t and expect -v: swapped in, they would walk the wrong way."""
+    stock = FlowMatchEulerDiscreteScheduler()
+    with pytest.raises(ValueError, match="Compatible schedulers: UniFlowFlowMatchScheduler"):
+        reconstruction_pipeline.scheduler = stock
+    with pytest.raises(ValueError, match="`decoder_scheduler` is a FlowMatchEulerDiscreteScheduler"):
+        class_conditional_pipeline.decoder_scheduler = stock
+    components = {**class_conditional_pipeline.components, "scheduler": stock}
+    with pytest.raises(ValueError, match="`scheduler` is a FlowMatchEulerDiscreteScheduler"):
+        type(class_conditional_pipeline)(**components)
+    class_conditional_pipeline.scheduler = UniFlowFlowMatchScheduler.from_config(class_conditional_pipeline.scheduler.config)

@@ -90,7 +90,7 @@ def reconstruct_images(
     pipeline's device; the result holds float32 CPU tensors."""
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size}.")
-    processor = pipeline.image_processor
+    processor = pipeline.processor
     inputs, reconstructions = [], []
     bar_config = getattr(pipeline, "_progress_bar_config", {})
     pipeline.set_progress_bar_config(disable=True)  # one bar for the whole set, not one per batch

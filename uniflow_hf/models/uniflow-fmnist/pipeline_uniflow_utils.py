@@ -1,0 +1,287 @@
+# Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
+"""What UniFlow's two pipelines share: how their components and code are saved (diffusers' custom pipelines and
+components: `[module file, class]` entries in `model_index.json`, the files beside them), input checks, the
+step-end callback, the default image processor and the flow decoder run under a progress bar.
+
+This file and the pipelines' are saved with every pipeline and loaded by `trust_remote_code=True` where `uniflow_hf`
+is not installed: they import only torch, diffusers and each other."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import os
+import shutil
+
+import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES, _fetch_class_library_tuple
+from diffusers.utils.dynamic_modules_utils import get_relative_imports
+
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+# Schedulers of UniFlow's flow convention (t = 0 noise -> t = 1 data, the model predicts v = data - noise). diffusers'
+# flow-match schedulers run the other way (sigma = 1 - t, model output -v) and would walk the wrong way silently.
+COMPATIBLE_SCHEDULERS = ("UniFlowFlowMatchScheduler",)
+SCHEDULER_COMPONENTS = ("scheduler", "decoder_scheduler")
+
+
+def component_library_tuple(component) -> tuple[str, str]:
+    """`(library, class name)` under which `component` is recorded in `model_index.json`: a class of a library
+    diffusers loads from as diffusers records it, any other class (ours) as `(module file, class)`, diffusers' custom
+    component convention, its code saved in the component's folder."""
+    library, class_name = _fetch_class_library_tuple(component)
+    if library in LOADABLE_CLASSES:
+        return library, class_name
+    return library.rsplit(".", 1)[-1], class_name
+
+
+def module_code_files(module) -> dict[str, str]:
+    """File name -> source path of `module` and of the modules it imports relatively, recursively: the code that
+    `trust_remote_code` loading needs beside a saved pipeline or component (diffusers copies those files flat)."""
+    files, pending = {}, [(module.__name__.rsplit(".", 1)[-1], module)]
+    while pending:
+        name, module = pending.pop()
+        if f"{name}.py" in files:
+            continue
+        files[f"{name}.py"] = inspect.getfile(module)
+        package = module.__name__.rpartition(".")[0]
+        for imported in get_relative_imports(inspect.getfile(module)):
+            pending.append((imported, importlib.import_module(f"{package}.{imported}")))
+    return files
+
+
+def save_module_code(module, folder) -> None:
+    os.makedirs(folder, exist_ok=True)
+    for file_name, source in module_code_files(module).items():
+        target = os.path.join(folder, file_name)
+        if not os.path.exists(target) or not os.path.samefile(source, target):
+            shutil.copyfile(source, target)
+
+
+def check_scheduler(name: str, scheduler) -> None:
+    if scheduler is not None and type(scheduler).__name__ not in COMPATIBLE_SCHEDULERS:
+        raise ValueError(
+            f"`{name}` is a {type(scheduler).__name__}, which does not run UniFlow's flow convention (t = 0 noise to "
+            f"t = 1 data, velocity v = data - noise). Compatible schedulers: {', '.join(COMPATIBLE_SCHEDULERS)} "
+            "(its `flow_match_euler_sigmas` gives the sigmas under which FlowMatchEulerDiscreteScheduler, fed -v, "
+            "walks the same samples)."
+        )
+
+
+def package_model_cards():
+    """`uniflow_hf`'s card writer, or `None` where only the code saved beside a pipeline is loaded (no card then)."""
+    try:
+        return importlib.import_module("uniflow_hf.model_card")
+    except ImportError:
+        return None
+
+
+class UniFlowPipelineMixin:
+    """Mixed into our `DiffusionPipeline`s (listed before it). Records our own components as `(module file, class)`
+    in `model_index.json`, whether set at construction (`register_modules`) or later (`pipe.tokenizer = ...`), refuses
+    schedulers of another flow convention, and saves the code of the pipeline and its components with it."""
+
+    _callback_tensor_inputs = ["latents"]
+
+    def __setattr__(self, name, value):
+        if name in SCHEDULER_COMPONENTS:
+            check_scheduler(name, value)
+        super().__setattr__(name, value)
+        # `DiffusionPipeline` has just recorded the component under its module path; record the file name instead.
+        if hasattr(type(value), "from_pretrained") and name in self.__dict__.get("_internal_dict", {}):
+            self.register_to_config(**{name: component_library_tuple(value)})
+
+    def to_json_string(self) -> str:
+        """`model_index.json` names the pipeline `[module file, class]`, the file saved at the folder's root."""
+        config = json.loads(super().to_json_string())
+        config["_class_name"] = [type(self).__module__.rsplit(".", 1)[-1], type(self).__name__]
+        return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+    def enable_sequential_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str | None = None):
+        """`DiffusionPipeline.enable_sequential_cpu_offload`, which also works with `device="cpu"`. diffusers names
+        the execution device with an index (`cpu:0`); torch copies a CPU parameter moved to `cpu:0` into a plain
+        tensor, which Accelerate then fails to offload after the module's forward ("new() received an invalid
+        combination of arguments"). On the CPU the hooks therefore execute on `cpu`."""
+        super().enable_sequential_cpu_offload(gpu_id=gpu_id, device=device)
+        if self._offload_device.type != "cpu":
+            return
+        for component in self.components.values():
+            if not isinstance(component, torch.nn.Module):
+                continue
+            for module in component.modules():
+                hook = getattr(module, "_hf_hook", None)
+                for hook in getattr(hook, "hooks", [hook]):  # a `SequentialHook` holds several
+                    if getattr(hook, "execution_device", None) is not None:
+                        hook.execution_device = torch.device("cpu")
+
+    def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
+        """`DiffusionPipeline.save_pretrained`, plus the code: the pipeline's module (and its relative imports) at the
+        root, each of our components' in its folder, so that `DiffusionPipeline.from_pretrained(folder,
+        trust_remote_code=True)` needs no `uniflow_hf`. The image processor is also saved into `tokenizer/` (where
+        transformers' `image-feature-extraction` pipeline looks), and a model card (README.md) is written unless the
+        folder has one. `push_to_hub` uploads that folder, card included."""
+        hub_kwargs = {key: kwargs.pop(key) for key in ("commit_message", "private", "create_pr", "token", "repo_id")
+                      if key in kwargs}
+        cards = package_model_cards()
+        if cards is None:
+            super().save_pretrained(save_directory, *args, **kwargs)
+        else:
+            with cards.saving_pipeline():
+                super().save_pretrained(save_directory, *args, **kwargs)
+        save_module_code(inspect.getmodule(type(self)), save_directory)
+        for name, component in self.components.items():
+            if component is not None and component_library_tuple(component)[0] not in LOADABLE_CLASSES:
+                save_module_code(inspect.getmodule(type(component)), os.path.join(save_directory, name))
+        if self.tokenizer is not None:
+            self.processor.save_pretrained(os.path.join(save_directory, "tokenizer"))
+            save_module_code(inspect.getmodule(type(self.processor)), os.path.join(save_directory, "tokenizer"))
+        if cards is not None:
+            self.save_model_card(cards, save_directory)
+        if push_to_hub:
+            self.upload_to_hub(save_directory, **hub_kwargs)
+
+    def upload_to_hub(self, folder, repo_id=None, token=None, private=None, create_pr=False, commit_message=None):
+        """Upload a saved `folder` (card included) as diffusers' `push_to_hub` would."""
+        from huggingface_hub import create_repo
+
+        repo_id = create_repo(repo_id or os.path.basename(os.path.normpath(folder)), exist_ok=True, private=private,
+                              token=token).repo_id
+        self._upload_folder(folder, repo_id, token=token, commit_message=commit_message, create_pr=create_pr)
+
+    def save_model_card(self, cards, folder) -> None:
+        """README.md from the facts of what was saved, unless `folder` has a card: the Hub task and tags of the
+        pipeline class (`card_pipeline_tag`, `card_tags`), what it holds (`card_description`), how to load it."""
+        if os.path.exists(os.path.join(folder, cards.MODEL_CARD_NAME)):
+            return
+        card = cards.create_model_card(
+            title=type(self).__name__,
+            description=self.card_description(),
+            library_name="diffusers",
+            pipeline_tag=self.card_pipeline_tag,
+            tags=self.card_tags,
+            base_model=cards.hub_repo_id(self.name_or_path),
+            usage=self.card_usage(),
+        )
+        card.save(os.path.join(folder, cards.MODEL_CARD_NAME))
+
+    def tokenizer_facts(self) -> str:
+        """The saved tokenizer, in words, from its config."""
+        config = self.tokenizer.config
+        return (
+            f"a UniFlow tokenizer of {config.image_size}x{config.image_size} images ({config.patch_size}x"
+            f"{config.patch_size} patches, one latent of {config.latent_channels} channels per patch, "
+            f"{config.grid_size}x{config.grid_size} latents per image)"
+        )
+
+    def card_usage(self) -> str:
+        """How to load the saved folder, with and without `uniflow_hf`."""
+        return (
+            "from diffusers import DiffusionPipeline\n\n"
+            "# without uniflow-hf: the code saved in this folder\n"
+            'pipe = DiffusionPipeline.from_pretrained("path/to/this/folder", trust_remote_code=True)\n\n'
+            "# with uniflow-hf installed (pip install uniflow-hf): the package's classes\n"
+            "import uniflow_hf\n\n"
+            'pipe = DiffusionPipeline.from_pretrained("path/to/this/folder")'
+        )
+
+    @property
+    def processor(self):
+        """The `image_processor` component, or, where it is absent (it is optional: `pipe.image_processor = None`),
+        the tokenizer's default one (`default_image_processor`)."""
+        if self.image_processor is not None:
+            return self.image_processor
+        return default_image_processor(self.tokenizer)
+
+    def decode_latents(
+        self,
+        latents: torch.Tensor,
+        scheduler,
+        num_inference_steps: int | None,
+        generator=None,
+        noise: torch.Tensor | None = None,
+        height: int | None = None,
+        width: int | None = None,
+    ) -> torch.Tensor:
+        """`tokenizer.decode`: the decoder's own Euler loop over the tokenizer's `config.sampling_schedule`, the one
+        owner of the decoder's schedule. `scheduler` (the pipeline's decoder scheduler component, kept so that saved
+        folders load) must describe that same sampler; anything else is refused rather than silently ignored."""
+        expected = {"solver": "euler", "schedule": self.tokenizer.config.sampling_schedule, "shift": 1.0}
+        actual = {name: scheduler.config[name] for name in expected}
+        if actual != expected:
+            raise ValueError(
+                f"The pipeline's decoder scheduler says {actual}, but the tokenizer's pixel decoder samples by Euler steps "
+                f"over its config's schedule ({expected}). Set `tokenizer.config.sampling_schedule` to choose the "
+                "decoder's schedule, and give the pipeline a matching `UniFlowFlowMatchScheduler("
+                f"schedule={expected['schedule']!r})`."
+            )
+        return self.tokenizer.decode(
+            latents, noise=noise, generator=generator, num_inference_steps=num_inference_steps, height=height, width=width
+        )
+
+    def run_step_end_callback(self, callback, tensor_inputs: list[str], step: int, timestep, tensors: dict) -> dict:
+        """diffusers' `callback_on_step_end` contract: `callback(pipe, step, timestep, {name: tensor})` for the names
+        in `tensor_inputs`; the tensors it returns replace the pipeline's. Returns `tensors`, updated."""
+        if callback is None:
+            return tensors
+        outputs = callback(self, step, timestep, {name: tensors[name] for name in tensor_inputs})
+        return {**tensors, **{name: value for name, value in (outputs or {}).items() if name in tensors}}
+
+
+def check_callback(callback, tensor_inputs) -> list[str]:
+    """The tensor names `callback` is given: a `PipelineCallback`'s own, else `tensor_inputs`, checked."""
+    if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
+        tensor_inputs = callback.tensor_inputs
+    if callback is not None and not callable(callback):
+        raise TypeError(f"`callback_on_step_end` must be callable, got {type(callback).__name__}.")
+    unknown = [name for name in tensor_inputs if name not in UniFlowPipelineMixin._callback_tensor_inputs]
+    if unknown:
+        raise ValueError(
+            f"`callback_on_step_end_tensor_inputs` may name {UniFlowPipelineMixin._callback_tensor_inputs}, got "
+            f"{unknown}."
+        )
+    return list(tensor_inputs)
+
+
+def default_image_processor(tokenizer):
+    """A `UniFlowImageProcessor` for `tokenizer`'s input size (`UniFlowImageProcessor.from_image_size`): the
+    official release's preprocessing."""
+    package = type(tokenizer).__module__.rpartition(".")[0]  # the tokenizer's code: `uniflow_hf.modeling`, or saved
+    try:
+        processing = importlib.import_module(f"{package}.image_processing_uniflow")
+    except ImportError as error:
+        raise ValueError(
+            "This pipeline has no `image_processor` and its tokenizer's code was loaded without the image processor's "
+            "(`trust_remote_code` loads only the files the tokenizer imports): set `pipe.image_processor` (e.g. "
+            "`AutoImageProcessor.from_pretrained(<folder>/tokenizer, trust_remote_code=True)`)."
+        ) from error
+    return processing.UniFlowImageProcessor.from_image_size(tokenizer.config.image_size)
+
+
+def check_num_inference_steps(value, name: str = "num_inference_steps", allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer{' or None' if allow_none else ''}, got {value!r}.")
+
+
+def check_output_type(output_type: str, accepted: tuple[str, ...] = OUTPUT_TYPES) -> None:
+    if output_type not in accepted:
+        raise ValueError(f"`output_type` must be one of {accepted}, got {output_type!r}.")
+
+
+def check_generator(generator, batch_size: int) -> None:
+    """One `torch.Generator` for the batch, or a list with one per image (each image then draws its own noise)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, list) and all(isinstance(g, torch.Generator) for g in generator):
+        if len(generator) != batch_size:
+            raise ValueError(f"Got {len(generator)} generators for {batch_size} images: pass one per image, or one.")
+        return
+    raise TypeError(
+        f"`generator` must be a torch.Generator or a list of them (one per image), got {type(generator).__name__}."
+    )
+
+
+__all__ = ["UniFlowPipelineMixin", "check_callback", "component_library_tuple", "default_image_processor"]
