@@ -1,6 +1,9 @@
 """Shared fixtures: tiny UniFlow models built in-process (nothing is downloaded)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +11,10 @@ import torch
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# remote-code loads (`trust_remote_code=True`) copy the saved code into a modules cache: one of this process's own,
+# removed at exit, so that the tests neither write the user's cache nor share one between parallel workers
+os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="uniflow-hf-tests-modules-")
+atexit.register(shutil.rmtree, os.environ["HF_MODULES_CACHE"], ignore_errors=True)
 torch.set_num_threads(1)  # tiny models: threading overhead outweighs the second core
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
