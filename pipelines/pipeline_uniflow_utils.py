@@ -179,7 +179,8 @@ class UniFlowPipelineMixin:
         """How to load the saved folder, with and without `uniflow_hf`."""
         return (
             "from diffusers import DiffusionPipeline\n\n"
-            "# without uniflow-hf: the code saved in this folder\n"
+            "# without uniflow-hf: the code saved in this folder (from the Hub, download the whole folder first with\n"
+            "# huggingface_hub.snapshot_download(repo_id): diffusers fetches only the code file a component names)\n"
             'pipe = DiffusionPipeline.from_pretrained("path/to/this/folder", trust_remote_code=True)\n\n'
             "# with uniflow-hf installed (pip install uniflow-hf): the package's classes\n"
             "import uniflow_hf\n\n"
