@@ -4,7 +4,7 @@ This module lives outside the `uniflow_hf` package on purpose: importing anythin
 `uniflow_hf/__init__.py`, which registers our classes with transformers' Auto classes and diffusers' loader (and so
 imports torch, transformers and diffusers, several seconds). Here the commands are listed by name with their one-line
 help, so `uniflow-hf --help` imports nothing heavy; the module of a command is imported, and its parsers built, only
-when that command runs.
+when that command runs. `python -m uniflow_hf.cli` runs the same `main` for launchers that take a module.
 """
 
 from __future__ import annotations

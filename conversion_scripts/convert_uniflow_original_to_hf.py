@@ -14,7 +14,6 @@ and noise, and reports the max abs difference of latents and reconstructions.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -63,20 +62,12 @@ def verify(input_dir: str | Path, output_dir: str | Path, seed: int = 0) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python conversion_scripts/convert_uniflow_original_to_hf.py ...`: the options of `uniflow-hf convert`."""
+    from uniflow_hf.commands.convert import add_arguments, run
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, help="official release folder")
-    parser.add_argument("--output", required=True, help="where to write the uniflow-hf folder")
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="dtype of the saved weights")
-    parser.add_argument("--verify", action="store_true", help="compare both folders on the same input")
-    args = parser.parse_args(argv)
-    output = convert(args.input, args.output, args.dtype)
-    print(f"converted {args.input} -> {output}")
-    if args.verify:
-        differences = verify(args.input, output)
-        print(json.dumps(differences))
-        for name, value in differences.items():
-            print(f"{name}: max abs difference {value:.3e}")
-    return 0
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

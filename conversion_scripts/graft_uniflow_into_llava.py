@@ -296,59 +296,13 @@ def verify_grafted(output_dir: str | Path) -> None:
         raise RuntimeError(f"The grafted checkpoint {output_dir} does not load cleanly: {problems}.")
 
 
-def _feature_layer(values: list[int] | None) -> int | list[int] | None:
-    if values is None:
-        return None
-    return values[0] if len(values) == 1 else values
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--llava", required=True, help="LLaVA checkpoint folder (transformers format, any tower)")
-    parser.add_argument("--uniflow", required=True, help="UniFlowModel, official release or UniFlowVisionModel folder")
-    parser.add_argument("--output", required=True, help="where to write the grafted LLaVA")
-    parser.add_argument(
-        "--keep-projector",
-        action="store_true",
-        help="keep the old projector when it fits the new feature width (default: re-initialise it)",
-    )
-    parser.add_argument(
-        "--vision-feature-layer",
-        type=int,
-        nargs="+",
-        help="hidden state(s) of the tower fed to the projector (default: the LLaVA's own; -1 with latent features)",
-    )
-    parser.add_argument(
-        "--vision-feature-select-strategy", choices=("default", "full"), help="drop ('default') or keep the CLS token"
-    )
-    parser.add_argument(
-        "--vision-feature-source",
-        choices=("encoder", "latent"),
-        help="feed the encoder's hidden states or also UniFlow's latent tokens (default: the UniFlow config's)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the projector's re-initialisation")
-    parser.add_argument("--no-verify", action="store_true", help="don't reload the output to check it")
-
-
-def run(args: argparse.Namespace) -> int:
-    output = graft_uniflow_into_llava(
-        args.llava,
-        args.uniflow,
-        args.output,
-        keep_projector=args.keep_projector,
-        vision_feature_layer=_feature_layer(args.vision_feature_layer),
-        vision_feature_select_strategy=args.vision_feature_select_strategy,
-        vision_feature_source=args.vision_feature_source,
-        seed=args.seed,
-        verify=not args.no_verify,
-    )
-    print(f"grafted {args.uniflow} into {args.llava} -> {output}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
+    """`python conversion_scripts/graft_uniflow_into_llava.py ...`: the options of `uniflow-hf graft-llava`."""
+    from uniflow_hf.commands.llava import add_graft_arguments, run_graft
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    add_graft_arguments(parser)
+    return run_graft(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

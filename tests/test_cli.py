@@ -14,8 +14,8 @@ from PIL import Image
 
 from uniflow_hf import UniFlowClassConditionalPipeline
 from conftest import generators, random_images, tiny_transformer
-from uniflow_hf.cli import COMMANDS, build_parser
 from uniflow_hf.cli import main as cli_main
+from uniflow_hf_cli import COMMANDS, build_parser
 
 
 # The commands' options for the tests that compare their output with the pipelines' float32 CPU output: on any host
@@ -322,3 +322,24 @@ def test_output_paths_are_checked_before_loading(tmp_path, capsys):
     assert cli_main(evaluate) == 2
     assert f"--output {a_file} is a file, not a folder" in capsys.readouterr().err
     assert a_file.read_text() == "not a folder"
+
+
+def test_convert_command(official_tiny_dir, tmp_path, capsys):
+    """`uniflow-hf convert` and the conversion script's own `main` take the same options and write the same folder;
+    a folder that is not a release is refused with the reason."""
+    from safetensors.torch import load_file
+
+    from uniflow_hf.conversion_scripts.convert_uniflow_original_to_hf import main as script_main
+
+    argv = ["--input", str(official_tiny_dir), "--dtype", "bfloat16", "--verify"]
+    assert cli_main(["convert", *argv, "--output", str(tmp_path / "cli")]) == 0
+    printed = capsys.readouterr().out
+    assert f"converted {official_tiny_dir} -> {tmp_path / 'cli'}" in printed
+    assert "latents: max abs difference" in printed and "reconstruction: max abs difference" in printed
+    assert script_main([*argv, "--output", str(tmp_path / "script")]) == 0
+    by_cli, by_script = (load_file(tmp_path / name / "model.safetensors") for name in ("cli", "script"))
+    assert by_cli.keys() == by_script.keys() and all(torch.equal(by_cli[k], by_script[k]) for k in by_cli)
+    assert {tensor.dtype for tensor in by_cli.values()} == {torch.bfloat16}
+
+    assert cli_main(["convert", "--input", str(tmp_path / "cli" / "no-such"), "--output", str(tmp_path / "x")]) == 2
+    assert "has no config.json: expected an official UniFlow release folder" in capsys.readouterr().err

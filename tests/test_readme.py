@@ -130,7 +130,7 @@ def test_readme_commands_parse():
     """Each `uniflow-hf ...` line of the README names a command and options the CLI accepts."""
     import shlex
 
-    from uniflow_hf.cli import build_parser
+    from uniflow_hf_cli import build_parser
 
     lines = [line.split("#")[0] for line in README.read_text().splitlines() if line.startswith("uniflow-hf ")]
     assert len(lines) >= 3

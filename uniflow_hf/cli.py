@@ -1,15 +1,11 @@
-"""`python -m uniflow_hf.cli` (e.g. under `torchrun` or `accelerate launch`): the `uniflow-hf` console script.
-
-The console script itself is `uniflow_hf_cli.main`, outside this package so that `uniflow-hf --help` does not pay for
-the registrations `import uniflow_hf` makes; this module is the same entry point for launchers that take a module.
-"""
+"""`python -m uniflow_hf.cli COMMAND ...`: the `uniflow-hf` console script for launchers that take a module
+(`torchrun`, `accelerate launch -m`). The commands and `main` are in `uniflow_hf_cli`, which says why it sits outside
+this package."""
 
 import sys
 
-from uniflow_hf_cli import COMMANDS, build_parser, main
+from uniflow_hf_cli import main
 
-
-__all__ = ["COMMANDS", "build_parser", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+
+from ..conversion_scripts.convert_uniflow_original_to_hf import DTYPES, convert, verify
+
 
 def register(subparsers) -> None:
-    from ..conversion_scripts.convert_uniflow_original_to_hf import DTYPES
-
     parser = subparsers.add_parser("convert")
-    parser.add_argument("--input", required=True, help="official release folder")
-    parser.add_argument("--output", required=True, help="where to write the uniflow-hf folder")
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    parser.add_argument("--verify", action="store_true", help="compare both folders on the same input")
+    add_arguments(parser)
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from ..conversion_scripts.convert_uniflow_original_to_hf import main
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, help="official release folder")
+    parser.add_argument("--output", required=True, help="where to write the uniflow-hf folder")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="dtype of the saved weights")
+    parser.add_argument("--verify", action="store_true", help="compare both folders on the same input")
 
-    argv = ["--input", args.input, "--output", args.output, "--dtype", args.dtype] + (["--verify"] if args.verify else [])
-    return main(argv)
+
+def run(args: argparse.Namespace) -> int:
+    output = convert(args.input, args.output, args.dtype)
+    print(f"converted {args.input} -> {output}")
+    if args.verify:
+        differences = verify(args.input, output)
+        print(json.dumps(differences))
+        for name, value in differences.items():
+            print(f"{name}: max abs difference {value:.3e}")
+    return 0

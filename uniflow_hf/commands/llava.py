@@ -5,12 +5,12 @@ finetune-llava` (LoRA fine-tuning of a LLaVA-UniFlow on image-question-answer da
 import argparse
 from dataclasses import dataclass, field
 
+from ..conversion_scripts.graft_uniflow_into_llava import graft_uniflow_into_llava
+
 
 def register(subparsers) -> None:
-    from ..conversion_scripts.graft_uniflow_into_llava import add_arguments, run as run_graft
-
     graft = subparsers.add_parser("graft-llava")
-    add_arguments(graft)
+    add_graft_arguments(graft)
     graft.set_defaults(func=run_graft)
 
     finetune = subparsers.add_parser(
@@ -20,6 +20,55 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     finetune.set_defaults(func=run_finetune)
+
+
+def _feature_layer(values: list[int] | None) -> int | list[int] | None:
+    if values is None:
+        return None
+    return values[0] if len(values) == 1 else values
+
+
+def add_graft_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--llava", required=True, help="LLaVA checkpoint folder (transformers format, any tower)")
+    parser.add_argument("--uniflow", required=True, help="UniFlowModel, official release or UniFlowVisionModel folder")
+    parser.add_argument("--output", required=True, help="where to write the grafted LLaVA")
+    parser.add_argument(
+        "--keep-projector",
+        action="store_true",
+        help="keep the old projector when it fits the new feature width (default: re-initialise it)",
+    )
+    parser.add_argument(
+        "--vision-feature-layer",
+        type=int,
+        nargs="+",
+        help="hidden state(s) of the tower fed to the projector (default: the LLaVA's own; -1 with latent features)",
+    )
+    parser.add_argument(
+        "--vision-feature-select-strategy", choices=("default", "full"), help="drop ('default') or keep the CLS token"
+    )
+    parser.add_argument(
+        "--vision-feature-source",
+        choices=("encoder", "latent"),
+        help="feed the encoder's hidden states or also UniFlow's latent tokens (default: the UniFlow config's)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the projector's re-initialisation")
+    parser.add_argument("--no-verify", action="store_true", help="don't reload the output to check it")
+
+
+def run_graft(args: argparse.Namespace) -> int:
+    output = graft_uniflow_into_llava(
+        args.llava,
+        args.uniflow,
+        args.output,
+        keep_projector=args.keep_projector,
+        vision_feature_layer=_feature_layer(args.vision_feature_layer),
+        vision_feature_select_strategy=args.vision_feature_select_strategy,
+        vision_feature_source=args.vision_feature_source,
+        seed=args.seed,
+        verify=not args.no_verify,
+    )
+    print(f"grafted {args.uniflow} into {args.llava} -> {output}")
+    return 0
 
 
 FINETUNE_DESCRIPTION = """LoRA fine-tuning of a LLaVA-UniFlow on image-question-answer rows.
