@@ -76,9 +76,8 @@ def convert_uniflow_to_diffusers(
         image_processor = UniFlowImageProcessor.from_pretrained(input_dir)
     else:  # the release's preprocessing for the tokenizer's input size
         image_processor = UniFlowImageProcessor.from_image_size(tokenizer.config.image_size)
-    decoder_scheduler = UniFlowFlowMatchScheduler(schedule=tokenizer.config.sampling_schedule)
-
     if generator_dir is None:
+        decoder_scheduler = UniFlowFlowMatchScheduler(schedule=tokenizer.config.sampling_schedule)
         pipeline = UniFlowReconstructionPipeline(
             tokenizer=tokenizer, scheduler=decoder_scheduler, image_processor=image_processor
         )
@@ -88,7 +87,6 @@ def convert_uniflow_to_diffusers(
             transformer=transformer,
             scheduler=scheduler,
             tokenizer=tokenizer,
-            decoder_scheduler=decoder_scheduler,
             image_processor=image_processor,
             **settings,
         )
@@ -115,11 +113,7 @@ def convert_diffusers_to_uniflow(
     if generator_dir is not None and not is_class_conditional:
         raise ValueError(f"{input_dir} holds no generator (a reconstruction pipeline); drop --generator.")
 
-    tokenizer = pipeline.tokenizer
-    decoder_scheduler = pipeline.decoder_scheduler if is_class_conditional else pipeline.scheduler
-    # The plain folder decodes with the tokenizer's own default schedule: keep the pipeline's.
-    tokenizer.config.sampling_schedule = decoder_scheduler.config.schedule
-    tokenizer.save_pretrained(output_dir)
+    pipeline.tokenizer.save_pretrained(output_dir)  # its config holds the decoder's sampler (`UniFlowModel.decode`)
     pipeline.processor.save_pretrained(output_dir)
 
     if is_class_conditional and generator_dir is not None:

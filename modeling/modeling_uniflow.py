@@ -906,7 +906,11 @@ class UniFlowModel(UniFlowPreTrainedModel):
         Each pixel patch flows from Gaussian `noise` (B, N, C·p·p) (drawn in float32 with `generator` when not given,
         one generator per image when a list) to data by Euler steps over the time grid of `config.sampling_schedule`:
         `num_inference_steps` of them (`config.num_sampling_steps` when `None`; the release decodes in 1 step).
-        `height`/`width` (pixels) are needed only for non-square grids."""
+        `height`/`width` (pixels) are needed only for non-square grids.
+
+        This is the pixel decoder's one sampler: the diffusers pipelines call it and choose only the number of steps
+        (`num_inference_steps` of the reconstruction pipeline, `decoder_num_inference_steps` of the class-conditional
+        one); the time grid is chosen by `config.sampling_schedule`."""
         return self._decode(latents, noise, generator, num_inference_steps, height, width)
 
     def _decode(self, latents, noise, generator, num_inference_steps, height, width) -> torch.Tensor:

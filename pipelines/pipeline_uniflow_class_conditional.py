@@ -19,6 +19,7 @@ from .pipeline_uniflow_utils import (
     check_generator,
     check_num_inference_steps,
     check_output_type,
+    check_saved_decoder_scheduler,
 )
 
 
@@ -104,7 +105,8 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
     Class-conditional generation with a UniFlow tokenizer: a [`DiTTransformer2DModel`] predicts the velocity of a
     rectified flow over the tokenizer's latent grid (t = 0 noise -> t = 1 data, sampled by `scheduler`), with
     classifier-free guidance and, with a `guide_transformer`, autoguidance; the latents are de-normalised and decoded
-    to pixels by the tokenizer's flow decoder (sampled by `decoder_scheduler`).
+    to pixels by the tokenizer's flow decoder, whose sampler is [`UniFlowModel.decode`]'s own (Euler steps over the
+    tokenizer's `config.sampling_schedule`; the pipeline chooses only its number of steps).
 
     The transformer follows diffusers' DiT convention: `num_embeds_ada_norm` is the number of classes and the id
     `num_embeds_ada_norm` is the null class of classifier-free guidance (the extra row diffusers' `LabelEmbedding`
@@ -119,7 +121,6 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         transformer ([`DiTTransformer2DModel`]): the latent velocity model.
         scheduler ([`UniFlowFlowMatchScheduler`]): the sampler of the latent flow.
         tokenizer ([`UniFlowModel`]): the UniFlow tokenizer whose decoder turns latents into images.
-        decoder_scheduler ([`UniFlowFlowMatchScheduler`]): the sampler of the tokenizer's pixel flow decoder.
         id2label (`dict[int, str]`, *optional*): class names, so that `class_labels` may be names (string ids, as
             `model_index.json` stores them, are accepted).
         latent_mean, latent_std (`list[float]`, *optional*): per-channel statistics of the training latents; the
@@ -156,7 +157,6 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         transformer: DiTTransformer2DModel,
         scheduler: SchedulerMixin,
         tokenizer,
-        decoder_scheduler: SchedulerMixin,
         id2label: dict[int, str] | dict[str, str] | None = None,
         latent_mean: Sequence[float] | None = None,
         latent_std: Sequence[float] | None = None,
@@ -187,7 +187,6 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             transformer=transformer,
             scheduler=scheduler,
             tokenizer=tokenizer,
-            decoder_scheduler=decoder_scheduler,
             image_processor=image_processor,
             guide_transformer=guide_transformer,
         )
@@ -331,6 +330,14 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             torch.tensor(mean, device=device, dtype=dtype).reshape(shape),
             torch.tensor(std, device=device, dtype=dtype).reshape(shape),
         )
+
+    def register_to_config(self, **kwargs):
+        """`ConfigMixin.register_to_config`; when `from_pretrained` records the folder the pipeline was loaded from,
+        a `decoder_scheduler` saved there by an earlier version (not loaded: the tokenizer's `decode` samples) is
+        checked to describe the tokenizer's sampler, so that the folder decodes as it did."""
+        super().register_to_config(**kwargs)
+        if kwargs.get("_name_or_path") and getattr(self, "tokenizer", None) is not None:
+            check_saved_decoder_scheduler(kwargs["_name_or_path"], self.tokenizer)
 
     def normalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Tokenizer latents (B, N, C) -> the transformer's space (B, C, grid, grid), `(latents - mean) / std`."""
@@ -551,7 +558,7 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             if decoder_num_inference_steps is None:
                 decoder_num_inference_steps = self.default_decoder_num_inference_steps
             images = self.decode_latents(
-                latents * decoder_latent_scale, self.decoder_scheduler, decoder_num_inference_steps, generator=generator
+                latents * decoder_latent_scale, decoder_num_inference_steps, generator=generator
             )
             images = self.processor.postprocess(images, output_type=output_type)
 

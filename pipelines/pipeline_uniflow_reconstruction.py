@@ -15,6 +15,7 @@ from .pipeline_uniflow_utils import (
     OUTPUT_TYPES,
     UniFlowPipelineMixin,
     check_callback,
+    check_decoder_scheduler,
     check_generator,
     check_num_inference_steps,
     check_output_type,
@@ -27,12 +28,14 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
     pixel flow decoder.
 
     This pipeline inherits from [`DiffusionPipeline`]: see there for the generic methods (saving, loading, moving
-    to a device, progress-bar configuration). It is a thin orchestrator: the flow math lives in
-    [`UniFlowModel.decode`] and the scheduler.
+    to a device, progress-bar configuration). It is a thin orchestrator: the decoder's sampler is
+    [`UniFlowModel.decode`]'s.
 
     Args:
         tokenizer ([`UniFlowModel`]): the UniFlow image tokenizer (encoder and flow decoder).
-        scheduler ([`UniFlowFlowMatchScheduler`]): the sampler of the flow decoder.
+        scheduler ([`UniFlowFlowMatchScheduler`]): a record of the flow decoder's sampler, which is
+            [`UniFlowModel.decode`]'s own (Euler steps over the tokenizer's `config.sampling_schedule`): it must
+            describe that sampler, and gives the callback's timestep scale (`num_train_timesteps`).
         image_processor ([`UniFlowImageProcessor`], *optional*): the pre/post-processing. When `None` (it stays
             absent through save and load), one built for the tokenizer's input size (resize the short side,
             centre-crop to `config.image_size`) serves (`pipe.processor`).
@@ -130,9 +133,9 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         if output_type == "latent":
             images = latents
         else:
+            check_decoder_scheduler("scheduler", self.scheduler.config, self.tokenizer)
             reconstruction = self.decode_latents(
                 latents,
-                self.scheduler,
                 num_inference_steps,
                 generator=generator,
                 noise=noise,

@@ -197,7 +197,6 @@ def class_conditional_pipeline():
         transformer=tiny_transformer(tokenizer.config),
         scheduler=UniFlowFlowMatchScheduler(),
         tokenizer=tokenizer,
-        decoder_scheduler=UniFlowFlowMatchScheduler(),
         id2label=ID2LABEL,
         latent_mean=torch.linspace(-0.5, 0.5, channels),
         latent_std=torch.linspace(0.5, 2.0, channels),

@@ -493,7 +493,7 @@ def test_train_generator_command(tiny_model, tmp_path, monkeypatch, capsys):
     assert pipeline.config.guidance_scale == 2.0 and pipeline.config.guidance_interval == [0.2, 1.0]
     assert pipeline.scheduler.config.solver == "heun" and pipeline.scheduler.order == 2
     assert pipeline.scheduler.config.euler_at_final
-    assert pipeline.decoder_scheduler.config.solver == "euler"  # the decoder keeps the release's sampler
+    assert "decoder_scheduler" not in pipeline.components  # the decoder samples as the tokenizer's `decode`
 
     # continuing from that pipeline's DiT (its size, not --transformer_kwargs), reusing the first run's latents
     argv = ["train-generator", "--tokenizer", str(tokenizer_dir), "--dataset", str(tmp_path / "saved"), "--seed", "1",

@@ -38,7 +38,7 @@ def test_pipeline_decodes_the_official_fixture(official_tiny_dir, schedule):
     inputs = load_file(official_tiny_dir / "inputs.safetensors")
     expected = load_file(official_tiny_dir / "expected.safetensors")
     decoded = pipeline.decode_latents(
-        expected["latent_tokens"], pipeline.scheduler, 4, noise=inputs["noise"].reshape(2, 16, 192)
+        expected["latent_tokens"], 4, noise=inputs["noise"].reshape(2, 16, 192)
     )
     np.testing.assert_allclose(decoded.numpy(), expected[f"reconstruction.steps4.{schedule}"].numpy(), atol=1e-4, rtol=0)
 
@@ -464,6 +464,37 @@ def test_generation_decoder_steps_default_from_the_pipeline_config(class_conditi
         UniFlowClassConditionalPipeline(**pipeline.components, decoder_num_inference_steps=0)
 
 
+def test_folder_saved_with_a_decoder_scheduler_loads_and_decodes_as_before(class_conditional_pipeline, tmp_path):
+    """Folders saved before the decoder's sampler had one owner (`UniFlowModel.decode`) hold a `decoder_scheduler`
+    component: it is not loaded, and its settings must describe the tokenizer's sampler (Euler, its schedule)."""
+    pipeline = class_conditional_pipeline
+    with torch.no_grad():  # a trained-like flow head, so that the decoder's steps matter
+        for parameter in pipeline.tokenizer.flow_head.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    kwargs = dict(num_inference_steps=2, decoder_num_inference_steps=3, output_type="pt")
+    expected = pipeline([0, 1], generator=generators([5, 6]), **kwargs).images
+    pipeline.save_pretrained(tmp_path)
+    model_index = json.loads((tmp_path / "model_index.json").read_text())
+    model_index["decoder_scheduler"] = ["scheduling_uniflow_flow_match", "UniFlowFlowMatchScheduler"]
+    (tmp_path / "model_index.json").write_text(json.dumps(model_index))
+    UniFlowFlowMatchScheduler(schedule="linear").save_pretrained(tmp_path / "decoder_scheduler")
+
+    loaded = DiffusionPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert "decoder_scheduler" not in loaded.components
+    assert torch.equal(loaded([0, 1], generator=generators([5, 6]), **kwargs).images, expected)
+    UniFlowFlowMatchScheduler(schedule="pow_0.25").save_pretrained(tmp_path / "decoder_scheduler")
+    with pytest.raises(ValueError, match=r"`decoder_scheduler` says .*'pow_0.25'.* delete the folder's"):
+        DiffusionPipeline.from_pretrained(tmp_path)
+
+
+def test_reconstruction_refuses_a_scheduler_of_another_decoder_sampler(official_tiny_dir):
+    tokenizer = UniFlowModel.from_pretrained(official_tiny_dir).eval()
+    pipeline = UniFlowReconstructionPipeline(tokenizer, UniFlowFlowMatchScheduler(schedule="pow_0.25"))
+    with pytest.raises(ValueError, match=r"`scheduler` says .*UniFlowFlowMatchScheduler\(schedule='linear'\)"):
+        pipeline(random_images(1), output_type="pt")
+
+
 def test_class_conditional_seeding_and_batching(class_conditional_pipeline):
     pipeline = class_conditional_pipeline
     kwargs = dict(num_inference_steps=2, output_type="pt")
@@ -525,9 +556,7 @@ def test_class_conditional_bad_inputs(class_conditional_pipeline, kwargs, error,
 
 
 def test_names_need_id2label(tiny_model):
-    pipeline = UniFlowClassConditionalPipeline(
-        tiny_transformer(tiny_model.config), UniFlowFlowMatchScheduler(), tiny_model, UniFlowFlowMatchScheduler()
-    )
+    pipeline = UniFlowClassConditionalPipeline(tiny_transformer(tiny_model.config), UniFlowFlowMatchScheduler(), tiny_model)
     with pytest.raises(ValueError, match="no id2label"):
         pipeline.get_label_ids("circle")
     assert pipeline.get_label_ids(1) == [1]
@@ -539,13 +568,13 @@ def test_pipeline_checks_its_components(tiny_model):
     with pytest.raises(ValueError, match="sample_size"):
         transformer = tiny_transformer(config)
         transformer.register_to_config(sample_size=8)
-        UniFlowClassConditionalPipeline(transformer, scheduler, tiny_model, scheduler)
+        UniFlowClassConditionalPipeline(transformer, scheduler, tiny_model)
     with pytest.raises(ValueError, match="one value per latent channel"):
-        UniFlowClassConditionalPipeline(tiny_transformer(config), scheduler, tiny_model, scheduler, latent_mean=[0.0, 1.0])
+        UniFlowClassConditionalPipeline(tiny_transformer(config), scheduler, tiny_model, latent_mean=[0.0, 1.0])
     with pytest.raises(ValueError, match="positive"):
-        UniFlowClassConditionalPipeline(tiny_transformer(config), scheduler, tiny_model, scheduler, latent_std=[0.0] * 8)
+        UniFlowClassConditionalPipeline(tiny_transformer(config), scheduler, tiny_model, latent_std=[0.0] * 8)
     with pytest.raises(ValueError, match="outside"):
-        UniFlowClassConditionalPipeline(tiny_transformer(config), scheduler, tiny_model, scheduler, id2label={5: "x"})
+        UniFlowClassConditionalPipeline(tiny_transformer(config), scheduler, tiny_model, id2label={5: "x"})
 
 
 @pytest.mark.parametrize("patch_size", [1, 2])
@@ -613,7 +642,7 @@ def test_class_conditional_save_and_load(class_conditional_pipeline, tmp_path):
     model_index = json.loads((tmp_path / "model_index.json").read_text())
     assert model_index["_class_name"] == ["pipeline_uniflow_class_conditional", "UniFlowClassConditionalPipeline"]
     assert model_index["transformer"] == ["diffusers", "DiTTransformer2DModel"]
-    assert model_index["decoder_scheduler"] == ["scheduling_uniflow_flow_match", "UniFlowFlowMatchScheduler"]
+    assert "decoder_scheduler" not in model_index  # the decoder's sampler is the tokenizer's (`UniFlowModel.decode`)
     assert model_index["image_processor"] == ["image_processing_uniflow", "UniFlowImageProcessor"]
     assert (tmp_path / "image_processor" / "image_processing_uniflow.py").is_file()
     assert model_index["id2label"] == {"0": "circle", "1": "square", "2": "stripes"}
@@ -641,7 +670,7 @@ def test_folders_saved_in_the_former_form_still_load(class_conditional_pipeline,
     pipeline.save_pretrained(tmp_path)
     model_index = json.loads((tmp_path / "model_index.json").read_text())
     model_index["_class_name"] = "UniFlowClassConditionalPipeline"
-    for name in ("tokenizer", "scheduler", "decoder_scheduler", "image_processor"):
+    for name in ("tokenizer", "scheduler", "image_processor"):
         model_index[name] = ["uniflow_hf", model_index[name][1]]
     (tmp_path / "model_index.json").write_text(json.dumps(model_index))
     for code_file in tmp_path.rglob("*.py"):
@@ -848,7 +877,7 @@ def test_shipped_folder_carries_the_package_code():
     code = {"": model_index["_class_name"]}  # subfolder -> [module file, class]
     component_names = UniFlowClassConditionalPipeline._get_signature_keys(UniFlowClassConditionalPipeline)[0]
     code.update({name: model_index[name] for name in component_names if model_index[name][0] not in ("diffusers", None)})
-    assert sorted(code) == ["", "decoder_scheduler", "image_processor", "scheduler", "tokenizer"]
+    assert sorted(code) == ["", "image_processor", "scheduler", "tokenizer"]
     for subfolder, (module_file, class_name) in code.items():
         module = sys.modules[packaged_class(module_file, class_name).__module__]
         for file_name, source in module_code_files(module).items():

@@ -209,7 +209,7 @@ def remote_code_folders(tmp_path_factory):
     llava = LlavaForConditionalGeneration.from_pretrained(folders["llava"]).eval()
     generation = UniFlowClassConditionalPipeline(
         transformer=tiny_transformer(tokenizer.config), scheduler=UniFlowFlowMatchScheduler(), tokenizer=tokenizer,
-        decoder_scheduler=UniFlowFlowMatchScheduler(), id2label=ID2LABEL, image_processor=processor,
+        id2label=ID2LABEL, image_processor=processor,
     )
     generation.save_pretrained(folders["generation"])
     reconstruction = UniFlowReconstructionPipeline(tokenizer, UniFlowFlowMatchScheduler(), image_processor=processor)

@@ -728,7 +728,6 @@ def train_generator(
         transformer=transformer,
         scheduler=UniFlowFlowMatchScheduler(solver=args.solver, euler_at_final=args.euler_at_final),
         tokenizer=tokenizer,
-        decoder_scheduler=UniFlowFlowMatchScheduler(schedule=tokenizer.config.sampling_schedule),
         id2label=id2label,
         latent_mean=cache.latent_mean,
         latent_std=cache.latent_std,

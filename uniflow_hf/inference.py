@@ -50,16 +50,15 @@ def load_reconstruction_pipeline(
         pipeline = DiffusionPipeline.from_pretrained(model_dir, **_dtype_kwargs(dtype))
         if isinstance(pipeline, UniFlowReconstructionPipeline):
             return pipeline
-        return UniFlowReconstructionPipeline(
-            tokenizer=pipeline.tokenizer, scheduler=pipeline.decoder_scheduler, image_processor=pipeline.image_processor
+        tokenizer, image_processor = pipeline.tokenizer, pipeline.image_processor
+    elif os.path.isfile(os.path.join(model_dir, "config.json")):
+        tokenizer, image_processor = UniFlowModel.from_pretrained(model_dir, **_dtype_kwargs(dtype)), None
+    else:
+        raise FileNotFoundError(
+            f"{model_dir} holds neither a pipeline (model_index.json) nor a UniFlow model (config.json)."
         )
-    if os.path.isfile(os.path.join(model_dir, "config.json")):
-        tokenizer = UniFlowModel.from_pretrained(model_dir, **_dtype_kwargs(dtype))
-        scheduler = UniFlowFlowMatchScheduler(schedule=tokenizer.config.sampling_schedule)
-        return UniFlowReconstructionPipeline(tokenizer=tokenizer, scheduler=scheduler)
-    raise FileNotFoundError(
-        f"{model_dir} holds neither a pipeline (model_index.json) nor a UniFlow model (config.json)."
-    )
+    scheduler = UniFlowFlowMatchScheduler(schedule=tokenizer.config.sampling_schedule)
+    return UniFlowReconstructionPipeline(tokenizer=tokenizer, scheduler=scheduler, image_processor=image_processor)
 
 
 def _dtype_kwargs(dtype: torch.dtype | None) -> dict:

@@ -24,7 +24,7 @@ OUTPUT_TYPES = ("pil", "np", "pt")
 # Schedulers of UniFlow's flow convention (t = 0 noise -> t = 1 data, the model predicts v = data - noise). diffusers'
 # flow-match schedulers run the other way (sigma = 1 - t, model output -v) and would walk the wrong way silently.
 COMPATIBLE_SCHEDULERS = ("UniFlowFlowMatchScheduler",)
-SCHEDULER_COMPONENTS = ("scheduler", "decoder_scheduler")
+SCHEDULER_COMPONENTS = ("scheduler",)
 
 
 def component_library_tuple(component) -> tuple[str, str]:
@@ -68,6 +68,32 @@ def check_scheduler(name: str, scheduler) -> None:
             "(its `flow_match_euler_sigmas` gives the sigmas under which FlowMatchEulerDiscreteScheduler, fed -v, "
             "walks the same samples)."
         )
+
+
+def check_decoder_scheduler(name: str, scheduler_config, tokenizer) -> None:
+    """Refuse a decoder scheduler (its config) that describes another sampler than the tokenizer's own
+    (`UniFlowModel.decode`: Euler steps over `config.sampling_schedule`). Such a scheduler is a record, never stepped:
+    the reconstruction pipeline's `scheduler`, or the `decoder_scheduler` of a class-conditional folder saved before
+    the decoder's sampler had one owner."""
+    defaults = {"solver": "euler", "schedule": "linear", "shift": 1.0}  # `UniFlowFlowMatchScheduler`'s
+    expected = {**defaults, "schedule": tokenizer.config.sampling_schedule}
+    actual = {key: scheduler_config.get(key, default) for key, default in defaults.items()}
+    if actual != expected:
+        raise ValueError(
+            f"`{name}` says {actual}, but the tokenizer's pixel decoder samples by Euler steps over its config's "
+            f"schedule ({expected}). Set `tokenizer.config.sampling_schedule` to choose the decoder's schedule"
+            + (f", and give the pipeline `UniFlowFlowMatchScheduler(schedule={expected['schedule']!r})`."
+               if name == "scheduler" else ", and delete the folder's `decoder_scheduler` (no longer a component).")
+        )
+
+
+def check_saved_decoder_scheduler(folder, tokenizer) -> None:
+    """`check_decoder_scheduler` for the `decoder_scheduler/` a local pipeline `folder` may hold from an earlier save;
+    loading ignores that component (the tokenizer's `decode` samples), so its settings must agree with the tokenizer."""
+    path = os.path.join(str(folder), "decoder_scheduler", "scheduler_config.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as file:
+            check_decoder_scheduler("decoder_scheduler", json.load(file), tokenizer)
 
 
 def package_model_cards():
@@ -198,25 +224,14 @@ class UniFlowPipelineMixin:
     def decode_latents(
         self,
         latents: torch.Tensor,
-        scheduler,
         num_inference_steps: int | None,
         generator=None,
         noise: torch.Tensor | None = None,
         height: int | None = None,
         width: int | None = None,
     ) -> torch.Tensor:
-        """`tokenizer.decode`: the decoder's own Euler loop over the tokenizer's `config.sampling_schedule`, the one
-        owner of the decoder's schedule. `scheduler` (the pipeline's decoder scheduler component, kept so that saved
-        folders load) must describe that same sampler; anything else is refused rather than silently ignored."""
-        expected = {"solver": "euler", "schedule": self.tokenizer.config.sampling_schedule, "shift": 1.0}
-        actual = {name: scheduler.config[name] for name in expected}
-        if actual != expected:
-            raise ValueError(
-                f"The pipeline's decoder scheduler says {actual}, but the tokenizer's pixel decoder samples by Euler steps "
-                f"over its config's schedule ({expected}). Set `tokenizer.config.sampling_schedule` to choose the "
-                "decoder's schedule, and give the pipeline a matching `UniFlowFlowMatchScheduler("
-                f"schedule={expected['schedule']!r})`."
-            )
+        """`tokenizer.decode`, the one owner of the pixel decoder's sampler (Euler steps over the tokenizer's
+        `config.sampling_schedule`); a pipeline chooses only the number of steps."""
         return self.tokenizer.decode(
             latents, noise=noise, generator=generator, num_inference_steps=num_inference_steps, height=height, width=width
         )
