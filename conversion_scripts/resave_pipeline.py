@@ -2,7 +2,7 @@
 `[module file, class]` entries in `model_index.json`, the code beside them, the image processor also in
 `tokenizer/`), its weights unchanged and its model card kept.
 
-    python conversion_scripts/resave_pipeline.py uniflow_hf/models/uniflow-fmnist
+    python conversion_scripts/resave_pipeline.py uniflow_hf/models/uniflow-fmnist --link-code
 
 The folder is loaded by the package in float32 and saved to a sibling folder; every weight file must hold exactly the
 tensors it held (names, dtypes, values), and then keeps its original bytes; the configs lose the load path diffusers
@@ -49,7 +49,33 @@ def drop_load_paths(folder: Path) -> None:
             path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def resave_pipeline(folder: str | Path) -> None:
+def link_package_code(folder: Path) -> list[Path]:
+    """Replace each code file of `folder` that is a copy of one of the package's source files (modeling/,
+    pipelines/) by a relative link to that file; return the linked files. For a folder kept inside the package's
+    own repository (the shipped model): the repository then holds one copy of the code, and a change of the source
+    is a change of the folder. Wheels and uploads copy the linked files' contents."""
+    import os
+
+    import uniflow_hf.modeling
+    import uniflow_hf.pipelines
+
+    sources = {
+        path.name: path
+        for package in (uniflow_hf.modeling, uniflow_hf.pipelines)
+        for path in Path(package.__file__).resolve().parent.glob("*.py")
+    }
+    linked = []
+    for path in sorted(folder.rglob("*.py")):
+        source = sources.get(path.name)
+        if source is None or path.is_symlink() or path.read_bytes() != source.read_bytes():
+            continue
+        path.unlink()
+        path.symlink_to(os.path.relpath(source, path.parent))
+        linked.append(path)
+    return linked
+
+
+def resave_pipeline(folder: str | Path, link_code: bool = False) -> None:
     import torch
     from diffusers import DiffusionPipeline
 
@@ -71,17 +97,24 @@ def resave_pipeline(folder: str | Path) -> None:
         staging.rename(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if link_code:
+        link_package_code(folder)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="a UniFlow pipeline folder (model_index.json), re-saved in place")
+    parser.add_argument(
+        "--link-code", action="store_true",
+        help="link the code files to the package's source instead of copying them (the folder shipped in this "
+        "repository: one copy of the code; wheels and uploads copy the contents)",
+    )
     args = parser.parse_args(argv)
     if not (Path(args.folder) / "model_index.json").is_file():
         print(f"error: {args.folder} has no model_index.json: expected a UniFlow pipeline folder.", file=sys.stderr)
         return 2
     try:
-        resave_pipeline(args.folder)
+        resave_pipeline(args.folder, link_code=args.link_code)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -866,8 +866,9 @@ def test_push_to_hub_uploads_our_card(reconstruction_pipeline, tmp_path):
 
 
 def test_shipped_folder_carries_the_package_code():
-    """The code saved in the shipped pipeline folder is the package's: a change to it needs a re-save
-    (`python conversion_scripts/resave_pipeline.py uniflow_hf/models/uniflow-fmnist`)."""
+    """The code saved in the shipped pipeline folder is the package's (in this repository its files are links to the
+    source, made by `python conversion_scripts/resave_pipeline.py uniflow_hf/models/uniflow-fmnist --link-code`;
+    an installed package holds copies)."""
     import uniflow_hf
     from uniflow_hf.pipelines import packaged_class
     from uniflow_hf.pipelines.pipeline_uniflow_utils import module_code_files
@@ -883,3 +884,20 @@ def test_shipped_folder_carries_the_package_code():
         for file_name, source in module_code_files(module).items():
             saved = folder / subfolder / file_name
             assert saved.read_text() == Path(source).read_text(), f"{saved} is not the package's {source}"
+
+
+def test_resave_links_only_exact_copies_of_the_package_code(tmp_path):
+    """`resave_pipeline --link-code` turns a code file into a link to the package's source only where it is an exact
+    copy of it; an edited copy and a file the package does not have stay as they are."""
+    from uniflow_hf.conversion_scripts.resave_pipeline import link_package_code
+    from uniflow_hf.modeling import flow_matching, loss_uniflow
+
+    (tmp_path / "tokenizer").mkdir()
+    copy, edited, other = tmp_path / "tokenizer" / "flow_matching.py", tmp_path / "loss_uniflow.py", tmp_path / "x.py"
+    copy.write_bytes(Path(flow_matching.__file__).read_bytes())
+    edited.write_text(Path(loss_uniflow.__file__).read_text() + "# edited\n")
+    other.write_text("x = 1\n")
+    assert link_package_code(tmp_path) == [copy]
+    assert copy.is_symlink() and copy.resolve() == Path(flow_matching.__file__).resolve()
+    assert not os.path.isabs(os.readlink(copy))  # relative: the repository can move
+    assert not edited.is_symlink() and not other.is_symlink() and other.read_text() == "x = 1\n"
