@@ -48,77 +48,43 @@ class GeneratorTrainingArguments(TrainingArguments):
 
     learning_rate: float = field(default=3e-4, metadata={"help": "AdamW learning rate."})
     per_device_train_batch_size: int = field(default=64, metadata={"help": "Samples per process and micro-batch."})
-    lr_scheduler_type: str = field(
-        default="constant", metadata={"help": "learning-rate schedule (transformers' SchedulerType), e.g. cosine"}
-    )
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "learning-rate schedule, e.g. cosine"})
     global_batch_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "samples per optimisation step over all processes: sets --per_device_train_batch_size to it / "
-            "(processes x gradient_accumulation_steps), which must divide it"
-        },
+        default=None, metadata={"help": "samples per step over all processes (sets the per-device batch from it)"}
     )
     image_column: str = field(default="image", metadata={"help": "the dataset column holding the images"})
     label_column: str = field(default="label", metadata={"help": "the dataset column holding the class labels"})
     latent_cache_dir: str | None = field(
-        default=None,
-        metadata={
-            "help": "where the tokenizer's latents of the dataset are cached (reused by later runs of the same "
-            "tokenizer and dataset; default: OUTPUT_DIR/latent_cache)"
-        },
+        default=None, metadata={"help": "folder of the cached latents, reused by later runs (OUTPUT_DIR/latent_cache)"}
     )
     encode_batch_size: int = field(default=64, metadata={"help": "images per batch when encoding the latents"})
-    label_dropout: float = field(
-        default=0.1, metadata={"help": "probability of training a sample as the null class (for guidance)"}
-    )
-    ema_decay: float | None = field(
-        default=None, metadata={"help": "save an exponential moving average of the weights (e.g. 0.999)"}
-    )
+    label_dropout: float = field(default=0.1, metadata={"help": "probability of training a sample as the null class"})
+    ema_decay: float | None = field(default=None, metadata={"help": "save an EMA of the weights (e.g. 0.999)"})
     transformer_kwargs: dict | str | None = field(
-        default=None,
-        metadata={"help": 'size of a new DiT as JSON, e.g. \'{"num_layers": 4, "attention_head_dim": 32}\''},
+        default=None, metadata={"help": 'size of a new DiT as JSON, e.g. \'{"num_layers": 4}\''}
     )
     init_generator: str | None = field(
-        default=None,
-        metadata={"help": "continue training the DiT of this pipeline (or transformer) folder (use another --seed)"},
+        default=None, metadata={"help": "continue training the DiT of this pipeline (or transformer) folder"}
     )
     timestep_distribution: str | None = field(
         default=None,
-        metadata={
-            "help": "training flow times (default fat_lognormal, the release's: a logit-normal with a share of "
-            "uniform times)",
-            "choices": list(FLOW_TIMESTEP_DISTRIBUTIONS),
-        },
+        metadata={"help": "training flow times (default fat_lognormal)", "choices": list(FLOW_TIMESTEP_DISTRIBUTIONS)},
     )
-    timestep_logit_mean: float | None = field(
-        default=None, metadata={"help": "mean of the logit-normal (default 0; > 0 trains more near the data, t = 1)"}
-    )
+    timestep_logit_mean: float | None = field(default=None, metadata={"help": "logit-normal mean (default 0)"})
     timestep_logit_std: float | None = field(default=None, metadata={"help": "its standard deviation (default 1)"})
     timestep_uniform_fraction: float | None = field(
         default=None, metadata={"help": "share of uniform times in fat_lognormal (default 0.1)"}
     )
-    solver: str = field(
-        default="euler", metadata={"help": "the saved pipeline's solver of the latent flow", "choices": ["euler", "heun"]}
-    )
-    euler_at_final: bool = field(
-        default=False, metadata={"help": "with heun: end with a plain Euler step (no network call at t = 1)"}
-    )
+    solver: str = field(default="euler", metadata={"help": "the pipeline's solver", "choices": ["euler", "heun"]})
+    euler_at_final: bool = field(default=False, metadata={"help": "with heun: end with a plain Euler step"})
     decoder_num_inference_steps: int | None = field(
-        default=None,
-        metadata={
-            "help": "the pipeline's default steps of the pixel decoder (default: the tokenizer's)",
-            "aliases": ["--decoder-steps"],
-        },
+        default=None, metadata={"help": "the pipeline's pixel-decoder steps", "aliases": ["--decoder-steps"]}
     )
-    guidance_scale: float | None = field(
-        default=None, metadata={"help": "the pipeline's default classifier-free guidance (default: 1.5)"}
-    )
+    guidance_scale: float | None = field(default=None, metadata={"help": "the pipeline's guidance scale (1.5)"})
     guidance_interval: list[float] | None = field(
-        default=None, metadata={"help": "guide only at flow times T_START T_END (0 = noise, 1 = data)"}
+        default=None, metadata={"help": "the pipeline's guidance interval T_START T_END in flow time"}
     )
-    guidance_rescale: float | None = field(
-        default=None, metadata={"help": "the pipeline's default guidance rescale in [0, 1]"}
-    )
+    guidance_rescale: float | None = field(default=None, metadata={"help": "the pipeline's guidance rescale"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -134,12 +100,12 @@ class GeneratorTrainingArguments(TrainingArguments):
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"`label_dropout` must be in [0, 1), got {self.label_dropout}.")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ValueError(f"`ema_decay` must be in (0, 1) (e.g. 0.999) or None for no average, got {self.ema_decay}.")
+            raise ValueError(f"`ema_decay` must be in (0, 1) (e.g. 0.999) or None, got {self.ema_decay}.")
         for name in ("global_batch_size", "encode_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
         if self.warmup_steps and self.lr_scheduler_type == "constant":
-            raise ValueError("`lr_scheduler_type='constant'` has no warm-up; use 'constant_with_warmup' for `warmup_steps`.")
+            raise ValueError("`lr_scheduler_type='constant'` has no warm-up: use 'constant_with_warmup'.")
         if self.max_steps > 0 and self.warmup_steps >= max(1, self.max_steps):  # below 1 it is a share of the steps
             raise ValueError(
                 f"`warmup_steps` ({self.warmup_steps:g}) must be below the number of steps ({self.max_steps})."
@@ -188,21 +154,18 @@ def _latent_interface(tokenizer: UniFlowModel, num_classes: int) -> dict[str, in
     )
 
 
-def build_generator_transformer(
-    tokenizer: UniFlowModel, num_classes: int, **transformer_kwargs
-) -> DiTTransformer2DModel:
+def build_generator_transformer(tokenizer: UniFlowModel, num_classes: int, **size) -> DiTTransformer2DModel:
     """A new DiT over `tokenizer`'s latent grid predicting the velocity (the class id `num_classes` is the null
-    class); `transformer_kwargs` override the default size (6 layers, 4 heads of 32, patches of 2 on grids of 8+)."""
+    class); `size` overrides the default size (6 layers, 4 heads of 32, patches of 2 on grids of 8 and more)."""
     fixed = _latent_interface(tokenizer, num_classes)
-    if fixed.keys() & transformer_kwargs.keys():
-        raise ValueError(f"{sorted(fixed.keys() & transformer_kwargs.keys())} follow from the tokenizer and the dataset.")
+    if fixed.keys() & size.keys():
+        raise ValueError(f"{sorted(fixed.keys() & size.keys())} follow from the tokenizer and the dataset.")
     grid_size = fixed["sample_size"]
     patch_size = 2 if grid_size >= 8 and grid_size % 2 == 0 else 1
-    kwargs = dict(num_layers=6, num_attention_heads=4, attention_head_dim=32, patch_size=patch_size)
-    kwargs.update(transformer_kwargs)
-    if grid_size % kwargs["patch_size"]:
-        raise ValueError(f"patch_size {kwargs['patch_size']} does not divide the latent grid size {grid_size}.")
-    return DiTTransformer2DModel(**fixed, **kwargs)
+    size = dict(num_layers=6, num_attention_heads=4, attention_head_dim=32, patch_size=patch_size) | size
+    if grid_size % size["patch_size"]:
+        raise ValueError(f"patch_size {size['patch_size']} does not divide the latent grid size {grid_size}.")
+    return DiTTransformer2DModel(**fixed, **size)
 
 
 def load_generator_transformer(
@@ -219,7 +182,7 @@ def load_generator_transformer(
             with open(os.path.join(folder, "config.json")) as handle:
                 class_name = json.load(handle).get("_class_name")
         if class_name != "DiTTransformer2DModel":
-            raise ValueError(f"{folder} holds no DiT: pass a pipeline folder (with transformer/) or a transformer folder.")
+            raise ValueError(f"{folder} holds no DiT: pass a pipeline folder or a transformer folder.")
         source = DiTTransformer2DModel.from_pretrained(folder)
     expected = _latent_interface(tokenizer, num_classes)
     found = {key: source.config[key] for key in expected}
@@ -276,8 +239,9 @@ def latent_statistics(latents) -> tuple[list[float], list[float]]:
 
 
 # ------------------------------------------------------------------------------------------------ latent cache
-def tokenizer_fingerprint(tokenizer: UniFlowModel) -> str:
-    """A hash of what decides a tokenizer's latents: its config (less bookkeeping), image processor and weights."""
+def latent_cache_fingerprint(tokenizer: UniFlowModel, dataset, image_column: str, label_column: str) -> str:
+    """The `datasets` fingerprint of the latents: a hash of the tokenizer's config (less bookkeeping), image processor
+    and weights, of the dataset's fingerprint and of the columns read."""
     digest = hashlib.sha256()
     config = {
         key: value for key, value in tokenizer.config.to_dict().items()
@@ -287,16 +251,10 @@ def tokenizer_fingerprint(tokenizer: UniFlowModel) -> str:
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     digest.update(default_image_processor(tokenizer).to_json_string().encode())
     for name, tensor in sorted(tokenizer.state_dict().items()):
-        if name.startswith("distillation_teacher."):
-            continue
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def latent_cache_fingerprint(tokenizer: UniFlowModel, dataset, image_column: str, label_column: str) -> str:
-    """The `datasets` fingerprint of the latents: the tokenizer's, the dataset's and the columns read."""
-    key = [tokenizer_fingerprint(tokenizer), dataset._fingerprint, image_column, label_column]
+        if not name.startswith("distillation_teacher."):
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    key = [digest.hexdigest(), dataset._fingerprint, image_column, label_column]
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
 
 
@@ -335,16 +293,10 @@ def build_latent_cache(
     with PartialState().main_process_first():
         os.makedirs(cache_dir, exist_ok=True)
         latents = dataset.map(
-            encode,
-            batched=True,
-            batch_size=args.encode_batch_size,
-            input_columns=[args.image_column, args.label_column],
-            remove_columns=dataset.column_names,
+            encode, batched=True, batch_size=args.encode_batch_size, desc="Encoding images",
+            input_columns=[args.image_column, args.label_column], remove_columns=dataset.column_names,
             features=Features({"latents": Array2D(shape, "float32"), "label": Value("int64")}),
-            cache_file_name=cache_file,
-            load_from_cache_file=True,
-            new_fingerprint=fingerprint,
-            desc="Encoding images",
+            cache_file_name=cache_file, load_from_cache_file=True, new_fingerprint=fingerprint,
         ).with_format("torch")
     mean, std = latent_statistics(batch["latents"] for batch in latents.iter(batch_size=args.encode_batch_size))
     return LatentCache(latents, mean, std)
@@ -362,18 +314,14 @@ def training_dataset(cache: LatentCache, global_batch_size: int, seed: int):
     order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed))
     repeated = order.repeat(padding // num_images + 1)[:padding].tolist()
     extra = latents.select(repeated, keep_in_memory=True).flatten_indices(keep_in_memory=True)
-    parts = [
-        latents.add_column("index", range(num_images)),
-        extra.add_column("index", range(num_images, num_images + padding)),
-    ]
-    return concatenate_datasets(parts).with_format("torch")
+    latents = concatenate_datasets([latents, extra]).add_column("index", range(num_images + padding))
+    return latents.with_format("torch")
 
 
 class GeneratorFlowMatchingModel(nn.Module):
-    """The DiT with its training loss: the mean squared error of the velocity it predicts at
-    `noise_scheduler.add_noise(latents, noise, timesteps)` against `latents - noise`, the cached `latents`
-    (batch, tokens, channels) normalised by `latent_mean` and `latent_std` onto the grid first. The DiT's own label
-    dropout stays off (its `LabelEmbedding`s in eval mode): `GeneratorTrainer.compute_loss` drops labels."""
+    """The DiT with its loss: the mean squared error of its velocity at `noise_scheduler.add_noise(latents, noise,
+    timesteps)` against `latents - noise`, the cached latents normalised onto the grid first. The DiT's own label
+    dropout stays off (its `LabelEmbedding`s in eval mode): `GeneratorTrainer.compute_loss` drops the labels."""
 
     def __init__(self, transformer: DiTTransformer2DModel, noise_scheduler, latent_mean, latent_std):
         super().__init__()
@@ -390,9 +338,8 @@ class GeneratorFlowMatchingModel(nn.Module):
         return self
 
     def forward(self, latents, noise, timesteps, class_labels) -> dict[str, torch.Tensor]:
-        grid_size = self.transformer.config.sample_size
-        latents = latents.transpose(1, 2).unflatten(2, (grid_size, grid_size))
-        latents = (latents - self.latent_mean) / self.latent_std
+        size = self.transformer.config.sample_size
+        latents = (latents.transpose(1, 2).unflatten(2, (size, size)) - self.latent_mean) / self.latent_std
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         velocity = self.transformer(noisy, timestep=timesteps, class_labels=class_labels).sample
         return {"loss": F.mse_loss(velocity.float(), self.noise_scheduler.get_velocity(latents, noise).float())}
@@ -451,11 +398,9 @@ class _EMACallback(TrainerCallback):
 
 
 def _check_precision(args: GeneratorTrainingArguments) -> None:
-    if args.device.type != "cpu" or not (args.fp16 or args.bf16):
-        return
-    if args.fp16:
-        raise ValueError("fp16 mixed precision needs a GPU: drop --fp16 (or use --bf16 on a CPU with bfloat16 support).")
-    fast_bf16, why = cpu_bf16_support()
+    if args.device.type == "cpu" and args.fp16:
+        raise ValueError("fp16 mixed precision needs a GPU: drop --fp16, or use --bf16 on a CPU with bfloat16.")
+    fast_bf16, why = cpu_bf16_support() if args.device.type == "cpu" and args.bf16 else (True, "")
     if not fast_bf16:
         raise ValueError(
             f"This CPU has no bfloat16 arithmetic, so --bf16 would run emulated ({why}). Drop --bf16 here, or train "
@@ -471,15 +416,12 @@ def _global_batch_size(args: GeneratorTrainingArguments) -> int:
         if args.global_batch_size % processes_and_steps:
             raise ValueError(
                 f"`global_batch_size` {args.global_batch_size} does not divide into {args.world_size} process(es) x "
-                f"{args.gradient_accumulation_steps} accumulation step(s): launch a number of processes and pick "
-                "`gradient_accumulation_steps` whose product divides it."
+                f"{args.gradient_accumulation_steps} accumulation step(s): launch processes x steps that divide it."
             )
-        default = GeneratorTrainingArguments.__dataclass_fields__["per_device_train_batch_size"].default
-        if args.per_device_train_batch_size not in (default, per_device):
+        if args.per_device_train_batch_size not in (GeneratorTrainingArguments.per_device_train_batch_size, per_device):
             raise ValueError(
                 f"`per_device_train_batch_size` {args.per_device_train_batch_size} disagrees with `global_batch_size` "
-                f"{args.global_batch_size} over {processes_and_steps} process(es) x accumulation step(s) "
-                f"({per_device}); pass only one of them."
+                f"{args.global_batch_size} ({per_device} over this launch): pass only one of them."
             )
         args.per_device_train_batch_size = per_device
     return processes_and_steps * args.per_device_train_batch_size
@@ -494,18 +436,15 @@ def train_generator(
     callbacks: list[TrainerCallback] | None = None,
     save_pipeline: bool = True,
 ) -> GeneratorTrainingOutput:
-    """Train a DiT to generate `tokenizer` latents of the classes of `dataset` (images in `args.image_column`, labels
-    in `args.label_column`: a `ClassLabel`, whose names become the pipeline's `id2label`, or non-negative ints) and
-    return (and, with `save_pipeline`, save to `args.output_dir`) the `UniFlowClassConditionalPipeline`.
-
-    The DiT is `transformer` (trained in place), else `args.init_generator`'s, else a new one. N processes at
-    per-device batch B train as 1 process at batch N·B; `resume_from_checkpoint` (a folder, or `True` for the last
-    complete one in `args.output_dir`; default `args.resume_from_checkpoint`) continues on the same losses, EMA
-    weights included."""
+    """Train a DiT (`transformer`, in place, else `args.init_generator`'s, else a new one) to generate `tokenizer`
+    latents of the classes of `dataset` (labels: a `ClassLabel`, whose names become `id2label`, or non-negative ints);
+    return (and save to `args.output_dir`) the `UniFlowClassConditionalPipeline`. N processes at per-device batch B
+    train as 1 at batch N·B; `resume_from_checkpoint` (a folder, or `True` for the last complete one; default
+    `args.resume_from_checkpoint`) continues on the same losses."""
     if not isinstance(args, GeneratorTrainingArguments):
         raise TypeError(f"`args` must be GeneratorTrainingArguments, got {type(args).__name__}.")
     if transformer is not None and (args.init_generator or args.transformer_kwargs):
-        raise ValueError("Pass the DiT to train as `transformer` or as `init_generator`/`transformer_kwargs`, not both.")
+        raise ValueError("Pass the DiT as `transformer` or as `init_generator`/`transformer_kwargs`, not both.")
     if len(dataset) == 0:
         raise ValueError("The dataset is empty.")
     prepare_training_arguments(args)
@@ -521,13 +460,15 @@ def train_generator(
         tokenizer = UniFlowModel.from_pretrained(tokenizer)
     tokenizer.eval().requires_grad_(False).to(args.device)
     id2label = dataset_id2label(dataset, args.label_column)
-    cache = build_latent_cache(tokenizer, dataset, args, args.latent_cache_dir or os.path.join(args.output_dir, "latent_cache"))
+    cache_dir = args.latent_cache_dir or os.path.join(args.output_dir, "latent_cache")
+    cache = build_latent_cache(tokenizer, dataset, args, cache_dir)
 
     set_seed(args.seed)  # the same new DiT in every process
     if transformer is None and args.init_generator is None:
         transformer = build_generator_transformer(tokenizer, len(id2label), **(args.transformer_kwargs or {}))
     else:
-        transformer = load_generator_transformer(transformer or args.init_generator, tokenizer, len(id2label))
+        source = transformer if transformer is not None else args.init_generator
+        transformer = load_generator_transformer(source, tokenizer, len(id2label))
     for module in transformer.modules():
         if isinstance(module, LabelEmbedding):
             module.dropout_prob = args.label_dropout  # for whoever trains the saved DiT next
@@ -539,10 +480,11 @@ def train_generator(
             ema.load_state_dict(torch.load(os.path.join(resume_folder, EMA_STATE_NAME), weights_only=True))
         callbacks.append(_EMACallback(ema, list(transformer.parameters())))
     args.remove_unused_columns = False  # `index` keys the draws of `compute_loss`
+    model = GeneratorFlowMatchingModel(
+        transformer, args.training_noise_scheduler(), cache.latent_mean, cache.latent_std
+    )
     trainer = GeneratorTrainer(
-        model=GeneratorFlowMatchingModel(
-            transformer, args.training_noise_scheduler(), cache.latent_mean, cache.latent_std
-        ),
+        model=model,
         args=args,
         train_dataset=training_dataset(cache, global_batch_size, args.seed),
         data_collator=default_data_collator,
@@ -592,7 +534,7 @@ def attach_guide(
     return UniFlowClassConditionalPipeline(
         **components,
         guide_transformer=guide.transformer,
-        **{**pipeline.settings, "autoguidance_scale": autoguidance_scale, "autoguidance_interval": autoguidance_interval},
+        **pipeline.settings | dict(autoguidance_scale=autoguidance_scale, autoguidance_interval=autoguidance_interval),
     )
 
 
@@ -610,7 +552,6 @@ __all__ = [
     "latent_cache_fingerprint",
     "latent_statistics",
     "load_generator_transformer",
-    "tokenizer_fingerprint",
     "train_generator",
     "training_dataset",
 ]
