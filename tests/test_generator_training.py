@@ -128,11 +128,13 @@ def test_label_dropout_goes_to_the_null_class(tiny_model):
         spy_on_dit_forward() as spy,
         mock.patch.object(LabelEmbedding, "token_drop") as builtin_dropout,
     ):
-        train(
+        result = train(
             tiny_model, dataset, max_steps=8, per_device_train_batch_size=12, label_dropout=0.5,
             transformer_kwargs=TINY_DIT,
         )
     builtin_dropout.assert_not_called()
+    # the saved DiT's own dropout is the training's, for whoever trains it next
+    assert {m.dropout_prob for m in result.pipeline.transformer.modules() if isinstance(m, LabelEmbedding)} == {0.5}
     labels = torch.cat([call.kwargs["class_labels"] for call in spy.call_args_list])
     assert labels.tolist().count(3) == pytest.approx(48, abs=16)  # half of 96, the null id being 3
     assert set(labels.tolist()) == {0, 1, 2, 3}

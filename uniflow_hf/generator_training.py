@@ -9,7 +9,6 @@ a `UniFlowClassConditionalPipeline`. The training draws (noise, flow time, label
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -177,11 +176,9 @@ def load_generator_transformer(
         folder = os.fspath(source)
         if os.path.isfile(os.path.join(folder, "transformer", "config.json")):
             folder = os.path.join(folder, "transformer")
-        class_name = None
-        with contextlib.suppress(OSError, ValueError, AttributeError):  # no file, not JSON, not a JSON object
-            with open(os.path.join(folder, "config.json")) as handle:
-                class_name = json.load(handle).get("_class_name")
-        if class_name != "DiTTransformer2DModel":
+        config_file = os.path.join(folder, "config.json")
+        config = DiTTransformer2DModel.load_config(config_file) if os.path.isfile(config_file) else {}
+        if config.get("_class_name") != "DiTTransformer2DModel":
             raise ValueError(f"{folder} holds no DiT: pass a pipeline folder or a transformer folder.")
         source = DiTTransformer2DModel.from_pretrained(folder)
     expected = _latent_interface(tokenizer, num_classes)
@@ -258,22 +255,10 @@ def latent_cache_fingerprint(tokenizer: UniFlowModel, dataset, image_column: str
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
 
 
-@dataclass
-class LatentCache:
-    """`latents`: a `datasets.Dataset` (torch format) of `latents` (tokens, latent_channels) and `label`, one row per
-    image, memory-mapped from the cache file; `latent_mean`, `latent_std`: their per-channel statistics."""
-
-    latents: Any
-    latent_mean: list[float]
-    latent_std: list[float]
-
-
-def build_latent_cache(
-    tokenizer: UniFlowModel, dataset, args: GeneratorTrainingArguments, cache_dir: str | os.PathLike
-) -> LatentCache:
-    """The tokenizer's latents and the labels of `dataset`, encoded by `dataset.map` into
-    `cache_dir/latents-FINGERPRINT.arrow` (`latent_cache_fingerprint`: reused by later runs of the same tokenizer on
-    the same dataset, written complete or not at all). Every image is opened first (`data.check_images`). The main
+def build_latent_cache(tokenizer: UniFlowModel, dataset, args: GeneratorTrainingArguments, cache_dir: str):
+    """A `datasets.Dataset` (torch format) of the tokenizer's `latents` (tokens, channels) and the `label` of every
+    image of `dataset`, encoded by `dataset.map` into `cache_dir/latents-FINGERPRINT.arrow` (reused by later runs of
+    the same tokenizer on the same dataset, written complete or not at all). Every image is opened first. The main
     process encodes while the others wait, so `cache_dir` must be on a filesystem the processes share."""
     from accelerate import PartialState
     from datasets import Array2D, Features, Value
@@ -297,19 +282,18 @@ def build_latent_cache(
             input_columns=[args.image_column, args.label_column], remove_columns=dataset.column_names,
             features=Features({"latents": Array2D(shape, "float32"), "label": Value("int64")}),
             cache_file_name=cache_file, load_from_cache_file=True, new_fingerprint=fingerprint,
-        ).with_format("torch")
-    mean, std = latent_statistics(batch["latents"] for batch in latents.iter(batch_size=args.encode_batch_size))
-    return LatentCache(latents, mean, std)
+        )
+    return latents.with_format("torch")
 
 
 # ------------------------------------------------------------------------------------------------ the training
-def training_dataset(cache: LatentCache, global_batch_size: int, seed: int):
-    """The cached latents as the `Trainer` samples them: `latents`, `class_labels` and `index` (the row, which keys
+def training_dataset(latents, global_batch_size: int, seed: int):
+    """The cached `latents` as the `Trainer` samples them: `latents`, `class_labels` and `index` (the row, which keys
     the sample's draws), padded with images repeated (chosen by `seed`) to whole global batches, as torch's
     `DistributedSampler` pads, so that every epoch splits evenly over the processes and accumulation steps."""
     from datasets import concatenate_datasets
 
-    latents = cache.latents.with_format(None).rename_column("label", "class_labels")
+    latents = latents.with_format(None).rename_column("label", "class_labels")
     num_images, padding = len(latents), -len(latents) % global_batch_size
     order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed))
     repeated = order.repeat(padding // num_images + 1)[:padding].tolist()
@@ -461,7 +445,8 @@ def train_generator(
     tokenizer.eval().requires_grad_(False).to(args.device)
     id2label = dataset_id2label(dataset, args.label_column)
     cache_dir = args.latent_cache_dir or os.path.join(args.output_dir, "latent_cache")
-    cache = build_latent_cache(tokenizer, dataset, args, cache_dir)
+    latents = build_latent_cache(tokenizer, dataset, args, cache_dir)
+    latent_mean, latent_std = latent_statistics(batch["latents"] for batch in latents.iter(args.encode_batch_size))
 
     set_seed(args.seed)  # the same new DiT in every process
     if transformer is None and args.init_generator is None:
@@ -480,13 +465,11 @@ def train_generator(
             ema.load_state_dict(torch.load(os.path.join(resume_folder, EMA_STATE_NAME), weights_only=True))
         callbacks.append(_EMACallback(ema, list(transformer.parameters())))
     args.remove_unused_columns = False  # `index` keys the draws of `compute_loss`
-    model = GeneratorFlowMatchingModel(
-        transformer, args.training_noise_scheduler(), cache.latent_mean, cache.latent_std
-    )
+    model = GeneratorFlowMatchingModel(transformer, args.training_noise_scheduler(), latent_mean, latent_std)
     trainer = GeneratorTrainer(
         model=model,
         args=args,
-        train_dataset=training_dataset(cache, global_batch_size, args.seed),
+        train_dataset=training_dataset(latents, global_batch_size, args.seed),
         data_collator=default_data_collator,
         callbacks=callbacks,
     )
@@ -499,8 +482,8 @@ def train_generator(
         scheduler=UniFlowFlowMatchScheduler(solver=args.solver, euler_at_final=args.euler_at_final),
         tokenizer=tokenizer,
         id2label=id2label,
-        latent_mean=cache.latent_mean,
-        latent_std=cache.latent_std,
+        latent_mean=latent_mean,
+        latent_std=latent_std,
         **args.pipeline_settings(),
     )
     if save_pipeline and trainer.is_world_process_zero():
@@ -543,7 +526,6 @@ __all__ = [
     "GeneratorTrainer",
     "GeneratorTrainingArguments",
     "GeneratorTrainingOutput",
-    "LatentCache",
     "attach_guide",
     "build_generator_transformer",
     "build_latent_cache",
