@@ -321,7 +321,7 @@ def test_latent_cache_is_reused_and_checked(tiny_model, tmp_path):
         with pytest.raises(PermissionError, match=f"latent_cache_dir {tmp_path / 'new'}: the folder {tmp_path} is not"):
             train(tiny_model, dataset, **{**kwargs, "latent_cache_dir": str(tmp_path / "new")})
     (tmp_path / "a_file").write_text("")
-    with pytest.raises(NotADirectoryError, match=f"latent_cache_dir .* lies below {tmp_path / 'a_file'}, which is a file"):
+    with pytest.raises(NotADirectoryError, match=f"latent_cache_dir .* lies below {tmp_path / 'a_file'}, which is a"):
         train(tiny_model, dataset, **{**kwargs, "latent_cache_dir": str(tmp_path / "a_file" / "cache")})
     with mock.patch.object(UniFlowModel, "encode", side_effect=KeyboardInterrupt):
         with pytest.raises(KeyboardInterrupt):

@@ -144,13 +144,8 @@ class GeneratorTrainingOutput:
 
 def _latent_interface(tokenizer: UniFlowModel, num_classes: int) -> dict[str, int]:
     """The DiT config entries that follow from the tokenizer and the dataset, not from the generator's size."""
-    latent_channels = tokenizer.config.latent_channels
-    return dict(
-        in_channels=latent_channels,
-        out_channels=latent_channels,
-        sample_size=tokenizer.config.grid_size,
-        num_embeds_ada_norm=num_classes,
-    )
+    channels, grid_size = tokenizer.config.latent_channels, tokenizer.config.grid_size
+    return dict(in_channels=channels, out_channels=channels, sample_size=grid_size, num_embeds_ada_norm=num_classes)
 
 
 def build_generator_transformer(tokenizer: UniFlowModel, num_classes: int, **size) -> DiTTransformer2DModel:
