@@ -258,13 +258,14 @@ def test_training_continues_from_a_saved_generator(tiny_model, tmp_path):
 
 
 def test_resume_continues_on_the_same_losses(tiny_model, tmp_path):
-    """A run killed after its step-2 checkpoint and resumed from there ends as the straight 4-step run: the same
-    losses at steps 3 and 4 and the same saved (averaged) weights. The resumed run reads the samples of steps 3 and 4
-    (not those of 1 and 2 again), and its learning-rate schedule, AdamW moments and weight average go on."""
+    """A run killed after its step-2 checkpoint (mid-epoch: 6 images, 3 steps of 2) and resumed from there ends as
+    the straight 4-step run: the same losses at steps 3 and 4 and the same saved (averaged) weights. The resumed run
+    reads the samples of steps 3 and 4 (not those of 1 and 2 again), and its learning-rate schedule, AdamW moments
+    and weight average go on."""
     dataset = synthetic_dataset(per_class=2)
     kwargs = dict(
         max_steps=4, transformer_kwargs=TINY_DIT, ema_decay=0.7, lr_scheduler_type="linear", save_strategy="steps",
-        save_steps=2, per_device_train_batch_size=3, latent_cache_dir=str(tmp_path / "cache"),
+        save_steps=2, per_device_train_batch_size=2, latent_cache_dir=str(tmp_path / "cache"),
     )
     straight = train(tiny_model, dataset, output_dir=tmp_path / "straight", **kwargs)
     assert sorted(os.listdir(tmp_path / "straight" / "checkpoint-2")) == sorted(
