@@ -198,7 +198,7 @@ def test_saved_dataset_split_and_column(official_tiny_dir, tmp_path):
     from_single = evaluate_reconstruction(model, open_image_source(str(tmp_path / "single")), processor, progress=False)
     psnr, _, _, _ = expected_metrics(model, processor, images[1:])
     assert from_dict["psnr"] == pytest.approx(psnr, rel=1e-6) and from_single["psnr"] == from_dict["psnr"]
-    with pytest.raises(ValueError, match=r"no split 'validation'.*\['train', 'test'\]"):
+    with pytest.raises(ValueError, match=r"no split 'validation'.*\['test', 'train'\]"):
         open_image_source(str(tmp_path / "dict"), split="validation")
     with pytest.raises(ValueError, match="no image column"):
         open_image_source(str(tmp_path / "no_images"))
