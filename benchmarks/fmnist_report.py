@@ -116,6 +116,41 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, epochs: int = 30, se
 
 
 
+class JudgeCNN(torch.nn.Module):
+    """A small CNN classifier of Fashion-MNIST, independent of UniFlow: the judge of generated samples."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Flatten(), torch.nn.Linear(64 * 7 * 7, 128), torch.nn.ReLU(),
+        )
+        self.classifier = torch.nn.Linear(128, 10)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def train_judge(images: torch.Tensor, labels: torch.Tensor, epochs: int = 3, seed: int = 0) -> JudgeCNN:
+    """`images` (N, 28, 28) in [0, 1]."""
+    torch.manual_seed(seed)
+    judge = JudgeCNN()
+    optimizer = torch.optim.Adam(judge.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        for index in torch.randperm(len(images)).split(128):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(judge(images[index, None]), labels[index]).backward()
+            optimizer.step()
+    return judge.eval()
+
+
+@torch.no_grad()
+def judge_outputs(judge: JudgeCNN, images: torch.Tensor, batch_size: int = 1000):
+    features = torch.cat([judge.features(images[s : s + batch_size, None]) for s in range(0, len(images), batch_size)])
+    return features, judge.classifier(features).argmax(-1)
+
+
 def tokenizer_rows(tokenizer, train_pv, train_y, test_pv, test_y, num_recon: int):
     metrics = reconstruction_metrics(tokenizer, test_pv[:num_recon])
     features = [encoder_features(tokenizer.vision_model, pv) for pv in (train_pv, test_pv)]
@@ -250,8 +285,7 @@ def main():
     import uniflow_hf  # noqa: F401
     from uniflow_hf import UniFlowClassConditionalPipeline
     from uniflow_hf.recipes.fmnist import (
-        FASHION_MNIST_LABELS, fmnist_pixel_values, judge_outputs, load_fashion_mnist_arrays, reconstruct_grayscale,
-        to_unit_range, train_judge,
+        FASHION_MNIST_LABELS, fmnist_pixel_values, load_fashion_mnist_arrays, reconstruct_grayscale, to_unit_range,
     )
     from uniflow_hf.metrics import peak_signal_noise_ratio
     from uniflow_hf.metrics._common import frechet_distance_of_features

@@ -99,19 +99,12 @@ def load_tokenizer(path: str, **from_pretrained_kwargs):
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"No model folder at {path!r}.")
-    is_pipeline = os.path.isdir(os.path.join(path, "tokenizer"))
-    model_folder = os.path.join(path, "tokenizer") if is_pipeline else path
+    model_folder = os.path.join(path, "tokenizer") if os.path.isdir(os.path.join(path, "tokenizer")) else path
     model = UniFlowModel.from_pretrained(model_folder, **from_pretrained_kwargs).eval()
-    processor_folders = [os.path.join(path, "image_processor"), model_folder, path]
-    processor_folder = next(
-        (folder for folder in processor_folders if os.path.isfile(os.path.join(folder, "preprocessor_config.json"))),
-        None,
-    )
-    if processor_folder is not None:
-        processor = UniFlowImageProcessor.from_pretrained(processor_folder)
-    else:
-        processor = UniFlowImageProcessor.from_image_size(model.config.image_size)
-    return model, processor
+    for folder in (os.path.join(path, "image_processor"), model_folder, path):
+        if os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
+            return model, UniFlowImageProcessor.from_pretrained(folder)
+    return model, UniFlowImageProcessor.from_image_size(model.config.image_size)
 
 
 def quantize_dynamic_int8(model):
@@ -125,11 +118,8 @@ def quantize_dynamic_int8(model):
     parameter = next(model.parameters())
     if parameter.device.type != "cpu" or parameter.dtype != torch.float32:
         raise ValueError(f"int8 quantisation takes a float32 CPU model, got {parameter.dtype} on {parameter.device}.")
-    qconfig = {
-        torch.nn.Linear: default_dynamic_qconfig,
-        "flow_head.input_proj": None,
-        "flow_head.time_embed.linear_1": None,
-    }
+    kept_float = ("flow_head.input_proj", "flow_head.time_embed.linear_1")
+    qconfig = {torch.nn.Linear: default_dynamic_qconfig, **dict.fromkeys(kept_float)}
     with warnings.catch_warnings():  # torch.ao.quantization's deprecation notice (torchao is its successor)
         warnings.simplefilter("ignore")
         return quantize_dynamic(copy.deepcopy(model).eval(), qconfig, dtype=torch.qint8)
@@ -164,13 +154,6 @@ def _process_shard(num_images: int, rank: int, world_size: int) -> list[int]:
     per_process, extra = divmod(num_images, world_size)
     start = rank * per_process + min(rank, extra)
     return list(range(start, start + per_process + (rank < extra)))
-
-
-def _group_device(device: torch.device) -> torch.device:
-    """Where the default group's backend reduces tensors: CUDA for NCCL, else the CPU."""
-    if "nccl" in str(torch.distributed.get_backend()):
-        return device if device.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 @torch.no_grad()
@@ -232,13 +215,8 @@ def evaluate_reconstruction(
         num_inference_steps = model.config.num_sampling_steps
     device = next(model.parameters()).device
     autocast = contextlib.nullcontext
-    if getattr(state, "mixed_precision", "no") != "no":
-        if device.type == "cpu":
-            from transformers.utils import logging
-
-            logging.get_logger(__name__).warning("Mixed precision is ignored on CPU: the evaluation runs in float32.")
-        else:
-            autocast = state.autocast
+    if getattr(state, "mixed_precision", "no") != "no" and device.type != "cpu":
+        autocast = state.autocast  # an Accelerator's mixed precision, on GPUs only
     if inception is not None:
         inception = inception.to(device).eval()
 
@@ -272,7 +250,8 @@ def evaluate_reconstruction(
     def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
         if world_size == 1:
             return tensor
-        return reduce_across_processes(tensor.to(_group_device(device)), reduction="sum").cpu()
+        backend_device = device if "nccl" in str(torch.distributed.get_backend()) else torch.device("cpu")
+        return reduce_across_processes(tensor.to(backend_device), reduction="sum").cpu()
 
     sums = sum_over_processes(sums)
     if world_size > 1:

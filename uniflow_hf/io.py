@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import sort_checkpoints
 from transformers.utils import logging
 
 
 logger = logging.get_logger(__name__)
-
-_CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
 def check_output_dir(path: str | os.PathLike, option: str = "--output-dir") -> str:
@@ -37,15 +34,8 @@ def check_output_dir(path: str | os.PathLike, option: str = "--output-dir") -> s
 
 
 def checkpoint_folders(output_dir: str | os.PathLike) -> list[str]:
-    """The `checkpoint-<step>` folders of `output_dir`, by step."""
-    if not os.path.isdir(output_dir):
-        return []
-    steps = {}
-    for name in os.listdir(output_dir):
-        match = _CHECKPOINT_NAME.match(name)
-        if match and os.path.isdir(os.path.join(output_dir, name)):
-            steps[int(match.group(1))] = os.path.join(os.fspath(output_dir), name)
-    return [steps[step] for step in sorted(steps)]
+    """The `checkpoint-<step>` folders of `output_dir`, by step, as the Trainer sorts them."""
+    return sort_checkpoints(os.fspath(output_dir)) if os.path.isdir(output_dir) else []
 
 
 def checkpoint_incompleteness(folder: str, required_files: tuple[str, ...] = ()) -> str | None:

@@ -67,9 +67,7 @@ def load_fashion_mnist(root: str | Path | None = None, max_per_split: int | None
     """Fashion-MNIST as a `datasets.DatasetDict` with `image` (grayscale PIL) and `label` (`ClassLabel`) columns."""
     import datasets
 
-    features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=FASHION_MNIST_LABELS)}
-    )
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=FASHION_MNIST_LABELS)})
     splits = {}
     for split in _FILES:
         images, labels = load_fashion_mnist_arrays(split, root)
@@ -109,29 +107,6 @@ class TensorImageDataset(torch.utils.data.Dataset):
         if self.labels is not None:
             item["labels"] = self.labels[index]
         return item
-
-
-def _training_arguments(output_dir: str, **overrides):
-    from transformers import TrainingArguments
-
-    defaults = dict(
-        output_dir=output_dir,
-        per_device_train_batch_size=128,
-        learning_rate=1e-3,
-        weight_decay=0.05,
-        warmup_steps=0.05,  # a fraction of the run
-        lr_scheduler_type="cosine",
-        logging_steps=50,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        seed=0,
-        data_seed=0,
-        disable_tqdm=False,
-    )
-    defaults.update(overrides)
-    return TrainingArguments(**defaults)
 
 
 @torch.no_grad()
@@ -229,15 +204,20 @@ def _train_on_fmnist(
     model, output_dir: str, epochs: float, max_train: int | None, seed: int, with_labels: bool = False, **train_kwargs
 ) -> None:
     """Train `model` with the HF `Trainer` on the randomly flipped training images (and labels for a classifier)."""
-    from transformers import Trainer
+    from transformers import Trainer, TrainingArguments
 
     train_images, train_labels = load_fashion_mnist_arrays("train")
     if max_train:
         train_images, train_labels = train_images[:max_train], train_labels[:max_train]
     labels = torch.from_numpy(train_labels) if with_labels else None
     train = TensorImageDataset(fmnist_pixel_values(train_images), labels, flip=True, seed=seed)
-    args = _training_arguments(output_dir, num_train_epochs=epochs, seed=seed, data_seed=seed, **train_kwargs)
-    Trainer(model=model, args=args, train_dataset=train).train()
+    args = dict(
+        output_dir=output_dir, num_train_epochs=epochs, per_device_train_batch_size=128, learning_rate=1e-3,
+        weight_decay=0.05, warmup_steps=0.05, lr_scheduler_type="cosine", logging_steps=50, save_strategy="no",
+        report_to=[], use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, seed=seed, data_seed=seed,
+        disable_tqdm=False,
+    )  # warmup_steps < 1: a fraction of the run
+    Trainer(model=model, args=TrainingArguments(**{**args, **train_kwargs}), train_dataset=train).train()
 
 
 def _save_with_processor(model, output_dir: str) -> None:
@@ -299,38 +279,3 @@ def train_fmnist_generator(tokenizer_dir: str, args, max_train: int | None = Non
     last = result.losses[-100:]
     print(f"generator: final loss {sum(last) / max(1, len(last)):.4f} -> {args.output_dir}")
     return result.pipeline
-
-
-class JudgeCNN(torch.nn.Module):
-    """A small CNN classifier of Fashion-MNIST, independent of UniFlow: the judge of generated samples."""
-
-    def __init__(self):
-        super().__init__()
-        self.features = torch.nn.Sequential(
-            torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Flatten(), torch.nn.Linear(64 * 7 * 7, 128), torch.nn.ReLU(),
-        )
-        self.classifier = torch.nn.Linear(128, 10)
-
-    def forward(self, x):
-        return self.classifier(self.features(x))
-
-
-def train_judge(images: torch.Tensor, labels: torch.Tensor, epochs: int = 3, seed: int = 0) -> JudgeCNN:
-    """`images` (N, 28, 28) in [0, 1]."""
-    torch.manual_seed(seed)
-    judge = JudgeCNN()
-    optimizer = torch.optim.Adam(judge.parameters(), lr=1e-3)
-    for _ in range(epochs):
-        for index in torch.randperm(len(images)).split(128):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(judge(images[index, None]), labels[index]).backward()
-            optimizer.step()
-    return judge.eval()
-
-
-@torch.no_grad()
-def judge_outputs(judge: JudgeCNN, images: torch.Tensor, batch_size: int = 1000):
-    features = torch.cat([judge.features(images[s : s + batch_size, None]) for s in range(0, len(images), batch_size)])
-    return features, judge.classifier(features).argmax(-1)
