@@ -44,11 +44,7 @@ def build_word_level_tokenizer(corpus: Sequence[str], image_token: str = "<image
     special_tokens = ["<pad>", "<unk>", "<s>", "</s>", image_token]
     tokenizer.train_from_iterator(list(corpus), trainers.WordLevelTrainer(special_tokens=special_tokens))
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
+        tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
         extra_special_tokens={"image_token": image_token},
     )
 
@@ -101,12 +97,9 @@ def build_llava_processor(
 
 def num_image_features(llava_config, height: int | None = None, width: int | None = None) -> int:
     """Image features (= image tokens) of one `height`x`width` image (default: the tower's `image_size`)."""
-    vision_config = llava_config.vision_config
-    height = vision_config.image_size if height is None else height
-    width = vision_config.image_size if width is None else width
-    patch_size = vision_config.patch_size
-    num_features = (height // patch_size) * (width // patch_size)
-    return num_features + (1 if llava_config.vision_feature_select_strategy == "full" else 0)
+    image_size, patch_size = llava_config.vision_config.image_size, llava_config.vision_config.patch_size
+    num_patches = ((height or image_size) // patch_size) * ((width or image_size) // patch_size)
+    return num_patches + (1 if llava_config.vision_feature_select_strategy == "full" else 0)  # the CLS token
 
 
 def check_image_tokens(llava_config, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> None:

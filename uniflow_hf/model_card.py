@@ -31,24 +31,16 @@ def hub_repo_id(name_or_path) -> str | None:
 
 
 def create_model_card(
-    title: str,
-    description: str,
-    library_name: str,
-    pipeline_tag: str,
-    tags: tuple[str, ...] = (),
-    base_model: str | None = None,
-    usage: str | None = None,
+    title: str, description: str, library_name: str, pipeline_tag: str, tags: tuple[str, ...] = (),
+    base_model: str | None = None, usage: str | None = None,
 ):
     """A `huggingface_hub.ModelCard` with its metadata and a short text: `description` completes "This folder holds
     ...", `usage` is Python code."""
     from huggingface_hub import ModelCard, ModelCardData
 
+    tags = list(dict.fromkeys((*TAGS, *tags)))
     data = ModelCardData(
-        license=LICENSE,
-        library_name=library_name,
-        pipeline_tag=pipeline_tag,
-        tags=list(dict.fromkeys((*TAGS, *tags))),
-        base_model=base_model,
+        license=LICENSE, library_name=library_name, pipeline_tag=pipeline_tag, tags=tags, base_model=base_model
     )
     text = f"# {title}\n\nThis folder holds {description}; see {PAPER}.\n"
     if base_model:
@@ -162,25 +154,20 @@ def model_card(obj, repo_id: str | None = None):
     return create_model_card(title, description, "transformers", pipeline_tag, tags, base_model, usage)
 
 
-def _has_own_card(folder) -> bool:
-    """Whether `folder` holds a README.md other than transformers' generic one."""
-    path = os.path.join(folder, MODEL_CARD_NAME)
-    if not os.path.isfile(path):
-        return False
-    with open(path, encoding="utf-8") as handle:
-        return _GENERIC_CARD_SENTENCE not in handle.read()
-
-
 def save_model_card(
     folder, saved=None, existing_folder=None, replace_generic: bool = False, repo_id: str | None = None, **card_kwargs
 ) -> bool:
     """Write README.md into `folder` (`model_card(saved, repo_id)`, or `create_model_card(**card_kwargs)`) unless
     `existing_folder` (default: `folder`) has a card, or only transformers' generic one and not `replace_generic`;
     returns whether it wrote. Does nothing while a pipeline saves its components."""
-    existing_folder = folder if existing_folder is None else existing_folder
-    has_card = os.path.exists(os.path.join(existing_folder, MODEL_CARD_NAME))
-    if _saving_pipeline.get() or (has_card and not (replace_generic and not _has_own_card(existing_folder))):
+    if _saving_pipeline.get():
         return False
+    existing = os.path.join(folder if existing_folder is None else existing_folder, MODEL_CARD_NAME)
+    if os.path.exists(existing):
+        with open(existing, encoding="utf-8") as handle:
+            is_generic = _GENERIC_CARD_SENTENCE in handle.read()
+        if not (replace_generic and is_generic):
+            return False
     card = model_card(saved, repo_id) if saved is not None else create_model_card(**card_kwargs)
     card.save(os.path.join(folder, MODEL_CARD_NAME))
     return True
