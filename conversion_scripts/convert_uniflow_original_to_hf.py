@@ -19,17 +19,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def convert(input_dir: str | Path, output_dir: str | Path, dtype: str = "float32") -> Path:
     """Write the uniflow-hf folder of the release at `input_dir`; returns `output_dir`."""
-    from uniflow_hf import UniFlowImageProcessor, UniFlowModel
+    from uniflow_hf.evaluation import load_tokenizer
 
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not (input_dir / "config.json").is_file():
         raise FileNotFoundError(f"{input_dir} has no config.json: expected an official UniFlow release folder.")
-    model = UniFlowModel.from_pretrained(input_dir, dtype=DTYPES[dtype])
+    model, processor = load_tokenizer(str(input_dir), dtype=DTYPES[dtype])
     model.save_pretrained(output_dir)
-    if (input_dir / "preprocessor_config.json").is_file():
-        processor = UniFlowImageProcessor.from_pretrained(input_dir)
-    else:
-        processor = UniFlowImageProcessor.from_image_size(model.config.image_size)
     processor.save_pretrained(output_dir)
     return output_dir
 

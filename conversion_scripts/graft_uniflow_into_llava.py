@@ -164,7 +164,7 @@ def _save_processor(llava_dir: Path, uniflow_dir: Path, output_dir: Path, config
     from transformers import AutoTokenizer
     from transformers.utils import logging
 
-    from uniflow_hf import UniFlowImageProcessor
+    from uniflow_hf.evaluation import load_image_processor
     from uniflow_hf.llava import build_llava_processor
 
     try:
@@ -172,10 +172,7 @@ def _save_processor(llava_dir: Path, uniflow_dir: Path, output_dir: Path, config
     except (OSError, ValueError) as error:
         logging.get_logger(__name__).warning(f"No tokenizer in {llava_dir} ({error}): no processor written.")
         return False
-    if (uniflow_dir / "preprocessor_config.json").is_file():
-        image_processor = UniFlowImageProcessor.from_pretrained(uniflow_dir)
-    else:
-        image_processor = UniFlowImageProcessor.from_image_size(tower.config.image_size)
+    image_processor = load_image_processor([uniflow_dir], tower.config.image_size)
     strategy, chat_template = config.vision_feature_select_strategy, _old_chat_template(llava_dir)
     processor = build_llava_processor(
         tokenizer, image_processor, strategy, patch_size=tower.config.patch_size, chat_template=chat_template

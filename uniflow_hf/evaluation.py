@@ -92,19 +92,27 @@ def open_image_source(path: str, split: str | None = "test", column: str | None 
     return ImageFolderSource(path)
 
 
+def load_image_processor(folders, image_size: int):
+    """The `UniFlowImageProcessor` saved in the first of `folders` that holds one, else the release preprocessing at
+    `image_size`."""
+    from .modeling import UniFlowImageProcessor
+
+    for folder in folders:
+        if os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
+            return UniFlowImageProcessor.from_pretrained(folder)
+    return UniFlowImageProcessor.from_image_size(image_size)
+
+
 def load_tokenizer(path: str, **from_pretrained_kwargs):
-    """(UniFlowModel, UniFlowImageProcessor) of a `UniFlowModel` folder or a pipeline folder (with `tokenizer/`);
-    without a saved image processor, the release preprocessing at the model's `image_size`."""
-    from .modeling import UniFlowImageProcessor, UniFlowModel
+    """(UniFlowModel, UniFlowImageProcessor) of a `UniFlowModel` folder or a pipeline folder (with `tokenizer/`)."""
+    from .modeling import UniFlowModel
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"No model folder at {path!r}.")
     model_folder = os.path.join(path, "tokenizer") if os.path.isdir(os.path.join(path, "tokenizer")) else path
     model = UniFlowModel.from_pretrained(model_folder, **from_pretrained_kwargs).eval()
-    for folder in (os.path.join(path, "image_processor"), model_folder, path):
-        if os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
-            return model, UniFlowImageProcessor.from_pretrained(folder)
-    return model, UniFlowImageProcessor.from_image_size(model.config.image_size)
+    processor_folders = (os.path.join(path, "image_processor"), model_folder, path)
+    return model, load_image_processor(processor_folders, model.config.image_size)
 
 
 def quantize_dynamic_int8(model):
