@@ -43,8 +43,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             subparsers.add_parser(name, help=entry.help)
         return parser
     importlib.import_module(f"uniflow_hf.commands.{COMMANDS[command].module}").register(subparsers)
-    if command not in subparsers.choices:
-        raise RuntimeError(f"uniflow_hf.commands.{COMMANDS[command].module} does not register `{command}`.")
     for name, subparser in subparsers.choices.items():
         if subparser.description is None and name in COMMANDS:
             subparser.description = COMMANDS[name].help

@@ -224,10 +224,8 @@ def graft_uniflow_into_llava(
     language_model_dtype = embeddings.dtype
     config_dict = {k: v for k, v in config_dict.items() if k not in ("transformers_version", "architectures")}
     config_dict.update(
-        vision_config=tower.config.to_dict(),
-        vision_feature_layer=vision_feature_layer,
-        vision_feature_select_strategy=strategy,
-        dtype=str(language_model_dtype).removeprefix("torch."),
+        vision_config=tower.config.to_dict(), vision_feature_layer=vision_feature_layer,
+        vision_feature_select_strategy=strategy, dtype=str(language_model_dtype).removeprefix("torch."),
     )
     config = UniFlowLlavaConfig.from_dict(config_dict)
     config.image_seq_length = num_image_features(config)

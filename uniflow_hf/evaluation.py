@@ -30,37 +30,11 @@ class UnreadableImageError(ValueError):
     """An image of the evaluation set could not be read or preprocessed."""
 
 
-class ImageFolderSource:
-    """The image files under `root` (recursively, by the extensions PIL can open), in sorted order."""
+class ImageSource:
+    """The images of a `datasets.Dataset` column (default: its first `datasets.Image` one), named in errors by
+    `names` (default: `column[i]`)."""
 
-    def __init__(self, root: str):
-        extensions = {extension.lower() for extension in Image.registered_extensions()}
-        self.root = root
-        self.paths = sorted(
-            os.path.join(folder, name)
-            for folder, _, names in os.walk(root)
-            for name in names
-            if os.path.splitext(name)[1].lower() in extensions
-        )
-        if not self.paths:
-            raise ValueError(f"No image files in {root!r} (looked for {', '.join(sorted(extensions)[:8])}, ...).")
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def name(self, index: int) -> str:
-        return os.path.relpath(self.paths[index], self.root)
-
-    def load(self, index: int) -> Image.Image:
-        with Image.open(self.paths[index]) as image:
-            image.load()  # truncated files fail here
-            return image.copy()
-
-
-class DatasetSource:
-    """The image column (default: the first `datasets.Image` one) of a `datasets.Dataset`."""
-
-    def __init__(self, dataset, column: str | None = None):
+    def __init__(self, dataset, column: str | None = None, names: list[str] | None = None):
         import datasets
 
         if column is None:
@@ -68,28 +42,39 @@ class DatasetSource:
             if not columns:
                 raise ValueError(f"The dataset has no image column (`datasets.Image`): {dict(dataset.features)}.")
             column = columns[0]
-        self.column = column
-        self.dataset = dataset.select_columns([column])
+        self.column, self.dataset, self.names = column, dataset.select_columns([column]), names
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def name(self, index: int) -> str:
-        return f"{self.column}[{index}]"
+        return self.names[index] if self.names is not None else f"{self.column}[{index}]"
 
     def load(self, index: int) -> Image.Image:
-        image = self.dataset[index][self.column]
-        image.load()
-        return image
+        return self.dataset[index][self.column]  # decoded (`image.load()`): truncated files fail here
 
 
-def open_image_source(path: str, split: str | None = "test", column: str | None = None):
-    """An image folder, or a dataset saved with `save_to_disk` (its `split` when it is a `DatasetDict`)."""
+def open_image_source(path: str, split: str | None = "test", column: str | None = None) -> ImageSource:
+    """A dataset saved with `save_to_disk` (its `split` when it is a `DatasetDict`), or the image files under a folder
+    (recursively, by the extensions PIL opens, sorted)."""
+    import datasets
+
     if not os.path.isdir(path):
         raise FileNotFoundError(f"No folder at {path!r}: pass an image folder or a `save_to_disk` dataset folder.")
     if any(os.path.isfile(os.path.join(path, name)) for name in ("dataset_dict.json", "state.json")):
-        return DatasetSource(load_image_dataset(path, split), column)
-    return ImageFolderSource(path)
+        return ImageSource(load_image_dataset(path, split), column)
+    extensions = {extension.lower() for extension in Image.registered_extensions()}
+    names = sorted(
+        os.path.relpath(os.path.join(folder, name), path)
+        for folder, _, files in os.walk(path)
+        for name in files
+        if os.path.splitext(name)[1].lower() in extensions
+    )
+    if not names:
+        raise ValueError(f"No image files in {path!r} (looked for {', '.join(sorted(extensions)[:8])}, ...).")
+    paths = [os.path.join(path, name) for name in names]
+    dataset = datasets.Dataset.from_dict({"image": paths}, features=datasets.Features({"image": datasets.Image()}))
+    return ImageSource(dataset, "image", names)
 
 
 def load_image_processor(folders, image_size: int):

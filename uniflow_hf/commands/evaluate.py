@@ -61,20 +61,10 @@ def run_evaluate(args) -> int:
         accelerator=accelerator, progress=not args.no_progress,
     )
     if results["process_index"] == 0:  # the rank in the default process group, which split the images
-        is_dataset_dict = os.path.isfile(os.path.join(args.dataset, "dataset_dict.json"))
-        text = json.dumps(
-            {
-                "model": os.path.abspath(args.model),
-                "dataset": os.path.abspath(args.dataset),
-                "split": args.split if is_dataset_dict else None,
-                "inception_weights": args.inception_weights,
-                "int8": args.int8,
-                "device": str(device),
-                "dtype": str(dtype).removeprefix("torch."),
-                **results,
-            },
-            indent=2,
-        )
+        split = args.split if os.path.isfile(os.path.join(args.dataset, "dataset_dict.json")) else None
+        run = dict(model=os.path.abspath(args.model), dataset=os.path.abspath(args.dataset), split=split)
+        run.update(inception_weights=args.inception_weights, int8=args.int8, device=str(device))
+        text = json.dumps({**run, "dtype": str(dtype).removeprefix("torch."), **results}, indent=2)
         print(text)
         if args.output:
             os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

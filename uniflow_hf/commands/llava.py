@@ -27,11 +27,11 @@ def register(subparsers) -> None:
     graft.add_argument("--no-verify", action="store_true", help="don't reload the output to check it")
     graft.set_defaults(func=run_graft)
 
+    from transformers import HfArgumentParser
+
     finetune = subparsers.add_parser(
-        "finetune-llava",
-        description=FINETUNE_DESCRIPTION,
-        parents=[_finetune_argument_parser(add_help=False)],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "finetune-llava", description=FINETUNE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[HfArgumentParser(_finetune_argument_types(), add_help=False)],
     )
     finetune.set_defaults(func=run_finetune)
 
@@ -80,12 +80,6 @@ def _finetune_argument_types():
     from .train import TrainingRunArguments
 
     return FinetuneLlavaArguments, TrainingRunArguments, TrainingArguments
-
-
-def _finetune_argument_parser(**kwargs):
-    from transformers import HfArgumentParser
-
-    return HfArgumentParser(_finetune_argument_types(), **kwargs)
 
 
 def run_finetune(args: argparse.Namespace) -> int:

@@ -42,12 +42,8 @@ class _UniFlowMetric(evaluate.Metric):
 
     def _info(self):
         return evaluate.MetricInfo(
-            module_type="metric",
-            description=self.description,
-            citation=self.citation,
-            inputs_description=self.inputs_description,
-            features=self.features,
-            reference_urls=[self.reference_url],
+            module_type="metric", description=self.description, citation=self.citation, features=self.features,
+            inputs_description=self.inputs_description, reference_urls=[self.reference_url],
         )
 
 
