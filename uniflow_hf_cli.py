@@ -1,10 +1,8 @@
-"""The `uniflow-hf` console script.
+"""The `uniflow-hf` console script (also `python -m uniflow_hf.cli`, for launchers that take a module).
 
-This module lives outside the `uniflow_hf` package on purpose: importing anything inside it runs
-`uniflow_hf/__init__.py`, which registers our classes with transformers' Auto classes and diffusers' loader (and so
-imports torch, transformers and diffusers, several seconds). Here the commands are listed by name with their one-line
-help, so `uniflow-hf --help` imports nothing heavy; the module of a command is imported, and its parsers built, only
-when that command runs. `python -m uniflow_hf.cli` runs the same `main` for launchers that take a module.
+It lives outside the `uniflow_hf` package so that `uniflow-hf --help` imports nothing heavy (the package's import
+registers our classes with transformers and diffusers): a command's module in `uniflow_hf.commands` is imported, and
+its parser built, only when that command runs.
 """
 
 from __future__ import annotations
@@ -16,28 +14,18 @@ from typing import NamedTuple
 
 
 class Command(NamedTuple):
-    module: str  # in `uniflow_hf.commands`; its `register(subparsers)` adds the command with `set_defaults(func=...)`
+    module: str  # in `uniflow_hf.commands`, whose `register(subparsers)` adds the command with its `func`
     help: str
 
 
 COMMANDS = {
     "generate": Command("generate", "generate images of a class with a class-conditional pipeline"),
     "reconstruct": Command("generate", "reconstruct images with a UniFlow tokenizer, print PSNR/SSIM"),
-    "attach-guide": Command(
-        "generate", "give a class-conditional pipeline a weaker DiT of the same latents as its autoguidance guide"
-    ),
-    "set-defaults": Command(
-        "generate", "save a class-conditional pipeline with other default sampling settings (its weights unchanged)"
-    ),
-    "train-tokenizer": Command(
-        "train", "train a UniFlow tokenizer (flow + self-distillation losses) with the HF Trainer"
-    ),
-    "train-generator": Command(
-        "train", "train a class-conditional latent generator (a DiT) on a frozen tokenizer with the HF Trainer"
-    ),
-    "evaluate": Command(
-        "evaluate", "PSNR / SSIM / rFID of a tokenizer's reconstructions over an image folder or a saved dataset"
-    ),
+    "attach-guide": Command("generate", "give a class-conditional pipeline a weaker DiT as its autoguidance guide"),
+    "set-defaults": Command("generate", "save a class-conditional pipeline with other default sampling settings"),
+    "train-tokenizer": Command("train", "train a UniFlow tokenizer (flow + self-distillation losses)"),
+    "train-generator": Command("train", "train a class-conditional latent generator (a DiT) on a frozen tokenizer"),
+    "evaluate": Command("evaluate", "PSNR / SSIM / rFID of a tokenizer's reconstructions of images"),
     "convert": Command("convert", "convert an official UniFlow release folder to a uniflow-hf folder"),
     "graft-llava": Command("llava", "graft UniFlow's encoder into a LLaVA checkpoint as its tower"),
     "finetune-llava": Command("llava", "LoRA fine-tuning of a LLaVA-UniFlow on image-question-answer rows"),
@@ -46,20 +34,15 @@ COMMANDS = {
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser of `uniflow-hf`: with `command`, the full parser of that command's module; without, one that only
-    lists the commands (for `--help` and for reporting an unknown command)."""
-    parser = argparse.ArgumentParser(
-        prog="uniflow-hf",
-        description="UniFlow tokenizer tools: generate, reconstruct, train, evaluate, convert.",
-    )
+    """The parser of `uniflow-hf`: with a known `command`, its module's full parsers; else one listing the commands."""
+    description = "UniFlow tokenizer tools: generate, reconstruct, train, evaluate, convert."
+    parser = argparse.ArgumentParser(prog="uniflow-hf", description=description)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     if command not in COMMANDS:
         for name, entry in COMMANDS.items():
             subparsers.add_parser(name, help=entry.help)
         return parser
     importlib.import_module(f"uniflow_hf.commands.{COMMANDS[command].module}").register(subparsers)
-    if command not in subparsers.choices:
-        raise RuntimeError(f"uniflow_hf.commands.{COMMANDS[command].module} does not register `{command}`.")
     for name, subparser in subparsers.choices.items():
         if subparser.description is None and name in COMMANDS:
             subparser.description = COMMANDS[name].help
@@ -84,9 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def destroy_process_group() -> None:
-    """Under `torchrun`/`accelerate launch` a command initialises a process group; it must be destroyed before the
-    interpreter exits, or gloo's worker threads can abort the process at teardown ("terminate called without an
-    active exception", pytorch/pytorch#190489) after all the work is done."""
+    """Destroy the process group a launched command initialised: gloo's threads can otherwise abort the finished
+    process at teardown (pytorch/pytorch#190489)."""
     distributed = sys.modules.get("torch.distributed")  # a command that never imported torch has nothing to close
     if distributed is not None and distributed.is_available() and distributed.is_initialized():
         distributed.destroy_process_group()

@@ -34,17 +34,10 @@ import time
 import torch
 
 
+# encoder, then latent and decoder sizes
 QUICK_CONFIG = dict(
-    image_size=64,
-    patch_size=8,
-    hidden_size=256,
-    intermediate_size=1024,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    latent_channels=16,
-    num_global_blocks=2,
-    global_num_attention_heads=4,
-    num_flow_head_blocks=4,
+    image_size=64, patch_size=8, hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
+    latent_channels=16, num_global_blocks=2, global_num_attention_heads=4, num_flow_head_blocks=4,
 )
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 OPS = ("encode", "decode", "reconstruct")

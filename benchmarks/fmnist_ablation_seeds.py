@@ -103,7 +103,9 @@ def render(results: dict) -> str:
 
 def main():
     # the script's folder is on sys.path when it runs
-    from fmnist_report import add_output_arguments, rerendered, tokenizer_rows, write_report
+    from fmnist_report import (
+        add_output_arguments, encoder_features, linear_probe_accuracy, rerendered, tokenizer_rows, write_report,
+    )
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", help="the pretrained encoder folder the runs distilled against")
@@ -119,7 +121,7 @@ def main():
     runs = [parse_run(spec) for spec in args.runs]  # a malformed spec fails before anything is measured
     torch.set_num_threads(2)
 
-    from uniflow_hf.recipes.fmnist import encoder_features, fmnist_pixel_values, linear_probe_accuracy, load_fashion_mnist_arrays
+    from uniflow_hf.recipes.fmnist import fmnist_pixel_values, load_fashion_mnist_arrays
     from uniflow_hf.modeling import UniFlowForImageClassification, UniFlowModel
 
     started = time.time()

@@ -120,9 +120,7 @@ def main():
     torch.set_num_threads(2)
 
     from uniflow_hf import UniFlowClassConditionalPipeline
-    from uniflow_hf.recipes.fmnist import (
-        FASHION_MNIST_LABELS, fmnist_pixel_values, judge_outputs, load_fashion_mnist_arrays, train_judge,
-    )
+    from uniflow_hf.recipes.fmnist import FASHION_MNIST_LABELS, fmnist_pixel_values, load_fashion_mnist_arrays
     from uniflow_hf.metrics._common import frechet_distance_of_features
 
     started = time.time()

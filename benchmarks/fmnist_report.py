@@ -74,9 +74,84 @@ def bound_reconstructions(
     )
 
 
-def tokenizer_rows(tokenizer, train_pv, train_y, test_pv, test_y, num_recon: int):
-    from uniflow_hf.recipes.fmnist import encoder_features, linear_probe_accuracy, reconstruction_metrics
+def reconstruction_metrics(tokenizer, pixel_values: torch.Tensor, batch_size: int = 500, seed: int = 0) -> dict:
+    """PSNR and SSIM (data range 1, Gaussian-window SSIM of `uniflow_hf.metrics`) on the [0, 1] grayscale images of
+    `tokenizer.reconstruct` over `pixel_values`."""
+    from uniflow_hf.metrics import peak_signal_noise_ratio, structural_similarity
+    from uniflow_hf.recipes.fmnist import reconstruct_grayscale, to_unit_range
 
+    reconstruction = reconstruct_grayscale(tokenizer, pixel_values, batch_size, seed)[:, None]
+    reference = to_unit_range(pixel_values)[:, None]
+    return {
+        "psnr": peak_signal_noise_ratio(reconstruction, reference, data_range=1.0).mean().item(),
+        "ssim": structural_similarity(reconstruction, reference, data_range=1.0).mean().item(),
+    }
+
+
+@torch.no_grad()
+def encoder_features(vision_model, pixel_values: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Mean of the last layer's tokens (CLS and patches): the features a linear probe sees."""
+    vision_model.eval()
+    chunks = [
+        vision_model(pixel_values[s : s + batch_size], return_dict=True).last_hidden_state.mean(dim=1)
+        for s in range(0, len(pixel_values), batch_size)
+    ]
+    return torch.cat(chunks)
+
+
+def linear_probe_accuracy(train_x, train_y, test_x, test_y, epochs: int = 30, seed: int = 0) -> float:
+    """Accuracy of a linear classifier (standardised features, AdamW, full passes) trained on frozen features."""
+    torch.manual_seed(seed)
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    probe = torch.nn.Linear(train_x.shape[1], int(train_y.max()) + 1)
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-2, weight_decay=1e-4)
+    for _ in range(epochs):
+        for index in torch.randperm(len(train_x)).split(1024):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(probe(train_x[index]), train_y[index]).backward()
+            optimizer.step()
+    with torch.no_grad():
+        return (probe(test_x).argmax(-1) == test_y).float().mean().item()
+
+
+
+class JudgeCNN(torch.nn.Module):
+    """A small CNN classifier of Fashion-MNIST, independent of UniFlow: the judge of generated samples."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Flatten(), torch.nn.Linear(64 * 7 * 7, 128), torch.nn.ReLU(),
+        )
+        self.classifier = torch.nn.Linear(128, 10)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def train_judge(images: torch.Tensor, labels: torch.Tensor, epochs: int = 3, seed: int = 0) -> JudgeCNN:
+    """`images` (N, 28, 28) in [0, 1]."""
+    torch.manual_seed(seed)
+    judge = JudgeCNN()
+    optimizer = torch.optim.Adam(judge.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        for index in torch.randperm(len(images)).split(128):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(judge(images[index, None]), labels[index]).backward()
+            optimizer.step()
+    return judge.eval()
+
+
+@torch.no_grad()
+def judge_outputs(judge: JudgeCNN, images: torch.Tensor, batch_size: int = 1000):
+    features = torch.cat([judge.features(images[s : s + batch_size, None]) for s in range(0, len(images), batch_size)])
+    return features, judge.classifier(features).argmax(-1)
+
+
+def tokenizer_rows(tokenizer, train_pv, train_y, test_pv, test_y, num_recon: int):
     metrics = reconstruction_metrics(tokenizer, test_pv[:num_recon])
     features = [encoder_features(tokenizer.vision_model, pv) for pv in (train_pv, test_pv)]
     metrics["probe"] = linear_probe_accuracy(features[0], train_y, features[1], test_y)
@@ -101,7 +176,6 @@ def describe_flow_timesteps(distribution: str, logit_mean: float, logit_std: flo
 def pca_reference_row(train_unit, train_y, test_unit, test_y, num_components: int) -> dict:
     """PCA of the training images, keeping `num_components` numbers per image (the latent's count): the best any
     linear code of that size reconstructs, and the linear probe on its coefficients."""
-    from uniflow_hf.recipes.fmnist import linear_probe_accuracy
     from uniflow_hf.metrics import peak_signal_noise_ratio, structural_similarity
 
     train, test = train_unit.flatten(1).double(), test_unit.flatten(1).double()
@@ -211,8 +285,7 @@ def main():
     import uniflow_hf  # noqa: F401
     from uniflow_hf import UniFlowClassConditionalPipeline
     from uniflow_hf.recipes.fmnist import (
-        FASHION_MNIST_LABELS, encoder_features, fmnist_pixel_values, judge_outputs, linear_probe_accuracy,
-        load_fashion_mnist_arrays, reconstruct_grayscale, to_unit_range, train_judge,
+        FASHION_MNIST_LABELS, fmnist_pixel_values, load_fashion_mnist_arrays, reconstruct_grayscale, to_unit_range,
     )
     from uniflow_hf.metrics import peak_signal_noise_ratio
     from uniflow_hf.metrics._common import frechet_distance_of_features

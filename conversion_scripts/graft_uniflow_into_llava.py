@@ -1,33 +1,17 @@
-"""Graft UniFlow's encoder into an existing LLaVA checkpoint as its vision tower.
+"""Graft UniFlow's encoder into a LLaVA checkpoint as its vision tower (the options of `uniflow-hf graft-llava`).
 
-    python conversion_scripts/graft_uniflow_into_llava.py --llava LLAVA_DIR --uniflow UNIFLOW_DIR --output OUT_DIR \
-        [--keep-projector] [--vision-feature-layer N [N ...]] [--vision-feature-select-strategy default|full] \
-        [--vision-feature-source encoder|latent] [--seed S] [--no-verify]
+    python conversion_scripts/graft_uniflow_into_llava.py --llava LLAVA_DIR --uniflow UNIFLOW_DIR --output OUT_DIR
 
-`LLAVA_DIR` is a LLaVA checkpoint in transformers format with any tower (e.g. CLIP), in either key layout: the legacy
-one (`language_model.model.*`, `language_model.lm_head.*`, `vision_tower.*`, `multi_modal_projector.*`, which
-transformers still writes) or transformers 5's module layout (`model.language_model.*`, `lm_head.*`,
-`model.vision_tower.*`, `model.multi_modal_projector.*`). Its safetensors are read directly; the old tower's tensors
-are never read, nor written to the output. `UNIFLOW_DIR` is a UniFlowModel folder, an official release folder or a
-saved UniFlowVisionModel.
-
-The output holds the language model and `lm_head` bit-exact, UniFlow's encoder as `model.vision_tower` (cast to the
-language model's dtype) and the projector: re-initialised (seeded; weights N(0, initializer_range), zero biases, as
-LLaVA initialises it) unless `--keep-projector` is given and the old one fits the new feature width. The config gets
-the UniFlow `vision_config`, `vision_feature_layer` (default: the LLaVA's own, or -1, the latent tokens, with
-`--vision-feature-source latent`), the strategy and `image_seq_length`; the processor becomes a `LlavaProcessor` with
-`UniFlowImageProcessor` (processor_config.json, preprocessor_config.json, tokenizer files). It loads with plain
-`LlavaForConditionalGeneration.from_pretrained(OUT_DIR)` once `uniflow_hf` is imported, and without uniflow-hf with
-`AutoModelForImageTextToText` / `AutoProcessor.from_pretrained(OUT_DIR, trust_remote_code=True)`: the folder holds
-the code (`modeling_uniflow_llava.py` and its siblings, `image_processing_uniflow.py`) and the `auto_map`s pointing
-at it. Unless `--no-verify`, the script loads it with the package and checks that every weight is there. To re-save
-it with its code, load it with `uniflow_hf.UniFlowLlavaForConditionalGeneration` (a `LlavaForConditionalGeneration`);
-a plain `LlavaForConditionalGeneration` saves the `auto_map` but not the files it names.
+`LLAVA_DIR` is a LLaVA checkpoint in transformers format with any tower, in the legacy key layout or transformers 5's;
+the old tower's tensors are never read. The output keeps the language model bit-exact, puts UniFlow's encoder in the
+language model's dtype as `model.vision_tower`, and re-initialises the projector (seeded, as LLaVA initialises it)
+unless `--keep-projector` is given and it fits. Its processor pairs `UniFlowImageProcessor` with the LLaVA's
+tokenizer. It loads with `LlavaForConditionalGeneration.from_pretrained` once `uniflow_hf` is imported, and without
+uniflow-hf with `trust_remote_code=True` (the folder holds the code and the `auto_map`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -37,7 +21,7 @@ from pathlib import Path
 import torch
 
 
-# Legacy LLaVA names -> transformers 5 module names (as `LlavaForConditionalGeneration.state_dict()` has them).
+# Legacy LLaVA names -> transformers 5 module names.
 LEGACY_TO_MODULE_KEYS = (
     (r"^language_model\.lm_head\.", "lm_head."),
     (r"^language_model\.model\.", "model.language_model."),
@@ -82,9 +66,8 @@ def _weight_files(llava_dir: Path) -> list[Path]:
     )
 
 
-def read_llava_checkpoint(llava_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor], list[str]]:
-    """(config dict, every weight but the tower's under its transformers 5 module name, the dropped tower keys) of a
-    LLaVA checkpoint folder; the tower's tensors are not read."""
+def read_llava_checkpoint(llava_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config dict, every weight but the tower's under its transformers 5 module name) of a LLaVA checkpoint."""
     from safetensors import safe_open
 
     llava_dir = Path(llava_dir)
@@ -99,18 +82,15 @@ def read_llava_checkpoint(llava_dir: str | Path) -> tuple[dict, dict[str, torch.
             f"{llava_dir} is not a LLaVA checkpoint: its config.json has model_type {config.get('model_type')!r}, "
             "expected 'llava' (LlavaForConditionalGeneration)."
         )
-    state_dict, tower_keys = {}, []
+    state_dict = {}
     for path in _weight_files(llava_dir):
         with safe_open(str(path), framework="pt") as weights:
-            for key in weights.keys():
-                module_key = to_module_key(key)
-                if module_key.startswith(TOWER_PREFIX):
-                    tower_keys.append(module_key)
-                else:
+            for key, module_key in ((key, to_module_key(key)) for key in weights.keys()):
+                if not module_key.startswith(TOWER_PREFIX):
                     state_dict[module_key] = weights.get_tensor(key)
     if not any(key.startswith("model.language_model.") for key in state_dict):
         raise ValueError(f"{llava_dir} holds no language model weights (no language_model.* keys).")
-    return config, state_dict, tower_keys
+    return config, state_dict
 
 
 def load_uniflow_tower(uniflow_dir: str | Path, vision_feature_source: str | None = None):
@@ -184,7 +164,7 @@ def _save_processor(llava_dir: Path, uniflow_dir: Path, output_dir: Path, config
     from transformers import AutoTokenizer
     from transformers.utils import logging
 
-    from uniflow_hf import UniFlowImageProcessor
+    from uniflow_hf.evaluation import load_image_processor
     from uniflow_hf.llava import build_llava_processor
 
     try:
@@ -192,16 +172,10 @@ def _save_processor(llava_dir: Path, uniflow_dir: Path, output_dir: Path, config
     except (OSError, ValueError) as error:
         logging.get_logger(__name__).warning(f"No tokenizer in {llava_dir} ({error}): no processor written.")
         return False
-    if (uniflow_dir / "preprocessor_config.json").is_file():
-        image_processor = UniFlowImageProcessor.from_pretrained(uniflow_dir)
-    else:
-        image_processor = UniFlowImageProcessor.from_image_size(tower.config.image_size)
+    image_processor = load_image_processor([uniflow_dir], tower.config.image_size)
+    strategy, chat_template = config.vision_feature_select_strategy, _old_chat_template(llava_dir)
     processor = build_llava_processor(
-        tokenizer,
-        image_processor,
-        config.vision_feature_select_strategy,
-        patch_size=tower.config.patch_size,
-        chat_template=_old_chat_template(llava_dir),
+        tokenizer, image_processor, strategy, patch_size=tower.config.patch_size, chat_template=chat_template
     )
     if processor.image_token_id != config.image_token_id:
         raise ValueError(
@@ -224,8 +198,8 @@ def graft_uniflow_into_llava(
     seed: int = 0,
     verify: bool = True,
 ) -> Path:
-    """Write to `output_dir` the LLaVA of `llava_dir` with UniFlow's encoder (of `uniflow_dir`) as its tower; see
-    the module docstring. Returns `output_dir`."""
+    """Write to `output_dir` the LLaVA of `llava_dir` with the UniFlow encoder of `uniflow_dir` as its tower, then,
+    with `verify`, load it back and check every weight; see the module docstring. Returns `output_dir`."""
     from huggingface_hub import save_torch_state_dict
     from transformers.dynamic_module_utils import custom_object_save
 
@@ -237,7 +211,7 @@ def graft_uniflow_into_llava(
     llava_dir, uniflow_dir, output_dir = Path(llava_dir), Path(uniflow_dir), Path(output_dir)
     if output_dir.resolve() in (llava_dir.resolve(), uniflow_dir.resolve()):
         raise ValueError(f"--output {output_dir} must differ from the input folders.")
-    config_dict, state_dict, _ = read_llava_checkpoint(llava_dir)
+    config_dict, state_dict = read_llava_checkpoint(llava_dir)
     tower = load_uniflow_tower(uniflow_dir, vision_feature_source)
 
     if vision_feature_layer is None:
@@ -250,10 +224,8 @@ def graft_uniflow_into_llava(
     language_model_dtype = embeddings.dtype
     config_dict = {k: v for k, v in config_dict.items() if k not in ("transformers_version", "architectures")}
     config_dict.update(
-        vision_config=tower.config.to_dict(),
-        vision_feature_layer=vision_feature_layer,
-        vision_feature_select_strategy=strategy,
-        dtype=str(language_model_dtype).removeprefix("torch."),
+        vision_config=tower.config.to_dict(), vision_feature_layer=vision_feature_layer,
+        vision_feature_select_strategy=strategy, dtype=str(language_model_dtype).removeprefix("torch."),
     )
     config = UniFlowLlavaConfig.from_dict(config_dict)
     config.image_seq_length = num_image_features(config)
@@ -284,8 +256,7 @@ def graft_uniflow_into_llava(
 
 
 def verify_grafted(output_dir: str | Path) -> None:
-    """Load `output_dir` with plain `LlavaForConditionalGeneration.from_pretrained` and check that every weight was
-    there (nothing missing, unexpected or mis-shaped)."""
+    """Raise unless `output_dir` loads with `LlavaForConditionalGeneration` with nothing missing or unexpected."""
     from transformers import LlavaForConditionalGeneration
 
     import uniflow_hf  # noqa: F401
@@ -297,12 +268,9 @@ def verify_grafted(output_dir: str | Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python conversion_scripts/graft_uniflow_into_llava.py ...`: the options of `uniflow-hf graft-llava`."""
-    from uniflow_hf.commands.llava import add_graft_arguments, run_graft
+    from uniflow_hf_cli import main as cli_main
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_graft_arguments(parser)
-    return run_graft(parser.parse_args(argv))
+    return cli_main(["graft-llava", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

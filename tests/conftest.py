@@ -107,17 +107,10 @@ def training_args(output_dir, **overrides):
     )
     return TrainingArguments(**{**values, **overrides})
 
+# encoder, then latent and decoder sizes
 TINY_CONFIG = dict(
-    image_size=32,
-    patch_size=8,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    latent_channels=8,
-    num_global_blocks=2,
-    global_num_attention_heads=4,
-    num_flow_head_blocks=2,
+    image_size=32, patch_size=8, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+    latent_channels=8, num_global_blocks=2, global_num_attention_heads=4, num_flow_head_blocks=2,
 )
 
 

@@ -6,12 +6,8 @@ import os
 
 
 def load_image_dataset(path_or_name: str | os.PathLike, split: str = "train", streaming: bool = False):
-    """A `datasets.Dataset` of images (and whatever columns come with them), or with `streaming=True` a
-    `datasets.IterableDataset` read as it goes (web-scale data; `train_tokenizer` splits it between processes).
-
-    `path_or_name` is a folder written by `save_to_disk` (a `Dataset`, or a `DatasetDict` from which `split` is
-    taken), an image folder (`imagefolder`: one sub-folder per class gives a `label` column), or the name of a
-    dataset `datasets.load_dataset` can load (a Hub name works only online or from the local cache).
+    """The `split` of a `save_to_disk` folder, an image folder (`imagefolder`: a sub-folder per class gives a `label`
+    column) or a `datasets.load_dataset` name, as a `datasets.Dataset` or with `streaming=True` an `IterableDataset`.
     """
     import datasets
 
@@ -25,7 +21,7 @@ def load_image_dataset(path_or_name: str | os.PathLike, split: str = "train", st
         else:
             dataset = datasets.load_dataset("imagefolder", data_dir=path, streaming=streaming)
     elif os.path.exists(path):
-        raise ValueError(f"Dataset {path!r} is a file: pass a `save_to_disk` folder, an image folder or a dataset name.")
+        raise ValueError(f"Dataset {path!r} is a file: pass a `save_to_disk` or image folder, or a dataset name.")
     elif os.path.isabs(path) or path.startswith((".", "~")):
         raise FileNotFoundError(f"Dataset folder {path!r} does not exist.")
     else:
@@ -44,7 +40,7 @@ class UnreadableImagesError(ValueError):
 
 
 def _image_problem(value) -> str | None:
-    """Why the undecoded image `value` (a `datasets.Image(decode=False)` dict of bytes / path) cannot be read."""
+    """Why the undecoded image `value` (a `datasets.Image(decode=False)` dict) cannot be read, or None."""
     import io
 
     from PIL import Image
@@ -65,13 +61,8 @@ def _image_problem(value) -> str | None:
 
 
 def check_images(dataset, image_column: str = "image", skip_unreadable: bool = False, batch_size: int = 256):
-    """Open every image of `dataset`'s `image_column` once, before training: return `dataset` when all are readable;
-    with unreadable ones raise `UnreadableImagesError` naming each (its file, else its row), or with
-    `skip_unreadable` return the dataset without them and log their names.
-
-    Only a `datasets.Dataset` whose column is a `datasets.Image` feature is checked (read undecoded, so each file is
-    opened once, by PIL); streams and columns of decoded arrays are returned as they are (they are read, and any
-    bad one named, as training meets it)."""
+    """`dataset` once every image of its `datasets.Image` column opens; else `UnreadableImagesError` naming each bad
+    one, or with `skip_unreadable` the dataset without them. Streams and decoded columns are returned as they are."""
     import datasets
     from transformers.utils import logging
 
@@ -87,7 +78,8 @@ def check_images(dataset, image_column: str = "image", skip_unreadable: bool = F
                 problems[start + offset] = f"{name} ({problem})"
     if not problems:
         return dataset
-    listed = "; ".join(list(problems.values())[:20]) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
+    more = f"; and {len(problems) - 20} more" if len(problems) > 20 else ""
+    listed = "; ".join(list(problems.values())[:20]) + more
     if not skip_unreadable:
         raise UnreadableImagesError(
             f"{len(problems)} of {len(dataset)} images cannot be read: {listed}. Fix or remove them, or pass "
@@ -106,5 +98,3 @@ def _select_split(dataset, path: str, split: str):
         dataset = dataset[split]
     return dataset
 
-
-__all__ = ["UnreadableImagesError", "check_images", "load_image_dataset"]

@@ -1,26 +1,22 @@
-"""Checks the commands run on the paths they write, before any work: an output folder that cannot be made or
-written, a used training folder, and the checkpoint a resume may continue (the last one completely written)."""
+"""Checks of the paths the commands write, before any work, and the checkpoint a resume continues."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import sort_checkpoints
 from transformers.utils import logging
 
 
 logger = logging.get_logger(__name__)
 
-_CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
-
 
 def check_output_dir(path: str | os.PathLike, option: str = "--output-dir") -> str:
-    """The absolute path of `path` once checked that a folder can be made there and written: not a regular file, not
-    below one, and its nearest existing folder writable. Creates nothing. `option` names the argument in errors."""
+    """The absolute `path`, once checked that a folder can be made and written there (creates nothing); `option`
+    names the argument in errors."""
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not os.path.isdir(path):
         raise NotADirectoryError(f"{option} {path} is a file, not a folder: pass a folder path.")
@@ -38,21 +34,13 @@ def check_output_dir(path: str | os.PathLike, option: str = "--output-dir") -> s
 
 
 def checkpoint_folders(output_dir: str | os.PathLike) -> list[str]:
-    """The `checkpoint-<step>` folders of `output_dir`, by step."""
-    if not os.path.isdir(output_dir):
-        return []
-    steps = {}
-    for name in os.listdir(output_dir):
-        match = _CHECKPOINT_NAME.match(name)
-        if match and os.path.isdir(os.path.join(output_dir, name)):
-            steps[int(match.group(1))] = os.path.join(os.fspath(output_dir), name)
-    return [steps[step] for step in sorted(steps)]
+    """The `checkpoint-<step>` folders of `output_dir`, by step, as the Trainer sorts them."""
+    return sort_checkpoints(os.fspath(output_dir)) if os.path.isdir(output_dir) else []
 
 
 def checkpoint_incompleteness(folder: str, required_files: tuple[str, ...] = ()) -> str | None:
-    """Why `folder` is not a completely written checkpoint, or None. The Trainer writes `trainer_state.json` last
-    (after the weights, optimizer, scheduler and RNG states), so a save cut short lacks it or holds it truncated;
-    `required_files` are written after it (e.g. by an `on_save` callback)."""
+    """Why `folder` is not a completely written checkpoint, or None: the Trainer writes `trainer_state.json` last,
+    `required_files` come after it (e.g. from an `on_save` callback)."""
     state_file = os.path.join(folder, TRAINER_STATE_NAME)
     if not os.path.isfile(state_file):
         return f"no {TRAINER_STATE_NAME}"
@@ -66,8 +54,8 @@ def checkpoint_incompleteness(folder: str, required_files: tuple[str, ...] = ())
 
 
 def last_complete_checkpoint(output_dir: str | os.PathLike, required_files: tuple[str, ...] = ()) -> str:
-    """The last completely written checkpoint of `output_dir` (`resume_from_checkpoint=True`), skipping, with a
-    warning that names them, the later ones a killed run left half-written. Raises when there is none."""
+    """The last completely written checkpoint of `output_dir`, skipping (with a warning) later ones a killed run left
+    half-written. Raises when there is none."""
     skipped = []
     for folder in reversed(checkpoint_folders(output_dir)):
         reason = checkpoint_incompleteness(folder, required_files)
@@ -88,9 +76,8 @@ def last_complete_checkpoint(output_dir: str | os.PathLike, required_files: tupl
 def check_training_output_dir(
     output_dir: str | os.PathLike, resume: bool = False, overwrite: bool | None = False
 ) -> str:
-    """Before a training run: `output_dir` must be writable (`check_output_dir`) and, unless the run resumes or
-    overwrites, empty — a run never mixes its model and checkpoints with another's, and a refused run leaves the
-    folder as it was. `overwrite=None`: the command has no --overwrite-output-dir. Returns the absolute path."""
+    """`output_dir` checked writable and, unless the run resumes or overwrites, empty: a run never mixes its files
+    with another's. `overwrite=None`: the command has no --overwrite-output-dir. Returns the absolute path."""
     output_dir = check_output_dir(output_dir)
     if resume or overwrite or not os.path.isdir(output_dir):
         return output_dir
@@ -106,18 +93,8 @@ def check_training_output_dir(
 
 
 def remove_checkpoints(output_dir: str | os.PathLike) -> None:
-    """Remove the `checkpoint-*` folders of an earlier run (`--overwrite-output-dir`): a later resume would take them
-    for this run's."""
+    """Remove an earlier run's `checkpoint-*` folders (`--overwrite-output-dir`), which a resume would take for ours."""
     for folder in checkpoint_folders(output_dir):
         logger.warning(f"--overwrite-output-dir: removing {folder} of the earlier run.")
         shutil.rmtree(folder)
 
-
-__all__ = [
-    "check_output_dir",
-    "check_training_output_dir",
-    "checkpoint_folders",
-    "checkpoint_incompleteness",
-    "last_complete_checkpoint",
-    "remove_checkpoints",
-]

@@ -1,15 +1,8 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
-"""Model cards of saved folders, from facts: every figure and tag comes from the config (or pipeline) saved, and
-the card says how to load the folder with uniflow-hf and without it (`trust_remote_code=True`, the code saved
-beside the weights). Built offline with `huggingface_hub.ModelCard` / `ModelCardData`.
-
-    model_card(obj, repo_id=None) -> ModelCard      # the card of a UniFlow model, grafted LLaVA or pipeline
-    create_model_card(title, description, ...)      # a card from explicit parts
-    save_model_card(folder, obj=None, ...) -> bool  # write README.md unless the folder has a card
-
-`UniFlowPreTrainedModel.save_pretrained` writes it (this package sets `model_card_writer`), and `push_to_hub`
-uploads it instead of transformers' generic card. A pipeline's component folders get no card of their own while
-the pipeline saves them (`saving_pipeline`): the pipeline's card describes them."""
+"""Model cards of saved folders, from facts: every figure and tag comes from the saved config, and the card says how
+to load the folder with uniflow-hf and without it (`trust_remote_code=True`). `save_model_card` is the
+`model_card_writer` of `UniFlowPreTrainedModel` (saves and `push_to_hub`); pipelines write theirs with
+`create_model_card`, and their components get none while they save (`saving_pipeline`)."""
 
 from __future__ import annotations
 
@@ -27,25 +20,10 @@ PAPER = "UniFlow (Yue et al., ICLR 2026, [arXiv:2510.10575](https://arxiv.org/ab
 _GENERIC_CARD_SENTENCE = "This is the model card of a 🤗 transformers model that has been pushed on the Hub"
 _HUB_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 _saving_pipeline = contextvars.ContextVar("uniflow_saving_pipeline", default=False)
-# Pipelines (described by class; the diffusers side fills in their facts): (Hub pipeline tag, extra tags, sentence).
-PIPELINE_KINDS = {
-    "UniFlowReconstructionPipeline": (
-        "image-to-image",
-        ("image-tokenizer", "pixel-flow-decoder", "reconstruction"),
-        "a UniFlow reconstruction pipeline: images are encoded to latents and decoded back by the pixel flow decoder",
-    ),
-    "UniFlowClassConditionalPipeline": (
-        "unconditional-image-generation",
-        ("pixel-flow-decoder", "class-conditional", "dit"),
-        "a class-conditional UniFlow pipeline: a latent DiT generator samples UniFlow latents for class labels, "
-        "which the tokenizer's pixel flow decoder turns into images",
-    ),
-}
 
 
 def hub_repo_id(name_or_path) -> str | None:
-    """`name_or_path` when it names a Hub repository ("owner/name", not a local folder), else None: the only kind of
-    `base_model` a card may record."""
+    """`name_or_path` when it names a Hub repository ("owner/name", not a local folder), else None."""
     name = os.fspath(name_or_path or "")
     if _HUB_REPO_ID.fullmatch(name) and not os.path.exists(name):
         return name
@@ -53,24 +31,16 @@ def hub_repo_id(name_or_path) -> str | None:
 
 
 def create_model_card(
-    title: str,
-    description: str,
-    library_name: str,
-    pipeline_tag: str,
-    tags: tuple[str, ...] = (),
-    base_model: str | None = None,
-    usage: str | None = None,
+    title: str, description: str, library_name: str, pipeline_tag: str, tags: tuple[str, ...] = (),
+    base_model: str | None = None, usage: str | None = None,
 ):
-    """A `huggingface_hub.ModelCard`: YAML metadata (license, library_name, pipeline_tag, tags, base_model) and a
-    short text: `description` completes "This folder holds ...", `usage` is Python code. Nothing is downloaded."""
+    """A `huggingface_hub.ModelCard` with its metadata and a short text: `description` completes "This folder holds
+    ...", `usage` is Python code."""
     from huggingface_hub import ModelCard, ModelCardData
 
+    tags = list(dict.fromkeys((*TAGS, *tags)))
     data = ModelCardData(
-        license=LICENSE,
-        library_name=library_name,
-        pipeline_tag=pipeline_tag,
-        tags=list(dict.fromkeys((*TAGS, *tags))),
-        base_model=base_model,
+        license=LICENSE, library_name=library_name, pipeline_tag=pipeline_tag, tags=tags, base_model=base_model
     )
     text = f"# {title}\n\nThis folder holds {description}; see {PAPER}.\n"
     if base_model:
@@ -82,7 +52,6 @@ def create_model_card(
 
 
 def _encoder_facts(config) -> str:
-    """The encoder of a `UniFlowConfig`, in words."""
     if config.encoder_config is not None:
         return f"a {config.encoder_config.model_type} encoder (width {config.hidden_size})"
     return f"a {config.num_hidden_layers}-layer ViT encoder (width {config.hidden_size})"
@@ -96,7 +65,7 @@ def _input_facts(config) -> str:
 
 
 def _uniflow_card_parts(model) -> tuple[str, tuple[str, ...], str]:
-    """(pipeline tag, tags, description) of a UniFlow model, from its config."""
+    """(pipeline tag, tags, description) of a UniFlow model."""
     config, class_name = model.config, type(model).__name__
     if class_name == "UniFlowVisionModel":
         if getattr(model, "has_latent_head", False):
@@ -138,20 +107,14 @@ def _llava_card_parts(model) -> tuple[str, tuple[str, ...], str]:
     return "image-text-to-text", ("llava", "vision-encoder"), description
 
 
-_LOAD_CLASSES = {  # class saved -> (uniflow-hf class, Auto class without the package)
-    "UniFlowModel": ("UniFlowModel", "AutoModelForImageToImage"),
-    "UniFlowVisionModel": ("UniFlowVisionModel", "AutoModel"),
-    "UniFlowForImageClassification": ("UniFlowForImageClassification", "AutoModelForImageClassification"),
+# The Auto class that loads a saved class without the package (`AutoModel` for the others).
+_AUTO_CLASSES = {
+    "UniFlowModel": "AutoModelForImageToImage", "UniFlowForImageClassification": "AutoModelForImageClassification"
 }
 
 
 def _usage(class_name: str, repo_id: str, with_encoder: bool = False) -> str:
     """How to load the folder: with uniflow-hf, and without it through the code saved beside the weights."""
-    if class_name in PIPELINE_KINDS:
-        return (
-            "from diffusers import DiffusionPipeline\nimport uniflow_hf  # registers the UniFlow classes\n\n"
-            f'pipe = DiffusionPipeline.from_pretrained("{repo_id}")'
-        )
     if class_name == "UniFlowLlavaForConditionalGeneration":
         return (
             "# with uniflow-hf installed\nimport uniflow_hf  # registers the UniFlow vision tower\n"
@@ -163,7 +126,7 @@ def _usage(class_name: str, repo_id: str, with_encoder: bool = False) -> str:
             f'model = AutoModelForImageTextToText.from_pretrained("{repo_id}", trust_remote_code=True)\n'
             f'processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)'
         )
-    package_class, auto_class = _LOAD_CLASSES.get(class_name, (class_name, "AutoModel"))
+    package_class, auto_class = class_name, _AUTO_CLASSES.get(class_name, "AutoModel")
     # `AutoModel` builds the encoder tower of a UniFlow folder whose encoder is UniFlow's own (`auto_map`).
     with_encoder = with_encoder and auto_class != "AutoModel"
     usage = (
@@ -179,46 +142,32 @@ def _usage(class_name: str, repo_id: str, with_encoder: bool = False) -> str:
 
 
 def model_card(obj, repo_id: str | None = None):
-    """The card of a UniFlow model, a LLaVA with a UniFlow tower or a UniFlow pipeline, from what it holds.
-    `repo_id` (default: a placeholder) is the name the usage example loads."""
-    class_name = type(obj).__name__
-    repo_id = repo_id or "path/to/this/folder"
-    if class_name in PIPELINE_KINDS:
-        pipeline_tag, tags, description = PIPELINE_KINDS[class_name]
-        library_name = "diffusers"
+    """The card of a UniFlow model or a LLaVA with a UniFlow tower; `repo_id` is the name its usage example loads."""
+    class_name, repo_id = type(obj).__name__, repo_id or "path/to/this/folder"
+    if getattr(obj.config, "model_type", None) == "llava":
+        pipeline_tag, tags, description = _llava_card_parts(obj)
+        class_name, title = "UniFlowLlavaForConditionalGeneration", "LLaVA with a UniFlow vision tower"
     else:
-        is_llava = getattr(obj.config, "model_type", None) == "llava"
-        pipeline_tag, tags, description = (_llava_card_parts if is_llava else _uniflow_card_parts)(obj)
-        library_name = "transformers"
-        if is_llava:
-            class_name = "UniFlowLlavaForConditionalGeneration"
-    title = "LLaVA with a UniFlow vision tower" if class_name.startswith("UniFlowLlava") else class_name
+        (pipeline_tag, tags, description), title = _uniflow_card_parts(obj), class_name
+    usage = _usage(class_name, repo_id, with_encoder=getattr(obj.config, "encoder_config", True) is None)
     base_model = hub_repo_id(getattr(obj, "name_or_path", None))
-    with_encoder = library_name == "transformers" and getattr(obj.config, "encoder_config", True) is None
-    usage = _usage(class_name, repo_id, with_encoder)
-    return create_model_card(title, description, library_name, pipeline_tag, tags, base_model, usage)
-
-
-def _has_own_card(folder) -> bool:
-    """Whether `folder` holds a README.md other than transformers' generic one."""
-    path = os.path.join(folder, MODEL_CARD_NAME)
-    if not os.path.isfile(path):
-        return False
-    with open(path, encoding="utf-8") as handle:
-        return _GENERIC_CARD_SENTENCE not in handle.read()
+    return create_model_card(title, description, "transformers", pipeline_tag, tags, base_model, usage)
 
 
 def save_model_card(
     folder, saved=None, existing_folder=None, replace_generic: bool = False, repo_id: str | None = None, **card_kwargs
 ) -> bool:
-    """Write README.md into `folder` unless `existing_folder` (default: `folder`) has a card already; returns whether
-    it wrote. The card is `model_card(saved, repo_id)`, or `create_model_card(**card_kwargs)` without `saved`.
-    `replace_generic=True` replaces transformers' generic card (what `push_to_hub` puts in the folder it uploads).
-    Does nothing while a pipeline is saving its components (`saving_pipeline`)."""
-    existing_folder = folder if existing_folder is None else existing_folder
-    has_card = os.path.exists(os.path.join(existing_folder, MODEL_CARD_NAME))
-    if _saving_pipeline.get() or (has_card and not (replace_generic and not _has_own_card(existing_folder))):
+    """Write README.md into `folder` (`model_card(saved, repo_id)`, or `create_model_card(**card_kwargs)`) unless
+    `existing_folder` (default: `folder`) has a card, or only transformers' generic one and not `replace_generic`;
+    returns whether it wrote. Does nothing while a pipeline saves its components."""
+    if _saving_pipeline.get():
         return False
+    existing = os.path.join(folder if existing_folder is None else existing_folder, MODEL_CARD_NAME)
+    if os.path.exists(existing):
+        with open(existing, encoding="utf-8") as handle:
+            is_generic = _GENERIC_CARD_SENTENCE in handle.read()
+        if not (replace_generic and is_generic):
+            return False
     card = model_card(saved, repo_id) if saved is not None else create_model_card(**card_kwargs)
     card.save(os.path.join(folder, MODEL_CARD_NAME))
     return True

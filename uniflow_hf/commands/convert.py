@@ -1,8 +1,5 @@
 """`uniflow-hf convert`: an official UniFlow release folder -> a uniflow-hf folder."""
 
-from __future__ import annotations
-
-import argparse
 import json
 
 from ..conversion_scripts.convert_uniflow_original_to_hf import DTYPES, convert, verify
@@ -10,18 +7,14 @@ from ..conversion_scripts.convert_uniflow_original_to_hf import DTYPES, convert,
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("convert")
-    add_arguments(parser)
-    parser.set_defaults(func=run)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="official release folder")
     parser.add_argument("--output", required=True, help="where to write the uniflow-hf folder")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="dtype of the saved weights")
     parser.add_argument("--verify", action="store_true", help="compare both folders on the same input")
+    parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args) -> int:
     output = convert(args.input, args.output, args.dtype)
     print(f"converted {args.input} -> {output}")
     if args.verify:

@@ -2,45 +2,50 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 
 from .train import add_training_command, parse_arguments
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("fmnist")
-    stages = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    from ..modeling.configuration_uniflow import FLOW_TIMESTEP_DISTRIBUTIONS
 
-    stage = stages.add_parser("pretrain-encoder", help="a. train a small UniFlow encoder as a Fashion-MNIST classifier")
-    stage.add_argument("--output-dir", required=True)
-    stage.add_argument("--epochs", type=float, default=1.0)
-    stage.add_argument("--max-train", type=int, default=None, help="use only the first N training images")
-    stage.add_argument("--seed", type=int, default=0)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--output-dir", required=True)
+    common.add_argument("--epochs", type=float, default=1.0)
+    common.add_argument("--max-train", type=int, default=None, help="use only the first N training images")
+    common.add_argument("--seed", type=int, default=0)
+    flow_times = argparse.ArgumentParser(add_help=False)
+    flow_times.add_argument(
+        "--flow-timestep-distribution", default=None, choices=FLOW_TIMESTEP_DISTRIBUTIONS,
+        help="training times of the flow loss (default: the tokenizer's config; 'fat_lognormal' for a new one)",
+    )
+    flow_times.add_argument("--flow-timestep-logit-mean", type=float, help="logit-normal mean (< 0: nearer the noise)")
+    flow_times.add_argument("--flow-timestep-logit-std", type=float)
+
+    stages = subparsers.add_parser("fmnist").add_subparsers(dest="stage", metavar="STAGE", required=True)
+    stage = stages.add_parser(
+        "pretrain-encoder", parents=[common], help="a. train a small UniFlow encoder as a Fashion-MNIST classifier"
+    )
     stage.set_defaults(func=_pretrain)
 
-    stage = stages.add_parser("adapt", help="b. UniFlow-adapt the pretrained encoder (distillation + patch flow decoder)")
+    stage = stages.add_parser(
+        "adapt", parents=[common, flow_times], help="b. UniFlow-adapt the pretrained encoder (distillation + decoder)"
+    )
     stage.add_argument("--encoder", required=True, help="output folder of `pretrain-encoder`")
-    stage.add_argument("--output-dir", required=True)
-    stage.add_argument("--epochs", type=float, default=1.0)
-    stage.add_argument("--max-train", type=int, default=None)
     stage.add_argument("--distillation-mode", default="adaptive", choices=["adaptive", "uniform", "none"])
     stage.add_argument("--freeze-encoder", action="store_true")
     stage.add_argument("--init-tokenizer", default=None, help="continue from this adapted tokenizer (same teacher)")
     stage.add_argument("--learning-rate", type=float, default=1e-3)
-    _add_flow_timestep_arguments(stage)
-    stage.add_argument("--seed", type=int, default=0)
     stage.set_defaults(func=_adapt)
 
     stage = stages.add_parser(
-        "finetune-decoder", help="b'. train only the decoder of an adapted tokenizer (encoder and latents unchanged)"
+        "finetune-decoder", parents=[common, flow_times],
+        help="b'. train only the decoder of an adapted tokenizer (encoder and latents unchanged)",
     )
     stage.add_argument("--tokenizer", required=True, help="output folder of `adapt`")
-    stage.add_argument("--output-dir", required=True)
-    stage.add_argument("--epochs", type=float, default=1.0)
-    stage.add_argument("--max-train", type=int, default=None)
     stage.add_argument("--learning-rate", type=float, default=5e-4)
-    _add_flow_timestep_arguments(stage)
-    stage.add_argument("--seed", type=int, default=0)
     stage.set_defaults(func=_finetune_decoder)
 
     stage = add_training_command(
@@ -70,24 +75,9 @@ def _generator_defaults() -> dict:
     return FMNIST_GENERATOR_DEFAULTS
 
 
-def _add_flow_timestep_arguments(stage) -> None:
-    from ..modeling.configuration_uniflow import FLOW_TIMESTEP_DISTRIBUTIONS
-
-    stage.add_argument(
-        "--flow-timestep-distribution", default=None, choices=FLOW_TIMESTEP_DISTRIBUTIONS,
-        help="training times of the flow loss (default: the tokenizer's config; 'fat_lognormal' for a new one)",
-    )
-    stage.add_argument("--flow-timestep-logit-mean", type=float, default=None, help="logit-normal mean (< 0: nearer the noise)")
-    stage.add_argument("--flow-timestep-logit-std", type=float, default=None)
-
-
 def _flow_timestep_overrides(args) -> dict:
-    values = {
-        "flow_timestep_distribution": args.flow_timestep_distribution,
-        "flow_timestep_logit_mean": args.flow_timestep_logit_mean,
-        "flow_timestep_logit_std": args.flow_timestep_logit_std,
-    }
-    return {name: value for name, value in values.items() if value is not None}
+    names = ("flow_timestep_distribution", "flow_timestep_logit_mean", "flow_timestep_logit_std")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def _pretrain(args) -> int:

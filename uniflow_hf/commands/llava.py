@@ -10,62 +10,39 @@ from ..conversion_scripts.graft_uniflow_into_llava import graft_uniflow_into_lla
 
 def register(subparsers) -> None:
     graft = subparsers.add_parser("graft-llava")
-    add_graft_arguments(graft)
+    graft.add_argument("--llava", required=True, help="LLaVA checkpoint folder (transformers format, any tower)")
+    graft.add_argument("--uniflow", required=True, help="UniFlowModel, official release or UniFlowVisionModel folder")
+    graft.add_argument("--output", required=True, help="where to write the grafted LLaVA")
+    graft.add_argument("--keep-projector", action="store_true", help="keep the old projector when it fits")
+    graft.add_argument(
+        "--vision-feature-layer", type=int, nargs="+",
+        help="hidden state(s) of the tower fed to the projector (default: the LLaVA's own; -1 with latent features)",
+    )
+    graft.add_argument("--vision-feature-select-strategy", choices=("default", "full"), help="drop or keep the CLS")
+    graft.add_argument(
+        "--vision-feature-source", choices=("encoder", "latent"),
+        help="feed the encoder's hidden states or also UniFlow's latent tokens (default: the UniFlow config's)",
+    )
+    graft.add_argument("--seed", type=int, default=0, help="seed of the projector's re-initialisation")
+    graft.add_argument("--no-verify", action="store_true", help="don't reload the output to check it")
     graft.set_defaults(func=run_graft)
 
+    from transformers import HfArgumentParser
+
     finetune = subparsers.add_parser(
-        "finetune-llava",
-        description=FINETUNE_DESCRIPTION,
-        parents=[_finetune_argument_parser(add_help=False)],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "finetune-llava", description=FINETUNE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[HfArgumentParser(_finetune_argument_types(), add_help=False)],
     )
     finetune.set_defaults(func=run_finetune)
 
 
-def _feature_layer(values: list[int] | None) -> int | list[int] | None:
-    if values is None:
-        return None
-    return values[0] if len(values) == 1 else values
-
-
-def add_graft_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--llava", required=True, help="LLaVA checkpoint folder (transformers format, any tower)")
-    parser.add_argument("--uniflow", required=True, help="UniFlowModel, official release or UniFlowVisionModel folder")
-    parser.add_argument("--output", required=True, help="where to write the grafted LLaVA")
-    parser.add_argument(
-        "--keep-projector",
-        action="store_true",
-        help="keep the old projector when it fits the new feature width (default: re-initialise it)",
-    )
-    parser.add_argument(
-        "--vision-feature-layer",
-        type=int,
-        nargs="+",
-        help="hidden state(s) of the tower fed to the projector (default: the LLaVA's own; -1 with latent features)",
-    )
-    parser.add_argument(
-        "--vision-feature-select-strategy", choices=("default", "full"), help="drop ('default') or keep the CLS token"
-    )
-    parser.add_argument(
-        "--vision-feature-source",
-        choices=("encoder", "latent"),
-        help="feed the encoder's hidden states or also UniFlow's latent tokens (default: the UniFlow config's)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the projector's re-initialisation")
-    parser.add_argument("--no-verify", action="store_true", help="don't reload the output to check it")
-
-
 def run_graft(args: argparse.Namespace) -> int:
+    layers = args.vision_feature_layer
     output = graft_uniflow_into_llava(
-        args.llava,
-        args.uniflow,
-        args.output,
-        keep_projector=args.keep_projector,
-        vision_feature_layer=_feature_layer(args.vision_feature_layer),
+        args.llava, args.uniflow, args.output, keep_projector=args.keep_projector,
+        vision_feature_layer=layers[0] if layers is not None and len(layers) == 1 else layers,
         vision_feature_select_strategy=args.vision_feature_select_strategy,
-        vision_feature_source=args.vision_feature_source,
-        seed=args.seed,
-        verify=not args.no_verify,
+        vision_feature_source=args.vision_feature_source, seed=args.seed, verify=not args.no_verify,
     )
     print(f"grafted {args.uniflow} into {args.llava} -> {output}")
     return 0
@@ -83,17 +60,13 @@ class FinetuneLlavaArguments:
     """Model, data and LoRA options of `uniflow-hf finetune-llava` (the rest are `TrainingArguments`)."""
 
     model: str = field(metadata={"help": "LLaVA-UniFlow folder with its processor (e.g. graft-llava's output)"})
-    dataset: str = field(
-        metadata={"help": "a `datasets` folder (save_to_disk) or anything `datasets.load_dataset` reads"}
-    )
+    dataset: str = field(metadata={"help": "a `save_to_disk` or image folder, or a `datasets.load_dataset` name"})
     split: str = field(default="train", metadata={"help": "split of the dataset to train on"})
     image_column: str = field(default="image")
     question_column: str = field(default="question")
     answer_column: str = field(default="answer")
     question: str | None = field(default=None, metadata={"help": "question asked of rows without a question column"})
-    prompt_template: str | None = field(
-        default=None, metadata={"help": "with {image} and {question}; LLaVA-1.5's by default"}
-    )
+    prompt_template: str | None = field(default=None, metadata={"help": "with {image} and {question} (LLaVA-1.5's)"})
     lora_rank: int = field(default=8)
     lora_alpha: int = field(default=16)
     lora_dropout: float = field(default=0.0)
@@ -109,27 +82,15 @@ def _finetune_argument_types():
     return FinetuneLlavaArguments, TrainingRunArguments, TrainingArguments
 
 
-def _finetune_argument_parser(**kwargs):
-    from transformers import HfArgumentParser
-
-    return HfArgumentParser(_finetune_argument_types(), **kwargs)
-
-
 def run_finetune(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from ..data import load_image_dataset
+    from ..data import check_images, load_image_dataset
     from ..io import check_output_dir
-    from ..llava import (
-        DEFAULT_PROMPT_TEMPLATE,
-        LlavaImageQACollator,
-        build_lora_config,
-        finetune_llava_lora,
-        training_losses,
-    )
+    from ..llava import DEFAULT_PROMPT_TEMPLATE, LlavaImageQACollator, build_lora_config, finetune_llava_lora
+    from ..llava import training_losses
     from ..training import close_process_group
-    from ..data import check_images
     from .train import parse_training_options, resume_argument
 
     values = {key: value for key, value in vars(args).items() if key not in ("command", "func")}
@@ -148,26 +109,16 @@ def run_finetune(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         raise FileNotFoundError(f"{script_args.model} has no processor ({error}); graft-llava writes one.") from error
     collator = LlavaImageQACollator(
-        processor,
-        prompt_template=script_args.prompt_template or DEFAULT_PROMPT_TEMPLATE,
-        image_column=script_args.image_column,
-        question_column=script_args.question_column,
-        answer_column=script_args.answer_column,
-        default_question=script_args.question,
+        processor, prompt_template=script_args.prompt_template or DEFAULT_PROMPT_TEMPLATE,
+        image_column=script_args.image_column, question_column=script_args.question_column,
+        answer_column=script_args.answer_column, default_question=script_args.question,
     )
     lora_config = build_lora_config(
-        rank=script_args.lora_rank,
-        alpha=script_args.lora_alpha,
-        dropout=script_args.lora_dropout,
+        rank=script_args.lora_rank, alpha=script_args.lora_alpha, dropout=script_args.lora_dropout,
         train_vision_tower=script_args.train_vision_tower,
     )
     trainer = finetune_llava_lora(
-        model,
-        processor,
-        dataset,
-        training_args,
-        lora_config=lora_config,
-        collator=collator,
+        model, processor, dataset, training_args, lora_config=lora_config, collator=collator,
         resume_from_checkpoint=resume_from_checkpoint,
     )
     if trainer.is_world_process_zero():

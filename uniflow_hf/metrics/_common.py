@@ -1,10 +1,6 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
-"""The math behind the metric modules, shared by them and by `uniflow_hf.evaluation`.
-
-Images are torch tensors of shape (batch, channels, height, width) with values in [0, `data_range`] (data_range = 1
-for images in [0, 1], what `UniFlowImageProcessor.postprocess(..., output_type="pt")` returns). Everything is
-computed in float64.
-"""
+"""The math behind the metric modules, shared by them and by `uniflow_hf.evaluation`: images are (batch, channels,
+height, width) tensors in [0, data_range]; everything is computed in float64."""
 
 from __future__ import annotations
 
@@ -16,21 +12,17 @@ import torch
 import torch.nn.functional as F
 
 
-# -------------------------------------------------------------------------------------------- input checks
-def check_image_pair(predictions: torch.Tensor, references: torch.Tensor, data_range: float) -> None:
-    """Raise a clear error unless both are float tensors of the same (B, C, H, W) shape in [0, data_range]."""
-    if not isinstance(data_range, (int, float)) or isinstance(data_range, bool) or not data_range > 0:
+def _check_image_pair(predictions: torch.Tensor, references: torch.Tensor, data_range: float) -> None:
+    if isinstance(data_range, bool) or not isinstance(data_range, (int, float)) or data_range <= 0:
         raise ValueError(f"`data_range` must be a positive number (1.0 for images in [0, 1]), got {data_range!r}.")
     for name, images in (("predictions", predictions), ("references", references)):
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"`{name}` must be a torch.Tensor, got {type(images).__name__}.")
+        if not (isinstance(images, torch.Tensor) and images.is_floating_point()):
+            raise TypeError(
+                f"`{name}` must be a floating-point tensor with values in [0, {data_range}] (e.g. "
+                f"`uint8_images.float() / 255` with data_range=1), got {getattr(images, 'dtype', type(images))}."
+            )
         if images.ndim != 4:
             raise ValueError(f"`{name}` must have shape (batch, channels, height, width), got {tuple(images.shape)}.")
-        if not images.is_floating_point():
-            raise TypeError(
-                f"`{name}` has dtype {images.dtype}; pass floating-point images in [0, {data_range}] "
-                "(e.g. `uint8_images.float() / 255` with data_range=1)."
-            )
         if not torch.isfinite(images).all():
             raise ValueError(f"`{name}` contains NaN or infinite values.")
         low, high = images.min().item(), images.max().item()
@@ -48,14 +40,12 @@ def check_image_pair(predictions: torch.Tensor, references: torch.Tensor, data_r
 
 
 def images_to_tensors(images: Sequence[Any], name: str) -> list[torch.Tensor]:
-    """Channels-last images ((H, W, C) or (H, W) nested lists or arrays, as the `evaluate` modules receive them)
-    -> a list of float64 (1, C, H, W) tensors."""
+    """Channels-last images ((H, W, C) or (H, W), as the `evaluate` modules receive them) -> float64 (1, C, H, W)."""
     tensors = []
     for index, image in enumerate(images):
         array = np.asarray(image, dtype=np.float64)
-        if array.ndim == 2:
-            array = array[..., None]
-        if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0 or array.shape[2] not in (1, 3, 4):
+        array = array[..., None] if array.ndim == 2 else array
+        if array.ndim != 3 or 0 in array.shape[:2] or array.shape[2] not in (1, 3, 4):
             raise ValueError(
                 f"{name}[{index}] has shape {array.shape}: expected a channels-last image (height, width, channels) "
                 "with 1, 3 or 4 channels, or a (height, width) grayscale image."
@@ -64,26 +54,13 @@ def images_to_tensors(images: Sequence[Any], name: str) -> list[torch.Tensor]:
     return tensors
 
 
-# ---------------------------------------------------------------------------------------------- PSNR, SSIM
 def peak_signal_noise_ratio(
     predictions: torch.Tensor, references: torch.Tensor, data_range: float = 1.0
 ) -> torch.Tensor:
-    """Per-image PSNR in dB, 10·log10(data_range² / MSE), (B,) float64; +inf for identical images.
-
-    Agrees with `skimage.metrics.peak_signal_noise_ratio(reference, prediction, data_range=data_range)`.
-    """
-    check_image_pair(predictions, references, data_range)
-    difference = predictions.double() - references.double()
-    mse = difference.square().flatten(1).mean(dim=1)
+    """Per-image PSNR in dB, (B,) float64, as `skimage.metrics.peak_signal_noise_ratio`; +inf for identical images."""
+    _check_image_pair(predictions, references, data_range)
+    mse = (predictions.double() - references.double()).square().flatten(1).mean(dim=1)
     return 10 * torch.log10(data_range**2 / mse)
-
-
-def _gaussian_kernel(sigma: float, truncate: float, device: torch.device) -> torch.Tensor:
-    """scipy.ndimage's 1-D Gaussian: radius int(truncate·sigma + 0.5), normalised to sum 1."""
-    radius = int(truncate * sigma + 0.5)
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    return kernel / kernel.sum()
 
 
 def structural_similarity(
@@ -94,23 +71,21 @@ def structural_similarity(
     k1: float = 0.01,
     k2: float = 0.03,
 ) -> torch.Tensor:
-    """Per-image SSIM (Wang et al. 2004), (B,) float64: Gaussian window (sigma 1.5, 11x11), population
-    covariances, averaged over the channels and over the pixels whose window lies inside the image.
-
-    Agrees with `skimage.metrics.structural_similarity(reference, prediction, data_range=data_range,
-    channel_axis=-1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)` (channels-last there).
-    """
-    check_image_pair(predictions, references, data_range)
-    kernel = _gaussian_kernel(sigma, 3.5, predictions.device)
-    window = kernel.numel()
+    """Per-image SSIM, (B,) float64, as `skimage.metrics.structural_similarity(reference, prediction,
+    channel_axis=-1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)`: an 11x11 Gaussian window,
+    averaged over the channels and the pixels whose window lies inside the image."""
+    _check_image_pair(predictions, references, data_range)
+    radius = int(3.5 * sigma + 0.5)  # scipy.ndimage's Gaussian filter, truncated at 3.5 sigma
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device=predictions.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel, window = kernel / kernel.sum(), 2 * radius + 1
     batch, channels, height, width = predictions.shape
     if height < window or width < window:
         raise ValueError(f"SSIM needs images of at least {window}x{window} pixels, got {height}x{width}.")
     x, y = predictions.double(), references.double()
     # The five local moments, filtered separably with 'valid' borders: exactly skimage's cropped region.
     moments = torch.cat([x, y, x * x, y * y, x * y], dim=1).reshape(batch * 5 * channels, 1, height, width)
-    moments = F.conv2d(moments, kernel.view(1, 1, window, 1))
-    moments = F.conv2d(moments, kernel.view(1, 1, 1, window))
+    moments = F.conv2d(F.conv2d(moments, kernel.view(1, 1, window, 1)), kernel.view(1, 1, 1, window))
     mu_x, mu_y, xx, yy, xy = moments.reshape(batch, 5, channels, *moments.shape[-2:]).unbind(1)
     var_x, var_y, cov_xy = xx - mu_x * mu_x, yy - mu_y * mu_y, xy - mu_x * mu_y
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
@@ -118,33 +93,24 @@ def structural_similarity(
     return ssim_map.flatten(1).mean(dim=1)
 
 
-# ------------------------------------------------------------------------------------------ Fréchet distance
 class FeatureStatistics:
-    """Running mean and covariance of feature vectors (float64 sums), mergeable across processes.
-
-    `update(features)` adds a (batch, dim) batch; `mean` and `covariance` (unbiased) are read at the end. For
-    distributed runs, sum `count`, `feature_sum` and `outer_sum` over processes (`reduce(sum_fn)`)."""
+    """Running mean and (unbiased) covariance of (batch, dim) feature batches, in float64 sums that `reduce` adds
+    up across processes."""
 
     def __init__(self, num_features: int | None = None):
-        self.num_features = None
+        self.num_features = num_features
         self.count = torch.zeros((), dtype=torch.float64)
         self.feature_sum = self.outer_sum = None
         if num_features is not None:
-            self._allocate(num_features)
-
-    def _allocate(self, num_features: int) -> None:
-        self.num_features = num_features
-        self.feature_sum = torch.zeros(num_features, dtype=torch.float64)
-        self.outer_sum = torch.zeros(num_features, num_features, dtype=torch.float64)
+            self.feature_sum = torch.zeros(num_features, dtype=torch.float64)
+            self.outer_sum = torch.zeros(num_features, num_features, dtype=torch.float64)
 
     def update(self, features: torch.Tensor) -> None:
-        if features.ndim != 2:
-            raise ValueError(f"Features must have shape (batch, dim), got {tuple(features.shape)}.")
-        if not torch.isfinite(features).all():
-            raise ValueError("The feature extractor returned NaN or infinite features.")
+        if features.ndim != 2 or not torch.isfinite(features).all():
+            raise ValueError(f"Features must be finite, of shape (batch, dim); got {tuple(features.shape)}.")
         features = features.detach().to(device="cpu", dtype=torch.float64)
         if self.num_features is None:
-            self._allocate(features.shape[1])
+            self.__init__(features.shape[1])  # the sums take the first batch's width
         if features.shape[1] != self.num_features:
             raise ValueError(f"Got {features.shape[1]}-d features after {self.num_features}-d ones.")
         self.count += features.shape[0]
@@ -152,14 +118,11 @@ class FeatureStatistics:
         self.outer_sum += features.T @ features
 
     def reduce(self, sum_fn: Callable[[torch.Tensor], torch.Tensor]) -> "FeatureStatistics":
-        """Statistics over all processes, given `sum_fn` summing a tensor across them (e.g.
-        `lambda t: accelerator.reduce(t.to(accelerator.device), "sum").cpu()`)."""
-        if self.num_features is None:
-            raise ValueError("Give `num_features` when some processes may see no data.")
+        """The statistics over all processes, given `sum_fn` summing a tensor across them."""
         total = FeatureStatistics(self.num_features)
-        total.count = sum_fn(self.count.clone())
-        total.feature_sum = sum_fn(self.feature_sum.clone())
-        total.outer_sum = sum_fn(self.outer_sum.clone())
+        total.count, total.feature_sum, total.outer_sum = (
+            sum_fn(tensor.clone()) for tensor in (self.count, self.feature_sum, self.outer_sum)
+        )
         return total
 
     @property
@@ -170,32 +133,22 @@ class FeatureStatistics:
     def covariance(self) -> torch.Tensor:
         if self.count < 2:
             raise ValueError(f"A covariance needs at least 2 feature vectors, got {int(self.count)}.")
-        mean = self.mean
-        return (self.outer_sum - self.count * torch.outer(mean, mean)) / (self.count - 1)
-
-
-def _symmetric_sqrt(matrix: torch.Tensor) -> torch.Tensor:
-    eigenvalues, eigenvectors = torch.linalg.eigh(matrix)
-    return (eigenvectors * eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
+        return (self.outer_sum - self.count * torch.outer(self.mean, self.mean)) / (self.count - 1)
 
 
 def frechet_distance(
     mean_1: torch.Tensor, covariance_1: torch.Tensor, mean_2: torch.Tensor, covariance_2: torch.Tensor
 ) -> float:
-    """Fréchet distance between the Gaussians N(mean_1, covariance_1) and N(mean_2, covariance_2):
+    """||mean_1 - mean_2||² + Tr(covariance_1 + covariance_2 - 2·(covariance_1·covariance_2)^½).
 
-        ||mean_1 - mean_2||² + Tr(covariance_1 + covariance_2 - 2·(covariance_1·covariance_2)^½).
-
-    Tr((C1·C2)^½) is the sum of the square roots of the eigenvalues of C1^½·C2·C1^½ (symmetric, positive
-    semi-definite, similar to C1·C2), which is stable for the singular covariances of small sets, unlike a general
-    matrix square root. Agrees with pytorch-fid's `scipy.linalg.sqrtm` formula where that one converges."""
+    Tr((C1·C2)^½) is taken from the eigenvalues of the symmetric C1^½·C2·C1^½, stable for the singular covariances
+    of small sets; it agrees with pytorch-fid's `scipy.linalg.sqrtm` formula where that one converges."""
     mean_1, mean_2 = mean_1.double().cpu(), mean_2.double().cpu()
     covariance_1, covariance_2 = covariance_1.double().cpu(), covariance_2.double().cpu()
-    if mean_1.shape != mean_2.shape or covariance_1.shape != covariance_2.shape:
-        raise ValueError(
-            f"Statistics of different feature sizes: {tuple(mean_1.shape)} vs {tuple(mean_2.shape)}."
-        )
-    sqrt_1 = _symmetric_sqrt(covariance_1)
+    if mean_1.shape != mean_2.shape:
+        raise ValueError(f"Statistics of different feature sizes: {tuple(mean_1.shape)} vs {tuple(mean_2.shape)}.")
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance_1)
+    sqrt_1 = (eigenvectors * eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
     product = sqrt_1 @ covariance_2 @ sqrt_1
     trace_sqrt_product = torch.linalg.eigvalsh((product + product.T) / 2).clamp(min=0).sqrt().sum()
     distance = (mean_1 - mean_2).square().sum() + covariance_1.trace() + covariance_2.trace() - 2 * trace_sqrt_product
@@ -206,20 +159,18 @@ def frechet_distance_of_statistics(statistics_1: FeatureStatistics, statistics_2
     return frechet_distance(statistics_1.mean, statistics_1.covariance, statistics_2.mean, statistics_2.covariance)
 
 
-# -------------------------------------------------------------------------------------- feature extraction
 def features_from_output(output: Any) -> torch.Tensor:
-    """A (batch, dim) feature matrix from what a feature extractor returned: a tensor (flattened after the batch
-    dimension), a transformers output (its `pooler_output`, else its `image_embeds`, else the token mean of its
-    `last_hidden_state`), or a tuple / list (its first element)."""
+    """(batch, dim) features from a feature extractor's output: a tensor (flattened), a transformers output (its
+    `pooler_output`, `image_embeds`, else the token mean of `last_hidden_state`) or a tuple (its first element)."""
     if isinstance(output, torch.Tensor):
         return output.flatten(1) if output.ndim > 1 else output[:, None]
-    for name in ("pooler_output", "image_embeds"):
-        value = output.get(name) if isinstance(output, dict) else getattr(output, name, None)
-        if isinstance(value, torch.Tensor):
-            return features_from_output(value)
-    hidden = output.get("last_hidden_state") if isinstance(output, dict) else getattr(output, "last_hidden_state", None)
-    if isinstance(hidden, torch.Tensor):
-        return hidden.mean(dim=1) if hidden.ndim == 3 else features_from_output(hidden)
+    if isinstance(output, dict):  # transformers' ModelOutput is a dict
+        for name in ("pooler_output", "image_embeds", "last_hidden_state"):
+            value = output.get(name)
+            if isinstance(value, torch.Tensor) and name == "last_hidden_state" and value.ndim == 3:
+                return value.mean(dim=1)  # the token mean
+            if isinstance(value, torch.Tensor):
+                return features_from_output(value)
     if isinstance(output, (tuple, list)) and output:
         return features_from_output(output[0])
     raise TypeError(
@@ -236,27 +187,22 @@ def extract_features(
     batch_size: int = 32,
     device: str | torch.device | None = None,
 ) -> torch.Tensor:
-    """Run `feature_extractor` (a callable or an `nn.Module`, given (B, C, H, W) float images in [0, 1]) over
-    `images` (1, C, H, W) tensors in batches of same-sized images; returns (N, dim) float64 features on the CPU."""
+    """(N, dim) float64 CPU features of `images` ((1, C, H, W) tensors in [0, 1]), batching same-sized neighbours."""
     if not callable(feature_extractor):
         raise TypeError(
             f"`feature_extractor` must be a callable or a torch module, got {type(feature_extractor).__name__}."
         )
+    dtype = torch.float32
     if isinstance(feature_extractor, torch.nn.Module):
-        feature_extractor.eval()
-        if device is None:
-            parameter = next(feature_extractor.parameters(), None)
-            device = parameter.device if parameter is not None else "cpu"
-        dtype = next((p.dtype for p in feature_extractor.parameters() if p.is_floating_point()), torch.float32)
-    else:
-        device, dtype = device or "cpu", torch.float32
+        parameter = next(feature_extractor.eval().parameters(), None)
+        device = device or (parameter.device if parameter is not None else "cpu")
+        dtype = next((p.dtype for p in feature_extractor.parameters() if p.is_floating_point()), dtype)
     features, start = [], 0
     while start < len(images):
-        # Batch consecutive images of the same size.
         stop = start + 1
         while stop < len(images) and stop - start < batch_size and images[stop].shape == images[start].shape:
             stop += 1
-        batch = torch.cat(list(images[start:stop])).to(device=device, dtype=dtype)
+        batch = torch.cat(list(images[start:stop])).to(device=device or "cpu", dtype=dtype)
         batch_features = features_from_output(feature_extractor(batch))
         if batch_features.shape[0] != batch.shape[0]:
             raise ValueError(
@@ -267,46 +213,25 @@ def extract_features(
     return torch.cat(features)
 
 
-# ------------------------------------------------------------------------------------ evaluate module inputs
-def image_pair_features(grayscale: bool = True) -> list:
-    """The `features` of an image-pair `evaluate` module: channels-last (height, width, channels) float images,
-    and (height, width) grayscale ones when `grayscale`."""
-    import datasets
-
-    def image(ndim: int):
-        feature = datasets.Value("float32")
-        for _ in range(ndim):
-            feature = datasets.Sequence(feature)
-        return feature
-
-    options = [datasets.Features({"predictions": image(3), "references": image(3)})]
-    if grayscale:
-        options.append(datasets.Features({"predictions": image(2), "references": image(2)}))
-    return options
-
-
 def per_image_scores(
     metric: Callable[..., torch.Tensor], predictions: Sequence[Any], references: Sequence[Any], **kwargs
 ) -> torch.Tensor:
     """`metric` (a per-image function of (B, C, H, W) tensors) over pairs of channels-last images of any sizes."""
-    if len(predictions) != len(references):
-        raise ValueError(f"Got {len(predictions)} predictions but {len(references)} references.")
-    if len(predictions) == 0:
-        raise ValueError("No images to score.")
+    if len(predictions) != len(references) or len(predictions) == 0:
+        raise ValueError(f"Got {len(predictions)} predictions and {len(references)} references: pass as many, >= 1.")
     pairs = zip(images_to_tensors(predictions, "predictions"), images_to_tensors(references, "references"))
     return torch.cat([metric(prediction, reference, **kwargs) for prediction, reference in pairs])
 
 
 def frechet_distance_of_features(predictions: torch.Tensor, references: torch.Tensor) -> float:
-    """Fréchet distance between the Gaussians fitted to two (N, dim) feature sets."""
-    statistics = []
-    for name, features in (("predictions", predictions), ("references", references)):
+    """The Fréchet distance between the Gaussians fitted to two (N, dim) feature sets (N >= 2)."""
+    statistics = [FeatureStatistics(), FeatureStatistics()]
+    for name, features, statistic in zip(("predictions", "references"), (predictions, references), statistics):
         if features.ndim != 2 or features.shape[0] < 2:
             raise ValueError(
                 f"`{name}` must give at least 2 feature vectors to fit a covariance, got shape {tuple(features.shape)}."
             )
-        statistics.append(FeatureStatistics())
-        statistics[-1].update(features)
+        statistic.update(features)
     return frechet_distance_of_statistics(*statistics)
 
 
@@ -317,8 +242,8 @@ def frechet_distance_of_images(
     batch_size: int = 32,
     device: str | torch.device | None = None,
 ) -> float:
-    """Fréchet distance between the `feature_extractor` features of two sets of channels-last images."""
+    """The Fréchet distance between the `feature_extractor` features of two sets of channels-last images."""
     return frechet_distance_of_features(
-        extract_features(feature_extractor, images_to_tensors(predictions, "predictions"), batch_size, device),
-        extract_features(feature_extractor, images_to_tensors(references, "references"), batch_size, device),
+        *(extract_features(feature_extractor, images_to_tensors(images, name), batch_size, device)
+          for name, images in (("predictions", predictions), ("references", references)))  # fmt: skip
     )

@@ -1,13 +1,7 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
-"""The Inception-v3 of the TensorFlow FID, in plain torch, for rFID.
-
-FID scores are only comparable across papers when computed with the network of the original TensorFlow FID code
-(Heusel et al. 2017, `inception-2015-12-05`). Its PyTorch port, `pt_inception-2015-12-05-6726825d.pth` (the weights
-of pytorch-fid, torchmetrics and torch-fidelity), differs from torchvision's ImageNet Inception-v3: 1008 classes, and
-pooling that ignores the padding (`count_include_pad=False`) in the A, C and first E blocks, and a max pool in the
-last E block. `FIDInceptionV3` reproduces that network with torchvision's module names, so the file's state dict
-loads as is; nothing is downloaded: pass the file yourself.
-"""
+"""The Inception-v3 of the TensorFlow FID (`pt_inception-2015-12-05-6726825d.pth`, the weights of pytorch-fid,
+torchmetrics and torch-fidelity), in plain torch with torchvision's module names. It differs from torchvision's
+ImageNet Inception-v3: 1008 classes, average pools that ignore the padding, a max pool in the last block."""
 
 from __future__ import annotations
 
@@ -23,8 +17,6 @@ FID_WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fi
 
 
 class BasicConv2d(nn.Module):
-    """Convolution without bias -> BatchNorm (eps 1e-3) -> ReLU."""
-
     def __init__(self, in_channels: int, out_channels: int, **kwargs):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **kwargs)
@@ -113,8 +105,7 @@ class InceptionD(nn.Module):
 
 
 class FIDInceptionE(nn.Module):
-    """The E block; `pool="avg"` (padding not counted) for Mixed_7b, `pool="max"` for Mixed_7c, as in the FID
-    network (where the max pool of the last block is a quirk of the TensorFlow graph)."""
+    """The E block; `pool="avg"` for Mixed_7b, `pool="max"` for Mixed_7c (a quirk of the TensorFlow graph)."""
 
     def __init__(self, in_channels: int, pool: str):
         super().__init__()
@@ -142,11 +133,8 @@ class FIDInceptionE(nn.Module):
 
 
 class FIDInceptionV3(nn.Module):
-    """The FID Inception-v3 up to its 2048-d final average pool ("pool3"), the features of FID.
-
-    `forward(images)` takes (B, 3, H, W) RGB images with values in [0, 1], resizes them bilinearly to 299x299 and
-    maps them to [-1, 1], as pytorch-fid does, and returns (B, 2048) features. Build it with random weights (tests)
-    or load the standard weights with `FIDInceptionV3.from_weights_file(path)`."""
+    """The FID Inception-v3 up to its 2048-d final average pool: (B, 3, H, W) RGB images in [0, 1], resized
+    bilinearly to 299x299 as pytorch-fid does, -> (B, 2048) features."""
 
     input_size = 299
     num_features = 2048
@@ -188,10 +176,8 @@ class FIDInceptionV3(nn.Module):
 
     @classmethod
     def from_weights_file(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> "FIDInceptionV3":
-        """Load `pt_inception-2015-12-05-6726825d.pth` (or any file with its state dict: `.pth`/`.pt` read with
-        `torch.load(weights_only=True)`, never unpickling code; or `.safetensors`). The classifier (`fc.*`) and
-        BatchNorm `num_batches_tracked` entries are not needed and ignored; any other missing, unexpected or
-        mis-shaped weight is an error."""
+        """Load a state dict of the FID Inception (`.pth`/`.pt` with `torch.load(weights_only=True)`, or
+        `.safetensors`); its classifier `fc.*` is ignored."""
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(
@@ -205,19 +191,16 @@ class FIDInceptionV3(nn.Module):
                 state_dict = load_file(path)
             else:
                 state_dict = torch.load(path, map_location="cpu", weights_only=True)
+            if not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
+                raise TypeError("not a mapping of names to tensors")
         except Exception as error:
             raise ValueError(
                 f"Could not read Inception weights from {path!r} as a state dict ({type(error).__name__}: {error}). "
                 f"Expected {FID_WEIGHTS_FILENAME}: a plain state dict, loaded with `torch.load(weights_only=True)`."
             ) from error
-        if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-            raise ValueError(f"{path!r} does not hold a state dict (name -> tensor), got {type(state_dict).__name__}.")
-
         model = cls()
         expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-        given = {
-            k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked") and not k.startswith("fc.")
-        }
+        given = {k: v for k, v in state_dict.items() if not (k.endswith("num_batches_tracked") or k.startswith("fc."))}
         missing = sorted(set(expected) - set(given))
         unexpected = sorted(set(given) - set(expected))
         mismatched = sorted(k for k in set(given) & set(expected) if given[k].shape != expected[k].shape)

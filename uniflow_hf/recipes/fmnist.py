@@ -1,13 +1,9 @@
-"""UniFlow-FMNIST: the whole UniFlow recipe at small scale on Fashion-MNIST, runnable offline on a 2-core CPU.
+"""UniFlow-FMNIST, the shipped model's recipe: the UniFlow recipe at small scale on Fashion-MNIST, offline on a CPU.
 
-Stages (each a `uniflow-hf fmnist ...` command with fixed seeds):
-  a. `pretrain-encoder`: a small ViT of UniFlow's own encoder class trained as a Fashion-MNIST classifier, our stand-in
-     for a "well-pretrained visual encoder";
-  b. `adapt`: UniFlow adaptation of that encoder (frozen teacher copy, adaptive distillation β = 2, patch flow decoder)
-     with a 4×4×16 latent: 256 numbers, under a third of the 784 pixels of the grayscale image;
-  c. `train-generator`: the class-conditional latent generator on the adapted tokenizer's latents.
-
-Data: Debian's `dataset-fashion-mnist` (/usr/share/datasets/fashion-mnist, IDX files, MIT licence).
+Stages, each a `uniflow-hf fmnist ...` command with fixed seeds: a. `pretrain-encoder`, a small ViT of UniFlow's
+encoder class trained as a classifier (the "pretrained encoder"); b. `adapt`, UniFlow adaptation of it (frozen
+teacher, adaptive distillation, patch flow decoder) to a 4x4x16 latent; b'. `finetune-decoder`; c. `train-generator`,
+the class-conditional latent generator. Data: Debian's `dataset-fashion-mnist` (IDX files, MIT licence).
 """
 
 from __future__ import annotations
@@ -19,21 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...modeling import UniFlowImageProcessor
+from ..modeling import UniFlowImageProcessor
 
 
 FASHION_MNIST_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 FASHION_MNIST_LABELS = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"
 ]
 _FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -41,20 +28,14 @@ _FILES = {
 }
 
 # The UniFlow-FMNIST architecture: 28 px, patch 7 -> a 4x4 grid of tokens with 16 latent channels each.
-FMNIST_MODEL_CONFIG = dict(
-    image_size=28,
-    patch_size=7,
-    hidden_size=128,
-    intermediate_size=512,
-    num_hidden_layers=6,
-    num_attention_heads=4,
-    latent_channels=16,
-    num_global_blocks=2,
-    global_num_attention_heads=4,
-    num_flow_head_blocks=4,
-    flow_head_width=256,
-    num_sampling_steps=1,
+FMNIST_ENCODER_CONFIG = dict(
+    image_size=28, patch_size=7, hidden_size=128, intermediate_size=512, num_hidden_layers=6, num_attention_heads=4
 )
+FMNIST_DECODER_CONFIG = dict(
+    latent_channels=16, num_global_blocks=2, global_num_attention_heads=4, num_flow_head_blocks=4,
+    flow_head_width=256, num_sampling_steps=1,
+)
+FMNIST_MODEL_CONFIG = {**FMNIST_ENCODER_CONFIG, **FMNIST_DECODER_CONFIG}
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -74,7 +55,8 @@ def load_fashion_mnist_arrays(split: str, root: str | Path | None = None) -> tup
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(
-            f"Fashion-MNIST not found ({', '.join(missing)}). Install it with `apt-get install -y dataset-fashion-mnist` "
+            f"Fashion-MNIST not found ({', '.join(missing)}). Install it with "
+            "`apt-get install -y dataset-fashion-mnist` "
             "(Debian/Ubuntu), or point FASHION_MNIST_DIR at a folder with the four IDX .gz files."
         )
     images, labels = (_read_idx(p) for p in paths)
@@ -82,12 +64,10 @@ def load_fashion_mnist_arrays(split: str, root: str | Path | None = None) -> tup
 
 
 def load_fashion_mnist(root: str | Path | None = None, max_per_split: int | None = None):
-    """Fashion-MNIST as a `datasets.DatasetDict` with an `image` (PIL, grayscale) and a `label` (`ClassLabel`) column."""
+    """Fashion-MNIST as a `datasets.DatasetDict` with `image` (grayscale PIL) and `label` (`ClassLabel`) columns."""
     import datasets
 
-    features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=FASHION_MNIST_LABELS)}
-    )
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=FASHION_MNIST_LABELS)})
     splits = {}
     for split in _FILES:
         images, labels = load_fashion_mnist_arrays(split, root)
@@ -110,9 +90,9 @@ def fmnist_pixel_values(images: np.ndarray, processor=None, batch_size: int = 20
 
 
 class TensorImageDataset(torch.utils.data.Dataset):
-    """Pre-processed `pixel_values` (and optional `labels`) for the Trainer, with random horizontal flips in training."""
+    """Preprocessed `pixel_values` (and optional `labels`) for the Trainer, with seeded random horizontal flips."""
 
-    def __init__(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, flip: bool = False, seed: int = 0):
+    def __init__(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, flip: bool = False, seed=0):
         self.pixel_values, self.labels, self.flip = pixel_values, labels, flip
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -129,29 +109,6 @@ class TensorImageDataset(torch.utils.data.Dataset):
         return item
 
 
-def _training_arguments(output_dir: str, **overrides):
-    from transformers import TrainingArguments
-
-    defaults = dict(
-        output_dir=output_dir,
-        per_device_train_batch_size=128,
-        learning_rate=1e-3,
-        weight_decay=0.05,
-        warmup_steps=0.05,  # a fraction of the run
-        lr_scheduler_type="cosine",
-        logging_steps=50,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        seed=0,
-        data_seed=0,
-        disable_tqdm=False,
-    )
-    defaults.update(overrides)
-    return TrainingArguments(**defaults)
-
-
 @torch.no_grad()
 def classification_accuracy(model, pixel_values: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
     model.eval()
@@ -166,7 +123,7 @@ def pretrain_encoder(output_dir: str, epochs: float = 2.0, max_train: int | None
     """Stage a: train `UniFlowForImageClassification` from scratch on Fashion-MNIST; saves it with its test accuracy."""
     from transformers import set_seed
 
-    from ...modeling import UniFlowConfig, UniFlowForImageClassification
+    from ..modeling import UniFlowConfig, UniFlowForImageClassification
 
     set_seed(seed)
     config = UniFlowConfig(
@@ -185,36 +142,24 @@ def pretrain_encoder(output_dir: str, epochs: float = 2.0, max_train: int | None
 
 
 def adapt_tokenizer(
-    encoder_dir: str,
-    output_dir: str,
-    epochs: float = 1.0,
-    max_train: int | None = None,
-    seed: int = 0,
-    distillation_mode: str = "adaptive",
-    freeze_encoder: bool = False,
-    init_tokenizer: str | None = None,
-    config_overrides: dict | None = None,
-    **train_kwargs,
+    encoder_dir: str, output_dir: str, epochs: float = 1.0, max_train: int | None = None, seed: int = 0,
+    distillation_mode: str = "adaptive", freeze_encoder: bool = False, init_tokenizer: str | None = None,
+    config_overrides: dict | None = None, **train_kwargs,
 ):
-    """Stage b: UniFlow adaptation of the pretrained encoder (distillation against its frozen copy + patch flow loss).
-    `init_tokenizer` continues from an adapted tokenizer, still distilling against the pretrained encoder.
-    `config_overrides` sets training fields of the tokenizer's config (e.g. `flow_timestep_logit_mean`)."""
+    """Stage b: UniFlow adaptation of the pretrained encoder (distillation against its frozen copy + patch flow loss),
+    or of the adapted tokenizer `init_tokenizer`. `config_overrides` sets training fields of the tokenizer's config."""
     from transformers import set_seed
 
-    from ...modeling import UniFlowForImageClassification, UniFlowModel
+    from ..modeling import UniFlowForImageClassification, UniFlowModel
 
     set_seed(seed)
     classifier = UniFlowForImageClassification.from_pretrained(encoder_dir, dtype=torch.float32)
-    decoder_fields = ("latent_channels", "num_global_blocks", "global_num_attention_heads", "num_flow_head_blocks",
-                      "flow_head_width", "num_sampling_steps")
     if init_tokenizer is not None:
         model = UniFlowModel.from_pretrained(init_tokenizer, dtype=torch.float32)
         model.config.distillation_mode, model.config.freeze_encoder = distillation_mode, freeze_encoder
     else:
         model = UniFlowModel.from_encoder(
-            classifier.vision_model,
-            **{k: FMNIST_MODEL_CONFIG[k] for k in decoder_fields},
-            distillation_mode=distillation_mode,
+            classifier.vision_model, **FMNIST_DECODER_CONFIG, distillation_mode=distillation_mode,
             freeze_encoder=freeze_encoder,
         )
     _override_config(model.config, config_overrides)
@@ -231,20 +176,14 @@ def adapt_tokenizer(
 
 
 def finetune_decoder(
-    tokenizer_dir: str,
-    output_dir: str,
-    epochs: float = 1.0,
-    max_train: int | None = None,
-    seed: int = 0,
-    config_overrides: dict | None = None,
-    **train_kwargs,
+    tokenizer_dir: str, output_dir: str, epochs: float = 1.0, max_train: int | None = None, seed: int = 0,
+    config_overrides: dict | None = None, **train_kwargs,
 ):
-    """Stage b': train only the decoder (latent un-projection, global blocks, flow head) of an adapted tokenizer with
-    the flow loss. The encoder and `latent_proj` stay frozen, so the latents, the encoder features (and a generator
-    trained on those latents) are unchanged; only the reconstruction gets better."""
+    """Stage b': train only the decoder of an adapted tokenizer with the flow loss; the encoder and `latent_proj` stay
+    frozen, so the latents (and a generator trained on them) are unchanged."""
     from transformers import set_seed
 
-    from ...modeling import UniFlowModel
+    from ..modeling import UniFlowModel
 
     set_seed(seed)
     model = UniFlowModel.from_pretrained(tokenizer_dir, dtype=torch.float32)
@@ -264,17 +203,21 @@ def finetune_decoder(
 def _train_on_fmnist(
     model, output_dir: str, epochs: float, max_train: int | None, seed: int, with_labels: bool = False, **train_kwargs
 ) -> None:
-    """Train `model` with the HF `Trainer` on the (randomly flipped) Fashion-MNIST training images (and their labels
-    for a classifier); `train_kwargs` override `_training_arguments`."""
-    from transformers import Trainer
+    """Train `model` with the HF `Trainer` on the randomly flipped training images (and labels for a classifier)."""
+    from transformers import Trainer, TrainingArguments
 
     train_images, train_labels = load_fashion_mnist_arrays("train")
     if max_train:
         train_images, train_labels = train_images[:max_train], train_labels[:max_train]
     labels = torch.from_numpy(train_labels) if with_labels else None
     train = TensorImageDataset(fmnist_pixel_values(train_images), labels, flip=True, seed=seed)
-    args = _training_arguments(output_dir, num_train_epochs=epochs, seed=seed, data_seed=seed, **train_kwargs)
-    Trainer(model=model, args=args, train_dataset=train).train()
+    args = dict(
+        output_dir=output_dir, num_train_epochs=epochs, per_device_train_batch_size=128, learning_rate=1e-3,
+        weight_decay=0.05, warmup_steps=0.05, lr_scheduler_type="cosine", logging_steps=50, save_strategy="no",
+        report_to=[], use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, seed=seed, data_seed=seed,
+        disable_tqdm=False,
+    )  # warmup_steps < 1: a fraction of the run
+    Trainer(model=model, args=TrainingArguments(**{**args, **train_kwargs}), train_dataset=train).train()
 
 
 def _save_with_processor(model, output_dir: str) -> None:
@@ -291,7 +234,6 @@ def _override_config(config, overrides: dict | None) -> None:
     config._validate()
 
 
-# --------------------------------------------------------------------------------------------------- evaluation
 def to_unit_range(pixel_values: torch.Tensor, processor=None) -> torch.Tensor:
     """Model-space (normalised) pixels -> [0, 1] grayscale (N, 28, 28): the mean of the three equal channels."""
     processor = processor or UniFlowImageProcessor.from_image_size(pixel_values.shape[-1])
@@ -303,9 +245,8 @@ def reconstruct_grayscale(
     tokenizer, pixel_values: torch.Tensor, batch_size: int = 500, seed: int = 0, num_inference_steps: int | None = None,
     latent_scale: float = 1.0,
 ) -> torch.Tensor:
-    """`tokenizer.reconstruct` over `pixel_values` in batches (one seeded generator), as [0, 1] grayscale images
-    (N, H, W); `num_inference_steps` of the decoder (`None`: the tokenizer's); the latents multiplied by
-    `latent_scale` before decoding (as a class-conditional pipeline's `decoder_latent_scale` does)."""
+    """The reconstructions of `pixel_values` (one seeded generator, the latents times `latent_scale` as a pipeline's
+    `decoder_latent_scale` does) as [0, 1] grayscale images (N, H, W)."""
     tokenizer.eval()
     generator = torch.Generator().manual_seed(seed)
     images = []
@@ -319,46 +260,6 @@ def reconstruct_grayscale(
     return torch.cat(images)
 
 
-def reconstruction_metrics(tokenizer, pixel_values: torch.Tensor, batch_size: int = 500, seed: int = 0) -> dict:
-    """PSNR and SSIM (data range 1, Gaussian-window SSIM of `uniflow_hf.metrics`) on the [0, 1] grayscale images of
-    `tokenizer.reconstruct` over `pixel_values`."""
-    from ...metrics import peak_signal_noise_ratio, structural_similarity
-
-    reconstruction = reconstruct_grayscale(tokenizer, pixel_values, batch_size, seed)[:, None]
-    reference = to_unit_range(pixel_values)[:, None]
-    return {
-        "psnr": peak_signal_noise_ratio(reconstruction, reference, data_range=1.0).mean().item(),
-        "ssim": structural_similarity(reconstruction, reference, data_range=1.0).mean().item(),
-    }
-
-
-@torch.no_grad()
-def encoder_features(vision_model, pixel_values: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Mean of the last layer's tokens (CLS and patches): the features a linear probe sees."""
-    vision_model.eval()
-    chunks = [
-        vision_model(pixel_values[s : s + batch_size], return_dict=True).last_hidden_state.mean(dim=1)
-        for s in range(0, len(pixel_values), batch_size)
-    ]
-    return torch.cat(chunks)
-
-
-def linear_probe_accuracy(train_x, train_y, test_x, test_y, epochs: int = 30, seed: int = 0) -> float:
-    """Accuracy of a linear classifier (standardised features, AdamW, full passes) trained on frozen features."""
-    torch.manual_seed(seed)
-    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    probe = torch.nn.Linear(train_x.shape[1], int(train_y.max()) + 1)
-    optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-2, weight_decay=1e-4)
-    for _ in range(epochs):
-        for index in torch.randperm(len(train_x)).split(1024):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(probe(train_x[index]), train_y[index]).backward()
-            optimizer.step()
-    with torch.no_grad():
-        return (probe(test_x).argmax(-1) == test_y).float().mean().item()
-
-
 # stage c's defaults (`uniflow-hf fmnist train-generator`): GeneratorTrainingArguments fields
 FMNIST_GENERATOR_DEFAULTS = dict(
     max_steps=7000, per_device_train_batch_size=128, learning_rate=5e-4, label_dropout=0.1, seed=0,
@@ -367,12 +268,10 @@ FMNIST_GENERATOR_DEFAULTS = dict(
 
 
 def train_fmnist_generator(tokenizer_dir: str, args, max_train: int | None = None):
-    """Stage c: the class-conditional latent generator on the adapted tokenizer's latents of the 60k training images
-    (or the first `max_train`), trained by `train_generator` with `args` (`GeneratorTrainingArguments`, the recipe's
-    values in `FMNIST_GENERATOR_DEFAULTS`) and saved with the tokenizer as one `UniFlowClassConditionalPipeline`
-    folder in `args.output_dir`."""
-    from ...generator_training import train_generator
-    from ...modeling import UniFlowModel
+    """Stage c: the class-conditional latent generator on the tokenizer's latents of the training images, trained by
+    `train_generator` with `args` (`GeneratorTrainingArguments`) and saved as a pipeline folder in `args.output_dir`."""
+    from ..generator_training import train_generator
+    from ..modeling import UniFlowModel
 
     tokenizer = UniFlowModel.from_pretrained(tokenizer_dir, dtype=torch.float32)
     dataset = load_fashion_mnist(max_per_split=max_train)["train"]
@@ -380,38 +279,3 @@ def train_fmnist_generator(tokenizer_dir: str, args, max_train: int | None = Non
     last = result.losses[-100:]
     print(f"generator: final loss {sum(last) / max(1, len(last)):.4f} -> {args.output_dir}")
     return result.pipeline
-
-
-class JudgeCNN(torch.nn.Module):
-    """A small CNN classifier of Fashion-MNIST, independent of UniFlow: the judge of generated samples."""
-
-    def __init__(self):
-        super().__init__()
-        self.features = torch.nn.Sequential(
-            torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Flatten(), torch.nn.Linear(64 * 7 * 7, 128), torch.nn.ReLU(),
-        )
-        self.classifier = torch.nn.Linear(128, 10)
-
-    def forward(self, x):
-        return self.classifier(self.features(x))
-
-
-def train_judge(images: torch.Tensor, labels: torch.Tensor, epochs: int = 3, seed: int = 0) -> JudgeCNN:
-    """`images` (N, 28, 28) in [0, 1]."""
-    torch.manual_seed(seed)
-    judge = JudgeCNN()
-    optimizer = torch.optim.Adam(judge.parameters(), lr=1e-3)
-    for _ in range(epochs):
-        for index in torch.randperm(len(images)).split(128):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(judge(images[index, None]), labels[index]).backward()
-            optimizer.step()
-    return judge.eval()
-
-
-@torch.no_grad()
-def judge_outputs(judge: JudgeCNN, images: torch.Tensor, batch_size: int = 1000):
-    features = torch.cat([judge.features(images[s : s + batch_size, None]) for s in range(0, len(images), batch_size)])
-    return features, judge.classifier(features).argmax(-1)
