@@ -18,7 +18,7 @@ from transformers.utils import logging
 
 from .io import last_complete_checkpoint
 from .modeling import UniFlowConfig, UniFlowImageProcessor, UniFlowModel
-from .modeling.loss_uniflow import process_rank_and_world_size, reduce_across_processes
+from .modeling.loss_uniflow import process_rank_and_world_size
 
 
 logger = logging.get_logger(__name__)
@@ -314,9 +314,7 @@ class UniFlowTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _mean_across_processes(self, values: torch.Tensor) -> torch.Tensor:
-        """The mean over the default `torch.distributed` group, the one the model averages the distillation's α over
-        (accelerate may count fewer processes, e.g. a CPU launch without `use_cpu`)."""
-        return reduce_across_processes(values.to(self.args.device)).cpu()
+        return self.accelerator.reduce(values.to(self.args.device), reduction="mean").cpu()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # training logs: every process emits them at the same step
