@@ -135,7 +135,8 @@ def log_worker(output_dir):
 
     trainer = UniFlowTrainer(model=build_model(), args=training_args(output_dir))
     rank = torch.distributed.get_rank()
-    trainer._train_parts.add({"flow_loss": torch.tensor(1.0 + rank), "distill_cos/layer_01": torch.tensor(0.5 * rank)})
+    parts = {"flow_loss": [torch.tensor(1.0 + rank)], "distill_cos/layer_01": [torch.tensor(0.5 * rank)]}
+    trainer._loss_parts[True] = parts
     trainer.log({"loss": 0.0})
     (output_dir / f"log{rank}.json").write_text(json.dumps(trainer.state.log_history[-1]))
     AcceleratorState._reset_state(reset_partial_state=True)  # the training below sets its own state up

@@ -57,13 +57,14 @@ class UniFlowImageTransform:
         crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
         flip_probability: float = 0.5,
     ):
-        if not (0 < crop_scale[0] <= crop_scale[1] <= 1 and 0 < crop_ratio[0] <= crop_ratio[1] and 0 <= flip_probability <= 1):
+        valid_crop = 0 < crop_scale[0] <= crop_scale[1] <= 1 and 0 < crop_ratio[0] <= crop_ratio[1]
+        if not (valid_crop and 0 <= flip_probability <= 1):
             raise ValueError(
                 "Need 0 < crop_scale[0] <= crop_scale[1] <= 1, 0 < crop_ratio[0] <= crop_ratio[1] and flip_probability "
                 f"in [0, 1]; got {crop_scale}, {crop_ratio} and {flip_probability}."
             )
         if augment and not processor.do_center_crop:
-            raise ValueError("Augmentation crops to the processor's `crop_size`: use a processor with `do_center_crop=True`.")
+            raise ValueError("Augmentation crops to the processor's `crop_size`: use one with `do_center_crop=True`.")
         self.processor = processor
         self.augment = augment
         self.crop_scale = crop_scale
@@ -76,7 +77,8 @@ class UniFlowImageTransform:
         rgb = self.processor(image, do_resize=False, do_center_crop=False, do_rescale=False, do_normalize=False)
         rgb = Image.fromarray(rgb.pixel_values[0].astype(np.uint8).transpose(1, 2, 0))  # any accepted input -> RGB
         size = self.processor.crop_size
-        crop = rgb.resize((size["width"], size["height"]), Image.BICUBIC, box=self.random_crop_box(*rgb.size, generator))
+        box = self.random_crop_box(*rgb.size, generator)
+        crop = rgb.resize((size["width"], size["height"]), Image.BICUBIC, box=box)
         if _uniform(generator, 0.0, 1.0) < self.flip_probability:
             crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
         return self.processor(crop, do_resize=False, return_tensors="pt").pixel_values[0]
@@ -130,7 +132,8 @@ class _UniFlowImages:
             )
         self.dataset = dataset
         self.image_column = image_column
-        self.transform = UniFlowImageTransform(processor or UniFlowImageProcessor.from_image_size(config.image_size), augment)
+        processor = processor or UniFlowImageProcessor.from_image_size(config.image_size)
+        self.transform = UniFlowImageTransform(processor, augment)
         size = self.transform.processor.crop_size
         if size["height"] % config.patch_size or size["width"] % config.patch_size:
             raise ValueError(
@@ -231,28 +234,6 @@ def loss_parts(outputs: Any) -> dict[str, torch.Tensor]:
     return parts
 
 
-class _RunningMeans:
-    """Sums of named scalar tensors since the last `pop`, kept on device (no synchronisation per step)."""
-
-    def __init__(self):
-        self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
-
-    def add(self, values: dict[str, torch.Tensor]) -> None:
-        for name, value in values.items():
-            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
-        self.count += 1
-
-    def pop(self, reduce) -> dict[str, float]:
-        """Means since the last call, averaged over processes by `reduce`, then reset."""
-        if not self.count:
-            return {}
-        names = sorted(self.sums)
-        means = reduce(torch.stack([self.sums[name] for name in names]) / self.count)
-        self.sums, self.count = {}, 0
-        return dict(zip(names, means.tolist()))
-
-
 class _DatasetEpochCallback(TrainerCallback):
     """Tells the training dataset the epoch that starts: accelerate forwards `set_epoch` to the dataset only for some
     samplers (not the sharded one of multi-process runs)."""
@@ -272,8 +253,7 @@ class UniFlowTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.label_names = ["draw_key"]  # what the loss needs besides the inputs: kept in batches, evaluated with
-        self._train_parts = _RunningMeans()
-        self._eval_parts = _RunningMeans()
+        self._loss_parts = {True: {}, False: {}}  # training and evaluation: name -> values since the last log
         self.add_callback(_DatasetEpochCallback())
         if self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0:
             logger.warning(
@@ -310,21 +290,29 @@ class UniFlowTrainer(Trainer):
         draw_keys = inputs.pop("draw_key", None)
         inputs.update(generator=flow_loss_generators(draw_keys) if draw_keys is not None else None, return_loss=True)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        (self._train_parts if model.training else self._eval_parts).add(loss_parts(outputs))
+        for name, value in loss_parts(outputs).items():
+            self._loss_parts[model.training].setdefault(name, []).append(value)
         return (loss, outputs) if return_outputs else loss
 
-    def _mean_across_processes(self, values: torch.Tensor) -> torch.Tensor:
-        return self.accelerator.reduce(values.to(self.args.device), reduction="mean").cpu()
+    def _pop_loss_parts(self, training: bool) -> dict[str, float]:
+        """The means of the training or evaluation loss parts since the last call, over steps and processes."""
+        parts = self._loss_parts[training]
+        if not parts:
+            return {}
+        names = sorted(parts)
+        means = torch.stack([torch.stack(parts[name]).mean() for name in names]).to(self.args.device)
+        parts.clear()
+        return dict(zip(names, self.accelerator.reduce(means, reduction="mean").tolist()))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # training logs: every process emits them at the same step
-            logs.update(self._train_parts.pop(self._mean_across_processes))
+            logs.update(self._pop_loss_parts(training=True))
         super().log(logs, start_time)
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
-        self._eval_parts = _RunningMeans()
-        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        for name, value in self._eval_parts.pop(self._mean_across_processes).items():
+    def evaluation_loop(self, *args, metric_key_prefix: str = "eval", **kwargs):
+        self._loss_parts[False].clear()
+        output = super().evaluation_loop(*args, metric_key_prefix=metric_key_prefix, **kwargs)
+        for name, value in self._pop_loss_parts(training=False).items():
             output.metrics[f"{metric_key_prefix}_{name}"] = value
         return output
 
@@ -378,12 +366,12 @@ def lora_target_modules(model: UniFlowModel, targets: str = "both") -> str:
     return "|".join(f"(?:{pattern})" for pattern in patterns)
 
 
-def lora_config_for(model: UniFlowModel, targets: str = "both", r: int = 8, lora_alpha: int | None = None, **lora_kwargs):
+def lora_config_for(model: UniFlowModel, targets: str = "both", r: int = 8, lora_alpha: int | None = None, **kwargs):
     """A `peft.LoraConfig` of rank `r` (`lora_alpha` = 2r by default) on `lora_target_modules(model, targets)`."""
     from peft import LoraConfig
 
     alpha = 2 * r if lora_alpha is None else lora_alpha
-    return LoraConfig(r=r, lora_alpha=alpha, target_modules=lora_target_modules(model, targets), **lora_kwargs)
+    return LoraConfig(r=r, lora_alpha=alpha, target_modules=lora_target_modules(model, targets), **kwargs)
 
 
 def apply_lora(model: UniFlowModel, targets: str = "both", r: int = 8, lora_alpha: int | None = None, **lora_kwargs):
@@ -497,7 +485,8 @@ def prepare_training_arguments(training_args: TrainingArguments) -> TrainingArgu
 # ----------------------------------------------------------------------------------------------- entry point
 def _check_precision(training_args: TrainingArguments) -> None:
     """Refuse half precision on CPU (set by --bf16/--fp16 or by accelerate's ACCELERATE_MIXED_PRECISION)."""
-    half = training_args.bf16 or training_args.fp16 or getattr(training_args, "mixed_precision", "no") in ("bf16", "fp16")
+    accelerate_half = getattr(training_args, "mixed_precision", "no") in ("bf16", "fp16")
+    half = training_args.bf16 or training_args.fp16 or accelerate_half
     if half and training_args.device.type == "cpu":
         raise ValueError(
             "bf16/fp16 mixed precision is not supported for UniFlow training on CPU: train in float32 (drop "
@@ -594,25 +583,3 @@ def save_final_model(trainer) -> None:
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model()
 
-
-__all__ = [
-    "LORA_TARGETS",
-    "UniFlowImageTransform",
-    "UniFlowIterableTrainingDataset",
-    "UniFlowTrainer",
-    "UniFlowTrainingDataset",
-    "apply_lora",
-    "check_cpu_launch",
-    "check_training_numbers",
-    "close_process_group",
-    "cpu_processes_need_use_cpu",
-    "flow_loss_generators",
-    "lora_config_for",
-    "lora_target_modules",
-    "loss_parts",
-    "prepare_training_arguments",
-    "sample_generator",
-    "save_final_model",
-    "shard_across_cpu_processes",
-    "train_tokenizer",
-]
