@@ -252,7 +252,7 @@ class UniFlowTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.label_names = ["draw_key"]  # what the loss needs besides the inputs: kept in batches, evaluated with
+        self.label_names = ["draw_key"]  # the loss's labels: the Trainer keeps them in batches and evaluates the loss
         self._loss_parts = {True: {}, False: {}}  # training and evaluation: name -> values since the last log
         self.add_callback(_DatasetEpochCallback())
         if self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0:
@@ -262,8 +262,9 @@ class UniFlowTrainer(Trainer):
             )
 
     def get_train_dataloader(self):
-        """For a stream, which splits itself between processes (keeping each sample's key), a dataloader that
-        accelerate neither splits again nor feeds from the main process."""
+        """For a stream, which splits itself between processes (each sample keeping its position in the whole stream
+        as key), a dataloader that accelerate neither splits again nor feeds from the main process: accelerate's own
+        split shards only a `datasets.IterableDataset`, else each process reads the whole stream."""
         if not isinstance(self.train_dataset, UniFlowIterableTrainingDataset):
             return super().get_train_dataloader()
         from accelerate.data_loader import prepare_data_loader
