@@ -982,9 +982,9 @@ class UniFlowModel(UniFlowPreTrainedModel):
         noise: torch.Tensor | None = None,
         timesteps: torch.Tensor | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        return_loss: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        return_loss: bool | None = None,
         **kwargs,
     ) -> UniFlowModelOutput | tuple:
         """The latents of `pixel_values` and their reconstruction; with `return_loss` (default: when `timesteps` are
@@ -1012,7 +1012,8 @@ class UniFlowModel(UniFlowPreTrainedModel):
                 pixel_values, output_hidden_states=distill or bool(output_hidden_states)
             )
         latents = self.latent_proj(features)
-        output = UniFlowModelOutput(latents=latents, encoder_hidden_states=hidden_states if output_hidden_states else None)
+        encoder_hidden_states = hidden_states if output_hidden_states else None
+        output = UniFlowModelOutput(latents=latents, encoder_hidden_states=encoder_hidden_states)
         if not compute_loss:
             with torch.no_grad():
                 output.reconstruction = self._decode(latents, noise, generator, None, *pixel_values.shape[-2:])

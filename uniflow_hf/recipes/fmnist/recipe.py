@@ -268,13 +268,15 @@ def _train_on_fmnist(
     for a classifier); `train_kwargs` override `_training_arguments`."""
     from transformers import Trainer
 
+    from ...training import UniFlowTrainer
+
     train_images, train_labels = load_fashion_mnist_arrays("train")
     if max_train:
         train_images, train_labels = train_images[:max_train], train_labels[:max_train]
     labels = torch.from_numpy(train_labels) if with_labels else None
     train = TensorImageDataset(fmnist_pixel_values(train_images), labels, flip=True, seed=seed)
     args = _training_arguments(output_dir, num_train_epochs=epochs, seed=seed, data_seed=seed, **train_kwargs)
-    Trainer(model=model, args=args, train_dataset=train).train()
+    (Trainer if with_labels else UniFlowTrainer)(model=model, args=args, train_dataset=train).train()
 
 
 def _save_with_processor(model, output_dir: str) -> None:
