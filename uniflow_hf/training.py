@@ -24,7 +24,7 @@ from .modeling.loss_uniflow import process_rank_and_world_size
 logger = logging.get_logger(__name__)
 
 LORA_TARGETS = ("encoder", "decoder", "both")
-FLOW_LOSS_STREAM = 1  # the last key of a sample's flow-loss draws, apart from its augmentation's
+FLOW_LOSS_STREAM = 3  # the last key of a sample's flow-loss draws (its augmentation's keys end at the sample index)
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -36,7 +36,8 @@ def sample_generator(seed: int, *keys: int) -> torch.Generator:
 
 
 def flow_loss_generators(draw_keys: torch.Tensor) -> list[torch.Generator]:
-    """One generator per image for its flow loss's noise and times, from its `draw_key` (seed, epoch, index)."""
+    """One generator per image for its flow loss's noise and times, keyed by its `draw_key` (seed, epoch, index) and
+    `FLOW_LOSS_STREAM`, apart from the stream that augmented the image."""
     return [sample_generator(*key, FLOW_LOSS_STREAM) for key in draw_keys.tolist()]
 
 
