@@ -3,8 +3,8 @@
 `torchrun --nproc_per_node 2` (gloo on CPU, per-device batch 2, `TrainingArguments` without `use_cpu`: a launch on a
 machine without an accelerator shards by itself) and one process (batch 4) train the same model on
 the same 4 images for 3 steps and must end with the same weights. That holds because every random draw of a
-sample (augmentation, flow noise, timesteps) is keyed by (seed, epoch, sample index) in `UniFlowTrainingDataset`
-(by the position in the stream in `UniFlowIterableTrainingDataset`, whose processes read their own part), the
+sample (augmentation in the dataset, flow noise and timesteps in the training step) is keyed by (seed, epoch, sample
+index) (by the position in the stream in `UniFlowIterableTrainingDataset`, whose processes read their own part), the
 distillation teacher is the same starting encoder in every process, the adaptive layer weights use α averaged
 over the processes, and `drop_path_rate` is 0. The student starts away from its teacher with a large β, so that
 per-process layer weights would visibly differ.
