@@ -9,6 +9,8 @@ Convention (UniFlow's, the reverse of diffusers' `FlowMatchEulerDiscreteSchedule
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -73,19 +75,19 @@ def sample_flow_times(
     device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """`num` training flow times t in (0, 1): logit-normal (`"lognormal"`), uniform, or logit-normal with a
-    `uniform_fraction` share of uniform times (`"fat_lognormal"`, the release's default)."""
+    `uniform_fraction` share of uniform times (`"fat_lognormal"`, the release's default); drawn on the generator's
+    device, returned on `device`."""
     if distribution not in TIMESTEP_DISTRIBUTIONS:
         raise ValueError(f"The flow timestep distribution must be one of {TIMESTEP_DISTRIBUTIONS}, got {distribution!r}.")
-    normal = randn((num,), generator, device)
-    t = torch.sigmoid(logit_mean + logit_std * normal)
+    draw_device = generator.device if generator is not None else device
+    t = torch.sigmoid(logit_mean + logit_std * torch.randn(num, generator=generator, device=draw_device))
     if distribution != "lognormal":
-        uniform = torch.rand((num,), generator=generator, device=normal.device)
+        uniform = torch.rand(num, generator=generator, device=draw_device)
         if distribution == "uniform":
             t = uniform
         else:
-            pick = torch.rand((num,), generator=generator, device=normal.device) < uniform_fraction
-            t = torch.where(pick, uniform, t)
-    return t
+            t = torch.where(torch.rand(num, generator=generator, device=draw_device) < uniform_fraction, uniform, t)
+    return t.to(device)
 
 
 def add_noise(
@@ -102,35 +104,32 @@ def velocity_target(data: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return data - noise
 
 
-def training_timesteps(
-    config, num: int, generator: torch.Generator | None = None, device: str | torch.device | None = None
-) -> torch.Tensor:
-    """`num` network timesteps (1000 * t) of a `UniFlowModel`'s flow loss, from its `config.flow_timestep_*`."""
+def draw_flow_training_inputs(
+    config,
+    batch_size: int,
+    num_tokens: int,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random draws of a `UniFlowModel`'s flow loss, as its config says: `noise` (batch, draws, tokens,
+    patch_dim), then network `timesteps` (batch, draws, tokens) from `config.flow_timestep_*`, draws =
+    `config.flow_samples_per_token`; from `generator`, or from each of a list of one generator per image."""
+    if isinstance(generator, list):
+        if len(generator) != batch_size:
+            raise ValueError(f"Got {len(generator)} generators for a batch of {batch_size} images: pass one per image.")
+        draws = [draw_flow_training_inputs(config, 1, num_tokens, one, device) for one in generator]
+        return torch.cat([noise for noise, _ in draws]), torch.cat([timesteps for _, timesteps in draws])
+    shape = (batch_size, config.flow_samples_per_token, num_tokens)
+    noise = randn((*shape, config.patch_dim), generator, device)
     t = sample_flow_times(
-        num,
+        math.prod(shape),
         config.flow_timestep_distribution,
         config.flow_timestep_logit_mean,
         config.flow_timestep_logit_std,
         generator=generator,
         device=device,
     )
-    return t * NUM_TRAIN_TIMESTEPS
-
-
-def draw_flow_training_inputs(
-    config,
-    batch_size: int,
-    num_tokens: int,
-    generator: torch.Generator | None = None,
-    device: str | torch.device | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The random draws of a `UniFlowModel`'s flow loss, as its config says: `noise` (batch, draws, tokens,
-    patch_dim), then network `timesteps` (batch, draws, tokens) (`training_timesteps`), from `generator`, with
-    draws = `config.flow_samples_per_token`."""
-    draws = config.flow_samples_per_token
-    noise = randn((batch_size, draws, num_tokens, config.patch_dim), generator, device)
-    timesteps = training_timesteps(config, batch_size * draws * num_tokens, generator, device)
-    return noise, timesteps.reshape(batch_size, draws, num_tokens)
+    return noise, NUM_TRAIN_TIMESTEPS * t.reshape(shape)
 
 
 __all__ = [
@@ -142,6 +141,5 @@ __all__ = [
     "randn",
     "sample_flow_times",
     "time_grid",
-    "training_timesteps",
     "velocity_target",
 ]

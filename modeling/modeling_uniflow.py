@@ -367,23 +367,7 @@ class UniFlowFlowHead(nn.Module):
 @dataclass
 class UniFlowModelOutput(ModelOutput):
     """
-    Output of `UniFlowModel.forward` at inference.
-
-    Args:
-        latents: (B, N, latent_channels) the latent tokens.
-        reconstruction: (B, C, H, W) the decoded image.
-        encoder_hidden_states: the encoder's hidden states (embeddings first) when asked.
-    """
-
-    latents: torch.FloatTensor | None = None
-    reconstruction: torch.FloatTensor | None = None
-    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-
-
-@dataclass
-class UniFlowTrainingOutput(ModelOutput):
-    """
-    Output of `UniFlowModel.forward` in training (`model.train()` or `return_loss=True`).
+    Output of `UniFlowModel.forward`: the losses when it computes them (`return_loss`), else the reconstruction.
 
     Args:
         loss: `flow_loss_weight · flow_loss + distillation_weight · distillation_loss`.
@@ -392,6 +376,7 @@ class UniFlowTrainingOutput(ModelOutput):
         distillation_weights: (L,) the layer weights w_l used.
         distillation_cosine: (L,) mean token cosine between student and teacher per layer.
         latents: (B, N, latent_channels) the latent tokens.
+        reconstruction: (B, C, H, W) the decoded image.
         encoder_hidden_states: the encoder's hidden states (embeddings first) when asked.
     """
 
@@ -401,7 +386,11 @@ class UniFlowTrainingOutput(ModelOutput):
     distillation_weights: torch.FloatTensor | None = None
     distillation_cosine: torch.FloatTensor | None = None
     latents: torch.FloatTensor | None = None
+    reconstruction: torch.FloatTensor | None = None
     encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+UniFlowTrainingOutput = UniFlowModelOutput  # the training output's former name
 
 
 # ----------------------------------------------------------------------------------------------------- models
@@ -966,55 +955,51 @@ class UniFlowModel(UniFlowPreTrainedModel):
         return self
 
     def _flow_loss_draws(self, noise, timesteps, batch_size: int, num_tokens: int, generator, device):
-        """The flow loss's `noise` (B, draws, N, C·p·p) and `timesteps` (B, draws, N): as given (any layout listed in
-        `forward`), or drawn from `generator` as `flow_matching.draw_flow_training_inputs` draws them."""
-        draws, patch_dim = self.config.flow_samples_per_token, self.config.patch_dim
-        if noise is None:
-            noise = flow_matching.randn((batch_size, draws, num_tokens, patch_dim), generator, device)
-        elif noise.numel() != batch_size * draws * num_tokens * patch_dim:
-            without_draws = f" or ({batch_size}, {num_tokens}, {patch_dim})" if draws == 1 else ""
+        """The flow loss's `noise` (B, draws, N, C·p·p) and `timesteps` (B, draws, N): as given, the missing ones
+        drawn from `generator` by `flow_matching.draw_flow_training_inputs`."""
+        if noise is None or timesteps is None:
+            drawn = flow_matching.draw_flow_training_inputs(self.config, batch_size, num_tokens, generator, device)
+            noise = drawn[0] if noise is None else noise
+            timesteps = drawn[1] if timesteps is None else timesteps
+        shape = (batch_size, self.config.flow_samples_per_token, num_tokens)
+        if noise.numel() != math.prod(shape) * self.config.patch_dim:
             raise ValueError(
-                f"`noise` must have shape ({batch_size}, {draws}, {num_tokens}, {patch_dim}) (batch, draws per token "
-                f"= config.flow_samples_per_token, tokens, pixel patch){without_draws}, got {tuple(noise.shape)}."
+                f"`noise` must have shape {(*shape, self.config.patch_dim)} (batch, draws per token = "
+                f"config.flow_samples_per_token, tokens, pixel patch), got {tuple(noise.shape)}."
             )
-        if timesteps is None:
-            timesteps = flow_matching.training_timesteps(self.config, batch_size * draws * num_tokens, generator, device)
-        elif timesteps.numel() == batch_size:  # one time per image, shared by its tokens and draws
-            timesteps = timesteps.reshape(batch_size, 1, 1).expand(batch_size, draws, num_tokens)
-        elif timesteps.numel() != batch_size * draws * num_tokens:
-            without_draws = f" or ({batch_size}, {num_tokens})" if draws == 1 else ""
+        if timesteps.numel() == batch_size:  # one time per image, shared by its tokens and draws
+            timesteps = timesteps.reshape(batch_size, 1, 1).expand(shape)
+        elif timesteps.numel() != math.prod(shape):
             raise ValueError(
-                f"`timesteps` must hold one network timestep (1000·t) per token and draw, shape ({batch_size}, "
-                f"{draws}, {num_tokens}){without_draws}, or one per image ({batch_size},); got shape "
-                f"{tuple(timesteps.shape)}."
+                f"`timesteps` must hold one network timestep (1000·t) per token and draw, shape {shape}, or one per "
+                f"image, shape ({batch_size},); got shape {tuple(timesteps.shape)}."
             )
-        noise = noise.reshape(batch_size, draws, num_tokens, patch_dim).to(device)
-        return noise, timesteps.reshape(batch_size, draws, num_tokens).to(device)
+        return noise.reshape(*shape, self.config.patch_dim).to(device), timesteps.reshape(shape).to(device)
 
     def forward(
         self,
         pixel_values: torch.Tensor,
         noise: torch.Tensor | None = None,
         timesteps: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         return_loss: bool | None = None,
         **kwargs,
-    ) -> UniFlowModelOutput | UniFlowTrainingOutput | tuple:
-        """Training (`model.train()`, or `return_loss=True`): the patch flow loss, plus the adaptive distillation
-        loss when a teacher is set (`enable_distillation()`), in `loss`. Otherwise: latents and the reconstruction.
+    ) -> UniFlowModelOutput | tuple:
+        """The latents of `pixel_values` and their reconstruction; with `return_loss` (default: when `timesteps` are
+        given), the training losses instead: the patch flow loss, plus the adaptive self-distillation loss when a
+        teacher is set (`enable_distillation()`; under `torch.distributed` in training, its layer weights use the
+        global batch, see `adaptive_distillation_loss`).
 
-        For the losses, `noise` (B, draws, N, C·p·p) and `timesteps` (network time 1000·t, (B, draws, N) one per
-        patch token and draw, or (B,) one per image), with draws = `config.flow_samples_per_token` (the draws axis may
-        be left out when it is 1), fix the flow's random draws; when not given they are drawn from `generator` as
-        `flow_matching.draw_flow_training_inputs` draws them (times from `config.flow_timestep_*`). In training
-        under `torch.distributed`, the adaptive layer weights use the discrepancies of the global batch (see
-        `adaptive_distillation_loss`). For inference, `noise` is the decoder's initial noise."""
+        The flow loss's draws are `noise` (B, draws, N, C·p·p) and network `timesteps` (1000·t; (B, draws, N), or
+        (B,) one per image), draws = `config.flow_samples_per_token`; those not given are drawn from `generator`
+        (one, or a list of one per image) by `flow_matching.draw_flow_training_inputs`. Without the losses, `noise`
+        (B, N, C·p·p) and `generator` are the decoder's."""
         kwargs.pop("labels", None)
         kwargs.pop("num_items_in_batch", None)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        compute_loss = self.training if return_loss is None else return_loss
+        compute_loss = timesteps is not None if return_loss is None else return_loss
         distill = (
             compute_loss
             and self.distillation_teacher is not None
@@ -1028,13 +1013,11 @@ class UniFlowModel(UniFlowPreTrainedModel):
             )
         latents = self.latent_proj(features)
         encoder_hidden_states = hidden_states if output_hidden_states else None
+        output = UniFlowModelOutput(latents=latents, encoder_hidden_states=encoder_hidden_states)
         if not compute_loss:
             with torch.no_grad():
-                reconstruction = self._decode(latents, noise, generator, None, *pixel_values.shape[-2:])
-            output = UniFlowModelOutput(latents, reconstruction, encoder_hidden_states)
+                output.reconstruction = self._decode(latents, noise, generator, None, *pixel_values.shape[-2:])
             return output if return_dict else output.to_tuple()
-
-        output = UniFlowTrainingOutput(latents=latents, encoder_hidden_states=encoder_hidden_states)
 
         batch_size, num_tokens = latents.shape[:2]
         draws = self.config.flow_samples_per_token  # several (noise, t) draws per token, as MAR's diffusion loss

@@ -101,7 +101,7 @@ def test_half_precision_weights(dtype, tmp_path):
         assert relative_error(images, reference.reconstruct(pixel_values, noise=noise, num_inference_steps=3)) < TOLERANCE[dtype]
 
     half.train().enable_distillation()
-    output = half(pixel_values, generator=torch.Generator("cuda").manual_seed(0))
+    output = half(pixel_values, generator=torch.Generator("cuda").manual_seed(0), return_loss=True)
     output.loss.backward()
     assert torch.isfinite(output.loss) and output.loss.dtype == torch.float32
     grads = [p.grad for p in half.parameters() if p.requires_grad]

@@ -3,8 +3,8 @@
 `torchrun --nproc_per_node 2` (gloo on CPU, per-device batch 2, `TrainingArguments` without `use_cpu`: a launch on a
 machine without an accelerator shards by itself) and one process (batch 4) train the same model on
 the same 4 images for 3 steps and must end with the same weights. That holds because every random draw of a
-sample (augmentation, flow noise, timesteps) is keyed by (seed, epoch, sample index) in `UniFlowTrainingDataset`
-(by the position in the stream in `UniFlowIterableTrainingDataset`, whose processes read their own part), the
+sample (augmentation in the dataset, flow noise and timesteps in the training step) is keyed by (seed, epoch, sample
+index) (by the position in the stream in `UniFlowIterableTrainingDataset`, whose processes read their own part), the
 distillation teacher is the same starting encoder in every process, the adaptive layer weights use α averaged
 over the processes, and `drop_path_rate` is 0. The student starts away from its teacher with a large β, so that
 per-process layer weights would visibly differ.
@@ -107,11 +107,9 @@ def test_two_processes_reach_the_weights_of_one(torchrun_output, tmp_path, data)
     assert steps[0]["distill_w/layer_03"] != steps[0]["distill_w/layer_01"] * 3
 
 
-def test_logs_average_over_the_group_the_model_reduces_over(torchrun_output):
-    """The logged loss parts are means over the default `torch.distributed` group, the group the model averages the
-    distillation's α over, even when accelerate counts fewer processes (here `use_cpu=False` on a machine without
-    GPUs: accelerate says 1 process while torchrun started 2; DeepSpeed without GPUs says 1 while summing over 2,
-    which doubled the logs). Each process adds its own values; both must log their mean."""
+def test_logs_average_over_the_processes(torchrun_output):
+    """The logged loss parts are means over the processes (Accelerate's reduction): each process adds its own
+    values; both must log their mean."""
     logs = [json.loads((torchrun_output / f"log{rank}.json").read_text()) for rank in range(2)]
     for log in logs:
         assert log["flow_loss"] == 1.5 and log["distill_cos/layer_01"] == 0.25 and log["loss"] == 0.0
@@ -135,13 +133,13 @@ def log_worker(output_dir):
 
     from uniflow_hf.training import UniFlowTrainer
 
-    torch.distributed.init_process_group("gloo")
+    trainer = UniFlowTrainer(model=build_model(), args=training_args(output_dir))
     rank = torch.distributed.get_rank()
-    trainer = UniFlowTrainer(model=build_model(), args=training_args(output_dir, use_cpu=False))
-    trainer._train_parts.add({"flow_loss": torch.tensor(1.0 + rank), "distill_cos/layer_01": torch.tensor(0.5 * rank)})
+    parts = {"flow_loss": [torch.tensor(1.0 + rank)], "distill_cos/layer_01": [torch.tensor(0.5 * rank)]}
+    trainer._loss_parts[True] = parts
     trainer.log({"loss": 0.0})
     (output_dir / f"log{rank}.json").write_text(json.dumps(trainer.state.log_history[-1]))
-    AcceleratorState._reset_state(reset_partial_state=True)  # the training below counts both processes
+    AcceleratorState._reset_state(reset_partial_state=True)  # the training below sets its own state up
 
 
 if __name__ == "__main__":  # one torchrun worker

@@ -95,7 +95,7 @@ def test_distillation_uses_the_layer_outputs(encoder_case):
             parameter.add_(0.05 * torch.randn_like(parameter))
     student_outputs, student_hooks = _layer_outputs(layers_of(model.vision_model))
     teacher_outputs, teacher_hooks = _layer_outputs(layers_of(model.distillation_teacher))
-    output = model(torch.randn(2, 3, 32, 32))
+    output = model(torch.randn(2, 3, 32, 32), return_loss=True)
     for hook in student_hooks + teacher_hooks:
         hook.remove()
 
@@ -163,9 +163,9 @@ def test_encoder_without_hidden_states():
     pixel_values = torch.randn(1, 3, 32, 32)
     model.enable_distillation()
     with pytest.raises(ValueError, match="returned no hidden states.*output_hidden_states=True"):
-        model(pixel_values)
+        model(pixel_values, return_loss=True)
     model.config.distillation_mode = "none"  # without distillation it trains on the flow loss alone
-    assert model(pixel_values).distillation_loss is None
+    assert model(pixel_values, return_loss=True).distillation_loss is None
 
 
 def test_from_encoder_bad_input():

@@ -150,7 +150,7 @@ def test_flow_loss_per_image_timesteps_and_bad_shapes(tiny_model):
     per_token = model(pixel_values, noise=noise, timesteps=torch.tensor([300.0, 700.0]).repeat_interleave(16)).flow_loss
     assert per_image.item() == pytest.approx(per_token.item(), rel=1e-6)
     with pytest.raises(ValueError, match="`noise` must have shape"):
-        model(pixel_values, noise=torch.randn(2, 15, 192))
+        model(pixel_values, noise=torch.randn(2, 15, 192), return_loss=True)
     with pytest.raises(ValueError, match="`timesteps` must hold"):
         model(pixel_values, timesteps=torch.rand(5))
 
@@ -169,7 +169,7 @@ def test_flow_loss_draws_times_from_the_configured_distribution(tmp_path, logit_
         for parameter in model.flow_head.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
     pixel_values, noise = torch.randn(2, 3, 32, 32), torch.randn(2, 16, 192)
-    drawn = model(pixel_values, noise=noise).flow_loss
+    drawn = model(pixel_values, noise=noise, return_loss=True).flow_loss
     explicit = model(pixel_values, noise=noise, timesteps=torch.full((2,), 1000 * t)).flow_loss
     other_end = model(pixel_values, noise=noise, timesteps=torch.full((2,), 1000 * (1 - t))).flow_loss
     assert drawn.item() == pytest.approx(explicit.item(), rel=1e-5)
@@ -228,7 +228,7 @@ def _distilling_model(**overrides):
 def test_adaptive_distillation_in_forward_matches_hand_computation():
     model = _distilling_model(distillation_beta=3.0)
     pixel_values = torch.randn(2, 3, 32, 32)
-    output = model(pixel_values)
+    output = model(pixel_values, return_loss=True)
     with torch.no_grad():
         student = model.vision_model(pixel_values, output_hidden_states=True).hidden_states[1:]
         teacher = model.distillation_teacher(pixel_values, output_hidden_states=True).hidden_states[1:]
@@ -239,21 +239,21 @@ def test_adaptive_distillation_in_forward_matches_hand_computation():
 
 
 def test_ablation_uniform_weights():
-    output = _distilling_model(distillation_mode="uniform")(torch.randn(2, 3, 32, 32))
+    output = _distilling_model(distillation_mode="uniform")(torch.randn(2, 3, 32, 32), return_loss=True)
     torch.testing.assert_close(output.distillation_weights, torch.full((3,), 1 / 3))
     assert output.distillation_loss.item() > 0
 
 
 def test_ablation_no_distillation():
     model = _distilling_model(distillation_mode="none")
-    output = model(torch.randn(2, 3, 32, 32))
+    output = model(torch.randn(2, 3, 32, 32), return_loss=True)
     assert output.distillation_loss is None and output.distillation_weights is None
     assert output.loss.item() == pytest.approx(output.flow_loss.item())
 
 
 def test_ablation_frozen_encoder():
     model = _distilling_model(freeze_encoder=True)
-    output = model(torch.randn(2, 3, 32, 32))
+    output = model(torch.randn(2, 3, 32, 32), return_loss=True)
     assert output.distillation_loss is None  # a frozen encoder is its own teacher
     output.loss.backward()
     assert all(p.grad is None for p in model.vision_model.parameters())

@@ -18,11 +18,14 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, Trainer, default_dat
 
 from uniflow_hf import UniFlowConfig, UniFlowImageProcessor, UniFlowModel
 from uniflow_hf.cli import main as cli_main
+from uniflow_hf.modeling.flow_matching import draw_flow_training_inputs
 from uniflow_hf.training import (
     UniFlowImageTransform,
     UniFlowIterableTrainingDataset,
+    UniFlowTrainer,
     UniFlowTrainingDataset,
     apply_lora,
+    flow_loss_generators,
     lora_target_modules,
     train_tokenizer,
 )
@@ -102,11 +105,20 @@ def test_ablations_through_train_tokenizer(tmp_path, ablation):
 
 
 def test_plain_hf_trainer_trains_it(tmp_path):
+    """The stock Trainer trains the model on batches that carry the flow loss's draws (a loss when they are given)."""
     model = tiny_model()
     model.enable_distillation()
     before = model.flow_head.final_layer.linear.weight.clone()
     dataset = UniFlowTrainingDataset(image_dataset(4), model.config)
-    trainer = Trainer(model=model, args=training_args(tmp_path, max_steps=1), train_dataset=dataset)
+
+    def collate(rows):
+        batch = default_data_collator(rows)
+        generators = flow_loss_generators(batch.pop("draw_key"))
+        noise, timesteps = draw_flow_training_inputs(model.config, len(rows), 16, generators)
+        return {**batch, "noise": noise, "timesteps": timesteps}
+
+    args = training_args(tmp_path, max_steps=1, remove_unused_columns=False)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate)
     trainer.train()
     assert logged(trainer, "loss")[1] > 0
     assert not torch.equal(before, model.flow_head.final_layer.linear.weight)
@@ -167,9 +179,10 @@ def test_stream_positions_and_errors():
     stream = UniFlowIterableTrainingDataset(image_dataset(3).to_iterable_dataset(), config, seed=5)
     items = list(stream)
     rows = UniFlowTrainingDataset(image_dataset(3), config, seed=5)
-    assert len(items) == 3 and all(torch.equal(items[i]["noise"], rows[i]["noise"]) for i in range(3))
+    assert len(items) == 3 and all(torch.equal(items[i]["draw_key"], rows[i]["draw_key"]) for i in range(3))
+    assert all(torch.equal(items[i]["pixel_values"], rows[i]["pixel_values"]) for i in range(3))
     stream.set_epoch(1)
-    assert not torch.equal(next(iter(stream))["noise"], items[0]["noise"])
+    assert next(iter(stream))["draw_key"].tolist() == [5, 1, 0]
     with pytest.raises(TypeError, match="wrap it with `UniFlowIterableTrainingDataset`"):
         UniFlowTrainingDataset(image_dataset(2).to_iterable_dataset(), config)
     with pytest.raises(TypeError, match="Expected a `datasets.IterableDataset`"):
@@ -282,16 +295,22 @@ def test_transform_augments_within_bounds():
 
 
 def test_dataset_draws_depend_on_seed_epoch_and_index_only():
-    dataset = UniFlowTrainingDataset(image_dataset(3), UniFlowConfig(**TINY_CONFIG), seed=5)
+    """An item is its augmented image and the key (seed, epoch, index) of its flow loss's draws, both from that key."""
+    config = UniFlowConfig(**TINY_CONFIG)
+    dataset = UniFlowTrainingDataset(image_dataset(3), config, seed=5)
     item = dataset[1]
-    assert item["pixel_values"].shape == (3, 32, 32) and item["noise"].shape == (16, 192) and item["timesteps"].shape == (16,)
-    assert ((item["timesteps"] >= 0) & (item["timesteps"] <= 1000)).all()
+    assert item.keys() == {"pixel_values", "draw_key"} and item["pixel_values"].shape == (3, 32, 32)
+    assert item["draw_key"].tolist() == [5, 0, 1]
     torch.manual_seed(99)  # the global RNG plays no part
     again = dataset[1]
     assert all(torch.equal(item[key], again[key]) for key in item)
-    assert not torch.equal(dataset[2]["noise"], item["noise"])
+    noise, timesteps = draw_flow_training_inputs(config, 1, 16, flow_loss_generators(item["draw_key"][None]))
+    assert noise.shape == (1, 1, 16, 192) and ((timesteps >= 0) & (timesteps <= 1000)).all()
+    assert torch.equal(draw_flow_training_inputs(config, 1, 16, flow_loss_generators(again["draw_key"][None]))[0], noise)
+    assert not torch.equal(dataset[2]["pixel_values"], item["pixel_values"])
     dataset.set_epoch(1)
-    assert not torch.equal(dataset[1]["noise"], item["noise"])
+    assert dataset[1]["draw_key"].tolist() == [5, 1, 1]
+    assert not torch.equal(dataset[1]["pixel_values"], item["pixel_values"])
 
 
 def test_bad_datasets_give_clear_errors(tmp_path):
@@ -484,9 +503,10 @@ def evaluate_reconstruction(model, dataset, teacher):
 
     wrapped = UniFlowTrainingDataset(dataset, model.config, augment=False, seed=0)
     batch = default_data_collator([wrapped[i] for i in range(len(wrapped))])
+    generators = flow_loss_generators(batch.pop("draw_key"))
     model.eval()
     with torch.no_grad():
-        flow_loss = model(**batch, return_loss=True).flow_loss.item()
+        flow_loss = model(**batch, generator=generators, return_loss=True).flow_loss.item()
         reconstruction = model.reconstruct(batch["pixel_values"], generator=torch.Generator().manual_seed(0), num_inference_steps=1)
         processor = wrapped.transform.processor
         psnr = peak_signal_noise_ratio(processor.postprocess(reconstruction, "pt"), processor.postprocess(batch["pixel_values"], "pt"))
@@ -539,26 +559,34 @@ def test_enable_distillation_with_an_explicit_teacher(tiny_config):
     assert adapted.distillation_teacher is not original.vision_model  # a frozen copy
 
 
-def test_training_draws_follow_the_model_config():
-    """The dataset draws the flow times the model's config asks for (issue 37: it used default settings, so a
+def trained_timesteps(tmp_path, **config):
+    """The flow times the flow head sees in one `UniFlowTrainer` loss on 40 images."""
+    model = tiny_model(**config)
+    dataset = UniFlowTrainingDataset(image_dataset(40), model.config, augment=False)
+    seen = []
+    model.flow_head.time_embed.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    trainer = UniFlowTrainer(model=model, args=training_args(tmp_path))
+    trainer.compute_loss(model, default_data_collator([dataset[i] for i in range(len(dataset))]))
+    return seen[0]
+
+
+def test_training_draws_follow_the_model_config(tmp_path):
+    """The training step draws the flow times the model's config asks for (issue 37: it used default settings, so a
     logit-normal at mean -2 trained at a median timestep near 500 instead of about 119)."""
-    config = UniFlowConfig(
-        **TINY_CONFIG, flow_timestep_distribution="lognormal", flow_timestep_logit_mean=-2.0, flow_timestep_logit_std=1.0
+    timesteps = trained_timesteps(
+        tmp_path, flow_timestep_distribution="lognormal", flow_timestep_logit_mean=-2.0, flow_timestep_logit_std=1.0
     )
-    dataset = UniFlowTrainingDataset(image_dataset(40), config, augment=False)
-    timesteps = torch.cat([dataset[i]["timesteps"] for i in range(len(dataset))])
     median = 1000 * torch.sigmoid(torch.tensor(-2.0))  # the logit-normal's median: 119.2
     assert abs(timesteps.median().item() - median.item()) < 25
-    uniform = UniFlowTrainingDataset(image_dataset(40), UniFlowConfig(**TINY_CONFIG, flow_timestep_distribution="uniform"))
-    uniform_t = torch.cat([uniform[i]["timesteps"] for i in range(len(uniform))])
+    uniform_t = trained_timesteps(tmp_path, flow_timestep_distribution="uniform")
     assert abs(uniform_t.mean().item() - 500) < 40 and uniform_t.min() < 50 and uniform_t.max() > 950
 
 
 def test_train_tokenizer_with_two_draws_per_token(tmp_path):
-    """`flow_samples_per_token=2`: the dataset draws (2, N, ...) per image and training runs (it crashed)."""
+    """`flow_samples_per_token=2`: the step draws (2, N, ...) per image and training runs (it crashed)."""
     model = tiny_model(flow_samples_per_token=2)
-    item = UniFlowTrainingDataset(image_dataset(1), model.config)[0]
-    assert item["noise"].shape == (2, 16, 192) and item["timesteps"].shape == (2, 16)
+    noise, timesteps = draw_flow_training_inputs(model.config, 3, 16, flow_loss_generators(torch.zeros(3, 3).long()))
+    assert noise.shape == (3, 2, 16, 192) and timesteps.shape == (3, 2, 16)
     before = model.flow_head.final_layer.linear.weight.clone()
     trainer = train_tokenizer(model, image_dataset(4), training_args(tmp_path, max_steps=2), save_model=False)
     assert all(loss > 0 for loss in logged(trainer, "loss").values())

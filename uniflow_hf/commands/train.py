@@ -1,59 +1,42 @@
 """`uniflow-hf train-tokenizer` and `uniflow-hf train-generator`: training with the Hugging Face Trainer.
 
-`train-tokenizer` trains (or LoRA fine-tunes) a UniFlow tokenizer, `train-generator` a class-conditional latent
-generator on a frozen tokenizer. Every `TrainingArguments` field is an option (`--learning_rate`, `--max_steps`,
-`--save_steps`, `--gradient_accumulation_steps`, `--bf16`, `--resume_from_checkpoint`, `--report_to`...; dashes work
-too), next to the command's own options. Multi-GPU / multi-node: launch the same command with `torchrun` or
-`accelerate launch` (see examples/README.md)."""
+Every `TrainingArguments` field is an option (`--learning_rate`, `--max_steps`, `--resume_from_checkpoint`...;
+dashes work too), next to the command's own. Multi-GPU / multi-node: launch the same command with `torchrun` or
+`accelerate launch` (examples/README.md)."""
 
 # No `from __future__ import annotations`: HfArgumentParser reads the dataclass field types at runtime.
 import argparse
 import json
 import os
 from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
 
 
 @dataclass
 class TrainTokenizerArguments:
     """Data and model options of `uniflow-hf train-tokenizer` (the rest are `TrainingArguments`)."""
 
-    dataset: str = field(
-        metadata={
-            "help": "an image folder (read with the `imagefolder` builder), a dataset saved with `save_to_disk`, or a "
-            "dataset name on the Hub"
-        }
-    )
-    image_column: str = field(default="image", metadata={"help": "the dataset column holding the images"})
-    train_split: str = field(default="train", metadata={"help": "split to train on when the dataset has several"})
-    eval_split: str | None = field(default=None, metadata={"help": "split to evaluate on (e.g. 'validation')"})
-    streaming: bool = field(
-        default=False,
-        metadata={
-            "help": "stream the training split (datasets' IterableDataset, split between processes) instead of "
-            "loading it; needs --max_steps"
-        },
-    )
-    init_from: str | None = field(
-        default=None, metadata={"help": "UniFlowModel folder to start from (ours or the official release format)"}
-    )
-    encoder: str | None = field(
+    dataset: str = _help("an image folder, a dataset saved with `save_to_disk`, or a dataset name on the Hub")
+    image_column: str = _help("the dataset column holding the images", default="image")
+    train_split: str = _help("split to train on when the dataset has several", default="train")
+    eval_split: str | None = _help("split to evaluate on (e.g. 'validation')", default=None)
+    streaming: bool = _help("stream the training split (split between processes); needs --max_steps", default=False)
+    init_from: str | None = _help("UniFlowModel folder to start from (ours or the official format)", default=None)
+    encoder: str | None = _help("a transformers vision encoder folder (CLIP, SigLIP...) to build around", default=None)
+    config: str | None = _help(
+        "UniFlowConfig fields as a JSON file or inline JSON: the whole model (from scratch), the decoder with "
+        "--encoder, or overrides (e.g. distillation_mode) with --init-from",
         default=None,
-        metadata={"help": "a transformers vision encoder folder (CLIP, SigLIP, DINOv2...) to build around (from_encoder)"},
     )
-    config: str | None = field(
-        default=None,
-        metadata={
-            "help": "UniFlowConfig fields as a JSON file or inline JSON: the whole model (training from scratch), the "
-            "decoder with --encoder, or overrides (e.g. distillation_mode) with --init-from"
-        },
-    )
-    no_distillation: bool = field(default=False, metadata={"help": "train without the self-distillation teacher"})
-    no_augmentation: bool = field(default=False, metadata={"help": "no random resized crop / horizontal flip"})
-    lora: str | None = field(
-        default=None, metadata={"help": "train LoRA adapters only, on the 'encoder', the 'decoder' or 'both'"}
-    )
-    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r"})
-    lora_alpha: int | None = field(default=None, metadata={"help": "LoRA alpha (default 2r)"})
+    no_distillation: bool = _help("train without the self-distillation teacher", default=False)
+    no_augmentation: bool = _help("no random resized crop / horizontal flip", default=False)
+    lora: str | None = _help("train LoRA adapters only, on the 'encoder', the 'decoder' or 'both'", default=None)
+    lora_rank: int = _help("LoRA rank r", default=8)
+    lora_alpha: int | None = _help("LoRA alpha (default 2r)", default=None)
 
 
 @dataclass
@@ -61,28 +44,21 @@ class TrainGeneratorArguments:
     """Where `uniflow-hf train-generator` finds the tokenizer and the images (the rest are
     `GeneratorTrainingArguments`)."""
 
-    tokenizer: str = field(metadata={"help": "UniFlow model folder (or a pipeline folder holding one)"})
-    dataset: str = field(
-        metadata={"help": "a labelled imagefolder directory (one sub-folder per class) or a `save_to_disk` dataset"}
-    )
-    train_split: str = field(default="train", metadata={"help": "split to train on when the dataset has several"})
+    tokenizer: str = _help("UniFlow model folder (or a pipeline folder holding one)")
+    dataset: str = _help("a labelled imagefolder directory (one sub-folder per class) or a `save_to_disk` dataset")
+    train_split: str = _help("split to train on when the dataset has several", default="train")
 
 
 @dataclass
 class TrainingRunArguments:
     """What every training command does with a used output folder and unreadable images."""
 
-    overwrite_output_dir: bool = field(
+    overwrite_output_dir: bool = _help(
+        "train into a non-empty --output-dir (its old checkpoints are removed); without it, or "
+        "--resume-from-checkpoint, such a folder is refused",
         default=False,
-        metadata={
-            "help": "train into a non-empty --output-dir (its old checkpoints are removed); without it, or "
-            "--resume-from-checkpoint, such a folder is refused"
-        },
     )
-    skip_unreadable: bool = field(
-        default=False,
-        metadata={"help": "train without the images that cannot be read (listed by name) instead of refusing to start"},
-    )
+    skip_unreadable: bool = _help("train without the images that cannot be read (listed by name)", default=False)
 
 
 def _tokenizer_argument_types():
@@ -101,42 +77,33 @@ def add_training_command(subparsers, name: str, argument_types, func, **kwargs):
     """A sub-command whose options are the fields of the dataclasses `argument_types()` (HfArgumentParser)."""
     from transformers import HfArgumentParser
 
-    parser = subparsers.add_parser(
-        name,
-        parents=[HfArgumentParser(argument_types(), add_help=False)],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        **kwargs,
-    )
+    parents = [HfArgumentParser(argument_types(), add_help=False)]
+    formatter_class = argparse.RawDescriptionHelpFormatter
+    parser = subparsers.add_parser(name, parents=parents, formatter_class=formatter_class, **kwargs)
     parser.set_defaults(func=func, argument_types=argument_types)
     return parser
 
 
 def register(subparsers) -> None:
-    add_training_command(
-        subparsers, "train-tokenizer", _tokenizer_argument_types, run_train_tokenizer, description=__doc__
-    )
-    add_training_command(
-        subparsers, "train-generator", _generator_argument_types, run_train_generator, description=__doc__
-    )
+    for name, argument_types, func in (
+        ("train-tokenizer", _tokenizer_argument_types, run_train_tokenizer),
+        ("train-generator", _generator_argument_types, run_train_generator),
+    ):
+        add_training_command(subparsers, name, argument_types, func, description=__doc__)
 
 
 def parse_arguments(args: argparse.Namespace):
-    """The parsed options as instances of the command's dataclasses (e.g. TrainTokenizerArguments,
-    TrainingRunArguments and TrainingArguments)."""
+    """The parsed options as instances of the command's dataclasses."""
     argument_types = args.argument_types()
     names = {option.name for argument_type in argument_types for option in fields(argument_type)}
-    values = {key: value for key, value in vars(args).items() if key in names}  # not the sub-command's own keys
-    return parse_training_options(argument_types, values)
+    return parse_training_options(argument_types, {key: value for key, value in vars(args).items() if key in names})
 
 
 def parse_training_options(argument_types, values: dict):
-    """`HfArgumentParser(argument_types).parse_dict(values)` for a training command (the `TrainingArguments` type
-    last, `TrainingRunArguments` among the others), with every check that needs no work done first: the output
-    folder (writable; empty unless resuming or overwriting), the launch (on a machine without an accelerator
-    several processes get `use_cpu`, so that they shard; DeepSpeed and `accelerate launch --cpu --num_processes N`
-    are refused) and the step and batch numbers. Every process checks the folder before the processes meet (in
-    `TrainingArguments`), so none sees what another already wrote. With `--overwrite-output-dir` the main process
-    then removes the earlier run's checkpoints."""
+    """`HfArgumentParser(argument_types).parse_dict(values)` (`TrainingArguments` last) after the checks that need no
+    work: the output folder (checked by every process before they meet), the launch (several CPU processes get
+    `use_cpu`) and the step and batch numbers; with `--overwrite-output-dir` the main process then removes the
+    earlier run's checkpoints."""
     from transformers import HfArgumentParser
 
     from ..io import check_training_output_dir, remove_checkpoints
@@ -151,10 +118,9 @@ def parse_training_options(argument_types, values: dict):
     if cpu_processes_need_use_cpu():
         values = {**values, "use_cpu": True}
     parsed = HfArgumentParser(argument_types).parse_dict(values)
-    training_args = parsed[-1]
-    check_training_numbers(training_args)
-    if overwrite and not resume and training_args.process_index == 0:
-        remove_checkpoints(training_args.output_dir)
+    check_training_numbers(parsed[-1])
+    if overwrite and not resume and parsed[-1].process_index == 0:
+        remove_checkpoints(parsed[-1].output_dir)
     return parsed
 
 
@@ -162,14 +128,10 @@ def read_json_argument(value: str | None) -> dict:
     """`--config`: a JSON file or an inline JSON object."""
     if value is None:
         return {}
-    text = value
-    if os.path.isfile(value):
-        with open(value, encoding="utf-8") as file:
-            text = file.read()
-    elif not value.lstrip().startswith("{"):
+    if not os.path.isfile(value) and not value.lstrip().startswith("{"):
         raise FileNotFoundError(f"--config {value!r} is neither a JSON file nor an inline JSON object.")
     try:
-        config = json.loads(text)
+        config = json.loads(Path(value).read_text(encoding="utf-8") if os.path.isfile(value) else value)
     except json.JSONDecodeError as error:
         raise ValueError(f"--config is not valid JSON: {error}") from error
     if not isinstance(config, dict):
@@ -207,14 +169,15 @@ def build_model(script_args: TrainTokenizerArguments, seed: int):
 
 
 def resume_argument(value: str | None) -> str | bool | None:
-    """`--resume-from-checkpoint`: a checkpoint folder, or true / latest for the last completely written one in
-    --output-dir (`io.last_complete_checkpoint`)."""
-    if value is not None and value.lower() in ("true", "latest", "last"):
-        return True
-    if value is not None and value.lower() == "false":
+    """`--resume-from-checkpoint`: a checkpoint folder, or true / latest for the last complete one in --output-dir."""
+    if value is None or value.lower() == "false":
         return None
-    if value is not None and not os.path.isdir(value):
-        raise FileNotFoundError(f"--resume-from-checkpoint {value!r} is not a checkpoint folder (or 'true' for the latest).")
+    if value.lower() in ("true", "latest", "last"):
+        return True
+    if not os.path.isdir(value):
+        raise FileNotFoundError(
+            f"--resume-from-checkpoint {value!r} is not a checkpoint folder (or 'true' for the latest)."
+        )
     return value
 
 
@@ -275,17 +238,3 @@ def run_train_generator(args: argparse.Namespace) -> int:
         print(f"Saved the UniFlowClassConditionalPipeline to {training_args.output_dir}")
     close_process_group()
     return 0
-
-
-__all__ = [
-    "TrainGeneratorArguments",
-    "TrainTokenizerArguments",
-    "TrainingRunArguments",
-    "add_training_command",
-    "build_model",
-    "parse_arguments",
-    "parse_training_options",
-    "register",
-    "run_train_generator",
-    "run_train_tokenizer",
-]

@@ -206,6 +206,8 @@ def _train_on_fmnist(
     """Train `model` with the HF `Trainer` on the randomly flipped training images (and labels for a classifier)."""
     from transformers import Trainer, TrainingArguments
 
+    from ..training import UniFlowTrainer
+
     train_images, train_labels = load_fashion_mnist_arrays("train")
     if max_train:
         train_images, train_labels = train_images[:max_train], train_labels[:max_train]
@@ -217,7 +219,8 @@ def _train_on_fmnist(
         report_to=[], use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, seed=seed, data_seed=seed,
         disable_tqdm=False,
     )  # warmup_steps < 1: a fraction of the run
-    Trainer(model=model, args=TrainingArguments(**{**args, **train_kwargs}), train_dataset=train).train()
+    trainer_class = Trainer if with_labels else UniFlowTrainer
+    trainer_class(model=model, args=TrainingArguments(**{**args, **train_kwargs}), train_dataset=train).train()
 
 
 def _save_with_processor(model, output_dir: str) -> None:
