@@ -121,7 +121,7 @@ def test_attach_guide_command(class_conditional_pipeline, tmp_path, capsys):
             "--autoguidance-scale", "2", "--autoguidance-interval", "0.5", "1"]
     assert cli_main([*argv, "--output-dir", str(tmp_path / "guided")]) == 0
     guided = UniFlowClassConditionalPipeline.from_pretrained(tmp_path / "guided")
-    assert guided.default_autoguidance_scale == 2.0 and guided.default_autoguidance_interval == [0.5, 1.0]
+    assert guided.sampling_setting("autoguidance_scale") == 2.0 and guided.sampling_setting("autoguidance_interval") == [0.5, 1.0]
     assert torch.equal(guided.guide_transformer.pos_embed.proj.weight, guide.transformer.pos_embed.proj.weight)
     assert torch.equal(guided.transformer.pos_embed.proj.weight, pipeline.transformer.pos_embed.proj.weight)
 

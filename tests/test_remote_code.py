@@ -212,7 +212,7 @@ def remote_code_folders(tmp_path_factory):
         id2label=ID2LABEL, image_processor=processor,
     )
     generation.save_pretrained(folders["generation"])
-    reconstruction = UniFlowReconstructionPipeline(tokenizer, UniFlowFlowMatchScheduler(), image_processor=processor)
+    reconstruction = UniFlowReconstructionPipeline(tokenizer, image_processor=processor)
     reconstruction.save_pretrained(folders["reconstruction"])
 
     encoder = UniFlowVisionModel.from_pretrained(folders["tokenizer"]).eval()
