@@ -32,35 +32,24 @@ def is_number(value) -> bool:
 
 
 def is_flow_time_interval(value) -> bool:
-    return (
-        isinstance(value, Sequence)
-        and not isinstance(value, str)
-        and len(value) == 2
-        and all(is_number(v) for v in value)
-        and 0 <= value[0] <= value[1] <= 1
-    )
+    pair = isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2
+    return pair and all(is_number(v) for v in value) and 0 <= value[0] <= value[1] <= 1
 
 
-FLOW_TIME_INTERVAL = "a pair (t_start, t_end) of flow times with 0 <= t_start <= t_end <= 1 (0 = noise, 1 = data)"
+INTERVAL = "a pair (t_start, t_end) of flow times with 0 <= t_start <= t_end <= 1 (0 = noise, 1 = data)"
 
 # The sampling settings that a pipeline registers as the defaults of the same `__call__` arguments: name -> (the
 # value used when neither the call nor the pipeline's config sets it, what is accepted, the check of a value).
 SAMPLING_SETTINGS = {
-    "decoder_num_inference_steps": (
-        None,  # the tokenizer's `num_sampling_steps`
-        "a positive integer",
-        lambda value: isinstance(value, int) and not isinstance(value, bool) and value > 0,
+    "decoder_num_inference_steps": (  # by default the tokenizer's `num_sampling_steps`
+        None, "a positive integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0
     ),
-    "guidance_scale": (1.5, "a number >= 0 (1 = no guidance)", lambda value: is_number(value) and value >= 0),
-    "guidance_interval": ([0.0, 1.0], FLOW_TIME_INTERVAL, is_flow_time_interval),
-    "guidance_rescale": (
-        0.0, "a number in [0, 1] (0 = no rescaling)", lambda value: is_number(value) and 0 <= value <= 1
-    ),
-    "autoguidance_scale": (1.0, "a number >= 0 (1 = no autoguidance)", lambda value: is_number(value) and value >= 0),
-    "autoguidance_interval": ([0.0, 1.0], FLOW_TIME_INTERVAL, is_flow_time_interval),
-    "decoder_latent_scale": (
-        1.0, "a number > 0 (1 = the latents decoded as generated)", lambda value: is_number(value) and value > 0
-    ),
+    "guidance_scale": (1.5, "a number >= 0 (1 = no guidance)", lambda v: is_number(v) and v >= 0),
+    "guidance_interval": ([0.0, 1.0], INTERVAL, is_flow_time_interval),
+    "guidance_rescale": (0.0, "a number in [0, 1] (0 = no rescaling)", lambda v: is_number(v) and 0 <= v <= 1),
+    "autoguidance_scale": (1.0, "a number >= 0 (1 = no autoguidance)", lambda v: is_number(v) and v >= 0),
+    "autoguidance_interval": ([0.0, 1.0], INTERVAL, is_flow_time_interval),
+    "decoder_latent_scale": (1.0, "a number > 0 (1 = decoded as generated)", lambda v: is_number(v) and v > 0),
 }
 
 
@@ -79,14 +68,11 @@ def check_sampling_setting(name: str, value):
 
 class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
     r"""
-    Class-conditional generation with a UniFlow tokenizer: a [`DiTTransformer2DModel`] predicts the velocity of a
-    rectified flow over the tokenizer's latent grid (t = 0 noise -> t = 1 data, stepped by `scheduler`), with
-    classifier-free guidance and, given a `guide_transformer`, autoguidance; the tokenizer's pixel flow decoder
-    ([`UniFlowModel.decode`], the decoder's one sampler) turns the de-normalised latents into images.
-
-    The transformer follows diffusers' DiT convention: `num_embeds_ada_norm` classes, the id `num_embeds_ada_norm`
-    being the null class of classifier-free guidance; its `sample_size` is the tokenizer's latent grid size and
-    `in_channels` = `out_channels` = the tokenizer's `latent_channels` (velocity prediction).
+    Class-conditional generation with a UniFlow tokenizer: a [`DiTTransformer2DModel`] (diffusers' DiT convention:
+    class id `num_embeds_ada_norm` is the null class; `sample_size` the tokenizer's latent grid, `in_channels` =
+    `out_channels` = its `latent_channels`) predicts the velocity of a rectified flow over normalised latents
+    (t = 0 noise -> t = 1 data, stepped by `scheduler`), with classifier-free guidance and, given a
+    `guide_transformer`, autoguidance; [`UniFlowModel.decode`] turns the de-normalised latents into images.
 
     Args:
         transformer ([`DiTTransformer2DModel`]): the latent velocity model.
@@ -95,14 +81,12 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         id2label (`dict[int, str]`, *optional*): class names, so that `class_labels` may be names.
         latent_mean, latent_std (`list[float]`, *optional*): per-channel statistics of the training latents; the
             transformer works on `(latents - mean) / std` (`None`: 0 and 1).
-        image_processor ([`UniFlowImageProcessor`], *optional*): the post-processing; when `None`, one built for the
-            tokenizer (`pipe.processor`).
-        guide_transformer ([`DiTTransformer2DModel`], *optional*): the guiding model of autoguidance (Karras et al.,
-            2024, "Guiding a Diffusion Model with a Bad Version of Itself"), a weaker model of the same latents and
-            classes.
+        image_processor ([`UniFlowImageProcessor`], *optional*): when `None`, `pipe.processor` is built for the
+            tokenizer.
+        guide_transformer ([`DiTTransformer2DModel`], *optional*): the weaker model of the same latents and classes
+            that guides autoguidance (Karras et al., 2024, "Guiding a Diffusion Model with a Bad Version of Itself").
         decoder_num_inference_steps, guidance_scale, guidance_interval, guidance_rescale, autoguidance_scale,
-        autoguidance_interval, decoder_latent_scale (*optional*): the defaults of the same `__call__` arguments,
-            saved in `model_index.json` (`None`: the defaults `__call__` names).
+        autoguidance_interval, decoder_latent_scale (*optional*): the defaults of the same `__call__` arguments.
     """
 
     model_cpu_offload_seq = "transformer->guide_transformer->tokenizer"
@@ -138,7 +122,7 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             image_processor=image_processor,
             guide_transformer=guide_transformer,
         )
-        if id2label is not None:  # a JSON round trip through `model_index.json` turns the ids into strings
+        if id2label is not None:  # `model_index.json` stores the ids as strings
             id2label = {int(key): str(value) for key, value in sorted(id2label.items(), key=lambda item: int(item[0]))}
         latent_mean = self._check_latent_statistic(latent_mean, "latent_mean", tokenizer)
         latent_std = self._check_latent_statistic(latent_std, "latent_std", tokenizer)
@@ -146,20 +130,12 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             raise ValueError(f"`latent_std` must be positive, got {latent_std}.")
         if transformer is not None:
             self._check_transformer(transformer, tokenizer, guide_transformer, id2label)
-        sampling_settings = dict(
-            decoder_num_inference_steps=decoder_num_inference_steps,
-            guidance_scale=guidance_scale,
-            guidance_interval=guidance_interval,
-            guidance_rescale=guidance_rescale,
-            autoguidance_scale=autoguidance_scale,
-            autoguidance_interval=autoguidance_interval,
-            decoder_latent_scale=decoder_latent_scale,
-        )
+        arguments = locals()  # the sampling settings are `__init__` arguments of the same names
         self.register_to_config(
             id2label=id2label,
             latent_mean=latent_mean,
             latent_std=latent_std,
-            **{name: check_sampling_setting(name, value) for name, value in sampling_settings.items()},
+            **{name: check_sampling_setting(name, arguments[name]) for name in SAMPLING_SETTINGS},
         )
         self.sampling_setting("autoguidance_scale")  # a default autoguidance needs the guide
 
@@ -176,8 +152,16 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
 
     @staticmethod
     def _check_transformer(transformer, tokenizer, guide_transformer, id2label) -> None:
-        config = transformer.config
-        num_classes = config.num_embeds_ada_norm
+        def latents_and_classes(model) -> dict:
+            config = model.config
+            return {
+                "in_channels": config.in_channels,
+                "out_channels": model.out_channels,
+                "sample_size": config.sample_size,
+                "num_embeds_ada_norm": config.num_embeds_ada_norm,
+            }
+
+        num_classes = transformer.config.num_embeds_ada_norm
         if transformer.transformer_blocks[0].norm1.emb.class_embedder.embedding_table.num_embeddings != num_classes + 1:
             raise ValueError(
                 "The transformer has no null-class embedding for classifier-free guidance: build the "
@@ -185,30 +169,15 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
                 "num_embeds_ada_norm + 1 rows)."
             )
         if tokenizer is not None:
-            out_channels = config.out_channels or config.in_channels
-            latent_channels, grid_size = tokenizer.config.latent_channels, tokenizer.config.grid_size
-            if config.in_channels != latent_channels or out_channels != latent_channels:
-                raise ValueError(
-                    f"The transformer maps {config.in_channels} to {out_channels} channels; the tokenizer's latents "
-                    f"have {latent_channels} (velocity prediction needs in_channels = out_channels = latent_channels)."
-                )
-            if config.sample_size != grid_size:
-                raise ValueError(
-                    f"The transformer's sample_size is {config.sample_size}; the tokenizer's latent grid is "
-                    f"{grid_size}x{grid_size}."
-                )
+            channels, grid_size = tokenizer.config.latent_channels, tokenizer.config.grid_size
+            expected = {"in_channels": channels, "out_channels": channels, "sample_size": grid_size}
+            found = {key: latents_and_classes(transformer)[key] for key in expected}
+            if found != expected:
+                raise ValueError(f"The transformer has {found}; the tokenizer's latents need {expected}.")
         if id2label is not None and any(not 0 <= class_id < num_classes for class_id in id2label):
             raise ValueError(f"`id2label` has ids outside 0..{num_classes - 1}: {sorted(id2label)}.")
         if guide_transformer is not None:
-            guide, main = (
-                {
-                    "in_channels": model.config.in_channels,
-                    "out_channels": model.config.out_channels or model.config.in_channels,
-                    "sample_size": model.config.sample_size,
-                    "num_embeds_ada_norm": model.config.num_embeds_ada_norm,
-                }
-                for model in (guide_transformer, transformer)
-            )
+            guide, main = latents_and_classes(guide_transformer), latents_and_classes(transformer)
             if guide != main:
                 raise ValueError(
                     f"The guide_transformer must model the transformer's latents and classes: it has {guide}, the "
@@ -290,13 +259,8 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
 
     def _latent_statistics(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         channels = self.transformer.config.in_channels
-        mean = self.config.latent_mean if self.config.latent_mean is not None else [0.0] * channels
-        std = self.config.latent_std if self.config.latent_std is not None else [1.0] * channels
-        shape = (1, channels, 1, 1)
-        return (
-            torch.tensor(mean, device=device, dtype=dtype).reshape(shape),
-            torch.tensor(std, device=device, dtype=dtype).reshape(shape),
-        )
+        mean, std = self.config.latent_mean or [0.0] * channels, self.config.latent_std or [1.0] * channels
+        return tuple(torch.tensor(v, device=device, dtype=dtype).reshape(1, channels, 1, 1) for v in (mean, std))
 
     def normalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Tokenizer latents (B, N, C) -> the transformer's space (B, C, grid, grid), `(latents - mean) / std`."""
@@ -315,9 +279,8 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The latent flow's starting noise `(batch_size, in_channels, sample_size, sample_size)` on the execution
-        device in the transformer's dtype: `latents` checked and moved there, or, when `None`, drawn from
-        `generator` (in float32, then cast: a seed gives the same noise in every dtype)."""
+        """The latent flow's starting noise on the execution device in the transformer's dtype: `latents`, checked, or
+        drawn from `generator` (in float32, then cast: a seed gives the same noise in every dtype)."""
         device, dtype = self._execution_device, self.transformer.dtype
         config = self.transformer.config
         shape = (batch_size, config.in_channels, config.sample_size, config.sample_size)
@@ -349,40 +312,37 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
     ) -> ImagePipelineOutput | tuple:
         r"""
-        The sampling settings (`guidance_*`, `autoguidance_*`, `decoder_*`) default, when `None`, to the pipeline's
-        registered ones, else to the values given below (`pipe.sampling_setting(name)` says which applies).
+        The sampling settings (`guidance_*`, `autoguidance_*`, `decoder_*`) left `None` take the pipeline's registered
+        defaults, else the defaults below (`pipe.sampling_setting(name)` says which value applies).
 
         Args:
-            class_labels (`int`, `str`, or a list of them): one image per label; ids `0..num_classes - 1` or names
-                from `id2label` (`pipe.labels`).
+            class_labels (`int`, `str`, or a list of them): one image per label; ids or names from `id2label`.
             guidance_scale (`float`, *optional*): classifier-free guidance, `v = v_null + guidance_scale * (v_class -
-                v_null)`, any value >= 0: 1 is plain conditional sampling, 0 unconditional. Default 1.5.
+                v_null)`, >= 0; 1 is plain conditional sampling, 0 unconditional. Default 1.5.
             num_inference_steps (`int`, *optional*, defaults to 25): steps of the latent flow.
-            decoder_num_inference_steps (`int`, *optional*): steps of the pixel flow decoder. Default: the
-                tokenizer's `num_sampling_steps`.
-            generator (`torch.Generator` or a list of them, *optional*): the source of all noise (latent noise, then
-                decoder noise); with one per image, a batch equals the images generated one by one.
+            decoder_num_inference_steps (`int`, *optional*): steps of the pixel flow decoder (default: the
+                tokenizer's `num_sampling_steps`).
+            generator (`torch.Generator` or a list of them, *optional*): draws the latent noise, then the decoder's;
+                with one per image, a batch equals the images generated one by one.
             output_type (`str`, *optional*, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"` (the
-                de-normalised tokenizer latents `(batch, tokens, latent_channels)`, not decoded).
+                de-normalised tokenizer latents `(batch, tokens, latent_channels)`).
             return_dict (`bool`, *optional*, defaults to `True`): return an [`ImagePipelineOutput`] or a tuple.
             guidance_interval (`tuple[float, float]`, *optional*): guide only the network calls at flow times t
                 (0 = noise, 1 = data) with `t_start <= t <= t_end` (Kynkäänniemi et al., 2024). Default: all.
-            autoguidance_scale (`float`, *optional*): autoguidance by the `guide_transformer`, adding
-                `(autoguidance_scale - 1) * (v_class - v_guide)` to the velocity; 1 is none (the default).
+            autoguidance_scale (`float`, *optional*): adds `(autoguidance_scale - 1) * (v_class - v_guide)`, `v_guide`
+                the `guide_transformer`'s prediction; 1 (the default) is none.
             autoguidance_interval (`tuple[float, float]`, *optional*): its flow times, as `guidance_interval`.
             guidance_rescale (`float`, *optional*): in [0, 1], diffusers' `rescale_noise_cfg` of the guided velocity
-                toward the class-conditional one's standard deviation (Lin et al., 2024), before autoguidance is
-                added; 0 is none (the default).
+                toward the class-conditional one's standard deviation (Lin et al., 2024); 0 (the default) is none.
             latents (`torch.Tensor`, *optional*): the latent flow's starting noise `(batch, in_channels, sample_size,
-                sample_size)` in the transformer's space; `generator` then draws only the decoder's noise.
-            decoder_latent_scale (`float`, *optional*): the generated latents are multiplied by it before they are
-                decoded (not with `output_type="latent"`); 1 is none (the default).
-            num_images_per_prompt (`int`, *optional*, defaults to 1): images per class label, each label's images
-                consecutive.
+                sample_size)`, in the transformer's space; `generator` then draws only the decoder's noise.
+            decoder_latent_scale (`float`, *optional*): multiplies the latents before they are decoded; 1 (the
+                default) is none.
+            num_images_per_prompt (`int`, *optional*, defaults to 1): images per class label, consecutive.
             callback_on_step_end (`Callable`, *optional*): diffusers' `callback_on_step_end(self, step, timestep,
                 callback_kwargs)` after each step of the latent flow; the tensors it returns replace the pipeline's.
             callback_on_step_end_tensor_inputs (`list[str]`, *optional*, defaults to `["latents"]`): of
-                `pipe._callback_tensor_inputs` (`latents`: the latent flow's sample, in the transformer's space).
+                `pipe._callback_tensor_inputs`.
 
         Examples:
         ```py

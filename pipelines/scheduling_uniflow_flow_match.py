@@ -12,14 +12,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
-from .flow_matching import (
-    TIMESTEP_DISTRIBUTIONS,
-    add_noise,
-    euler_step,
-    sample_flow_times,
-    time_grid,
-    velocity_target,
-)
+from .flow_matching import TIMESTEP_DISTRIBUTIONS, add_noise, euler_step, sample_flow_times, time_grid, velocity_target
 
 
 # keys of configs saved by earlier versions -> the names (those of `GeneratorTrainingArguments`) that replaced them
@@ -97,9 +90,7 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"`timestep_uniform_fraction` must be in [0, 1], got {timestep_uniform_fraction}.")
         time_grid(1, schedule, shift)  # checks the schedule and the shift
         self.order = 2 if solver == "heun" else 1
-        self.num_inference_steps = None
-        self.times = self.timesteps = None
-        self._step_index = None
+        self.num_inference_steps = self.times = self.timesteps = self._step_index = None
 
     @classmethod
     def extract_init_dict(cls, config_dict, **kwargs):
@@ -109,7 +100,7 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
 
     @property
     def step_index(self):
-        """The index of the next step, counting Heun's two network calls per step as two."""
+        """The index of the next network call (Heun makes two per step)."""
         return self._step_index
 
     def set_timesteps(
@@ -168,16 +159,12 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         self, batch_size: int, generator: torch.Generator | None = None, device: str | torch.device | None = None
     ) -> torch.Tensor:
         """`batch_size` network timesteps (1000 * t) drawn from the training distribution."""
+        config = self.config
         t = sample_flow_times(
-            batch_size,
-            self.config.timestep_distribution,
-            self.config.timestep_logit_mean,
-            self.config.timestep_logit_std,
-            self.config.timestep_uniform_fraction,
-            generator=generator,
-            device=device,
+            batch_size, config.timestep_distribution, config.timestep_logit_mean, config.timestep_logit_std,
+            config.timestep_uniform_fraction, generator=generator, device=device,
         )
-        return t * self.config.num_train_timesteps
+        return t * config.num_train_timesteps
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x_t = t * x_data + (1 - t) * noise, with `timesteps` = 1000 * t (one per leading row)."""
