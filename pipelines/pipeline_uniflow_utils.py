@@ -1,13 +1,11 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
-"""What UniFlow's two pipelines share: saving their code with them (diffusers' custom pipelines and components:
-`[module file, class]` entries in `model_index.json`, the files beside them), input checks, the step-end callback and
-the default image processor.
-
-This file and the pipelines' are saved with every pipeline and loaded by `trust_remote_code=True` where `uniflow_hf`
-is not installed: they import only torch, diffusers and each other."""
+"""What UniFlow's two pipelines share: saving their code with them (diffusers' custom pipelines and components),
+input checks, the step-end callback and the default image processor. Saved with every pipeline and loaded by
+`trust_remote_code=True` where `uniflow_hf` is not installed, it imports only torch, diffusers and its siblings."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
@@ -141,53 +139,42 @@ class UniFlowPipelineMixin:
     def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
         """`DiffusionPipeline.save_pretrained`, plus the code of the pipeline and of our components (so that
         `trust_remote_code=True` loading needs no `uniflow_hf`), the image processor also in `tokenizer/`, and a model
-        card unless the folder has one."""
+        card unless the folder has one; `push_to_hub` then uploads the folder."""
         hub_kwargs = {key: kwargs.pop(key) for key in ("commit_message", "private", "create_pr", "token", "repo_id")
                       if key in kwargs}
         try:
             cards = importlib.import_module("uniflow_hf.model_card")
         except ImportError:  # only the code saved beside a pipeline is loaded: no card
             cards = None
-        if cards is None:
+        with cards.saving_pipeline() if cards is not None else contextlib.nullcontext():
             super().save_pretrained(save_directory, *args, **kwargs)
-        else:
-            with cards.saving_pipeline():
-                super().save_pretrained(save_directory, *args, **kwargs)
-        save_module_code(inspect.getmodule(type(self)), save_directory)
+        code = [("", self)]  # (folder, the object whose code is saved there)
         for name, component in self.components.items():
             if component is not None and component_library_tuple(component)[0] not in LOADABLE_CLASSES:
-                save_module_code(inspect.getmodule(type(component)), os.path.join(save_directory, name))
+                code.append((name, component))
         if self.tokenizer is not None:
             self.processor.save_pretrained(os.path.join(save_directory, "tokenizer"))
-            save_module_code(inspect.getmodule(type(self.processor)), os.path.join(save_directory, "tokenizer"))
-        if cards is not None:
-            self.save_model_card(cards, save_directory)
+            code.append(("tokenizer", self.processor))
+        for folder, owner in code:
+            save_module_code(inspect.getmodule(type(owner)), os.path.join(save_directory, folder))
+        if cards is not None:  # README.md, unless the folder has one
+            cards.save_model_card(
+                save_directory,
+                title=type(self).__name__,
+                description=self.card_description(),
+                library_name="diffusers",
+                pipeline_tag=self.card_pipeline_tag,
+                tags=self.card_tags,
+                base_model=cards.hub_repo_id(self.name_or_path),
+                usage=CARD_USAGE,
+            )
         if push_to_hub:
-            self.upload_to_hub(save_directory, **hub_kwargs)
+            from huggingface_hub import create_repo
 
-    def upload_to_hub(self, folder, repo_id=None, token=None, private=None, create_pr=False, commit_message=None):
-        """Upload a saved `folder` (card included) as diffusers' `push_to_hub` would."""
-        from huggingface_hub import create_repo
-
-        repo_id = create_repo(repo_id or os.path.basename(os.path.normpath(folder)), exist_ok=True, private=private,
-                              token=token).repo_id
-        self._upload_folder(folder, repo_id, token=token, commit_message=commit_message, create_pr=create_pr)
-
-    def save_model_card(self, cards, folder) -> None:
-        """README.md from the facts of what was saved (`card_pipeline_tag`, `card_tags`, `card_description`), unless
-        `folder` has a card."""
-        if os.path.exists(os.path.join(folder, cards.MODEL_CARD_NAME)):
-            return
-        card = cards.create_model_card(
-            title=type(self).__name__,
-            description=self.card_description(),
-            library_name="diffusers",
-            pipeline_tag=self.card_pipeline_tag,
-            tags=self.card_tags,
-            base_model=cards.hub_repo_id(self.name_or_path),
-            usage=CARD_USAGE,
-        )
-        card.save(os.path.join(folder, cards.MODEL_CARD_NAME))
+            repo_id = hub_kwargs.pop("repo_id", None) or os.path.basename(os.path.normpath(save_directory))
+            private, token = hub_kwargs.pop("private", None), hub_kwargs.get("token")
+            repo_id = create_repo(repo_id, exist_ok=True, private=private, token=token).repo_id
+            self._upload_folder(save_directory, repo_id, **hub_kwargs)
 
     def tokenizer_facts(self) -> str:
         config = self.tokenizer.config
