@@ -49,7 +49,7 @@ SAMPLING_SETTINGS = {
     "guidance_rescale": (0.0, "a number in [0, 1] (0 = no rescaling)", lambda v: is_number(v) and 0 <= v <= 1),
     "autoguidance_scale": (1.0, "a number >= 0 (1 = no autoguidance)", lambda v: is_number(v) and v >= 0),
     "autoguidance_interval": ([0.0, 1.0], INTERVAL, is_flow_time_interval),
-    "decoder_latent_scale": (1.0, "a number > 0 (1 = decoded as generated)", lambda v: is_number(v) and v > 0),
+    "decoder_latent_scale": (1.0, "a number > 0 (1 = decode the latents unscaled)", lambda v: is_number(v) and v > 0),
 }
 
 
@@ -326,7 +326,6 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
                 with one per image, a batch equals the images generated one by one.
             output_type (`str`, *optional*, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"` (the
                 de-normalised tokenizer latents `(batch, tokens, latent_channels)`).
-            return_dict (`bool`, *optional*, defaults to `True`): return an [`ImagePipelineOutput`] or a tuple.
             guidance_interval (`tuple[float, float]`, *optional*): guide only the network calls at flow times t
                 (0 = noise, 1 = data) with `t_start <= t <= t_end` (Kynkäänniemi et al., 2024). Default: all.
             autoguidance_scale (`float`, *optional*): adds `(autoguidance_scale - 1) * (v_class - v_guide)`, `v_guide`
@@ -341,8 +340,6 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             num_images_per_prompt (`int`, *optional*, defaults to 1): images per class label, consecutive.
             callback_on_step_end (`Callable`, *optional*): diffusers' `callback_on_step_end(self, step, timestep,
                 callback_kwargs)` after each step of the latent flow; the tensors it returns replace the pipeline's.
-            callback_on_step_end_tensor_inputs (`list[str]`, *optional*, defaults to `["latents"]`): of
-                `pipe._callback_tensor_inputs`.
 
         Examples:
         ```py

@@ -65,15 +65,12 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             noise (`torch.Tensor`, *optional*): the decoder's initial noise `(batch, tokens, channels * p * p)`.
             output_type (`str`, *optional*, defaults to `"pil"`): `"pil"`, `"np"` (`(batch, height, width, 3)` in
                 [0, 1]), `"pt"` (`(batch, 3, height, width)` in [0, 1]) or `"latent"` (the encoded latents).
-            return_dict (`bool`, *optional*, defaults to `True`): return an [`ImagePipelineOutput`] or a tuple.
             images: the deprecated former name of `image`.
             num_images_per_prompt (`int`, *optional*, defaults to 1): reconstructions per image (each its own
                 decoder noise), each image's consecutive.
             callback_on_step_end (`Callable`, *optional*): diffusers' `callback_on_step_end(self, step, timestep,
                 callback_kwargs)`, called once (step 0, timestep 1000: the data end of the flow) with the latents
                 about to be decoded; the tensors it returns replace them.
-            callback_on_step_end_tensor_inputs (`list[str]`, *optional*, defaults to `["latents"]`): of
-                `pipe._callback_tensor_inputs`.
 
         Examples:
         ```py

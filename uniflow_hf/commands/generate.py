@@ -39,7 +39,8 @@ def register(subparsers) -> None:
         help="pipeline folder of the guide: a smaller and/or shorter-trained DiT on the same tokenizer and dataset",
     )
     parser.add_argument("--output-dir", required=True, help="where to save the pipeline with its guide")
-    add_sampling_arguments(parser, "the pipeline's default", autoguidance_only=True)
+    autoguidance = ("autoguidance_scale", "autoguidance_interval")
+    add_sampling_arguments(parser, "the pipeline's default", names=autoguidance, required=autoguidance[:1])
     parser.set_defaults(func=run_attach_guide)
 
     parser = subparsers.add_parser("set-defaults")
@@ -49,35 +50,17 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run_set_defaults)
 
 
-def add_sampling_arguments(parser, default: str, autoguidance_only: bool = False) -> None:
-    """Options for the class-conditional pipeline's sampling settings (`SAMPLING_SETTINGS`, which the pipeline
+def add_sampling_arguments(parser, default: str, names=tuple(SAMPLING_SETTINGS), required=()) -> None:
+    """Options for the class-conditional pipeline's sampling settings `names` (`SAMPLING_SETTINGS`, which the pipeline
     checks); `default` says what a given value is, or what applies without one."""
-    interval = "only at flow times in [T_START, T_END] (0 = noise, 1 = data)"
-    if not autoguidance_only:
-        parser.add_argument("--guidance-scale", type=float, help=f"classifier-free guidance (1 = none; {default})")
-        parser.add_argument(
-            "--guidance-interval", type=float, nargs=2, metavar=("T_START", "T_END"), help=f"guide {interval}"
-        )
-        parser.add_argument(
-            "--guidance-rescale", type=float,
-            help=f"rescaled guidance in [0, 1]: the guided velocity pulled back toward the class-conditional one's "
-            f"standard deviation (0 = none; {default})",
-        )
-        parser.add_argument(
-            "--decoder-steps", type=int, dest="decoder_num_inference_steps",
-            help=f"steps of the pixel decoder ({default})",
-        )
-        parser.add_argument(
-            "--decoder-latent-scale", type=float,
-            help=f"multiply the generated latents by this before the pixel decoder decodes them (1 = none; {default})",
-        )
-    parser.add_argument(
-        "--autoguidance-scale", type=float, required=autoguidance_only,
-        help=f"autoguidance by the pipeline's guide_transformer (1 = none; {default})",
-    )
-    parser.add_argument(
-        "--autoguidance-interval", type=float, nargs=2, metavar=("T_START", "T_END"), help=f"autoguide {interval}"
-    )
+    for name in names:
+        option = "--decoder-steps" if name == "decoder_num_inference_steps" else "--" + name.replace("_", "-")
+        if name.endswith("_interval"):
+            kind = dict(type=float, nargs=2, metavar=("T_START", "T_END"))
+        else:
+            kind = dict(type=int if name == "decoder_num_inference_steps" else float, metavar="VALUE")
+        help = f"the pipeline's `{name}`: {SAMPLING_SETTINGS[name][1]} ({default})"
+        parser.add_argument(option, dest=name, required=name in required, help=help, **kind)
 
 
 def sampling_arguments(args) -> dict:
@@ -199,7 +182,8 @@ def run_attach_guide(args) -> int:
     pipelines = [load_class_conditional_pipeline(folder) for folder in (args.model, args.guide)]
     pipeline = attach_guide(*pipelines, args.autoguidance_scale, args.autoguidance_interval)
     pipeline.save_pretrained(args.output_dir)
-    print(f"Saved the pipeline with its guide ({pipeline.guide_transformer.config.num_layers} blocks) to {args.output_dir}")
+    blocks = pipeline.guide_transformer.config.num_layers
+    print(f"Saved the pipeline with its guide ({blocks} blocks) to {args.output_dir}")
     return 0
 
 
