@@ -21,11 +21,6 @@ def latents_to_grid(latents: torch.Tensor, grid_size: int) -> torch.Tensor:
     return latents.transpose(1, 2).reshape(latents.shape[0], latents.shape[2], grid_size, grid_size)
 
 
-def grid_to_latents(grid_latents: torch.Tensor) -> torch.Tensor:
-    """(B, C, grid, grid) -> tokenizer latents (B, grid * grid, C)."""
-    return grid_latents.flatten(2).transpose(1, 2)
-
-
 def is_number(value) -> bool:
     """A real number; `True` / `False` are not (Python counts them as ints)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
@@ -75,9 +70,6 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
     `guide_transformer`, autoguidance; [`UniFlowModel.decode`] turns the de-normalised latents into images.
 
     Args:
-        transformer ([`DiTTransformer2DModel`]): the latent velocity model.
-        scheduler ([`UniFlowFlowMatchScheduler`]): the sampler of the latent flow.
-        tokenizer ([`UniFlowModel`]): the UniFlow tokenizer whose decoder turns latents into images.
         id2label (`dict[int, str]`, *optional*): class names, so that `class_labels` may be names.
         latent_mean, latent_std (`list[float]`, *optional*): per-channel statistics of the training latents; the
             transformer works on `(latents - mean) / std` (`None`: 0 and 1).
@@ -126,8 +118,6 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             id2label = {int(key): str(value) for key, value in sorted(id2label.items(), key=lambda item: int(item[0]))}
         latent_mean = self._check_latent_statistic(latent_mean, "latent_mean", tokenizer)
         latent_std = self._check_latent_statistic(latent_std, "latent_std", tokenizer)
-        if latent_std is not None and min(latent_std) <= 0:
-            raise ValueError(f"`latent_std` must be positive, got {latent_std}.")
         if transformer is not None:
             self._check_transformer(transformer, tokenizer, guide_transformer, id2label)
         arguments = locals()  # the sampling settings are `__init__` arguments of the same names
@@ -148,6 +138,8 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             raise ValueError(
                 f"`{name}` needs one value per latent channel ({tokenizer.config.latent_channels}), got {len(values)}."
             )
+        if name == "latent_std" and min(values) <= 0:
+            raise ValueError(f"`latent_std` must be positive, got {values}.")
         return values
 
     @staticmethod
@@ -242,19 +234,16 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             raise TypeError(
                 f"`class_labels` must be a class id, a class name, or a non-empty list of them, got {class_labels!r}."
             )
-        labels, ids = self.labels, []
+        ids = []
         for label in class_labels:
-            if isinstance(label, str):
-                if label not in labels:
-                    known = ", ".join(repr(name) for name in labels) or "none: this pipeline has no id2label"
-                    raise ValueError(f"Unknown class name {label!r}. Known names: {known}.")
-                ids.append(labels[label])
-            elif isinstance(label, numbers.Integral) and not isinstance(label, bool):
-                if not 0 <= int(label) < self.num_classes:
-                    raise ValueError(f"Class id {label} is out of range: ids run from 0 to {self.num_classes - 1}.")
-                ids.append(int(label))
-            else:
+            if isinstance(label, bool) or not isinstance(label, (str, numbers.Integral)):
                 raise TypeError(f"A class label must be an int id or a str name, got {type(label).__name__} {label!r}.")
+            if isinstance(label, str) and label not in self.labels:
+                known = ", ".join(repr(name) for name in self.labels) or "none: this pipeline has no id2label"
+                raise ValueError(f"Unknown class name {label!r}. Known names: {known}.")
+            ids.append(self.labels[label] if isinstance(label, str) else int(label))
+            if not 0 <= ids[-1] < self.num_classes:
+                raise ValueError(f"Class id {label} is out of range: ids run from 0 to {self.num_classes - 1}.")
         return ids
 
     def _latent_statistics(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,7 +260,7 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
     def denormalize_latents(self, grid_latents: torch.Tensor) -> torch.Tensor:
         """The transformer's space (B, C, grid, grid) -> tokenizer latents (B, N, C)."""
         mean, std = self._latent_statistics(grid_latents.device, grid_latents.dtype)
-        return grid_to_latents(grid_latents * std + mean)
+        return (grid_latents * std + mean).flatten(2).transpose(1, 2)
 
     def prepare_latents(
         self,
@@ -319,7 +308,6 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             class_labels (`int`, `str`, or a list of them): one image per label; ids or names from `id2label`.
             guidance_scale (`float`, *optional*): classifier-free guidance, `v = v_null + guidance_scale * (v_class -
                 v_null)`, >= 0; 1 is plain conditional sampling, 0 unconditional. Default 1.5.
-            num_inference_steps (`int`, *optional*, defaults to 25): steps of the latent flow.
             decoder_num_inference_steps (`int`, *optional*): steps of the pixel flow decoder (default: the
                 tokenizer's `num_sampling_steps`).
             generator (`torch.Generator` or a list of them, *optional*): draws the latent noise, then the decoder's;
@@ -337,9 +325,7 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
                 sample_size)`, in the transformer's space; `generator` then draws only the decoder's noise.
             decoder_latent_scale (`float`, *optional*): multiplies the latents before they are decoded; 1 (the
                 default) is none.
-            num_images_per_prompt (`int`, *optional*, defaults to 1): images per class label, consecutive.
-            callback_on_step_end (`Callable`, *optional*): diffusers' `callback_on_step_end(self, step, timestep,
-                callback_kwargs)` after each step of the latent flow; the tensors it returns replace the pipeline's.
+            callback_on_step_end (`Callable`, *optional*): diffusers' step-end callback, after each latent flow step.
 
         Examples:
         ```py

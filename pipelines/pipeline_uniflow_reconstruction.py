@@ -19,7 +19,6 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
     pixel flow decoder, whose sampler is [`UniFlowModel.decode`]'s (Euler steps over `config.sampling_schedule`).
 
     Args:
-        tokenizer ([`UniFlowModel`]): the UniFlow image tokenizer (encoder and flow decoder).
         image_processor ([`UniFlowImageProcessor`], *optional*): the pre/post-processing; when `None`, one built for
             the tokenizer's input size (`pipe.processor`).
     """
@@ -66,11 +65,9 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             output_type (`str`, *optional*, defaults to `"pil"`): `"pil"`, `"np"` (`(batch, height, width, 3)` in
                 [0, 1]), `"pt"` (`(batch, 3, height, width)` in [0, 1]) or `"latent"` (the encoded latents).
             images: the deprecated former name of `image`.
-            num_images_per_prompt (`int`, *optional*, defaults to 1): reconstructions per image (each its own
-                decoder noise), each image's consecutive.
-            callback_on_step_end (`Callable`, *optional*): diffusers' `callback_on_step_end(self, step, timestep,
-                callback_kwargs)`, called once (step 0, timestep 1000: the data end of the flow) with the latents
-                about to be decoded; the tensors it returns replace them.
+            num_images_per_prompt (`int`, *optional*, defaults to 1): reconstructions per image, consecutive.
+            callback_on_step_end (`Callable`, *optional*): diffusers' step-end callback, called once (step 0,
+                timestep 1000: the data end of the flow) with the latents about to be decoded.
 
         Examples:
         ```py

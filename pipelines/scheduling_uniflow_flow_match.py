@@ -4,13 +4,10 @@ timestep 1000 * t) lives in `flow_matching.py`, which the model's decoder and fl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import BaseOutput
+from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
 from .flow_matching import TIMESTEP_DISTRIBUTIONS, add_noise, euler_step, sample_flow_times, time_grid, velocity_target
 
@@ -24,14 +21,7 @@ RENAMED_CONFIG_KEYS = {
 }
 
 
-@dataclass
-class UniFlowFlowMatchSchedulerOutput(BaseOutput):
-    """
-    Args:
-        prev_sample (`torch.Tensor`): the sample after this step, closer to data (larger t).
-    """
-
-    prev_sample: torch.Tensor
+UniFlowFlowMatchSchedulerOutput = SchedulerOutput  # `prev_sample`: the sample after the step, closer to data
 
 
 class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
@@ -131,7 +121,7 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         timestep: float | torch.Tensor,
         sample: torch.Tensor,
         return_dict: bool = True,
-    ) -> UniFlowFlowMatchSchedulerOutput | tuple:
+    ) -> SchedulerOutput | tuple:
         """Advance `sample` along the predicted velocity `model_output` (v = data - noise)."""
         if self._step_index is None:
             raise RuntimeError("Call `set_timesteps(...)` before `step(...)`.")
@@ -153,7 +143,7 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         prev_sample = prev_sample.to(model_output.dtype)
         if not return_dict:
             return (prev_sample,)
-        return UniFlowFlowMatchSchedulerOutput(prev_sample=prev_sample)
+        return SchedulerOutput(prev_sample=prev_sample)
 
     def sample_training_timesteps(
         self, batch_size: int, generator: torch.Generator | None = None, device: str | torch.device | None = None
