@@ -65,25 +65,6 @@ def save_module_code(module, folder) -> None:
             shutil.copyfile(source, target)
 
 
-def check_former_decoder_scheduler(folder, name: str, tokenizer) -> None:
-    """Refuse a folder whose `name/` scheduler, saved by an earlier version to describe the pixel decoder's sampler
-    (never stepped; the sampler is the tokenizer's `decode`), describes another sampler than the tokenizer's."""
-    path = os.path.join(str(folder), name, "scheduler_config.json")
-    if not os.path.isfile(path):
-        return
-    with open(path, encoding="utf-8") as file:
-        saved = json.load(file)
-    defaults = {"solver": "euler", "schedule": "linear", "shift": 1.0}  # `UniFlowFlowMatchScheduler`'s
-    expected = {**defaults, "schedule": tokenizer.config.sampling_schedule}
-    actual = {key: saved.get(key, default) for key, default in defaults.items()}
-    if actual != expected:
-        raise ValueError(
-            f"`{name}` says {actual}, but the tokenizer's pixel decoder samples by Euler steps over its config's "
-            f"schedule ({expected}). Set `tokenizer.config.sampling_schedule` to choose the decoder's schedule, and "
-            f"delete the folder's `{name}` (no longer a component)."
-        )
-
-
 class UniFlowPipelineMixin:
     """Mixed into our `DiffusionPipeline`s (listed before it). Records our own components as `(module file, class)`
     in `model_index.json`, whether set at construction or later (`pipe.tokenizer = ...`), refuses schedulers of
@@ -108,11 +89,26 @@ class UniFlowPipelineMixin:
 
     def register_to_config(self, **kwargs):
         """`ConfigMixin.register_to_config`; when `from_pretrained` records the folder it loaded, the folder's former
-        decoder schedulers (not loaded) are checked to describe the tokenizer's sampler."""
+        decoder schedulers (not loaded) must describe the tokenizer's sampler, Euler steps over its schedule."""
         super().register_to_config(**kwargs)
-        if kwargs.get("_name_or_path") and getattr(self, "tokenizer", None) is not None:
-            for name in self._former_decoder_schedulers:
-                check_former_decoder_scheduler(kwargs["_name_or_path"], name, self.tokenizer)
+        folder, tokenizer = kwargs.get("_name_or_path"), getattr(self, "tokenizer", None)
+        if not folder or tokenizer is None:
+            return
+        for name in self._former_decoder_schedulers:
+            path = os.path.join(str(folder), name, "scheduler_config.json")
+            if not os.path.isfile(path):
+                continue
+            with open(path, encoding="utf-8") as file:
+                saved = json.load(file)
+            defaults = {"solver": "euler", "schedule": "linear", "shift": 1.0}  # `UniFlowFlowMatchScheduler`'s
+            expected = {**defaults, "schedule": tokenizer.config.sampling_schedule}
+            actual = {key: saved.get(key, default) for key, default in defaults.items()}
+            if actual != expected:
+                raise ValueError(
+                    f"`{name}` says {actual}, but the tokenizer's pixel decoder samples by Euler steps over its "
+                    f"config's schedule ({expected}). Set `tokenizer.config.sampling_schedule` to choose the "
+                    f"decoder's schedule, and delete the folder's `{name}` (no longer a component)."
+                )
 
     def to_json_string(self) -> str:
         """`model_index.json` names the pipeline `[module file, class]`, the file saved at the folder's root."""
