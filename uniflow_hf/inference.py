@@ -13,25 +13,25 @@ from diffusers.utils import make_image_grid
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .evaluation import load_tokenizer
 from .metrics import peak_signal_noise_ratio, structural_similarity
-from .modeling import UniFlowModel
 from .pipelines import UniFlowClassConditionalPipeline, UniFlowReconstructionPipeline
 
 
-def load_pipeline(model_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> DiffusionPipeline:
-    """The pipeline saved in `model_dir`, its models in `dtype` when given (else each folder's own dtype)."""
+def check_model_folder(model_dir: str | os.PathLike) -> None:
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"The model folder {model_dir} does not exist.")
-    if not os.path.isfile(os.path.join(model_dir, "model_index.json")):
-        raise FileNotFoundError(f"{model_dir} has no model_index.json: it is not a pipeline folder.")
-    return DiffusionPipeline.from_pretrained(model_dir, **({} if dtype is None else {"dtype": dtype}))
 
 
 def load_class_conditional_pipeline(
     model_dir: str | os.PathLike, dtype: torch.dtype | None = None
 ) -> UniFlowClassConditionalPipeline:
-    """The `UniFlowClassConditionalPipeline` saved in `model_dir` (e.g. `uniflow_hf.FMNIST_MODEL_PATH`)."""
-    pipeline = load_pipeline(model_dir, dtype)
+    """The `UniFlowClassConditionalPipeline` saved in `model_dir` (e.g. `uniflow_hf.FMNIST_MODEL_PATH`), its models
+    in `dtype` when given (else each folder's own dtype)."""
+    check_model_folder(model_dir)
+    if not os.path.isfile(os.path.join(model_dir, "model_index.json")):
+        raise FileNotFoundError(f"{model_dir} has no model_index.json: it is not a class-conditional pipeline folder.")
+    pipeline = DiffusionPipeline.from_pretrained(model_dir, **({} if dtype is None else {"dtype": dtype}))
     if not isinstance(pipeline, UniFlowClassConditionalPipeline):
         raise ValueError(f"{model_dir} holds a {type(pipeline).__name__}, not a UniFlowClassConditionalPipeline.")
     return pipeline
@@ -40,15 +40,11 @@ def load_class_conditional_pipeline(
 def load_reconstruction_pipeline(
     model_dir: str | os.PathLike, dtype: torch.dtype | None = None
 ) -> UniFlowReconstructionPipeline:
-    """A `UniFlowReconstructionPipeline` from a reconstruction pipeline folder, the tokenizer of a class-conditional
-    pipeline folder, or a plain UniFlow model folder (ours or an official release)."""
-    if not os.path.isfile(os.path.join(model_dir, "config.json")):
-        pipeline = load_pipeline(model_dir, dtype)
-        if isinstance(pipeline, UniFlowReconstructionPipeline):
-            return pipeline
-        return UniFlowReconstructionPipeline(tokenizer=pipeline.tokenizer, image_processor=pipeline.image_processor)
-    tokenizer = UniFlowModel.from_pretrained(model_dir, **({} if dtype is None else {"dtype": dtype}))
-    return UniFlowReconstructionPipeline(tokenizer=tokenizer)
+    """A `UniFlowReconstructionPipeline` of the tokenizer and image processor of a pipeline folder or a UniFlow
+    model folder (ours or an official release), as `evaluation.load_tokenizer` finds them."""
+    check_model_folder(model_dir)
+    tokenizer, image_processor = load_tokenizer(str(model_dir), **({} if dtype is None else {"dtype": dtype}))
+    return UniFlowReconstructionPipeline(tokenizer=tokenizer, image_processor=image_processor)
 
 
 @dataclass
