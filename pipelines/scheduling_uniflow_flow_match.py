@@ -93,12 +93,10 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         """The index of the next network call (Heun makes two per step)."""
         return self._step_index
 
-    def set_timesteps(
-        self, num_inference_steps: int, device: str | torch.device | None = None, schedule: str | None = None
-    ):
-        """Set the `num_inference_steps`-step time grid (`schedule` overrides the config's for this run);
-        `self.timesteps` holds the network timesteps in the order of the calls (Heun visits interior times twice)."""
-        grid = time_grid(num_inference_steps, schedule or self.config.schedule, self.config.shift)
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
+        """Set the `num_inference_steps`-step time grid; `self.timesteps` holds the network timesteps in the order of
+        the calls (Heun visits interior times twice)."""
+        grid = time_grid(num_inference_steps, self.config.schedule, self.config.shift)
         starts = grid[:-1]
         if self.config.solver == "heun":
             # t_0, then (t_k, t_k): the corrector of step k - 1 and the predictor of step k; the last corrector calls
@@ -165,9 +163,9 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         """The regression target of the network: v = x_data - noise."""
         return velocity_target(original_samples, noise)
 
-    def flow_match_euler_sigmas(self, num_inference_steps: int, schedule: str | None = None) -> np.ndarray:
+    def flow_match_euler_sigmas(self, num_inference_steps: int) -> np.ndarray:
         """The `sigmas` (= 1 - t) that make `FlowMatchEulerDiscreteScheduler` walk our Euler grid (fed -v)."""
-        grid = time_grid(num_inference_steps, schedule or self.config.schedule, self.config.shift)
+        grid = time_grid(num_inference_steps, self.config.schedule, self.config.shift)
         return (1 - grid[:-1]).numpy()
 
     def __len__(self):
