@@ -120,12 +120,19 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         latent_std = self._check_latent_statistic(latent_std, "latent_std", tokenizer)
         if transformer is not None:
             self._check_transformer(transformer, tokenizer, guide_transformer, id2label)
-        arguments = locals()  # the sampling settings are `__init__` arguments of the same names
         self.register_to_config(
             id2label=id2label,
             latent_mean=latent_mean,
             latent_std=latent_std,
-            **{name: check_sampling_setting(name, arguments[name]) for name in SAMPLING_SETTINGS},
+            decoder_num_inference_steps=check_sampling_setting(
+                "decoder_num_inference_steps", decoder_num_inference_steps
+            ),
+            guidance_scale=check_sampling_setting("guidance_scale", guidance_scale),
+            guidance_interval=check_sampling_setting("guidance_interval", guidance_interval),
+            guidance_rescale=check_sampling_setting("guidance_rescale", guidance_rescale),
+            autoguidance_scale=check_sampling_setting("autoguidance_scale", autoguidance_scale),
+            autoguidance_interval=check_sampling_setting("autoguidance_interval", autoguidance_interval),
+            decoder_latent_scale=check_sampling_setting("decoder_latent_scale", decoder_latent_scale),
         )
         self.sampling_setting("autoguidance_scale")  # a default autoguidance needs the guide
 
@@ -204,10 +211,10 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         value = check_sampling_setting(name, value)
         if value is None:
             value = self.config.get(name)
+        if value is None and name == "decoder_num_inference_steps":
+            value = self.tokenizer.config.num_sampling_steps
         if value is None:
             value = SAMPLING_SETTINGS[name][0]
-        if value is None:
-            value = self.tokenizer.config.num_sampling_steps
         if name == "autoguidance_scale" and value != 1 and self.guide_transformer is None:
             raise ValueError(
                 f"`autoguidance_scale` {value} needs a `guide_transformer`, and this pipeline has none "
