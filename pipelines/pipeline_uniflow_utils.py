@@ -238,15 +238,13 @@ def check_num_inference_steps(value, name: str = "num_inference_steps", allow_no
 
 def check_generator(generator, batch_size: int) -> None:
     """One `torch.Generator` for the batch, or a list with one per image."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return
-    if isinstance(generator, list) and all(isinstance(g, torch.Generator) for g in generator):
-        if len(generator) != batch_size:
-            raise ValueError(f"Got {len(generator)} generators for {batch_size} images: pass one per image, or one.")
-        return
-    raise TypeError(
-        f"`generator` must be a torch.Generator or a list of them (one per image), got {type(generator).__name__}."
-    )
+    generators = generator if isinstance(generator, list) else [generator]
+    if generator is not None and not all(isinstance(g, torch.Generator) for g in generators):
+        raise TypeError(
+            f"`generator` must be a torch.Generator or a list of them (one per image), got {type(generator).__name__}."
+        )
+    if isinstance(generator, list) and len(generator) != batch_size:
+        raise ValueError(f"Got {len(generator)} generators for {batch_size} images: pass one per image, or one.")
 
 
 __all__ = ["UniFlowPipelineMixin", "component_library_tuple", "default_image_processor"]
