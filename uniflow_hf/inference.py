@@ -73,24 +73,17 @@ def reconstruct_images(
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size}.")
     processor = pipeline.processor
     inputs, reconstructions = [], []
-    bar_config = getattr(pipeline, "_progress_bar_config", {})
-    pipeline.set_progress_bar_config(disable=True)  # one bar for the whole set, not one per batch
-    try:
-        with tqdm(total=len(images), unit="image", disable=not progress) as bar:
-            for start in range(0, len(images), batch_size):
-                batch = [
-                    (image if isinstance(image, Image.Image) else Image.open(image)).convert("RGB")
-                    for image in images[start : start + batch_size]
-                ]
-                generators = [torch.Generator().manual_seed(seed + start + i) for i in range(len(batch))]
-                decoded = pipeline(
-                    batch, num_inference_steps=num_inference_steps, generator=generators, output_type="pt"
-                ).images
-                reconstructions.append(decoded.to("cpu", torch.float32))
-                inputs.append(processor.postprocess(processor(batch, return_tensors="pt").pixel_values, output_type="pt"))
-                bar.update(len(batch))
-    finally:
-        pipeline.set_progress_bar_config(**bar_config)
+    with tqdm(total=len(images), unit="image", disable=not progress) as bar:
+        for start in range(0, len(images), batch_size):
+            batch = [
+                (image if isinstance(image, Image.Image) else Image.open(image)).convert("RGB")
+                for image in images[start : start + batch_size]
+            ]
+            generators = [torch.Generator().manual_seed(seed + start + i) for i in range(len(batch))]
+            decoded = pipeline(batch, num_inference_steps=num_inference_steps, generator=generators, output_type="pt")
+            reconstructions.append(decoded.images.to("cpu", torch.float32))
+            inputs.append(processor.postprocess(processor(batch, return_tensors="pt").pixel_values, output_type="pt"))
+            bar.update(len(batch))
     inputs, reconstructions = torch.cat(inputs), torch.cat(reconstructions)
     return ReconstructionResult(
         inputs=inputs,
