@@ -91,12 +91,12 @@ def worker(output_dir: Path, args) -> None:
     total_seconds = time.perf_counter() - started
     world_size = training_args.world_size
 
-    cache = build_latent_cache(tokenizer, dataset, training_args, output_dir / "latent_cache")  # reused: no encoding
+    latents = build_latent_cache(tokenizer, dataset, training_args, output_dir / "latent_cache")  # reused: no encoding
     before = memory_mib()
-    for start in range(0, len(cache.latents), 1024):
-        cache.latents[start : start + 1024]["latents"].sum()  # read every row from the memory-mapped files
+    for start in range(0, len(latents), 1024):
+        latents[start : start + 1024]["latents"].sum()  # read every row from the memory-mapped files
     read = memory_mib()
-    in_memory = cache.latents[:]["latents"].clone()  # the latents as one tensor of its own, as before the cache
+    in_memory = latents[:]["latents"].clone()  # the latents as one tensor of its own, as before the cache
     held = memory_mib()
     cache_mib = sum(f.stat().st_size for f in (output_dir / "latent_cache").glob("*.arrow")) / 2**20
     row = {

@@ -3,9 +3,10 @@
 `torchrun --nproc_per_node 2` (gloo on CPU, per-device batch 2, no `use_cpu`: the launch shards by itself) and one
 process (batch 4) train the same DiT on the same 6 images for 3 steps and must end with the same losses and weights,
 while one process at batch 2 does not.
-That holds because `GeneratorTrainingStream` decides every step's samples and their noise, flow times and label
-dropout from (seed, step, sample number) alone; each process reads its own part of every global batch. The first
-process encodes the latent cache, the second reads its file, and the one-process runs then reuse it.
+That holds because the Trainer's seeded sampler orders the samples of every epoch whatever the launch, each process
+reads its own part of every global batch, and `GeneratorTrainer.compute_loss` draws each sample's noise, flow time and
+label dropout from (seed, step, sample index) alone. The first process encodes the latent cache, the second reads its
+file, and the one-process runs then reuse it.
 
 Run as a script (by the test, through torchrun):
 `python tests/test_generator_distributed.py OUTPUT_DIR PER_DEVICE_BATCH`.
@@ -54,6 +55,21 @@ def train(output_dir, **overrides):
     return train_generator(build_tokenizer(), synthetic_dataset(per_class=2), generator_args(output_dir, **overrides))
 
 
+def recording_read_samples():
+    """Patch `GeneratorTrainer.compute_loss` to record [step, sample indices] of each micro-batch in `.read`."""
+    from uniflow_hf.generator_training import GeneratorTrainer
+
+    read, compute_loss = [], GeneratorTrainer.compute_loss
+
+    def record(trainer, model, inputs, *args, **kwargs):
+        read.append([trainer.state.global_step, inputs["index"].tolist()])
+        return compute_loss(trainer, model, inputs, *args, **kwargs)
+
+    patch = mock.patch.object(GeneratorTrainer, "compute_loss", autospec=True, side_effect=record)
+    patch.read = read
+    return patch
+
+
 def weights(result) -> dict[str, torch.Tensor]:
     return {name: value.detach() for name, value in result.pipeline.transformer.state_dict().items()}
 
@@ -65,19 +81,23 @@ def test_two_processes_train_as_one_with_the_global_batch(tmp_path):
     assert report["world_size"] == 2
     # a launch whose processes x accumulation do not divide the global batch is refused
     assert "`global_batch_size` 6 does not divide into 2 process(es) x 4 accumulation step(s)" in report["error"]
-    # each process read its own half of every global batch: 3 steps x 4 samples, none twice
-    positions = [json.loads((tmp_path / "ddp" / f"positions-{rank}.json").read_text()) for rank in range(2)]
-    assert sorted(positions[0] + positions[1]) == list(range(NUM_STEPS * GLOBAL_BATCH))
-    assert positions[0] == [0, 1, 4, 5, 8, 9] and positions[1] == [2, 3, 6, 7, 10, 11]
+    read = [json.loads((tmp_path / "ddp" / f"read-{rank}.json").read_text()) for rank in range(2)]
+    assert [step for step, _ in read[0]] == [step for step, _ in read[1]] == list(range(NUM_STEPS))
     # the main process encoded the latent cache, the other read it; the one-process runs below reuse it unencoded
     assert report["encoded"] == [6, 0]
     assert [path.suffix for path in (tmp_path / "cache").iterdir()] == [".arrow"]
 
     from uniflow_hf import UniFlowModel
 
+    recording = recording_read_samples()
     with mock.patch.object(UniFlowModel, "encode", side_effect=AssertionError("encoded again")):
-        single = train(tmp_path / "single", per_device_train_batch_size=GLOBAL_BATCH)
+        with recording:
+            single = train(tmp_path / "single", per_device_train_batch_size=GLOBAL_BATCH)
         half = train(tmp_path / "half", per_device_train_batch_size=GLOBAL_BATCH // 2)
+    # each process read its own half of every global batch of the one-process run; an epoch is the 6 images padded
+    # to 2 global batches with 2 repeated ones (rows 6 and 7), every row read once
+    assert [indices for _, indices in recording.read] == [a + b for (_, a), (_, b) in zip(*read)]
+    assert sorted(recording.read[0][1] + recording.read[1][1]) == list(range(8))
     from safetensors.torch import load_file
 
     distributed = load_file(tmp_path / "ddp" / "transformer" / "diffusion_pytorch_model.safetensors")
@@ -109,29 +129,24 @@ def test_gradient_accumulation_trains_as_the_whole_batch(tmp_path):
 if __name__ == "__main__":  # one torchrun worker
     torch.set_num_threads(1)
     output_dir, per_device_batch = Path(sys.argv[1]), int(sys.argv[2])
-    from uniflow_hf.generator_training import GeneratorTrainingStream, build_generator_transformer
+    from uniflow_hf.generator_training import build_generator_transformer
 
     error = ""
     try:
         train(output_dir, global_batch_size=6, gradient_accumulation_steps=4, use_cpu=False)
     except ValueError as caught:
         error = str(caught)
-    read, getitems = [], GeneratorTrainingStream.__getitems__
-
-    def record(stream, positions):
-        read.extend(int(position) for position in positions)
-        return getitems(stream, positions)
-
     from uniflow_hf import UniFlowModel
 
     encode = mock.patch.object(UniFlowModel, "encode", autospec=True, side_effect=UniFlowModel.encode)
-    with mock.patch.object(GeneratorTrainingStream, "__getitems__", autospec=True, side_effect=record), encode as spy:
+    recording = recording_read_samples()
+    with recording, encode as spy:
         result = train(output_dir, per_device_train_batch_size=per_device_batch, use_cpu=False)  # no flag: shards
     rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
     encoded = torch.tensor([sum(len(call.args[1]) for call in spy.call_args_list)])  # images each process encoded
     gathered = [torch.zeros_like(encoded) for _ in range(world_size)]
     torch.distributed.all_gather(gathered, encoded)
-    (output_dir / f"positions-{rank}.json").write_text(json.dumps(read))
+    (output_dir / f"read-{rank}.json").write_text(json.dumps(recording.read))
     if rank == 0:
         torch.manual_seed(0)  # the DiT every process started from
         initial = build_generator_transformer(build_tokenizer(), 3, **generator_args(output_dir).transformer_kwargs)
