@@ -130,7 +130,7 @@ def main():
     train_unit, test_unit = torch.from_numpy(train_x).float() / 255, torch.from_numpy(test_x).float() / 255
     pipeline = UniFlowClassConditionalPipeline.from_pretrained(args.model)
     pipeline.set_progress_bar_config(disable=True)
-    decoder_steps = pipeline.default_decoder_num_inference_steps
+    decoder_steps = pipeline.sampling_setting("decoder_num_inference_steps")
 
     judge = train_judge(train_unit, train_y)
     test_features, test_predictions = judge_outputs(judge, test_unit)

@@ -332,14 +332,14 @@ def main():
     test_features, test_pred = judge_outputs(judge, test_unit)
     results["judge_test_accuracy"] = (test_pred == test_y).float().mean().item()
     results["fd_floor_train_vs_test"] = frechet_distance_of_features(train_features, test_features)
-    guidance = pipeline.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
-    interval = args.guidance_interval or pipeline.default_guidance_interval
-    rescale = pipeline.default_guidance_rescale if args.guidance_rescale is None else args.guidance_rescale
-    autoguidance = pipeline.default_autoguidance_scale if args.autoguidance_scale is None else args.autoguidance_scale
-    autoguidance_interval = args.autoguidance_interval or pipeline.default_autoguidance_interval
-    latent_scale = args.decoder_latent_scale or pipeline.default_decoder_latent_scale
+    guidance = pipeline.sampling_setting("guidance_scale", args.guidance_scale)
+    interval = pipeline.sampling_setting("guidance_interval", args.guidance_interval)
+    rescale = pipeline.sampling_setting("guidance_rescale", args.guidance_rescale)
+    autoguidance = pipeline.sampling_setting("autoguidance_scale", args.autoguidance_scale)
+    autoguidance_interval = pipeline.sampling_setting("autoguidance_interval", args.autoguidance_interval)
+    latent_scale = pipeline.sampling_setting("decoder_latent_scale", args.decoder_latent_scale)
     steps = 25 if args.steps is None else args.steps
-    decoder_steps = args.decoder_steps or pipeline.default_decoder_num_inference_steps
+    decoder_steps = pipeline.sampling_setting("decoder_num_inference_steps", args.decoder_steps)
     # The test set's own reconstructions below are no such bound: they are compared with themselves.
     results["fd_tokenizer_bound"] = frechet_distance_of_features(
         judge_outputs(judge, bound_reconstructions(tokenizer, train_pv, decoder_steps, latent_scale))[0], test_features

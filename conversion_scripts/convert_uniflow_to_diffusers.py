@@ -1,18 +1,15 @@
 """Convert a UniFlow model folder (ours or an official release) into a diffusers pipeline folder, and back.
 
-    # UniFlow folder -> UniFlowReconstructionPipeline folder (model_index.json, tokenizer/, scheduler/, image_processor/)
-    python conversion_scripts/convert_uniflow_to_diffusers.py --input UNIFLOW_DIR --output PIPELINE_DIR
-    # ... plus a latent generator -> UniFlowClassConditionalPipeline folder
-    python conversion_scripts/convert_uniflow_to_diffusers.py --input UNIFLOW_DIR --generator GENERATOR_DIR --output PIPELINE_DIR
+    # UniFlow folder (and a latent generator) -> UniFlowReconstructionPipeline (UniFlowClassConditionalPipeline)
+    python conversion_scripts/convert_uniflow_to_diffusers.py --input UNIFLOW_DIR [--generator GENERATOR_DIR] \
+        --output PIPELINE_DIR
     # pipeline folder -> plain UniFlow folder (and the generator folder, for a class-conditional pipeline)
-    python conversion_scripts/convert_uniflow_to_diffusers.py --reverse --input PIPELINE_DIR --output UNIFLOW_DIR [--generator GENERATOR_DIR]
+    python conversion_scripts/convert_uniflow_to_diffusers.py --reverse --input PIPELINE_DIR --output UNIFLOW_DIR \
+        [--generator GENERATOR_DIR]
 
-(or `python -m uniflow_hf.conversion_scripts.convert_uniflow_to_diffusers ...`).
-
-A generator folder is a saved `DiTTransformer2DModel` (config.json + weights), optionally with the
-`scheduler_config.json` of its latent flow and a `guide_transformer/` folder (the DiT of autoguidance), plus
-`uniflow_generator_config.json`: the pipeline settings a DiT config cannot hold (`id2label`, `latent_mean`,
-`latent_std`, and the sampling defaults: decoder steps, guidance, autoguidance).
+A generator folder is a saved `DiTTransformer2DModel`, optionally with the `scheduler_config.json` of its latent flow
+and a `guide_transformer/` folder (the DiT of autoguidance), plus `uniflow_generator_config.json`: the pipeline's
+settings (`UniFlowClassConditionalPipeline.setting_names()`).
 """
 
 from __future__ import annotations
@@ -27,8 +24,8 @@ GENERATOR_CONFIG_NAME = "uniflow_generator_config.json"
 GUIDE_FOLDER = "guide_transformer"
 
 
-def load_generator(generator_dir: str | Path, dtype=None):
-    """(transformer, latent-flow scheduler, pipeline settings with the guide transformer if any) of a generator
+def load_generator(generator_dir: str | Path, dtype=None) -> dict:
+    """The class-conditional pipeline's arguments other than the tokenizer and image processor, from a generator
     folder."""
     from diffusers import DiTTransformer2DModel
 
@@ -37,11 +34,6 @@ def load_generator(generator_dir: str | Path, dtype=None):
     generator_dir = Path(generator_dir)
     if not (generator_dir / "config.json").is_file():
         raise FileNotFoundError(f"{generator_dir} has no config.json: expected a saved DiTTransformer2DModel folder.")
-    transformer = DiTTransformer2DModel.from_pretrained(generator_dir, torch_dtype=dtype)
-    if (generator_dir / UniFlowFlowMatchScheduler.config_name).is_file():
-        scheduler = UniFlowFlowMatchScheduler.from_pretrained(generator_dir)
-    else:
-        scheduler = UniFlowFlowMatchScheduler()
     settings_path = generator_dir / GENERATOR_CONFIG_NAME
     settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
     expected = UniFlowClassConditionalPipeline.setting_names()
@@ -49,8 +41,14 @@ def load_generator(generator_dir: str | Path, dtype=None):
     if unknown:
         raise ValueError(f"{settings_path} has unknown keys {sorted(unknown)}; expected {expected}.")
     if (generator_dir / GUIDE_FOLDER / "config.json").is_file():
-        settings["guide_transformer"] = DiTTransformer2DModel.from_pretrained(generator_dir / GUIDE_FOLDER, torch_dtype=dtype)
-    return transformer, scheduler, settings
+        settings["guide_transformer"] = DiTTransformer2DModel.from_pretrained(
+            generator_dir / GUIDE_FOLDER, torch_dtype=dtype
+        )
+    scheduler = UniFlowFlowMatchScheduler()
+    if (generator_dir / UniFlowFlowMatchScheduler.config_name).is_file():
+        scheduler = UniFlowFlowMatchScheduler.from_pretrained(generator_dir)
+    transformer = DiTTransformer2DModel.from_pretrained(generator_dir, torch_dtype=dtype)
+    return dict(transformer=transformer, scheduler=scheduler, **settings)
 
 
 def convert_uniflow_to_diffusers(
@@ -59,7 +57,6 @@ def convert_uniflow_to_diffusers(
     """Write the pipeline folder of a UniFlow folder (and generator folder); returns the pipeline."""
     from uniflow_hf import (
         UniFlowClassConditionalPipeline,
-        UniFlowFlowMatchScheduler,
         UniFlowImageProcessor,
         UniFlowModel,
         UniFlowReconstructionPipeline,
@@ -77,18 +74,10 @@ def convert_uniflow_to_diffusers(
     else:  # the release's preprocessing for the tokenizer's input size
         image_processor = UniFlowImageProcessor.from_image_size(tokenizer.config.image_size)
     if generator_dir is None:
-        decoder_scheduler = UniFlowFlowMatchScheduler(schedule=tokenizer.config.sampling_schedule)
-        pipeline = UniFlowReconstructionPipeline(
-            tokenizer=tokenizer, scheduler=decoder_scheduler, image_processor=image_processor
-        )
+        pipeline = UniFlowReconstructionPipeline(tokenizer=tokenizer, image_processor=image_processor)
     else:
-        transformer, scheduler, settings = load_generator(generator_dir, DTYPES[dtype])
         pipeline = UniFlowClassConditionalPipeline(
-            transformer=transformer,
-            scheduler=scheduler,
-            tokenizer=tokenizer,
-            image_processor=image_processor,
-            **settings,
+            tokenizer=tokenizer, image_processor=image_processor, **load_generator(generator_dir, DTYPES[dtype])
         )
     pipeline.save_pretrained(output_dir)
     return pipeline
@@ -97,7 +86,7 @@ def convert_uniflow_to_diffusers(
 def convert_diffusers_to_uniflow(
     input_dir: str | Path, output_dir: str | Path, generator_dir: str | Path | None = None
 ) -> None:
-    """Write the plain UniFlow folder (tokenizer + preprocessor config) of a pipeline folder, and, for a
+    """Write the plain UniFlow folder (tokenizer and preprocessor config) of a pipeline folder, and, for a
     class-conditional pipeline, its generator folder when `generator_dir` is given."""
     from diffusers import DiffusionPipeline
 
@@ -113,17 +102,15 @@ def convert_diffusers_to_uniflow(
     if generator_dir is not None and not is_class_conditional:
         raise ValueError(f"{input_dir} holds no generator (a reconstruction pipeline); drop --generator.")
 
-    pipeline.tokenizer.save_pretrained(output_dir)  # its config holds the decoder's sampler (`UniFlowModel.decode`)
+    pipeline.tokenizer.save_pretrained(output_dir)
     pipeline.processor.save_pretrained(output_dir)
-
     if is_class_conditional and generator_dir is not None:
         generator_dir = Path(generator_dir)
         pipeline.transformer.save_pretrained(generator_dir)
         pipeline.scheduler.save_pretrained(generator_dir)
         if pipeline.guide_transformer is not None:
             pipeline.guide_transformer.save_pretrained(generator_dir / GUIDE_FOLDER)
-        settings = pipeline.settings
-        (generator_dir / GENERATOR_CONFIG_NAME).write_text(json.dumps(settings, indent=2) + "\n")
+        (generator_dir / GENERATOR_CONFIG_NAME).write_text(json.dumps(pipeline.settings, indent=2) + "\n")
     elif is_class_conditional:
         print(f"Note: {input_dir} also holds a latent generator; pass --generator DIR to write it out too.")
 

@@ -1,25 +1,22 @@
-"""Re-save a UniFlow pipeline folder in place in the form the package writes today (diffusers' custom pipeline form:
-`[module file, class]` entries in `model_index.json`, the code beside them, the image processor also in
-`tokenizer/`), its weights unchanged and its model card kept.
+"""Re-save a UniFlow pipeline folder in place in the form the package writes today, its weights unchanged and its
+model card kept:
 
     python conversion_scripts/resave_pipeline.py uniflow_hf/models/uniflow-fmnist --link-code
 
 The folder is loaded by the package in float32 and saved to a sibling folder; every weight file must hold exactly the
-tensors it held (names, dtypes, values), and then keeps its original bytes; the configs lose the load path diffusers
-records (`_name_or_path`); only then does the new folder replace the old one.
+tensors it held, and then keeps its original bytes; the configs lose the load path diffusers records
+(`_name_or_path`); only then does the new folder replace the old one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
-
-
-MODEL_CARD_NAME = "README.md"
 
 
 def weight_files(folder: Path) -> dict[Path, dict]:
@@ -33,29 +30,18 @@ def check_same_tensors(before: dict[Path, dict], after: dict[Path, dict]) -> Non
         raise ValueError(f"The re-saved weight files {sorted(map(str, after))} differ from {sorted(map(str, before))}.")
     for path, tensors in before.items():
         resaved = after[path]
-        if set(tensors) != set(resaved):
-            raise ValueError(f"{path}: the re-saved tensors have other names ({sorted(set(tensors) ^ set(resaved))}).")
-        changed = [name for name, tensor in tensors.items()
-                   if tensor.dtype != resaved[name].dtype or not tensor.equal(resaved[name])]
+        changed = set(tensors) ^ set(resaved) or [
+            name for name, tensor in tensors.items()
+            if tensor.dtype != resaved[name].dtype or not tensor.equal(resaved[name])
+        ]
         if changed:
-            raise ValueError(f"{path}: re-saving changed {changed[:5]} ({len(changed)} tensors).")
-
-
-def drop_load_paths(folder: Path) -> None:
-    """Remove `_name_or_path` (where this machine loaded the folder from) from the saved configs."""
-    for path in folder.rglob("*.json"):
-        config = json.loads(path.read_text())
-        if isinstance(config, dict) and config.pop("_name_or_path", None) is not None:
-            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            raise ValueError(f"{path}: re-saving changed the tensors {sorted(changed)[:5]} ({len(changed)} in all).")
 
 
 def link_package_code(folder: Path) -> list[Path]:
-    """Replace each code file of `folder` that is a copy of one of the package's source files (modeling/,
-    pipelines/) by a relative link to that file; return the linked files. For a folder kept inside the package's
-    own repository (the shipped model): the repository then holds one copy of the code, and a change of the source
-    is a change of the folder. Wheels and uploads copy the linked files' contents."""
-    import os
-
+    """Replace each code file of `folder` that is an exact copy of one of the package's source files (modeling/,
+    pipelines/) by a relative link to that file, for a folder kept in the package's own repository (the shipped
+    model); return the linked files. Wheels and uploads copy the linked files' contents."""
     import uniflow_hf.modeling
     import uniflow_hf.pipelines
 
@@ -86,11 +72,14 @@ def resave_pipeline(folder: str | Path, link_code: bool = False) -> None:
     pipeline = DiffusionPipeline.from_pretrained(folder, dtype=torch.float32)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        if (folder / MODEL_CARD_NAME).is_file():  # a save keeps a card the folder has
-            shutil.copyfile(folder / MODEL_CARD_NAME, staging / MODEL_CARD_NAME)
+        if (folder / "README.md").is_file():  # a save keeps a card the folder has
+            shutil.copyfile(folder / "README.md", staging / "README.md")
         pipeline.save_pretrained(staging)
         check_same_tensors(before, weight_files(staging))
-        drop_load_paths(staging)
+        for path in staging.rglob("*.json"):
+            config = json.loads(path.read_text())
+            if isinstance(config, dict) and config.pop("_name_or_path", None) is not None:
+                path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for path in before:
             shutil.copyfile(folder / path, staging / path)
         shutil.rmtree(folder)
@@ -110,10 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         "repository: one copy of the code; wheels and uploads copy the contents)",
     )
     args = parser.parse_args(argv)
-    if not (Path(args.folder) / "model_index.json").is_file():
-        print(f"error: {args.folder} has no model_index.json: expected a UniFlow pipeline folder.", file=sys.stderr)
-        return 2
     try:
+        if not (Path(args.folder) / "model_index.json").is_file():
+            raise ValueError(f"{args.folder} has no model_index.json: expected a UniFlow pipeline folder.")
         resave_pipeline(args.folder, link_code=args.link_code)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -7,10 +7,14 @@ from ..modeling import flow_matching
 
 
 # The scheduler imports the flow math as its sibling `.flow_matching`, as it does where a saved pipeline's code is
-# loaded with `trust_remote_code` (the file saved beside it); in the package that sibling is the model's own file.
+# loaded with `trust_remote_code`; in the package that sibling is the model's own file.
 sys.modules[f"{__name__}.flow_matching"] = flow_matching
 
-from . import pipeline_uniflow_class_conditional, pipeline_uniflow_reconstruction, scheduling_uniflow_flow_match  # noqa: E402
+from . import (  # noqa: E402
+    pipeline_uniflow_class_conditional,
+    pipeline_uniflow_reconstruction,
+    scheduling_uniflow_flow_match,
+)
 from .pipeline_uniflow_class_conditional import UniFlowClassConditionalPipeline  # noqa: E402
 from .pipeline_uniflow_reconstruction import UniFlowReconstructionPipeline  # noqa: E402
 from .scheduling_uniflow_flow_match import (  # noqa: E402
@@ -20,12 +24,8 @@ from .scheduling_uniflow_flow_match import (  # noqa: E402
 )
 
 
-PIPELINE_CLASSES = (UniFlowReconstructionPipeline, UniFlowClassConditionalPipeline)
-SCHEDULER_CLASSES = (UniFlowFlowMatchScheduler,)
-
-
-def packaged_modules() -> dict:
-    """Module file name (as `model_index.json` records it) -> the package's module of that name."""
+def packaged_module(module_file: str):
+    """The package's module of the file name a saved `[module file, class]` entry records, or `None`."""
     from ..modeling import configuration_uniflow, image_processing_uniflow, modeling_uniflow
 
     modules = (
@@ -36,30 +36,27 @@ def packaged_modules() -> dict:
         configuration_uniflow,
         image_processing_uniflow,
     )
-    return {module.__name__.rsplit(".", 1)[-1]: module for module in modules}
+    return {module.__name__.rsplit(".", 1)[-1]: module for module in modules}.get(module_file.removesuffix(".py"))
 
 
 def packaged_class(module_file: str, class_name: str | None):
     """The package's class that a saved `[module file, class]` entry names, or `None`."""
-    module = packaged_modules().get(module_file.removesuffix(".py"))
+    module = packaged_module(module_file)
     return getattr(module, class_name, None) if module is not None and class_name else None
 
 
 def register_pipelines_with_diffusers() -> None:
-    """Let diffusers' loader find our classes without `trust_remote_code` once `uniflow_hf` is imported (`import
-    uniflow_hf` calls this), as transformers prefers a registered class over a checkpoint's `auto_map`:
-
-    - folders saved in diffusers' custom form (`[module file, class]` entries, the code beside them): without
-      `trust_remote_code`, an entry naming one of our module files resolves to the package's class instead of the
-      saved code (with `trust_remote_code=True`, diffusers loads the saved code as usual);
-    - folders saved before that (`"_class_name": "UniFlowClassConditionalPipeline"`, entries `["uniflow_hf", ...]`):
-      the pipelines and the scheduler are put on the `diffusers` namespace, where those names are looked up."""
+    """Let diffusers' loader find our classes without `trust_remote_code` once `uniflow_hf` is imported, as
+    transformers prefers a registered class over a checkpoint's `auto_map`: an entry `[module file, class]` naming
+    one of our module files resolves to the package's class (with `trust_remote_code=True`, diffusers loads the saved
+    code as usual), and the pipelines and the scheduler are put on the `diffusers` namespace, where folders saved
+    before the custom-code form (`"_class_name": "UniFlowClassConditionalPipeline"`) look them up."""
     import diffusers
     from diffusers.pipelines import pipeline_loading_utils as loading
 
     import uniflow_hf
 
-    for component_class in PIPELINE_CLASSES + SCHEDULER_CLASSES:
+    for component_class in (UniFlowReconstructionPipeline, UniFlowClassConditionalPipeline, UniFlowFlowMatchScheduler):
         setattr(diffusers, component_class.__name__, component_class)
     if getattr(loading.get_class_from_dynamic_module, "prefers_uniflow_hf", False):
         return
@@ -75,7 +72,7 @@ def register_pipelines_with_diffusers() -> None:
     @functools.wraps(library)
     def get_library_or_raise(library_name):
         # a component passed to `from_pretrained` is checked against the library its entry names
-        return uniflow_hf if library_name in packaged_modules() else library(library_name)
+        return uniflow_hf if packaged_module(library_name) is not None else library(library_name)
 
     get_class_from_dynamic_module.prefers_uniflow_hf = True
     loading.get_class_from_dynamic_module = get_class_from_dynamic_module

@@ -9,46 +9,29 @@ from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from .pipeline_uniflow_utils import (
-    OUTPUT_TYPES,
-    UniFlowPipelineMixin,
-    check_callback,
-    check_decoder_scheduler,
-    check_generator,
-    check_num_inference_steps,
-    check_output_type,
-)
+from .pipeline_uniflow_utils import UniFlowPipelineMixin, check_call_arguments, check_generator
 
 
 class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
     r"""
     Reconstruct images with a UniFlow tokenizer: encode them to latents, then decode the latents with the patch-wise
-    pixel flow decoder.
-
-    This pipeline inherits from [`DiffusionPipeline`]: see there for the generic methods (saving, loading, moving
-    to a device, progress-bar configuration). It is a thin orchestrator: the decoder's sampler is
-    [`UniFlowModel.decode`]'s.
+    pixel flow decoder, whose sampler is [`UniFlowModel.decode`]'s (Euler steps over `config.sampling_schedule`).
 
     Args:
-        tokenizer ([`UniFlowModel`]): the UniFlow image tokenizer (encoder and flow decoder).
-        scheduler ([`UniFlowFlowMatchScheduler`]): a record of the flow decoder's sampler, which is
-            [`UniFlowModel.decode`]'s own (Euler steps over the tokenizer's `config.sampling_schedule`): it must
-            describe that sampler, and gives the callback's timestep scale (`num_train_timesteps`).
-        image_processor ([`UniFlowImageProcessor`], *optional*): the pre/post-processing. When `None` (it stays
-            absent through save and load), one built for the tokenizer's input size (resize the short side,
-            centre-crop to `config.image_size`) serves (`pipe.processor`).
+        image_processor ([`UniFlowImageProcessor`], *optional*): the pre/post-processing; when `None`, one built for
+            the tokenizer's input size (`pipe.processor`).
     """
 
     model_cpu_offload_seq = "tokenizer"
     _optional_components = ["image_processor"]
+    _former_decoder_schedulers = ("scheduler",)
     card_pipeline_tag = "image-to-image"
     card_tags = ("pixel-flow-decoder", "reconstruction")
 
-    def __init__(self, tokenizer, scheduler: SchedulerMixin, image_processor=None):
+    def __init__(self, tokenizer, image_processor=None):
         super().__init__()
-        self.register_modules(tokenizer=tokenizer, scheduler=scheduler, image_processor=image_processor)
+        self.register_modules(tokenizer=tokenizer, image_processor=image_processor)
 
     def card_description(self) -> str:
         return (
@@ -72,28 +55,19 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
     ) -> ImagePipelineOutput | tuple:
         r"""
         Args:
-            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of those): the image(s) to reconstruct
-                (anything the image processor takes: uint8, or float in [0, 1]; any size, they are resized and
-                centre-cropped); `image`, as diffusers' image-input pipelines name it.
-            num_inference_steps (`int`, *optional*): flow decoder steps; the tokenizer's `num_sampling_steps` when
-                `None`.
-            generator (`torch.Generator` or a list of them, *optional*): the decoder's noise is drawn with it; with a
-                list (one per image) each image draws its own, so a batch equals the images decoded one by one.
-            noise (`torch.Tensor`, *optional*): the decoder's initial noise `(batch, tokens, channels * p * p)`
-                (then `generator` is unused).
-            output_type (`str`, *optional*, defaults to `"pil"`): `"pil"` (list of PIL images), `"np"` (float array
-                `(batch, height, width, 3)` in [0, 1]), `"pt"` (tensor `(batch, 3, height, width)` in [0, 1]) or
-                `"latent"`: the encoded latents `(batch, tokens, latent_channels)`, not decoded.
-            return_dict (`bool`, *optional*, defaults to `True`): return an [`ImagePipelineOutput`] or a tuple.
-            images: the former name of `image` (deprecated; still accepted, with a warning).
-            num_images_per_prompt (`int`, *optional*, defaults to 1): reconstructions per image (each its own
-                decoder noise), each image's consecutive.
-            callback_on_step_end (`Callable`, *optional*): `callback_on_step_end(self, step, timestep,
-                callback_kwargs)`, diffusers' contract. The reconstruction has one latent step, the encoding: the
-                callback is called once (step 0, timestep 1000: the data end of the flow) with the latents the decoder
-                is about to decode, and the tensors it returns in a dict replace them.
-            callback_on_step_end_tensor_inputs (`list[str]`, *optional*, defaults to `["latents"]`): of
-                `pipe._callback_tensor_inputs`.
+            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of those): the image(s) to reconstruct,
+                anything the image processor takes.
+            num_inference_steps (`int`, *optional*): the steps of the pixel flow decoder (this pipeline has no other
+                sampler); the tokenizer's `num_sampling_steps` when `None`.
+            generator (`torch.Generator` or a list of them, *optional*): draws the decoder's noise; with one per image,
+                a batch equals the images decoded one by one.
+            noise (`torch.Tensor`, *optional*): the decoder's initial noise `(batch, tokens, channels * p * p)`.
+            output_type (`str`, *optional*, defaults to `"pil"`): `"pil"`, `"np"` (`(batch, height, width, 3)` in
+                [0, 1]), `"pt"` (`(batch, 3, height, width)` in [0, 1]) or `"latent"` (the encoded latents).
+            images: the deprecated former name of `image`.
+            num_images_per_prompt (`int`, *optional*, defaults to 1): reconstructions per image, consecutive.
+            callback_on_step_end (`Callable`, *optional*): diffusers' step-end callback, called once (step 0,
+                timestep 1000: the data end of the flow) with the latents about to be decoded.
 
         Examples:
         ```py
@@ -109,14 +83,13 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         if images is not None:
             if image is not None:
                 raise ValueError("Pass the images as `image` (`images` is its deprecated former name), not both.")
-            warnings.warn("`images` is deprecated: pass the images to reconstruct as `image`.", FutureWarning, stacklevel=2)
+            warnings.warn("`images` is deprecated: pass the images as `image`.", FutureWarning, stacklevel=2)
             image = images
         if image is None:
             raise ValueError("`image` is required: the image(s) to reconstruct.")
-        check_num_inference_steps(num_inference_steps, allow_none=True)
-        check_num_inference_steps(num_images_per_prompt, "num_images_per_prompt")
-        check_output_type(output_type, OUTPUT_TYPES + ("latent",))
-        callback_on_step_end_tensor_inputs = check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        callback_on_step_end_tensor_inputs = check_call_arguments(
+            num_images_per_prompt, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
 
         device = self._execution_device
         processor = self.processor
@@ -126,19 +99,18 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         check_generator(generator, len(pixel_values))
 
         latents = self.tokenizer.encode(pixel_values)
-        timestep = torch.tensor(float(self.scheduler.config.num_train_timesteps), device=device)
+        timestep = torch.tensor(1000.0, device=device)  # the network timestep 1000 * t at t = 1, the data
         latents = self.run_step_end_callback(
             callback_on_step_end, callback_on_step_end_tensor_inputs, 0, timestep, {"latents": latents}
         )["latents"]
         if output_type == "latent":
             images = latents
         else:
-            check_decoder_scheduler("scheduler", self.scheduler.config, self.tokenizer)
-            reconstruction = self.decode_latents(
+            reconstruction = self.tokenizer.decode(
                 latents,
-                num_inference_steps,
-                generator=generator,
                 noise=noise,
+                generator=generator,
+                num_inference_steps=num_inference_steps,
                 height=pixel_values.shape[-2],
                 width=pixel_values.shape[-1],
             )

@@ -1,13 +1,11 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
-"""What UniFlow's two pipelines share: how their components and code are saved (diffusers' custom pipelines and
-components: `[module file, class]` entries in `model_index.json`, the files beside them), input checks, the
-step-end callback, the default image processor and the flow decoder run under a progress bar.
-
-This file and the pipelines' are saved with every pipeline and loaded by `trust_remote_code=True` where `uniflow_hf`
-is not installed: they import only torch, diffusers and each other."""
+"""What UniFlow's two pipelines share: saving their code with them (diffusers' custom pipelines and components),
+input checks, the step-end callback and the default image processor. Saved with every pipeline and loaded by
+`trust_remote_code=True` where `uniflow_hf` is not installed, it imports only torch, diffusers and its siblings."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
@@ -20,17 +18,24 @@ from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES, _fetch_
 from diffusers.utils.dynamic_modules_utils import get_relative_imports
 
 
-OUTPUT_TYPES = ("pil", "np", "pt")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # Schedulers of UniFlow's flow convention (t = 0 noise -> t = 1 data, the model predicts v = data - noise). diffusers'
 # flow-match schedulers run the other way (sigma = 1 - t, model output -v) and would walk the wrong way silently.
 COMPATIBLE_SCHEDULERS = ("UniFlowFlowMatchScheduler",)
-SCHEDULER_COMPONENTS = ("scheduler",)
+CARD_USAGE = (
+    "from diffusers import DiffusionPipeline\n\n"
+    "# without uniflow-hf: the code saved in this folder (from the Hub, download the whole folder first with\n"
+    "# huggingface_hub.snapshot_download(repo_id): diffusers fetches only the code file a component names)\n"
+    'pipe = DiffusionPipeline.from_pretrained("path/to/this/folder", trust_remote_code=True)\n\n'
+    "# with uniflow-hf installed (pip install uniflow-hf): the package's classes\n"
+    "import uniflow_hf\n\n"
+    'pipe = DiffusionPipeline.from_pretrained("path/to/this/folder")'
+)
 
 
 def component_library_tuple(component) -> tuple[str, str]:
-    """`(library, class name)` under which `component` is recorded in `model_index.json`: a class of a library
-    diffusers loads from as diffusers records it, any other class (ours) as `(module file, class)`, diffusers' custom
-    component convention, its code saved in the component's folder."""
+    """`(library, class name)` under which `component` is recorded in `model_index.json`: as diffusers records a class
+    of a library it loads from; any other class (ours) as `(module file, class)`, its code saved beside it."""
     library, class_name = _fetch_class_library_tuple(component)
     if library in LOADABLE_CLASSES:
         return library, class_name
@@ -38,8 +43,8 @@ def component_library_tuple(component) -> tuple[str, str]:
 
 
 def module_code_files(module) -> dict[str, str]:
-    """File name -> source path of `module` and of the modules it imports relatively, recursively: the code that
-    `trust_remote_code` loading needs beside a saved pipeline or component (diffusers copies those files flat)."""
+    """File name -> source path of `module` and, recursively, of the modules it imports relatively: the code that
+    `trust_remote_code` loading needs beside a saved pipeline or component."""
     files, pending = {}, [(module.__name__.rsplit(".", 1)[-1], module)]
     while pending:
         name, module = pending.pop()
@@ -60,64 +65,50 @@ def save_module_code(module, folder) -> None:
             shutil.copyfile(source, target)
 
 
-def check_scheduler(name: str, scheduler) -> None:
-    if scheduler is not None and type(scheduler).__name__ not in COMPATIBLE_SCHEDULERS:
-        raise ValueError(
-            f"`{name}` is a {type(scheduler).__name__}, which does not run UniFlow's flow convention (t = 0 noise to "
-            f"t = 1 data, velocity v = data - noise). Compatible schedulers: {', '.join(COMPATIBLE_SCHEDULERS)} "
-            "(its `flow_match_euler_sigmas` gives the sigmas under which FlowMatchEulerDiscreteScheduler, fed -v, "
-            "walks the same samples)."
-        )
-
-
-def check_decoder_scheduler(name: str, scheduler_config, tokenizer) -> None:
-    """Refuse a decoder scheduler (its config) that describes another sampler than the tokenizer's own
-    (`UniFlowModel.decode`: Euler steps over `config.sampling_schedule`). Such a scheduler is a record, never stepped:
-    the reconstruction pipeline's `scheduler`, or the `decoder_scheduler` of a class-conditional folder saved before
-    the decoder's sampler had one owner."""
-    defaults = {"solver": "euler", "schedule": "linear", "shift": 1.0}  # `UniFlowFlowMatchScheduler`'s
-    expected = {**defaults, "schedule": tokenizer.config.sampling_schedule}
-    actual = {key: scheduler_config.get(key, default) for key, default in defaults.items()}
-    if actual != expected:
-        raise ValueError(
-            f"`{name}` says {actual}, but the tokenizer's pixel decoder samples by Euler steps over its config's "
-            f"schedule ({expected}). Set `tokenizer.config.sampling_schedule` to choose the decoder's schedule"
-            + (f", and give the pipeline `UniFlowFlowMatchScheduler(schedule={expected['schedule']!r})`."
-               if name == "scheduler" else ", and delete the folder's `decoder_scheduler` (no longer a component).")
-        )
-
-
-def check_saved_decoder_scheduler(folder, tokenizer) -> None:
-    """`check_decoder_scheduler` for the `decoder_scheduler/` a local pipeline `folder` may hold from an earlier save;
-    loading ignores that component (the tokenizer's `decode` samples), so its settings must agree with the tokenizer."""
-    path = os.path.join(str(folder), "decoder_scheduler", "scheduler_config.json")
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as file:
-            check_decoder_scheduler("decoder_scheduler", json.load(file), tokenizer)
-
-
-def package_model_cards():
-    """`uniflow_hf`'s card writer, or `None` where only the code saved beside a pipeline is loaded (no card then)."""
-    try:
-        return importlib.import_module("uniflow_hf.model_card")
-    except ImportError:
-        return None
-
-
 class UniFlowPipelineMixin:
     """Mixed into our `DiffusionPipeline`s (listed before it). Records our own components as `(module file, class)`
-    in `model_index.json`, whether set at construction (`register_modules`) or later (`pipe.tokenizer = ...`), refuses
-    schedulers of another flow convention, and saves the code of the pipeline and its components with it."""
+    in `model_index.json`, whether set at construction or later (`pipe.tokenizer = ...`), refuses schedulers of
+    another flow convention, and saves the code of the pipeline and its components with it."""
 
     _callback_tensor_inputs = ["latents"]
+    # components that earlier versions saved to describe the pixel decoder's sampler (`UniFlowModel.decode`)
+    _former_decoder_schedulers = ()
 
     def __setattr__(self, name, value):
-        if name in SCHEDULER_COMPONENTS:
-            check_scheduler(name, value)
+        if name == "scheduler" and value is not None and type(value).__name__ not in COMPATIBLE_SCHEDULERS:
+            raise ValueError(
+                f"`scheduler` is a {type(value).__name__}, which does not run UniFlow's flow convention (t = 0 noise "
+                f"to t = 1 data, velocity v = data - noise). Compatible schedulers: {', '.join(COMPATIBLE_SCHEDULERS)} "
+                "(its `flow_match_euler_sigmas` gives the sigmas under which FlowMatchEulerDiscreteScheduler, fed -v, "
+                "walks the same samples)."
+            )
         super().__setattr__(name, value)
         # `DiffusionPipeline` has just recorded the component under its module path; record the file name instead.
         if hasattr(type(value), "from_pretrained") and name in self.__dict__.get("_internal_dict", {}):
             self.register_to_config(**{name: component_library_tuple(value)})
+
+    def register_to_config(self, **kwargs):
+        """`ConfigMixin.register_to_config`; when `from_pretrained` records the folder it loaded, the folder's former
+        decoder schedulers (not loaded) must describe the tokenizer's sampler, Euler steps over its schedule."""
+        super().register_to_config(**kwargs)
+        folder, tokenizer = kwargs.get("_name_or_path"), getattr(self, "tokenizer", None)
+        if not folder or tokenizer is None:
+            return
+        for name in self._former_decoder_schedulers:
+            path = os.path.join(str(folder), name, "scheduler_config.json")
+            if not os.path.isfile(path):
+                continue
+            with open(path, encoding="utf-8") as file:
+                saved = json.load(file)
+            defaults = {"solver": "euler", "schedule": "linear", "shift": 1.0}  # `UniFlowFlowMatchScheduler`'s
+            expected = {**defaults, "schedule": tokenizer.config.sampling_schedule}
+            actual = {key: saved.get(key, default) for key, default in defaults.items()}
+            if actual != expected:
+                raise ValueError(
+                    f"`{name}` says {actual}, but the tokenizer's pixel decoder samples by Euler steps over its "
+                    f"config's schedule ({expected}). Set `tokenizer.config.sampling_schedule` to choose the "
+                    f"decoder's schedule, and delete the folder's `{name}` (no longer a component)."
+                )
 
     def to_json_string(self) -> str:
         """`model_index.json` names the pipeline `[module file, class]`, the file saved at the folder's root."""
@@ -126,10 +117,9 @@ class UniFlowPipelineMixin:
         return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
     def enable_sequential_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str | None = None):
-        """`DiffusionPipeline.enable_sequential_cpu_offload`, which also works with `device="cpu"`. diffusers names
-        the execution device with an index (`cpu:0`); torch copies a CPU parameter moved to `cpu:0` into a plain
-        tensor, which Accelerate then fails to offload after the module's forward ("new() received an invalid
-        combination of arguments"). On the CPU the hooks therefore execute on `cpu`."""
+        """`DiffusionPipeline.enable_sequential_cpu_offload`, which also works with `device="cpu"`: there the hooks
+        execute on `cpu`, not `cpu:0` (torch copies a CPU parameter moved to `cpu:0` into a plain tensor, which
+        Accelerate then fails to offload)."""
         super().enable_sequential_cpu_offload(gpu_id=gpu_id, device=device)
         if self._offload_device.type != "cpu":
             return
@@ -143,57 +133,46 @@ class UniFlowPipelineMixin:
                         hook.execution_device = torch.device("cpu")
 
     def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
-        """`DiffusionPipeline.save_pretrained`, plus the code: the pipeline's module (and its relative imports) at the
-        root, each of our components' in its folder, so that `DiffusionPipeline.from_pretrained(folder,
-        trust_remote_code=True)` needs no `uniflow_hf`. The image processor is also saved into `tokenizer/` (where
-        transformers' `image-feature-extraction` pipeline looks), and a model card (README.md) is written unless the
-        folder has one. `push_to_hub` uploads that folder, card included."""
+        """`DiffusionPipeline.save_pretrained`, plus the code of the pipeline and of our components (so that
+        `trust_remote_code=True` loading needs no `uniflow_hf`), the image processor also in `tokenizer/`, and a model
+        card unless the folder has one; `push_to_hub` then uploads the folder."""
         hub_kwargs = {key: kwargs.pop(key) for key in ("commit_message", "private", "create_pr", "token", "repo_id")
                       if key in kwargs}
-        cards = package_model_cards()
-        if cards is None:
+        try:
+            cards = importlib.import_module("uniflow_hf.model_card")
+        except ImportError:  # only the code saved beside a pipeline is loaded: no card
+            cards = None
+        with cards.saving_pipeline() if cards is not None else contextlib.nullcontext():
             super().save_pretrained(save_directory, *args, **kwargs)
-        else:
-            with cards.saving_pipeline():
-                super().save_pretrained(save_directory, *args, **kwargs)
-        save_module_code(inspect.getmodule(type(self)), save_directory)
+        code = [("", self)]  # (folder, the object whose code is saved there)
         for name, component in self.components.items():
             if component is not None and component_library_tuple(component)[0] not in LOADABLE_CLASSES:
-                save_module_code(inspect.getmodule(type(component)), os.path.join(save_directory, name))
+                code.append((name, component))
         if self.tokenizer is not None:
             self.processor.save_pretrained(os.path.join(save_directory, "tokenizer"))
-            save_module_code(inspect.getmodule(type(self.processor)), os.path.join(save_directory, "tokenizer"))
-        if cards is not None:
-            self.save_model_card(cards, save_directory)
+            code.append(("tokenizer", self.processor))
+        for folder, owner in code:
+            save_module_code(inspect.getmodule(type(owner)), os.path.join(save_directory, folder))
+        if cards is not None:  # README.md, unless the folder has one
+            cards.save_model_card(
+                save_directory,
+                title=type(self).__name__,
+                description=self.card_description(),
+                library_name="diffusers",
+                pipeline_tag=self.card_pipeline_tag,
+                tags=self.card_tags,
+                base_model=cards.hub_repo_id(self.name_or_path),
+                usage=CARD_USAGE,
+            )
         if push_to_hub:
-            self.upload_to_hub(save_directory, **hub_kwargs)
+            from huggingface_hub import create_repo
 
-    def upload_to_hub(self, folder, repo_id=None, token=None, private=None, create_pr=False, commit_message=None):
-        """Upload a saved `folder` (card included) as diffusers' `push_to_hub` would."""
-        from huggingface_hub import create_repo
-
-        repo_id = create_repo(repo_id or os.path.basename(os.path.normpath(folder)), exist_ok=True, private=private,
-                              token=token).repo_id
-        self._upload_folder(folder, repo_id, token=token, commit_message=commit_message, create_pr=create_pr)
-
-    def save_model_card(self, cards, folder) -> None:
-        """README.md from the facts of what was saved, unless `folder` has a card: the Hub task and tags of the
-        pipeline class (`card_pipeline_tag`, `card_tags`), what it holds (`card_description`), how to load it."""
-        if os.path.exists(os.path.join(folder, cards.MODEL_CARD_NAME)):
-            return
-        card = cards.create_model_card(
-            title=type(self).__name__,
-            description=self.card_description(),
-            library_name="diffusers",
-            pipeline_tag=self.card_pipeline_tag,
-            tags=self.card_tags,
-            base_model=cards.hub_repo_id(self.name_or_path),
-            usage=self.card_usage(),
-        )
-        card.save(os.path.join(folder, cards.MODEL_CARD_NAME))
+            repo_id = hub_kwargs.pop("repo_id", None) or os.path.basename(os.path.normpath(save_directory))
+            private, token = hub_kwargs.pop("private", None), hub_kwargs.get("token")
+            repo_id = create_repo(repo_id, exist_ok=True, private=private, token=token).repo_id
+            self._upload_folder(save_directory, repo_id, **hub_kwargs)
 
     def tokenizer_facts(self) -> str:
-        """The saved tokenizer, in words, from its config."""
         config = self.tokenizer.config
         return (
             f"a UniFlow tokenizer of {config.image_size}x{config.image_size} images ({config.patch_size}x"
@@ -201,40 +180,12 @@ class UniFlowPipelineMixin:
             f"{config.grid_size}x{config.grid_size} latents per image)"
         )
 
-    def card_usage(self) -> str:
-        """How to load the saved folder, with and without `uniflow_hf`."""
-        return (
-            "from diffusers import DiffusionPipeline\n\n"
-            "# without uniflow-hf: the code saved in this folder (from the Hub, download the whole folder first with\n"
-            "# huggingface_hub.snapshot_download(repo_id): diffusers fetches only the code file a component names)\n"
-            'pipe = DiffusionPipeline.from_pretrained("path/to/this/folder", trust_remote_code=True)\n\n'
-            "# with uniflow-hf installed (pip install uniflow-hf): the package's classes\n"
-            "import uniflow_hf\n\n"
-            'pipe = DiffusionPipeline.from_pretrained("path/to/this/folder")'
-        )
-
     @property
     def processor(self):
-        """The `image_processor` component, or, where it is absent (it is optional: `pipe.image_processor = None`),
-        the tokenizer's default one (`default_image_processor`)."""
+        """The `image_processor` component or, where it is absent, one built for the tokenizer's input size."""
         if self.image_processor is not None:
             return self.image_processor
         return default_image_processor(self.tokenizer)
-
-    def decode_latents(
-        self,
-        latents: torch.Tensor,
-        num_inference_steps: int | None,
-        generator=None,
-        noise: torch.Tensor | None = None,
-        height: int | None = None,
-        width: int | None = None,
-    ) -> torch.Tensor:
-        """`tokenizer.decode`, the one owner of the pixel decoder's sampler (Euler steps over the tokenizer's
-        `config.sampling_schedule`); a pipeline chooses only the number of steps."""
-        return self.tokenizer.decode(
-            latents, noise=noise, generator=generator, num_inference_steps=num_inference_steps, height=height, width=width
-        )
 
     def run_step_end_callback(self, callback, tensor_inputs: list[str], step: int, timestep, tensors: dict) -> dict:
         """diffusers' `callback_on_step_end` contract: `callback(pipe, step, timestep, {name: tensor})` for the names
@@ -245,8 +196,12 @@ class UniFlowPipelineMixin:
         return {**tensors, **{name: value for name, value in (outputs or {}).items() if name in tensors}}
 
 
-def check_callback(callback, tensor_inputs) -> list[str]:
-    """The tensor names `callback` is given: a `PipelineCallback`'s own, else `tensor_inputs`, checked."""
+def check_call_arguments(num_images_per_prompt, output_type: str, callback, tensor_inputs) -> list[str]:
+    """The checks of the arguments both pipelines' `__call__` take; returns the tensor names `callback` is given (a
+    `PipelineCallback`'s own, else `tensor_inputs`)."""
+    check_num_inference_steps(num_images_per_prompt, "num_images_per_prompt")
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
     if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
         tensor_inputs = callback.tensor_inputs
     if callback is not None and not callable(callback):
@@ -261,8 +216,7 @@ def check_callback(callback, tensor_inputs) -> list[str]:
 
 
 def default_image_processor(tokenizer):
-    """A `UniFlowImageProcessor` for `tokenizer`'s input size (`UniFlowImageProcessor.from_image_size`): the
-    official release's preprocessing."""
+    """The official release's `UniFlowImageProcessor` for `tokenizer`'s input size."""
     package = type(tokenizer).__module__.rpartition(".")[0]  # the tokenizer's code: `uniflow_hf.modeling`, or saved
     try:
         processing = importlib.import_module(f"{package}.image_processing_uniflow")
@@ -282,22 +236,15 @@ def check_num_inference_steps(value, name: str = "num_inference_steps", allow_no
         raise ValueError(f"`{name}` must be a positive integer{' or None' if allow_none else ''}, got {value!r}.")
 
 
-def check_output_type(output_type: str, accepted: tuple[str, ...] = OUTPUT_TYPES) -> None:
-    if output_type not in accepted:
-        raise ValueError(f"`output_type` must be one of {accepted}, got {output_type!r}.")
-
-
 def check_generator(generator, batch_size: int) -> None:
-    """One `torch.Generator` for the batch, or a list with one per image (each image then draws its own noise)."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return
-    if isinstance(generator, list) and all(isinstance(g, torch.Generator) for g in generator):
-        if len(generator) != batch_size:
-            raise ValueError(f"Got {len(generator)} generators for {batch_size} images: pass one per image, or one.")
-        return
-    raise TypeError(
-        f"`generator` must be a torch.Generator or a list of them (one per image), got {type(generator).__name__}."
-    )
+    """One `torch.Generator` for the batch, or a list with one per image."""
+    generators = generator if isinstance(generator, list) else [generator]
+    if generator is not None and not all(isinstance(g, torch.Generator) for g in generators):
+        raise TypeError(
+            f"`generator` must be a torch.Generator or a list of them (one per image), got {type(generator).__name__}."
+        )
+    if isinstance(generator, list) and len(generator) != batch_size:
+        raise ValueError(f"Got {len(generator)} generators for {batch_size} images: pass one per image, or one.")
 
 
-__all__ = ["UniFlowPipelineMixin", "check_callback", "component_library_tuple", "default_image_processor"]
+__all__ = ["UniFlowPipelineMixin", "component_library_tuple", "default_image_processor"]

@@ -156,9 +156,9 @@ ID2LABEL = {0: "circle", 1: "square", 2: "stripes"}
 
 @pytest.fixture
 def reconstruction_pipeline(tiny_model):
-    from uniflow_hf import UniFlowFlowMatchScheduler, UniFlowReconstructionPipeline
+    from uniflow_hf import UniFlowReconstructionPipeline
 
-    pipeline = UniFlowReconstructionPipeline(tokenizer=tiny_model, scheduler=UniFlowFlowMatchScheduler())
+    pipeline = UniFlowReconstructionPipeline(tokenizer=tiny_model)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 

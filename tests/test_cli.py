@@ -121,7 +121,7 @@ def test_attach_guide_command(class_conditional_pipeline, tmp_path, capsys):
             "--autoguidance-scale", "2", "--autoguidance-interval", "0.5", "1"]
     assert cli_main([*argv, "--output-dir", str(tmp_path / "guided")]) == 0
     guided = UniFlowClassConditionalPipeline.from_pretrained(tmp_path / "guided")
-    assert guided.default_autoguidance_scale == 2.0 and guided.default_autoguidance_interval == [0.5, 1.0]
+    assert guided.sampling_setting("autoguidance_scale") == 2.0 and guided.sampling_setting("autoguidance_interval") == [0.5, 1.0]
     assert torch.equal(guided.guide_transformer.pos_embed.proj.weight, guide.transformer.pos_embed.proj.weight)
     assert torch.equal(guided.transformer.pos_embed.proj.weight, pipeline.transformer.pos_embed.proj.weight)
 
@@ -190,7 +190,7 @@ def test_reconstruct_command(reconstruction_pipeline, tmp_path, capsys):
     printed = capsys.readouterr()
     assert printed.out.count("PSNR") == 3 and "SSIM" in printed.out and "mean over 2 image(s)" in printed.out
     # one progress bar over both images (batches of 1), not one bar of decoder steps per batch
-    bars = printed.err.rsplit("Loading pipeline components", 1)[-1].split("\n", 1)[1]
+    bars = printed.err.rsplit("Loading", 1)[-1].split("\n", 1)[1]  # after the loading bars
     assert "| 2/2 [" in bars and bars.count("| 0/2 [") == 1 and "image/s" in bars and "it/s" not in bars
     side_by_side = Image.open(tmp_path / "out" / "input0_reconstruction.png")
     assert side_by_side.size == (64, 32)

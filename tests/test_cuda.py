@@ -16,7 +16,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from uniflow_hf import (
     UniFlowClassConditionalPipeline,
     UniFlowConfig,
-    UniFlowFlowMatchScheduler,
     UniFlowModel,
     UniFlowReconstructionPipeline,
 )
@@ -158,7 +157,7 @@ def test_torch_compile_on_cuda():
 
 # -------------------------------------------------------------------------------------------------- pipelines
 def test_reconstruction_pipeline_on_cuda_follows_the_generator():
-    pipeline = UniFlowReconstructionPipeline(tokenizer=pretrained_tiny_model().eval(), scheduler=UniFlowFlowMatchScheduler())
+    pipeline = UniFlowReconstructionPipeline(tokenizer=pretrained_tiny_model().eval())
     pipeline.set_progress_bar_config(disable=True)
     images = [np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8) for i in range(2)]
     on_cpu = pipeline(images, generator=torch.Generator().manual_seed(0), output_type="pt").images

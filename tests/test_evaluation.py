@@ -204,10 +204,9 @@ def test_saved_dataset_split_and_column(official_tiny_dir, tmp_path):
         open_image_source(str(tmp_path / "no_images"))
 
 
-def test_pipeline_folder_brings_its_processor_and_scheduler(tmp_path, image_folder):
+def test_pipeline_folder_brings_its_processor(tmp_path, image_folder):
     from uniflow_hf import (
         UniFlowConfig,
-        UniFlowFlowMatchScheduler,
         UniFlowImageProcessor,
         UniFlowModel,
         UniFlowReconstructionPipeline,
@@ -216,9 +215,7 @@ def test_pipeline_folder_brings_its_processor_and_scheduler(tmp_path, image_fold
     torch.manual_seed(0)
     model = UniFlowModel(UniFlowConfig(**TINY_CONFIG)).eval()
     processor = UniFlowImageProcessor(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48})
-    pipeline = UniFlowReconstructionPipeline(
-        tokenizer=model, scheduler=UniFlowFlowMatchScheduler(), image_processor=processor
-    )
+    pipeline = UniFlowReconstructionPipeline(tokenizer=model, image_processor=processor)
     pipeline.save_pretrained(tmp_path / "pipeline")
     loaded_model, loaded_processor = load_tokenizer(str(tmp_path / "pipeline"))
     assert loaded_processor.crop_size["height"] == 48

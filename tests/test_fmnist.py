@@ -75,13 +75,13 @@ def test_shipped_model_is_small_safetensors_and_complete():
 def test_committed_report_measured_the_shipped_sampling_defaults(pipeline):
     """The report's headline generation row was measured at the settings the shipped pipeline samples with."""
     generation = committed_report()["generation"]
-    assert generation["guidance_scale"] == pipeline.default_guidance_scale
-    assert generation["guidance_interval"] == list(pipeline.default_guidance_interval)
-    assert (generation.get("guidance_rescale") or 0.0) == pipeline.default_guidance_rescale
-    assert generation["autoguidance_scale"] == pipeline.default_autoguidance_scale
-    assert generation["autoguidance_interval"] == list(pipeline.default_autoguidance_interval)
-    assert generation["decoder_steps"] == pipeline.default_decoder_num_inference_steps
-    assert (generation.get("decoder_latent_scale") or 1.0) == pipeline.default_decoder_latent_scale
+    assert generation["guidance_scale"] == pipeline.sampling_setting("guidance_scale")
+    assert generation["guidance_interval"] == list(pipeline.sampling_setting("guidance_interval"))
+    assert (generation.get("guidance_rescale") or 0.0) == pipeline.sampling_setting("guidance_rescale")
+    assert generation["autoguidance_scale"] == pipeline.sampling_setting("autoguidance_scale")
+    assert generation["autoguidance_interval"] == list(pipeline.sampling_setting("autoguidance_interval"))
+    assert generation["decoder_steps"] == pipeline.sampling_setting("decoder_num_inference_steps")
+    assert (generation.get("decoder_latent_scale") or 1.0) == pipeline.sampling_setting("decoder_latent_scale")
     assert generation["solver"] == pipeline.scheduler.config.solver
     assert generation.get("euler_at_final", False) == pipeline.scheduler.config.euler_at_final
 
@@ -188,7 +188,7 @@ def test_fmnist_train_generator_rejects_bad_schedules(tmp_path):
     result = fmnist_command(*stage, "--lr-scheduler-type", "linear", "--warmup-steps", "10")
     assert result.returncode == 2 and "`warmup_steps` (10) must be below the number of steps (10)" in result.stderr
     result = fmnist_command(*stage, "--timestep-logit-std", "0")
-    assert result.returncode == 2 and "`logit_std` must be positive, got 0.0" in result.stderr
+    assert result.returncode == 2 and "`timestep_logit_std` must be positive, got 0.0" in result.stderr
     assert not (tmp_path / "gen").exists()
 
 

@@ -169,7 +169,7 @@ def test_integer_labels_and_errors(tiny_model):
         (dict(ema_decay=1.0), r"`ema_decay` must be in \(0, 1\)"),
         (dict(transformer_kwargs="{not json"), "`transformer_kwargs` is not valid JSON"),
         (dict(global_batch_size=0), "`global_batch_size` must be a positive integer"),
-        (dict(timestep_logit_std=0.0), "`logit_std` must be positive"),
+        (dict(timestep_logit_std=0.0), "`timestep_logit_std` must be positive"),
     ]:
         with pytest.raises(ValueError, match=message):
             generator_args(**settings)
@@ -189,7 +189,7 @@ def test_training_flow_times_follow_the_timestep_settings(tiny_model):
     default = training_timesteps(tiny_model)
     assert len(default) == 96 and 0.3 < (default < 500).float().mean() < 0.7  # the release's, centred at t = 0.5
     release = UniFlowFlowMatchScheduler().config
-    same = dict(timestep_distribution=release.training_timestep_distribution, timestep_logit_mean=release.logit_mean)
+    same = dict(timestep_distribution=release.timestep_distribution, timestep_logit_mean=release.timestep_logit_mean)
     assert torch.equal(training_timesteps(tiny_model, **same), default)
     # a logit-normal at logit 3 (t = 0.95), std 0.3: every time within 4 std of it, near the data end
     near_data = dict(timestep_distribution="lognormal", timestep_logit_mean=3.0, timestep_logit_std=0.3)
@@ -447,7 +447,7 @@ def test_train_generator_command(tiny_model, tmp_path, monkeypatch, capsys):
     timesteps = torch.cat([call.kwargs["timestep"] for call in spy.call_args_list])
     assert len(timesteps) == 8 and timesteps.min() > 1000 * torch.sigmoid(torch.tensor(1.8))
     assert train(tmp_path / "saved", tmp_path / "unused", "--timestep_uniform_fraction", "2") == 2
-    assert "`uniform_fraction` must be in [0, 1], got 2.0" in capsys.readouterr().err
+    assert "`timestep_uniform_fraction` must be in [0, 1], got 2.0" in capsys.readouterr().err
     with mock.patch("uniflow_hf.generator_training.cpu_bf16_support", return_value=(False, "mocked")):
         assert train(tmp_path / "saved", tmp_path / "unused", "--bf16") == 2
     assert "--bf16 would run emulated" in capsys.readouterr().err

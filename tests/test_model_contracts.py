@@ -25,9 +25,9 @@ def pixel_values(batch=2, seed=0):
 
 def reconstruction_pipeline(tokenizer):
     """The reconstruction pipeline around `tokenizer` (the one place that builds it here)."""
-    from uniflow_hf.pipelines import UniFlowFlowMatchScheduler, UniFlowReconstructionPipeline
+    from uniflow_hf.pipelines import UniFlowReconstructionPipeline
 
-    pipeline = UniFlowReconstructionPipeline(tokenizer=tokenizer, scheduler=UniFlowFlowMatchScheduler())
+    pipeline = UniFlowReconstructionPipeline(tokenizer=tokenizer)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 

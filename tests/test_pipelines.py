@@ -33,12 +33,11 @@ from uniflow_hf.pipelines.pipeline_uniflow_class_conditional import latents_to_g
 @pytest.mark.parametrize("schedule", ["linear", "pow_0.25"])
 def test_pipeline_decodes_the_official_fixture(official_tiny_dir, schedule):
     tokenizer = UniFlowModel.from_pretrained(official_tiny_dir, sampling_schedule=schedule).eval()
-    pipeline = UniFlowReconstructionPipeline(tokenizer, UniFlowFlowMatchScheduler(schedule=schedule))
-    pipeline.set_progress_bar_config(disable=True)
+    pipeline = UniFlowReconstructionPipeline(tokenizer)
     inputs = load_file(official_tiny_dir / "inputs.safetensors")
     expected = load_file(official_tiny_dir / "expected.safetensors")
-    decoded = pipeline.decode_latents(
-        expected["latent_tokens"], 4, noise=inputs["noise"].reshape(2, 16, 192)
+    decoded = pipeline.tokenizer.decode(  # the pixel decoder's one sampler, which the pipeline calls
+        expected["latent_tokens"], noise=inputs["noise"].reshape(2, 16, 192), num_inference_steps=4
     )
     np.testing.assert_allclose(decoded.numpy(), expected[f"reconstruction.steps4.{schedule}"].numpy(), atol=1e-4, rtol=0)
 
@@ -46,7 +45,7 @@ def test_pipeline_decodes_the_official_fixture(official_tiny_dir, schedule):
 def test_pipeline_is_the_processor_around_the_tokenizer(official_tiny_dir):
     """images -> processor -> reconstruct -> postprocess, with the tokenizer's own (fixture-verified) numerics."""
     tokenizer = UniFlowModel.from_pretrained(official_tiny_dir, sampling_schedule="pow_0.25").eval()
-    pipeline = UniFlowReconstructionPipeline(tokenizer, UniFlowFlowMatchScheduler(schedule="pow_0.25"))
+    pipeline = UniFlowReconstructionPipeline(tokenizer)
     pipeline.set_progress_bar_config(disable=True)
     images = random_images(2)
     noise = torch.randn(2, 16, 192, generator=torch.Generator().manual_seed(0))
@@ -191,7 +190,7 @@ def test_guidance_rescale_default_is_saved_and_checked(class_conditional_pipelin
     pipeline = class_conditional_pipeline
     rescaled = UniFlowClassConditionalPipeline(**pipeline.components, **{**pipeline.settings, "guidance_rescale": 0.7})
     rescaled.set_progress_bar_config(disable=True)
-    assert pipeline.default_guidance_rescale == 0.0 and rescaled.default_guidance_rescale == 0.7
+    assert pipeline.sampling_setting("guidance_rescale") == 0.0 and rescaled.sampling_setting("guidance_rescale") == 0.7
     rescaled.save_pretrained(tmp_path)
     loaded = UniFlowClassConditionalPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
@@ -229,7 +228,7 @@ def test_decoder_latent_scale_scales_what_the_decoder_decodes(class_conditional_
     scaled.save_pretrained(tmp_path)
     loaded = UniFlowClassConditionalPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
-    assert pipeline.default_decoder_latent_scale == 1.0 and loaded.default_decoder_latent_scale == 1.5
+    assert pipeline.sampling_setting("decoder_latent_scale") == 1.0 and loaded.sampling_setting("decoder_latent_scale") == 1.5
     assert torch.equal(loaded([0, 2], generator=torch.manual_seed(0), output_type="pt", **kwargs).images, images)
     for bad in (0, -1.0, "1.5", True):
         with pytest.raises(ValueError, match="`decoder_latent_scale` must be a number > 0"):
@@ -350,7 +349,7 @@ def test_pipeline_without_a_guide_saves_and_loads_none(class_conditional_pipelin
         del model_index[key]
     (tmp_path / "model_index.json").write_text(json.dumps(model_index))
     loaded = UniFlowClassConditionalPipeline.from_pretrained(tmp_path)
-    assert loaded.guide_transformer is None and loaded.default_autoguidance_scale == 1.0
+    assert loaded.guide_transformer is None and loaded.sampling_setting("autoguidance_scale") == 1.0
 
 
 def test_autoguidance_bad_inputs(class_conditional_pipeline, autoguided_pipeline):
@@ -371,7 +370,7 @@ def test_autoguidance_bad_inputs(class_conditional_pipeline, autoguided_pipeline
 
 def test_guidance_scale_default_from_the_pipeline_config(class_conditional_pipeline, tmp_path):
     pipeline = class_conditional_pipeline
-    assert pipeline.config.guidance_scale is None and pipeline.default_guidance_scale == 1.5
+    assert pipeline.config.guidance_scale is None and pipeline.sampling_setting("guidance_scale") == 1.5
 
     def latents(pipe, **kwargs):
         return pipe([0, 2], generator=torch.manual_seed(0), num_inference_steps=3, output_type="latent", **kwargs).images
@@ -382,7 +381,7 @@ def test_guidance_scale_default_from_the_pipeline_config(class_conditional_pipel
     pipeline.save_pretrained(tmp_path)
     loaded = UniFlowClassConditionalPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
-    assert loaded.default_guidance_scale == 3.0
+    assert loaded.sampling_setting("guidance_scale") == 3.0
     assert torch.allclose(latents(loaded), at_three, atol=1e-6)
     assert torch.allclose(latents(loaded, guidance_scale=1.5), default, atol=1e-6)  # a call overrides it
 
@@ -488,11 +487,27 @@ def test_folder_saved_with_a_decoder_scheduler_loads_and_decodes_as_before(class
         DiffusionPipeline.from_pretrained(tmp_path)
 
 
-def test_reconstruction_refuses_a_scheduler_of_another_decoder_sampler(official_tiny_dir):
+def test_reconstruction_folder_saved_with_a_scheduler_loads_and_decodes_as_before(official_tiny_dir, tmp_path):
+    """Reconstruction folders saved before its never-stepped `scheduler` went load without it; that scheduler must
+    describe the tokenizer's sampler."""
     tokenizer = UniFlowModel.from_pretrained(official_tiny_dir).eval()
-    pipeline = UniFlowReconstructionPipeline(tokenizer, UniFlowFlowMatchScheduler(schedule="pow_0.25"))
-    with pytest.raises(ValueError, match=r"`scheduler` says .*UniFlowFlowMatchScheduler\(schedule='linear'\)"):
-        pipeline(random_images(1), output_type="pt")
+    pipeline = UniFlowReconstructionPipeline(tokenizer)
+    pipeline.set_progress_bar_config(disable=True)
+    images = random_images(2)
+    expected = pipeline(images, generator=generators([0, 1]), output_type="pt").images
+    pipeline.save_pretrained(tmp_path)
+    model_index = json.loads((tmp_path / "model_index.json").read_text())
+    model_index["scheduler"] = ["scheduling_uniflow_flow_match", "UniFlowFlowMatchScheduler"]
+    (tmp_path / "model_index.json").write_text(json.dumps(model_index))
+    UniFlowFlowMatchScheduler(schedule="linear").save_pretrained(tmp_path / "scheduler")  # the tokenizer's
+
+    loaded = DiffusionPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded) is UniFlowReconstructionPipeline and "scheduler" not in loaded.components
+    assert torch.equal(loaded(images, generator=generators([0, 1]), output_type="pt").images, expected)
+    UniFlowFlowMatchScheduler(schedule="pow_0.25").save_pretrained(tmp_path / "scheduler")
+    with pytest.raises(ValueError, match=r"`scheduler` says .*'pow_0.25'.*'linear'.* delete the folder's `scheduler`"):
+        DiffusionPipeline.from_pretrained(tmp_path)
 
 
 def test_class_conditional_seeding_and_batching(class_conditional_pipeline):
@@ -607,13 +622,12 @@ def test_reconstruction_save_and_load(reconstruction_pipeline, tmp_path, tiny_co
     # diffusers' custom pipeline and components: [module file, class], each file in the folder that names it
     assert model_index["_class_name"] == ["pipeline_uniflow_reconstruction", "UniFlowReconstructionPipeline"]
     assert model_index["tokenizer"] == ["modeling_uniflow", "UniFlowModel"]
-    assert model_index["scheduler"] == ["scheduling_uniflow_flow_match", "UniFlowFlowMatchScheduler"]
+    assert "scheduler" not in model_index  # the decoder's sampler is the tokenizer's (`UniFlowModel.decode`)
     assert model_index["image_processor"] == [None, None]  # absent, and it stays absent
     for path in ("pipeline_uniflow_reconstruction.py", "pipeline_uniflow_utils.py", "tokenizer/modeling_uniflow.py",
-                 "tokenizer/configuration_uniflow.py", "tokenizer/flow_matching.py", "scheduler/flow_matching.py",
-                 "scheduler/scheduling_uniflow_flow_match.py", "tokenizer/preprocessor_config.json"):
+                 "tokenizer/configuration_uniflow.py", "tokenizer/flow_matching.py", "tokenizer/preprocessor_config.json"):
         assert (tmp_path / path).is_file(), path
-    assert not (tmp_path / "image_processor").exists()
+    assert not (tmp_path / "image_processor").exists() and not (tmp_path / "scheduler").exists()
 
     images = random_images(2)
     expected = reconstruction_pipeline(images, generator=torch.manual_seed(0), output_type="pt").images
@@ -705,13 +719,13 @@ def test_loading_without_importing_uniflow_hf_needs_trust_remote_code(reconstruc
         "assert 'uniflow_hf' not in sys.modules\n"
         "import uniflow_hf\n"
         f"loaded = DiffusionPipeline.from_pretrained({str(tmp_path)!r})\n"
-        "print('LOADED:', type(loaded).__module__, type(loaded.scheduler).__module__)\n"
+        "print('LOADED:', type(loaded).__module__, type(loaded.tokenizer).__module__)\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Pass `trust_remote_code=True` to allow loading remote code modules" in result.stdout
-    expected = "LOADED: uniflow_hf.pipelines.pipeline_uniflow_reconstruction uniflow_hf.pipelines.scheduling_uniflow_flow_match"
+    expected = "LOADED: uniflow_hf.pipelines.pipeline_uniflow_reconstruction uniflow_hf.modeling.modeling_uniflow"
     assert expected in result.stdout
 
 

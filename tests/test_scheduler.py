@@ -67,9 +67,9 @@ def test_bad_grid_arguments(steps, schedule, shift):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(training_timestep_distribution="beta"), "'fat_lognormal', 'lognormal' or 'uniform', got 'beta'"),
-        (dict(logit_std=0.0), "`logit_std` must be positive, got 0.0"),
-        (dict(uniform_fraction=1.5), r"`uniform_fraction` must be in \[0, 1\], got 1.5"),
+        (dict(timestep_distribution="beta"), "'fat_lognormal', 'lognormal' or 'uniform', got 'beta'"),
+        (dict(timestep_logit_std=0.0), "`timestep_logit_std` must be positive, got 0.0"),
+        (dict(timestep_uniform_fraction=1.5), r"`timestep_uniform_fraction` must be in \[0, 1\], got 1.5"),
         (dict(solver="rk4"), "'euler' or 'heun'"),
         (dict(solver="heun", euler_at_final="yes"), "`euler_at_final` must be True or False, got 'yes'"),
         (dict(euler_at_final=True), "needs `solver='heun'`"),
@@ -181,14 +181,14 @@ def test_training_timesteps_follow_the_generator():
     again = scheduler.sample_training_timesteps(16, generator=torch.Generator().manual_seed(1))
     other = scheduler.sample_training_timesteps(16, generator=torch.Generator().manual_seed(2))
     assert torch.equal(first, again) and not torch.equal(first, other)
-    uniform = UniFlowFlowMatchScheduler(training_timestep_distribution="uniform")
+    uniform = UniFlowFlowMatchScheduler(timestep_distribution="uniform")
     t = uniform.sample_training_timesteps(20000, generator=torch.Generator().manual_seed(0)) / 1000
     assert abs(t.mean() - 0.5) < 0.01 and abs((t < 0.1).float().mean() - 0.1) < 0.01
 
 
 # ------------------------------------------------------------------------------------------------------ saving
 def test_save_and_load_scheduler_config(tmp_path):
-    scheduler = UniFlowFlowMatchScheduler(schedule="pow_0.5", shift=2.0, solver="heun", uniform_fraction=0.2)
+    scheduler = UniFlowFlowMatchScheduler(schedule="pow_0.5", shift=2.0, solver="heun", timestep_uniform_fraction=0.2)
     scheduler.save_pretrained(tmp_path)
     assert (tmp_path / "scheduler_config.json").is_file()
     loaded = UniFlowFlowMatchScheduler.from_pretrained(tmp_path)
@@ -254,11 +254,11 @@ def test_scheduler_common_attributes():
     assert torch.equal(noise * scheduler.init_noise_sigma, noise)
 
 
-def test_pipelines_refuse_a_scheduler_of_the_reverse_convention(reconstruction_pipeline, class_conditional_pipeline):
+def test_pipelines_refuse_a_scheduler_of_the_reverse_convention(class_conditional_pipeline):
     """diffusers' flow-match schedulers run sigma = 1 - t and expect -v: swapped in, they would walk the wrong way."""
     stock = FlowMatchEulerDiscreteScheduler()
     with pytest.raises(ValueError, match="Compatible schedulers: UniFlowFlowMatchScheduler"):
-        reconstruction_pipeline.scheduler = stock
+        class_conditional_pipeline.scheduler = stock
     components = {**class_conditional_pipeline.components, "scheduler": stock}
     with pytest.raises(ValueError, match="`scheduler` is a FlowMatchEulerDiscreteScheduler"):
         type(class_conditional_pipeline)(**components)

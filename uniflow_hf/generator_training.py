@@ -30,9 +30,7 @@ from .io import check_output_dir, last_complete_checkpoint
 from .modeling import UniFlowModel
 from .modeling.configuration_uniflow import FLOW_TIMESTEP_DISTRIBUTIONS
 from .pipelines import UniFlowClassConditionalPipeline, UniFlowFlowMatchScheduler
-from .pipelines.pipeline_uniflow_class_conditional import (
-    check_guidance_interval, check_guidance_rescale, check_guidance_scale,
-)
+from .pipelines.pipeline_uniflow_class_conditional import check_sampling_setting
 from .pipelines.pipeline_uniflow_utils import check_num_inference_steps, default_image_processor
 from .training import prepare_training_arguments, sample_generator
 
@@ -115,23 +113,14 @@ class GeneratorTrainingArguments(TrainingArguments):
 
     def training_noise_scheduler(self) -> UniFlowFlowMatchScheduler:
         """The scheduler that draws the training flow times (`sample_training_timesteps`) and noises the latents."""
-        values = {
-            "training_timestep_distribution": self.timestep_distribution,
-            "logit_mean": self.timestep_logit_mean,
-            "logit_std": self.timestep_logit_std,
-            "uniform_fraction": self.timestep_uniform_fraction,
-        }
+        names = ("timestep_distribution", "timestep_logit_mean", "timestep_logit_std", "timestep_uniform_fraction")
+        values = {name: getattr(self, name) for name in names}
         return UniFlowFlowMatchScheduler(**{name: value for name, value in values.items() if value is not None})
 
     def pipeline_settings(self) -> dict[str, Any]:
         """The saved pipeline's default sampling settings (checked)."""
-        check_num_inference_steps(self.decoder_num_inference_steps, "decoder_num_inference_steps", allow_none=True)
-        return dict(
-            decoder_num_inference_steps=self.decoder_num_inference_steps,
-            guidance_scale=check_guidance_scale(self.guidance_scale),
-            guidance_interval=check_guidance_interval(self.guidance_interval),
-            guidance_rescale=check_guidance_rescale(self.guidance_rescale),
-        )
+        names = ("decoder_num_inference_steps", "guidance_scale", "guidance_interval", "guidance_rescale")
+        return {name: check_sampling_setting(name, getattr(self, name)) for name in names}
 
 
 @dataclass

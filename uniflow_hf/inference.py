@@ -13,12 +13,12 @@ from diffusers.utils import make_image_grid
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .evaluation import load_tokenizer
 from .metrics import peak_signal_noise_ratio, structural_similarity
-from .modeling import UniFlowModel
-from .pipelines import UniFlowClassConditionalPipeline, UniFlowFlowMatchScheduler, UniFlowReconstructionPipeline
+from .pipelines import UniFlowClassConditionalPipeline, UniFlowReconstructionPipeline
 
 
-def _check_folder(model_dir: str | os.PathLike) -> None:
+def check_model_folder(model_dir: str | os.PathLike) -> None:
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"The model folder {model_dir} does not exist.")
 
@@ -27,42 +27,24 @@ def load_class_conditional_pipeline(
     model_dir: str | os.PathLike, dtype: torch.dtype | None = None
 ) -> UniFlowClassConditionalPipeline:
     """The `UniFlowClassConditionalPipeline` saved in `model_dir` (e.g. `uniflow_hf.FMNIST_MODEL_PATH`), its models
-    in `dtype` when given (e.g. `uniflow_hf.hardware.resolve_dtype("auto")`)."""
-    _check_folder(model_dir)
+    in `dtype` when given (else each folder's own dtype)."""
+    check_model_folder(model_dir)
     if not os.path.isfile(os.path.join(model_dir, "model_index.json")):
         raise FileNotFoundError(f"{model_dir} has no model_index.json: it is not a class-conditional pipeline folder.")
-    pipeline = DiffusionPipeline.from_pretrained(model_dir, **_dtype_kwargs(dtype))
+    pipeline = DiffusionPipeline.from_pretrained(model_dir, **({} if dtype is None else {"dtype": dtype}))
     if not isinstance(pipeline, UniFlowClassConditionalPipeline):
-        raise ValueError(
-            f"{model_dir} holds a {type(pipeline).__name__}, not a UniFlowClassConditionalPipeline."
-        )
+        raise ValueError(f"{model_dir} holds a {type(pipeline).__name__}, not a UniFlowClassConditionalPipeline.")
     return pipeline
 
 
 def load_reconstruction_pipeline(
     model_dir: str | os.PathLike, dtype: torch.dtype | None = None
 ) -> UniFlowReconstructionPipeline:
-    """A `UniFlowReconstructionPipeline` from a reconstruction pipeline folder, the tokenizer of a class-conditional
-    pipeline folder, or a plain UniFlow model folder (ours or an official release); the tokenizer in `dtype` when
-    given."""
-    _check_folder(model_dir)
-    if os.path.isfile(os.path.join(model_dir, "model_index.json")):
-        pipeline = DiffusionPipeline.from_pretrained(model_dir, **_dtype_kwargs(dtype))
-        if isinstance(pipeline, UniFlowReconstructionPipeline):
-            return pipeline
-        tokenizer, image_processor = pipeline.tokenizer, pipeline.image_processor
-    elif os.path.isfile(os.path.join(model_dir, "config.json")):
-        tokenizer, image_processor = UniFlowModel.from_pretrained(model_dir, **_dtype_kwargs(dtype)), None
-    else:
-        raise FileNotFoundError(
-            f"{model_dir} holds neither a pipeline (model_index.json) nor a UniFlow model (config.json)."
-        )
-    scheduler = UniFlowFlowMatchScheduler(schedule=tokenizer.config.sampling_schedule)
-    return UniFlowReconstructionPipeline(tokenizer=tokenizer, scheduler=scheduler, image_processor=image_processor)
-
-
-def _dtype_kwargs(dtype: torch.dtype | None) -> dict:
-    return {} if dtype is None else {"dtype": dtype}  # None keeps each folder's own dtype
+    """A `UniFlowReconstructionPipeline` of the tokenizer and image processor of a pipeline folder or a UniFlow
+    model folder (ours or an official release), as `evaluation.load_tokenizer` finds them."""
+    check_model_folder(model_dir)
+    tokenizer, image_processor = load_tokenizer(str(model_dir), **({} if dtype is None else {"dtype": dtype}))
+    return UniFlowReconstructionPipeline(tokenizer=tokenizer, image_processor=image_processor)
 
 
 @dataclass
@@ -84,32 +66,24 @@ def reconstruct_images(
     batch_size: int = 16,
     progress: bool = True,
 ) -> ReconstructionResult:
-    """Reconstruct `images` (files or PIL images) `batch_size` at a time under one progress bar over all of them,
-    image `i` decoding with the noise of seed `seed + i` (so the batch size does not change the results), on the
-    pipeline's device; the result holds float32 CPU tensors."""
+    """Reconstruct `images` (files or PIL images) `batch_size` at a time under one progress bar, image `i` decoding
+    with the noise of seed `seed + i` (so the batch size does not change the results); the result holds float32 CPU
+    tensors."""
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size}.")
     processor = pipeline.processor
     inputs, reconstructions = [], []
-    bar_config = getattr(pipeline, "_progress_bar_config", {})
-    pipeline.set_progress_bar_config(disable=True)  # one bar for the whole set, not one per batch
-    try:
-        with tqdm(total=len(images), unit="image", disable=not progress) as bar:
-            for start in range(0, len(images), batch_size):
-                batch = [
-                    image if isinstance(image, Image.Image) else Image.open(image)
-                    for image in images[start : start + batch_size]
-                ]
-                batch = [image.convert("RGB") for image in batch]
-                generators = [torch.Generator().manual_seed(seed + start + i) for i in range(len(batch))]
-                decoded = pipeline(
-                    batch, num_inference_steps=num_inference_steps, generator=generators, output_type="pt"
-                ).images
-                reconstructions.append(decoded.to("cpu", torch.float32))  # from any device and dtype
-                inputs.append(processor.postprocess(processor(batch, return_tensors="pt").pixel_values, output_type="pt"))
-                bar.update(len(batch))
-    finally:
-        pipeline.set_progress_bar_config(**bar_config)
+    with tqdm(total=len(images), unit="image", disable=not progress) as bar:
+        for start in range(0, len(images), batch_size):
+            batch = [
+                (image if isinstance(image, Image.Image) else Image.open(image)).convert("RGB")
+                for image in images[start : start + batch_size]
+            ]
+            generators = [torch.Generator().manual_seed(seed + start + i) for i in range(len(batch))]
+            decoded = pipeline(batch, num_inference_steps=num_inference_steps, generator=generators, output_type="pt")
+            reconstructions.append(decoded.images.to("cpu", torch.float32))
+            inputs.append(processor.postprocess(processor(batch, return_tensors="pt").pixel_values, output_type="pt"))
+            bar.update(len(batch))
     inputs, reconstructions = torch.cat(inputs), torch.cat(reconstructions)
     return ReconstructionResult(
         inputs=inputs,

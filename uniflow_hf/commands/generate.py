@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 
 from .. import FMNIST_MODEL_PATH
-from ..io import check_output_dir
 from ..inference import image_grid, load_class_conditional_pipeline, load_reconstruction_pipeline, reconstruct_images
+from ..io import check_output_dir
+from ..pipelines.pipeline_uniflow_class_conditional import SAMPLING_SETTINGS
 
 
 def register(subparsers) -> None:
@@ -16,11 +17,8 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--model", default=None, help="class-conditional pipeline folder (default: the shipped model)")
-    add_guidance_arguments(parser, "classifier-free guidance (1 = none; default: the pipeline's, else 1.5)")
-    add_autoguidance_arguments(parser, "autoguidance by the pipeline's guide_transformer (1 = none; default: the pipeline's)")
     parser.add_argument("--steps", type=int, default=25, help="steps of the latent flow")
-    parser.add_argument("--decoder-steps", type=int, default=None, help="steps of the pixel decoder (default: the pipeline's)")
-    add_decoder_latent_scale_argument(parser, "(default: the pipeline's, else 1)")
+    add_sampling_arguments(parser, "default: the pipeline's")
     add_device_arguments(parser)
     parser.set_defaults(func=run_generate)
 
@@ -41,21 +39,37 @@ def register(subparsers) -> None:
         help="pipeline folder of the guide: a smaller and/or shorter-trained DiT on the same tokenizer and dataset",
     )
     parser.add_argument("--output-dir", required=True, help="where to save the pipeline with its guide")
-    add_autoguidance_arguments(parser, "the pipeline's default autoguidance (1 = none)", required=True)
+    autoguidance = ("autoguidance_scale", "autoguidance_interval")
+    add_sampling_arguments(parser, "the pipeline's default", names=autoguidance, required=autoguidance[:1])
     parser.set_defaults(func=run_attach_guide)
 
     parser = subparsers.add_parser("set-defaults")
     parser.add_argument("--model", required=True, help="class-conditional pipeline folder")
     parser.add_argument("--output-dir", required=True, help="where to save the pipeline with its new defaults")
-    add_guidance_arguments(parser, "the default classifier-free guidance (1 = none)")
-    add_autoguidance_arguments(parser, "the default autoguidance (1 = none; needs the pipeline's guide_transformer)")
-    parser.add_argument("--decoder-steps", type=int, default=None, help="the default steps of the pixel decoder")
-    add_decoder_latent_scale_argument(parser, "(the default; 1 = none)")
+    add_sampling_arguments(parser, "the pipeline's new default")
     parser.set_defaults(func=run_set_defaults)
 
 
+def add_sampling_arguments(parser, default: str, names=tuple(SAMPLING_SETTINGS), required=()) -> None:
+    """Options for the class-conditional pipeline's sampling settings `names` (`SAMPLING_SETTINGS`, which the pipeline
+    checks); `default` says what a given value is, or what applies without one."""
+    for name in names:
+        option = "--decoder-steps" if name == "decoder_num_inference_steps" else "--" + name.replace("_", "-")
+        if name.endswith("_interval"):
+            kind = dict(type=float, nargs=2, metavar=("T_START", "T_END"))
+        else:
+            kind = dict(type=int if name == "decoder_num_inference_steps" else float, metavar="VALUE")
+        help = f"the pipeline's `{name}`: {SAMPLING_SETTINGS[name][1]} ({default})"
+        parser.add_argument(option, dest=name, required=name in required, help=help, **kind)
+
+
+def sampling_arguments(args) -> dict:
+    """The sampling settings given on the command line."""
+    return {name: getattr(args, name) for name in SAMPLING_SETTINGS if getattr(args, name, None) is not None}
+
+
 def add_device_arguments(parser) -> None:
-    """`--device` and `--dtype`, the dtype resolved for the device (`resolve_device_and_dtype`)."""
+    """`--device` and `--dtype`, the dtype resolved for the device (`resolve_dtype_argument`)."""
     from ..hardware import DTYPE_CHOICES
 
     parser.add_argument(
@@ -71,8 +85,8 @@ def add_device_arguments(parser) -> None:
 
 
 def resolve_device_argument(args):
-    """The torch device of `--device`, by default Accelerate's (`PartialState().device`: CUDA when present, the
-    process's own GPU under a launcher); a device that does not exist here is refused."""
+    """The torch device of `--device`, by default Accelerate's (`PartialState().device`); a device that does not
+    exist here is refused."""
     import torch
 
     if args.device is None:
@@ -105,80 +119,23 @@ def resolve_dtype_argument(args, device):
     return choice.dtype
 
 
-def resolve_device_and_dtype(args):
-    """(device, dtype) of `--device` and `--dtype` (see `resolve_device_argument`, `resolve_dtype_argument`)."""
-    device = resolve_device_argument(args)
-    return device, resolve_dtype_argument(args, device)
-
-
-# ---------------------------------------------------------------------------------------------------- commands
-def _check_positive(value, name: str, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if value is None or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value}.")
-
-
-def add_guidance_arguments(parser, scale_help: str) -> None:
-    parser.add_argument("--guidance-scale", type=float, default=None, help=scale_help)
-    parser.add_argument(
-        "--guidance-interval", type=float, nargs=2, default=None, metavar=("T_START", "T_END"),
-        help="guide only at flow times in [T_START, T_END] (0 = noise, 1 = data; default: the pipeline's, else all)",
-    )
-    parser.add_argument(
-        "--guidance-rescale", type=float, default=None,
-        help="rescaled guidance in [0, 1] (Lin et al., 2024): the guided velocity pulled back toward the class-"
-        "conditional one's standard deviation (0 = none; default: the pipeline's, else 0)",
-    )
-
-
-def add_decoder_latent_scale_argument(parser, default_help: str) -> None:
-    parser.add_argument(
-        "--decoder-latent-scale", type=float, default=None,
-        help=f"multiply the generated latents by this before the pixel decoder decodes them {default_help}",
-    )
-
-
-def add_autoguidance_arguments(parser, scale_help: str, required: bool = False) -> None:
-    parser.add_argument("--autoguidance-scale", type=float, default=None, required=required, help=scale_help)
-    parser.add_argument(
-        "--autoguidance-interval", type=float, nargs=2, default=None, metavar=("T_START", "T_END"),
-        help="autoguide only at flow times in [T_START, T_END] (0 = noise, 1 = data; default: the pipeline's, else all)",
-    )
-
-
-def _label_argument(pipeline, label: str) -> int | str:
-    """A known class name stays a name; otherwise an integer string is a class id."""
-    if label in pipeline.labels:
-        return label
-    try:
-        return int(label)
-    except ValueError:
-        return label  # the pipeline reports the unknown name with the known ones
-
-
 def run_generate(args) -> int:
     import torch
 
-    _check_positive(args.num_images, "--num-images")
+    if args.num_images < 1:
+        raise ValueError(f"--num-images must be a positive integer, got {args.num_images}.")
     check_output_dir(args.output_dir)
-    device, dtype = resolve_device_and_dtype(args)
+    device = resolve_device_argument(args)
+    dtype = resolve_dtype_argument(args, device)
     pipeline = load_class_conditional_pipeline(args.model or FMNIST_MODEL_PATH, dtype=dtype).to(device)
-    label = _label_argument(pipeline, args.label)
+    label = args.label
+    if label not in pipeline.labels and label.lstrip("-").isdigit():  # a class id; an unknown name is reported
+        label = int(label)
     class_id = pipeline.get_label_ids(label)[0]
     name = (pipeline.config.id2label or {}).get(class_id, str(class_id))
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(args.num_images)]
     images = pipeline(
-        [class_id] * args.num_images,
-        guidance_scale=args.guidance_scale,
-        guidance_interval=args.guidance_interval,
-        guidance_rescale=args.guidance_rescale,
-        autoguidance_scale=args.autoguidance_scale,
-        autoguidance_interval=args.autoguidance_interval,
-        num_inference_steps=args.steps,
-        decoder_num_inference_steps=args.decoder_steps,
-        decoder_latent_scale=args.decoder_latent_scale,
-        generator=generators,
+        [class_id] * args.num_images, num_inference_steps=args.steps, generator=generators, **sampling_arguments(args)
     ).images
 
     os.makedirs(args.output_dir, exist_ok=True)
@@ -192,13 +149,12 @@ def run_generate(args) -> int:
 
 
 def run_reconstruct(args) -> int:
-    _check_positive(args.steps, "--steps", allow_none=True)
-    _check_positive(args.batch_size, "--batch-size")
     missing = [path for path in args.images if not os.path.isfile(path)]
     if missing:
         raise FileNotFoundError(f"No such image file(s): {', '.join(missing)}")
     check_output_dir(args.output_dir)
-    device, dtype = resolve_device_and_dtype(args)
+    device = resolve_device_argument(args)
+    dtype = resolve_dtype_argument(args, device)
     pipeline = load_reconstruction_pipeline(args.model or FMNIST_MODEL_PATH, dtype=dtype).to(device)
     result = reconstruct_images(
         pipeline, args.images, num_inference_steps=args.steps, seed=args.seed, batch_size=args.batch_size
@@ -226,30 +182,21 @@ def run_attach_guide(args) -> int:
     pipelines = [load_class_conditional_pipeline(folder) for folder in (args.model, args.guide)]
     pipeline = attach_guide(*pipelines, args.autoguidance_scale, args.autoguidance_interval)
     pipeline.save_pretrained(args.output_dir)
-    print(f"Saved the pipeline with its guide ({pipeline.guide_transformer.config.num_layers} blocks) to {args.output_dir}")
+    blocks = pipeline.guide_transformer.config.num_layers
+    print(f"Saved the pipeline with its guide ({blocks} blocks) to {args.output_dir}")
     return 0
 
 
-# the `set-defaults` options and the pipeline settings they set
-DEFAULT_SETTING_OPTIONS = {
-    "guidance_scale": "guidance_scale", "guidance_interval": "guidance_interval",
-    "guidance_rescale": "guidance_rescale", "autoguidance_scale": "autoguidance_scale",
-    "autoguidance_interval": "autoguidance_interval", "decoder_steps": "decoder_num_inference_steps",
-    "decoder_latent_scale": "decoder_latent_scale",
-}
-
-
 def run_set_defaults(args) -> int:
-    changes = {
-        setting: getattr(args, option) for option, setting in DEFAULT_SETTING_OPTIONS.items()
-        if getattr(args, option) is not None
-    }
+    changes = sampling_arguments(args)
     if not changes:
-        options = ", ".join("--" + option.replace("_", "-") for option in DEFAULT_SETTING_OPTIONS)
-        raise ValueError(f"Nothing to set: pass at least one of {options}.")
+        raise ValueError(
+            "Nothing to set: pass at least one of --guidance-scale, --guidance-interval, --guidance-rescale, "
+            "--autoguidance-scale, --autoguidance-interval, --decoder-steps, --decoder-latent-scale."
+        )
     check_output_dir(args.output_dir)
     pipeline = load_class_conditional_pipeline(args.model)
-    # a new pipeline, so that its __init__ checks the settings as it checks those of any pipeline
+    # a new pipeline, whose __init__ checks the settings as it checks those of any pipeline
     pipeline = type(pipeline)(**pipeline.components, **{**pipeline.settings, **changes})
     pipeline.save_pretrained(args.output_dir)
     print(f"Saved the pipeline to {args.output_dir} with " + ", ".join(f"{k}={v}" for k, v in changes.items()))
