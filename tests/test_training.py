@@ -518,13 +518,15 @@ def evaluate_reconstruction(model, dataset, teacher):
 
 @pytest.mark.slow
 def test_short_run_on_real_photos(tmp_path):
-    """100 steps on crops of scikit-image's photos lower the flow loss and raise the 1-step PSNR; with the
-    self-distillation the encoder stays close to where it started, without it it drifts away."""
+    """200 steps on crops of scikit-image's photos lower the flow loss and raise the 1-step PSNR; with the
+    self-distillation the encoder stays close to where it started, without it it drifts away. (After 100 steps the
+    PSNR gain still depends on the draws: -0.04 to +2.5 dB over eight draw keys; after 200, +4.4 and +5.7 dB for
+    the two keys that gained least.)"""
     photos = photo_crops()
     # a flow head wider than a pixel patch (3·8·8 = 192), as in the release (1024 vs 588), so that 1 step can denoise
     start = dict(flow_head_width=256)
     teacher = tiny_model(**start).vision_model.eval()  # the starting encoder of both runs
-    args = training_args(tmp_path, per_device_train_batch_size=8, max_steps=100, learning_rate=6e-3, warmup_steps=10, logging_steps=25)
+    args = training_args(tmp_path, per_device_train_batch_size=8, max_steps=200, learning_rate=6e-3, warmup_steps=10, logging_steps=50)
     results = {}
     for distillation in (True, False):
         model = tiny_model(**start)

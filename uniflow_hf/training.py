@@ -24,7 +24,7 @@ from .modeling.loss_uniflow import process_rank_and_world_size
 logger = logging.get_logger(__name__)
 
 LORA_TARGETS = ("encoder", "decoder", "both")
-FLOW_LOSS_STREAM = 3  # the last key of a sample's flow-loss draws (its augmentation's keys end at the sample index)
+FLOW_LOSS_STREAM = 1  # the last key of a sample's flow-loss draws (its augmentation's keys end at the sample index)
 
 
 # ------------------------------------------------------------------------------------------------------- data
