@@ -8,7 +8,6 @@ import copy
 import functools
 import math
 import operator
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +27,6 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 from . import flow_matching
 from .configuration_uniflow import UniFlowConfig
 from .flow_matching import NUM_TRAIN_TIMESTEPS  # named so: diffusers' remote-code loader copies `from .x import` files
-from .loading_uniflow import OFFICIAL_TO_HF_KEY_MAPPING, from_pretrained_with_key_mapping
 from .loss_uniflow import adaptive_distillation_loss
 
 
@@ -183,7 +181,7 @@ class UniFlowAttention(nn.Module):
                 "`attn_implementation='eager'` to silence this."
             )
             implementation = "eager"
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         attn_output, attn_weights = attention_interface(
             self,
             query,
@@ -408,7 +406,7 @@ class UniFlowTrainingOutput(ModelOutput):
 class UniFlowPreTrainedModel(PreTrainedModel):
     config: UniFlowConfig
     config_class = UniFlowConfig
-    base_model_prefix = "uniflow"
+    base_model_prefix = "vision_model"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
@@ -417,57 +415,9 @@ class UniFlowPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    # How `save_pretrained` writes a folder: `(model, save_pretrained, save_directory, **kwargs)`, `save_pretrained`
-    # being transformers' own. The uniflow-hf package sets it (`uniflow_hf.saving.save_folder_atomically`: a staging
-    # folder, sharded models gathered, mixed-dtype variant folders, README.md); code loaded with `trust_remote_code`
-    # alone saves as transformers does.
-    folder_writer: Callable | None = None
-    # Writes README.md into a folder being saved or uploaded: `(folder, model, existing_folder=None,
-    # replace_generic=False, repo_id=None)`. The package sets it (`uniflow_hf.model_card.save_model_card`).
-    model_card_writer: Callable | None = None
-
-    def save_pretrained(
-        self,
-        save_directory,
-        is_main_process: bool = True,
-        *,
-        variant: str | None = None,
-        max_shard_size: int | str = "50GB",
-        safe_serialization: bool = True,
-        **kwargs,
-    ):
-        """`PreTrainedModel.save_pretrained`, through `folder_writer` when one is set. The folder gets the code of
-        the class and its config (`register_for_auto_class`, `auto_map` in config.json), so it loads with the Auto
-        classes and `trust_remote_code=True` without uniflow-hf.
-
-        `variant`, `max_shard_size` and `safe_serialization` are named in the signature because diffusers' pipeline
-        `save_pretrained` passes a component only the arguments its signature names: `variant="fp16"` writes
-        `model.fp16.safetensors` beside the default `model.safetensors`. transformers v5 writes safetensors only:
-        `safe_serialization=False` is accepted (diffusers passes it on) and ignored with a warning."""
-        if not safe_serialization:
-            logger.warning("`safe_serialization=False` is ignored: transformers v5 saves safetensors only.")
-        # `AutoModel` on any UniFlow folder builds the encoder tower, with or without uniflow-hf (which registers it
-        # so: LLaVA and transformers' image-feature-extraction pipeline build `AutoModel`); the class saved adds its
-        # own Auto class (`register_for_auto_class`) to this `auto_map`.
-        auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": "modeling_uniflow.UniFlowVisionModel"}
-        if self.config.encoder_config is not None:  # the tower is UniFlow's own encoder only
-            del auto_map["AutoModel"]
-        self.config.auto_map = auto_map
-        kwargs.update(is_main_process=is_main_process, variant=variant, max_shard_size=max_shard_size)
-        if self.folder_writer is None:
-            return super().save_pretrained(save_directory, **kwargs)
-        return self.folder_writer(self, super().save_pretrained, save_directory, **kwargs)
-
-    def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
-        """`push_to_hub` (and `save_pretrained(push_to_hub=True)`) put transformers' generic card into the folder
-        they upload; upload the card of `model_card_writer` instead (a card already on the Hub is kept)."""
-        if self.model_card_writer is not None:
-            self.model_card_writer(working_dir, self, replace_generic=True, repo_id=repo_id)
-        return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
     def _init_weights(self, module):
-        """Truncated-normal linears, unit norms, LayerScale at `initializer_factor`, sin-cos decoder position
-        embeddings, and the flow head's zero-initialised adaLN and output layers (as the official code)."""
+        """As the official code: the flow head's adaLN and output layers start at zero, its position embeddings sin-cos."""
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             init.trunc_normal_(module.weight, std=std)
@@ -485,8 +435,7 @@ class UniFlowPreTrainedModel(PreTrainedModel):
             init.constant_(module.ls1, self.config.initializer_factor)
             init.constant_(module.ls2, self.config.initializer_factor)
         elif isinstance(module, UniFlowModel):
-            # Done here rather than on the flow-head modules: transformers skips, for models outside the library,
-            # modules that hold no parameters of their own (the flow head, its blocks), and this module runs last.
+            # Here, not on the flow-head modules: transformers skips modules without parameters of their own.
             sincos = sincos_position_embedding(self.config.hidden_size, self.config.grid_size)[None]
             init.copy_(module.global_position_embedding, sincos)
             init.copy_(module.decoder_position_embedding, sincos)
@@ -500,10 +449,7 @@ class UniFlowPreTrainedModel(PreTrainedModel):
 
 
 def _check_pixel_values(pixel_values: torch.Tensor, config: UniFlowConfig) -> None:
-    """Raise a clear error for inputs the model cannot take. Documented casts: any floating dtype is accepted and
-    cast to the model's dtype by the patch embedding (float64 input gives exactly the float32 result). The device is
-    not checked: a tensor on another device than the model fails with PyTorch's device-mismatch error, unless
-    accelerate hooks (`device_map`) move it, which is why it is not an error here."""
+    """Refuse inputs the model cannot take; any floating dtype is cast to the model's by the patch embedding."""
     if not isinstance(pixel_values, torch.Tensor):
         raise TypeError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}.")
     if pixel_values.ndim != 4:
@@ -527,8 +473,7 @@ def _check_pixel_values(pixel_values: torch.Tensor, config: UniFlowConfig) -> No
             f"Image size {height}x{width} is not a positive multiple of the patch size {p}; resize or crop to a "
             f"multiple of {p} (e.g. {max(p, height // p * p)}x{max(p, width // p * p)})."
         )
-    # One reduction: the sum of finite values is finite unless it overflows, which the exact check then rules out.
-    # (Skipped while compiling: a data-dependent branch would break the graph.)
+    # One reduction (the exact check only if the sum is not finite); skipped while compiling (a data-dependent branch).
     if not torch.compiler.is_compiling() and not torch.isfinite(pixel_values.sum()):
         if not torch.isfinite(pixel_values).all():
             raise ValueError(
@@ -538,20 +483,10 @@ def _check_pixel_values(pixel_values: torch.Tensor, config: UniFlowConfig) -> No
 
 
 def apply_forward_hooks(method):
-    """Run a module's method other than `forward` (`encode`, `decode`) under the hooks that wrappers attach to
-    `forward`, as diffusers' `apply_forward_hook` does for its autoencoders' `encode`/`decode`.
-
-    Accelerate's hook (`device_map` dispatch with CPU or disk offload, `accelerate.cpu_offload`, the pipelines'
-    `enable_model_cpu_offload` / `enable_sequential_cpu_offload`) runs before the method and after it: it moves the
-    module (or its own parameters, such as `UniFlowModel`'s position embeddings, which no submodule's `forward`
-    uses) and the inputs to the execution device, then offloads them again and moves the output back to the
-    inputs' device.
-
-    FSDP2 (`fully_shard`) gathers a module's sharded parameters only around `forward` and the methods registered
-    with `register_fsdp_forward_method`: on a sharded module, the method registers itself on its first call.
-
-    The decorated method must not call another decorated method of the same module, nor the module's own `forward`:
-    the hooks would run nested."""
+    """Run a module's method other than `forward` (`encode`, `decode`) under the hooks wrappers attach to `forward`,
+    as diffusers' `apply_forward_hook`: Accelerate's offload hook (`device_map`, `cpu_offload`, the pipelines' model
+    and sequential offload) and FSDP2 (the method registers itself with `register_fsdp_forward_method` on its first
+    call on a sharded module). The method must not call another decorated method or `forward` of the module."""
     name = method.__name__
 
     @functools.wraps(method)
@@ -580,10 +515,8 @@ def _is_fsdp_module(module: nn.Module) -> bool:
 
 
 def _resolve_hidden_state_indices(forward):
-    """Turn `output_hidden_states` given as indices (an int or a list of them, as LLaVA passes its
-    `vision_feature_layer`) into the non-negative indices of the hidden states they select, before `capture_outputs`
-    reads them: it would count only the embeddings and the layer outputs, not the re-embedded latents a latent head
-    appends, and would take index 0 for "no hidden states". Indices out of range are an error."""
+    """Resolve `output_hidden_states` given as indices (as LLaVA passes `vision_feature_layer`) to non-negative ones
+    before `capture_outputs` reads them: it counts neither the latent head's extra state nor index 0 as a selection."""
 
     @functools.wraps(forward)
     def wrapper(self, *args, **kwargs):
@@ -607,19 +540,13 @@ def _resolve_hidden_state_indices(forward):
 
 
 class UniFlowVisionModel(UniFlowPreTrainedModel):
-    """The UniFlow encoder tower: CLS + patch tokens through the InternViT layers. Drops into
-    `LlavaForConditionalGeneration` as its vision tower (`LlavaConfig(vision_config=UniFlowConfig(...))`); loads our
-    folders, a `UniFlowModel` folder or the official folder (decoder weights ignored).
+    """The UniFlow encoder tower: CLS + patch tokens through the InternViT layers; LLaVA's vision tower
+    (`LlavaConfig(vision_config=UniFlowConfig(...))`). Loads from its own, `UniFlowModel` and official folders.
 
-    Latent features for an LLM (`config.vision_feature_source="latent"`): the tower then also holds UniFlow's
-    `latent_proj` and `latent_unproj` (same names and weights as in `UniFlowModel`, so a UniFlowModel or official
-    folder fills them) and, whenever it returns hidden states, appends one more: the latent tokens re-embedded to
-    `hidden_size` by the decoder's own un-projection, `latent_unproj(latent_proj(h_L))`, computed token-wise over the
-    whole sequence (CLS slot included) so that it has as many tokens as every other hidden state. LLaVA builds its
-    projector `vision_config.hidden_size` wide, so this state feeds a stock `LlavaForConditionalGeneration` unchanged
-    with `vision_feature_layer=-1` (`-2` is then the last encoder layer; non-negative indices keep their meaning);
-    it is a fixed function of the `latent_channels`-wide latents, i.e. the LLM sees only what the latent holds.
-    `encode()` returns the raw latents, `UniFlowModel.encode`'s exactly.
+    With `config.vision_feature_source="latent"` it also holds `latent_proj` and `latent_unproj` (as in
+    `UniFlowModel`) and appends one hidden state: the latents re-embedded to `hidden_size`,
+    `latent_unproj(latent_proj(h_L))` over every token, so LLaVA's `vision_feature_layer=-1` feeds the LLM what the
+    latent holds. `encode()` returns the raw latents, as `UniFlowModel.encode`.
     """
 
     # Decoder-side weights of a UniFlowModel / official folder: never part of the tower.
@@ -630,24 +557,16 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
     # The latent bottleneck (official and our names): loaded when the tower has its latent head, ignored otherwise.
     _latent_head_keys = r"^(chal_proj|chal_unproj|latent_proj|latent_unproj)\."
     _keys_to_ignore_on_load_unexpected = [_decoder_keys, _latent_head_keys]
-    # Hidden states: the embeddings, each layer's output and, with the latent head, `latent_unproj`'s output (matched
-    # by its module name) after them. How many there are depends on the latent head, not on a config field, so
-    # `_resolve_hidden_state_indices` resolves selected indices and `capture_outputs` takes them as they are (it
-    # does so when the config lacks `num_hidden_layers_key`).
+    # The embeddings, each layer's output and, with the latent head, `latent_unproj`'s output. Their number depends on
+    # the latent head: `_resolve_hidden_state_indices` resolves selected indices (no `num_hidden_layers_key` field).
     _can_record_outputs = {
         "hidden_states": OutputRecorder(
             UniFlowEncoderLayer, class_name="latent_unproj", num_hidden_layers_key="num_recorded_hidden_states"
         ),
         "attentions": UniFlowAttention,
     }
-    _checkpoint_key_mapping = {
-        r"^vision_model\.": "",
-        **{source: target for source, target in OFFICIAL_TO_HF_KEY_MAPPING.items() if source.startswith(r"^chal_")},
-    }
-
     def __init__(self, config: UniFlowConfig, add_latent_head: bool | None = None):
-        """`add_latent_head` (default: `config.vision_feature_source == "latent"`) builds `latent_proj` and
-        `latent_unproj`; a model that holds its own latent head around this tower (`UniFlowModel`) passes False."""
+        """`add_latent_head` defaults to `config.vision_feature_source == "latent"`."""
         super().__init__(config)
         if config.encoder_config is not None:
             raise ValueError(
@@ -680,23 +599,15 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
     def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutputWithPooling:
-        """`last_hidden_state` (B, 1 + N, C) with the CLS token first, `pooler_output` the CLS token.
-
-        `output_hidden_states=True` returns `hidden_states`: `[0]` the embedding output, `[i]` the output of layer i
-        (and, with the latent head, `[-1]` the re-embedded latents, see the class docstring). It may also select
-        hidden states by index, as LLaVA passes its `vision_feature_layer`: an int or a list of them (negative ones
-        count from the end, 0 included); then the tuple keeps its length, so the same indices select them, and holds
-        `None` at the indices not asked for (transformers' `capture_outputs` semantics).
-
-        `output_attentions=True` returns `attentions`: one (B, heads, 1 + N, 1 + N) map per layer. SDPA and flash
-        attention do not return weights: when they are asked for, those calls fall back to eager attention."""
+        """`last_hidden_state` (B, 1 + N, C), CLS first; `pooler_output` the CLS token. `output_hidden_states` may
+        select states by index (an int or a list, as LLaVA's `vision_feature_layer`): the tuple keeps its length, with
+        `None` at the indices not asked for. `output_attentions` falls back to eager attention for SDPA and flash."""
         _check_pixel_values(pixel_values, self.config)
         kwargs.pop("image_sizes", None)
         output_hidden_states = kwargs.pop("output_hidden_states", self.config.output_hidden_states)
         kwargs["output_attentions"] = kwargs.get("output_attentions", self.config.output_attentions)
         last_hidden_state = self.encoder(self.embeddings(pixel_values), **kwargs)
         if output_hidden_states and self.has_latent_head:
-            # Recorded by `_can_record_outputs` as the last hidden state.
             self.latent_unproj(self.latent_proj(last_hidden_state))
         return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=last_hidden_state[:, 0])
 
@@ -712,34 +623,22 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
         last_hidden_state = self.encoder(self.embeddings(pixel_values))
         return self.latent_proj(last_hidden_state[:, 1:])
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Loads a folder we saved, a `UniFlowModel` folder or an official release folder.
-
-        Weights the checkpoint lacks are an error, unless `initialize_missing_weights=True` (to grow a model: more
-        blocks than the checkpoint, or `from_pretrained(None, config=..., state_dict=...)`): they are then
-        initialised by `_init_weights` and reported (a warning, and `missing_keys` of `output_loading_info=True`)."""
-        return from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
-
 
 class UniFlowModel(UniFlowPreTrainedModel):
     """The UniFlow tokenizer: `encode` images to (B, N, latent_channels) latents, `decode` latents to images with
     the patch flow head, `reconstruct` both; `forward` in training returns the flow and distillation losses.
+    `encode` and `decode` run under the hooks wrappers attach to `forward` (`apply_forward_hooks`)."""
 
-    `encode` and `decode` run under the hooks wrappers attach to `forward` (`apply_forward_hooks`): Accelerate's
-    offload (`device_map` with CPU/disk offload, `cpu_offload`, the pipelines' model and sequential CPU offload) and
-    FSDP2 (`fully_shard`; they register themselves as its forward methods)."""
-
-    # transformers matches `_keys_to_ignore_on_save` exactly (not as patterns): `enable_distillation` adds the
-    # teacher's keys, so neither `save_pretrained` nor Trainer checkpoints write the teacher.
+    # `enable_distillation` adds the teacher's keys (matched exactly), so no save writes the teacher.
     _keys_to_ignore_on_save = None
     _keys_to_ignore_on_load_missing = [r"^distillation_teacher\."]
-    _checkpoint_key_mapping = OFFICIAL_TO_HF_KEY_MAPPING
 
     def __init__(self, config: UniFlowConfig):
         super().__init__(config)
         if config.encoder_config is None:
             self.vision_model = UniFlowVisionModel(config, add_latent_head=False)
+            # The tower's load policy (ignore decoder weights) is its own: `post_init` would merge it into ours.
+            self.vision_model._keys_to_ignore_on_load_unexpected = None
         else:
             self.vision_model = AutoModel.from_config(config.encoder_config)
         width = config.hidden_size
@@ -752,31 +651,15 @@ class UniFlowModel(UniFlowPreTrainedModel):
         self.distillation_teacher = None
         self.post_init()
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Loads a folder we saved or an official release folder (official names are mapped on load).
-
-        Weights the checkpoint lacks are an error, unless `initialize_missing_weights=True` (to grow a model: more
-        blocks than the checkpoint, or `from_pretrained(None, config=..., state_dict=...)`): they are then
-        initialised by `_init_weights` and reported (a warning, and `missing_keys` of `output_loading_info=True`)."""
-        return from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
-
     def get_input_embeddings(self) -> nn.Module:
-        """The encoder's patch embedding (for a foreign encoder, what its own `get_input_embeddings` returns)."""
         return self.vision_model.get_input_embeddings()
 
     @classmethod
     def from_encoder(cls, encoder: PreTrainedModel, **config_kwargs) -> "UniFlowModel":
-        """Build a UniFlow tokenizer around a pretrained transformers vision encoder: UniFlow's own
-        `UniFlowVisionModel`, or a ViT-style tower such as `CLIPVisionModel`, `SiglipVisionModel`, `Dinov2Model`
-        (the bare model `AutoModel` builds from its config). Its weights are copied in (and, for a UniFlow tower with
-        a latent head, its latent bottleneck); the rest is freshly initialised from `config_kwargs` (decoder fields
-        such as `latent_channels`, `num_global_blocks`, `num_flow_head_blocks`, and the training fields).
-
-        The encoder's config is nested as `encoder_config`, so the saved model loads with
-        `UniFlowModel.from_pretrained` alone. The decoder reads the last `(image_size / patch_size)²` tokens of the
-        encoder's `last_hidden_state` (dropping CLS / register tokens), and the distillation its `hidden_states[1:]`
-        (the layer outputs after the embeddings)."""
+        """A UniFlow tokenizer around a pretrained vision encoder: `UniFlowVisionModel` or a ViT-style transformers
+        tower (`CLIPVisionModel`, `SiglipVisionModel`, `Dinov2Model`...). Its weights are copied in; the rest is new,
+        built from `config_kwargs`. The decoder reads the last `(image_size / patch_size)²` tokens of its
+        `last_hidden_state`, the distillation its `hidden_states[1:]`."""
         if not isinstance(encoder, PreTrainedModel):
             raise TypeError(f"`encoder` must be a transformers PreTrainedModel, got {type(encoder).__name__}.")
         encoder_config = encoder.config
@@ -1072,13 +955,8 @@ class UniFlowModel(UniFlowPreTrainedModel):
 
 
 class UniFlowForImageClassification(UniFlowPreTrainedModel):
-    """UniFlow's encoder with a linear classifier on the layer-normed mean of its patch tokens and CLS token: used to
-    pretrain a small encoder (the stand-in for a well-pretrained ViT) and to linear-probe features."""
-
-    # Loads its own folders, a tower folder and a `UniFlowModel` or official release folder (taking their encoder);
-    # only the classification head may be new (initialised, and listed in transformers' load report).
-    _checkpoint_key_mapping = {r"^(embeddings|encoder)\.": r"vision_model.\1."}
-    _new_head_keys = r"^(norm|classifier)\."
+    """UniFlow's encoder with a linear classifier on the layer-normed mean of its tokens (to pretrain a small encoder
+    and to linear-probe features). Loads from its own, tower, `UniFlowModel` and official folders (a new head)."""
 
     def __init__(self, config: UniFlowConfig):
         super().__init__(config)
@@ -1098,9 +976,7 @@ class UniFlowForImageClassification(UniFlowPreTrainedModel):
         labels: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> ImageClassifierOutput:
-        """`logits` (B, num_labels), and the cross-entropy `loss` when `labels` (B,) are given; `hidden_states` and
-        `attentions` of the encoder as `UniFlowVisionModel` returns them (`output_hidden_states`,
-        `output_attentions`); a tuple `(loss, logits, ...)` without the `None` entries for `return_dict=False`."""
+        """`logits` (B, num_labels), and the cross-entropy `loss` when `labels` (B,) are given."""
         kwargs.pop("num_items_in_batch", None)  # the Trainer's; the loss is a mean over the batch
         outputs = self.vision_model(pixel_values, return_dict=True, **kwargs)
         logits = self.classifier(self.norm(outputs.last_hidden_state.mean(dim=1)))
@@ -1108,15 +984,6 @@ class UniFlowForImageClassification(UniFlowPreTrainedModel):
         return ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Loads a classifier folder, or the encoder of a tower, `UniFlowModel` or official folder with a new head.
-
-        Weights the checkpoint lacks are an error, unless `initialize_missing_weights=True` (to grow a model: more
-        blocks than the checkpoint, or `from_pretrained(None, config=..., state_dict=...)`): they are then
-        initialised by `_init_weights` and reported (a warning, and `missing_keys` of `output_loading_info=True`)."""
-        return from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
 
 
 UniFlowModel.register_for_auto_class("AutoModelForImageToImage")

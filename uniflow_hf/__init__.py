@@ -1,10 +1,8 @@
-"""uniflow-hf: UniFlow (Yue et al., ICLR 2026) as a first-class transformers / diffusers citizen.
+"""uniflow-hf: UniFlow (Yue et al., ICLR 2026) as a transformers / diffusers citizen.
 
-Importing this package registers `UniFlowConfig` with `AutoConfig`, `UniFlowVisionModel` with `AutoModel`
-(so it drops into LLaVA as a vision tower), `UniFlowForImageClassification` with `AutoModelForImageClassification`,
-`UniFlowModel` with `AutoModelForImageToImage` (the `auto_map` of saved folders says the same),
-`UniFlowImageProcessor` with `AutoImageProcessor`, and our pipeline
-components with diffusers' loader.
+Importing this package registers the UniFlow classes with transformers' Auto classes (as the `auto_map` of saved
+folders does) and diffusers' loader, and gives the models the package's `save_pretrained` (atomic, with a model card)
+and `from_pretrained` (official names mapped, missing or extra weights refused).
 """
 
 import os
@@ -45,8 +43,8 @@ from .training import UniFlowIterableTrainingDataset, UniFlowTrainer, UniFlowTra
 from .evaluation import evaluate_reconstruction
 from .hardware import choose_dtype, resolve_dtype
 from .metrics import metric_path
-from .model_card import save_model_card
-from .saving import save_folder_atomically
+from .loading import from_pretrained
+from .saving import save_pretrained, upload_modified_files
 
 # diffusers' pipeline loader resolves a component saved as ["uniflow_hf", "<ClassName>"] in model_index.json with
 # `getattr(uniflow_hf, "<ClassName>")`, and picks its load method by testing it against these base classes, which it
@@ -61,8 +59,9 @@ __version__ = "0.1.0"
 # installed package: `UniFlowClassConditionalPipeline.from_pretrained(FMNIST_MODEL_PATH)` works from any directory.
 FMNIST_MODEL_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "uniflow-fmnist")
 
-UniFlowPreTrainedModel.folder_writer = staticmethod(save_folder_atomically)  # atomic saves, FSDP2, README.md
-UniFlowPreTrainedModel.model_card_writer = staticmethod(save_model_card)  # our card on push_to_hub
+UniFlowPreTrainedModel.from_pretrained = classmethod(from_pretrained)
+UniFlowPreTrainedModel.save_pretrained = save_pretrained
+UniFlowPreTrainedModel._upload_modified_files = upload_modified_files
 AutoConfig.register("uniflow", UniFlowConfig, exist_ok=True)
 AutoModel.register(UniFlowConfig, UniFlowVisionModel, exist_ok=True)
 AutoModelForImageClassification.register(UniFlowConfig, UniFlowForImageClassification, exist_ok=True)

@@ -1,12 +1,11 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
-"""How the package saves UniFlow models: `save_folder_atomically` is `UniFlowPreTrainedModel.folder_writer` once
-`uniflow_hf` is imported, so `model.save_pretrained` (and the Trainer's and the pipelines' saves through it) writes
-through a staging folder, gathers sharded (FSDP2) models, keeps folders holding several dtype variants loadable and
-adds the model card. The code saved beside the weights (modeling/) does none of this: loaded with
-`trust_remote_code` alone, a model saves as transformers does."""
+"""How the package saves UniFlow models: `save_pretrained` of `UniFlowPreTrainedModel` once `uniflow_hf` is imported.
+It writes through a staging folder, gathers sharded (FSDP2) models, keeps folders holding several dtype variants
+loadable and adds the model card. Code loaded with `trust_remote_code` alone saves as transformers does."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -16,7 +15,11 @@ import tempfile
 import zlib
 
 import torch
+from safetensors import safe_open
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.tensor import DTensor
+from transformers import PreTrainedModel
 from transformers.utils import logging
 
 from .model_card import save_model_card
@@ -25,24 +28,46 @@ from .model_card import save_model_card
 logger = logging.get_logger(__name__)
 
 
+def save_pretrained(
+    self,
+    save_directory,
+    is_main_process: bool = True,
+    *,
+    variant: str | None = None,
+    max_shard_size: int | str = "50GB",
+    safe_serialization: bool = True,
+    **kwargs,
+):
+    """`PreTrainedModel.save_pretrained`, atomic (`save_folder_atomically`). The folder gets the code of the class
+    and `auto_map`, so it loads with the Auto classes and `trust_remote_code=True` without uniflow-hf; `AutoModel`
+    on it builds the encoder tower. The signature names `variant`, `max_shard_size` and `safe_serialization` because
+    diffusers passes a component only the arguments its signature names; transformers v5 writes safetensors only."""
+    if not safe_serialization:
+        logger.warning("`safe_serialization=False` is ignored: transformers v5 saves safetensors only.")
+    auto_map = getattr(self.config, "auto_map", None) or {}
+    if self.config.encoder_config is None:  # the tower is UniFlow's own encoder only
+        self.config.auto_map = {**auto_map, "AutoModel": "modeling_uniflow.UniFlowVisionModel"}
+    kwargs.update(variant=variant, max_shard_size=max_shard_size)
+    save = functools.partial(PreTrainedModel.save_pretrained, self)
+    return save_folder_atomically(self, save, save_directory, is_main_process=is_main_process, **kwargs)
+
+
+def upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
+    """`push_to_hub` puts transformers' generic card into the folder it uploads: upload ours instead (a card already
+    on the Hub is kept)."""
+    save_model_card(working_dir, self, replace_generic=True, repo_id=repo_id)
+    return PreTrainedModel._upload_modified_files(self, working_dir, repo_id, *args, **kwargs)
+
+
 def save_folder_atomically(model, save_pretrained, save_directory, is_main_process: bool = True, **kwargs):
-    """`save_pretrained(save_directory, **kwargs)` (transformers' own, of `model`), made atomic: the model is written
-    to a temporary folder beside `save_directory`, and only a complete save then replaces the files there, so a save
-    that fails or is killed midway leaves the previous model intact. Other files in `save_directory` (a processor, a
-    training run's checkpoints, the weights of other variants) are kept; weight files of a previous save of the same
-    variant that this one does not overwrite (other shards, the other of single-file / sharded) are removed, so they
-    cannot shadow the new weights. Temporary folders left beside (or in) `save_directory` by saves that were killed
-    are removed; those of saves still running in another process on this machine are left alone.
-
-    When the folder then holds weights of several dtypes (`variant="fp16"` beside the default), `config.json` records
-    none, so that each loads in its own dtype (`dtype="auto"`, the default, reads it from the weights).
-
-    A model sharded by FSDP2 (`fully_shard`) is saved whole: every process must call `save_pretrained` (the full
-    state dict is gathered from all of them, `torch.distributed.checkpoint`'s `get_model_state_dict`), and rank 0
-    writes it. The folder loads with `from_pretrained` like any other. README.md: `save_model_card`, unless the
-    folder has a card."""
-    if kwargs.get("state_dict") is None and has_sharded_parameters(model):
-        kwargs["state_dict"] = gather_full_state_dict(model)  # a collective: every process gets here
+    """`save_pretrained(save_directory, **kwargs)` through a temporary folder beside `save_directory`: only a complete
+    save replaces the files there, so a save killed midway leaves the previous model intact. Other files there are
+    kept, except weight files of the same variant that this save does not overwrite. Staging folders of killed saves
+    are removed. A model sharded by FSDP2 is gathered (every process must call this) and rank 0 writes it."""
+    if kwargs.get("state_dict") is None and is_sharded(model):
+        # A collective: every process gets here; rank 0 gets the full state dict on its CPU.
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        kwargs["state_dict"] = get_model_state_dict(model, options=options)
         if torch.distributed.get_rank() != 0:
             return  # only rank 0 holds the gathered weights, and writes them
     if not is_main_process or kwargs.get("distributed_checkpoint"):
@@ -76,21 +101,9 @@ def save_folder_atomically(model, save_pretrained, save_directory, is_main_proce
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def has_sharded_parameters(model: nn.Module) -> bool:
+def is_sharded(model: nn.Module) -> bool:
     """Whether `model` holds parameters sharded across processes (`DTensor`s: FSDP2's `fully_shard`)."""
-    if not torch.distributed.is_available():
-        return False
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(parameter, DTensor) for parameter in model.parameters())
-
-
-def gather_full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The full (unsharded) state dict of a sharded `model`, on the CPU of rank 0 (empty on the other ranks). Every
-    process must call it."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return torch.distributed.is_available() and any(isinstance(p, DTensor) for p in model.parameters())
 
 
 # model[.variant][-00001-of-00002].safetensors and model[.variant].safetensors.index.json
@@ -98,8 +111,8 @@ _SAFETENSORS_WEIGHTS_FILE = r"model(?P<variant>\.[^.-]+)?(?:-\d{5}-of-\d{5})?\.s
 
 
 def move_saved_files(staging: str, save_directory: str) -> None:
-    """Move a finished save from `staging` into `save_directory` (each file atomically, config.json last), then
-    delete the safetensors weight files of the same variant that the new save did not write."""
+    """Move a finished save into `save_directory` (config.json last), then delete the weight files of the same
+    variant that it did not write."""
     new_names = sorted(os.listdir(staging), key=lambda name: name == "config.json")
     new_variants = {
         match["variant"] for name in new_names if (match := re.fullmatch(_SAFETENSORS_WEIGHTS_FILE, name))
@@ -121,25 +134,19 @@ def move_saved_files(staging: str, save_directory: str) -> None:
 
 
 def staging_owner_tag() -> str:
-    """`<pid>-<host hash>`: names the process that owns a staging folder, so that later saves can tell abandoned
-    staging folders from those of saves still running."""
+    """`<pid>-<host hash>`: the process that owns a staging folder."""
     return f"{os.getpid()}-{zlib.crc32(socket.gethostname().encode()):08x}"
 
 
 def remove_abandoned_staging_folders(save_directory: str) -> None:
-    """Delete the staging folders of saves of `save_directory` whose process is gone (killed midway): those beside
-    it (`.NAME.saving-<pid>-<host>-*`) and in it (`.saving-<pid>-<host>-*`). Only folders made on this machine are
-    judged (a process id means nothing on another host), and only on POSIX, where `os.kill(pid, 0)` probes a
-    process without signalling it."""
+    """Delete the staging folders beside and in `save_directory` whose process on this machine is gone (POSIX only:
+    `os.kill(pid, 0)` probes a process without signalling it)."""
     if os.name != "posix":
         return
     host = staging_owner_tag().split("-")[1]
     owned = re.compile(r"\.saving-(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-[^/]+")
-    candidates = [
-        (os.path.dirname(save_directory), f".{os.path.basename(save_directory)}"),
-        (save_directory, ""),
-    ]
-    for folder, name_prefix in candidates:
+    for folder, name_prefix in ((os.path.dirname(save_directory), f".{os.path.basename(save_directory)}"),
+                                (save_directory, "")):
         if not os.path.isdir(folder):
             continue
         for name in os.listdir(folder):
@@ -153,7 +160,6 @@ def remove_abandoned_staging_folders(save_directory: str) -> None:
 
 
 def _process_is_running(pid: int) -> bool:
-
     if pid == os.getpid():
         return True
     try:
@@ -166,10 +172,7 @@ def _process_is_running(pid: int) -> bool:
 
 
 def _weights_dtype(path: str) -> str | None:
-    """The safetensors dtype ("F32", "F16", "BF16"...) of the first floating tensor of a weights file, read from
-    its header."""
-    from safetensors import safe_open
-
+    """The safetensors dtype ("F32", "BF16"...) of the first floating tensor of a weights file."""
     with safe_open(path, framework="pt") as handle:
         dtypes = (handle.get_slice(name).get_dtype() for name in handle.keys())
         return next((dtype for dtype in dtypes if dtype.startswith(("F", "BF"))), None)
