@@ -116,6 +116,9 @@ class UniFlowConfig(PreTrainedConfig):
                 raise ValueError("`encoder_config` needs a `model_type` (e.g. 'clip_vision_model', 'dinov2').")
             self.encoder_config = AutoConfig.for_model(encoder_type, **encoder_config)
         if self.encoder_config is not None:
+            needed = ("hidden_size", "num_hidden_layers", "patch_size", "image_size")
+            if missing := [name for name in needed if not isinstance(getattr(self.encoder_config, name, None), int)]:
+                raise ValueError(f"`encoder_config` is not a ViT-style encoder: it lacks integer {missing}.")
             for name in ("image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers"):
                 setattr(self, name, getattr(self.encoder_config, name, getattr(self, name)))
         if self.flow_head_width is None:
@@ -170,8 +173,8 @@ class UniFlowConfig(PreTrainedConfig):
                 raise ValueError(f"`{name}` must be one of {accepted}, got {getattr(self, name)!r}.")
         if not self.flow_timestep_logit_std > 0:
             raise ValueError(f"`flow_timestep_logit_std` must be > 0, got {self.flow_timestep_logit_std}.")
-        divisors = {"num_attention_heads": self.encoder_config is None, "global_num_attention_heads": self.num_global_blocks}
-        for name, used in divisors.items():
+        own_encoder = self.encoder_config is None
+        for name, used in (("num_attention_heads", own_encoder), ("global_num_attention_heads", self.num_global_blocks)):
             if used and self.hidden_size % getattr(self, name):
                 raise ValueError(
                     f"`hidden_size` ({self.hidden_size}) must be divisible by `{name}` ({getattr(self, name)})."

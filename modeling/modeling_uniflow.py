@@ -99,13 +99,10 @@ class UniFlowVisionEmbeddings(nn.Module):
 
     def __init__(self, config: UniFlowConfig):
         super().__init__()
-        self.config = config
-        self.embed_dim = config.hidden_size
-        self.patch_size = config.patch_size
-        self.class_embedding = nn.Parameter(torch.randn(1, 1, self.embed_dim))
-        self.patch_embedding = nn.Conv2d(config.num_channels, self.embed_dim, config.patch_size, config.patch_size)
-        self.num_patches = config.grid_size**2
-        self.position_embedding = nn.Parameter(torch.randn(1, self.num_patches + 1, self.embed_dim))
+        dim = config.hidden_size
+        self.class_embedding = nn.Parameter(torch.randn(1, 1, dim))
+        self.patch_embedding = nn.Conv2d(config.num_channels, dim, config.patch_size, config.patch_size)
+        self.position_embedding = nn.Parameter(torch.randn(1, config.grid_size**2 + 1, dim))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         target_dtype = self.patch_embedding.weight.dtype
@@ -114,13 +111,8 @@ class UniFlowVisionEmbeddings(nn.Module):
         patch_embeds = patch_embeds.flatten(2).transpose(1, 2)
         class_embeds = self.class_embedding.expand(batch_size, 1, -1).to(target_dtype)
         embeddings = torch.cat([class_embeds, patch_embeds], dim=1)
-        position_embedding = torch.cat(
-            [
-                self.position_embedding[:, :1],
-                resize_position_embedding(self.position_embedding[:, 1:], (rows, cols)),
-            ],
-            dim=1,
-        )
+        patch_positions = resize_position_embedding(self.position_embedding[:, 1:], (rows, cols))
+        position_embedding = torch.cat([self.position_embedding[:, :1], patch_positions], dim=1)
         return embeddings + position_embedding.to(target_dtype)
 
 
@@ -173,8 +165,7 @@ class UniFlowAttention(nn.Module):
 
         implementation = self.config._attn_implementation
         if kwargs.pop("output_attentions", False) and implementation != "eager":
-            # SDPA and the flash kernels return no weights (transformers' `sdpa_attention_forward` only warns): fall
-            # back to the eager computation for this call, as transformers' models did before v5.
+            # SDPA and flash return no weights (transformers only warns): eager for this call, as before v5.
             logger.warning_once(
                 f"`output_attentions=True` needs the attention weights, which `{implementation}` attention does not "
                 "return: falling back to eager attention for these calls. Load the model with "
@@ -417,7 +408,7 @@ class UniFlowPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
 
     def _init_weights(self, module):
-        """As the official code: the flow head's adaLN and output layers start at zero, its position embeddings sin-cos."""
+        """As the official code: the flow head's adaLN and output layers at zero, sin-cos position embeddings."""
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             init.trunc_normal_(module.weight, std=std)
@@ -450,36 +441,30 @@ class UniFlowPreTrainedModel(PreTrainedModel):
 
 def _check_pixel_values(pixel_values: torch.Tensor, config: UniFlowConfig) -> None:
     """Refuse inputs the model cannot take; any floating dtype is cast to the model's by the patch embedding."""
-    if not isinstance(pixel_values, torch.Tensor):
-        raise TypeError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}.")
-    if pixel_values.ndim != 4:
-        raise ValueError(f"`pixel_values` must have shape (batch, channels, height, width), got {tuple(pixel_values.shape)}.")
-    if not pixel_values.is_floating_point():
+    if not isinstance(pixel_values, torch.Tensor) or not pixel_values.is_floating_point():
+        got = pixel_values.dtype if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
         raise TypeError(
-            f"`pixel_values` must be a floating-point tensor (any float dtype: it is cast to the model's), got "
-            f"{pixel_values.dtype}; preprocess images with UniFlowImageProcessor."
+            f"`pixel_values` must be a floating-point torch.Tensor, got {got}; preprocess images with "
+            "UniFlowImageProcessor."
         )
-    batch_size, channels, height, width = pixel_values.shape
+    shape = tuple(pixel_values.shape)
+    if len(shape) != 4:
+        raise ValueError(f"`pixel_values` must have shape (batch, channels, height, width), got {shape}.")
+    batch_size, channels, height, width = shape
     if batch_size == 0:
-        raise ValueError(f"`pixel_values` is an empty batch (shape {tuple(pixel_values.shape)}).")
+        raise ValueError(f"`pixel_values` is an empty batch (shape {shape}).")
     if channels != config.num_channels:
-        raise ValueError(
-            f"`pixel_values` has {channels} channels but the model expects {config.num_channels} "
-            f"(shape {tuple(pixel_values.shape)}). Convert images with UniFlowImageProcessor."
-        )
+        raise ValueError(f"`pixel_values` has {channels} channels but the model expects {config.num_channels}.")
     p = config.patch_size
-    if height % p or width % p or height == 0 or width == 0:
+    if height % p or width % p or not height or not width:
         raise ValueError(
-            f"Image size {height}x{width} is not a positive multiple of the patch size {p}; resize or crop to a "
-            f"multiple of {p} (e.g. {max(p, height // p * p)}x{max(p, width // p * p)})."
+            f"Image size {height}x{width} is not a positive multiple of the patch size {p}; resize or crop it (e.g. "
+            f"to {max(p, height // p * p)}x{max(p, width // p * p)})."
         )
-    # One reduction (the exact check only if the sum is not finite); skipped while compiling (a data-dependent branch).
+    # One reduction, the exact check only when it is not finite; skipped while compiling (a data-dependent branch).
     if not torch.compiler.is_compiling() and not torch.isfinite(pixel_values.sum()):
         if not torch.isfinite(pixel_values).all():
-            raise ValueError(
-                "`pixel_values` contains NaN or infinite values (e.g. a failed decode or a division by zero "
-                "upstream); the model needs finite inputs."
-            )
+            raise ValueError("`pixel_values` contains NaN or infinite values; the model needs finite inputs.")
 
 
 def apply_forward_hooks(method):
@@ -663,30 +648,19 @@ class UniFlowModel(UniFlowPreTrainedModel):
         if not isinstance(encoder, PreTrainedModel):
             raise TypeError(f"`encoder` must be a transformers PreTrainedModel, got {type(encoder).__name__}.")
         encoder_config = encoder.config
-        if isinstance(encoder, UniFlowVisionModel):
-            known_fields = UniFlowConfig().to_dict()
-            fields = {k: v for k, v in encoder_config.to_dict().items() if k in known_fields}
-            fields = {k: v for k, v in fields.items() if k not in ("model_type", "transformers_version", "architectures")}
-            config = UniFlowConfig(**{**fields, **config_kwargs})
-        else:
-            if hasattr(encoder_config, "vision_config"):
-                raise ValueError(
-                    f"Pass the vision tower itself (e.g. CLIPVisionModel), not a multi-modal {type(encoder).__name__}."
-                )
-            needed = ("hidden_size", "num_hidden_layers", "patch_size", "image_size")
-            missing = [name for name in needed if not isinstance(getattr(encoder_config, name, None), int)]
-            if missing:
-                raise ValueError(
-                    f"{type(encoder).__name__} is not a ViT-style encoder UniFlow can use: its config lacks integer "
-                    f"{missing} (needed: {list(needed)})."
-                )
-            config = UniFlowConfig(encoder_config=encoder_config, **config_kwargs)
+        if hasattr(encoder_config, "vision_config"):
+            raise ValueError(f"Pass the vision tower itself (e.g. CLIPVisionModel), not a {type(encoder).__name__}.")
         for name in ("num_channels", "image_size", "patch_size", "hidden_size", "num_hidden_layers"):
             if name in config_kwargs and config_kwargs[name] != getattr(encoder_config, name, config_kwargs[name]):
                 raise ValueError(
                     f"`{name}={config_kwargs[name]!r}` contradicts the encoder ({name}={getattr(encoder_config, name)!r}); "
                     "the encoder defines it: change the encoder's config instead."
                 )
+        if isinstance(encoder, UniFlowVisionModel):
+            fields = {k: v for k, v in encoder_config.to_diff_dict().items() if k in UniFlowConfig.__dataclass_fields__}
+            config = UniFlowConfig(**{**fields, **config_kwargs})
+        else:
+            config = UniFlowConfig(encoder_config=encoder_config, **config_kwargs)
 
         model = cls(config)
         if type(model.vision_model) is not type(encoder):
@@ -706,23 +680,18 @@ class UniFlowModel(UniFlowPreTrainedModel):
 
     # --------------------------------------------------------------------------------------- building blocks
     def encoder_forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False, **kwargs):
-        """Run the encoder; returns (patch features without CLS/register tokens (B, N, C), the token grid
-        (rows, cols), hidden states or None). The patch tokens are the last N = rows·cols of `last_hidden_state`."""
+        """(patch features (B, N, C): the last N = rows·cols tokens of `last_hidden_state`, the token grid
+        (rows, cols), the hidden states or None)."""
         _check_pixel_values(pixel_values, self.config)
         outputs = self.vision_model(pixel_values=pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         name = type(self.vision_model).__name__
-        if output_hidden_states:
-            hidden_states = getattr(outputs, "hidden_states", None)
-            if hidden_states is None:
-                raise ValueError(
-                    f"The encoder {name} returned no hidden states; UniFlow's distillation needs an encoder that "
-                    "returns them for `output_hidden_states=True` (or train without it: `distillation_mode='none'`)."
-                )
-            if len(hidden_states) < self.config.num_hidden_layers + 1:
-                raise ValueError(
-                    f"The encoder {name} returned {len(hidden_states)} hidden states; expected the embeddings and the "
-                    f"output of each of its {self.config.num_hidden_layers} layers."
-                )
+        num_states = len(getattr(outputs, "hidden_states", None) or ())
+        if output_hidden_states and num_states < self.config.num_hidden_layers + 1:
+            raise ValueError(
+                f"The encoder {name} returned {num_states or 'no'} hidden states for `output_hidden_states=True`; "
+                f"UniFlow's distillation needs the embeddings and the output of each of its "
+                f"{self.config.num_hidden_layers} layers (or train with `distillation_mode='none'`)."
+            )
         grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
         last_hidden_state = outputs.last_hidden_state
         if last_hidden_state.ndim != 3 or last_hidden_state.shape[1] < grid[0] * grid[1]:
@@ -739,22 +708,13 @@ class UniFlowModel(UniFlowPreTrainedModel):
         features, _, _ = self.encoder_forward(pixel_values)
         return self.latent_proj(features)
 
-    def _decoder_position_embeddings(self, grid: tuple[int, int]):
-        if grid == (self.config.grid_size, self.config.grid_size):
-            return self.global_position_embedding, self.decoder_position_embedding
-        return (
-            resize_position_embedding(self.global_position_embedding, grid),
-            resize_position_embedding(self.decoder_position_embedding, grid),
-        )
-
     def decoder_condition(self, latents: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """Latents (B, N, latent) -> the flow head's per-token condition (B, N, C): un-project, add the
-        global-block position embedding, mix by the global blocks, add the decoder position embedding."""
-        global_pos, decoder_pos = self._decoder_position_embeddings(grid)
+        """Latents (B, N, latent) -> the flow head's per-token condition (B, N, C)."""
+        global_pos = resize_position_embedding(self.global_position_embedding, grid)
         hidden_states = self.latent_unproj(latents) + global_pos.to(latents.dtype)
         for block in self.global_blocks:
             hidden_states = block(hidden_states)
-        return hidden_states + decoder_pos.to(latents.dtype)
+        return hidden_states + resize_position_embedding(self.decoder_position_embedding, grid).to(latents.dtype)
 
     def _latent_grid(self, latents: torch.Tensor, height: int | None, width: int | None) -> tuple[int, int]:
         if latents.ndim != 3 or latents.shape[-1] != self.config.latent_channels:
@@ -784,16 +744,10 @@ class UniFlowModel(UniFlowPreTrainedModel):
         height: int | None = None,
         width: int | None = None,
     ) -> torch.Tensor:
-        """Latents (B, N, latent_channels) -> images (B, C, H, W) in the normalised pixel space (not clamped).
-
-        Each pixel patch flows from Gaussian `noise` (B, N, C·p·p) (drawn in float32 with `generator` when not given,
-        one generator per image when a list) to data by Euler steps over the time grid of `config.sampling_schedule`:
-        `num_inference_steps` of them (`config.num_sampling_steps` when `None`; the release decodes in 1 step).
-        `height`/`width` (pixels) are needed only for non-square grids.
-
-        This is the pixel decoder's one sampler: the diffusers pipelines call it and choose only the number of steps
-        (`num_inference_steps` of the reconstruction pipeline, `decoder_num_inference_steps` of the class-conditional
-        one); the time grid is chosen by `config.sampling_schedule`."""
+        """Latents (B, N, latent_channels) -> images (B, C, H, W) in the normalised pixel space (not clamped): the
+        pixel decoder's one sampler. Each patch flows from Gaussian `noise` (B, N, C·p·p) (drawn in float32 from
+        `generator`, one per image when a list) by `num_inference_steps` Euler steps (`config.num_sampling_steps`)
+        over the grid of `config.sampling_schedule`. `height`/`width` are needed only for non-square grids."""
         return self._decode(latents, noise, generator, num_inference_steps, height, width)
 
     def _decode(self, latents, noise, generator, num_inference_steps, height, width) -> torch.Tensor:
