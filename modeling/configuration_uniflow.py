@@ -173,9 +173,9 @@ class UniFlowConfig(PreTrainedConfig):
                 raise ValueError(f"`{name}` must be one of {accepted}, got {getattr(self, name)!r}.")
         if not self.flow_timestep_logit_std > 0:
             raise ValueError(f"`flow_timestep_logit_std` must be > 0, got {self.flow_timestep_logit_std}.")
-        own_encoder = self.encoder_config is None
-        for name, used in (("num_attention_heads", own_encoder), ("global_num_attention_heads", self.num_global_blocks)):
-            if used and self.hidden_size % getattr(self, name):
+        used = {"num_attention_heads": self.encoder_config is None, "global_num_attention_heads": self.num_global_blocks}
+        for name in [name for name, is_used in used.items() if is_used]:
+            if self.hidden_size % getattr(self, name):
                 raise ValueError(
                     f"`hidden_size` ({self.hidden_size}) must be divisible by `{name}` ({getattr(self, name)})."
                 )
