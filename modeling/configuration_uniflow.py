@@ -173,8 +173,10 @@ class UniFlowConfig(PreTrainedConfig):
                 raise ValueError(f"`{name}` must be one of {accepted}, got {getattr(self, name)!r}.")
         if not self.flow_timestep_logit_std > 0:
             raise ValueError(f"`flow_timestep_logit_std` must be > 0, got {self.flow_timestep_logit_std}.")
-        used = {"num_attention_heads": self.encoder_config is None, "global_num_attention_heads": self.num_global_blocks}
-        for name in [name for name, is_used in used.items() if is_used]:
+        divisors = ["global_num_attention_heads"] if self.num_global_blocks else []
+        if self.encoder_config is None:
+            divisors.append("num_attention_heads")
+        for name in divisors:
             if self.hidden_size % getattr(self, name):
                 raise ValueError(
                     f"`hidden_size` ({self.hidden_size}) must be divisible by `{name}` ({getattr(self, name)})."

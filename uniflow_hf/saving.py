@@ -15,7 +15,6 @@ import tempfile
 import zlib
 
 import torch
-from safetensors import safe_open
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
@@ -88,9 +87,9 @@ def save_folder_atomically(model, save_pretrained, save_directory, is_main_proce
         staging = tempfile.mkdtemp(prefix=f".saving-{owner}-", dir=save_directory)
     try:
         save_pretrained(staging, **kwargs)
+        unpin_dtype(staging)
         save_model_card(staging, model, existing_folder=save_directory)  # README.md, unless the folder has one
         if os.path.isdir(save_directory):
-            unpin_dtype_of_mixed_folder(staging, save_directory)
             move_saved_files(staging, save_directory)
         else:
             umask = os.umask(0)
@@ -171,34 +170,13 @@ def _process_is_running(pid: int) -> bool:
     return True
 
 
-def _weights_dtype(path: str) -> str | None:
-    """The safetensors dtype ("F32", "BF16"...) of the first floating tensor of a weights file."""
-    with safe_open(path, framework="pt") as handle:
-        dtypes = (handle.get_slice(name).get_dtype() for name in handle.keys())
-        return next((dtype for dtype in dtypes if dtype.startswith(("F", "BF"))), None)
-
-
-def unpin_dtype_of_mixed_folder(staging: str, save_directory: str) -> None:
-    """Drop `dtype` from the new `config.json` in `staging` when `save_directory` keeps weights (of another variant)
-    in another dtype than the new ones: one `config.json` serves every variant, and a pinned dtype would cast them
-    all to it (`from_pretrained`'s default `dtype="auto"` reads the config first, then the weights)."""
-    def weight_files(folder):  # {variant: [weights files]}, index files aside
-        files = {}
-        for name in os.listdir(folder):
-            if name.endswith(".safetensors") and (match := re.fullmatch(_SAFETENSORS_WEIGHTS_FILE, name)):
-                files.setdefault(match["variant"], []).append(os.path.join(folder, name))
-        return files
-
-    new_files = weight_files(staging)
-    # Files of the variants saved now are overwritten or removed by `move_saved_files`; the others stay.
-    kept = [path for variant, paths in weight_files(save_directory).items() if variant not in new_files for path in paths]
-    new_dtypes = {_weights_dtype(path) for paths in new_files.values() for path in paths}
-    config_file = os.path.join(staging, "config.json")
-    if not os.path.isfile(config_file) or {_weights_dtype(path) for path in kept} <= new_dtypes:
-        return
-    with open(config_file, encoding="utf-8") as handle:
-        config = json.load(handle)
-    config.pop("dtype", None)
-    with open(config_file, "w", encoding="utf-8") as handle:
-        json.dump(config, handle, indent=2, sort_keys=True)
-        handle.write("\n")
+def unpin_dtype(folder: str) -> None:
+    """Drop `dtype` from `folder`'s config.json: one config serves every variant saved beside (`variant="fp16"`),
+    and `from_pretrained`'s default `dtype="auto"` then loads each in the dtype of its weights."""
+    config_file = os.path.join(folder, "config.json")
+    if os.path.isfile(config_file):
+        with open(config_file, encoding="utf-8") as handle:
+            config = json.load(handle)
+        config.pop("dtype", None)
+        with open(config_file, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
