@@ -6,13 +6,17 @@ loadable and adds the model card. Code loaded with `trust_remote_code` alone sav
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import os
 import re
 import shutil
-import socket
 import tempfile
-import zlib
+
+try:
+    import fcntl
+except ImportError:  # Windows: staging folders of killed saves are not recognised
+    fcntl = None
 
 import torch
 from torch import nn
@@ -79,12 +83,12 @@ def save_folder_atomically(model, save_pretrained, save_directory, is_main_proce
     parent = os.path.dirname(save_directory)
     os.makedirs(parent, exist_ok=True)
     remove_abandoned_staging_folders(save_directory)
-    owner = staging_owner_tag()
     try:
-        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(save_directory)}.saving-{owner}-", dir=parent)
+        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(save_directory)}.saving-", dir=parent)
     except PermissionError:  # a writable folder in a read-only parent: stage inside it
         os.makedirs(save_directory, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f".saving-{owner}-", dir=save_directory)
+        staging = tempfile.mkdtemp(prefix=".saving-", dir=save_directory)
+    lock = lock_folder(staging)
     try:
         save_pretrained(staging, **kwargs)
         unpin_dtype(staging)
@@ -98,6 +102,8 @@ def save_folder_atomically(model, save_pretrained, save_directory, is_main_proce
             os.rename(staging, save_directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -132,42 +138,34 @@ def move_saved_files(staging: str, save_directory: str) -> None:
         os.remove(os.path.join(save_directory, name))
 
 
-def staging_owner_tag() -> str:
-    """`<pid>-<host hash>`: the process that owns a staging folder."""
-    return f"{os.getpid()}-{zlib.crc32(socket.gethostname().encode()):08x}"
+def lock_folder(folder: str) -> int | None:
+    """Lock `folder` until the returned descriptor is closed or the process dies (POSIX `flock`; None elsewhere)."""
+    if fcntl is None:
+        return None
+    lock = os.open(folder, os.O_RDONLY)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
 
 
 def remove_abandoned_staging_folders(save_directory: str) -> None:
-    """Delete the staging folders beside and in `save_directory` whose process on this machine is gone (POSIX only:
-    `os.kill(pid, 0)` probes a process without signalling it)."""
-    if os.name != "posix":
+    """Delete the staging folders beside and in `save_directory` that no running save holds (killed saves)."""
+    if fcntl is None:
         return
-    host = staging_owner_tag().split("-")[1]
-    owned = re.compile(r"\.saving-(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-[^/]+")
-    for folder, name_prefix in ((os.path.dirname(save_directory), f".{os.path.basename(save_directory)}"),
-                                (save_directory, "")):
-        if not os.path.isdir(folder):
+    parent, name = os.path.split(save_directory)
+    beside = glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.saving-*"))
+    for path in beside + glob.glob(os.path.join(glob.escape(save_directory), ".saving-*")):
+        try:
+            lock = os.open(path, os.O_RDONLY)
+        except OSError:
             continue
-        for name in os.listdir(folder):
-            match = owned.fullmatch(name[len(name_prefix) :]) if name.startswith(name_prefix) else None
-            if match is None or match["host"] != host or _process_is_running(int(match["pid"])):
-                continue
-            path = os.path.join(folder, name)
-            if os.path.isdir(path) and not os.path.islink(path):
-                logger.info(f"Removing {path}, left by a save that was killed (process {match['pid']} is gone).")
-                shutil.rmtree(path, ignore_errors=True)
-
-
-def _process_is_running(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, owned by another user
-        return True
-    return True
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            logger.info(f"Removing {path}, left by a save that was killed.")
+            shutil.rmtree(path, ignore_errors=True)
+        except BlockingIOError:
+            pass  # a save still running
+        finally:
+            os.close(lock)
 
 
 def unpin_dtype(folder: str) -> None:
