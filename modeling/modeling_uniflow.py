@@ -189,11 +189,13 @@ class UniFlowAttention(nn.Module):
 
 
 class UniFlowMLP(nn.Module):
-    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str):
+    """Linear -> activation -> Linear: the layers' MLPs and the latent bottleneck (`latent_proj`, `latent_unproj`)."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int, hidden_act: str = "gelu"):
         super().__init__()
-        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.fc1 = nn.Linear(in_features, hidden_features)
         self.act = ACT2FN[hidden_act]
-        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+        self.fc2 = nn.Linear(hidden_features, out_features)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(hidden_states)))
@@ -221,7 +223,7 @@ class UniFlowEncoderLayer(GradientCheckpointingLayer):
         )
         self.ls1 = nn.Parameter(config.initializer_factor * torch.ones(dim))
         self.norm2 = NORM2FN[config.norm_type](dim, eps=config.layer_norm_eps)
-        self.mlp = UniFlowMLP(dim, config.intermediate_size, config.hidden_act)
+        self.mlp = UniFlowMLP(dim, config.intermediate_size, dim, config.hidden_act)
         self.ls2 = nn.Parameter(config.initializer_factor * torch.ones(dim))
         self.dropout = nn.Dropout(config.dropout)
         self.drop_path_rate = drop_path_rate
@@ -257,21 +259,11 @@ class UniFlowGlobalBlock(GradientCheckpointingLayer):
         self.norm1 = nn.LayerNorm(dim, eps=config.global_layer_norm_eps)
         self.attn = UniFlowAttention(config, config.global_num_attention_heads, True, False, 0.0)
         self.norm2 = nn.LayerNorm(dim, eps=config.global_layer_norm_eps)
-        self.mlp = UniFlowMLP(dim, int(dim * config.global_mlp_ratio), "gelu")
+        self.mlp = UniFlowMLP(dim, int(dim * config.global_mlp_ratio), dim)
 
     def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
         hidden_states = hidden_states + self.attn(self.norm1(hidden_states), **kwargs)[0]
         return hidden_states + self.mlp(self.norm2(hidden_states))
-
-
-class UniFlowLatentProjection(nn.Sequential):
-    """Linear -> GELU -> Linear: `latent_proj` (width -> latent) and `latent_unproj` (latent -> width)."""
-
-    def __init__(self, in_features: int, hidden_features: int, out_features: int):
-        super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_features, out_features)
 
 
 class UniFlowTimestepEmbedding(nn.Module):
@@ -564,8 +556,8 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
             add_latent_head = config.vision_feature_source == "latent"
         if add_latent_head:
             width = config.hidden_size
-            self.latent_proj = UniFlowLatentProjection(width, width, config.latent_channels)
-            self.latent_unproj = UniFlowLatentProjection(config.latent_channels, width, width)
+            self.latent_proj = UniFlowMLP(width, width, config.latent_channels)
+            self.latent_unproj = UniFlowMLP(config.latent_channels, width, width)
             self._keys_to_ignore_on_load_unexpected = [self._decoder_keys]
         self.post_init()
 
@@ -627,8 +619,8 @@ class UniFlowModel(UniFlowPreTrainedModel):
         else:
             self.vision_model = AutoModel.from_config(config.encoder_config)
         width = config.hidden_size
-        self.latent_proj = UniFlowLatentProjection(width, width, config.latent_channels)
-        self.latent_unproj = UniFlowLatentProjection(config.latent_channels, width, width)
+        self.latent_proj = UniFlowMLP(width, width, config.latent_channels)
+        self.latent_unproj = UniFlowMLP(config.latent_channels, width, width)
         self.global_position_embedding = nn.Parameter(torch.zeros(1, config.grid_size**2, width))
         self.global_blocks = nn.ModuleList([UniFlowGlobalBlock(config) for _ in range(config.num_global_blocks)])
         self.decoder_position_embedding = nn.Parameter(torch.zeros(1, config.grid_size**2, width))

@@ -19,7 +19,6 @@ except ImportError:  # Windows: staging folders of killed saves are not recognis
     fcntl = None
 
 import torch
-from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
@@ -67,8 +66,8 @@ def save_folder_atomically(model, save_pretrained, save_directory, is_main_proce
     save replaces the files there, so a save killed midway leaves the previous model intact. Other files there are
     kept, except weight files of the same variant that this save does not overwrite. Staging folders of killed saves
     are removed. A model sharded by FSDP2 is gathered (every process must call this) and rank 0 writes it."""
-    if kwargs.get("state_dict") is None and is_sharded(model):
-        # A collective: every process gets here; rank 0 gets the full state dict on its CPU.
+    if kwargs.get("state_dict") is None and any(isinstance(p, DTensor) for p in model.parameters()):
+        # Sharded by FSDP2: a collective, every process gets here; rank 0 gets the full state dict on its CPU.
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         kwargs["state_dict"] = get_model_state_dict(model, options=options)
         if torch.distributed.get_rank() != 0:
@@ -104,11 +103,6 @@ def save_folder_atomically(model, save_pretrained, save_directory, is_main_proce
         shutil.rmtree(staging, ignore_errors=True)
         if lock is not None:
             os.close(lock)
-
-
-def is_sharded(model: nn.Module) -> bool:
-    """Whether `model` holds parameters sharded across processes (`DTensor`s: FSDP2's `fully_shard`)."""
-    return torch.distributed.is_available() and any(isinstance(p, DTensor) for p in model.parameters())
 
 
 # model[.variant][-00001-of-00002].safetensors and model[.variant].safetensors.index.json
