@@ -28,16 +28,13 @@ SAMPLING_SCHEDULES = ("linear", "pow_<p>")
 
 def check_sampling_schedule(schedule: str) -> str:
     """Return `schedule` if it is `"linear"` or `"pow_<p>"` with p > 0, else raise a clear error."""
-    if schedule == "linear":
-        return schedule
-    if isinstance(schedule, str) and schedule.startswith("pow_"):
-        try:
-            power = float(schedule[4:])
-        except ValueError:
-            power = 0.0
-        if power > 0:
-            return schedule
-    raise ValueError(f"Unknown sampling schedule {schedule!r}: expected one of {SAMPLING_SCHEDULES} (e.g. 'pow_0.25').")
+    try:
+        valid = schedule == "linear" or schedule.startswith("pow_") and float(schedule[4:]) > 0
+    except (AttributeError, ValueError):  # not a string, or not a number after "pow_"
+        valid = False
+    if not valid:
+        raise ValueError(f"Unknown sampling schedule {schedule!r}: expected one of {SAMPLING_SCHEDULES} (e.g. 'pow_0.25').")
+    return schedule
 
 
 class UniFlowConfig(PreTrainedConfig):

@@ -526,11 +526,8 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
     latent holds. `encode()` returns the raw latents, as `UniFlowModel.encode`.
     """
 
-    # Decoder-side weights of a UniFlowModel / official folder: never part of the tower.
-    _decoder_keys = (
-        r"^(global_blocks|global_block_pos_embed|decoder_pos_embed|flow_head|global_position_embedding"
-        r"|decoder_position_embedding)"
-    )
+    # Decoder-side weights of a UniFlowModel / official folder (our and official names): never part of the tower.
+    _decoder_keys = r"^(global_|decoder_|flow_head\.)"
     # The latent bottleneck (official and our names): loaded when the tower has its latent head, ignored otherwise.
     _latent_head_keys = r"^(chal_proj|chal_unproj|latent_proj|latent_unproj)\."
     _keys_to_ignore_on_load_unexpected = [_decoder_keys, _latent_head_keys]
@@ -542,6 +539,7 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
         ),
         "attentions": UniFlowAttention,
     }
+
     def __init__(self, config: UniFlowConfig, add_latent_head: bool | None = None):
         """`add_latent_head` defaults to `config.vision_feature_source == "latent"`."""
         super().__init__(config)

@@ -16,8 +16,7 @@ from transformers import (
 )
 
 
-# Installed, `modeling/` and `pipelines/` live inside this package. In a source checkout they sit beside it: let
-# `uniflow_hf.modeling` resolve there too, so running from the repository root imports the same namespace.
+# In a source checkout `modeling/` and `pipelines/` sit beside this package (installed, inside it).
 if not os.path.isdir(os.path.join(__path__[0], "modeling")):
     __path__.append(os.path.dirname(os.path.abspath(__path__[0])))
 
@@ -55,15 +54,14 @@ from transformers import ImageProcessingMixin, PreTrainedModel  # noqa: E402, F4
 
 __version__ = "0.1.0"
 
-# The shipped UniFlow-FMNIST pipeline (its model card is README.md in that folder), as an absolute path inside the
-# installed package: `UniFlowClassConditionalPipeline.from_pretrained(FMNIST_MODEL_PATH)` works from any directory.
+# The shipped UniFlow-FMNIST pipeline: `UniFlowClassConditionalPipeline.from_pretrained(FMNIST_MODEL_PATH)`.
 FMNIST_MODEL_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "uniflow-fmnist")
 
 UniFlowPreTrainedModel.from_pretrained = classmethod(from_pretrained)
 UniFlowPreTrainedModel.save_pretrained = save_pretrained
 UniFlowPreTrainedModel._upload_modified_files = upload_modified_files
 AutoConfig.register("uniflow", UniFlowConfig, exist_ok=True)
-AutoModel.register(UniFlowConfig, UniFlowVisionModel, exist_ok=True)
+AutoModel.register(UniFlowConfig, UniFlowVisionModel, exist_ok=True)  # the tower (LLaVA, feature extraction)
 AutoModelForImageClassification.register(UniFlowConfig, UniFlowForImageClassification, exist_ok=True)
 AutoModelForImageToImage.register(UniFlowConfig, UniFlowModel, exist_ok=True)
 AutoImageProcessor.register(UniFlowConfig, image_processor_classes={"pil": UniFlowImageProcessor}, exist_ok=True)
