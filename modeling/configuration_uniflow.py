@@ -33,7 +33,9 @@ def check_sampling_schedule(schedule: str) -> str:
     except (AttributeError, ValueError):  # not a string, or not a number after "pow_"
         valid = False
     if not valid:
-        raise ValueError(f"Unknown sampling schedule {schedule!r}: expected one of {SAMPLING_SCHEDULES} (e.g. 'pow_0.25').")
+        raise ValueError(
+            f"Unknown sampling schedule {schedule!r}: expected one of {SAMPLING_SCHEDULES} (e.g. 'pow_0.25')."
+        )
     return schedule
 
 

@@ -321,9 +321,8 @@ class UniFlowFlowHeadFinalLayer(nn.Module):
 
 
 class UniFlowFlowHead(nn.Module):
-    """The patch-wise pixel flow decoder: an adaLN MLP predicting the velocity (data - noise) of one pixel patch
-    per row, given its noisy state `sample`, the network `timestep` (1000·t) and its token's `condition`. Pass the
-    timesteps in float32 whatever the model's dtype: bf16 would round 1000·t to a multiple of 4 near t = 1."""
+    """The patch-wise pixel flow decoder: the velocity (data - noise) of one pixel patch per row, from its noisy
+    `sample`, the network `timestep` (1000·t, float32: bf16 would round it) and its token's `condition`."""
 
     def __init__(self, config: UniFlowConfig):
         super().__init__()
@@ -591,8 +590,7 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
         """Images (B, C, H, W) -> latents (B, H/p · W/p, latent_channels), as `UniFlowModel.encode` (latent head only)."""
         if not self.has_latent_head:
             raise ValueError(
-                "This UniFlowVisionModel has no latent head: build it with `vision_feature_source='latent'` (e.g. "
-                "`UniFlowVisionModel.from_pretrained(folder, vision_feature_source='latent')` on a UniFlowModel folder)."
+                "This UniFlowVisionModel has no latent head: load or build it with `vision_feature_source='latent'`."
             )
         _check_pixel_values(pixel_values, self.config)
         last_hidden_state = self.encoder(self.embeddings(pixel_values))
@@ -718,9 +716,7 @@ class UniFlowModel(UniFlowPreTrainedModel):
                 raise ValueError(f"{num_tokens} latent tokens are not a square grid: pass `height` and `width`.")
             return side, side
         if height is None or width is None or height % p or width % p or (height // p) * (width // p) != num_tokens:
-            raise ValueError(
-                f"`height`x`width` = {height}x{width} does not fit {num_tokens} tokens of patch size {p}."
-            )
+            raise ValueError(f"`height`x`width` = {height}x{width} does not fit {num_tokens} tokens of patch size {p}.")
         return height // p, width // p
 
     @apply_forward_hooks
