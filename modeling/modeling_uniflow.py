@@ -389,6 +389,7 @@ class UniFlowPreTrainedModel(PreTrainedModel):
     config: UniFlowConfig
     config_class = UniFlowConfig
     base_model_prefix = "vision_model"
+    _input_embed_layer = "patch_embedding"  # transformers' `get_input_embeddings` finds it (in the tower)
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
@@ -566,9 +567,6 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
     def patch_size(self) -> int:
         return self.config.patch_size
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embeddings.patch_embedding
-
     @_resolve_hidden_state_indices
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
@@ -623,9 +621,6 @@ class UniFlowModel(UniFlowPreTrainedModel):
         self.flow_head = UniFlowFlowHead(config)
         self.distillation_teacher = None
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.vision_model.get_input_embeddings()
 
     @classmethod
     def from_encoder(cls, encoder: PreTrainedModel, **config_kwargs) -> "UniFlowModel":
@@ -905,9 +900,6 @@ class UniFlowForImageClassification(UniFlowPreTrainedModel):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.vision_model.get_input_embeddings()
 
     @can_return_tuple
     def forward(
