@@ -147,11 +147,9 @@ class UniFlowConfig(PreTrainedConfig):
             )
         for name in _OFFICIAL_IGNORED:
             kwargs.pop(name, None)
-        # The official `auto_map` and `architectures` name its remote code; ours are set when we save.
+        # The official `auto_map` names its remote code; ours is set when we save.
         if not str((kwargs.get("auto_map") or {}).get("AutoConfig", "")).endswith(".UniFlowConfig"):
             kwargs.pop("auto_map", None)
-        if kwargs.get("architectures") == ["UniFlowVisionModel"] and "transformers_version" in kwargs:
-            kwargs.pop("architectures")
         return kwargs
 
     def _validate(self):
