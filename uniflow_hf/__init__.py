@@ -42,8 +42,7 @@ from .training import UniFlowIterableTrainingDataset, UniFlowTrainer, UniFlowTra
 from .evaluation import evaluate_reconstruction
 from .hardware import choose_dtype, resolve_dtype
 from .metrics import metric_path
-from .loading import from_pretrained
-from .saving import save_pretrained, upload_modified_files
+from .serialization import from_pretrained, save_pretrained, upload_modified_files
 
 # diffusers' pipeline loader resolves a component saved as ["uniflow_hf", "<ClassName>"] in model_index.json with
 # `getattr(uniflow_hf, "<ClassName>")`, and picks its load method by testing it against these base classes, which it

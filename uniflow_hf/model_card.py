@@ -7,7 +7,7 @@ beside the weights). Built offline with `huggingface_hub.ModelCard` / `ModelCard
     create_model_card(title, description, ...)      # a card from explicit parts
     save_model_card(folder, obj=None, ...) -> bool  # write README.md unless the folder has a card
 
-`UniFlowPreTrainedModel.save_pretrained` writes it (this package sets `model_card_writer`), and `push_to_hub`
+`UniFlowPreTrainedModel.save_pretrained` writes it (`uniflow_hf/serialization.py`), and `push_to_hub`
 uploads it instead of transformers' generic card. A pipeline's component folders get no card of their own while
 the pipeline saves them (`saving_pipeline`): the pipeline's card describes them."""
 
