@@ -44,10 +44,14 @@ def save_pretrained(
     safe_serialization: bool = True,
     **kwargs,
 ):
-    """`PreTrainedModel.save_pretrained`, atomic (`save_folder_atomically`). The folder gets the code of the class
-    and `auto_map`, so it loads with the Auto classes and `trust_remote_code=True` without uniflow-hf; `AutoModel`
-    on it builds the encoder tower. The signature names `variant`, `max_shard_size` and `safe_serialization` because
-    diffusers passes a component only the arguments its signature names; transformers v5 writes safetensors only."""
+    """`PreTrainedModel.save_pretrained` through a staging folder beside `save_directory`: only a complete save
+    replaces the files there (other files are kept, except weight files of the same variant that it does not
+    overwrite), so a killed save leaves the previous model intact; staging folders of killed saves are removed. A
+    model sharded by FSDP2 is gathered (every process must call this) and rank 0 writes it. The folder gets the code
+    of the class and `auto_map` (`AutoModel` builds the encoder tower), so it loads without uniflow-hf.
+
+    The signature names `variant`, `max_shard_size` and `safe_serialization` because diffusers passes a component
+    only the arguments its signature names; transformers v5 writes safetensors only."""
     if not safe_serialization:
         logger.warning("`safe_serialization=False` is ignored: transformers v5 saves safetensors only.")
     auto_map = getattr(self.config, "auto_map", None) or {}
@@ -55,29 +59,14 @@ def save_pretrained(
         self.config.auto_map = {**auto_map, "AutoModel": "modeling_uniflow.UniFlowVisionModel"}
     kwargs.update(variant=variant, max_shard_size=max_shard_size)
     save = functools.partial(PreTrainedModel.save_pretrained, self)
-    return save_folder_atomically(self, save, save_directory, is_main_process=is_main_process, **kwargs)
-
-
-def upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
-    """`push_to_hub` puts transformers' generic card into the folder it uploads: upload ours instead (a card already
-    on the Hub is kept)."""
-    save_model_card(working_dir, self, replace_generic=True, repo_id=repo_id)
-    return PreTrainedModel._upload_modified_files(self, working_dir, repo_id, *args, **kwargs)
-
-
-def save_folder_atomically(model, save_pretrained, save_directory, is_main_process: bool = True, **kwargs):
-    """`save_pretrained(save_directory, **kwargs)` through a temporary folder beside `save_directory`: only a complete
-    save replaces the files there, so a save killed midway leaves the previous model intact. Other files there are
-    kept, except weight files of the same variant that this save does not overwrite. Staging folders of killed saves
-    are removed. A model sharded by FSDP2 is gathered (every process must call this) and rank 0 writes it."""
-    if kwargs.get("state_dict") is None and any(isinstance(p, DTensor) for p in model.parameters()):
+    if kwargs.get("state_dict") is None and any(isinstance(p, DTensor) for p in self.parameters()):
         # Sharded by FSDP2: a collective, every process gets here; rank 0 gets the full state dict on its CPU.
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        kwargs["state_dict"] = get_model_state_dict(model, options=options)
+        kwargs["state_dict"] = get_model_state_dict(self, options=options)
         if torch.distributed.get_rank() != 0:
             return  # only rank 0 holds the gathered weights, and writes them
     if not is_main_process or kwargs.get("distributed_checkpoint"):
-        return save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
+        return save(save_directory, is_main_process=is_main_process, **kwargs)
     save_directory = os.path.abspath(os.fspath(save_directory))
     if os.path.isfile(save_directory):
         raise ValueError(f"`save_directory` ({save_directory}) is a file; pass a folder.")
@@ -93,9 +82,9 @@ def save_folder_atomically(model, save_pretrained, save_directory, is_main_proce
         staging = tempfile.mkdtemp(prefix=".saving-", dir=save_directory)
     lock = lock_folder(staging)
     try:
-        save_pretrained(staging, **kwargs)
+        save(staging, **kwargs)
         unpin_dtype(staging)
-        save_model_card(staging, model, existing_folder=save_directory)  # README.md, unless the folder has one
+        save_model_card(staging, self, existing_folder=save_directory)  # README.md, unless the folder has one
         if os.path.isdir(save_directory):
             move_saved_files(staging, save_directory)
         else:
@@ -107,6 +96,13 @@ def save_folder_atomically(model, save_pretrained, save_directory, is_main_proce
         shutil.rmtree(staging, ignore_errors=True)
         if lock is not None:
             os.close(lock)
+
+
+def upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
+    """`push_to_hub` puts transformers' generic card into the folder it uploads: upload ours instead (a card already
+    on the Hub is kept)."""
+    save_model_card(working_dir, self, replace_generic=True, repo_id=repo_id)
+    return PreTrainedModel._upload_modified_files(self, working_dir, repo_id, *args, **kwargs)
 
 
 # model[.variant][-00001-of-00002].safetensors and model[.variant].safetensors.index.json
