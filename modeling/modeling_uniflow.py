@@ -33,7 +33,6 @@ from .loss_uniflow import adaptive_distillation_loss
 logger = logging.get_logger(__name__)
 
 
-# ----------------------------------------------------------------------------------------------- patch helpers
 def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, N, C·p·p); tokens row-major over the grid, each patch flattened as (channel, row, col)."""
     batch, channels, height, width = pixel_values.shape
@@ -76,7 +75,6 @@ def resize_position_embedding(position_embedding: torch.Tensor, grid: tuple[int,
     return pos.reshape(1, dim, grid[0] * grid[1]).permute(0, 2, 1).to(position_embedding.dtype)
 
 
-# ----------------------------------------------------------------------------------------------------- encoder
 class UniFlowRMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float = 1e-6):
         super().__init__()
@@ -249,7 +247,6 @@ class UniFlowEncoder(nn.Module):
         return hidden_states
 
 
-# ------------------------------------------------------------------------------------------------ decoder side
 class UniFlowGlobalBlock(GradientCheckpointingLayer):
     """A plain pre-norm ViT block (timm's `Block` in the release) over the un-projected latent tokens."""
 
@@ -384,7 +381,6 @@ class UniFlowTrainingOutput(ModelOutput):
     encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
-# ----------------------------------------------------------------------------------------------------- models
 class UniFlowPreTrainedModel(PreTrainedModel):
     config: UniFlowConfig
     config_class = UniFlowConfig
@@ -661,7 +657,6 @@ class UniFlowModel(UniFlowPreTrainedModel):
             raise ValueError(f"Encoder weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}.")
         return model
 
-    # --------------------------------------------------------------------------------------- building blocks
     def encoder_forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False, **kwargs):
         """(patch features (B, N, C): the last N = rows·cols tokens of `last_hidden_state`, the token grid
         (rows, cols), the hidden states or None)."""
