@@ -170,9 +170,9 @@ class UniFlowConfig(PreTrainedConfig):
                 raise ValueError(f"`{name}` must be one of {accepted}, got {getattr(self, name)!r}.")
         if not self.flow_timestep_logit_std > 0:
             raise ValueError(f"`flow_timestep_logit_std` must be > 0, got {self.flow_timestep_logit_std}.")
-        divisors = ["global_num_attention_heads"] if self.num_global_blocks else []
-        if self.encoder_config is None:
-            divisors.append("num_attention_heads")
+        divisors = ["num_attention_heads"] if self.encoder_config is None else []
+        if self.num_global_blocks:
+            divisors.append("global_num_attention_heads")
         for name in divisors:
             if self.hidden_size % getattr(self, name):
                 raise ValueError(
