@@ -1,7 +1,7 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
 """Model cards of saved folders, from facts: every figure and tag comes from the saved config, and the card says how
-to load the folder with uniflow-hf and without it (`trust_remote_code=True`). `save_model_card` is the
-`model_card_writer` of `UniFlowPreTrainedModel` (saves and `push_to_hub`); pipelines write theirs with
+to load the folder with uniflow-hf and without it (`trust_remote_code=True`). `UniFlowPreTrainedModel.save_pretrained`
+(uniflow_hf/serialization.py) and `push_to_hub` write `save_model_card`'s card; pipelines write theirs with
 `create_model_card`, and their components get none while they save (`saving_pipeline`)."""
 
 from __future__ import annotations
