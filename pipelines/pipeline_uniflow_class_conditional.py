@@ -370,5 +370,3 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             return (images,)
         return ImagePipelineOutput(images=images)
 
-
-__all__ = ["UniFlowClassConditionalPipeline"]

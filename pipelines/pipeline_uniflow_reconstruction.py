@@ -115,5 +115,3 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             return (images,)
         return ImagePipelineOutput(images=images)
 
-
-__all__ = ["UniFlowReconstructionPipeline"]

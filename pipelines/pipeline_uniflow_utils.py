@@ -229,5 +229,3 @@ def check_generator(generator, batch_size: int) -> None:
     if isinstance(generator, list) and len(generator) != batch_size:
         raise ValueError(f"Got {len(generator)} generators for {batch_size} images: pass one per image, or one.")
 
-
-__all__ = ["UniFlowPipelineMixin", "component_library_tuple", "default_image_processor"]

@@ -161,5 +161,3 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
     def __len__(self):
         return self.config.num_train_timesteps
 
-
-__all__ = ["UniFlowFlowMatchScheduler", "UniFlowFlowMatchSchedulerOutput", "time_grid"]
