@@ -17,7 +17,7 @@ from . import (  # noqa: E402
 )
 from .pipeline_uniflow_class_conditional import UniFlowClassConditionalPipeline  # noqa: E402
 from .pipeline_uniflow_reconstruction import UniFlowReconstructionPipeline  # noqa: E402
-from .scheduling_uniflow_flow_match import (  # noqa: E402
+from .scheduling_uniflow_flow_match import (  # noqa: E402, F401 (re-exported)
     UniFlowFlowMatchScheduler,
     UniFlowFlowMatchSchedulerOutput,
     time_grid,
