@@ -234,15 +234,14 @@ class UniFlowTrainer(Trainer):
             return super().get_train_dataloader()
         from accelerate.data_loader import prepare_data_loader
 
-        workers = self.args.dataloader_num_workers
         loader = torch.utils.data.DataLoader(
             self.train_dataset,
             batch_size=self._train_batch_size,
             collate_fn=self.data_collator,
-            num_workers=workers,
+            num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory,
-            persistent_workers=self.args.dataloader_persistent_workers and workers > 0,
-            prefetch_factor=self.args.dataloader_prefetch_factor if workers > 0 else None,
+            persistent_workers=self.args.dataloader_persistent_workers,
+            prefetch_factor=self.args.dataloader_prefetch_factor,
             drop_last=self.args.dataloader_drop_last,
         )
         return prepare_data_loader(
@@ -420,17 +419,6 @@ def prepare_training_arguments(training_args: TrainingArguments) -> TrainingArgu
 
 
 # ----------------------------------------------------------------------------------------------- entry point
-def _check_precision(training_args: TrainingArguments) -> None:
-    """Refuse half precision on CPU (set by --bf16/--fp16 or by accelerate's ACCELERATE_MIXED_PRECISION)."""
-    accelerate_half = getattr(training_args, "mixed_precision", "no") in ("bf16", "fp16")
-    half = training_args.bf16 or training_args.fp16 or accelerate_half
-    if half and training_args.device.type == "cpu":
-        raise ValueError(
-            "bf16/fp16 mixed precision is not supported for UniFlow training on CPU: train in float32 (drop "
-            "--bf16/--fp16, or mixed_precision from the accelerate config), or train on a GPU."
-        )
-
-
 def train_tokenizer(
     model: UniFlowModel,
     train_dataset: Any,
@@ -458,7 +446,12 @@ def train_tokenizer(
     if has_adapters and lora_config is not None:
         raise ValueError("`model` already has adapters: pass either a PEFT model or `lora_config`, not both.")
     prepare_training_arguments(training_args)
-    _check_precision(training_args)
+    half = training_args.bf16 or training_args.fp16 or getattr(training_args, "mixed_precision", "") in ("bf16", "fp16")
+    if half and training_args.device.type == "cpu":  # --bf16/--fp16, or the accelerate config's mixed_precision
+        raise ValueError(
+            "bf16/fp16 mixed precision is not supported for UniFlow training on CPU: train in float32 (drop "
+            "--bf16/--fp16, or mixed_precision from the accelerate config), or train on a GPU."
+        )
     config = base_model.config
     processor = processor if processor is not None else UniFlowImageProcessor.from_image_size(config.image_size)
 
