@@ -38,13 +38,18 @@ def time_grid(num_inference_steps: int, schedule: str = "linear", shift: float =
     `linear`: t_k = k / K.  `pow_<p>`: s_k = ((K - k) / K) ** (1 / p), t_k = 1 - s_k.
     `shift` warps the noise level sigma = 1 - t as SD3 does: sigma' = shift * sigma / (1 + (shift - 1) * sigma).
     """
-    from .configuration_uniflow import check_sampling_schedule  # not at the top: the configuration imports this file
-
     if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
         raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
     if shift <= 0:
         raise ValueError(f"`shift` must be positive, got {shift}.")
-    power = 1.0 if check_sampling_schedule(schedule) == "linear" else float(schedule[4:])
+    power = 1.0 if schedule == "linear" else 0.0
+    if isinstance(schedule, str) and schedule.startswith("pow_"):
+        try:
+            power = float(schedule[4:])
+        except ValueError:
+            pass
+    if power <= 0:
+        raise ValueError(f"Unknown schedule {schedule!r}: expected 'linear' or 'pow_<p>' with p > 0 (e.g. 'pow_0.25').")
     steps = num_inference_steps
     sigmas = torch.arange(0, steps + 1).flip(0) ** (1 / power) / steps ** (1 / power)
     if shift != 1.0:
