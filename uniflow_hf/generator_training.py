@@ -152,7 +152,7 @@ def dataset_id2label(dataset, label_column: str) -> dict[int, str]:
     from datasets import ClassLabel
 
     if label_column not in dataset.column_names:
-        raise ValueError(f"No label column {label_column!r} in the dataset; its columns are {dataset.column_names}.")
+        raise ValueError(f"No label column {label_column!r} in the dataset; its columns: {dataset.column_names}.")
     feature = dataset.features[label_column]
     if isinstance(feature, ClassLabel):
         return dict(enumerate(feature.names))
@@ -182,9 +182,7 @@ def build_latent_cache(tokenizer: UniFlowModel, dataset, args: GeneratorTraining
     from datasets.fingerprint import Hasher
 
     if args.image_column not in dataset.column_names:
-        raise ValueError(
-            f"No image column {args.image_column!r} in the dataset; its columns are {dataset.column_names}."
-        )
+        raise ValueError(f"No image column {args.image_column!r} in the dataset; its columns: {dataset.column_names}.")
     processor = default_image_processor(tokenizer)
     bookkeeping = ("architectures", "auto_map", "dtype", "torch_dtype", "transformers_version")
     config = {k: v for k, v in tokenizer.config.to_dict().items() if not k.startswith("_") and k not in bookkeeping}
