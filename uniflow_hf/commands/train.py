@@ -215,7 +215,7 @@ def run_train_tokenizer(args: argparse.Namespace) -> int:
 def run_train_generator(args: argparse.Namespace) -> int:
     from ..data import check_images, load_image_dataset
     from ..generator_training import train_generator
-    from ..inference import load_reconstruction_pipeline
+    from .generate import load_reconstruction_pipeline
     from ..io import check_output_dir
     from ..training import close_process_group
 
