@@ -75,21 +75,7 @@ def resize_position_embedding(position_embedding: torch.Tensor, grid: tuple[int,
     return pos.reshape(1, dim, grid[0] * grid[1]).permute(0, 2, 1).to(position_embedding.dtype)
 
 
-class UniFlowRMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(input_dtype)
-
-
-NORM2FN = {"layer_norm": nn.LayerNorm, "rms_norm": UniFlowRMSNorm}
+NORM2FN = {"layer_norm": nn.LayerNorm, "rms_norm": nn.RMSNorm}
 
 
 class UniFlowVisionEmbeddings(nn.Module):
@@ -149,8 +135,8 @@ class UniFlowAttention(nn.Module):
         self.qkv = nn.Linear(self.embed_dim, 3 * self.embed_dim, bias=qkv_bias)
         self.qk_normalization = qk_normalization
         if qk_normalization:
-            self.q_norm = UniFlowRMSNorm(self.embed_dim, eps=config.layer_norm_eps)
-            self.k_norm = UniFlowRMSNorm(self.embed_dim, eps=config.layer_norm_eps)
+            self.q_norm = nn.RMSNorm(self.embed_dim, eps=config.layer_norm_eps)
+            self.k_norm = nn.RMSNorm(self.embed_dim, eps=config.layer_norm_eps)
         self.proj = nn.Linear(self.embed_dim, self.embed_dim)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
@@ -380,7 +366,7 @@ class UniFlowPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, (nn.LayerNorm, UniFlowRMSNorm)):
+        elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
             if getattr(module, "weight", None) is not None:
                 init.ones_(module.weight)
             if getattr(module, "bias", None) is not None:
@@ -600,19 +586,17 @@ class UniFlowModel(UniFlowPreTrainedModel):
             config = UniFlowConfig(encoder_config=encoder_config, **config_kwargs)
 
         model = cls(config)
-        if type(model.vision_model) is not type(encoder):
-            raise ValueError(
-                f"`from_encoder` takes the bare encoder that AutoModel builds from its config "
-                f"({type(model.vision_model).__name__}), got {type(encoder).__name__}: pass e.g. its base model "
-                f"(`AutoModel.from_pretrained(...)`)."
-            )
         state_dict = encoder.state_dict()
-        if getattr(encoder, "has_latent_head", False) and not getattr(model.vision_model, "has_latent_head", False):
+        if getattr(encoder, "has_latent_head", False):  # `UniFlowModel` holds the latent head itself
             latent_keys = [key for key in state_dict if key.startswith(("latent_proj.", "latent_unproj."))]
             model.load_state_dict({key: state_dict.pop(key) for key in latent_keys}, strict=False)
         missing, unexpected = model.vision_model.load_state_dict(state_dict, strict=False)
         if missing or unexpected:
-            raise ValueError(f"Encoder weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+            raise ValueError(
+                f"The weights of {type(encoder).__name__} do not fit the {type(model.vision_model).__name__} that "
+                f"AutoModel builds from its config (missing {missing[:5]}, unexpected {unexpected[:5]}): pass the bare "
+                "encoder (`AutoModel.from_pretrained(...)`)."
+            )
         return model
 
     def encoder_forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False, **kwargs):
