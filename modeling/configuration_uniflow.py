@@ -95,7 +95,25 @@ class UniFlowConfig(PreTrainedConfig):
     distillation_beta: float = 2.0
 
     def __post_init__(self, **kwargs):
-        kwargs = self._read_official_fields(kwargs, self.hidden_size)
+        # The official release's flat fields: read under our names, refused where this implementation can't honour them.
+        for official, ours in _OFFICIAL_ALIASES.items():
+            if official in kwargs:
+                kwargs[ours] = kwargs.pop(official)
+        for name, supported in _OFFICIAL_FIXED.items():
+            value = kwargs.pop(name, supported)
+            if value != supported:
+                raise ValueError(f"Official config field `{name}={value!r}` is not supported (only {supported!r}).")
+        vit_hidden_size = kwargs.get("vit_hidden_size", self.hidden_size)
+        if vit_hidden_size != self.hidden_size:
+            raise ValueError(
+                f"`vit_hidden_size` ({vit_hidden_size}) must equal `hidden_size` ({self.hidden_size}): the official "
+                "decoder consumes the encoder's features directly."
+            )
+        for name in _OFFICIAL_IGNORED:
+            kwargs.pop(name, None)
+        # The official `auto_map` names its remote code; ours is set when we save.
+        if not str((kwargs.get("auto_map") or {}).get("AutoConfig", "")).endswith(".UniFlowConfig"):
+            kwargs.pop("auto_map", None)
         for name in ("latent_channels", "num_global_blocks", "num_flow_head_blocks"):
             setattr(self, name, kwargs.pop(name, getattr(self, name)))
         if isinstance(self.encoder_config, dict):
@@ -118,29 +136,6 @@ class UniFlowConfig(PreTrainedConfig):
         self.flow_timestep_logit_std = float(self.flow_timestep_logit_std)
         super().__post_init__(**kwargs)
         self._validate()
-
-    @staticmethod
-    def _read_official_fields(kwargs: dict, hidden_size: int) -> dict:
-        """Read the official release's flat config fields; refuse values this implementation can't honour."""
-        for official, ours in _OFFICIAL_ALIASES.items():
-            if official in kwargs:
-                kwargs[ours] = kwargs.pop(official)
-        for name, supported in _OFFICIAL_FIXED.items():
-            value = kwargs.pop(name, supported)
-            if value != supported:
-                raise ValueError(f"Official config field `{name}={value!r}` is not supported (only {supported!r}).")
-        vit_hidden_size = kwargs.get("vit_hidden_size", hidden_size)
-        if vit_hidden_size != hidden_size:
-            raise ValueError(
-                f"`vit_hidden_size` ({vit_hidden_size}) must equal `hidden_size` ({hidden_size}): the official decoder "
-                "consumes the encoder's features directly."
-            )
-        for name in _OFFICIAL_IGNORED:
-            kwargs.pop(name, None)
-        # The official `auto_map` names its remote code; ours is set when we save.
-        if not str((kwargs.get("auto_map") or {}).get("AutoConfig", "")).endswith(".UniFlowConfig"):
-            kwargs.pop("auto_map", None)
-        return kwargs
 
     def _validate(self):
         positive = ("image_size", "patch_size", "hidden_size", "num_hidden_layers", "latent_channels", "num_channels",

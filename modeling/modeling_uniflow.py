@@ -727,12 +727,9 @@ class UniFlowModel(UniFlowPreTrainedModel):
         kwargs.pop("num_items_in_batch", None)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         compute_loss = timesteps is not None if return_loss is None else return_loss
-        distill = (
-            compute_loss
-            and self.distillation_teacher is not None
-            and self.config.distillation_mode != "none"
-            and not self.config.freeze_encoder  # a frozen encoder is its own teacher
-        )
+        # A frozen encoder is its own teacher.
+        teacher = self.distillation_teacher if compute_loss and not self.config.freeze_encoder else None
+        distill = teacher is not None and self.config.distillation_mode != "none"
         encoder_grad = torch.is_grad_enabled() and not (self.training and self.config.freeze_encoder)
         with torch.set_grad_enabled(encoder_grad):
             features, grid, hidden_states = self.encoder_forward(
@@ -779,9 +776,7 @@ class UniFlowModel(UniFlowPreTrainedModel):
 
         if distill:
             with torch.no_grad():
-                teacher_states = self.distillation_teacher(
-                    pixel_values=pixel_values, output_hidden_states=True, return_dict=True
-                ).hidden_states
+                teacher_states = teacher(pixel_values, output_hidden_states=True, return_dict=True).hidden_states
             # hidden_states[0] is the embedding output; the L layer outputs follow (a tower may append more).
             layers = slice(1, self.config.num_hidden_layers + 1)
             student_states, teacher_states = hidden_states[layers], teacher_states[layers]

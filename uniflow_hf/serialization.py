@@ -76,7 +76,12 @@ def save_pretrained(
         fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         save(staging, **kwargs)
-        unpin_dtype(staging)
+        # No `dtype` in config.json: one config serves every variant, each loading in its own dtype.
+        with open(os.path.join(staging, "config.json"), encoding="utf-8") as handle:
+            config = json.load(handle)
+        config.pop("dtype", None)
+        with open(os.path.join(staging, "config.json"), "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
         save_model_card(staging, self, existing_folder=save_directory)  # README.md, unless the folder has one
         if os.path.isdir(save_directory):
             move_saved_files(staging, save_directory)
@@ -142,17 +147,6 @@ def remove_abandoned_staging_folders(save_directory: str) -> None:
             pass  # a save still running
         finally:
             os.close(lock)
-
-
-def unpin_dtype(folder: str) -> None:
-    """Drop `dtype` from `folder`'s config.json: one config serves every variant, each loading in its own dtype."""
-    config_file = os.path.join(folder, "config.json")
-    if os.path.isfile(config_file):
-        with open(config_file, encoding="utf-8") as handle:
-            config = json.load(handle)
-        config.pop("dtype", None)
-        with open(config_file, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def from_pretrained(
