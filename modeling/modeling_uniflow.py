@@ -149,11 +149,9 @@ class UniFlowAttention(nn.Module):
 
         implementation = self.config._attn_implementation
         if kwargs.pop("output_attentions", False) and implementation != "eager":
-            # SDPA and flash return no weights (transformers only warns): eager for this call, as before v5.
             logger.warning_once(
-                f"`output_attentions=True` needs the attention weights, which `{implementation}` attention does not "
-                "return: falling back to eager attention for these calls. Load the model with "
-                "`attn_implementation='eager'` to silence this."
+                f"`output_attentions=True`: falling back from `{implementation}` attention, which returns no weights, "
+                "to eager attention. Load the model with `attn_implementation='eager'` to silence this."
             )
             implementation = "eager"
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
@@ -317,10 +315,9 @@ class UniFlowFlowHead(nn.Module):
         self.final_layer = UniFlowFlowHeadFinalLayer(width, config.patch_dim)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        if timestep.ndim == 0:  # one time for all rows (sampling): embed it once, broadcast over the rows
-            timestep = timestep[None]
         hidden_states = self.input_proj(sample)
-        embedding = self.time_embed(timestep) + self.cond_embed(condition)
+        # A 0-d `timestep` (sampling) is embedded once and broadcast over the rows.
+        embedding = self.time_embed(timestep.reshape(-1)) + self.cond_embed(condition)
         for block in self.res_blocks:
             hidden_states = block(hidden_states, embedding)
         return self.final_layer(hidden_states, embedding)
@@ -485,7 +482,6 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
     }
 
     def __init__(self, config: UniFlowConfig, add_latent_head: bool | None = None):
-        """`add_latent_head` defaults to `config.vision_feature_source == "latent"`."""
         super().__init__(config)
         if config.encoder_config is not None:
             raise ValueError(

@@ -109,16 +109,13 @@ _SAFETENSORS_WEIGHTS_FILE = r"model(?P<variant>\.[^.-]+)?(?:-\d{5}-of-\d{5})?\.s
 def move_saved_files(staging: str, save_directory: str) -> None:
     """Move a finished save into `save_directory` (config.json last); drop the same variant's stale weight files."""
     new_names = sorted(os.listdir(staging), key=lambda name: name == "config.json")
-    new_variants = {
-        match["variant"] for name in new_names if (match := re.fullmatch(_SAFETENSORS_WEIGHTS_FILE, name))
+    variants = {
+        name: match["variant"]
+        for name in os.listdir(save_directory) + new_names
+        if (match := re.fullmatch(_SAFETENSORS_WEIGHTS_FILE, name))
     }
-    stale = [
-        name
-        for name in os.listdir(save_directory)
-        if name not in new_names
-        and (match := re.fullmatch(_SAFETENSORS_WEIGHTS_FILE, name))
-        and match["variant"] in new_variants
-    ]
+    new_variants = {variants[name] for name in new_names if name in variants}
+    stale = [name for name in variants if name not in new_names and variants[name] in new_variants]
     for name in new_names:
         target = os.path.join(save_directory, name)
         if os.path.isdir(target) and not os.path.islink(target):
