@@ -3,12 +3,7 @@ classes with transformers' Auto classes and diffusers' loader, and gives the mod
 
 import os
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModelForImageClassification,
-    AutoModelForImageToImage,
-)
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, AutoModelForImageToImage
 
 
 # In a source checkout `modeling/` and `pipelines/` sit beside this package (installed, inside it).
