@@ -41,48 +41,38 @@ def check_sampling_schedule(schedule: str) -> str:
 
 class UniFlowConfig(PreTrainedConfig):
     r"""
-    Configuration of a UniFlow tokenizer: an InternViT encoder (the fields up to `initializer_factor`, the LayerScale
-    init), a `latent_channels`-wide latent per patch token, `num_global_blocks` transformer blocks and a patch-wise
-    pixel flow head of `num_flow_head_blocks` adaLN MLP blocks, `flow_head_width` wide (the encoder's by default).
-
-    The official release's `config.json` loads unchanged (`latent_ch`, `global_blocks_depth`, `num_decoder_layers`
-    are read as `latent_channels`, `num_global_blocks`, `num_flow_head_blocks`). `encoder_config` (a config or dict
-    of e.g. a CLIP, SigLIP or DINOv2 vision model) replaces the InternViT encoder; its sizes then rule.
-
-    Args:
-        num_sampling_steps (`int`, defaults to 1), sampling_schedule (`str`, defaults to `"linear"`):
-            the decoder's default Euler steps and time grid (`"linear"` or `"pow_<p>"`).
-        flow_samples_per_token (`int`, defaults to 1): (noise, t) draws per token in the flow loss.
-        flow_timestep_distribution (`str`, defaults to `"fat_lognormal"`), flow_timestep_logit_mean,
-        flow_timestep_logit_std: the training times of the flow loss (`"fat_lognormal"`, `"lognormal"`, `"uniform"`).
-        distillation_mode (`str`, defaults to `"adaptive"`): layer weights w_l ∝ (l/L)·exp(β·α_l) with
-            β = `distillation_beta`, `"uniform"` or `"none"`.
-        freeze_encoder (`bool`, defaults to False): train only the decoder side.
-        vision_feature_source (`str`, defaults to `"encoder"`): what `UniFlowVisionModel` hands to an LLM: the
-            `"encoder"` features or the `"latent"` tokens.
+    Configuration of a UniFlow tokenizer: an InternViT encoder, a `latent_channels`-wide latent per patch token,
+    `num_global_blocks` transformer blocks and a patch-wise pixel flow head of `num_flow_head_blocks` adaLN MLP blocks.
+    The official release's `config.json` loads unchanged. `encoder_config` (a config or dict of e.g. a CLIP, SigLIP
+    or DINOv2 vision model) replaces the InternViT encoder; its sizes then rule.
     """
 
     model_type = "uniflow"
     sub_configs = {"encoder_config": AutoConfig}
 
+    # The encoder (InternViT; `initializer_factor` is the LayerScale init).
     num_channels: int = 3
     image_size: int = 448
     patch_size: int = 14
     hidden_size: int = 1024
+    hidden_act: str = "gelu"
     intermediate_size: int = 4096
     num_hidden_layers: int = 24
     num_attention_heads: int = 16
     qkv_bias: bool = True
     qk_normalization: bool = False
-    hidden_act: str = "gelu"
     norm_type: str = "layer_norm"
     layer_norm_eps: float = 1e-6
     dropout: float = 0.0
     attention_dropout: float = 0.0
     drop_path_rate: float = 0.0
+    freeze_encoder: bool = False  # train only the decoder side
     initializer_range: float = 0.02
     initializer_factor: float = 1.0
+    encoder_config: dict | PreTrainedConfig | None = None
+    # The latent, the global blocks and the flow head (`flow_head_width`: the encoder's by default).
     latent_channels: int = 64
+    vision_feature_source: str = "encoder"  # what `UniFlowVisionModel` hands to an LLM: "encoder" or "latent"
     num_global_blocks: int = 6
     global_num_attention_heads: int = 16
     global_mlp_ratio: float = 4.0
@@ -90,22 +80,40 @@ class UniFlowConfig(PreTrainedConfig):
     num_flow_head_blocks: int = 12
     flow_head_width: int | None = None
     timestep_embedding_dim: int = 256
+    # The decoder's default Euler steps and time grid ("linear" or "pow_<p>").
     num_sampling_steps: int | str = 1
     sampling_schedule: str = "linear"
+    # Training: the flow loss's times and (noise, t) draws per token; the self-distillation's layer weights
+    # w_l ∝ (l/L)·exp(β·α_l) with β = `distillation_beta` ("adaptive"), "uniform" or "none".
     flow_loss_weight: float = 1.0
-    flow_samples_per_token: int = 1
-    flow_timestep_distribution: str = "fat_lognormal"
     flow_timestep_logit_mean: float = 0.0
     flow_timestep_logit_std: float = 1.0
-    distillation_weight: float = 1.0
+    flow_timestep_distribution: str = "fat_lognormal"
+    flow_samples_per_token: int = 1
     distillation_mode: str = "adaptive"
+    distillation_weight: float = 1.0
     distillation_beta: float = 2.0
-    freeze_encoder: bool = False
-    vision_feature_source: str = "encoder"
-    encoder_config: dict | PreTrainedConfig | None = None
 
     def __post_init__(self, **kwargs):
-        kwargs = self._read_official_fields(kwargs, self.hidden_size)
+        # The official release's flat fields: read under our names, refused where this implementation can't honour them.
+        for official, ours in _OFFICIAL_ALIASES.items():
+            if official in kwargs:
+                kwargs[ours] = kwargs.pop(official)
+        for name, supported in _OFFICIAL_FIXED.items():
+            value = kwargs.pop(name, supported)
+            if value != supported:
+                raise ValueError(f"Official config field `{name}={value!r}` is not supported (only {supported!r}).")
+        vit_hidden_size = kwargs.get("vit_hidden_size", self.hidden_size)
+        if vit_hidden_size != self.hidden_size:
+            raise ValueError(
+                f"`vit_hidden_size` ({vit_hidden_size}) must equal `hidden_size` ({self.hidden_size}): the official "
+                "decoder consumes the encoder's features directly."
+            )
+        for name in _OFFICIAL_IGNORED:
+            kwargs.pop(name, None)
+        # The official `auto_map` names its remote code; ours is set when we save.
+        if not str((kwargs.get("auto_map") or {}).get("AutoConfig", "")).endswith(".UniFlowConfig"):
+            kwargs.pop("auto_map", None)
         for name in ("latent_channels", "num_global_blocks", "num_flow_head_blocks"):
             setattr(self, name, kwargs.pop(name, getattr(self, name)))
         if isinstance(self.encoder_config, dict):
@@ -128,29 +136,6 @@ class UniFlowConfig(PreTrainedConfig):
         self.flow_timestep_logit_std = float(self.flow_timestep_logit_std)
         super().__post_init__(**kwargs)
         self._validate()
-
-    @staticmethod
-    def _read_official_fields(kwargs: dict, hidden_size: int) -> dict:
-        """Read the official release's flat config fields; refuse values this implementation can't honour."""
-        for official, ours in _OFFICIAL_ALIASES.items():
-            if official in kwargs:
-                kwargs[ours] = kwargs.pop(official)
-        for name, supported in _OFFICIAL_FIXED.items():
-            value = kwargs.pop(name, supported)
-            if value != supported:
-                raise ValueError(f"Official config field `{name}={value!r}` is not supported (only {supported!r}).")
-        vit_hidden_size = kwargs.get("vit_hidden_size", hidden_size)
-        if vit_hidden_size != hidden_size:
-            raise ValueError(
-                f"`vit_hidden_size` ({vit_hidden_size}) must equal `hidden_size` ({hidden_size}): the official decoder "
-                "consumes the encoder's features directly."
-            )
-        for name in _OFFICIAL_IGNORED:
-            kwargs.pop(name, None)
-        # The official `auto_map` names its remote code; ours is set when we save.
-        if not str((kwargs.get("auto_map") or {}).get("AutoConfig", "")).endswith(".UniFlowConfig"):
-            kwargs.pop("auto_map", None)
-        return kwargs
 
     def _validate(self):
         positive = ("image_size", "patch_size", "hidden_size", "num_hidden_layers", "latent_channels", "num_channels",

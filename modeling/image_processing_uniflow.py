@@ -27,7 +27,6 @@ def _default_max_pixels() -> int:
     """PIL's decompression-bomb *error* threshold (`2 * Image.MAX_IMAGE_PIXELS`), or `2**28` if PIL's is off."""
     return 2 * int(Image.MAX_IMAGE_PIXELS) if Image.MAX_IMAGE_PIXELS else 2**28
 
-
 class UniFlowImageProcessorKwargs(ImagesKwargs, total=False):
     max_pixels: int | None
 
@@ -135,14 +134,10 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 class UniFlowImageProcessor(PilBackend):
     r"""
-    The official release's preprocessing, bit for bit: 8-bit RGB, halved with `Image.BOX` while the short side is at
-    least twice `size["shortest_edge"]`, resized with `resample` to it, center-cropped to `crop_size` (zero-padded if
-    smaller), rescaled and normalized (ImageNet mean and std).
-
-    Inputs: PIL images of any mode; arrays and tensors `(H, W)`, `(H, W, C)` or `(C, H, W)` with C in 1, 3, 4 and
-    dtype uint8, uint16, bool or float in [0, 1]; batches and lists of those. An ambiguous channel axis is the last
-    for arrays, the first for tensors, unless `input_data_format` says. `max_pixels` (default: PIL's
-    decompression-bomb error threshold) bounds the input size, checked before any conversion.
+    The official release's preprocessing, bit for bit: 8-bit RGB, BOX-halved while the short side is at least twice
+    `size["shortest_edge"]`, resized to it, center-cropped to `crop_size` (zero-padded), rescaled and normalized.
+    Inputs: PIL images; arrays and tensors `(H, W)`, `(H, W, C)` or `(C, H, W)` (C in 1, 3, 4; uint8, uint16, bool or
+    float in [0, 1]); batches and lists of those. `max_pixels` bounds the input size before any conversion.
     """
 
     valid_kwargs = UniFlowImageProcessorKwargs

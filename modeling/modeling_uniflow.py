@@ -75,21 +75,7 @@ def resize_position_embedding(position_embedding: torch.Tensor, grid: tuple[int,
     return pos.reshape(1, dim, grid[0] * grid[1]).permute(0, 2, 1).to(position_embedding.dtype)
 
 
-class UniFlowRMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(input_dtype)
-
-
-NORM2FN = {"layer_norm": nn.LayerNorm, "rms_norm": UniFlowRMSNorm}
+NORM2FN = {"layer_norm": nn.LayerNorm, "rms_norm": nn.RMSNorm}
 
 
 class UniFlowVisionEmbeddings(nn.Module):
@@ -149,8 +135,8 @@ class UniFlowAttention(nn.Module):
         self.qkv = nn.Linear(self.embed_dim, 3 * self.embed_dim, bias=qkv_bias)
         self.qk_normalization = qk_normalization
         if qk_normalization:
-            self.q_norm = UniFlowRMSNorm(self.embed_dim, eps=config.layer_norm_eps)
-            self.k_norm = UniFlowRMSNorm(self.embed_dim, eps=config.layer_norm_eps)
+            self.q_norm = nn.RMSNorm(self.embed_dim, eps=config.layer_norm_eps)
+            self.k_norm = nn.RMSNorm(self.embed_dim, eps=config.layer_norm_eps)
         self.proj = nn.Linear(self.embed_dim, self.embed_dim)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
@@ -163,11 +149,9 @@ class UniFlowAttention(nn.Module):
 
         implementation = self.config._attn_implementation
         if kwargs.pop("output_attentions", False) and implementation != "eager":
-            # SDPA and flash return no weights (transformers only warns): eager for this call, as before v5.
             logger.warning_once(
-                f"`output_attentions=True` needs the attention weights, which `{implementation}` attention does not "
-                "return: falling back to eager attention for these calls. Load the model with "
-                "`attn_implementation='eager'` to silence this."
+                f"`output_attentions=True`: falling back from `{implementation}` attention, which returns no weights, "
+                "to eager attention. Load the model with `attn_implementation='eager'` to silence this."
             )
             implementation = "eager"
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
@@ -331,31 +315,19 @@ class UniFlowFlowHead(nn.Module):
         self.final_layer = UniFlowFlowHeadFinalLayer(width, config.patch_dim)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        if timestep.ndim == 0:  # one time for all rows (sampling): embed it once, broadcast over the rows
-            timestep = timestep[None]
         hidden_states = self.input_proj(sample)
-        embedding = self.time_embed(timestep) + self.cond_embed(condition)
+        # A 0-d `timestep` (sampling) is embedded once and broadcast over the rows.
+        embedding = self.time_embed(timestep.reshape(-1)) + self.cond_embed(condition)
         for block in self.res_blocks:
             hidden_states = block(hidden_states, embedding)
         return self.final_layer(hidden_states, embedding)
 
 
-# ----------------------------------------------------------------------------------------------------- outputs
 @dataclass
 class UniFlowModelOutput(ModelOutput):
-    """
-    Output of `UniFlowModel.forward`: the losses when it computes them (`return_loss`), else the reconstruction.
-
-    Args:
-        loss: `flow_loss_weight · flow_loss + distillation_weight · distillation_loss`.
-        flow_loss: MSE of the predicted velocity of the patch flow.
-        distillation_loss: layer-wise adaptive self-distillation loss (None without a teacher).
-        distillation_weights: (L,) the layer weights w_l used.
-        distillation_cosine: (L,) mean token cosine between student and teacher per layer.
-        latents: (B, N, latent_channels) the latent tokens.
-        reconstruction: (B, C, H, W) the decoded image.
-        encoder_hidden_states: the encoder's hidden states (embeddings first) when asked.
-    """
+    """`UniFlowModel.forward`'s output: the losses (`flow_loss_weight · flow_loss + distillation_weight ·
+    distillation_loss`, the (L,) layer weights and mean student-teacher cosines) when it computes them, else the
+    `reconstruction`; always the `latents`, and the encoder's hidden states when asked."""
 
     loss: torch.FloatTensor | None = None
     flow_loss: torch.FloatTensor | None = None
@@ -391,7 +363,7 @@ class UniFlowPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, (nn.LayerNorm, UniFlowRMSNorm)):
+        elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
             if getattr(module, "weight", None) is not None:
                 init.ones_(module.weight)
             if getattr(module, "bias", None) is not None:
@@ -445,19 +417,18 @@ def _check_pixel_values(pixel_values: torch.Tensor, config: UniFlowConfig) -> No
 
 
 def apply_forward_hooks(method):
-    """Run a module's method other than `forward` (`encode`, `decode`) under the hooks wrappers attach to `forward`,
-    as diffusers' `apply_forward_hook`: Accelerate's offload hook (`device_map`, `cpu_offload`, the pipelines' model
-    and sequential offload) and FSDP2 (the method registers itself with `register_fsdp_forward_method` on its first
-    call on a sharded module). The method must not call another decorated method or `forward` of the module."""
+    """Run a method other than `forward` under the hooks wrappers attach to `forward`, as diffusers'
+    `apply_forward_hook`: Accelerate's offload hook, and FSDP2's (registered on the first call on a sharded module)."""
     name = method.__name__
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        if name not in vars(self) and _is_fsdp_module(self):
-            from torch.distributed.fsdp import register_fsdp_forward_method
+        if name not in vars(self) and torch.distributed.is_available():
+            from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
 
-            register_fsdp_forward_method(self, name)  # sets `self.<name>`: FSDP's hooks around this wrapper
-            return getattr(self, name)(*args, **kwargs)
+            if isinstance(self, FSDPModule):
+                register_fsdp_forward_method(self, name)  # sets `self.<name>`: FSDP's hooks around this wrapper
+                return getattr(self, name)(*args, **kwargs)
         hook = getattr(self, "_hf_hook", None)
         if hook is None:
             return method(self, *args, **kwargs)
@@ -467,18 +438,9 @@ def apply_forward_hooks(method):
     return wrapper
 
 
-def _is_fsdp_module(module: nn.Module) -> bool:
-    """Whether FSDP2's `fully_shard` was applied to `module` itself."""
-    if not torch.distributed.is_available():
-        return False
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(module, FSDPModule)
-
-
 def _resolve_hidden_state_indices(forward):
-    """Resolve `output_hidden_states` given as indices (as LLaVA passes `vision_feature_layer`) to non-negative ones
-    before `capture_outputs` reads them: it counts neither the latent head's extra state nor index 0 as a selection."""
+    """`output_hidden_states` given as indices (LLaVA's `vision_feature_layer`) made non-negative for `capture_outputs`,
+    which counts neither the latent head's extra state nor index 0 as a selection."""
 
     @functools.wraps(forward)
     def wrapper(self, *args, **kwargs):
@@ -502,22 +464,16 @@ def _resolve_hidden_state_indices(forward):
 
 
 class UniFlowVisionModel(UniFlowPreTrainedModel):
-    """The UniFlow encoder tower: CLS + patch tokens through the InternViT layers; LLaVA's vision tower
-    (`LlavaConfig(vision_config=UniFlowConfig(...))`). Loads from its own, `UniFlowModel` and official folders.
-
-    With `config.vision_feature_source="latent"` it also holds `latent_proj` and `latent_unproj` (as in
-    `UniFlowModel`) and appends one hidden state: the latents re-embedded to `hidden_size`,
-    `latent_unproj(latent_proj(h_L))` over every token, so LLaVA's `vision_feature_layer=-1` feeds the LLM what the
-    latent holds. `encode()` returns the raw latents, as `UniFlowModel.encode`.
-    """
+    """The UniFlow encoder tower (LLaVA's vision tower); loads from its own, `UniFlowModel` and official folders. With
+    `config.vision_feature_source="latent"` it holds the latent bottleneck too and appends one hidden state,
+    `latent_unproj(latent_proj(h_L))`, so LLaVA's `vision_feature_layer=-1` feeds the LLM what the latent holds."""
 
     # Decoder-side weights of a UniFlowModel / official folder (our and official names): never part of the tower.
     _decoder_keys = r"^(global_|decoder_|flow_head\.)"
     # The latent bottleneck (official and our names): loaded when the tower has its latent head, ignored otherwise.
     _latent_head_keys = r"^(chal_proj|chal_unproj|latent_proj|latent_unproj)\."
     _keys_to_ignore_on_load_unexpected = [_decoder_keys, _latent_head_keys]
-    # The embeddings, each layer's output and, with the latent head, `latent_unproj`'s output. Their number depends on
-    # the latent head: `_resolve_hidden_state_indices` resolves selected indices (no `num_hidden_layers_key` field).
+    # The embeddings, each layer's output and, with the latent head, `latent_unproj`'s output.
     _can_record_outputs = {
         "hidden_states": OutputRecorder(
             UniFlowEncoderLayer, class_name="latent_unproj", num_hidden_layers_key="num_recorded_hidden_states"
@@ -526,7 +482,6 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
     }
 
     def __init__(self, config: UniFlowConfig, add_latent_head: bool | None = None):
-        """`add_latent_head` defaults to `config.vision_feature_source == "latent"`."""
         super().__init__(config)
         if config.encoder_config is not None:
             raise ValueError(
@@ -557,8 +512,7 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
     @capture_outputs(tie_last_hidden_states=False)
     def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutputWithPooling:
         """`last_hidden_state` (B, 1 + N, C), CLS first; `pooler_output` the CLS token. `output_hidden_states` may
-        select states by index (an int or a list, as LLaVA's `vision_feature_layer`): the tuple keeps its length, with
-        `None` at the indices not asked for. `output_attentions` falls back to eager attention for SDPA and flash."""
+        select states by index (an int or a list): the tuple keeps its length, `None` where not asked for."""
         _check_pixel_values(pixel_values, self.config)
         kwargs.pop("image_sizes", None)
         output_hidden_states = kwargs.pop("output_hidden_states", self.config.output_hidden_states)
@@ -570,7 +524,7 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
 
     @apply_forward_hooks
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) -> latents (B, H/p · W/p, latent_channels), as `UniFlowModel.encode` (latent head only)."""
+        """As `UniFlowModel.encode` (with the latent head only)."""
         if not self.has_latent_head:
             raise ValueError(
                 "This UniFlowVisionModel has no latent head: load or build it with `vision_feature_source='latent'`."
@@ -582,8 +536,7 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
 
 class UniFlowModel(UniFlowPreTrainedModel):
     """The UniFlow tokenizer: `encode` images to (B, N, latent_channels) latents, `decode` latents to images with
-    the patch flow head, `reconstruct` both; `forward` in training returns the flow and distillation losses.
-    `encode` and `decode` run under the hooks wrappers attach to `forward` (`apply_forward_hooks`)."""
+    the patch flow head, `reconstruct` both; `forward` returns the training losses when given flow times."""
 
     # `enable_distillation` adds the teacher's keys (matched exactly), so no save writes the teacher.
     _keys_to_ignore_on_save = None
@@ -609,10 +562,8 @@ class UniFlowModel(UniFlowPreTrainedModel):
 
     @classmethod
     def from_encoder(cls, encoder: PreTrainedModel, **config_kwargs) -> "UniFlowModel":
-        """A UniFlow tokenizer around a pretrained vision encoder: `UniFlowVisionModel` or a ViT-style transformers
-        tower (`CLIPVisionModel`, `SiglipVisionModel`, `Dinov2Model`...). Its weights are copied in; the rest is new,
-        built from `config_kwargs`. The decoder reads the last `(image_size / patch_size)²` tokens of its
-        `last_hidden_state`, the distillation its `hidden_states[1:]`."""
+        """A new UniFlow tokenizer (built from `config_kwargs`) around a copy of a pretrained vision encoder:
+        `UniFlowVisionModel` or a ViT-style transformers tower (`CLIPVisionModel`, `SiglipVisionModel`...)."""
         if not isinstance(encoder, PreTrainedModel):
             raise TypeError(f"`encoder` must be a transformers PreTrainedModel, got {type(encoder).__name__}.")
         encoder_config = encoder.config
@@ -631,24 +582,21 @@ class UniFlowModel(UniFlowPreTrainedModel):
             config = UniFlowConfig(encoder_config=encoder_config, **config_kwargs)
 
         model = cls(config)
-        if type(model.vision_model) is not type(encoder):
-            raise ValueError(
-                f"`from_encoder` takes the bare encoder that AutoModel builds from its config "
-                f"({type(model.vision_model).__name__}), got {type(encoder).__name__}: pass e.g. its base model "
-                f"(`AutoModel.from_pretrained(...)`)."
-            )
         state_dict = encoder.state_dict()
-        if getattr(encoder, "has_latent_head", False) and not getattr(model.vision_model, "has_latent_head", False):
+        if getattr(encoder, "has_latent_head", False):  # `UniFlowModel` holds the latent head itself
             latent_keys = [key for key in state_dict if key.startswith(("latent_proj.", "latent_unproj."))]
             model.load_state_dict({key: state_dict.pop(key) for key in latent_keys}, strict=False)
         missing, unexpected = model.vision_model.load_state_dict(state_dict, strict=False)
         if missing or unexpected:
-            raise ValueError(f"Encoder weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+            raise ValueError(
+                f"The weights of {type(encoder).__name__} do not fit the {type(model.vision_model).__name__} that "
+                f"AutoModel builds from its config (missing {missing[:5]}, unexpected {unexpected[:5]}): pass the bare "
+                "encoder (`AutoModel.from_pretrained(...)`)."
+            )
         return model
 
     def encoder_forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False, **kwargs):
-        """(patch features (B, N, C): the last N = rows·cols tokens of `last_hidden_state`, the token grid
-        (rows, cols), the hidden states or None)."""
+        """(patch features: the last rows·cols tokens of `last_hidden_state`, (rows, cols), hidden states or None)."""
         _check_pixel_values(pixel_values, self.config)
         outputs = self.vision_model(pixel_values=pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         name = type(self.vision_model).__name__
@@ -683,21 +631,6 @@ class UniFlowModel(UniFlowPreTrainedModel):
             hidden_states = block(hidden_states)
         return hidden_states + resize_position_embedding(self.decoder_position_embedding, grid).to(latents.dtype)
 
-    def _latent_grid(self, latents: torch.Tensor, height: int | None, width: int | None) -> tuple[int, int]:
-        if latents.ndim != 3 or latents.shape[-1] != self.config.latent_channels:
-            raise ValueError(
-                f"`latents` must have shape (batch, tokens, {self.config.latent_channels}), got {tuple(latents.shape)}."
-            )
-        num_tokens, p = latents.shape[1], self.config.patch_size
-        if height is None and width is None:
-            side = math.isqrt(num_tokens)
-            if side * side != num_tokens:
-                raise ValueError(f"{num_tokens} latent tokens are not a square grid: pass `height` and `width`.")
-            return side, side
-        if height is None or width is None or height % p or width % p or (height // p) * (width // p) != num_tokens:
-            raise ValueError(f"`height`x`width` = {height}x{width} does not fit {num_tokens} tokens of patch size {p}.")
-        return height // p, width // p
-
     @apply_forward_hooks
     @torch.no_grad()
     def decode(
@@ -709,17 +642,24 @@ class UniFlowModel(UniFlowPreTrainedModel):
         height: int | None = None,
         width: int | None = None,
     ) -> torch.Tensor:
-        """Latents (B, N, latent_channels) -> images (B, C, H, W) in the normalised pixel space (not clamped): the
-        pixel decoder's one sampler. Each patch flows from Gaussian `noise` (B, N, C·p·p) (drawn in float32 from
-        `generator`, one per image when a list) by `num_inference_steps` Euler steps (`config.num_sampling_steps`)
-        over the grid of `config.sampling_schedule`. `height`/`width` are needed only for non-square grids."""
-        return self._decode(latents, noise, generator, num_inference_steps, height, width)
-
-    def _decode(self, latents, noise, generator, num_inference_steps, height, width) -> torch.Tensor:
-        """`decode` without the wrappers' hooks, for `forward` (whose own hooks have run)."""
-        grid = self._latent_grid(latents, height, width)
+        """Latents (B, N, latent_channels) -> images (B, C, H, W), normalised, not clamped: the pixel decoder's one
+        sampler. Each patch flows from `noise` (B, N, C·p·p) (else drawn from `generator`) by `num_inference_steps`
+        Euler steps (`config.num_sampling_steps`) over `config.sampling_schedule`'s grid; `height`/`width` for
+        non-square grids."""
+        if latents.ndim != 3 or latents.shape[-1] != self.config.latent_channels:
+            raise ValueError(
+                f"`latents` must have shape (batch, tokens, {self.config.latent_channels}), got {tuple(latents.shape)}."
+            )
         batch, num_tokens, _ = latents.shape
-        patch_dim = self.config.patch_dim
+        p, patch_dim = self.config.patch_size, self.config.patch_dim
+        if height is None and width is None:
+            side = math.isqrt(num_tokens)
+            if side * side != num_tokens:
+                raise ValueError(f"{num_tokens} latent tokens are not a square grid: pass `height` and `width`.")
+            height = width = side * p
+        if height is None or width is None or height % p or width % p or (height // p) * (width // p) != num_tokens:
+            raise ValueError(f"`height`x`width` = {height}x{width} does not fit {num_tokens} tokens of patch size {p}.")
+        grid = (height // p, width // p)
         dtype = self.flow_head.input_proj.weight.dtype
         if noise is None:
             noise = flow_matching.randn((batch, num_tokens, patch_dim), generator, latents.device)
@@ -733,7 +673,7 @@ class UniFlowModel(UniFlowPreTrainedModel):
         for t, t_next in zip(times[:-1], times[1:]):
             velocity = self.flow_head(sample, t * NUM_TRAIN_TIMESTEPS, condition)
             sample = flow_matching.euler_step(sample, velocity, t, t_next)
-        return unpatchify(sample.reshape(batch, num_tokens, patch_dim), self.config.patch_size, grid)
+        return unpatchify(sample.reshape(batch, num_tokens, patch_dim), p, grid)
 
     @torch.no_grad()
     def reconstruct(self, pixel_values: torch.Tensor, **decode_kwargs) -> torch.Tensor:
@@ -741,12 +681,9 @@ class UniFlowModel(UniFlowPreTrainedModel):
         height, width = pixel_values.shape[-2:]
         return self.decode(self.encode(pixel_values), height=height, width=width, **decode_kwargs)
 
-    # ---------------------------------------------------------------------------------------------- training
     def enable_distillation(self, teacher: nn.Module | None = None) -> None:
-        """Snapshot the current encoder as the frozen teacher of the self-distillation (in eval mode, no gradients,
-        never saved: `save_pretrained` and Trainer checkpoints skip it). Call it on the pretrained model, before
-        adding adapters: resuming from a checkpoint restores only the student. To continue adapting an already
-        adapted model, pass the original pretrained encoder as `teacher` (a frozen copy of it is used)."""
+        """A frozen copy of the current encoder (or of `teacher`, e.g. the original pretrained one) as the
+        self-distillation's teacher, never saved. Call it before adding adapters."""
         teacher = copy.deepcopy(teacher if teacher is not None else self.vision_model).eval()
         teacher.requires_grad_(False)
         self.disable_distillation()
@@ -767,28 +704,6 @@ class UniFlowModel(UniFlowPreTrainedModel):
             self.distillation_teacher.eval()
         return self
 
-    def _flow_loss_draws(self, noise, timesteps, batch_size: int, num_tokens: int, generator, device):
-        """The flow loss's `noise` (B, draws, N, C·p·p) and `timesteps` (B, draws, N): as given, the missing ones
-        drawn from `generator` by `flow_matching.draw_flow_training_inputs`."""
-        if noise is None or timesteps is None:
-            drawn = flow_matching.draw_flow_training_inputs(self.config, batch_size, num_tokens, generator, device)
-            noise = drawn[0] if noise is None else noise
-            timesteps = drawn[1] if timesteps is None else timesteps
-        shape = (batch_size, self.config.flow_samples_per_token, num_tokens)
-        if noise.numel() != math.prod(shape) * self.config.patch_dim:
-            raise ValueError(
-                f"`noise` must have shape {(*shape, self.config.patch_dim)} (batch, draws per token = "
-                f"config.flow_samples_per_token, tokens, pixel patch), got {tuple(noise.shape)}."
-            )
-        if timesteps.numel() == batch_size:  # one time per image, shared by its tokens and draws
-            timesteps = timesteps.reshape(batch_size, 1, 1).expand(shape)
-        elif timesteps.numel() != math.prod(shape):
-            raise ValueError(
-                f"`timesteps` must hold one network timestep (1000·t) per token and draw, shape {shape}, or one per "
-                f"image, shape ({batch_size},); got shape {tuple(timesteps.shape)}."
-            )
-        return noise.reshape(*shape, self.config.patch_dim).to(device), timesteps.reshape(shape).to(device)
-
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -801,24 +716,16 @@ class UniFlowModel(UniFlowPreTrainedModel):
         **kwargs,
     ) -> UniFlowModelOutput | tuple:
         """The latents of `pixel_values` and their reconstruction; with `return_loss` (default: when `timesteps` are
-        given), the training losses instead: the patch flow loss, plus the adaptive self-distillation loss when a
-        teacher is set (`enable_distillation()`; under `torch.distributed` in training, its layer weights use the
-        global batch, see `adaptive_distillation_loss`).
-
-        The flow loss's draws are `noise` (B, draws, N, C·p·p) and network `timesteps` (1000·t; (B, draws, N), or
-        (B,) one per image), draws = `config.flow_samples_per_token`; those not given are drawn from `generator`
-        (one, or a list of one per image) by `flow_matching.draw_flow_training_inputs`. Without the losses, `noise`
-        (B, N, C·p·p) and `generator` are the decoder's."""
+        given), the flow loss plus, with a teacher (`enable_distillation()`), the self-distillation loss instead.
+        The flow loss's draws: `noise` (B, draws, N, C·p·p) and network `timesteps` (1000·t; (B, draws, N), or (B,)),
+        draws = `config.flow_samples_per_token`; those not given are drawn from `generator`."""
         kwargs.pop("labels", None)
         kwargs.pop("num_items_in_batch", None)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         compute_loss = timesteps is not None if return_loss is None else return_loss
-        distill = (
-            compute_loss
-            and self.distillation_teacher is not None
-            and self.config.distillation_mode != "none"
-            and not self.config.freeze_encoder  # a frozen encoder is its own teacher
-        )
+        # A frozen encoder is its own teacher.
+        teacher = self.distillation_teacher if compute_loss and not self.config.freeze_encoder else None
+        distill = teacher is not None and self.config.distillation_mode != "none"
         encoder_grad = torch.is_grad_enabled() and not (self.training and self.config.freeze_encoder)
         with torch.set_grad_enabled(encoder_grad):
             features, grid, hidden_states = self.encoder_forward(
@@ -828,18 +735,36 @@ class UniFlowModel(UniFlowPreTrainedModel):
         encoder_hidden_states = hidden_states if output_hidden_states else None
         output = UniFlowModelOutput(latents=latents, encoder_hidden_states=encoder_hidden_states)
         if not compute_loss:
-            with torch.no_grad():
-                output.reconstruction = self._decode(latents, noise, generator, None, *pixel_values.shape[-2:])
+            decode = type(self).decode.__wrapped__  # without the hooks: forward's own have run
+            output.reconstruction = decode(self, latents, noise, generator, None, *pixel_values.shape[-2:])
             return output if return_dict else output.to_tuple()
 
         batch_size, num_tokens = latents.shape[:2]
         draws = self.config.flow_samples_per_token  # several (noise, t) draws per token, as MAR's diffusion loss
-        noise, timesteps = self._flow_loss_draws(noise, timesteps, batch_size, num_tokens, generator, latents.device)
+        if noise is None or timesteps is None:
+            drawn = flow_matching.draw_flow_training_inputs(
+                self.config, batch_size, num_tokens, generator, latents.device
+            )
+            noise = drawn[0] if noise is None else noise
+            timesteps = drawn[1] if timesteps is None else timesteps
+        shape = (batch_size, draws, num_tokens)
+        if noise.numel() != math.prod(shape) * self.config.patch_dim:
+            raise ValueError(
+                f"`noise` must have shape {(*shape, self.config.patch_dim)} (batch, draws per token = "
+                f"config.flow_samples_per_token, tokens, pixel patch), got {tuple(noise.shape)}."
+            )
+        if timesteps.numel() == batch_size:  # one time per image, shared by its tokens and draws
+            timesteps = timesteps.reshape(batch_size, 1, 1).expand(shape)
+        elif timesteps.numel() != math.prod(shape):
+            raise ValueError(
+                f"`timesteps` must hold one network timestep (1000·t) per token and draw, shape {shape}, or one per "
+                f"image, shape ({batch_size},); got shape {tuple(timesteps.shape)}."
+            )
         # draw-major rows: (draws, batch, tokens) flattened, each row one pixel patch and its condition
         target = patchify(pixel_values, self.config.patch_size).reshape(-1, self.config.patch_dim).repeat(draws, 1)
         condition = self.decoder_condition(latents, grid).reshape(batch_size * num_tokens, -1).repeat(draws, 1)
-        noise = noise.transpose(0, 1).reshape(target.shape).to(dtype=target.dtype)
-        timesteps = timesteps.transpose(0, 1).reshape(-1)
+        noise = noise.reshape(*shape, -1).transpose(0, 1).reshape(target.shape).to(target)
+        timesteps = timesteps.reshape(shape).transpose(0, 1).reshape(-1).to(latents.device)
         noisy = flow_matching.add_noise(target, noise, timesteps)
         velocity = self.flow_head(noisy.to(self.flow_head.input_proj.weight.dtype), timesteps, condition)
         output.flow_loss = F.mse_loss(velocity.float(), flow_matching.velocity_target(target, noise).float())
@@ -847,9 +772,7 @@ class UniFlowModel(UniFlowPreTrainedModel):
 
         if distill:
             with torch.no_grad():
-                teacher_states = self.distillation_teacher(
-                    pixel_values=pixel_values, output_hidden_states=True, return_dict=True
-                ).hidden_states
+                teacher_states = teacher(pixel_values, output_hidden_states=True, return_dict=True).hidden_states
             # hidden_states[0] is the embedding output; the L layer outputs follow (a tower may append more).
             layers = slice(1, self.config.num_hidden_layers + 1)
             student_states, teacher_states = hidden_states[layers], teacher_states[layers]
@@ -868,8 +791,7 @@ class UniFlowModel(UniFlowPreTrainedModel):
 
 
 class UniFlowForImageClassification(UniFlowPreTrainedModel):
-    """UniFlow's encoder with a linear classifier on the layer-normed mean of its tokens (to pretrain a small encoder
-    and to linear-probe features). Loads from its own, tower, `UniFlowModel` and official folders (a new head)."""
+    """UniFlow's encoder with a linear classifier on the layer-normed mean of its tokens (pretraining, probes)."""
 
     def __init__(self, config: UniFlowConfig):
         super().__init__(config)

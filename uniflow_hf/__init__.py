@@ -1,19 +1,9 @@
-"""uniflow-hf: UniFlow (Yue et al., ICLR 2026) as a transformers / diffusers citizen.
-
-Importing this package registers the UniFlow classes with transformers' Auto classes (as the `auto_map` of saved
-folders does) and diffusers' loader, and gives the models the package's `save_pretrained` (atomic, with a model card)
-and `from_pretrained` (official names mapped, missing or extra weights refused).
-"""
+"""uniflow-hf: UniFlow (Yue et al., ICLR 2026) as a transformers / diffusers citizen. Importing it registers the
+classes with transformers' Auto classes and diffusers' loader, and gives the models the package's save and load."""
 
 import os
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForImageClassification,
-    AutoModelForImageToImage,
-)
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, AutoModelForImageToImage
 
 
 # In a source checkout `modeling/` and `pipelines/` sit beside this package (installed, inside it).
@@ -44,9 +34,8 @@ from .hardware import choose_dtype, resolve_dtype
 from .metrics import metric_path
 from .serialization import from_pretrained, save_pretrained, upload_modified_files
 
-# diffusers' pipeline loader resolves a component saved as ["uniflow_hf", "<ClassName>"] in model_index.json with
-# `getattr(uniflow_hf, "<ClassName>")`, and picks its load method by testing it against these base classes, which it
-# also looks up by name on this module. They are here for that loader, not part of our API.
+# diffusers' pipeline loader finds a component saved as ["uniflow_hf", "<ClassName>"] and the base classes that pick
+# its load method by name on this module: these are for that loader, not part of our API.
 from diffusers import SchedulerMixin  # noqa: E402, F401
 from transformers import ImageProcessingMixin, PreTrainedModel  # noqa: E402, F401
 
@@ -60,7 +49,6 @@ UniFlowPreTrainedModel.from_pretrained = classmethod(from_pretrained)
 UniFlowPreTrainedModel.save_pretrained = save_pretrained
 UniFlowPreTrainedModel._upload_modified_files = upload_modified_files
 AutoConfig.register("uniflow", UniFlowConfig, exist_ok=True)
-AutoModel.register(UniFlowConfig, UniFlowVisionModel, exist_ok=True)  # the tower (LLaVA, feature extraction)
 AutoModelForImageClassification.register(UniFlowConfig, UniFlowForImageClassification, exist_ok=True)
 AutoModelForImageToImage.register(UniFlowConfig, UniFlowModel, exist_ok=True)
 AutoImageProcessor.register(UniFlowConfig, image_processor_classes={"pil": UniFlowImageProcessor}, exist_ok=True)

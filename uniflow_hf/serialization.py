@@ -1,10 +1,6 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
-"""How the package saves and loads UniFlow models: `save_pretrained` and `from_pretrained` of
-`UniFlowPreTrainedModel` once `uniflow_hf` is imported. Saves go through a staging folder (a killed save leaves the
-previous model intact), gather sharded (FSDP2) models and add the model card. Loads map the official release's
-parameter names and refuse what transformers only warns about: weights a folder lacks or (for `UniFlowModel`) has
-no place for, pickled-only folders and folders without a config. Code loaded with `trust_remote_code` alone saves
-and loads as transformers does."""
+"""`save_pretrained` (atomic, FSDP2-gathering, with a model card) and `from_pretrained` (official names mapped;
+missing or extra weights, pickled-only folders and folders without a config refused) of the package's models."""
 
 from __future__ import annotations
 
@@ -44,14 +40,9 @@ def save_pretrained(
     safe_serialization: bool = True,
     **kwargs,
 ):
-    """`PreTrainedModel.save_pretrained` through a staging folder beside `save_directory`: only a complete save
-    replaces the files there (other files are kept, except weight files of the same variant that it does not
-    overwrite), so a killed save leaves the previous model intact; staging folders of killed saves are removed. A
-    model sharded by FSDP2 is gathered (every process must call this) and rank 0 writes it. The folder gets the code
-    of the class and `auto_map` (`AutoModel` builds the encoder tower), so it loads without uniflow-hf.
-
-    The signature names `variant`, `max_shard_size` and `safe_serialization` because diffusers passes a component
-    only the arguments its signature names; transformers v5 writes safetensors only."""
+    """`PreTrainedModel.save_pretrained` through a staging folder, so that a killed save leaves the previous model
+    intact; an FSDP2-sharded model is gathered (every process calls this). `variant`, `max_shard_size` and
+    `safe_serialization` are named because diffusers passes a component only the arguments its signature names."""
     if not safe_serialization:
         logger.warning("`safe_serialization=False` is ignored: transformers v5 saves safetensors only.")
     auto_map = getattr(self.config, "auto_map", None) or {}
@@ -80,10 +71,17 @@ def save_pretrained(
     except PermissionError:  # a writable folder in a read-only parent: stage inside it
         os.makedirs(save_directory, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=".saving-", dir=save_directory)
-    lock = lock_folder(staging)
+    lock = os.open(staging, os.O_RDONLY) if fcntl else None  # held while the save runs
+    if lock is not None:
+        fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         save(staging, **kwargs)
-        unpin_dtype(staging)
+        # No `dtype` in config.json: one config serves every variant, each loading in its own dtype.
+        with open(os.path.join(staging, "config.json"), encoding="utf-8") as handle:
+            config = json.load(handle)
+        config.pop("dtype", None)
+        with open(os.path.join(staging, "config.json"), "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
         save_model_card(staging, self, existing_folder=save_directory)  # README.md, unless the folder has one
         if os.path.isdir(save_directory):
             move_saved_files(staging, save_directory)
@@ -99,8 +97,7 @@ def save_pretrained(
 
 
 def upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
-    """`push_to_hub` puts transformers' generic card into the folder it uploads: upload ours instead (a card already
-    on the Hub is kept)."""
+    """Upload our model card, not transformers' generic one (a card already on the Hub is kept)."""
     save_model_card(working_dir, self, replace_generic=True, repo_id=repo_id)
     return PreTrainedModel._upload_modified_files(self, working_dir, repo_id, *args, **kwargs)
 
@@ -110,19 +107,15 @@ _SAFETENSORS_WEIGHTS_FILE = r"model(?P<variant>\.[^.-]+)?(?:-\d{5}-of-\d{5})?\.s
 
 
 def move_saved_files(staging: str, save_directory: str) -> None:
-    """Move a finished save into `save_directory` (config.json last), then delete the weight files of the same
-    variant that it did not write."""
+    """Move a finished save into `save_directory` (config.json last); drop the same variant's stale weight files."""
     new_names = sorted(os.listdir(staging), key=lambda name: name == "config.json")
-    new_variants = {
-        match["variant"] for name in new_names if (match := re.fullmatch(_SAFETENSORS_WEIGHTS_FILE, name))
+    variants = {
+        name: match["variant"]
+        for name in os.listdir(save_directory) + new_names
+        if (match := re.fullmatch(_SAFETENSORS_WEIGHTS_FILE, name))
     }
-    stale = [
-        name
-        for name in os.listdir(save_directory)
-        if name not in new_names
-        and (match := re.fullmatch(_SAFETENSORS_WEIGHTS_FILE, name))
-        and match["variant"] in new_variants
-    ]
+    new_variants = {variants[name] for name in new_names if name in variants}
+    stale = [name for name in variants if name not in new_names and variants[name] in new_variants]
     for name in new_names:
         target = os.path.join(save_directory, name)
         if os.path.isdir(target) and not os.path.islink(target):
@@ -130,15 +123,6 @@ def move_saved_files(staging: str, save_directory: str) -> None:
         os.replace(os.path.join(staging, name), target)
     for name in stale:
         os.remove(os.path.join(save_directory, name))
-
-
-def lock_folder(folder: str) -> int | None:
-    """Lock `folder` until the returned descriptor is closed or the process dies (POSIX `flock`; None elsewhere)."""
-    if fcntl is None:
-        return None
-    lock = os.open(folder, os.O_RDONLY)
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    return lock
 
 
 def remove_abandoned_staging_folders(save_directory: str) -> None:
@@ -162,32 +146,6 @@ def remove_abandoned_staging_folders(save_directory: str) -> None:
             os.close(lock)
 
 
-def unpin_dtype(folder: str) -> None:
-    """Drop `dtype` from `folder`'s config.json: one config serves every variant saved beside (`variant="fp16"`),
-    and `from_pretrained`'s default `dtype="auto"` then loads each in the dtype of its weights."""
-    config_file = os.path.join(folder, "config.json")
-    if os.path.isfile(config_file):
-        with open(config_file, encoding="utf-8") as handle:
-            config = json.load(handle)
-        config.pop("dtype", None)
-        with open(config_file, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def refuse_pickled_only_folder(folder: str) -> None:
-    """Raise if a local `folder` holds pickled weights but no safetensors ones (loading a pickle can run code)."""
-    names = os.listdir(folder) if os.path.isdir(folder) else []
-    if any(name.endswith((".safetensors", ".safetensors.index.json")) for name in names):
-        return
-    pickled = sorted(name for name in names if name.startswith("pytorch_model") and ".bin" in name)
-    if pickled:
-        raise OSError(
-            f"{folder} holds only pickled weights ({', '.join(pickled)}), no model.safetensors. Unpickling can run "
-            "arbitrary code, so uniflow-hf loads safetensors only by default. If you trust these files, pass "
-            "`use_safetensors=False` explicitly (then re-save the model: `save_pretrained` writes safetensors)."
-        )
-
-
 def from_pretrained(
     cls,
     pretrained_model_name_or_path,
@@ -196,10 +154,8 @@ def from_pretrained(
     output_loading_info: bool = False,
     **kwargs,
 ):
-    """`PreTrainedModel.from_pretrained` that also loads the official release (its names are mapped) and refuses to
-    random-initialise weights the folder lacks, unless `initialize_missing_weights=True` (to grow a model: they are
-    then initialised by `_init_weights` and reported). `UniFlowModel` also refuses weights it has no place for; the
-    tower and the classifier take their part of larger folders. A classifier's head may be new."""
+    """`PreTrainedModel.from_pretrained` that loads official folders too and refuses to random-initialise weights the
+    folder lacks (unless `initialize_missing_weights=True`) and, for `UniFlowModel`, weights it has no place for."""
     kwargs.setdefault("key_mapping", OFFICIAL_TO_HF_KEY_MAPPING)
     folder = os.path.join(os.fspath(pretrained_model_name_or_path or ""), kwargs.get("subfolder") or "")
     has_config = any(os.path.isfile(os.path.join(folder, name)) for name in ("config.json", "adapter_config.json"))
@@ -209,7 +165,14 @@ def from_pretrained(
             "PEFT adapter of one."
         )
     if kwargs.get("use_safetensors") is None:
-        refuse_pickled_only_folder(folder)
+        names = os.listdir(folder) if os.path.isdir(folder) else []
+        pickled = sorted(name for name in names if name.startswith("pytorch_model") and ".bin" in name)
+        if pickled and not any(name.endswith((".safetensors", ".safetensors.index.json")) for name in names):
+            raise OSError(
+                f"{folder} holds only pickled weights ({', '.join(pickled)}), no model.safetensors. Unpickling can "
+                "run arbitrary code, so uniflow-hf loads safetensors only by default. If you trust these files, pass "
+                "`use_safetensors=False` explicitly (then re-save the model: `save_pretrained` writes safetensors)."
+            )
         kwargs["use_safetensors"] = True
     model, info = PreTrainedModel.from_pretrained.__func__(
         cls, pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
