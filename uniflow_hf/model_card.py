@@ -1,8 +1,6 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
-"""Model cards of saved folders, from facts: every figure and tag comes from the saved config, and the card says how
-to load the folder with uniflow-hf and without it (`trust_remote_code=True`). `save_model_card` is the
-`model_card_writer` of `UniFlowPreTrainedModel` (saves and `push_to_hub`); pipelines write theirs with
-`create_model_card`, and their components get none while they save (`saving_pipeline`)."""
+"""Model cards written from the saved config, saying how to load the folder with uniflow-hf and without it
+(`trust_remote_code=True`); `save_model_card` is `UniFlowPreTrainedModel.model_card_writer`."""
 
 from __future__ import annotations
 
@@ -34,8 +32,7 @@ def create_model_card(
     title: str, description: str, library_name: str, pipeline_tag: str, tags: tuple[str, ...] = (),
     base_model: str | None = None, usage: str | None = None,
 ):
-    """A `huggingface_hub.ModelCard` with its metadata and a short text: `description` completes "This folder holds
-    ...", `usage` is Python code."""
+    """A `huggingface_hub.ModelCard`: `description` completes "This folder holds ...", `usage` is Python code."""
     from huggingface_hub import ModelCard, ModelCardData
 
     tags = list(dict.fromkeys((*TAGS, *tags)))
@@ -65,7 +62,7 @@ def _input_facts(config) -> str:
 
 
 def _uniflow_card_parts(model) -> tuple[str, tuple[str, ...], str]:
-    """(pipeline tag, tags, description) of a UniFlow model."""
+    """(pipeline tag, tags, description)."""
     config, class_name = model.config, type(model).__name__
     if class_name == "UniFlowVisionModel":
         if getattr(model, "has_latent_head", False):
@@ -114,7 +111,6 @@ _AUTO_CLASSES = {
 
 
 def _usage(class_name: str, repo_id: str, with_encoder: bool = False) -> str:
-    """How to load the folder: with uniflow-hf, and without it through the code saved beside the weights."""
     if class_name == "UniFlowLlavaForConditionalGeneration":
         return (
             "# with uniflow-hf installed\nimport uniflow_hf  # registers the UniFlow vision tower\n"
@@ -157,9 +153,9 @@ def model_card(obj, repo_id: str | None = None):
 def save_model_card(
     folder, saved=None, existing_folder=None, replace_generic: bool = False, repo_id: str | None = None, **card_kwargs
 ) -> bool:
-    """Write README.md into `folder` (`model_card(saved, repo_id)`, or `create_model_card(**card_kwargs)`) unless
-    `existing_folder` (default: `folder`) has a card, or only transformers' generic one and not `replace_generic`;
-    returns whether it wrote. Does nothing while a pipeline saves its components."""
+    """Write `model_card(saved, repo_id)` (or `create_model_card(**card_kwargs)`) to `folder`/README.md unless
+    `existing_folder` (default: `folder`) has a card (transformers' generic one is replaced with `replace_generic`)
+    or a pipeline is saving its components; returns whether it wrote."""
     if _saving_pipeline.get():
         return False
     existing = os.path.join(folder if existing_folder is None else existing_folder, MODEL_CARD_NAME)
