@@ -19,7 +19,7 @@ from .metrics import (
     peak_signal_noise_ratio,
     structural_similarity,
 )
-from .modeling.loss_uniflow import process_rank_and_world_size, reduce_across_processes
+from .modeling.loss_uniflow import process_rank_and_world_size
 
 
 class UnreadableImageError(ValueError):
@@ -133,13 +133,6 @@ def _read_batch(source, indices, processor, preprocess_kwargs, skip_unreadable, 
     return kept, pixel_values
 
 
-def _process_shard(num_images: int, rank: int, world_size: int) -> list[int]:
-    """The contiguous block of image indices of process `rank`."""
-    per_process, extra = divmod(num_images, world_size)
-    start = rank * per_process + min(rank, extra)
-    return list(range(start, start + per_process + (rank < extra)))
-
-
 @torch.no_grad()
 def evaluate_reconstruction(
     model,
@@ -198,7 +191,9 @@ def evaluate_reconstruction(
     statistics = {key: FeatureStatistics(FIDInceptionV3.num_features) for key in ("reconstructions", "references")}
     sums = torch.zeros(3, dtype=torch.float64)  # images, PSNR, SSIM
     skipped = []
-    shard = _process_shard(num_images, rank, world_size)
+    per_process, extra = divmod(num_images, world_size)
+    first = rank * per_process + min(rank, extra)
+    shard = range(first, first + per_process + (rank < extra))  # a contiguous block of images per process
     bar = tqdm(total=len(shard), desc="Reconstructing", disable=not progress or rank != 0)
     for start in range(0, len(shard), batch_size):
         indices = shard[start : start + batch_size]
@@ -224,8 +219,9 @@ def evaluate_reconstruction(
     def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
         if world_size == 1:
             return tensor
-        backend_device = device if "nccl" in str(torch.distributed.get_backend()) else torch.device("cpu")
-        return reduce_across_processes(tensor.to(backend_device), reduction="sum").cpu()
+        tensor = tensor.to(device if "nccl" in str(torch.distributed.get_backend()) else "cpu", copy=True)
+        torch.distributed.all_reduce(tensor)
+        return tensor.cpu()
 
     sums = sum_over_processes(sums)
     if world_size > 1:

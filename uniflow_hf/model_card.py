@@ -92,18 +92,6 @@ def _uniflow_card_parts(model) -> tuple[str, tuple[str, ...], str]:
     return "image-to-image", ("image-tokenizer", "pixel-flow-decoder"), description
 
 
-def _llava_card_parts(model) -> tuple[str, tuple[str, ...], str]:
-    config = model.config
-    vision = config.vision_config
-    description = (
-        f"a LLaVA model ({config.text_config.model_type} language model) whose vision tower is a UniFlow encoder: "
-        f"{_encoder_facts(vision)} over {_input_facts(vision)}, {config.image_seq_length} image tokens per image "
-        f"(`vision_feature_layer={config.vision_feature_layer}`, "
-        f"`vision_feature_select_strategy='{config.vision_feature_select_strategy}'`)"
-    )
-    return "image-text-to-text", ("llava", "vision-encoder"), description
-
-
 # The Auto class that loads a saved class without the package (`AutoModel` for the others).
 _AUTO_CLASSES = {
     "UniFlowModel": "AutoModelForImageToImage", "UniFlowForImageClassification": "AutoModelForImageClassification"
@@ -140,12 +128,19 @@ def _usage(class_name: str, repo_id: str, with_encoder: bool = False) -> str:
 def model_card(obj, repo_id: str | None = None):
     """The card of a UniFlow model or a LLaVA with a UniFlow tower; `repo_id` is the name its usage example loads."""
     class_name, repo_id = type(obj).__name__, repo_id or "path/to/this/folder"
-    if getattr(obj.config, "model_type", None) == "llava":
-        pipeline_tag, tags, description = _llava_card_parts(obj)
+    config = obj.config
+    if getattr(config, "model_type", None) == "llava":
+        pipeline_tag, tags = "image-text-to-text", ("llava", "vision-encoder")
+        description = (
+            f"a LLaVA model ({config.text_config.model_type} language model) whose vision tower is a UniFlow encoder: "
+            f"{_encoder_facts(config.vision_config)} over {_input_facts(config.vision_config)}, "
+            f"{config.image_seq_length} image tokens per image (`vision_feature_layer={config.vision_feature_layer}`, "
+            f"`vision_feature_select_strategy='{config.vision_feature_select_strategy}'`)"
+        )
         class_name, title = "UniFlowLlavaForConditionalGeneration", "LLaVA with a UniFlow vision tower"
     else:
         (pipeline_tag, tags, description), title = _uniflow_card_parts(obj), class_name
-    usage = _usage(class_name, repo_id, with_encoder=getattr(obj.config, "encoder_config", True) is None)
+    usage = _usage(class_name, repo_id, with_encoder=getattr(config, "encoder_config", True) is None)
     base_model = hub_repo_id(getattr(obj, "name_or_path", None))
     return create_model_card(title, description, "transformers", pipeline_tag, tags, base_model, usage)
 
