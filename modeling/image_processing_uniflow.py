@@ -24,13 +24,11 @@ INT32_MAX = 2**31 - 1
 
 
 def _default_max_pixels() -> int:
-    """PIL's own decompression-bomb *error* threshold (`2 * Image.MAX_IMAGE_PIXELS`), or `2**28` if PIL's is off."""
+    """PIL's decompression-bomb *error* threshold (`2 * Image.MAX_IMAGE_PIXELS`), or `2**28` if PIL's is off."""
     return 2 * int(Image.MAX_IMAGE_PIXELS) if Image.MAX_IMAGE_PIXELS else 2**28
 
 
 class UniFlowImageProcessorKwargs(ImagesKwargs, total=False):
-    """max_pixels (`int`, *optional*): the largest accepted input, in pixels (decompression-bomb guard)."""
-
     max_pixels: int | None
 
 
@@ -78,10 +76,8 @@ def _check_finite(array: np.ndarray, what: str) -> None:
 def _array_to_image(
     array: np.ndarray, channels_first: bool, input_data_format: str | None, max_pixels: int | None, what: str
 ) -> Image.Image:
-    """
-    A 2D or 3D array as an 8-bit PIL image: uint16 divided by 257, bool as 0/255, floats in [0, 1] times 255
-    (rounded). `channels_first` decides when both end axes could hold the channels.
-    """
+    """A 2D or 3D array as an 8-bit PIL image: uint16 / 257, bool as 0/255, floats in [0, 1] · 255 (rounded).
+    `channels_first` decides when both end axes could hold the channels."""
     if array.ndim == 3:
         if input_data_format is not None:
             channels_first = ChannelDimension(input_data_format) == ChannelDimension.FIRST
@@ -116,11 +112,8 @@ def _array_to_image(
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """
-    A PIL image of any mode in 8-bit "RGB". 16-bit integer modes (and "I" holding 16-bit data, as PIL opens
-    16-bit TIFFs and PNGs) are divided by 257, other "I" images scaled by `255 / (2**31 - 1)` after clipping negatives;
-    every other mode goes through PIL's `convert("RGB")`, which drops an alpha channel without compositing.
-    """
+    """A PIL image of any mode in 8-bit RGB: 16-bit data / 257, other "I" data · 255 / (2**31 - 1) (negatives
+    clipped), other modes through PIL's `convert("RGB")` (alpha dropped)."""
     if image.mode == "RGB":
         return image
     if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
@@ -142,22 +135,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 class UniFlowImageProcessor(PilBackend):
     r"""
-    Constructs a UniFlow image processor: the official release's preprocessing, bit for bit. Each image is converted
-    to 8-bit RGB, halved with `Image.BOX` while its short side is at least twice `size["shortest_edge"]`, resized with
-    `resample` to that short side, center-cropped to `crop_size`, rescaled and normalized (ImageNet mean and std).
+    The official release's preprocessing, bit for bit: 8-bit RGB, halved with `Image.BOX` while the short side is at
+    least twice `size["shortest_edge"]`, resized with `resample` to it, center-cropped to `crop_size` (zero-padded if
+    smaller), rescaled and normalized (ImageNet mean and std).
 
-    Inputs: PIL images of any mode; arrays and tensors of shape `(H, W)`, `(H, W, C)` or `(C, H, W)` with `C` in
-    1, 3, 4 and dtype uint8, uint16, bool or float in [0, 1]; 4D batches and lists of those. An ambiguous channel axis
-    is the last one for arrays, the first one for tensors, unless `input_data_format` says otherwise. Alpha channels
-    are dropped, as PIL's `convert("RGB")` does. Settings are those of [`~image_processing_backends.PilBackend`], and:
-
-    Args:
-        size (`dict[str, int]` or `int`, *optional*, defaults to `{"shortest_edge": 448}`):
-            Target short side (`shortest_edge` only).
-        crop_size (`dict[str, int]` or `int`, *optional*, defaults to `{"height": 448, "width": 448}`):
-            Size of the center crop; smaller images are zero-padded first.
-        max_pixels (`int`, *optional*, defaults to `2 * PIL.Image.MAX_IMAGE_PIXELS`, or `2**28` when that is `None`):
-            Largest accepted input, in pixels; checked before any conversion or resizing.
+    Inputs: PIL images of any mode; arrays and tensors `(H, W)`, `(H, W, C)` or `(C, H, W)` with C in 1, 3, 4 and
+    dtype uint8, uint16, bool or float in [0, 1]; batches and lists of those. An ambiguous channel axis is the last
+    for arrays, the first for tensors, unless `input_data_format` says. `max_pixels` (default: PIL's
+    decompression-bomb error threshold) bounds the input size, checked before any conversion.
     """
 
     valid_kwargs = UniFlowImageProcessorKwargs
@@ -176,8 +161,7 @@ class UniFlowImageProcessor(PilBackend):
 
     @classmethod
     def from_image_size(cls, image_size: int, **kwargs) -> "UniFlowImageProcessor":
-        """The processor of a model taking `image_size`² inputs (`config.image_size`): short side resized to
-        `image_size`, center crop `image_size`², the release's normalization. Other arguments as in `__init__`."""
+        """The processor of a model taking `image_size`² inputs (`config.image_size`)."""
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
             raise ValueError(
                 f"`image_size` must be a positive int (a model's `config.image_size`), got {image_size!r}."
@@ -196,7 +180,7 @@ class UniFlowImageProcessor(PilBackend):
         max_pixels: int | None = None,
         **kwargs,
     ) -> np.ndarray:
-        """One input image as a `(3, height, width)` uint8 RGB array, its size checked against `max_pixels` first."""
+        """One input image as a `(3, height, width)` uint8 RGB array."""
         if do_convert_rgb is False:
             raise ValueError("UniFlow models need 3-channel RGB input: `do_convert_rgb=False` is not supported.")
         max_pixels = self.max_pixels if max_pixels is None else max_pixels
@@ -212,8 +196,7 @@ class UniFlowImageProcessor(PilBackend):
         return np.asarray(_to_rgb(image)).transpose(2, 0, 1)
 
     def resize(self, image: np.ndarray, size: SizeDict, resample: int | None = None, **kwargs) -> np.ndarray:
-        """As the release: halve a `(3, H, W)` uint8 image with `Image.BOX` while its short side is at least `2 * S`
-        (`S = size["shortest_edge"]`), then resize it with `resample` to `S` x `int(round(long * S / short))`."""
+        """As the release: BOX-halve while the short side is >= 2·S, then resize it to S = `size["shortest_edge"]`."""
         target = size.shortest_edge
         if not target or any(key != "shortest_edge" for key, _ in size):
             raise ValueError(
@@ -232,8 +215,7 @@ class UniFlowImageProcessor(PilBackend):
         return np.asarray(pil_image.resize(new_size, resample=int(resample))).transpose(2, 0, 1)
 
     def center_crop(self, image: np.ndarray, size: SizeDict, **kwargs) -> np.ndarray:
-        """As the release (torchvision's `center_crop`): crop at offsets `int(round((H - height) / 2))` and
-        `int(round((W - width) / 2))`, zero-padding first an image smaller than the crop."""
+        """As the release (torchvision's `center_crop`): rounded offsets, a smaller image zero-padded first."""
         if size.height is None or size.width is None:
             raise ValueError(f"`crop_size` must have keys 'height' and 'width', got {dict(size)}.")
         pad_height, pad_width = max(size.height - image.shape[1], 0), max(size.width - image.shape[2], 0)
@@ -245,16 +227,12 @@ class UniFlowImageProcessor(PilBackend):
         return image[:, top : top + size.height, left : left + size.width]
 
     def rescale(self, image: np.ndarray, scale: float, **kwargs) -> np.ndarray:
-        """`image * scale` in float32, computed as the release's `ToTensor` does: a division by `1 / scale` (255)."""
+        """`image * scale` in float32, as the release's `ToTensor`: a division by `1 / scale` (255)."""
         return image.astype(np.float32) / np.float32(1 / scale)
 
     def postprocess(self, pixel_values: torch.Tensor | np.ndarray, output_type: str = "pil"):
-        """
-        Images from `pixel_values` of shape `(batch_size, 3, height, width)` or `(3, height, width)` in this
-        processor's space: denormalized (when `do_normalize` is set) and clamped to [0, 1]. `output_type` `"pil"`
-        gives a list of RGB PIL images (`round(x * 255)`), `"np"` a float32 `(batch_size, height, width, 3)` array,
-        `"pt"` a float32 `(batch_size, 3, height, width)` tensor.
-        """
+        """Images from `pixel_values` (B, 3, H, W) or (3, H, W) in this processor's space, denormalized and clamped
+        to [0, 1]: PIL images (`"pil"`), a float32 (B, H, W, 3) array (`"np"`) or (B, 3, H, W) tensor (`"pt"`)."""
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"Unknown output_type {output_type!r}; expected one of ('pil', 'np', 'pt').")
         if isinstance(pixel_values, torch.Tensor):

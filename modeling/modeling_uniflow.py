@@ -8,7 +8,6 @@ import copy
 import functools
 import math
 import operator
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,14 +27,12 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 from . import flow_matching
 from .configuration_uniflow import UniFlowConfig
 from .flow_matching import NUM_TRAIN_TIMESTEPS  # named so: diffusers' remote-code loader copies `from .x import` files
-from .loading_uniflow import OFFICIAL_TO_HF_KEY_MAPPING, from_pretrained_with_key_mapping
 from .loss_uniflow import adaptive_distillation_loss
 
 
 logger = logging.get_logger(__name__)
 
 
-# ----------------------------------------------------------------------------------------------- patch helpers
 def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, N, C·p·p); tokens row-major over the grid, each patch flattened as (channel, row, col)."""
     batch, channels, height, width = pixel_values.shape
@@ -78,7 +75,6 @@ def resize_position_embedding(position_embedding: torch.Tensor, grid: tuple[int,
     return pos.reshape(1, dim, grid[0] * grid[1]).permute(0, 2, 1).to(position_embedding.dtype)
 
 
-# ----------------------------------------------------------------------------------------------------- encoder
 class UniFlowRMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float = 1e-6):
         super().__init__()
@@ -101,13 +97,10 @@ class UniFlowVisionEmbeddings(nn.Module):
 
     def __init__(self, config: UniFlowConfig):
         super().__init__()
-        self.config = config
-        self.embed_dim = config.hidden_size
-        self.patch_size = config.patch_size
-        self.class_embedding = nn.Parameter(torch.randn(1, 1, self.embed_dim))
-        self.patch_embedding = nn.Conv2d(config.num_channels, self.embed_dim, config.patch_size, config.patch_size)
-        self.num_patches = config.grid_size**2
-        self.position_embedding = nn.Parameter(torch.randn(1, self.num_patches + 1, self.embed_dim))
+        dim = config.hidden_size
+        self.class_embedding = nn.Parameter(torch.randn(1, 1, dim))
+        self.patch_embedding = nn.Conv2d(config.num_channels, dim, config.patch_size, config.patch_size)
+        self.position_embedding = nn.Parameter(torch.randn(1, config.grid_size**2 + 1, dim))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         target_dtype = self.patch_embedding.weight.dtype
@@ -116,13 +109,8 @@ class UniFlowVisionEmbeddings(nn.Module):
         patch_embeds = patch_embeds.flatten(2).transpose(1, 2)
         class_embeds = self.class_embedding.expand(batch_size, 1, -1).to(target_dtype)
         embeddings = torch.cat([class_embeds, patch_embeds], dim=1)
-        position_embedding = torch.cat(
-            [
-                self.position_embedding[:, :1],
-                resize_position_embedding(self.position_embedding[:, 1:], (rows, cols)),
-            ],
-            dim=1,
-        )
+        patch_positions = resize_position_embedding(self.position_embedding[:, 1:], (rows, cols))
+        position_embedding = torch.cat([self.position_embedding[:, :1], patch_positions], dim=1)
         return embeddings + position_embedding.to(target_dtype)
 
 
@@ -175,15 +163,14 @@ class UniFlowAttention(nn.Module):
 
         implementation = self.config._attn_implementation
         if kwargs.pop("output_attentions", False) and implementation != "eager":
-            # SDPA and the flash kernels return no weights (transformers' `sdpa_attention_forward` only warns): fall
-            # back to the eager computation for this call, as transformers' models did before v5.
+            # SDPA and flash return no weights (transformers only warns): eager for this call, as before v5.
             logger.warning_once(
                 f"`output_attentions=True` needs the attention weights, which `{implementation}` attention does not "
                 "return: falling back to eager attention for these calls. Load the model with "
                 "`attn_implementation='eager'` to silence this."
             )
             implementation = "eager"
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         attn_output, attn_weights = attention_interface(
             self,
             query,
@@ -200,11 +187,13 @@ class UniFlowAttention(nn.Module):
 
 
 class UniFlowMLP(nn.Module):
-    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str):
+    """Linear -> activation -> Linear: the layers' MLPs and the latent bottleneck (`latent_proj`, `latent_unproj`)."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int, hidden_act: str = "gelu"):
         super().__init__()
-        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.fc1 = nn.Linear(in_features, hidden_features)
         self.act = ACT2FN[hidden_act]
-        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+        self.fc2 = nn.Linear(hidden_features, out_features)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(hidden_states)))
@@ -232,7 +221,7 @@ class UniFlowEncoderLayer(GradientCheckpointingLayer):
         )
         self.ls1 = nn.Parameter(config.initializer_factor * torch.ones(dim))
         self.norm2 = NORM2FN[config.norm_type](dim, eps=config.layer_norm_eps)
-        self.mlp = UniFlowMLP(dim, config.intermediate_size, config.hidden_act)
+        self.mlp = UniFlowMLP(dim, config.intermediate_size, dim, config.hidden_act)
         self.ls2 = nn.Parameter(config.initializer_factor * torch.ones(dim))
         self.dropout = nn.Dropout(config.dropout)
         self.drop_path_rate = drop_path_rate
@@ -258,7 +247,6 @@ class UniFlowEncoder(nn.Module):
         return hidden_states
 
 
-# ------------------------------------------------------------------------------------------------ decoder side
 class UniFlowGlobalBlock(GradientCheckpointingLayer):
     """A plain pre-norm ViT block (timm's `Block` in the release) over the un-projected latent tokens."""
 
@@ -268,21 +256,11 @@ class UniFlowGlobalBlock(GradientCheckpointingLayer):
         self.norm1 = nn.LayerNorm(dim, eps=config.global_layer_norm_eps)
         self.attn = UniFlowAttention(config, config.global_num_attention_heads, True, False, 0.0)
         self.norm2 = nn.LayerNorm(dim, eps=config.global_layer_norm_eps)
-        self.mlp = UniFlowMLP(dim, int(dim * config.global_mlp_ratio), "gelu")
+        self.mlp = UniFlowMLP(dim, int(dim * config.global_mlp_ratio), dim)
 
     def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
         hidden_states = hidden_states + self.attn(self.norm1(hidden_states), **kwargs)[0]
         return hidden_states + self.mlp(self.norm2(hidden_states))
-
-
-class UniFlowLatentProjection(nn.Sequential):
-    """Linear -> GELU -> Linear: `latent_proj` (width -> latent) and `latent_unproj` (latent -> width)."""
-
-    def __init__(self, in_features: int, hidden_features: int, out_features: int):
-        super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_features, out_features)
 
 
 class UniFlowTimestepEmbedding(nn.Module):
@@ -340,9 +318,8 @@ class UniFlowFlowHeadFinalLayer(nn.Module):
 
 
 class UniFlowFlowHead(nn.Module):
-    """The patch-wise pixel flow decoder: an adaLN MLP predicting the velocity (data - noise) of one pixel patch
-    per row, given its noisy state `sample`, the network `timestep` (1000·t) and its token's `condition`. Pass the
-    timesteps in float32 whatever the model's dtype: bf16 would round 1000·t to a multiple of 4 near t = 1."""
+    """The patch-wise pixel flow decoder: the velocity (data - noise) of one pixel patch per row, from its noisy
+    `sample`, the network `timestep` (1000·t, float32: bf16 would round it) and its token's `condition`."""
 
     def __init__(self, config: UniFlowConfig):
         super().__init__()
@@ -393,11 +370,11 @@ class UniFlowModelOutput(ModelOutput):
 UniFlowTrainingOutput = UniFlowModelOutput  # the training output's former name
 
 
-# ----------------------------------------------------------------------------------------------------- models
 class UniFlowPreTrainedModel(PreTrainedModel):
     config: UniFlowConfig
     config_class = UniFlowConfig
-    base_model_prefix = "uniflow"
+    base_model_prefix = "vision_model"
+    _input_embed_layer = "patch_embedding"  # transformers' `get_input_embeddings` finds it (in the tower)
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
@@ -406,57 +383,9 @@ class UniFlowPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    # How `save_pretrained` writes a folder: `(model, save_pretrained, save_directory, **kwargs)`, `save_pretrained`
-    # being transformers' own. The uniflow-hf package sets it (`uniflow_hf.saving.save_folder_atomically`: a staging
-    # folder, sharded models gathered, mixed-dtype variant folders, README.md); code loaded with `trust_remote_code`
-    # alone saves as transformers does.
-    folder_writer: Callable | None = None
-    # Writes README.md into a folder being saved or uploaded: `(folder, model, existing_folder=None,
-    # replace_generic=False, repo_id=None)`. The package sets it (`uniflow_hf.model_card.save_model_card`).
-    model_card_writer: Callable | None = None
-
-    def save_pretrained(
-        self,
-        save_directory,
-        is_main_process: bool = True,
-        *,
-        variant: str | None = None,
-        max_shard_size: int | str = "50GB",
-        safe_serialization: bool = True,
-        **kwargs,
-    ):
-        """`PreTrainedModel.save_pretrained`, through `folder_writer` when one is set. The folder gets the code of
-        the class and its config (`register_for_auto_class`, `auto_map` in config.json), so it loads with the Auto
-        classes and `trust_remote_code=True` without uniflow-hf.
-
-        `variant`, `max_shard_size` and `safe_serialization` are named in the signature because diffusers' pipeline
-        `save_pretrained` passes a component only the arguments its signature names: `variant="fp16"` writes
-        `model.fp16.safetensors` beside the default `model.safetensors`. transformers v5 writes safetensors only:
-        `safe_serialization=False` is accepted (diffusers passes it on) and ignored with a warning."""
-        if not safe_serialization:
-            logger.warning("`safe_serialization=False` is ignored: transformers v5 saves safetensors only.")
-        # `AutoModel` on any UniFlow folder builds the encoder tower, with or without uniflow-hf (which registers it
-        # so: LLaVA and transformers' image-feature-extraction pipeline build `AutoModel`); the class saved adds its
-        # own Auto class (`register_for_auto_class`) to this `auto_map`.
-        auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": "modeling_uniflow.UniFlowVisionModel"}
-        if self.config.encoder_config is not None:  # the tower is UniFlow's own encoder only
-            del auto_map["AutoModel"]
-        self.config.auto_map = auto_map
-        kwargs.update(is_main_process=is_main_process, variant=variant, max_shard_size=max_shard_size)
-        if self.folder_writer is None:
-            return super().save_pretrained(save_directory, **kwargs)
-        return self.folder_writer(self, super().save_pretrained, save_directory, **kwargs)
-
-    def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
-        """`push_to_hub` (and `save_pretrained(push_to_hub=True)`) put transformers' generic card into the folder
-        they upload; upload the card of `model_card_writer` instead (a card already on the Hub is kept)."""
-        if self.model_card_writer is not None:
-            self.model_card_writer(working_dir, self, replace_generic=True, repo_id=repo_id)
-        return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
     def _init_weights(self, module):
-        """Truncated-normal linears, unit norms, LayerScale at `initializer_factor`, sin-cos decoder position
-        embeddings, and the flow head's zero-initialised adaLN and output layers (as the official code)."""
+        """As the official code: the flow head's adaLN and output layers at zero, sin-cos position embeddings."""
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             init.trunc_normal_(module.weight, std=std)
@@ -474,8 +403,7 @@ class UniFlowPreTrainedModel(PreTrainedModel):
             init.constant_(module.ls1, self.config.initializer_factor)
             init.constant_(module.ls2, self.config.initializer_factor)
         elif isinstance(module, UniFlowModel):
-            # Done here rather than on the flow-head modules: transformers skips, for models outside the library,
-            # modules that hold no parameters of their own (the flow head, its blocks), and this module runs last.
+            # Here, not on the flow-head modules: transformers skips modules without parameters of their own.
             sincos = sincos_position_embedding(self.config.hidden_size, self.config.grid_size)[None]
             init.copy_(module.global_position_embedding, sincos)
             init.copy_(module.decoder_position_embedding, sincos)
@@ -489,58 +417,38 @@ class UniFlowPreTrainedModel(PreTrainedModel):
 
 
 def _check_pixel_values(pixel_values: torch.Tensor, config: UniFlowConfig) -> None:
-    """Raise a clear error for inputs the model cannot take. Documented casts: any floating dtype is accepted and
-    cast to the model's dtype by the patch embedding (float64 input gives exactly the float32 result). The device is
-    not checked: a tensor on another device than the model fails with PyTorch's device-mismatch error, unless
-    accelerate hooks (`device_map`) move it, which is why it is not an error here."""
-    if not isinstance(pixel_values, torch.Tensor):
-        raise TypeError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}.")
-    if pixel_values.ndim != 4:
-        raise ValueError(f"`pixel_values` must have shape (batch, channels, height, width), got {tuple(pixel_values.shape)}.")
-    if not pixel_values.is_floating_point():
+    """Refuse inputs the model cannot take; any floating dtype is cast to the model's by the patch embedding."""
+    if not isinstance(pixel_values, torch.Tensor) or not pixel_values.is_floating_point():
+        got = pixel_values.dtype if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
         raise TypeError(
-            f"`pixel_values` must be a floating-point tensor (any float dtype: it is cast to the model's), got "
-            f"{pixel_values.dtype}; preprocess images with UniFlowImageProcessor."
+            f"`pixel_values` must be a floating-point torch.Tensor, got {got}; preprocess images with "
+            "UniFlowImageProcessor."
         )
-    batch_size, channels, height, width = pixel_values.shape
+    shape = tuple(pixel_values.shape)
+    if len(shape) != 4:
+        raise ValueError(f"`pixel_values` must have shape (batch, channels, height, width), got {shape}.")
+    batch_size, channels, height, width = shape
     if batch_size == 0:
-        raise ValueError(f"`pixel_values` is an empty batch (shape {tuple(pixel_values.shape)}).")
+        raise ValueError(f"`pixel_values` is an empty batch (shape {shape}).")
     if channels != config.num_channels:
-        raise ValueError(
-            f"`pixel_values` has {channels} channels but the model expects {config.num_channels} "
-            f"(shape {tuple(pixel_values.shape)}). Convert images with UniFlowImageProcessor."
-        )
+        raise ValueError(f"`pixel_values` has {channels} channels but the model expects {config.num_channels}.")
     p = config.patch_size
-    if height % p or width % p or height == 0 or width == 0:
+    if height % p or width % p or not height or not width:
         raise ValueError(
-            f"Image size {height}x{width} is not a positive multiple of the patch size {p}; resize or crop to a "
-            f"multiple of {p} (e.g. {max(p, height // p * p)}x{max(p, width // p * p)})."
+            f"Image size {height}x{width} is not a positive multiple of the patch size {p}; resize or crop it (e.g. "
+            f"to {max(p, height // p * p)}x{max(p, width // p * p)})."
         )
-    # One reduction: the sum of finite values is finite unless it overflows, which the exact check then rules out.
-    # (Skipped while compiling: a data-dependent branch would break the graph.)
+    # One reduction, the exact check only when it is not finite; skipped while compiling (a data-dependent branch).
     if not torch.compiler.is_compiling() and not torch.isfinite(pixel_values.sum()):
         if not torch.isfinite(pixel_values).all():
-            raise ValueError(
-                "`pixel_values` contains NaN or infinite values (e.g. a failed decode or a division by zero "
-                "upstream); the model needs finite inputs."
-            )
+            raise ValueError("`pixel_values` contains NaN or infinite values; the model needs finite inputs.")
 
 
 def apply_forward_hooks(method):
-    """Run a module's method other than `forward` (`encode`, `decode`) under the hooks that wrappers attach to
-    `forward`, as diffusers' `apply_forward_hook` does for its autoencoders' `encode`/`decode`.
-
-    Accelerate's hook (`device_map` dispatch with CPU or disk offload, `accelerate.cpu_offload`, the pipelines'
-    `enable_model_cpu_offload` / `enable_sequential_cpu_offload`) runs before the method and after it: it moves the
-    module (or its own parameters, such as `UniFlowModel`'s position embeddings, which no submodule's `forward`
-    uses) and the inputs to the execution device, then offloads them again and moves the output back to the
-    inputs' device.
-
-    FSDP2 (`fully_shard`) gathers a module's sharded parameters only around `forward` and the methods registered
-    with `register_fsdp_forward_method`: on a sharded module, the method registers itself on its first call.
-
-    The decorated method must not call another decorated method of the same module, nor the module's own `forward`:
-    the hooks would run nested."""
+    """Run a module's method other than `forward` (`encode`, `decode`) under the hooks wrappers attach to `forward`,
+    as diffusers' `apply_forward_hook`: Accelerate's offload hook (`device_map`, `cpu_offload`, the pipelines' model
+    and sequential offload) and FSDP2 (the method registers itself with `register_fsdp_forward_method` on its first
+    call on a sharded module). The method must not call another decorated method or `forward` of the module."""
     name = method.__name__
 
     @functools.wraps(method)
@@ -569,10 +477,8 @@ def _is_fsdp_module(module: nn.Module) -> bool:
 
 
 def _resolve_hidden_state_indices(forward):
-    """Turn `output_hidden_states` given as indices (an int or a list of them, as LLaVA passes its
-    `vision_feature_layer`) into the non-negative indices of the hidden states they select, before `capture_outputs`
-    reads them: it would count only the embeddings and the layer outputs, not the re-embedded latents a latent head
-    appends, and would take index 0 for "no hidden states". Indices out of range are an error."""
+    """Resolve `output_hidden_states` given as indices (as LLaVA passes `vision_feature_layer`) to non-negative ones
+    before `capture_outputs` reads them: it counts neither the latent head's extra state nor index 0 as a selection."""
 
     @functools.wraps(forward)
     def wrapper(self, *args, **kwargs):
@@ -596,47 +502,31 @@ def _resolve_hidden_state_indices(forward):
 
 
 class UniFlowVisionModel(UniFlowPreTrainedModel):
-    """The UniFlow encoder tower: CLS + patch tokens through the InternViT layers. Drops into
-    `LlavaForConditionalGeneration` as its vision tower (`LlavaConfig(vision_config=UniFlowConfig(...))`); loads our
-    folders, a `UniFlowModel` folder or the official folder (decoder weights ignored).
+    """The UniFlow encoder tower: CLS + patch tokens through the InternViT layers; LLaVA's vision tower
+    (`LlavaConfig(vision_config=UniFlowConfig(...))`). Loads from its own, `UniFlowModel` and official folders.
 
-    Latent features for an LLM (`config.vision_feature_source="latent"`): the tower then also holds UniFlow's
-    `latent_proj` and `latent_unproj` (same names and weights as in `UniFlowModel`, so a UniFlowModel or official
-    folder fills them) and, whenever it returns hidden states, appends one more: the latent tokens re-embedded to
-    `hidden_size` by the decoder's own un-projection, `latent_unproj(latent_proj(h_L))`, computed token-wise over the
-    whole sequence (CLS slot included) so that it has as many tokens as every other hidden state. LLaVA builds its
-    projector `vision_config.hidden_size` wide, so this state feeds a stock `LlavaForConditionalGeneration` unchanged
-    with `vision_feature_layer=-1` (`-2` is then the last encoder layer; non-negative indices keep their meaning);
-    it is a fixed function of the `latent_channels`-wide latents, i.e. the LLM sees only what the latent holds.
-    `encode()` returns the raw latents, `UniFlowModel.encode`'s exactly.
+    With `config.vision_feature_source="latent"` it also holds `latent_proj` and `latent_unproj` (as in
+    `UniFlowModel`) and appends one hidden state: the latents re-embedded to `hidden_size`,
+    `latent_unproj(latent_proj(h_L))` over every token, so LLaVA's `vision_feature_layer=-1` feeds the LLM what the
+    latent holds. `encode()` returns the raw latents, as `UniFlowModel.encode`.
     """
 
-    # Decoder-side weights of a UniFlowModel / official folder: never part of the tower.
-    _decoder_keys = (
-        r"^(global_blocks|global_block_pos_embed|decoder_pos_embed|flow_head|global_position_embedding"
-        r"|decoder_position_embedding)"
-    )
+    # Decoder-side weights of a UniFlowModel / official folder (our and official names): never part of the tower.
+    _decoder_keys = r"^(global_|decoder_|flow_head\.)"
     # The latent bottleneck (official and our names): loaded when the tower has its latent head, ignored otherwise.
     _latent_head_keys = r"^(chal_proj|chal_unproj|latent_proj|latent_unproj)\."
     _keys_to_ignore_on_load_unexpected = [_decoder_keys, _latent_head_keys]
-    # Hidden states: the embeddings, each layer's output and, with the latent head, `latent_unproj`'s output (matched
-    # by its module name) after them. How many there are depends on the latent head, not on a config field, so
-    # `_resolve_hidden_state_indices` resolves selected indices and `capture_outputs` takes them as they are (it
-    # does so when the config lacks `num_hidden_layers_key`).
+    # The embeddings, each layer's output and, with the latent head, `latent_unproj`'s output. Their number depends on
+    # the latent head: `_resolve_hidden_state_indices` resolves selected indices (no `num_hidden_layers_key` field).
     _can_record_outputs = {
         "hidden_states": OutputRecorder(
             UniFlowEncoderLayer, class_name="latent_unproj", num_hidden_layers_key="num_recorded_hidden_states"
         ),
         "attentions": UniFlowAttention,
     }
-    _checkpoint_key_mapping = {
-        r"^vision_model\.": "",
-        **{source: target for source, target in OFFICIAL_TO_HF_KEY_MAPPING.items() if source.startswith(r"^chal_")},
-    }
 
     def __init__(self, config: UniFlowConfig, add_latent_head: bool | None = None):
-        """`add_latent_head` (default: `config.vision_feature_source == "latent"`) builds `latent_proj` and
-        `latent_unproj`; a model that holds its own latent head around this tower (`UniFlowModel`) passes False."""
+        """`add_latent_head` defaults to `config.vision_feature_source == "latent"`."""
         super().__init__(config)
         if config.encoder_config is not None:
             raise ValueError(
@@ -649,8 +539,8 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
             add_latent_head = config.vision_feature_source == "latent"
         if add_latent_head:
             width = config.hidden_size
-            self.latent_proj = UniFlowLatentProjection(width, width, config.latent_channels)
-            self.latent_unproj = UniFlowLatentProjection(config.latent_channels, width, width)
+            self.latent_proj = UniFlowMLP(width, width, config.latent_channels)
+            self.latent_unproj = UniFlowMLP(config.latent_channels, width, width)
             self._keys_to_ignore_on_load_unexpected = [self._decoder_keys]
         self.post_init()
 
@@ -662,30 +552,19 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
     def patch_size(self) -> int:
         return self.config.patch_size
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embeddings.patch_embedding
-
     @_resolve_hidden_state_indices
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
     def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutputWithPooling:
-        """`last_hidden_state` (B, 1 + N, C) with the CLS token first, `pooler_output` the CLS token.
-
-        `output_hidden_states=True` returns `hidden_states`: `[0]` the embedding output, `[i]` the output of layer i
-        (and, with the latent head, `[-1]` the re-embedded latents, see the class docstring). It may also select
-        hidden states by index, as LLaVA passes its `vision_feature_layer`: an int or a list of them (negative ones
-        count from the end, 0 included); then the tuple keeps its length, so the same indices select them, and holds
-        `None` at the indices not asked for (transformers' `capture_outputs` semantics).
-
-        `output_attentions=True` returns `attentions`: one (B, heads, 1 + N, 1 + N) map per layer. SDPA and flash
-        attention do not return weights: when they are asked for, those calls fall back to eager attention."""
+        """`last_hidden_state` (B, 1 + N, C), CLS first; `pooler_output` the CLS token. `output_hidden_states` may
+        select states by index (an int or a list, as LLaVA's `vision_feature_layer`): the tuple keeps its length, with
+        `None` at the indices not asked for. `output_attentions` falls back to eager attention for SDPA and flash."""
         _check_pixel_values(pixel_values, self.config)
         kwargs.pop("image_sizes", None)
         output_hidden_states = kwargs.pop("output_hidden_states", self.config.output_hidden_states)
         kwargs["output_attentions"] = kwargs.get("output_attentions", self.config.output_attentions)
         last_hidden_state = self.encoder(self.embeddings(pixel_values), **kwargs)
         if output_hidden_states and self.has_latent_head:
-            # Recorded by `_can_record_outputs` as the last hidden state.
             self.latent_unproj(self.latent_proj(last_hidden_state))
         return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=last_hidden_state[:, 0])
 
@@ -694,46 +573,33 @@ class UniFlowVisionModel(UniFlowPreTrainedModel):
         """Images (B, C, H, W) -> latents (B, H/p · W/p, latent_channels), as `UniFlowModel.encode` (latent head only)."""
         if not self.has_latent_head:
             raise ValueError(
-                "This UniFlowVisionModel has no latent head: build it with `vision_feature_source='latent'` (e.g. "
-                "`UniFlowVisionModel.from_pretrained(folder, vision_feature_source='latent')` on a UniFlowModel folder)."
+                "This UniFlowVisionModel has no latent head: load or build it with `vision_feature_source='latent'`."
             )
         _check_pixel_values(pixel_values, self.config)
         last_hidden_state = self.encoder(self.embeddings(pixel_values))
         return self.latent_proj(last_hidden_state[:, 1:])
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Loads a folder we saved, a `UniFlowModel` folder or an official release folder.
-
-        Weights the checkpoint lacks are an error, unless `initialize_missing_weights=True` (to grow a model: more
-        blocks than the checkpoint, or `from_pretrained(None, config=..., state_dict=...)`): they are then
-        initialised by `_init_weights` and reported (a warning, and `missing_keys` of `output_loading_info=True`)."""
-        return from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
-
 
 class UniFlowModel(UniFlowPreTrainedModel):
     """The UniFlow tokenizer: `encode` images to (B, N, latent_channels) latents, `decode` latents to images with
     the patch flow head, `reconstruct` both; `forward` in training returns the flow and distillation losses.
+    `encode` and `decode` run under the hooks wrappers attach to `forward` (`apply_forward_hooks`)."""
 
-    `encode` and `decode` run under the hooks wrappers attach to `forward` (`apply_forward_hooks`): Accelerate's
-    offload (`device_map` with CPU/disk offload, `cpu_offload`, the pipelines' model and sequential CPU offload) and
-    FSDP2 (`fully_shard`; they register themselves as its forward methods)."""
-
-    # transformers matches `_keys_to_ignore_on_save` exactly (not as patterns): `enable_distillation` adds the
-    # teacher's keys, so neither `save_pretrained` nor Trainer checkpoints write the teacher.
+    # `enable_distillation` adds the teacher's keys (matched exactly), so no save writes the teacher.
     _keys_to_ignore_on_save = None
     _keys_to_ignore_on_load_missing = [r"^distillation_teacher\."]
-    _checkpoint_key_mapping = OFFICIAL_TO_HF_KEY_MAPPING
 
     def __init__(self, config: UniFlowConfig):
         super().__init__(config)
         if config.encoder_config is None:
             self.vision_model = UniFlowVisionModel(config, add_latent_head=False)
+            # The tower's load policy (ignore decoder weights) is its own: `post_init` would merge it into ours.
+            self.vision_model._keys_to_ignore_on_load_unexpected = None
         else:
             self.vision_model = AutoModel.from_config(config.encoder_config)
         width = config.hidden_size
-        self.latent_proj = UniFlowLatentProjection(width, width, config.latent_channels)
-        self.latent_unproj = UniFlowLatentProjection(config.latent_channels, width, width)
+        self.latent_proj = UniFlowMLP(width, width, config.latent_channels)
+        self.latent_unproj = UniFlowMLP(config.latent_channels, width, width)
         self.global_position_embedding = nn.Parameter(torch.zeros(1, config.grid_size**2, width))
         self.global_blocks = nn.ModuleList([UniFlowGlobalBlock(config) for _ in range(config.num_global_blocks)])
         self.decoder_position_embedding = nn.Parameter(torch.zeros(1, config.grid_size**2, width))
@@ -742,57 +608,27 @@ class UniFlowModel(UniFlowPreTrainedModel):
         self.post_init()
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Loads a folder we saved or an official release folder (official names are mapped on load).
-
-        Weights the checkpoint lacks are an error, unless `initialize_missing_weights=True` (to grow a model: more
-        blocks than the checkpoint, or `from_pretrained(None, config=..., state_dict=...)`): they are then
-        initialised by `_init_weights` and reported (a warning, and `missing_keys` of `output_loading_info=True`)."""
-        return from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
-
-    def get_input_embeddings(self) -> nn.Module:
-        """The encoder's patch embedding (for a foreign encoder, what its own `get_input_embeddings` returns)."""
-        return self.vision_model.get_input_embeddings()
-
-    @classmethod
     def from_encoder(cls, encoder: PreTrainedModel, **config_kwargs) -> "UniFlowModel":
-        """Build a UniFlow tokenizer around a pretrained transformers vision encoder: UniFlow's own
-        `UniFlowVisionModel`, or a ViT-style tower such as `CLIPVisionModel`, `SiglipVisionModel`, `Dinov2Model`
-        (the bare model `AutoModel` builds from its config). Its weights are copied in (and, for a UniFlow tower with
-        a latent head, its latent bottleneck); the rest is freshly initialised from `config_kwargs` (decoder fields
-        such as `latent_channels`, `num_global_blocks`, `num_flow_head_blocks`, and the training fields).
-
-        The encoder's config is nested as `encoder_config`, so the saved model loads with
-        `UniFlowModel.from_pretrained` alone. The decoder reads the last `(image_size / patch_size)²` tokens of the
-        encoder's `last_hidden_state` (dropping CLS / register tokens), and the distillation its `hidden_states[1:]`
-        (the layer outputs after the embeddings)."""
+        """A UniFlow tokenizer around a pretrained vision encoder: `UniFlowVisionModel` or a ViT-style transformers
+        tower (`CLIPVisionModel`, `SiglipVisionModel`, `Dinov2Model`...). Its weights are copied in; the rest is new,
+        built from `config_kwargs`. The decoder reads the last `(image_size / patch_size)²` tokens of its
+        `last_hidden_state`, the distillation its `hidden_states[1:]`."""
         if not isinstance(encoder, PreTrainedModel):
             raise TypeError(f"`encoder` must be a transformers PreTrainedModel, got {type(encoder).__name__}.")
         encoder_config = encoder.config
-        if isinstance(encoder, UniFlowVisionModel):
-            known_fields = UniFlowConfig().to_dict()
-            fields = {k: v for k, v in encoder_config.to_dict().items() if k in known_fields}
-            fields = {k: v for k, v in fields.items() if k not in ("model_type", "transformers_version", "architectures")}
-            config = UniFlowConfig(**{**fields, **config_kwargs})
-        else:
-            if hasattr(encoder_config, "vision_config"):
-                raise ValueError(
-                    f"Pass the vision tower itself (e.g. CLIPVisionModel), not a multi-modal {type(encoder).__name__}."
-                )
-            needed = ("hidden_size", "num_hidden_layers", "patch_size", "image_size")
-            missing = [name for name in needed if not isinstance(getattr(encoder_config, name, None), int)]
-            if missing:
-                raise ValueError(
-                    f"{type(encoder).__name__} is not a ViT-style encoder UniFlow can use: its config lacks integer "
-                    f"{missing} (needed: {list(needed)})."
-                )
-            config = UniFlowConfig(encoder_config=encoder_config, **config_kwargs)
+        if hasattr(encoder_config, "vision_config"):
+            raise ValueError(f"Pass the vision tower itself (e.g. CLIPVisionModel), not a {type(encoder).__name__}.")
         for name in ("num_channels", "image_size", "patch_size", "hidden_size", "num_hidden_layers"):
             if name in config_kwargs and config_kwargs[name] != getattr(encoder_config, name, config_kwargs[name]):
                 raise ValueError(
                     f"`{name}={config_kwargs[name]!r}` contradicts the encoder ({name}={getattr(encoder_config, name)!r}); "
                     "the encoder defines it: change the encoder's config instead."
                 )
+        if isinstance(encoder, UniFlowVisionModel):
+            fields = {k: v for k, v in encoder_config.to_diff_dict().items() if k in UniFlowConfig.__dataclass_fields__}
+            config = UniFlowConfig(**{**fields, **config_kwargs})
+        else:
+            config = UniFlowConfig(encoder_config=encoder_config, **config_kwargs)
 
         model = cls(config)
         if type(model.vision_model) is not type(encoder):
@@ -810,25 +646,19 @@ class UniFlowModel(UniFlowPreTrainedModel):
             raise ValueError(f"Encoder weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}.")
         return model
 
-    # --------------------------------------------------------------------------------------- building blocks
     def encoder_forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False, **kwargs):
-        """Run the encoder; returns (patch features without CLS/register tokens (B, N, C), the token grid
-        (rows, cols), hidden states or None). The patch tokens are the last N = rows·cols of `last_hidden_state`."""
+        """(patch features (B, N, C): the last N = rows·cols tokens of `last_hidden_state`, the token grid
+        (rows, cols), the hidden states or None)."""
         _check_pixel_values(pixel_values, self.config)
         outputs = self.vision_model(pixel_values=pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         name = type(self.vision_model).__name__
-        if output_hidden_states:
-            hidden_states = getattr(outputs, "hidden_states", None)
-            if hidden_states is None:
-                raise ValueError(
-                    f"The encoder {name} returned no hidden states; UniFlow's distillation needs an encoder that "
-                    "returns them for `output_hidden_states=True` (or train without it: `distillation_mode='none'`)."
-                )
-            if len(hidden_states) < self.config.num_hidden_layers + 1:
-                raise ValueError(
-                    f"The encoder {name} returned {len(hidden_states)} hidden states; expected the embeddings and the "
-                    f"output of each of its {self.config.num_hidden_layers} layers."
-                )
+        num_states = len(getattr(outputs, "hidden_states", None) or ())
+        if output_hidden_states and num_states < self.config.num_hidden_layers + 1:
+            raise ValueError(
+                f"The encoder {name} returned {num_states or 'no'} hidden states for `output_hidden_states=True`; "
+                f"UniFlow's distillation needs the embeddings and the output of each of its "
+                f"{self.config.num_hidden_layers} layers (or train with `distillation_mode='none'`)."
+            )
         grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
         last_hidden_state = outputs.last_hidden_state
         if last_hidden_state.ndim != 3 or last_hidden_state.shape[1] < grid[0] * grid[1]:
@@ -845,22 +675,13 @@ class UniFlowModel(UniFlowPreTrainedModel):
         features, _, _ = self.encoder_forward(pixel_values)
         return self.latent_proj(features)
 
-    def _decoder_position_embeddings(self, grid: tuple[int, int]):
-        if grid == (self.config.grid_size, self.config.grid_size):
-            return self.global_position_embedding, self.decoder_position_embedding
-        return (
-            resize_position_embedding(self.global_position_embedding, grid),
-            resize_position_embedding(self.decoder_position_embedding, grid),
-        )
-
     def decoder_condition(self, latents: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """Latents (B, N, latent) -> the flow head's per-token condition (B, N, C): un-project, add the
-        global-block position embedding, mix by the global blocks, add the decoder position embedding."""
-        global_pos, decoder_pos = self._decoder_position_embeddings(grid)
+        """Latents (B, N, latent) -> the flow head's per-token condition (B, N, C)."""
+        global_pos = resize_position_embedding(self.global_position_embedding, grid)
         hidden_states = self.latent_unproj(latents) + global_pos.to(latents.dtype)
         for block in self.global_blocks:
             hidden_states = block(hidden_states)
-        return hidden_states + decoder_pos.to(latents.dtype)
+        return hidden_states + resize_position_embedding(self.decoder_position_embedding, grid).to(latents.dtype)
 
     def _latent_grid(self, latents: torch.Tensor, height: int | None, width: int | None) -> tuple[int, int]:
         if latents.ndim != 3 or latents.shape[-1] != self.config.latent_channels:
@@ -874,9 +695,7 @@ class UniFlowModel(UniFlowPreTrainedModel):
                 raise ValueError(f"{num_tokens} latent tokens are not a square grid: pass `height` and `width`.")
             return side, side
         if height is None or width is None or height % p or width % p or (height // p) * (width // p) != num_tokens:
-            raise ValueError(
-                f"`height`x`width` = {height}x{width} does not fit {num_tokens} tokens of patch size {p}."
-            )
+            raise ValueError(f"`height`x`width` = {height}x{width} does not fit {num_tokens} tokens of patch size {p}.")
         return height // p, width // p
 
     @apply_forward_hooks
@@ -890,16 +709,10 @@ class UniFlowModel(UniFlowPreTrainedModel):
         height: int | None = None,
         width: int | None = None,
     ) -> torch.Tensor:
-        """Latents (B, N, latent_channels) -> images (B, C, H, W) in the normalised pixel space (not clamped).
-
-        Each pixel patch flows from Gaussian `noise` (B, N, C·p·p) (drawn in float32 with `generator` when not given,
-        one generator per image when a list) to data by Euler steps over the time grid of `config.sampling_schedule`:
-        `num_inference_steps` of them (`config.num_sampling_steps` when `None`; the release decodes in 1 step).
-        `height`/`width` (pixels) are needed only for non-square grids.
-
-        This is the pixel decoder's one sampler: the diffusers pipelines call it and choose only the number of steps
-        (`num_inference_steps` of the reconstruction pipeline, `decoder_num_inference_steps` of the class-conditional
-        one); the time grid is chosen by `config.sampling_schedule`."""
+        """Latents (B, N, latent_channels) -> images (B, C, H, W) in the normalised pixel space (not clamped): the
+        pixel decoder's one sampler. Each patch flows from Gaussian `noise` (B, N, C·p·p) (drawn in float32 from
+        `generator`, one per image when a list) by `num_inference_steps` Euler steps (`config.num_sampling_steps`)
+        over the grid of `config.sampling_schedule`. `height`/`width` are needed only for non-square grids."""
         return self._decode(latents, noise, generator, num_inference_steps, height, width)
 
     def _decode(self, latents, noise, generator, num_inference_steps, height, width) -> torch.Tensor:
@@ -1055,13 +868,8 @@ class UniFlowModel(UniFlowPreTrainedModel):
 
 
 class UniFlowForImageClassification(UniFlowPreTrainedModel):
-    """UniFlow's encoder with a linear classifier on the layer-normed mean of its patch tokens and CLS token: used to
-    pretrain a small encoder (the stand-in for a well-pretrained ViT) and to linear-probe features."""
-
-    # Loads its own folders, a tower folder and a `UniFlowModel` or official release folder (taking their encoder);
-    # only the classification head may be new (initialised, and listed in transformers' load report).
-    _checkpoint_key_mapping = {r"^(embeddings|encoder)\.": r"vision_model.\1."}
-    _new_head_keys = r"^(norm|classifier)\."
+    """UniFlow's encoder with a linear classifier on the layer-normed mean of its tokens (to pretrain a small encoder
+    and to linear-probe features). Loads from its own, tower, `UniFlowModel` and official folders (a new head)."""
 
     def __init__(self, config: UniFlowConfig):
         super().__init__(config)
@@ -1071,9 +879,6 @@ class UniFlowForImageClassification(UniFlowPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.vision_model.get_input_embeddings()
-
     @can_return_tuple
     def forward(
         self,
@@ -1081,9 +886,7 @@ class UniFlowForImageClassification(UniFlowPreTrainedModel):
         labels: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> ImageClassifierOutput:
-        """`logits` (B, num_labels), and the cross-entropy `loss` when `labels` (B,) are given; `hidden_states` and
-        `attentions` of the encoder as `UniFlowVisionModel` returns them (`output_hidden_states`,
-        `output_attentions`); a tuple `(loss, logits, ...)` without the `None` entries for `return_dict=False`."""
+        """`logits` (B, num_labels), and the cross-entropy `loss` when `labels` (B,) are given."""
         kwargs.pop("num_items_in_batch", None)  # the Trainer's; the loss is a mean over the batch
         outputs = self.vision_model(pixel_values, return_dict=True, **kwargs)
         logits = self.classifier(self.norm(outputs.last_hidden_state.mean(dim=1)))
@@ -1091,15 +894,6 @@ class UniFlowForImageClassification(UniFlowPreTrainedModel):
         return ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Loads a classifier folder, or the encoder of a tower, `UniFlowModel` or official folder with a new head.
-
-        Weights the checkpoint lacks are an error, unless `initialize_missing_weights=True` (to grow a model: more
-        blocks than the checkpoint, or `from_pretrained(None, config=..., state_dict=...)`): they are then
-        initialised by `_init_weights` and reported (a warning, and `missing_keys` of `output_loading_info=True`)."""
-        return from_pretrained_with_key_mapping(super(), cls, pretrained_model_name_or_path, *model_args, **kwargs)
 
 
 UniFlowModel.register_for_auto_class("AutoModelForImageToImage")

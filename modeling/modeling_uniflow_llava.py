@@ -1,9 +1,7 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
 """LLaVA with a UniFlow vision tower, as remote code: a grafted LLaVA folder (`uniflow-hf graft-llava`) holds this
 file and its siblings, so `AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)` loads it
-without uniflow-hf. The classes are transformers' own LLaVA classes with `vision_config` read as a `UniFlowConfig`;
-the folder's `model_type` stays "llava", so `LlavaForConditionalGeneration.from_pretrained(folder)` loads it too once
-uniflow-hf is imported."""
+without uniflow-hf; its `model_type` stays "llava" for `LlavaForConditionalGeneration` with uniflow-hf imported."""
 
 from transformers import AutoConfig, AutoModel, LlavaConfig, LlavaForConditionalGeneration
 from transformers.configuration_utils import SubConfigSpec

@@ -201,9 +201,11 @@ def test_any_resolution(tiny_model, height, width):
 
 def test_decoder_position_embeddings_are_interpolated_not_truncated(tiny_model):
     """The release slices its 32x32 decoder position table; we resize it to the actual grid."""
-    global_pos, decoder_pos = tiny_model._decoder_position_embeddings((8, 8))
+    from uniflow_hf.modeling.modeling_uniflow import resize_position_embedding
+
+    global_pos = resize_position_embedding(tiny_model.global_position_embedding, (8, 8))
     assert global_pos.shape == (1, 64, 64)
-    native_global, _ = tiny_model._decoder_position_embeddings((4, 4))
+    native_global = resize_position_embedding(tiny_model.global_position_embedding, (4, 4))
     assert native_global is tiny_model.global_position_embedding
     # an upsampled grid of a smooth sin-cos table stays close to the table at the corners
     assert torch.allclose(global_pos[0, 0], native_global[0, 0], atol=0.5)

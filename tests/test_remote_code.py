@@ -250,8 +250,11 @@ def test_folders_load_without_the_package(remote_code_folders, tmp_path):
         assert not [file for file, text in code.items() if foreign.search(text)], name
     package = re.compile(r"^\s*(from|import)\s+uniflow_hf\b", re.MULTILINE)
     for name in ("generation", "reconstruction"):
-        code = {path: path.read_text() for path in Path(remote_code_folders[name]).rglob("*.py")}
-        assert len(code) >= 9 and not [path for path, text in code.items() if package.search(text)], name
+        folder = Path(remote_code_folders[name])
+        code = {path.relative_to(folder).as_posix(): path.read_text() for path in folder.rglob("*.py")}
+        assert {"tokenizer/configuration_uniflow.py", "tokenizer/modeling_uniflow.py"} <= set(code), name
+        assert any(path.startswith("pipeline_uniflow_") and "/" not in path for path in code), name
+        assert not [path for path, text in code.items() if package.search(text)], name
 
 
 def test_folders_load_natively_with_the_package(remote_code_folders):

@@ -1,10 +1,8 @@
-"""uniflow-hf: UniFlow (Yue et al., ICLR 2026) as a first-class transformers / diffusers citizen.
+"""uniflow-hf: UniFlow (Yue et al., ICLR 2026) as a transformers / diffusers citizen.
 
-Importing this package registers `UniFlowConfig` with `AutoConfig`, `UniFlowVisionModel` with `AutoModel`
-(so it drops into LLaVA as a vision tower), `UniFlowForImageClassification` with `AutoModelForImageClassification`,
-`UniFlowModel` with `AutoModelForImageToImage` (the `auto_map` of saved folders says the same),
-`UniFlowImageProcessor` with `AutoImageProcessor`, and our pipeline
-components with diffusers' loader.
+Importing this package registers the UniFlow classes with transformers' Auto classes (as the `auto_map` of saved
+folders does) and diffusers' loader, and gives the models the package's `save_pretrained` (atomic, with a model card)
+and `from_pretrained` (official names mapped, missing or extra weights refused).
 """
 
 import os
@@ -18,8 +16,7 @@ from transformers import (
 )
 
 
-# Installed, `modeling/` and `pipelines/` live inside this package. In a source checkout they sit beside it: let
-# `uniflow_hf.modeling` resolve there too, so running from the repository root imports the same namespace.
+# In a source checkout `modeling/` and `pipelines/` sit beside this package (installed, inside it).
 if not os.path.isdir(os.path.join(__path__[0], "modeling")):
     __path__.append(os.path.dirname(os.path.abspath(__path__[0])))
 
@@ -45,8 +42,7 @@ from .training import UniFlowIterableTrainingDataset, UniFlowTrainer, UniFlowTra
 from .evaluation import evaluate_reconstruction
 from .hardware import choose_dtype, resolve_dtype
 from .metrics import metric_path
-from .model_card import save_model_card
-from .saving import save_folder_atomically
+from .serialization import from_pretrained, save_pretrained, upload_modified_files
 
 # diffusers' pipeline loader resolves a component saved as ["uniflow_hf", "<ClassName>"] in model_index.json with
 # `getattr(uniflow_hf, "<ClassName>")`, and picks its load method by testing it against these base classes, which it
@@ -57,14 +53,14 @@ from transformers import ImageProcessingMixin, PreTrainedModel  # noqa: E402, F4
 
 __version__ = "0.1.0"
 
-# The shipped UniFlow-FMNIST pipeline (its model card is README.md in that folder), as an absolute path inside the
-# installed package: `UniFlowClassConditionalPipeline.from_pretrained(FMNIST_MODEL_PATH)` works from any directory.
+# The shipped UniFlow-FMNIST pipeline: `UniFlowClassConditionalPipeline.from_pretrained(FMNIST_MODEL_PATH)`.
 FMNIST_MODEL_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "uniflow-fmnist")
 
-UniFlowPreTrainedModel.folder_writer = staticmethod(save_folder_atomically)  # atomic saves, FSDP2, README.md
-UniFlowPreTrainedModel.model_card_writer = staticmethod(save_model_card)  # our card on push_to_hub
+UniFlowPreTrainedModel.from_pretrained = classmethod(from_pretrained)
+UniFlowPreTrainedModel.save_pretrained = save_pretrained
+UniFlowPreTrainedModel._upload_modified_files = upload_modified_files
 AutoConfig.register("uniflow", UniFlowConfig, exist_ok=True)
-AutoModel.register(UniFlowConfig, UniFlowVisionModel, exist_ok=True)
+AutoModel.register(UniFlowConfig, UniFlowVisionModel, exist_ok=True)  # the tower (LLaVA, feature extraction)
 AutoModelForImageClassification.register(UniFlowConfig, UniFlowForImageClassification, exist_ok=True)
 AutoModelForImageToImage.register(UniFlowConfig, UniFlowModel, exist_ok=True)
 AutoImageProcessor.register(UniFlowConfig, image_processor_classes={"pil": UniFlowImageProcessor}, exist_ok=True)

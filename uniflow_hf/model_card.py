@@ -1,6 +1,7 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
 """Model cards written from the saved config, saying how to load the folder with uniflow-hf and without it
-(`trust_remote_code=True`); `save_model_card` is `UniFlowPreTrainedModel.model_card_writer`."""
+(`trust_remote_code=True`); `UniFlowPreTrainedModel.save_pretrained` (uniflow_hf/serialization.py) and `push_to_hub`
+write `save_model_card`'s card, pipelines theirs with `create_model_card`."""
 
 from __future__ import annotations
 
