@@ -111,12 +111,12 @@ def _usage(class_name: str, repo_id: str, with_encoder: bool = False) -> str:
             f'model = AutoModelForImageTextToText.from_pretrained("{repo_id}", trust_remote_code=True)\n'
             f'processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)'
         )
-    package_class, auto_class = class_name, _AUTO_CLASSES.get(class_name, "AutoModel")
+    auto_class = _AUTO_CLASSES.get(class_name, "AutoModel")
     # `AutoModel` builds the encoder tower of a UniFlow folder whose encoder is UniFlow's own (`auto_map`).
     with_encoder = with_encoder and auto_class != "AutoModel"
     usage = (
-        f"# with uniflow-hf installed\nfrom uniflow_hf import {package_class}\n\n"
-        f'model = {package_class}.from_pretrained("{repo_id}")\n\n'
+        f"# with uniflow-hf installed\nfrom uniflow_hf import {class_name}\n\n"
+        f'model = {class_name}.from_pretrained("{repo_id}")\n\n'
         "# without it: the code saved beside the weights\n"
         f"from transformers import {'AutoModel, ' if with_encoder else ''}{auto_class}\n\n"
         f'model = {auto_class}.from_pretrained("{repo_id}", trust_remote_code=True)'
