@@ -81,8 +81,8 @@ def build_llava_processor(
             f"[{image_token!r}]}})`, and resize the model's embeddings."
         )
     return LlavaProcessor(
-        image_processor, tokenizer, patch_size=patch_size, vision_feature_select_strategy=vision_feature_select_strategy,
-        chat_template=chat_template, image_token=image_token, num_additional_image_tokens=1,  # the CLS token
+        image_processor, tokenizer, patch_size=patch_size, chat_template=chat_template, image_token=image_token,
+        vision_feature_select_strategy=vision_feature_select_strategy, num_additional_image_tokens=1,  # the CLS token
     )
 
 
