@@ -7,9 +7,8 @@
     python conversion_scripts/convert_uniflow_to_diffusers.py --reverse --input PIPELINE_DIR --output UNIFLOW_DIR \
         [--generator GENERATOR_DIR]
 
-A generator folder is a saved `DiTTransformer2DModel`, optionally with the `scheduler_config.json` of its latent flow
-and a `guide_transformer/` folder (the DiT of autoguidance), plus `uniflow_generator_config.json`: the pipeline's
-settings (`UniFlowClassConditionalPipeline.setting_names()`).
+A generator folder is a saved `DiTTransformer2DModel`, optionally with its `scheduler_config.json`, a
+`guide_transformer/` folder and `uniflow_generator_config.json` (the pipeline's `settings`).
 """
 
 from __future__ import annotations
@@ -25,8 +24,7 @@ GUIDE_FOLDER = "guide_transformer"
 
 
 def load_generator(generator_dir: str | Path, dtype=None) -> dict:
-    """The class-conditional pipeline's arguments other than the tokenizer and image processor, from a generator
-    folder."""
+    """The class-conditional pipeline's arguments other than the tokenizer and image processor."""
     from diffusers import DiTTransformer2DModel
 
     from uniflow_hf import UniFlowClassConditionalPipeline, UniFlowFlowMatchScheduler
@@ -54,7 +52,8 @@ def load_generator(generator_dir: str | Path, dtype=None) -> dict:
 def convert_uniflow_to_diffusers(
     input_dir: str | Path, output_dir: str | Path, generator_dir: str | Path | None = None, dtype: str = "float32"
 ):
-    """Write the pipeline folder of a UniFlow folder (and generator folder); returns the pipeline."""
+    """Write the pipeline folder of a UniFlow folder (and generator folder); returns the pipeline. `dtype` is a key of
+    `DTYPES`."""
     from uniflow_hf import (
         UniFlowClassConditionalPipeline,
         UniFlowImageProcessor,
@@ -66,8 +65,6 @@ def convert_uniflow_to_diffusers(
     input_dir = Path(input_dir)
     if not (input_dir / "config.json").is_file():
         raise FileNotFoundError(f"{input_dir} has no config.json: expected a UniFlow model folder.")
-    if dtype not in DTYPES:
-        raise ValueError(f"Unknown dtype {dtype!r}: expected one of {sorted(DTYPES)}.")
     tokenizer = UniFlowModel.from_pretrained(input_dir, dtype=DTYPES[dtype])
     if (input_dir / "preprocessor_config.json").is_file():
         image_processor = UniFlowImageProcessor.from_pretrained(input_dir)
@@ -76,9 +73,8 @@ def convert_uniflow_to_diffusers(
     if generator_dir is None:
         pipeline = UniFlowReconstructionPipeline(tokenizer=tokenizer, image_processor=image_processor)
     else:
-        pipeline = UniFlowClassConditionalPipeline(
-            tokenizer=tokenizer, image_processor=image_processor, **load_generator(generator_dir, DTYPES[dtype])
-        )
+        generator = load_generator(generator_dir, DTYPES[dtype])
+        pipeline = UniFlowClassConditionalPipeline(tokenizer=tokenizer, image_processor=image_processor, **generator)
     pipeline.save_pretrained(output_dir)
     return pipeline
 
@@ -86,8 +82,7 @@ def convert_uniflow_to_diffusers(
 def convert_diffusers_to_uniflow(
     input_dir: str | Path, output_dir: str | Path, generator_dir: str | Path | None = None
 ) -> None:
-    """Write the plain UniFlow folder (tokenizer and preprocessor config) of a pipeline folder, and, for a
-    class-conditional pipeline, its generator folder when `generator_dir` is given."""
+    """Write the plain UniFlow folder of a pipeline folder, and a class-conditional pipeline's generator folder."""
     from diffusers import DiffusionPipeline
 
     from uniflow_hf import UniFlowClassConditionalPipeline, UniFlowReconstructionPipeline
@@ -116,12 +111,14 @@ def convert_diffusers_to_uniflow(
 
 
 def main(argv: list[str] | None = None) -> int:
+    from uniflow_hf.conversion_scripts.convert_uniflow_original_to_hf import DTYPES
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="UniFlow model folder (pipeline folder with --reverse)")
     parser.add_argument("--output", required=True, help="pipeline folder (UniFlow model folder with --reverse)")
     parser.add_argument("--generator", default=None, help="generator folder to read (to write with --reverse)")
     parser.add_argument("--reverse", action="store_true", help="pipeline folder -> plain UniFlow folder")
-    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (not with --reverse)")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="not with --reverse")
     args = parser.parse_args(argv)
     try:
         if args.reverse:

@@ -1,11 +1,7 @@
-"""Re-save a UniFlow pipeline folder in place in the form the package writes today, its weights unchanged and its
-model card kept:
+"""Re-save a UniFlow pipeline folder in place in the form the package writes today; its weight files (checked to
+hold the same tensors) keep their bytes and its model card is kept:
 
     python conversion_scripts/resave_pipeline.py uniflow_hf/models/uniflow-fmnist --link-code
-
-The folder is loaded by the package in float32 and saved to a sibling folder; every weight file must hold exactly the
-tensors it held, and then keeps its original bytes; the configs lose the load path diffusers records
-(`_name_or_path`); only then does the new folder replace the old one.
 """
 
 from __future__ import annotations
@@ -29,19 +25,17 @@ def check_same_tensors(before: dict[Path, dict], after: dict[Path, dict]) -> Non
     if set(before) != set(after):
         raise ValueError(f"The re-saved weight files {sorted(map(str, after))} differ from {sorted(map(str, before))}.")
     for path, tensors in before.items():
-        resaved = after[path]
-        changed = set(tensors) ^ set(resaved) or [
+        changed = set(tensors) ^ set(after[path]) or [
             name for name, tensor in tensors.items()
-            if tensor.dtype != resaved[name].dtype or not tensor.equal(resaved[name])
+            if tensor.dtype != after[path][name].dtype or not tensor.equal(after[path][name])
         ]
         if changed:
             raise ValueError(f"{path}: re-saving changed the tensors {sorted(changed)[:5]} ({len(changed)} in all).")
 
 
 def link_package_code(folder: Path) -> list[Path]:
-    """Replace each code file of `folder` that is an exact copy of one of the package's source files (modeling/,
-    pipelines/) by a relative link to that file, for a folder kept in the package's own repository (the shipped
-    model); return the linked files. Wheels and uploads copy the linked files' contents."""
+    """Replace each code file of `folder` that is an exact copy of a package source file by a relative link to it
+    (for the shipped model: one copy of the code); return the linked files."""
     import uniflow_hf.modeling
     import uniflow_hf.pipelines
 
@@ -93,11 +87,7 @@ def resave_pipeline(folder: str | Path, link_code: bool = False) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="a UniFlow pipeline folder (model_index.json), re-saved in place")
-    parser.add_argument(
-        "--link-code", action="store_true",
-        help="link the code files to the package's source instead of copying them (the folder shipped in this "
-        "repository: one copy of the code; wheels and uploads copy the contents)",
-    )
+    parser.add_argument("--link-code", action="store_true", help="link the code files to the package's source")
     args = parser.parse_args(argv)
     try:
         if not (Path(args.folder) / "model_index.json").is_file():

@@ -40,21 +40,18 @@ def time_grid(num_inference_steps: int, schedule: str = "linear", shift: float =
     """
     if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
         raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
-    steps = num_inference_steps
-    if schedule == "linear":
-        sigmas = torch.arange(0, steps + 1).flip(0) / steps
-    elif isinstance(schedule, str) and schedule.startswith("pow_"):
+    if shift <= 0:
+        raise ValueError(f"`shift` must be positive, got {shift}.")
+    power = 1.0 if schedule == "linear" else 0.0
+    if isinstance(schedule, str) and schedule.startswith("pow_"):
         try:
             power = float(schedule[4:])
         except ValueError:
-            power = 0.0
-        if power <= 0:
-            raise ValueError(f"`pow_<p>` schedule needs a positive p, got {schedule!r}.")
-        sigmas = torch.arange(0, steps + 1).flip(0) ** (1 / power) / steps ** (1 / power)
-    else:
-        raise ValueError(f"Unknown schedule {schedule!r}: expected 'linear' or 'pow_<p>' (e.g. 'pow_0.25').")
-    if shift <= 0:
-        raise ValueError(f"`shift` must be positive, got {shift}.")
+            pass
+    if power <= 0:
+        raise ValueError(f"Unknown schedule {schedule!r}: expected 'linear' or 'pow_<p>' with p > 0 (e.g. 'pow_0.25').")
+    steps = num_inference_steps
+    sigmas = torch.arange(0, steps + 1).flip(0) ** (1 / power) / steps ** (1 / power)
     if shift != 1.0:
         sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
     return (1 - sigmas).float()
@@ -76,9 +73,7 @@ def sample_flow_times(
 ) -> torch.Tensor:
     """`num` training flow times t in (0, 1): logit-normal (`"lognormal"`), uniform, or logit-normal with a
     `uniform_fraction` share of uniform times (`"fat_lognormal"`, the release's default); drawn on the generator's
-    device, returned on `device`."""
-    if distribution not in TIMESTEP_DISTRIBUTIONS:
-        raise ValueError(f"The flow timestep distribution must be one of {TIMESTEP_DISTRIBUTIONS}, got {distribution!r}.")
+    device, returned on `device`. The configuration and the scheduler check `distribution`."""
     draw_device = generator.device if generator is not None else device
     t = torch.sigmoid(logit_mean + logit_std * torch.randn(num, generator=generator, device=draw_device))
     if distribution != "lognormal":
@@ -131,15 +126,3 @@ def draw_flow_training_inputs(
     )
     return noise, NUM_TRAIN_TIMESTEPS * t.reshape(shape)
 
-
-__all__ = [
-    "NUM_TRAIN_TIMESTEPS",
-    "TIMESTEP_DISTRIBUTIONS",
-    "add_noise",
-    "draw_flow_training_inputs",
-    "euler_step",
-    "randn",
-    "sample_flow_times",
-    "time_grid",
-    "velocity_target",
-]

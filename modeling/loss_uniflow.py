@@ -1,6 +1,5 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
-"""UniFlow's layer-wise adaptive self-distillation loss, and the reduction across processes it shares with the
-evaluation (`reduce_across_processes`)."""
+"""UniFlow's layer-wise adaptive self-distillation loss, and a reduction across processes (shared with evaluation)."""
 
 from __future__ import annotations
 
@@ -50,10 +49,10 @@ def adaptive_distillation_loss(
             f"Need the same non-zero number of student and teacher layers, got {len(student_hidden_states)} and "
             f"{len(teacher_hidden_states)}."
         )
-    shapes = [(tuple(s.shape), tuple(t.shape)) for s, t in zip(student_hidden_states, teacher_hidden_states)]
-    for layer, (student, teacher) in enumerate(shapes, start=1):
-        if student != teacher:
-            raise ValueError(f"Student and teacher states of layer {layer} differ in shape: {student} vs {teacher}.")
+    for layer, (student, teacher) in enumerate(zip(student_hidden_states, teacher_hidden_states), start=1):
+        if student.shape != teacher.shape:
+            shapes = f"{tuple(student.shape)} vs {tuple(teacher.shape)}"
+            raise ValueError(f"Student and teacher states of layer {layer} differ in shape: {shapes}.")
     alphas = torch.stack(
         [
             1 - F.cosine_similarity(s.float(), t.float().detach(), dim=-1).mean()
@@ -69,6 +68,3 @@ def adaptive_distillation_loss(
         weights = depth * torch.exp(beta * weight_alphas)
         weights = weights / weights.sum()
     return (weights * alphas).sum(), weights.detach()
-
-
-__all__ = ["adaptive_distillation_loss", "process_rank_and_world_size", "reduce_across_processes"]

@@ -3,7 +3,7 @@
 import functools
 import sys
 
-from ..modeling import flow_matching
+from ..modeling import configuration_uniflow, flow_matching, image_processing_uniflow, modeling_uniflow
 
 
 # The scheduler imports the flow math as its sibling `.flow_matching`, as it does where a saved pipeline's code is
@@ -17,18 +17,17 @@ from . import (  # noqa: E402
 )
 from .pipeline_uniflow_class_conditional import UniFlowClassConditionalPipeline  # noqa: E402
 from .pipeline_uniflow_reconstruction import UniFlowReconstructionPipeline  # noqa: E402
-from .scheduling_uniflow_flow_match import (  # noqa: E402
+from .scheduling_uniflow_flow_match import (  # noqa: E402, F401 (re-exported)
     UniFlowFlowMatchScheduler,
     UniFlowFlowMatchSchedulerOutput,
     time_grid,
 )
 
 
-def packaged_module(module_file: str):
-    """The package's module of the file name a saved `[module file, class]` entry records, or `None`."""
-    from ..modeling import configuration_uniflow, image_processing_uniflow, modeling_uniflow
-
-    modules = (
+# the module files that saved `[module file, class]` entries name -> the package's modules
+PACKAGED_MODULES = {
+    module.__name__.rsplit(".", 1)[-1]: module
+    for module in (
         pipeline_uniflow_class_conditional,
         pipeline_uniflow_reconstruction,
         scheduling_uniflow_flow_match,
@@ -36,20 +35,19 @@ def packaged_module(module_file: str):
         configuration_uniflow,
         image_processing_uniflow,
     )
-    return {module.__name__.rsplit(".", 1)[-1]: module for module in modules}.get(module_file.removesuffix(".py"))
+}
 
 
 def packaged_class(module_file: str, class_name: str | None):
     """The package's class that a saved `[module file, class]` entry names, or `None`."""
-    module = packaged_module(module_file)
+    module = PACKAGED_MODULES.get(module_file.removesuffix(".py"))
     return getattr(module, class_name, None) if module is not None and class_name else None
 
 
 def register_pipelines_with_diffusers() -> None:
-    """Let diffusers' loader find our classes without `trust_remote_code` once `uniflow_hf` is imported, as
-    transformers prefers a registered class over a checkpoint's `auto_map`: an entry `[module file, class]` naming
-    one of our module files resolves to the package's class (with `trust_remote_code=True`, diffusers loads the saved
-    code as usual), and the pipelines and the scheduler are put on the `diffusers` namespace, where folders saved
+    """Let diffusers' loader find our classes without `trust_remote_code`, as transformers prefers a registered class
+    over a checkpoint's `auto_map`: an entry `[module file, class]` naming one of our module files resolves to the
+    package's class, and the pipelines and the scheduler are put on the `diffusers` namespace, where folders saved
     before the custom-code form (`"_class_name": "UniFlowClassConditionalPipeline"`) look them up."""
     import diffusers
     from diffusers.pipelines import pipeline_loading_utils as loading
@@ -72,18 +70,8 @@ def register_pipelines_with_diffusers() -> None:
     @functools.wraps(library)
     def get_library_or_raise(library_name):
         # a component passed to `from_pretrained` is checked against the library its entry names
-        return uniflow_hf if packaged_module(library_name) is not None else library(library_name)
+        return uniflow_hf if library_name.removesuffix(".py") in PACKAGED_MODULES else library(library_name)
 
     get_class_from_dynamic_module.prefers_uniflow_hf = True
     loading.get_class_from_dynamic_module = get_class_from_dynamic_module
     loading._get_library_or_raise = get_library_or_raise
-
-
-__all__ = [
-    "UniFlowClassConditionalPipeline",
-    "UniFlowFlowMatchScheduler",
-    "UniFlowFlowMatchSchedulerOutput",
-    "UniFlowReconstructionPipeline",
-    "register_pipelines_with_diffusers",
-    "time_grid",
-]

@@ -22,7 +22,6 @@ def latents_to_grid(latents: torch.Tensor, grid_size: int) -> torch.Tensor:
 
 
 def is_number(value) -> bool:
-    """A real number; `True` / `False` are not (Python counts them as ints)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
@@ -33,8 +32,8 @@ def is_flow_time_interval(value) -> bool:
 
 INTERVAL = "a pair (t_start, t_end) of flow times with 0 <= t_start <= t_end <= 1 (0 = noise, 1 = data)"
 
-# The sampling settings that a pipeline registers as the defaults of the same `__call__` arguments: name -> (the
-# value used when neither the call nor the pipeline's config sets it, what is accepted, the check of a value).
+# Sampling settings, registered as the defaults of the same `__call__` arguments: name -> (built-in default, what is
+# accepted, check).
 SAMPLING_SETTINGS = {
     "decoder_num_inference_steps": (  # by default the tokenizer's `num_sampling_steps`
         None, "a positive integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0
@@ -49,8 +48,7 @@ SAMPLING_SETTINGS = {
 
 
 def check_sampling_setting(name: str, value):
-    """`value` of the sampling setting `name` in the form the pipeline's config stores (a float, an interval as a
-    list of two floats, decoder steps an int), or `None`. A bad value raises, saying what is accepted."""
+    """`value` of the sampling setting `name` as the config stores it (a float, a list of two floats, an int)."""
     if value is None:
         return None
     _, accepted, is_valid = SAMPLING_SETTINGS[name]
@@ -63,29 +61,18 @@ def check_sampling_setting(name: str, value):
 
 class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
     r"""
-    Class-conditional generation with a UniFlow tokenizer: a [`DiTTransformer2DModel`] (diffusers' DiT convention:
-    class id `num_embeds_ada_norm` is the null class; `sample_size` the tokenizer's latent grid, `in_channels` =
-    `out_channels` = its `latent_channels`) predicts the velocity of a rectified flow over normalised latents
-    (t = 0 noise -> t = 1 data, stepped by `scheduler`), with classifier-free guidance and, given a
-    `guide_transformer`, autoguidance; [`UniFlowModel.decode`] turns the de-normalised latents into images.
-
-    Args:
-        id2label (`dict[int, str]`, *optional*): class names, so that `class_labels` may be names.
-        latent_mean, latent_std (`list[float]`, *optional*): per-channel statistics of the training latents; the
-            transformer works on `(latents - mean) / std` (`None`: 0 and 1).
-        image_processor ([`UniFlowImageProcessor`], *optional*): when `None`, `pipe.processor` is built for the
-            tokenizer.
-        guide_transformer ([`DiTTransformer2DModel`], *optional*): the weaker model of the same latents and classes
-            that guides autoguidance (Karras et al., 2024, "Guiding a Diffusion Model with a Bad Version of Itself").
-        decoder_num_inference_steps, guidance_scale, guidance_interval, guidance_rescale, autoguidance_scale,
-        autoguidance_interval, decoder_latent_scale (*optional*): the defaults of the same `__call__` arguments.
+    Class-conditional generation with a UniFlow tokenizer: a [`DiTTransformer2DModel`] over the tokenizer's latent
+    grid (class id `num_embeds_ada_norm` is the null class) predicts the velocity of a rectified flow over the
+    latents normalised by `latent_mean` / `latent_std` (t = 0 noise -> t = 1 data), with classifier-free guidance and,
+    given a `guide_transformer` (a weaker model of the same latents), autoguidance; [`UniFlowModel.decode`] turns the
+    latents into images. `id2label` lets `class_labels` be names; the sampling settings (`SAMPLING_SETTINGS`) are the
+    defaults of the same `__call__` arguments.
     """
 
     model_cpu_offload_seq = "transformer->guide_transformer->tokenizer"
     _optional_components = ["image_processor", "guide_transformer"]
     _former_decoder_schedulers = ("decoder_scheduler",)
-    # The Hub has no class-conditional generation task (`unconditional-image-generation` would say it takes no input).
-    card_pipeline_tag = None
+    card_pipeline_tag = None  # the Hub has no class-conditional generation task
     card_tags = ("pixel-flow-decoder", "class-conditional", "class-conditional-image-generation", "dit")
 
     def __init__(
@@ -152,31 +139,20 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
     @staticmethod
     def _check_transformer(transformer, tokenizer, guide_transformer, id2label) -> None:
         def latents_and_classes(model) -> dict:
-            config = model.config
-            return {
-                "in_channels": config.in_channels,
-                "out_channels": model.out_channels,
-                "sample_size": config.sample_size,
-                "num_embeds_ada_norm": config.num_embeds_ada_norm,
-            }
+            keys = ("in_channels", "out_channels", "sample_size", "num_embeds_ada_norm")
+            return {key: model.out_channels if key == "out_channels" else model.config[key] for key in keys}
 
-        num_classes = transformer.config.num_embeds_ada_norm
-        if transformer.transformer_blocks[0].norm1.emb.class_embedder.embedding_table.num_embeddings != num_classes + 1:
-            raise ValueError(
-                "The transformer has no null-class embedding for classifier-free guidance: build the "
-                "DiTTransformer2DModel with its default class dropout (its label table then has "
-                "num_embeds_ada_norm + 1 rows)."
-            )
+        main, num_classes = latents_and_classes(transformer), transformer.config.num_embeds_ada_norm
         if tokenizer is not None:
             channels, grid_size = tokenizer.config.latent_channels, tokenizer.config.grid_size
             expected = {"in_channels": channels, "out_channels": channels, "sample_size": grid_size}
-            found = {key: latents_and_classes(transformer)[key] for key in expected}
+            found = {key: main[key] for key in expected}
             if found != expected:
                 raise ValueError(f"The transformer has {found}; the tokenizer's latents need {expected}.")
         if id2label is not None and any(not 0 <= class_id < num_classes for class_id in id2label):
             raise ValueError(f"`id2label` has ids outside 0..{num_classes - 1}: {sorted(id2label)}.")
         if guide_transformer is not None:
-            guide, main = latents_and_classes(guide_transformer), latents_and_classes(transformer)
+            guide = latents_and_classes(guide_transformer)
             if guide != main:
                 raise ValueError(
                     f"The guide_transformer must model the transformer's latents and classes: it has {guide}, the "
@@ -195,19 +171,16 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
 
     @classmethod
     def setting_names(cls) -> list[str]:
-        """The `__init__` arguments that are not components (class names, latent statistics, sampling defaults),
-        kept in `model_index.json`."""
+        """The `__init__` arguments that are not components, kept in `model_index.json`."""
         return cls._get_signature_keys(cls)[1]
 
     @property
     def settings(self) -> dict:
-        """The values of `setting_names()`, as `__init__` takes them."""
         return {name: self.config[name] for name in self.setting_names()}
 
     def sampling_setting(self, name: str, value=None):
-        """What a call uses for the sampling setting `name` (a key of `SAMPLING_SETTINGS`): `value`, checked, when
-        given; else the pipeline's registered default (`config.<name>`); else the built-in default (decoder steps:
-        the tokenizer's `num_sampling_steps`)."""
+        """The value a call uses for the sampling setting `name`: `value` (checked), else `config.<name>`, else the
+        built-in default (decoder steps: the tokenizer's `num_sampling_steps`)."""
         value = check_sampling_setting(name, value)
         if value is None:
             value = self.config.get(name)
@@ -228,7 +201,6 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
 
     @property
     def labels(self) -> dict[str, int]:
-        """Class name -> id (empty without `id2label`)."""
         return {name: class_id for class_id, name in (self.config.id2label or {}).items()}
 
     def get_label_ids(self, class_labels: int | str | Sequence[int | str]) -> list[int]:
@@ -275,8 +247,8 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The latent flow's starting noise on the execution device in the transformer's dtype: `latents`, checked, or
-        drawn from `generator` (in float32, then cast: a seed gives the same noise in every dtype)."""
+        """The latent flow's starting noise: `latents`, or drawn from `generator` in float32 (a seed gives the same
+        noise in every dtype)."""
         device, dtype = self._execution_device, self.transformer.dtype
         config = self.transformer.config
         shape = (batch_size, config.in_channels, config.sample_size, config.sample_size)
@@ -308,31 +280,22 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
     ) -> ImagePipelineOutput | tuple:
         r"""
-        The sampling settings (`guidance_*`, `autoguidance_*`, `decoder_*`) left `None` take the pipeline's registered
-        defaults, else the defaults below (`pipe.sampling_setting(name)` says which value applies).
+        Sampling settings left `None` take the pipeline's defaults (`pipe.sampling_setting(name)` says which applies).
 
         Args:
             class_labels (`int`, `str`, or a list of them): one image per label; ids or names from `id2label`.
-            guidance_scale (`float`, *optional*): classifier-free guidance, `v = v_null + guidance_scale * (v_class -
-                v_null)`, >= 0; 1 is plain conditional sampling, 0 unconditional. Default 1.5.
-            decoder_num_inference_steps (`int`, *optional*): steps of the pixel flow decoder (default: the
-                tokenizer's `num_sampling_steps`).
+            guidance_scale (`float`, *optional*): `v = v_null + guidance_scale * (v_class - v_null)`; 1 is plain
+                conditional sampling.
             generator (`torch.Generator` or a list of them, *optional*): draws the latent noise, then the decoder's;
                 with one per image, a batch equals the images generated one by one.
             output_type (`str`, *optional*, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"` (the
                 de-normalised tokenizer latents `(batch, tokens, latent_channels)`).
-            guidance_interval (`tuple[float, float]`, *optional*): guide only the network calls at flow times t
-                (0 = noise, 1 = data) with `t_start <= t <= t_end` (Kynkäänniemi et al., 2024). Default: all.
-            autoguidance_scale (`float`, *optional*): adds `(autoguidance_scale - 1) * (v_class - v_guide)`, `v_guide`
-                the `guide_transformer`'s prediction; 1 (the default) is none.
-            autoguidance_interval (`tuple[float, float]`, *optional*): its flow times, as `guidance_interval`.
-            guidance_rescale (`float`, *optional*): in [0, 1], diffusers' `rescale_noise_cfg` of the guided velocity
-                toward the class-conditional one's standard deviation (Lin et al., 2024); 0 (the default) is none.
-            latents (`torch.Tensor`, *optional*): the latent flow's starting noise `(batch, in_channels, sample_size,
-                sample_size)`, in the transformer's space; `generator` then draws only the decoder's noise.
-            decoder_latent_scale (`float`, *optional*): multiplies the latents before they are decoded; 1 (the
-                default) is none.
-            callback_on_step_end (`Callable`, *optional*): diffusers' step-end callback, after each latent flow step.
+            guidance_interval, autoguidance_interval (`tuple[float, float]`, *optional*): guide only the network
+                calls at flow times `t_start <= t <= t_end` (0 = noise, 1 = data).
+            autoguidance_scale (`float`, *optional*): adds `(autoguidance_scale - 1) * (v_class - v_guide)`.
+            guidance_rescale (`float`, *optional*): diffusers' `rescale_noise_cfg` of the guided velocity.
+            latents (`torch.Tensor`, *optional*): the latent flow's starting noise, in the transformer's space.
+            decoder_latent_scale (`float`, *optional*): multiplies the latents before they are decoded.
 
         Examples:
         ```py
@@ -407,5 +370,3 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             return (images,)
         return ImagePipelineOutput(images=images)
 
-
-__all__ = ["UniFlowClassConditionalPipeline"]

@@ -15,12 +15,9 @@ from .pipeline_uniflow_utils import UniFlowPipelineMixin, check_call_arguments, 
 
 class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
     r"""
-    Reconstruct images with a UniFlow tokenizer: encode them to latents, then decode the latents with the patch-wise
-    pixel flow decoder, whose sampler is [`UniFlowModel.decode`]'s (Euler steps over `config.sampling_schedule`).
-
-    Args:
-        image_processor ([`UniFlowImageProcessor`], *optional*): the pre/post-processing; when `None`, one built for
-            the tokenizer's input size (`pipe.processor`).
+    Reconstruct images with a UniFlow tokenizer: encode them to latents, then decode the latents with the pixel flow
+    decoder, whose sampler is [`UniFlowModel.decode`]'s. Without `image_processor`, `pipe.processor` is built for the
+    tokenizer.
     """
 
     model_cpu_offload_seq = "tokenizer"
@@ -55,19 +52,16 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
     ) -> ImagePipelineOutput | tuple:
         r"""
         Args:
-            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of those): the image(s) to reconstruct,
-                anything the image processor takes.
-            num_inference_steps (`int`, *optional*): the steps of the pixel flow decoder (this pipeline has no other
-                sampler); the tokenizer's `num_sampling_steps` when `None`.
+            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of those): anything the image processor
+                takes (`images` is its deprecated former name).
+            num_inference_steps (`int`, *optional*): the pixel flow decoder's steps (default: the tokenizer's
+                `num_sampling_steps`).
             generator (`torch.Generator` or a list of them, *optional*): draws the decoder's noise; with one per image,
                 a batch equals the images decoded one by one.
             noise (`torch.Tensor`, *optional*): the decoder's initial noise `(batch, tokens, channels * p * p)`.
-            output_type (`str`, *optional*, defaults to `"pil"`): `"pil"`, `"np"` (`(batch, height, width, 3)` in
-                [0, 1]), `"pt"` (`(batch, 3, height, width)` in [0, 1]) or `"latent"` (the encoded latents).
-            images: the deprecated former name of `image`.
-            num_images_per_prompt (`int`, *optional*, defaults to 1): reconstructions per image, consecutive.
-            callback_on_step_end (`Callable`, *optional*): diffusers' step-end callback, called once (step 0,
-                timestep 1000: the data end of the flow) with the latents about to be decoded.
+            output_type (`str`, *optional*, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"`.
+            callback_on_step_end (`Callable`, *optional*): called once (step 0, timestep 1000) with the latents about
+                to be decoded.
 
         Examples:
         ```py
@@ -121,5 +115,3 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             return (images,)
         return ImagePipelineOutput(images=images)
 
-
-__all__ = ["UniFlowReconstructionPipeline"]

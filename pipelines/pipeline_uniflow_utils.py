@@ -1,7 +1,6 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
-"""What UniFlow's two pipelines share: saving their code with them (diffusers' custom pipelines and components),
-input checks, the step-end callback and the default image processor. Saved with every pipeline and loaded by
-`trust_remote_code=True` where `uniflow_hf` is not installed, it imports only torch, diffusers and its siblings."""
+"""What UniFlow's two pipelines share. Saved with every pipeline (loaded by `trust_remote_code=True` without
+`uniflow_hf`), it imports only torch, diffusers and its siblings."""
 
 from __future__ import annotations
 
@@ -34,8 +33,7 @@ CARD_USAGE = (
 
 
 def component_library_tuple(component) -> tuple[str, str]:
-    """`(library, class name)` under which `component` is recorded in `model_index.json`: as diffusers records a class
-    of a library it loads from; any other class (ours) as `(module file, class)`, its code saved beside it."""
+    """`(library, class name)` of `component` in `model_index.json`; ours as `(module file, class)`."""
     library, class_name = _fetch_class_library_tuple(component)
     if library in LOADABLE_CLASSES:
         return library, class_name
@@ -43,8 +41,7 @@ def component_library_tuple(component) -> tuple[str, str]:
 
 
 def module_code_files(module) -> dict[str, str]:
-    """File name -> source path of `module` and, recursively, of the modules it imports relatively: the code that
-    `trust_remote_code` loading needs beside a saved pipeline or component."""
+    """File name -> source path of `module` and of the modules it imports relatively, recursively."""
     files, pending = {}, [(module.__name__.rsplit(".", 1)[-1], module)]
     while pending:
         name, module = pending.pop()
@@ -57,18 +54,9 @@ def module_code_files(module) -> dict[str, str]:
     return files
 
 
-def save_module_code(module, folder) -> None:
-    os.makedirs(folder, exist_ok=True)
-    for file_name, source in module_code_files(module).items():
-        target = os.path.join(folder, file_name)
-        if not os.path.exists(target) or not os.path.samefile(source, target):
-            shutil.copyfile(source, target)
-
-
 class UniFlowPipelineMixin:
-    """Mixed into our `DiffusionPipeline`s (listed before it). Records our own components as `(module file, class)`
-    in `model_index.json`, whether set at construction or later (`pipe.tokenizer = ...`), refuses schedulers of
-    another flow convention, and saves the code of the pipeline and its components with it."""
+    """Mixed into our `DiffusionPipeline`s (listed before it): records our components as `(module file, class)`,
+    refuses schedulers of another flow convention, and saves the code of the pipeline and its components with it."""
 
     _callback_tensor_inputs = ["latents"]
     # components that earlier versions saved to describe the pixel decoder's sampler (`UniFlowModel.decode`)
@@ -88,8 +76,8 @@ class UniFlowPipelineMixin:
             self.register_to_config(**{name: component_library_tuple(value)})
 
     def register_to_config(self, **kwargs):
-        """`ConfigMixin.register_to_config`; when `from_pretrained` records the folder it loaded, the folder's former
-        decoder schedulers (not loaded) must describe the tokenizer's sampler, Euler steps over its schedule."""
+        """When `from_pretrained` records the folder it loaded, the folder's former decoder schedulers (not loaded)
+        must describe the tokenizer's sampler, Euler steps over its schedule."""
         super().register_to_config(**kwargs)
         folder, tokenizer = kwargs.get("_name_or_path"), getattr(self, "tokenizer", None)
         if not folder or tokenizer is None:
@@ -99,10 +87,9 @@ class UniFlowPipelineMixin:
             if not os.path.isfile(path):
                 continue
             with open(path, encoding="utf-8") as file:
-                saved = json.load(file)
-            defaults = {"solver": "euler", "schedule": "linear", "shift": 1.0}  # `UniFlowFlowMatchScheduler`'s
-            expected = {**defaults, "schedule": tokenizer.config.sampling_schedule}
-            actual = {key: saved.get(key, default) for key, default in defaults.items()}
+                saved = {"solver": "euler", "schedule": "linear", "shift": 1.0, **json.load(file)}  # with the defaults
+            expected = {"solver": "euler", "schedule": tokenizer.config.sampling_schedule, "shift": 1.0}
+            actual = {key: saved[key] for key in expected}
             if actual != expected:
                 raise ValueError(
                     f"`{name}` says {actual}, but the tokenizer's pixel decoder samples by Euler steps over its "
@@ -111,15 +98,14 @@ class UniFlowPipelineMixin:
                 )
 
     def to_json_string(self) -> str:
-        """`model_index.json` names the pipeline `[module file, class]`, the file saved at the folder's root."""
+        """`model_index.json` names the pipeline `[module file, class]`."""
         config = json.loads(super().to_json_string())
         config["_class_name"] = [type(self).__module__.rsplit(".", 1)[-1], type(self).__name__]
         return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
     def enable_sequential_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str | None = None):
-        """`DiffusionPipeline.enable_sequential_cpu_offload`, which also works with `device="cpu"`: there the hooks
-        execute on `cpu`, not `cpu:0` (torch copies a CPU parameter moved to `cpu:0` into a plain tensor, which
-        Accelerate then fails to offload)."""
+        """Also works with `device="cpu"`: the hooks execute on `cpu`, not `cpu:0` (where torch copies a parameter
+        into a plain tensor that Accelerate fails to offload)."""
         super().enable_sequential_cpu_offload(gpu_id=gpu_id, device=device)
         if self._offload_device.type != "cpu":
             return
@@ -133,11 +119,8 @@ class UniFlowPipelineMixin:
                         hook.execution_device = torch.device("cpu")
 
     def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
-        """`DiffusionPipeline.save_pretrained`, plus the code of the pipeline and of our components (so that
-        `trust_remote_code=True` loading needs no `uniflow_hf`), the image processor also in `tokenizer/`, and a model
-        card unless the folder has one; `push_to_hub` then uploads the folder."""
-        hub_kwargs = {key: kwargs.pop(key) for key in ("commit_message", "private", "create_pr", "token", "repo_id")
-                      if key in kwargs}
+        """`DiffusionPipeline.save_pretrained`, plus the code of the pipeline and of our components, the image
+        processor also in `tokenizer/`, and a model card unless the folder has one; `push_to_hub` then uploads it."""
         try:
             cards = importlib.import_module("uniflow_hf.model_card")
         except ImportError:  # only the code saved beside a pipeline is loaded: no card
@@ -152,7 +135,11 @@ class UniFlowPipelineMixin:
             self.processor.save_pretrained(os.path.join(save_directory, "tokenizer"))
             code.append(("tokenizer", self.processor))
         for folder, owner in code:
-            save_module_code(inspect.getmodule(type(owner)), os.path.join(save_directory, folder))
+            os.makedirs(os.path.join(save_directory, folder), exist_ok=True)
+            for file_name, source in module_code_files(inspect.getmodule(type(owner))).items():
+                target = os.path.join(save_directory, folder, file_name)
+                if not os.path.exists(target) or not os.path.samefile(source, target):
+                    shutil.copyfile(source, target)
         if cards is not None:  # README.md, unless the folder has one
             cards.save_model_card(
                 save_directory,
@@ -164,13 +151,14 @@ class UniFlowPipelineMixin:
                 base_model=cards.hub_repo_id(self.name_or_path),
                 usage=CARD_USAGE,
             )
-        if push_to_hub:
+        if push_to_hub:  # after the code and the card (diffusers' own push would write a generic card)
             from huggingface_hub import create_repo
 
-            repo_id = hub_kwargs.pop("repo_id", None) or os.path.basename(os.path.normpath(save_directory))
-            private, token = hub_kwargs.pop("private", None), hub_kwargs.get("token")
-            repo_id = create_repo(repo_id, exist_ok=True, private=private, token=token).repo_id
-            self._upload_folder(save_directory, repo_id, **hub_kwargs)
+            repo_id = kwargs.get("repo_id") or os.path.basename(os.path.normpath(save_directory))
+            token = kwargs.get("token")
+            repo_id = create_repo(repo_id, exist_ok=True, private=kwargs.get("private"), token=token).repo_id
+            hub_kwargs = {key: kwargs[key] for key in ("commit_message", "create_pr") if key in kwargs}
+            self._upload_folder(save_directory, repo_id, token=token, **hub_kwargs)
 
     def tokenizer_facts(self) -> str:
         config = self.tokenizer.config
@@ -182,14 +170,13 @@ class UniFlowPipelineMixin:
 
     @property
     def processor(self):
-        """The `image_processor` component or, where it is absent, one built for the tokenizer's input size."""
+        """The `image_processor` component, else one built for the tokenizer's input size."""
         if self.image_processor is not None:
             return self.image_processor
         return default_image_processor(self.tokenizer)
 
     def run_step_end_callback(self, callback, tensor_inputs: list[str], step: int, timestep, tensors: dict) -> dict:
-        """diffusers' `callback_on_step_end` contract: `callback(pipe, step, timestep, {name: tensor})` for the names
-        in `tensor_inputs`; the tensors it returns replace the pipeline's. Returns `tensors`, updated."""
+        """diffusers' `callback_on_step_end` contract; returns `tensors`, updated by what the callback returns."""
         if callback is None:
             return tensors
         outputs = callback(self, step, timestep, {name: tensors[name] for name in tensor_inputs})
@@ -197,8 +184,7 @@ class UniFlowPipelineMixin:
 
 
 def check_call_arguments(num_images_per_prompt, output_type: str, callback, tensor_inputs) -> list[str]:
-    """The checks of the arguments both pipelines' `__call__` take; returns the tensor names `callback` is given (a
-    `PipelineCallback`'s own, else `tensor_inputs`)."""
+    """Checks the arguments both pipelines take; returns the tensor names `callback` is given."""
     check_num_inference_steps(num_images_per_prompt, "num_images_per_prompt")
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
@@ -217,7 +203,7 @@ def check_call_arguments(num_images_per_prompt, output_type: str, callback, tens
 
 def default_image_processor(tokenizer):
     """The official release's `UniFlowImageProcessor` for `tokenizer`'s input size."""
-    package = type(tokenizer).__module__.rpartition(".")[0]  # the tokenizer's code: `uniflow_hf.modeling`, or saved
+    package = type(tokenizer).__module__.rpartition(".")[0]  # `uniflow_hf.modeling`, or the saved code
     try:
         processing = importlib.import_module(f"{package}.image_processing_uniflow")
     except ImportError as error:
@@ -229,15 +215,12 @@ def default_image_processor(tokenizer):
     return processing.UniFlowImageProcessor.from_image_size(tokenizer.config.image_size)
 
 
-def check_num_inference_steps(value, name: str = "num_inference_steps", allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
+def check_num_inference_steps(value, name: str = "num_inference_steps") -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer{' or None' if allow_none else ''}, got {value!r}.")
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
 
 def check_generator(generator, batch_size: int) -> None:
-    """One `torch.Generator` for the batch, or a list with one per image."""
     generators = generator if isinstance(generator, list) else [generator]
     if generator is not None and not all(isinstance(g, torch.Generator) for g in generators):
         raise TypeError(
@@ -246,5 +229,3 @@ def check_generator(generator, batch_size: int) -> None:
     if isinstance(generator, list) and len(generator) != batch_size:
         raise ValueError(f"Got {len(generator)} generators for {batch_size} images: pass one per image, or one.")
 
-
-__all__ = ["UniFlowPipelineMixin", "component_library_tuple", "default_image_processor"]

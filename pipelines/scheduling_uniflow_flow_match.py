@@ -1,6 +1,5 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
-"""UniFlow's rectified-flow scheduler. The flow math (t = 0 noise, t = 1 data, velocity v = x_data - noise, network
-timestep 1000 * t) lives in `flow_matching.py`, which the model's decoder and flow loss use too."""
+"""UniFlow's rectified-flow scheduler; the flow math lives in `flow_matching.py`, shared with the model's decoder."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutpu
 from .flow_matching import TIMESTEP_DISTRIBUTIONS, add_noise, euler_step, sample_flow_times, time_grid, velocity_target
 
 
-# keys of configs saved by earlier versions -> the names (those of `GeneratorTrainingArguments`) that replaced them
+# config keys saved by earlier versions -> their names today
 RENAMED_CONFIG_KEYS = {
     "training_timestep_distribution": "timestep_distribution",
     "logit_mean": "timestep_logit_mean",
@@ -21,32 +20,24 @@ RENAMED_CONFIG_KEYS = {
 }
 
 
-UniFlowFlowMatchSchedulerOutput = SchedulerOutput  # `prev_sample`: the sample after the step, closer to data
+UniFlowFlowMatchSchedulerOutput = SchedulerOutput
 
 
 class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
     """
-    Euler / Heun sampler of UniFlow's rectified flow from noise (t = 0) to data (t = 1), and the training-time
-    helpers (`sample_training_timesteps`, `add_noise`, `get_velocity`).
-
-    It runs the reverse of [`FlowMatchEulerDiscreteScheduler`]'s convention: sigma = 1 - t, and its model output is
-    -v; `flow_match_euler_sigmas` gives the sigmas under which that scheduler, fed -v, walks the same samples.
+    Euler / Heun sampler of UniFlow's rectified flow from noise (t = 0) to data (t = 1; the model predicts v = data -
+    noise at network timestep `num_train_timesteps * t`), and the training-time helpers. Diffusers'
+    [`FlowMatchEulerDiscreteScheduler`] runs the reverse (sigma = 1 - t, output -v); see `flow_match_euler_sigmas`.
 
     Args:
-        num_train_timesteps (`int`, defaults to 1000): the network sees `num_train_timesteps * t`.
-        schedule (`str`, defaults to `"linear"`): the time grid, `"linear"` or `"pow_<p>"`.
-        shift (`float`, defaults to 1.0): SD3-style timestep shift of the grid (1 = none).
-        solver (`str`, defaults to `"euler"`): `"euler"` (one network call per step) or `"heun"` (two).
-        euler_at_final (`bool`, defaults to `False`): with `"heun"`, end with a plain Euler step, as diffusers'
-            `FlowMatchHeunDiscreteScheduler` does, so that the network is never called at t = 1.
+        schedule (`str`, defaults to `"linear"`): the time grid, `"linear"` or `"pow_<p>"`; `shift` warps it as SD3.
+        euler_at_final (`bool`, defaults to `False`): with `"heun"`, end with a plain Euler step (no call at t = 1).
         timestep_distribution (`str`, defaults to `"fat_lognormal"`): the training flow times: `"fat_lognormal"`
             (logit-normal with a `timestep_uniform_fraction` share of uniform times), `"lognormal"` or `"uniform"`.
-        timestep_logit_mean, timestep_logit_std (`float`, defaults to 0.0 and 1.0): the logit-normal's parameters.
-        timestep_uniform_fraction (`float`, defaults to 0.1).
     """
 
     config_name = "scheduler_config.json"
-    _compatibles = ["UniFlowFlowMatchScheduler"]  # diffusers' flow-match schedulers run the reverse convention
+    _compatibles = ["UniFlowFlowMatchScheduler"]
     order = 1
     init_noise_sigma = 1.0
 
@@ -84,7 +75,7 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
 
     @classmethod
     def extract_init_dict(cls, config_dict, **kwargs):
-        """`ConfigMixin.extract_init_dict`, reading configs saved under the former names too."""
+        """Reads configs saved under the former key names too."""
         config_dict = {RENAMED_CONFIG_KEYS.get(key, key): value for key, value in config_dict.items()}
         return super().extract_init_dict(config_dict, **kwargs)
 
@@ -94,8 +85,7 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         return self._step_index
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
-        """Set the `num_inference_steps`-step time grid; `self.timesteps` holds the network timesteps in the order of
-        the calls (Heun visits interior times twice)."""
+        """`self.timesteps`: the network timesteps in the order of the calls (Heun visits interior times twice)."""
         grid = time_grid(num_inference_steps, self.config.schedule, self.config.shift)
         starts = grid[:-1]
         if self.config.solver == "heun":
@@ -171,5 +161,3 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
     def __len__(self):
         return self.config.num_train_timesteps
 
-
-__all__ = ["UniFlowFlowMatchScheduler", "UniFlowFlowMatchSchedulerOutput", "time_grid"]

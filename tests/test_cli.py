@@ -169,7 +169,7 @@ def test_set_defaults_command(class_conditional_pipeline, tmp_path, capsys):
 
     capsys.readouterr()
     assert cli_main([*argv, "--output-dir", str(tmp_path / "nothing")]) == 2
-    assert "Nothing to set: pass at least one of --guidance-scale" in capsys.readouterr().err
+    assert "Nothing to set: pass at least one of --decoder-steps, --guidance-scale" in capsys.readouterr().err
     assert cli_main([*argv, "--decoder-latent-scale", "0", "--output-dir", str(tmp_path / "bad")]) == 2
     assert "`decoder_latent_scale` must be a number > 0" in capsys.readouterr().err
     assert cli_main([*argv, "--autoguidance-scale", "2", "--output-dir", str(tmp_path / "no-guide")]) == 2

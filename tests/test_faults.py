@@ -195,7 +195,7 @@ def test_a_corrupt_image_is_named_before_training_or_skipped(tmp_path, capsys, c
     images = write_image_folder(tmp_path / "images")
     (tmp_path / "images" / "2.png").write_bytes((tmp_path / "images" / "2.png").read_bytes()[:200])  # truncated
     build = mock.patch("uniflow_hf.commands.train.build_model", side_effect=AssertionError("the model was built"))
-    tokenizer = mock.patch("uniflow_hf.inference.load_reconstruction_pipeline", side_effect=AssertionError("loaded"))
+    tokenizer = mock.patch("uniflow_hf.commands.generate.load_reconstruction_pipeline", side_effect=AssertionError("loaded"))
     with build, tokenizer:
         assert cli_main(tokenizer_command(images, tmp_path / "run")) == 2
         error = capsys.readouterr().err

@@ -24,7 +24,7 @@ SHIPPED = Path(FMNIST_MODEL_PATH)
 
 @pytest.fixture(scope="module")
 def pipeline():
-    from uniflow_hf.inference import load_class_conditional_pipeline
+    from uniflow_hf.commands.generate import load_class_conditional_pipeline
 
     pipe = load_class_conditional_pipeline(FMNIST_MODEL_PATH)
     pipe.set_progress_bar_config(disable=True)

@@ -19,7 +19,8 @@ from PIL import Image
 
 from uniflow_hf import UniFlowClassConditionalPipeline, UniFlowFlowMatchScheduler
 from uniflow_hf.cli import main as cli_main
-from uniflow_hf.generator_training import GeneratorTrainingArguments, encode_dataset, latent_statistics, train_generator
+from uniflow_hf.generator_training import GeneratorTrainingArguments, latent_statistics, train_generator
+from uniflow_hf.pipelines.pipeline_uniflow_utils import default_image_processor
 
 
 TINY_DIT = dict(num_layers=1, num_attention_heads=2, attention_head_dim=8, patch_size=1)
@@ -75,6 +76,13 @@ def generator_args(output_dir=None, **overrides) -> GeneratorTrainingArguments:
     return GeneratorTrainingArguments(**{**values, **overrides})
 
 
+def encode_dataset(tokenizer, dataset) -> torch.Tensor:
+    """The latents (images, tokens, channels) of every image of `dataset`, encoded here in one batch."""
+    pixel_values = default_image_processor(tokenizer)(list(dataset["image"]), return_tensors="pt").pixel_values
+    with torch.no_grad():
+        return tokenizer.encode(pixel_values).float()
+
+
 def train(tokenizer, dataset, transformer=None, **overrides):
     """`train_generator` with `generator_args(**overrides)`."""
     return train_generator(tokenizer, dataset, generator_args(**overrides), transformer=transformer)
@@ -97,7 +105,7 @@ def test_train_generator_saves_a_complete_pipeline(tiny_model, tmp_path):
     pipeline = DiffusionPipeline.from_pretrained(tmp_path)
     assert isinstance(pipeline, UniFlowClassConditionalPipeline)
     assert pipeline.config.id2label == dict(enumerate(CLASS_NAMES))
-    mean, std = latent_statistics(encode_dataset(tiny_model, dataset, "image"))
+    mean, std = latent_statistics(encode_dataset(tiny_model, dataset))
     assert pipeline.config.latent_mean == pytest.approx(mean, abs=1e-6)
     assert pipeline.config.latent_std == pytest.approx(std, abs=1e-6)
     config = pipeline.transformer.config
@@ -298,7 +306,7 @@ def test_latent_cache_is_reused_and_checked(tiny_model, tmp_path):
     (cache_file,) = cache.iterdir()
     assert cache_file.name.startswith("latents-") and cache_file.suffix == ".arrow"
     stored = datasets.Dataset.from_file(str(cache_file)).with_format("torch")[:]
-    torch.testing.assert_close(stored["latents"], encode_dataset(tiny_model, dataset, "image"), rtol=0, atol=0)
+    torch.testing.assert_close(stored["latents"], encode_dataset(tiny_model, dataset), rtol=0, atol=0)
     assert stored["label"].tolist() == list(dataset["label"])
     mean, std = latent_statistics(stored["latents"])
     config = first.pipeline.config
@@ -365,7 +373,7 @@ def test_generated_latents_are_recognised_as_their_class(tiny_model):
     flow-matching loss, normalisation and sampling all fit together). What it does not show: image quality; the
     tokenizer is random, so decoded pixels are not judged."""
     dataset = synthetic_dataset(per_class=16)
-    real = encode_dataset(tiny_model, dataset, "image").flatten(1)
+    real = encode_dataset(tiny_model, dataset).flatten(1)
     labels = torch.tensor(list(dataset["label"]))
     class_means = torch.stack([real[labels == c].mean(0) for c in range(3)])
     requested = torch.tensor([0, 1, 2] * 10)

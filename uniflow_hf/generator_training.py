@@ -1,19 +1,13 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
-"""Train a class-conditional latent generator (a diffusers `DiTTransformer2DModel`) on a frozen UniFlow tokenizer.
-
-The tokenizer's latents of a labelled `datasets.Dataset` are cached once (`Dataset.map`), normalised per channel,
-and the DiT learns the rectified flow from Gaussian noise (t = 0) to them (t = 1) with the `Trainer`; the result is
-a `UniFlowClassConditionalPipeline`. The training draws (noise, flow time, label dropout) are made in
-`GeneratorTrainer.compute_loss`.
-"""
+"""Train a class-conditional latent generator (diffusers' `DiTTransformer2DModel`) with the `Trainer` on a frozen
+UniFlow tokenizer's latents, cached by `Dataset.map`; the result is a `UniFlowClassConditionalPipeline`. The training
+draws (noise, flow time, label dropout) are made in `GeneratorTrainer.compute_loss`."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,57 +25,45 @@ from .modeling import UniFlowModel
 from .modeling.configuration_uniflow import FLOW_TIMESTEP_DISTRIBUTIONS
 from .pipelines import UniFlowClassConditionalPipeline, UniFlowFlowMatchScheduler
 from .pipelines.pipeline_uniflow_class_conditional import check_sampling_setting
-from .pipelines.pipeline_uniflow_utils import check_num_inference_steps, default_image_processor
+from .pipelines.pipeline_uniflow_utils import default_image_processor
 from .training import prepare_training_arguments, sample_generator
 
 
 EMA_STATE_NAME = "ema.pt"
+PIPELINE_SETTINGS = ("decoder_num_inference_steps", "guidance_scale", "guidance_interval", "guidance_rescale")
+
+
+def _option(default, help: str, **metadata):
+    return field(default=default, metadata={"help": help, **metadata})
 
 
 @dataclass
 class GeneratorTrainingArguments(TrainingArguments):
-    """`TrainingArguments` for `train_generator` (and `uniflow-hf train-generator`): every `Trainer` option, with the
-    generator's defaults, and the options of the data, the DiT and the saved pipeline."""
+    """`TrainingArguments` of `train_generator` (`uniflow-hf train-generator`) with the generator's defaults, and the
+    options of the data, the DiT and the saved pipeline; every setting is checked here."""
 
-    learning_rate: float = field(default=3e-4, metadata={"help": "AdamW learning rate."})
-    per_device_train_batch_size: int = field(default=64, metadata={"help": "Samples per process and micro-batch."})
-    lr_scheduler_type: str = field(default="constant", metadata={"help": "learning-rate schedule, e.g. cosine"})
-    global_batch_size: int | None = field(
-        default=None, metadata={"help": "samples per step over all processes (sets the per-device batch from it)"}
-    )
-    image_column: str = field(default="image", metadata={"help": "the dataset column holding the images"})
-    label_column: str = field(default="label", metadata={"help": "the dataset column holding the class labels"})
-    latent_cache_dir: str | None = field(
-        default=None, metadata={"help": "folder of the cached latents, reused by later runs (OUTPUT_DIR/latent_cache)"}
-    )
-    encode_batch_size: int = field(default=64, metadata={"help": "images per batch when encoding the latents"})
-    label_dropout: float = field(default=0.1, metadata={"help": "probability of training a sample as the null class"})
-    ema_decay: float | None = field(default=None, metadata={"help": "save an EMA of the weights (e.g. 0.999)"})
-    transformer_kwargs: dict | str | None = field(
-        default=None, metadata={"help": 'size of a new DiT as JSON, e.g. \'{"num_layers": 4}\''}
-    )
-    init_generator: str | None = field(
-        default=None, metadata={"help": "continue training the DiT of this pipeline (or transformer) folder"}
-    )
-    timestep_distribution: str | None = field(
-        default=None,
-        metadata={"help": "training flow times (default fat_lognormal)", "choices": list(FLOW_TIMESTEP_DISTRIBUTIONS)},
-    )
-    timestep_logit_mean: float | None = field(default=None, metadata={"help": "logit-normal mean (default 0)"})
-    timestep_logit_std: float | None = field(default=None, metadata={"help": "its standard deviation (default 1)"})
-    timestep_uniform_fraction: float | None = field(
-        default=None, metadata={"help": "share of uniform times in fat_lognormal (default 0.1)"}
-    )
-    solver: str = field(default="euler", metadata={"help": "the pipeline's solver", "choices": ["euler", "heun"]})
-    euler_at_final: bool = field(default=False, metadata={"help": "with heun: end with a plain Euler step"})
-    decoder_num_inference_steps: int | None = field(
-        default=None, metadata={"help": "the pipeline's pixel-decoder steps", "aliases": ["--decoder-steps"]}
-    )
-    guidance_scale: float | None = field(default=None, metadata={"help": "the pipeline's guidance scale (1.5)"})
-    guidance_interval: list[float] | None = field(
-        default=None, metadata={"help": "the pipeline's guidance interval T_START T_END in flow time"}
-    )
-    guidance_rescale: float | None = field(default=None, metadata={"help": "the pipeline's guidance rescale"})
+    learning_rate: float = _option(3e-4, "AdamW learning rate")
+    per_device_train_batch_size: int = _option(64, "samples per process and micro-batch")
+    lr_scheduler_type: str = _option("constant", "learning-rate schedule, e.g. cosine")
+    global_batch_size: int | None = _option(None, "samples per step over all processes (sets the per-device batch)")
+    image_column: str = _option("image", "the dataset column holding the images")
+    label_column: str = _option("label", "the dataset column holding the class labels")
+    latent_cache_dir: str | None = _option(None, "the latents' folder (default OUTPUT_DIR/latent_cache)")
+    encode_batch_size: int = _option(64, "images per batch when encoding the latents")
+    label_dropout: float = _option(0.1, "probability of training a sample as the null class")
+    ema_decay: float | None = _option(None, "save an EMA of the weights (e.g. 0.999)")
+    transformer_kwargs: dict | str | None = _option(None, 'size of a new DiT as JSON, e.g. \'{"num_layers": 4}\'')
+    init_generator: str | None = _option(None, "continue training the DiT of this pipeline (or transformer) folder")
+    timestep_distribution: str | None = _option(None, "training flow times", choices=list(FLOW_TIMESTEP_DISTRIBUTIONS))
+    timestep_logit_mean: float | None = _option(None, "logit-normal mean (default 0)")
+    timestep_logit_std: float | None = _option(None, "its standard deviation (default 1)")
+    timestep_uniform_fraction: float | None = _option(None, "share of uniform times in fat_lognormal (default 0.1)")
+    solver: str = _option("euler", "the pipeline's solver", choices=["euler", "heun"])
+    euler_at_final: bool = _option(False, "with heun: end with a plain Euler step")
+    decoder_num_inference_steps: int | None = _option(None, "the pipeline's decoder steps", aliases=["--decoder-steps"])
+    guidance_scale: float | None = _option(None, "the pipeline's guidance scale (1.5)")
+    guidance_interval: list[float] | None = _option(None, "the pipeline's guidance interval T_START T_END in flow time")
+    guidance_rescale: float | None = _option(None, "the pipeline's guidance rescale")
 
     def __post_init__(self):
         super().__post_init__()
@@ -107,20 +89,23 @@ class GeneratorTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"`warmup_steps` ({self.warmup_steps:g}) must be below the number of steps ({self.max_steps})."
             )
-        self.training_noise_scheduler()  # checks the timestep settings
-        UniFlowFlowMatchScheduler(solver=self.solver, euler_at_final=self.euler_at_final)
-        self.pipeline_settings()
+        if self.device.type == "cpu" and self.fp16:
+            raise ValueError("fp16 mixed precision needs a GPU: drop --fp16, or use --bf16 on a CPU with bfloat16.")
+        fast_bf16, why = cpu_bf16_support() if self.device.type == "cpu" and self.bf16 else (True, "")
+        if not fast_bf16:
+            raise ValueError(
+                f"This CPU has no bfloat16 arithmetic, so --bf16 would run emulated ({why}). Drop --bf16 here, or "
+                "train on a GPU or a CPU with bfloat16 support."
+            )
+        self.noise_scheduler()
+        for name in PIPELINE_SETTINGS:
+            check_sampling_setting(name, getattr(self, name))
 
-    def training_noise_scheduler(self) -> UniFlowFlowMatchScheduler:
-        """The scheduler that draws the training flow times (`sample_training_timesteps`) and noises the latents."""
+    def noise_scheduler(self) -> UniFlowFlowMatchScheduler:
+        """The scheduler that draws the training flow times and noises the latents, saved as the pipeline's sampler."""
         names = ("timestep_distribution", "timestep_logit_mean", "timestep_logit_std", "timestep_uniform_fraction")
-        values = {name: getattr(self, name) for name in names}
-        return UniFlowFlowMatchScheduler(**{name: value for name, value in values.items() if value is not None})
-
-    def pipeline_settings(self) -> dict[str, Any]:
-        """The saved pipeline's default sampling settings (checked)."""
-        names = ("decoder_num_inference_steps", "guidance_scale", "guidance_interval", "guidance_rescale")
-        return {name: check_sampling_setting(name, getattr(self, name)) for name in names}
+        settings = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        return UniFlowFlowMatchScheduler(solver=self.solver, euler_at_final=self.euler_at_final, **settings)
 
 
 @dataclass
@@ -131,32 +116,15 @@ class GeneratorTrainingOutput:
     losses: list[float] = field(default_factory=list)
 
 
-def _latent_interface(tokenizer: UniFlowModel, num_classes: int) -> dict[str, int]:
-    """The DiT config entries that follow from the tokenizer and the dataset, not from the generator's size."""
-    channels, grid_size = tokenizer.config.latent_channels, tokenizer.config.grid_size
-    return dict(in_channels=channels, out_channels=channels, sample_size=grid_size, num_embeds_ada_norm=num_classes)
-
-
-def build_generator_transformer(tokenizer: UniFlowModel, num_classes: int, **size) -> DiTTransformer2DModel:
-    """A new DiT over `tokenizer`'s latent grid predicting the velocity (the class id `num_classes` is the null
-    class); `size` overrides the default size (6 layers, 4 heads of 32, patches of 2 on grids of 8 and more)."""
-    fixed = _latent_interface(tokenizer, num_classes)
-    if fixed.keys() & size.keys():
-        raise ValueError(f"{sorted(fixed.keys() & size.keys())} follow from the tokenizer and the dataset.")
-    grid_size = fixed["sample_size"]
-    patch_size = 2 if grid_size >= 8 and grid_size % 2 == 0 else 1
-    size = dict(num_layers=6, num_attention_heads=4, attention_head_dim=32, patch_size=patch_size) | size
-    if grid_size % size["patch_size"]:
-        raise ValueError(f"patch_size {size['patch_size']} does not divide the latent grid size {grid_size}.")
-    return DiTTransformer2DModel(**fixed, **size)
-
-
-def load_generator_transformer(
-    source: DiTTransformer2DModel | str | os.PathLike, tokenizer: UniFlowModel, num_classes: int
+def build_generator_transformer(
+    tokenizer: UniFlowModel, num_classes: int, source: DiTTransformer2DModel | str | os.PathLike | None = None, **size
 ) -> DiTTransformer2DModel:
-    """The DiT to continue training: `source` itself, or loaded from a transformer folder or a pipeline folder; its
-    latent shape and class count must be those of `tokenizer` and the dataset."""
-    if not isinstance(source, DiTTransformer2DModel):
+    """The DiT over `tokenizer`'s latent grid that predicts the velocity (class id `num_classes` is the null class):
+    `source` (a DiT, or its pipeline or transformer folder) to continue training, else a new one of the default size
+    (6 layers, 4 heads of 32, patches of 2 on grids of 8 and more) updated with `size`."""
+    channels, grid_size = tokenizer.config.latent_channels, tokenizer.config.grid_size
+    fixed = dict(in_channels=channels, out_channels=channels, sample_size=grid_size, num_embeds_ada_norm=num_classes)
+    if isinstance(source, (str, os.PathLike)):
         folder = os.fspath(source)
         if os.path.isfile(os.path.join(folder, "transformer", "config.json")):
             folder = os.path.join(folder, "transformer")
@@ -165,11 +133,18 @@ def load_generator_transformer(
         if config.get("_class_name") != "DiTTransformer2DModel":
             raise ValueError(f"{folder} holds no DiT: pass a pipeline folder or a transformer folder.")
         source = DiTTransformer2DModel.from_pretrained(folder)
-    expected = _latent_interface(tokenizer, num_classes)
-    found = {key: source.config[key] for key in expected}
-    if found != expected:
-        raise ValueError(f"The generator to continue has {found}; this tokenizer and dataset need {expected}.")
-    return source
+    if source is not None:
+        found = {key: source.config[key] for key in fixed}
+        if found != fixed:
+            raise ValueError(f"The generator to continue has {found}; this tokenizer and dataset need {fixed}.")
+        return source
+    if fixed.keys() & size.keys():
+        raise ValueError(f"{sorted(fixed.keys() & size.keys())} follow from the tokenizer and the dataset.")
+    patch_size = 2 if grid_size >= 8 and grid_size % 2 == 0 else 1
+    size = dict(num_layers=6, num_attention_heads=4, attention_head_dim=32, patch_size=patch_size) | size
+    if grid_size % size["patch_size"]:
+        raise ValueError(f"patch_size {size['patch_size']} does not divide the latent grid size {grid_size}.")
+    return DiTTransformer2DModel(**fixed, **size)
 
 
 def dataset_id2label(dataset, label_column: str) -> dict[int, str]:
@@ -177,7 +152,7 @@ def dataset_id2label(dataset, label_column: str) -> dict[int, str]:
     from datasets import ClassLabel
 
     if label_column not in dataset.column_names:
-        raise ValueError(f"No label column {label_column!r} in the dataset; its columns are {dataset.column_names}.")
+        raise ValueError(f"No label column {label_column!r} in the dataset; its columns: {dataset.column_names}.")
     feature = dataset.features[label_column]
     if isinstance(feature, ClassLabel):
         return dict(enumerate(feature.names))
@@ -185,27 +160,6 @@ def dataset_id2label(dataset, label_column: str) -> dict[int, str]:
     if not all(isinstance(label, int) and not isinstance(label, bool) and label >= 0 for label in labels):
         raise ValueError(f"The label column {label_column!r} must be a ClassLabel or hold non-negative int ids.")
     return {class_id: str(class_id) for class_id in range(max(labels) + 1)}
-
-
-def _encode_images(tokenizer: UniFlowModel, processor, images) -> torch.Tensor:
-    pixel_values = processor(images, return_tensors="pt").pixel_values
-    with torch.no_grad():
-        return tokenizer.encode(pixel_values.to(device=tokenizer.device, dtype=tokenizer.dtype)).float().cpu()
-
-
-def _check_image_column(dataset, image_column: str) -> None:
-    if image_column not in dataset.column_names:
-        raise ValueError(f"No image column {image_column!r} in the dataset; its columns are {dataset.column_names}.")
-
-
-def encode_dataset(tokenizer: UniFlowModel, dataset, image_column: str, batch_size: int = 64) -> torch.Tensor:
-    """Latents (num_images, tokens, latent_channels) of every image of `dataset` (float32, on the CPU)."""
-    _check_image_column(dataset, image_column)
-    processor = default_image_processor(tokenizer)
-    return torch.cat([
-        _encode_images(tokenizer, processor, dataset[start : start + batch_size][image_column])
-        for start in range(0, len(dataset), batch_size)
-    ])
 
 
 def latent_statistics(latents) -> tuple[list[float], list[float]]:
@@ -219,45 +173,35 @@ def latent_statistics(latents) -> tuple[list[float], list[float]]:
     return mean.tolist(), variance.clamp_min(0).sqrt().clamp_min(1e-6).tolist()
 
 
-# ------------------------------------------------------------------------------------------------ latent cache
-def latent_cache_fingerprint(tokenizer: UniFlowModel, dataset, image_column: str, label_column: str) -> str:
-    """The `datasets` fingerprint of the latents: a hash of the tokenizer's config (less bookkeeping), image processor
-    and weights, of the dataset's fingerprint and of the columns read."""
-    digest = hashlib.sha256()
-    config = {
-        key: value for key, value in tokenizer.config.to_dict().items()
-        if not key.startswith("_")
-        and key not in ("architectures", "auto_map", "dtype", "torch_dtype", "transformers_version")
-    }
-    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
-    digest.update(default_image_processor(tokenizer).to_json_string().encode())
-    for name, tensor in sorted(tokenizer.state_dict().items()):
-        if not name.startswith("distillation_teacher."):
-            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    key = [digest.hexdigest(), dataset._fingerprint, image_column, label_column]
-    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
-
-
 def build_latent_cache(tokenizer: UniFlowModel, dataset, args: GeneratorTrainingArguments, cache_dir: str):
-    """A `datasets.Dataset` (torch format) of the tokenizer's `latents` (tokens, channels) and the `label` of every
-    image of `dataset`, encoded by `dataset.map` into `cache_dir/latents-FINGERPRINT.arrow` (reused by later runs of
-    the same tokenizer on the same dataset, written complete or not at all). Every image is opened first. The main
-    process encodes while the others wait, so `cache_dir` must be on a filesystem the processes share."""
+    """`dataset`'s `latents` (tokens, channels) and `label`s, encoded by `dataset.map` into
+    `cache_dir/latents-FINGERPRINT.arrow` (a hash of the tokenizer, the dataset and the columns), which later runs
+    reuse. The main process encodes while the others wait: `cache_dir` must be shared by the processes."""
     from accelerate import PartialState
     from datasets import Array2D, Features, Value
+    from datasets.fingerprint import Hasher
 
-    _check_image_column(dataset, args.image_column)
-    fingerprint = latent_cache_fingerprint(tokenizer, dataset, args.image_column, args.label_column)
+    if args.image_column not in dataset.column_names:
+        raise ValueError(f"No image column {args.image_column!r} in the dataset; its columns: {dataset.column_names}.")
+    processor = default_image_processor(tokenizer)
+    bookkeeping = ("architectures", "auto_map", "dtype", "torch_dtype", "transformers_version")
+    config = {k: v for k, v in tokenizer.config.to_dict().items() if not k.startswith("_") and k not in bookkeeping}
+    hasher = Hasher()
+    for value in (config, processor.to_dict(), dataset._fingerprint, args.image_column, args.label_column):
+        hasher.update(value)
+    for name, tensor in sorted(tokenizer.state_dict().items()):
+        if not name.startswith("distillation_teacher."):
+            hasher.update((name, tensor))
     cache_dir = check_output_dir(cache_dir, "latent_cache_dir")
-    cache_file = os.path.join(cache_dir, f"latents-{fingerprint}.arrow")
+    cache_file = os.path.join(cache_dir, f"latents-{hasher.hexdigest()}.arrow")
     if not os.path.isfile(cache_file):  # every process checks, before any of them waits for another
         check_images(dataset, args.image_column)
-    processor = default_image_processor(tokenizer)
     shape = (tokenizer.config.grid_size**2, tokenizer.config.latent_channels)
 
     def encode(images, labels):
-        return {"latents": _encode_images(tokenizer, processor, images).numpy(), "label": labels}
+        pixel_values = processor(images, return_tensors="pt").pixel_values.to(tokenizer.device, tokenizer.dtype)
+        with torch.no_grad():
+            return {"latents": tokenizer.encode(pixel_values).float().cpu().numpy(), "label": labels}
 
     with PartialState().main_process_first():
         os.makedirs(cache_dir, exist_ok=True)
@@ -265,12 +209,11 @@ def build_latent_cache(tokenizer: UniFlowModel, dataset, args: GeneratorTraining
             encode, batched=True, batch_size=args.encode_batch_size, desc="Encoding images",
             input_columns=[args.image_column, args.label_column], remove_columns=dataset.column_names,
             features=Features({"latents": Array2D(shape, "float32"), "label": Value("int64")}),
-            cache_file_name=cache_file, load_from_cache_file=True, new_fingerprint=fingerprint,
+            cache_file_name=cache_file, load_from_cache_file=True, new_fingerprint=hasher.hexdigest(),
         )
     return latents.with_format("torch")
 
 
-# ------------------------------------------------------------------------------------------------ the training
 def training_dataset(latents, global_batch_size: int, seed: int):
     """The cached `latents` as the `Trainer` samples them: `latents`, `class_labels` and `index` (the row, which keys
     the sample's draws), padded with images repeated (chosen by `seed`) to whole global batches, as torch's
@@ -287,9 +230,7 @@ def training_dataset(latents, global_batch_size: int, seed: int):
 
 
 class GeneratorFlowMatchingModel(nn.Module):
-    """The DiT with its loss: the mean squared error of its velocity at `noise_scheduler.add_noise(latents, noise,
-    timesteps)` against `latents - noise`, the cached latents normalised onto the grid first. The DiT's own label
-    dropout stays off (its `LabelEmbedding`s in eval mode): `GeneratorTrainer.compute_loss` drops the labels."""
+    """The DiT with its loss: the mean squared error of its velocity at the noised (normalised) latents."""
 
     def __init__(self, transformer: DiTTransformer2DModel, noise_scheduler, latent_mean, latent_std):
         super().__init__()
@@ -297,13 +238,6 @@ class GeneratorFlowMatchingModel(nn.Module):
         self.noise_scheduler = noise_scheduler
         self.register_buffer("latent_mean", torch.tensor(latent_mean).reshape(1, -1, 1, 1), persistent=False)
         self.register_buffer("latent_std", torch.tensor(latent_std).reshape(1, -1, 1, 1), persistent=False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for module in self.transformer.modules():
-            if isinstance(module, LabelEmbedding):
-                module.eval()
-        return self
 
     def forward(self, latents, noise, timesteps, class_labels) -> dict[str, torch.Tensor]:
         size = self.transformer.config.sample_size
@@ -314,7 +248,7 @@ class GeneratorFlowMatchingModel(nn.Module):
 
 
 class GeneratorTrainer(Trainer):
-    """A `Trainer` for `GeneratorFlowMatchingModel` that makes the training draws and keeps the loss of every
+    """A `Trainer` that makes the training draws of `GeneratorFlowMatchingModel` and keeps the loss of every
     micro-batch for `step_losses`."""
 
     def __init__(self, *args, **kwargs):
@@ -365,17 +299,6 @@ class _EMACallback(TrainerCallback):
             torch.save(self.ema.state_dict(), os.path.join(folder, EMA_STATE_NAME))
 
 
-def _check_precision(args: GeneratorTrainingArguments) -> None:
-    if args.device.type == "cpu" and args.fp16:
-        raise ValueError("fp16 mixed precision needs a GPU: drop --fp16, or use --bf16 on a CPU with bfloat16.")
-    fast_bf16, why = cpu_bf16_support() if args.device.type == "cpu" and args.bf16 else (True, "")
-    if not fast_bf16:
-        raise ValueError(
-            f"This CPU has no bfloat16 arithmetic, so --bf16 would run emulated ({why}). Drop --bf16 here, or train "
-            "on a GPU or a CPU with bfloat16 support."
-        )
-
-
 def _global_batch_size(args: GeneratorTrainingArguments) -> int:
     """Set `per_device_train_batch_size` from `global_batch_size` over this launch; return the global batch size."""
     processes_and_steps = args.world_size * args.gradient_accumulation_steps
@@ -405,10 +328,9 @@ def train_generator(
     save_pipeline: bool = True,
 ) -> GeneratorTrainingOutput:
     """Train a DiT (`transformer`, in place, else `args.init_generator`'s, else a new one) to generate `tokenizer`
-    latents of the classes of `dataset` (labels: a `ClassLabel`, whose names become `id2label`, or non-negative ints);
-    return (and save to `args.output_dir`) the `UniFlowClassConditionalPipeline`. N processes at per-device batch B
-    train as 1 at batch N·B; `resume_from_checkpoint` (a folder, or `True` for the last complete one; default
-    `args.resume_from_checkpoint`) continues on the same losses."""
+    latents of the classes of `dataset` (a `ClassLabel` column, whose names become `id2label`, or non-negative ints);
+    return (and save to `args.output_dir`) the pipeline. N processes at per-device batch B train as 1 at batch N·B;
+    `resume_from_checkpoint` (a folder, or `True` for the last complete one) continues on the same losses."""
     if not isinstance(args, GeneratorTrainingArguments):
         raise TypeError(f"`args` must be GeneratorTrainingArguments, got {type(args).__name__}.")
     if transformer is not None and (args.init_generator or args.transformer_kwargs):
@@ -416,7 +338,6 @@ def train_generator(
     if len(dataset) == 0:
         raise ValueError("The dataset is empty.")
     prepare_training_arguments(args)
-    _check_precision(args)
     global_batch_size = _global_batch_size(args)
     resume_folder = args.resume_from_checkpoint if resume_from_checkpoint is None else resume_from_checkpoint
     if resume_folder is True:
@@ -433,14 +354,11 @@ def train_generator(
     latent_mean, latent_std = latent_statistics(batch["latents"] for batch in latents.iter(args.encode_batch_size))
 
     set_seed(args.seed)  # the same new DiT in every process
-    if transformer is None and args.init_generator is None:
-        transformer = build_generator_transformer(tokenizer, len(id2label), **(args.transformer_kwargs or {}))
-    else:
-        source = transformer if transformer is not None else args.init_generator
-        transformer = load_generator_transformer(source, tokenizer, len(id2label))
-    for module in transformer.modules():
-        if isinstance(module, LabelEmbedding):
-            module.dropout_prob = args.label_dropout  # for whoever trains the saved DiT next
+    source = transformer if transformer is not None else args.init_generator
+    transformer = build_generator_transformer(tokenizer, len(id2label), source, **(args.transformer_kwargs or {}))
+    label_embeddings = [module for module in transformer.modules() if isinstance(module, LabelEmbedding)]
+    for module in label_embeddings:
+        module.dropout_prob = 0.0  # the DiT's own label dropout: `compute_loss` drops the labels instead
     callbacks = list(callbacks or [])
     ema = None
     if args.ema_decay is not None:
@@ -449,9 +367,9 @@ def train_generator(
             ema.load_state_dict(torch.load(os.path.join(resume_folder, EMA_STATE_NAME), weights_only=True))
         callbacks.append(_EMACallback(ema, list(transformer.parameters())))
     args.remove_unused_columns = False  # `index` keys the draws of `compute_loss`
-    model = GeneratorFlowMatchingModel(transformer, args.training_noise_scheduler(), latent_mean, latent_std)
+    scheduler = args.noise_scheduler()
     trainer = GeneratorTrainer(
-        model=model,
+        model=GeneratorFlowMatchingModel(transformer, scheduler, latent_mean, latent_std),
         args=args,
         train_dataset=training_dataset(latents, global_batch_size, args.seed),
         data_collator=default_data_collator,
@@ -459,16 +377,18 @@ def train_generator(
     )
     trainer.train(resume_from_checkpoint=resume_folder)
 
+    for module in label_embeddings:
+        module.dropout_prob = args.label_dropout  # for whoever trains the saved DiT next
     if ema is not None:
         ema.copy_to(transformer.parameters())
     pipeline = UniFlowClassConditionalPipeline(
         transformer=transformer.eval(),
-        scheduler=UniFlowFlowMatchScheduler(solver=args.solver, euler_at_final=args.euler_at_final),
+        scheduler=scheduler,
         tokenizer=tokenizer,
         id2label=id2label,
         latent_mean=latent_mean,
         latent_std=latent_std,
-        **args.pipeline_settings(),
+        **{name: getattr(args, name) for name in PIPELINE_SETTINGS},
     )
     if save_pipeline and trainer.is_world_process_zero():
         pipeline.save_pretrained(args.output_dir)
@@ -477,18 +397,13 @@ def train_generator(
 
 
 def attach_guide(
-    pipeline: UniFlowClassConditionalPipeline | str | os.PathLike,
-    guide: UniFlowClassConditionalPipeline | str | os.PathLike,
+    pipeline: UniFlowClassConditionalPipeline,
+    guide: UniFlowClassConditionalPipeline,
     autoguidance_scale: float,
     autoguidance_interval: tuple[float, float] | None = None,
 ) -> UniFlowClassConditionalPipeline:
-    """`pipeline` with the DiT of `guide` (a pipeline or its folder, trained on the same classes and latent
-    statistics, e.g. a smaller DiT) as its `guide_transformer` and the given autoguidance as its default."""
-    pipeline, guide = (
-        value if isinstance(value, UniFlowClassConditionalPipeline)
-        else UniFlowClassConditionalPipeline.from_pretrained(os.fspath(value))
-        for value in (pipeline, guide)
-    )
+    """`pipeline` with the DiT of `guide` (trained on the same classes and latents, e.g. a smaller DiT) as its
+    `guide_transformer` and the given autoguidance as its default."""
     for key in ("id2label", "latent_mean", "latent_std"):
         ours, theirs = pipeline.config[key], guide.config[key]
         statistics = isinstance(ours, list) and isinstance(theirs, list) and len(ours) == len(theirs)
@@ -503,21 +418,3 @@ def attach_guide(
         guide_transformer=guide.transformer,
         **pipeline.settings | dict(autoguidance_scale=autoguidance_scale, autoguidance_interval=autoguidance_interval),
     )
-
-
-__all__ = [
-    "GeneratorFlowMatchingModel",
-    "GeneratorTrainer",
-    "GeneratorTrainingArguments",
-    "GeneratorTrainingOutput",
-    "attach_guide",
-    "build_generator_transformer",
-    "build_latent_cache",
-    "dataset_id2label",
-    "encode_dataset",
-    "latent_cache_fingerprint",
-    "latent_statistics",
-    "load_generator_transformer",
-    "train_generator",
-    "training_dataset",
-]

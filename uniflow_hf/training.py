@@ -1,6 +1,5 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
-"""Training UniFlow tokenizers with the Hugging Face `Trainer`: the training datasets (images and the keys of their
-random draws), `UniFlowTrainer` (draws the flow loss per image, logs the loss parts), `train_tokenizer`, and LoRA."""
+"""Training UniFlow tokenizers with the Hugging Face `Trainer`: datasets, `UniFlowTrainer`, `train_tokenizer`, LoRA."""
 
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from accelerate.utils import parse_flag_from_env
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 from transformers.utils import logging
 
@@ -29,15 +29,13 @@ FLOW_LOSS_STREAM = 1  # the last key of a sample's flow-loss draws (its augmenta
 
 # ------------------------------------------------------------------------------------------------------- data
 def sample_generator(seed: int, *keys: int) -> torch.Generator:
-    """A CPU generator seeded from `seed` and `keys` (e.g. epoch, sample index) through NumPy's `SeedSequence`, so
-    neighbouring keys give unrelated streams."""
+    """A CPU generator seeded from `seed` and `keys` (e.g. epoch, sample index) through NumPy's `SeedSequence`."""
     state = np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
 
 
 def flow_loss_generators(draw_keys: torch.Tensor) -> list[torch.Generator]:
-    """One generator per image for its flow loss's noise and times, keyed by its `draw_key` (seed, epoch, index) and
-    `FLOW_LOSS_STREAM`, apart from the stream that augmented the image."""
+    """One generator per image for its flow loss's noise and times, from its `draw_key` (seed, epoch, index)."""
     return [sample_generator(*key, FLOW_LOSS_STREAM) for key in draw_keys.tolist()]
 
 
@@ -46,31 +44,18 @@ def _uniform(generator: torch.Generator, low: float, high: float) -> float:
 
 
 class UniFlowImageTransform:
-    """One image -> normalised `pixel_values` (3, H, W) with `processor`; with `augment`, first a random resized crop
-    (as torchvision's `RandomResizedCrop`) straight to the processor's `crop_size` (bicubic) and a random horizontal
-    flip, drawn from the `generator` passed per call."""
+    """One image -> normalised `pixel_values` (3, H, W); with `augment`, first torchvision's `RandomResizedCrop` to the
+    processor's `crop_size` (bicubic) and a random horizontal flip, drawn from the `generator` passed per call."""
 
-    def __init__(
-        self,
-        processor: UniFlowImageProcessor,
-        augment: bool = True,
-        crop_scale: tuple[float, float] = (0.8, 1.0),
-        crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        flip_probability: float = 0.5,
-    ):
-        valid_crop = 0 < crop_scale[0] <= crop_scale[1] <= 1 and 0 < crop_ratio[0] <= crop_ratio[1]
-        if not (valid_crop and 0 <= flip_probability <= 1):
-            raise ValueError(
-                "Need 0 < crop_scale[0] <= crop_scale[1] <= 1, 0 < crop_ratio[0] <= crop_ratio[1] and flip_probability "
-                f"in [0, 1]; got {crop_scale}, {crop_ratio} and {flip_probability}."
-            )
+    crop_scale = (0.8, 1.0)
+    crop_ratio = (3 / 4, 4 / 3)
+    flip_probability = 0.5
+
+    def __init__(self, processor: UniFlowImageProcessor, augment: bool = True):
         if augment and not processor.do_center_crop:
             raise ValueError("Augmentation crops to the processor's `crop_size`: use one with `do_center_crop=True`.")
         self.processor = processor
         self.augment = augment
-        self.crop_scale = crop_scale
-        self.crop_ratio = crop_ratio
-        self.flip_probability = flip_probability
 
     def __call__(self, image: Any, generator: torch.Generator | None = None) -> torch.Tensor:
         if not self.augment:
@@ -85,8 +70,7 @@ class UniFlowImageTransform:
         return self.processor(crop, do_resize=False, return_tensors="pt").pixel_values[0]
 
     def random_crop_box(self, width: int, height: int, generator: torch.Generator) -> tuple[int, int, int, int]:
-        """(left, top, right, bottom) as torchvision's `RandomResizedCrop.get_params`: 10 tries at a random area and
-        aspect ratio, then the largest central crop of an allowed aspect ratio."""
+        """(left, top, right, bottom) as torchvision's `RandomResizedCrop.get_params`."""
         area = width * height
         log_ratio = (math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1]))
         for _ in range(10):
@@ -110,8 +94,7 @@ class UniFlowImageTransform:
 
 
 class _UniFlowImages:
-    """What both training datasets share: the checks, the image column, the transform, and the example of a row,
-    augmented from `sample_generator(seed, epoch, key)`, with that `draw_key` for the flow loss's draws."""
+    """What both training datasets share: the checks, the transform and the example of a row with its `draw_key`."""
 
     streaming = False
 
@@ -124,7 +107,21 @@ class _UniFlowImages:
         augment: bool = True,
         seed: int = 0,
     ):
-        _check_dataset(dataset, self.streaming)
+        import datasets
+
+        if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+            raise TypeError(f"Got a DatasetDict with splits {list(dataset)}; pass one split (e.g. dataset['train']).")
+        if self.streaming and not isinstance(dataset, datasets.IterableDataset):
+            raise TypeError(
+                f"Expected a `datasets.IterableDataset` (e.g. `load_dataset(..., streaming=True)`), got "
+                f"{type(dataset).__name__}; wrap other iterables with `datasets.IterableDataset.from_generator`."
+            )
+        map_style = hasattr(dataset, "__len__") and not isinstance(dataset, torch.utils.data.IterableDataset)
+        if not self.streaming and not map_style:
+            raise TypeError(
+                f"Expected a map-style dataset (with __len__ and __getitem__), got {type(dataset).__name__}; for a "
+                "stream (`datasets.IterableDataset`) wrap it with `UniFlowIterableTrainingDataset`."
+            )
         columns = getattr(dataset, "column_names", None)
         if isinstance(columns, (list, tuple)) and image_column not in columns:
             raise ValueError(
@@ -158,35 +155,10 @@ class _UniFlowImages:
         return {"pixel_values": pixel_values, "draw_key": torch.tensor([self.seed, self.epoch, key])}
 
 
-def _check_dataset(dataset: Any, streaming: bool) -> None:
-    import datasets
-
-    if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
-        raise TypeError(f"Got a DatasetDict with splits {list(dataset)}; pass one split (e.g. dataset['train']).")
-    is_stream = isinstance(dataset, datasets.IterableDataset)
-    if streaming and not is_stream:
-        raise TypeError(
-            f"Expected a `datasets.IterableDataset` (e.g. `load_dataset(..., streaming=True)`), got "
-            f"{type(dataset).__name__}; wrap other iterables with `datasets.IterableDataset.from_generator`."
-        )
-    if not streaming and is_stream:
-        raise TypeError(
-            "Got a stream (`datasets.IterableDataset`): wrap it with `UniFlowIterableTrainingDataset` "
-            "(`train_tokenizer` does so for its training set; evaluation sets must be map-style)."
-        )
-    if not streaming and (isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__")):
-        raise TypeError(
-            f"Expected a map-style dataset (with __len__ and __getitem__) or a `datasets.IterableDataset`, got "
-            f"{type(dataset).__name__}."
-        )
-
-
 class UniFlowTrainingDataset(_UniFlowImages, torch.utils.data.Dataset):
-    """A map-style image dataset (a `datasets.Dataset`, or any of dicts holding `image_column`) for `UniFlowModel`
-    training: item `i` is its `pixel_values` (3, H, W), augmented (`UniFlowImageTransform`) from
-    `sample_generator(seed, epoch, i)`, and its `draw_key` (seed, epoch, i), from which `UniFlowTrainer` draws its
-    flow loss's noise and times: the same draws on any number of processes or data workers, and after a resume.
-    `set_epoch` (the trainer calls it) gives fresh draws per epoch; `augment=False` for evaluation."""
+    """A map-style image dataset for `UniFlowModel` training: item `i` is its `pixel_values` (3, H, W), augmented from
+    `sample_generator(seed, epoch, i)`, and its `draw_key` (seed, epoch, i) for the flow loss's draws: the same draws
+    on any number of processes or data workers, and after a resume. `augment=False` for evaluation."""
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -196,14 +168,9 @@ class UniFlowTrainingDataset(_UniFlowImages, torch.utils.data.Dataset):
 
 
 class UniFlowIterableTrainingDataset(_UniFlowImages, torch.utils.data.IterableDataset):
-    """`UniFlowTrainingDataset` for a `datasets.IterableDataset` (a stream).
-
-    Each process reads its part, `datasets.distributed.split_dataset_by_node` (whole shards when their number is a
-    multiple of the world size, else every world-size-th example), and data workers split it again. A sample's key
-    is its running position in the stream as processes and workers interleave it, `(i · workers + worker) ·
-    world_size + rank`: one process numbers the stream as the map-style dataset numbers its rows. `set_epoch` also
-    reshuffles a shuffled stream. A resume continues on the same samples while in the first pass over the stream
-    (or pass `ignore_data_skip=True`); every process must get as many batches (`IterableDataset.repeat(None)`)."""
+    """`UniFlowTrainingDataset` for a `datasets.IterableDataset`: each process reads its part (`split_dataset_by_node`),
+    data workers split it again, and a sample's key is its position in the interleaved stream, as one process would
+    number it. Every process must get as many batches (`IterableDataset.repeat(None)`)."""
 
     streaming = True
 
@@ -236,8 +203,7 @@ def loss_parts(outputs: Any) -> dict[str, torch.Tensor]:
 
 
 class _DatasetEpochCallback(TrainerCallback):
-    """Tells the training dataset the epoch that starts: accelerate forwards `set_epoch` to the dataset only for some
-    samplers (not the sharded one of multi-process runs)."""
+    """Tells the training dataset the epoch that starts (accelerate does not for the sampler of multi-process runs)."""
 
     def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
         dataset = getattr(train_dataloader, "dataset", None)
@@ -246,10 +212,9 @@ class _DatasetEpochCallback(TrainerCallback):
 
 
 class UniFlowTrainer(Trainer):
-    """A `Trainer` for `UniFlowModel` (plain or wrapped by PEFT) on batches of `pixel_values` and `draw_key` (the
-    datasets above): it draws each image's flow-loss noise and times from `flow_loss_generators(draw_key)`, and logs
-    the loss parts (`flow_loss`, `distillation_loss`, per encoder layer `distill_w/layer_XX` and
-    `distill_cos/layer_XX`) as means over each logging interval and over processes; evaluation reports them too."""
+    """A `Trainer` for `UniFlowModel` (plain or wrapped by PEFT) on batches of `pixel_values` and `draw_key`: it draws
+    each image's flow-loss noise and times from its `draw_key`, and logs the loss parts (`loss_parts`), averaged over
+    each logging interval and over processes; evaluation reports them too."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -263,22 +228,20 @@ class UniFlowTrainer(Trainer):
             )
 
     def get_train_dataloader(self):
-        """For a stream, which splits itself between processes (each sample keeping its position in the whole stream
-        as key), a dataloader that accelerate neither splits again nor feeds from the main process: accelerate's own
-        split shards only a `datasets.IterableDataset`, else each process reads the whole stream."""
+        """A stream splits itself between processes (keeping each sample's position as its key): accelerate neither
+        splits it again nor feeds it from the main process."""
         if not isinstance(self.train_dataset, UniFlowIterableTrainingDataset):
             return super().get_train_dataloader()
         from accelerate.data_loader import prepare_data_loader
 
-        workers = self.args.dataloader_num_workers
         loader = torch.utils.data.DataLoader(
             self.train_dataset,
             batch_size=self._train_batch_size,
             collate_fn=self.data_collator,
-            num_workers=workers,
+            num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory,
-            persistent_workers=self.args.dataloader_persistent_workers and workers > 0,
-            prefetch_factor=self.args.dataloader_prefetch_factor if workers > 0 else None,
+            persistent_workers=self.args.dataloader_persistent_workers,
+            prefetch_factor=self.args.dataloader_prefetch_factor,
             drop_last=self.args.dataloader_drop_last,
         )
         return prepare_data_loader(
@@ -286,8 +249,7 @@ class UniFlowTrainer(Trainer):
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The model's losses, each image's flow loss drawn from `flow_loss_generators` of its `draw_key` (from the
-        global RNG in a batch without keys)."""
+        """The model's losses, each image's flow loss drawn from its `draw_key` (from the global RNG without keys)."""
         inputs = dict(inputs)
         draw_keys = inputs.pop("draw_key", None)
         inputs.update(generator=flow_loss_generators(draw_keys) if draw_keys is not None else None, return_loss=True)
@@ -324,48 +286,35 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _layer_linear_pattern(root: nn.Module, prefix: str, layer_classes: tuple[type, ...], exclude=()) -> list[str]:
-    """Regexes (one per stack of layers) matching the `nn.Linear` modules inside the `layer_classes` modules of
-    `root`, e.g. `vision_model\\.encoder\\.layers\\.\\d+\\.(attn\\.qkv|mlp\\.fc1)`."""
-    stacks: dict[str, set[str]] = {}
-    for layer_name, layer in root.named_modules():
-        if not isinstance(layer, layer_classes):
-            continue
-        container, _, index = (prefix + layer_name).rpartition(".")
-        stack = re.escape(container + ".") + r"\d+" if index.isdigit() else re.escape(prefix + layer_name)
-        for name, module in layer.named_modules():
-            if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] not in exclude:
-                stacks.setdefault(stack, set()).add(re.escape(name))
-    return [f"{stack}\\.({'|'.join(sorted(names))})" for stack, names in stacks.items()]
+def _stacked_linears(root: nn.Module, prefix: str, exclude: tuple[str, ...] = ()) -> list[str]:
+    """Regexes matching the `nn.Linear` modules inside the numbered layers of `root`, with any layer index (e.g.
+    `vision_model\\.encoder\\.layers\\.\\d+\\.mlp\\.fc1`)."""
+    patterns = set()
+    for name, module in root.named_modules():
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] not in exclude:
+            escaped = re.escape(prefix + name)
+            pattern = re.sub(r"\\\.\d+\\\.", r"\\.\\d+\\.", escaped, count=1)
+            if pattern != escaped:
+                patterns.add(pattern)
+    return sorted(patterns)
 
 
 def lora_target_modules(model: UniFlowModel, targets: str = "both") -> str:
-    """A PEFT `target_modules` regex for LoRA on a `UniFlowModel`: `"encoder"`, every linear layer inside the
-    encoder's transformer layers; `"decoder"`, the linears of the global blocks and `fc1`/`fc2` of the flow-head
-    blocks (not their adaLN modulations); or `"both"`. The distillation teacher is never targeted."""
-    from .modeling.modeling_uniflow import UniFlowFlowHeadBlock, UniFlowGlobalBlock
-
+    """A PEFT `target_modules` regex for LoRA on a `UniFlowModel`: `"encoder"`, the linear layers inside the encoder's
+    layers; `"decoder"`, those of the global blocks and flow-head blocks (not their adaLN modulations); or `"both"`.
+    The distillation teacher is never targeted."""
     if targets not in LORA_TARGETS:
         raise ValueError(f"`targets` must be one of {LORA_TARGETS}, got {targets!r}.")
     model = _unwrap(model)
     patterns = []
     if targets in ("encoder", "both"):
-        encoder = model.vision_model
-        recorder = getattr(type(encoder), "_can_record_outputs", None) or {}
-        layer_class = getattr(recorder.get("hidden_states"), "target_class", recorder.get("hidden_states"))
-        if isinstance(layer_class, type):
-            patterns += _layer_linear_pattern(encoder, "vision_model.", (layer_class,))
-        else:  # no declared layer class: every linear layer of the encoder
-            names = sorted({re.escape(n) for n, m in encoder.named_modules() if isinstance(m, nn.Linear)})
-            patterns += [f"vision_model\\.({'|'.join(names)})"] if names else []
+        patterns += _stacked_linears(model.vision_model, "vision_model.")
         if not patterns:
-            raise ValueError(f"Found no linear layers to adapt in the encoder {type(encoder).__name__}.")
+            raise ValueError(f"Found no linear layers to adapt in the encoder {type(model.vision_model).__name__}.")
     if targets in ("decoder", "both"):
-        patterns += _layer_linear_pattern(model.global_blocks, "global_blocks.", (UniFlowGlobalBlock,))
-        patterns += _layer_linear_pattern(
-            model.flow_head, "flow_head.", (UniFlowFlowHeadBlock,), exclude=("modulation",)
-        )
-    return "|".join(f"(?:{pattern})" for pattern in patterns)
+        patterns += _stacked_linears(model.global_blocks, "global_blocks.")
+        patterns += _stacked_linears(model.flow_head, "flow_head.", exclude=("modulation",))
+    return "|".join(patterns)
 
 
 def lora_config_for(model: UniFlowModel, targets: str = "both", r: int = 8, lora_alpha: int | None = None, **kwargs):
@@ -386,13 +335,12 @@ def apply_lora(model: UniFlowModel, targets: str = "both", r: int = 8, lora_alph
 
 # ----------------------------------------------------------------------------------------------- launchers
 def _has_accelerator() -> bool:
-    accelerator = getattr(torch, "accelerator", None)
-    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+    return torch.accelerator.is_available()
 
 
-def _launched_processes() -> int:
-    """The number of processes torchrun / `accelerate launch` started (1 outside a launcher)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+def cpu_processes_need_use_cpu() -> bool:
+    """Whether a launcher started several processes without an accelerator: they need `use_cpu` to shard the data."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator()
 
 
 def check_cpu_launch(deepspeed: Any = None) -> None:
@@ -400,7 +348,7 @@ def check_cpu_launch(deepspeed: Any = None) -> None:
     `accelerate launch --cpu --num_processes N` (it starts one process; several CPU processes only through MPI)."""
     if _has_accelerator():
         return
-    if deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+    if deepspeed or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
         import importlib.util
 
         installed = "is installed" if importlib.util.find_spec("deepspeed") else "is not installed here"
@@ -409,12 +357,12 @@ def check_cpu_launch(deepspeed: Any = None) -> None:
             f"DeepSpeed {installed}. On CPU launch the same command without it: `torchrun --nproc_per_node N` or "
             "`accelerate launch --multi_gpu --num_processes N` train data-parallel across the CPU processes."
         )
-    if _launched_processes() > 1 and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+    if cpu_processes_need_use_cpu() and parse_flag_from_env("ACCELERATE_USE_FSDP"):
         logger.warning_once(
             "Accelerate runs FSDP on accelerators only: on this CPU machine the processes train data-parallel "
             "(DDP), each holding the whole model."
         )
-    single_cpu_process = os.environ.get("ACCELERATE_USE_CPU", "false").lower() == "true" and "MASTER_ADDR" in os.environ
+    single_cpu_process = parse_flag_from_env("ACCELERATE_USE_CPU") and "MASTER_ADDR" in os.environ
     if single_cpu_process and "WORLD_SIZE" not in os.environ and "PMI_SIZE" not in os.environ:
         raise ValueError(
             "`accelerate launch --cpu --num_processes N` started this single process (accelerate starts several CPU "
@@ -424,32 +372,9 @@ def check_cpu_launch(deepspeed: Any = None) -> None:
         )
 
 
-def cpu_processes_need_use_cpu() -> bool:
-    """Whether a launcher started several processes on a machine without an accelerator: `TrainingArguments` then
-    need `use_cpu` for them to form one (gloo) group and shard the data, instead of each training alone."""
-    return _launched_processes() > 1 and not _has_accelerator()
-
-
-def shard_across_cpu_processes(training_args: TrainingArguments) -> TrainingArguments:
-    """`check_cpu_launch`, then switch `training_args` to `use_cpu` (in place) when `cpu_processes_need_use_cpu`."""
-    check_cpu_launch(getattr(training_args, "deepspeed", None))
-    if not cpu_processes_need_use_cpu() or training_args.use_cpu or training_args.world_size > 1:
-        return training_args
-    logger.info(f"{_launched_processes()} processes and no accelerator: training on the CPU, sharded (use_cpu).")
-    training_args.use_cpu = True
-    training_args.dataloader_pin_memory = False
-    training_args.ddp_backend = training_args.ddp_backend or "gloo"
-    training_args.__dict__.pop("_setup_devices", None)  # the cached device set-up, redone with use_cpu
-    _ = training_args.device
-    return training_args
-
-
 def close_process_group() -> None:
-    """End a launched run: collect the trainer's unreachable objects, then destroy the default process group.
-
-    In this order because a DDP reducer holds a reference to the group: freed after `destroy_process_group`, it
-    destroys the gloo group while holding the GIL, which one of gloo's threads may need (a deadlock at exit).
-    Callers drop their own references to the trainer first."""
+    """End a launched run: collect the trainer's unreachable objects, then destroy the default process group (a DDP
+    reducer freed after `destroy_process_group` can deadlock gloo at exit). Callers drop their trainer first."""
     import gc
 
     gc.collect()
@@ -458,8 +383,7 @@ def close_process_group() -> None:
 
 
 def check_training_numbers(training_args: TrainingArguments) -> None:
-    """Refuse nonsense step and batch numbers before any work (the Trainer would take a negative `max_steps` as
-    epochs, and a zero batch until it fails)."""
+    """Refuse nonsense step and batch numbers before any work (the Trainer takes a negative `max_steps` as epochs)."""
     args = training_args
     if not (args.max_steps == -1 or args.max_steps > 0):
         raise ValueError(
@@ -479,23 +403,22 @@ def check_training_numbers(training_args: TrainingArguments) -> None:
 
 
 def prepare_training_arguments(training_args: TrainingArguments) -> TrainingArguments:
-    """What every training entry point runs first: `check_training_numbers`, then `shard_across_cpu_processes`."""
+    """What every training entry point runs first: `check_training_numbers` and `check_cpu_launch`, then the processes
+    of a CPU launch get `use_cpu` (in place) so that they shard."""
     check_training_numbers(training_args)
-    return shard_across_cpu_processes(training_args)
+    check_cpu_launch(getattr(training_args, "deepspeed", None))
+    if not cpu_processes_need_use_cpu() or training_args.use_cpu or training_args.world_size > 1:
+        return training_args
+    logger.info("Several processes and no accelerator: training on the CPU, sharded (use_cpu).")
+    training_args.use_cpu = True
+    training_args.dataloader_pin_memory = False
+    training_args.ddp_backend = training_args.ddp_backend or "gloo"
+    training_args.__dict__.pop("_setup_devices", None)  # the cached device set-up, redone with use_cpu
+    _ = training_args.device
+    return training_args
 
 
 # ----------------------------------------------------------------------------------------------- entry point
-def _check_precision(training_args: TrainingArguments) -> None:
-    """Refuse half precision on CPU (set by --bf16/--fp16 or by accelerate's ACCELERATE_MIXED_PRECISION)."""
-    accelerate_half = getattr(training_args, "mixed_precision", "no") in ("bf16", "fp16")
-    half = training_args.bf16 or training_args.fp16 or accelerate_half
-    if half and training_args.device.type == "cpu":
-        raise ValueError(
-            "bf16/fp16 mixed precision is not supported for UniFlow training on CPU: train in float32 (drop "
-            "--bf16/--fp16, or mixed_precision from the accelerate config), or train on a GPU."
-        )
-
-
 def train_tokenizer(
     model: UniFlowModel,
     train_dataset: Any,
@@ -510,20 +433,12 @@ def train_tokenizer(
     callbacks: list | None = None,
     save_model: bool = True,
 ) -> UniFlowTrainer:
-    """Train a UniFlow tokenizer (flow loss + layer-wise adaptive self-distillation) with `UniFlowTrainer`.
+    """Train a UniFlow tokenizer (flow loss + layer-wise adaptive self-distillation) with `UniFlowTrainer`; returns it.
 
-    - `model`: a `UniFlowModel` (or a PEFT model of one); its current encoder becomes the frozen teacher unless
-      `distillation=False`, `config.distillation_mode == "none"` or `config.freeze_encoder` (the encoder is then
-      frozen). A teacher already set is kept.
-    - `train_dataset` / `eval_dataset`: image datasets with `image_column`, wrapped in `UniFlowTrainingDataset` (the
-      training set may be a stream: `UniFlowIterableTrainingDataset`); the evaluation set is not augmented. The
-      draws are seeded by `training_args.data_seed` (else `seed`).
-    - `lora_config`: a `peft.LoraConfig` to train adapters only (`lora_config_for`).
-    - `resume_from_checkpoint`: a checkpoint folder, or True for the last complete one in `output_dir` (default
-      `training_args.resume_from_checkpoint`). Build `model` as for the first run: the teacher is never saved.
-    - `save_model`: save the final model (or adapters) and the processor to `output_dir` (`save_final_model`).
-
-    Returns the trainer."""
+    `model` (or a PEFT model of one): its current encoder becomes the frozen teacher unless `distillation=False`,
+    `config.distillation_mode == "none"` or `config.freeze_encoder`. The datasets hold images in `image_column` (the
+    training set may be a stream); draws are seeded by `data_seed` (else `seed`). `lora_config`: train adapters only.
+    `resume_from_checkpoint`: a folder, or True for the last complete one; build `model` as for the first run."""
     base_model = _unwrap(model)
     if not isinstance(base_model, UniFlowModel):
         raise TypeError(f"`model` must be a UniFlowModel (or a PEFT model of one), got {type(model).__name__}.")
@@ -531,7 +446,12 @@ def train_tokenizer(
     if has_adapters and lora_config is not None:
         raise ValueError("`model` already has adapters: pass either a PEFT model or `lora_config`, not both.")
     prepare_training_arguments(training_args)
-    _check_precision(training_args)
+    half = training_args.bf16 or training_args.fp16 or getattr(training_args, "mixed_precision", "") in ("bf16", "fp16")
+    if half and training_args.device.type == "cpu":  # --bf16/--fp16, or the accelerate config's mixed_precision
+        raise ValueError(
+            "bf16/fp16 mixed precision is not supported for UniFlow training on CPU: train in float32 (drop "
+            "--bf16/--fp16, or mixed_precision from the accelerate config), or train on a GPU."
+        )
     config = base_model.config
     processor = processor if processor is not None else UniFlowImageProcessor.from_image_size(config.image_size)
 

@@ -1,13 +1,19 @@
-"""`uniflow-hf generate`, `uniflow-hf reconstruct`, `uniflow-hf attach-guide` and `uniflow-hf set-defaults`."""
+"""`uniflow-hf generate`, `uniflow-hf reconstruct`, `uniflow-hf attach-guide` and `uniflow-hf set-defaults`, with the
+loaders of their pipelines."""
 
 from __future__ import annotations
 
 import os
+import sys
 
 from .. import FMNIST_MODEL_PATH
-from ..inference import image_grid, load_class_conditional_pipeline, load_reconstruction_pipeline, reconstruct_images
 from ..io import check_output_dir
 from ..pipelines.pipeline_uniflow_class_conditional import SAMPLING_SETTINGS
+
+
+# the option of each sampling setting, e.g. --guidance-scale
+SAMPLING_OPTIONS = {name: "--" + name.replace("_", "-") for name in SAMPLING_SETTINGS}
+SAMPLING_OPTIONS["decoder_num_inference_steps"] = "--decoder-steps"
 
 
 def register(subparsers) -> None:
@@ -34,10 +40,7 @@ def register(subparsers) -> None:
 
     parser = subparsers.add_parser("attach-guide")
     parser.add_argument("--model", required=True, help="class-conditional pipeline folder")
-    parser.add_argument(
-        "--guide", required=True,
-        help="pipeline folder of the guide: a smaller and/or shorter-trained DiT on the same tokenizer and dataset",
-    )
+    parser.add_argument("--guide", required=True, help="pipeline folder of a DiT on the same tokenizer and dataset")
     parser.add_argument("--output-dir", required=True, help="where to save the pipeline with its guide")
     autoguidance = ("autoguidance_scale", "autoguidance_interval")
     add_sampling_arguments(parser, "the pipeline's default", names=autoguidance, required=autoguidance[:1])
@@ -51,16 +54,15 @@ def register(subparsers) -> None:
 
 
 def add_sampling_arguments(parser, default: str, names=tuple(SAMPLING_SETTINGS), required=()) -> None:
-    """Options for the class-conditional pipeline's sampling settings `names` (`SAMPLING_SETTINGS`, which the pipeline
-    checks); `default` says what a given value is, or what applies without one."""
+    """Options for the class-conditional pipeline's sampling settings `names`, which the pipeline checks; `default`
+    says what a given value is, or what applies without one."""
     for name in names:
-        option = "--decoder-steps" if name == "decoder_num_inference_steps" else "--" + name.replace("_", "-")
         if name.endswith("_interval"):
             kind = dict(type=float, nargs=2, metavar=("T_START", "T_END"))
         else:
             kind = dict(type=int if name == "decoder_num_inference_steps" else float, metavar="VALUE")
         help = f"the pipeline's `{name}`: {SAMPLING_SETTINGS[name][1]} ({default})"
-        parser.add_argument(option, dest=name, required=name in required, help=help, **kind)
+        parser.add_argument(SAMPLING_OPTIONS[name], dest=name, required=name in required, help=help, **kind)
 
 
 def sampling_arguments(args) -> dict:
@@ -69,24 +71,17 @@ def sampling_arguments(args) -> dict:
 
 
 def add_device_arguments(parser) -> None:
-    """`--device` and `--dtype`, the dtype resolved for the device (`resolve_dtype_argument`)."""
     from ..hardware import DTYPE_CHOICES
 
-    parser.add_argument(
-        "--device", default=None,
-        help="where the models run: cpu, cuda, cuda:N, mps, ... (default: Accelerate's device, the accelerator when "
-        "one is present, else the CPU)",
-    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps, ... (default: Accelerate's device)")
     parser.add_argument(
         "--dtype", default="auto", choices=DTYPE_CHOICES,
-        help="compute dtype; auto (default): bfloat16 where the device runs it natively (CUDA with bf16, CPUs with "
-        "AMX or AVX512-BF16), float32 elsewhere. The choice and its reason are printed (stderr).",
+        help="compute dtype; auto: bfloat16 where the device runs it natively, else float32 (printed, with why)",
     )
 
 
 def resolve_device_argument(args):
-    """The torch device of `--device`, by default Accelerate's (`PartialState().device`); a device that does not
-    exist here is refused."""
+    """The torch device of `--device`, by default Accelerate's; a device that does not exist here is refused."""
     import torch
 
     if args.device is None:
@@ -96,10 +91,7 @@ def resolve_device_argument(args):
     try:
         device = torch.device(args.device)
     except RuntimeError as error:
-        raise ValueError(
-            f"--device {args.device!r} is not a device: use cpu, cuda, cuda:N, mps or xpu (leave it out for "
-            "Accelerate's device)."
-        ) from error
+        raise ValueError(f"--device {args.device!r} is not a device: use cpu, cuda, cuda:N, mps or xpu.") from error
     backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
     if device.type != "cpu" and not getattr(backend, "is_available", lambda: False)():
         raise ValueError(f"--device {args.device}: this machine has no {device.type} device (use --device cpu).")
@@ -110,13 +102,46 @@ def resolve_device_argument(args):
 
 def resolve_dtype_argument(args, device):
     """The torch dtype of `--dtype` on `device`, printed with its reason (stderr)."""
-    import sys
-
     from ..hardware import choose_dtype
 
     choice = choose_dtype(args.dtype, device)
     print(f"uniflow-hf {args.command}: device {device}, dtype {choice}", file=sys.stderr)
     return choice.dtype
+
+
+def load_class_conditional_pipeline(model_dir: str | os.PathLike, dtype=None):
+    """The `UniFlowClassConditionalPipeline` saved in `model_dir`, in `dtype` when given (else as saved)."""
+    from diffusers import DiffusionPipeline
+
+    from ..pipelines import UniFlowClassConditionalPipeline
+
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"The model folder {model_dir} does not exist.")
+    pipeline = DiffusionPipeline.from_pretrained(model_dir, **({} if dtype is None else {"dtype": dtype}))
+    if not isinstance(pipeline, UniFlowClassConditionalPipeline):
+        raise ValueError(f"{model_dir} holds a {type(pipeline).__name__}, not a UniFlowClassConditionalPipeline.")
+    return pipeline
+
+
+def load_reconstruction_pipeline(model_dir: str | os.PathLike, dtype=None):
+    """A `UniFlowReconstructionPipeline` of the tokenizer and image processor of a pipeline folder or a UniFlow model
+    folder (ours or an official release), as `evaluation.load_tokenizer` finds them."""
+    from ..evaluation import load_tokenizer
+    from ..pipelines import UniFlowReconstructionPipeline
+
+    tokenizer, image_processor = load_tokenizer(str(model_dir), **({} if dtype is None else {"dtype": dtype}))
+    return UniFlowReconstructionPipeline(tokenizer=tokenizer, image_processor=image_processor)
+
+
+def image_grid(images: list, max_columns: int = 8):
+    """`images` in rows of at most `max_columns`, the last row filled with black."""
+    from diffusers.utils import make_image_grid
+    from PIL import Image
+
+    columns = min(len(images), max_columns)
+    rows = -(-len(images) // columns)
+    blank = Image.new(images[0].mode, images[0].size)
+    return make_image_grid(list(images) + [blank] * (rows * columns - len(images)), rows=rows, cols=columns)
 
 
 def run_generate(args) -> int:
@@ -149,29 +174,44 @@ def run_generate(args) -> int:
 
 
 def run_reconstruct(args) -> int:
+    import torch
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from ..metrics import peak_signal_noise_ratio, structural_similarity
+
     missing = [path for path in args.images if not os.path.isfile(path)]
     if missing:
         raise FileNotFoundError(f"No such image file(s): {', '.join(missing)}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}.")
     check_output_dir(args.output_dir)
     device = resolve_device_argument(args)
     dtype = resolve_dtype_argument(args, device)
     pipeline = load_reconstruction_pipeline(args.model or FMNIST_MODEL_PATH, dtype=dtype).to(device)
-    result = reconstruct_images(
-        pipeline, args.images, num_inference_steps=args.steps, seed=args.seed, batch_size=args.batch_size
-    )
+    processor, inputs, reconstructions = pipeline.processor, [], []
+    with tqdm(total=len(args.images), unit="image") as bar:  # image i decodes with seed + i, whatever the batches
+        for start in range(0, len(args.images), args.batch_size):
+            batch = [Image.open(path).convert("RGB") for path in args.images[start : start + args.batch_size]]
+            generators = [torch.Generator().manual_seed(args.seed + start + i) for i in range(len(batch))]
+            decoded = pipeline(batch, num_inference_steps=args.steps, generator=generators, output_type="pt")
+            reconstructions.append(decoded.images.to("cpu", torch.float32))
+            inputs.append(processor.postprocess(processor(batch, return_tensors="pt").pixel_values, output_type="pt"))
+            bar.update(len(batch))
+    inputs, reconstructions = torch.cat(inputs), torch.cat(reconstructions)
+    psnr = peak_signal_noise_ratio(reconstructions, inputs).tolist()
+    ssim = structural_similarity(reconstructions, inputs).tolist()
+
     stems = [os.path.splitext(os.path.basename(path))[0] for path in args.images]
     if len(set(stems)) < len(stems):
         stems = [f"{i:04d}_{stem}" for i, stem in enumerate(stems)]
     os.makedirs(args.output_dir, exist_ok=True)
-    originals, reconstructions = (
-        pipeline.numpy_to_pil(x.permute(0, 2, 3, 1).numpy()) for x in (result.inputs, result.reconstructions)
-    )
+    originals, decoded = (pipeline.numpy_to_pil(x.permute(0, 2, 3, 1).numpy()) for x in (inputs, reconstructions))
     for i, path in enumerate(args.images):
         out_path = os.path.join(args.output_dir, f"{stems[i]}_reconstruction.png")
-        image_grid([originals[i], reconstructions[i]]).save(out_path)
-        print(f"{path}: PSNR {result.psnr[i]:.2f} dB  SSIM {result.ssim[i]:.4f}  -> {out_path}")
-    psnr, ssim = sum(result.psnr) / len(result.psnr), sum(result.ssim) / len(result.ssim)
-    print(f"mean over {len(result.psnr)} image(s): PSNR {psnr:.2f} dB  SSIM {ssim:.4f}")
+        image_grid([originals[i], decoded[i]]).save(out_path)
+        print(f"{path}: PSNR {psnr[i]:.2f} dB  SSIM {ssim[i]:.4f}  -> {out_path}")
+    print(f"mean over {len(psnr)} image(s): PSNR {sum(psnr) / len(psnr):.2f} dB  SSIM {sum(ssim) / len(ssim):.4f}")
     return 0
 
 
@@ -190,14 +230,10 @@ def run_attach_guide(args) -> int:
 def run_set_defaults(args) -> int:
     changes = sampling_arguments(args)
     if not changes:
-        raise ValueError(
-            "Nothing to set: pass at least one of --guidance-scale, --guidance-interval, --guidance-rescale, "
-            "--autoguidance-scale, --autoguidance-interval, --decoder-steps, --decoder-latent-scale."
-        )
+        raise ValueError(f"Nothing to set: pass at least one of {', '.join(SAMPLING_OPTIONS.values())}.")
     check_output_dir(args.output_dir)
     pipeline = load_class_conditional_pipeline(args.model)
-    # a new pipeline, whose __init__ checks the settings as it checks those of any pipeline
-    pipeline = type(pipeline)(**pipeline.components, **{**pipeline.settings, **changes})
+    pipeline = type(pipeline)(**pipeline.components, **{**pipeline.settings, **changes})  # whose __init__ checks them
     pipeline.save_pretrained(args.output_dir)
     print(f"Saved the pipeline to {args.output_dir} with " + ", ".join(f"{k}={v}" for k, v in changes.items()))
     return 0

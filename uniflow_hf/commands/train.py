@@ -1,8 +1,7 @@
 """`uniflow-hf train-tokenizer` and `uniflow-hf train-generator`: training with the Hugging Face Trainer.
 
-Every `TrainingArguments` field is an option (`--learning_rate`, `--max_steps`, `--resume_from_checkpoint`...;
-dashes work too), next to the command's own. Multi-GPU / multi-node: launch the same command with `torchrun` or
-`accelerate launch` (examples/README.md)."""
+Every `TrainingArguments` field is an option (`--learning_rate`, `--max_steps`...; dashes work too). Multi-GPU /
+multi-node: launch the same command with `torchrun` or `accelerate launch` (examples/README.md)."""
 
 # No `from __future__ import annotations`: HfArgumentParser reads the dataclass field types at runtime.
 import argparse
@@ -41,8 +40,7 @@ class TrainTokenizerArguments:
 
 @dataclass
 class TrainGeneratorArguments:
-    """Where `uniflow-hf train-generator` finds the tokenizer and the images (the rest are
-    `GeneratorTrainingArguments`)."""
+    """Tokenizer and images of `uniflow-hf train-generator` (the rest are `GeneratorTrainingArguments`)."""
 
     tokenizer: str = _help("UniFlow model folder (or a pipeline folder holding one)")
     dataset: str = _help("a labelled imagefolder directory (one sub-folder per class) or a `save_to_disk` dataset")
@@ -101,9 +99,7 @@ def parse_arguments(args: argparse.Namespace):
 
 def parse_training_options(argument_types, values: dict):
     """`HfArgumentParser(argument_types).parse_dict(values)` (`TrainingArguments` last) after the checks that need no
-    work: the output folder (checked by every process before they meet), the launch (several CPU processes get
-    `use_cpu`) and the step and batch numbers; with `--overwrite-output-dir` the main process then removes the
-    earlier run's checkpoints."""
+    work (output folder, launch, step and batch numbers); with `--overwrite-output-dir`, old checkpoints go."""
     from transformers import HfArgumentParser
 
     from ..io import check_training_output_dir, remove_checkpoints
@@ -219,7 +215,7 @@ def run_train_tokenizer(args: argparse.Namespace) -> int:
 def run_train_generator(args: argparse.Namespace) -> int:
     from ..data import check_images, load_image_dataset
     from ..generator_training import train_generator
-    from ..inference import load_reconstruction_pipeline
+    from .generate import load_reconstruction_pipeline
     from ..io import check_output_dir
     from ..training import close_process_group
 
