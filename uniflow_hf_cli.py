@@ -1,20 +1,17 @@
-"""The `uniflow-hf` console script (also `python -m uniflow_hf.cli`, for launchers that take a module).
-
-It lives outside the `uniflow_hf` package so that `uniflow-hf --help` imports nothing heavy (the package's import
-registers our classes with transformers and diffusers): a command's module in `uniflow_hf.commands` is imported, and
-its parser built, only when that command runs.
-"""
+"""The `uniflow-hf` console script (also `python -m uniflow_hf.cli`). Outside the package, so that `--help` imports
+nothing heavy: a command's module in `uniflow_hf.commands` is imported only when that command runs."""
 
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 from typing import NamedTuple
 
 
 class Command(NamedTuple):
-    module: str  # in `uniflow_hf.commands`, whose `register(subparsers)` adds the command with its `func`
+    module: str  # in `uniflow_hf.commands`: its `register(subparsers)` adds the command
     help: str
 
 
@@ -67,10 +64,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def destroy_process_group() -> None:
-    """Destroy the process group a launched command initialised: gloo's threads can otherwise abort the finished
-    process at teardown (pytorch/pytorch#190489)."""
+    """Destroy the process group a launched command initialised (gloo's threads can otherwise abort the finished
+    process at teardown, pytorch/pytorch#190489), after collecting the command's garbage: a DDP reducer freed after
+    the group would destroy it again while holding the GIL."""
     distributed = sys.modules.get("torch.distributed")  # a command that never imported torch has nothing to close
     if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        gc.collect()
         distributed.destroy_process_group()
 
 

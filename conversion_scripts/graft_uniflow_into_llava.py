@@ -2,12 +2,10 @@
 
     python conversion_scripts/graft_uniflow_into_llava.py --llava LLAVA_DIR --uniflow UNIFLOW_DIR --output OUT_DIR
 
-`LLAVA_DIR` is a LLaVA checkpoint in transformers format with any tower, in the legacy key layout or transformers 5's;
-the old tower's tensors are never read. The output keeps the language model bit-exact, puts UniFlow's encoder in the
-language model's dtype as `model.vision_tower`, and re-initialises the projector (seeded, as LLaVA initialises it)
-unless `--keep-projector` is given and it fits. Its processor pairs `UniFlowImageProcessor` with the LLaVA's
-tokenizer. It loads with `LlavaForConditionalGeneration.from_pretrained` once `uniflow_hf` is imported, and without
-uniflow-hf with `trust_remote_code=True` (the folder holds the code and the `auto_map`).
+`LLAVA_DIR`: a transformers LLaVA checkpoint (legacy or transformers 5 key layout; its tower is never read). The output
+keeps the language model bit-exact, holds UniFlow's encoder in its dtype as the tower, a projector re-initialised
+(seeded) unless `--keep-projector` and it fits, and a processor; it loads with `LlavaForConditionalGeneration` once
+`uniflow_hf` is imported, and without uniflow-hf with `trust_remote_code=True`.
 """
 
 from __future__ import annotations
@@ -198,13 +196,13 @@ def graft_uniflow_into_llava(
     seed: int = 0,
     verify: bool = True,
 ) -> Path:
-    """Write to `output_dir` the LLaVA of `llava_dir` with the UniFlow encoder of `uniflow_dir` as its tower, then,
-    with `verify`, load it back and check every weight; see the module docstring. Returns `output_dir`."""
+    """Write the LLaVA of `llava_dir` with the UniFlow encoder of `uniflow_dir` as its tower to `output_dir` (see the
+    module docstring) and, with `verify`, load it back and check every weight."""
     from huggingface_hub import save_torch_state_dict
     from transformers.dynamic_module_utils import custom_object_save
 
     import uniflow_hf  # noqa: F401  (registers UniFlowConfig / UniFlowVisionModel with the Auto classes)
-    from uniflow_hf.llava import check_vision_feature_select_strategy, num_image_features
+    from uniflow_hf.llava import num_image_features
     from uniflow_hf.model_card import model_card
     from uniflow_hf.modeling.modeling_uniflow_llava import UniFlowLlavaConfig, UniFlowLlavaForConditionalGeneration
 
@@ -218,7 +216,6 @@ def graft_uniflow_into_llava(
         vision_feature_layer = -1 if tower.has_latent_head else config_dict.get("vision_feature_layer", -2)
     _check_feature_layers(vision_feature_layer, tower)
     strategy = vision_feature_select_strategy or config_dict.get("vision_feature_select_strategy", "default")
-    check_vision_feature_select_strategy(strategy)
 
     embeddings = state_dict.get("model.language_model.embed_tokens.weight", next(iter(state_dict.values())))
     language_model_dtype = embeddings.dtype
@@ -237,8 +234,7 @@ def graft_uniflow_into_llava(
     new_state_dict.update(_projector_state_dict(config, state_dict, keep_projector, language_model_dtype, seed))
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    # The code beside the weights: the config's save copies modeling_uniflow_llava.py and its siblings and writes
-    # `auto_map` for AutoConfig; the model class adds its own entry to the same `auto_map`.
+    # The code beside the weights and both `auto_map` entries (config and model).
     with torch.device("meta"):
         model = UniFlowLlavaForConditionalGeneration(config)
     custom_object_save(model, output_dir, config=config)

@@ -1,6 +1,5 @@
-"""`python -m uniflow_hf.cli COMMAND ...`: the `uniflow-hf` console script for launchers that take a module
-(`torchrun`, `accelerate launch -m`). The commands and `main` are in `uniflow_hf_cli`, which says why it sits outside
-this package."""
+"""`python -m uniflow_hf.cli COMMAND ...`: `uniflow_hf_cli.main` for launchers that take a module (`torchrun`,
+`accelerate launch -m`)."""
 
 import sys
 

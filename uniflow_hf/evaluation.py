@@ -1,10 +1,6 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
 """Reconstruction quality of a UniFlow tokenizer (PSNR, SSIM, rFID) over an image folder or a saved dataset, streamed
-a batch at a time and split between the processes of a launch; the `uniflow-hf evaluate` command.
-
-    >>> model, processor = load_tokenizer("path/to/uniflow")  # a UniFlowModel or pipeline folder
-    >>> evaluate_reconstruction(model, open_image_source("path/to/images"), processor, max_images=1000)["psnr"]
-"""
+a batch at a time and split between the processes of a launch; the `uniflow-hf evaluate` command."""
 
 from __future__ import annotations
 
@@ -19,11 +15,11 @@ from .data import load_image_dataset
 from .metrics import (
     FeatureStatistics,
     FIDInceptionV3,
-    frechet_distance_of_statistics,
+    frechet_distance,
     peak_signal_noise_ratio,
     structural_similarity,
 )
-from .modeling.loss_uniflow import process_rank_and_world_size, reduce_across_processes
+from .modeling.loss_uniflow import process_rank_and_world_size
 
 
 class UnreadableImageError(ValueError):
@@ -101,8 +97,8 @@ def load_tokenizer(path: str, **from_pretrained_kwargs):
 
 
 def quantize_dynamic_int8(model):
-    """An int8 copy of a float32 CPU `model`: `torch.ao.quantization.quantize_dynamic` of its `nn.Linear`s, except the
-    two whose `weight.dtype` the model reads to pick its working dtype (speed and accuracy: benchmarks/README.md)."""
+    """An int8 copy of a float32 CPU `model` (`quantize_dynamic` of its `nn.Linear`s but the two whose `weight.dtype`
+    the model reads to pick its working dtype)."""
     import copy
     import warnings
 
@@ -116,11 +112,6 @@ def quantize_dynamic_int8(model):
     with warnings.catch_warnings():  # torch.ao.quantization's deprecation notice (torchao is its successor)
         warnings.simplefilter("ignore")
         return quantize_dynamic(copy.deepcopy(model).eval(), qconfig, dtype=torch.qint8)
-
-
-def _decoder_noise(indices: list[int], seed: int, shape: tuple[int, int]) -> torch.Tensor:
-    """The initial noise of each image, from a CPU generator seeded by `seed + index`."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in indices])
 
 
 def _read_batch(source, indices, processor, preprocess_kwargs, skip_unreadable, skipped) -> tuple[list[int], list]:
@@ -142,13 +133,6 @@ def _read_batch(source, indices, processor, preprocess_kwargs, skip_unreadable, 
     return kept, pixel_values
 
 
-def _process_shard(num_images: int, rank: int, world_size: int) -> list[int]:
-    """The contiguous block of image indices of process `rank`."""
-    per_process, extra = divmod(num_images, world_size)
-    start = rank * per_process + min(rank, extra)
-    return list(range(start, start + per_process + (rank < extra)))
-
-
 @torch.no_grad()
 def evaluate_reconstruction(
     model,
@@ -165,23 +149,12 @@ def evaluate_reconstruction(
     accelerator=None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Reconstruct the first `max_images` images of `source` (anything with `__len__`, `load(i) -> PIL image` and
-    `name(i)`) and score them against the preprocessed originals, both mapped to [0, 1] by `processor.postprocess`.
+    """Reconstruct the first `max_images` images of `source` (an `ImageSource`) and score them against the
+    preprocessed originals, both mapped to [0, 1] by `processor.postprocess`; rFID too with `inception`.
 
-    Args:
-        resolution (`int`, *optional*): resize the short side to this and centre-crop it square; by default the
-            processor's own square crop, else the model's `image_size`.
-        num_inference_steps (`int`, *optional*): decoder steps; the model's `num_sampling_steps` otherwise.
-        batch_size (`int`): images per forward, per process.
-        inception (`FIDInceptionV3`, *optional*): with it, rFID too.
-        seed (`int`): the decoder noise of image i is drawn with seed `seed + i`, whatever the batches and processes.
-        skip_unreadable (`bool`): skip (and list) unreadable images instead of raising `UnreadableImageError`.
-        accelerator (`accelerate.Accelerator`, *optional*): its autocast on GPUs. The images are split between the
-            processes of the default `torch.distributed` group, the group the sums are reduced over.
-
-    Returns:
-        A dict, the same in every process: `psnr`, `ssim`, `rfid` (with `inception`), `num_images`, `num_skipped`,
-        `skipped`, `resolution`, `num_inference_steps`, `seed`, `num_processes`, `process_index`.
+    `resolution` defaults to the processor's square crop, else the model's `image_size`; the decoder noise of image i
+    is seeded by `seed + i`, whatever the batches and processes of the default `torch.distributed` group that share
+    the images. Returns the same dict in every process (`psnr`, `ssim`, `rfid`, `num_images`, `skipped`, ...).
     """
     from accelerate import PartialState
     from tqdm.auto import tqdm
@@ -214,11 +187,13 @@ def evaluate_reconstruction(
         inception = inception.to(device).eval()
 
     num_images = len(source) if max_images is None else min(max_images, len(source))
-    tokens = (resolution // patch_size) ** 2
+    noise_shape = ((resolution // patch_size) ** 2, model.config.patch_dim)  # image i's noise: seed + i
     statistics = {key: FeatureStatistics(FIDInceptionV3.num_features) for key in ("reconstructions", "references")}
     sums = torch.zeros(3, dtype=torch.float64)  # images, PSNR, SSIM
     skipped = []
-    shard = _process_shard(num_images, rank, world_size)
+    per_process, extra = divmod(num_images, world_size)
+    first = rank * per_process + min(rank, extra)
+    shard = range(first, first + per_process + (rank < extra))  # a contiguous block of images per process
     bar = tqdm(total=len(shard), desc="Reconstructing", disable=not progress or rank != 0)
     for start in range(0, len(shard), batch_size):
         indices = shard[start : start + batch_size]
@@ -227,7 +202,8 @@ def evaluate_reconstruction(
         if not kept:
             continue
         pixel_values = torch.cat(pixel_values).to(device=device, dtype=model.dtype)
-        noise = _decoder_noise(kept, seed, (tokens, model.config.patch_dim)).to(device=device, dtype=model.dtype)
+        noise = torch.stack([torch.randn(noise_shape, generator=torch.Generator().manual_seed(seed + i)) for i in kept])
+        noise = noise.to(device=device, dtype=model.dtype)
         with autocast():
             reconstruction = model.reconstruct(pixel_values, noise=noise, num_inference_steps=num_inference_steps)
         references = processor.postprocess(pixel_values, output_type="pt").to(device)
@@ -243,8 +219,9 @@ def evaluate_reconstruction(
     def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
         if world_size == 1:
             return tensor
-        backend_device = device if "nccl" in str(torch.distributed.get_backend()) else torch.device("cpu")
-        return reduce_across_processes(tensor.to(backend_device), reduction="sum").cpu()
+        tensor = tensor.to(device if "nccl" in str(torch.distributed.get_backend()) else "cpu", copy=True)
+        torch.distributed.all_reduce(tensor)
+        return tensor.cpu()
 
     sums = sum_over_processes(sums)
     if world_size > 1:
@@ -263,5 +240,7 @@ def evaluate_reconstruction(
         if count < 2:
             raise ValueError("rFID needs at least 2 images (a covariance); evaluate more images.")
         reconstructions, references = (statistics[key].reduce(sum_over_processes) for key in statistics)
-        results["rfid"] = frechet_distance_of_statistics(reconstructions, references)
+        results["rfid"] = frechet_distance(
+            reconstructions.mean, reconstructions.covariance, references.mean, references.covariance
+        )
     return results

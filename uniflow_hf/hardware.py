@@ -1,10 +1,7 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
-"""The dtype for the machine at hand: `choose_dtype("auto")` picks bfloat16 where the device runs it natively (CUDA
-with compute capability 8.0 and up; x86 CPUs with AMX-BF16 or AVX512-BF16, what oneDNN's bfloat16 matmuls need) and
-float32 elsewhere, from what it detects. Timings and the bf16 quality margin are in benchmarks/README.md.
-
-The environment variable `UNIFLOW_HF_CPUINFO` names a file read instead of `/proc/cpuinfo` (a testing override: the
-project's `pytest --cpu-flags` writes one)."""
+"""`choose_dtype("auto")`: bfloat16 where the device runs it natively (CUDA compute capability >= 8.0; x86 CPUs with
+AMX-BF16 or AVX512-BF16), float32 elsewhere. `UNIFLOW_HF_CPUINFO` names a file read instead of `/proc/cpuinfo` (the
+tests' `pytest --cpu-flags` writes one)."""
 
 from __future__ import annotations
 
@@ -25,7 +22,7 @@ CPUINFO_PATH = os.environ.get("UNIFLOW_HF_CPUINFO") or "/proc/cpuinfo"
 
 @dataclass(frozen=True)
 class DtypeChoice:
-    """A resolved dtype and why it was chosen; `str(choice)` reads "bfloat16 (auto: CPU ... has amx_bf16 ...)"."""
+    """A resolved dtype and why it was chosen, e.g. "bfloat16 (auto: CPU ... has amx_bf16 ...)"."""
 
     dtype: torch.dtype
     reason: str
@@ -39,7 +36,7 @@ class DtypeChoice:
 
 
 def _cpuinfo() -> dict[str, str]:
-    """The first processor's entries of `CPUINFO_PATH`, or `{}` where there is no such file."""
+    """The first processor's entries of `CPUINFO_PATH` (`{}` without the file)."""
     entries = {}
     try:
         with open(CPUINFO_PATH) as handle:
@@ -115,5 +112,4 @@ def choose_dtype(choice="auto", device=None) -> DtypeChoice:
 
 
 def resolve_dtype(choice="auto", device=None) -> torch.dtype:
-    """The torch dtype `choose_dtype(choice, device)` resolves to."""
     return choose_dtype(choice, device).dtype

@@ -33,14 +33,9 @@ def check_output_dir(path: str | os.PathLike, option: str = "--output-dir") -> s
     return path
 
 
-def checkpoint_folders(output_dir: str | os.PathLike) -> list[str]:
-    """The `checkpoint-<step>` folders of `output_dir`, by step, as the Trainer sorts them."""
-    return sort_checkpoints(os.fspath(output_dir)) if os.path.isdir(output_dir) else []
-
-
 def checkpoint_incompleteness(folder: str, required_files: tuple[str, ...] = ()) -> str | None:
-    """Why `folder` is not a completely written checkpoint, or None: the Trainer writes `trainer_state.json` last,
-    `required_files` come after it (e.g. from an `on_save` callback)."""
+    """Why `folder` is not a completely written checkpoint (`trainer_state.json`, written last, then `required_files`),
+    or None."""
     state_file = os.path.join(folder, TRAINER_STATE_NAME)
     if not os.path.isfile(state_file):
         return f"no {TRAINER_STATE_NAME}"
@@ -57,7 +52,7 @@ def last_complete_checkpoint(output_dir: str | os.PathLike, required_files: tupl
     """The last completely written checkpoint of `output_dir`, skipping (with a warning) later ones a killed run left
     half-written. Raises when there is none."""
     skipped = []
-    for folder in reversed(checkpoint_folders(output_dir)):
+    for folder in reversed(sort_checkpoints(os.fspath(output_dir))):
         reason = checkpoint_incompleteness(folder, required_files)
         if reason is None:
             if skipped:
@@ -76,8 +71,8 @@ def last_complete_checkpoint(output_dir: str | os.PathLike, required_files: tupl
 def check_training_output_dir(
     output_dir: str | os.PathLike, resume: bool = False, overwrite: bool | None = False
 ) -> str:
-    """`output_dir` checked writable and, unless the run resumes or overwrites, empty: a run never mixes its files
-    with another's. `overwrite=None`: the command has no --overwrite-output-dir. Returns the absolute path."""
+    """The absolute `output_dir`, checked writable and, unless the run resumes or overwrites, empty (`overwrite=None`:
+    the command has no --overwrite-output-dir)."""
     output_dir = check_output_dir(output_dir)
     if resume or overwrite or not os.path.isdir(output_dir):
         return output_dir
@@ -94,7 +89,7 @@ def check_training_output_dir(
 
 def remove_checkpoints(output_dir: str | os.PathLike) -> None:
     """Remove an earlier run's `checkpoint-*` folders (`--overwrite-output-dir`), which a resume would take for ours."""
-    for folder in checkpoint_folders(output_dir):
+    for folder in sort_checkpoints(os.fspath(output_dir)):
         logger.warning(f"--overwrite-output-dir: removing {folder} of the earlier run.")
         shutil.rmtree(folder)
 

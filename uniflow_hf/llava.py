@@ -1,12 +1,9 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
-"""UniFlow as the vision tower of LLaVA (transformers' `LlavaForConditionalGeneration`), and LoRA fine-tuning.
+"""UniFlow as the vision tower of transformers' `LlavaForConditionalGeneration`, and LoRA fine-tuning.
 
-`UniFlowVisionModel` is registered with `AutoModel` on `import uniflow_hf`, so a stock LLaVA takes a `UniFlowConfig`
-as its `vision_config`. The tower returns the hidden states LLaVA selects (`vision_feature_layer`), `hidden_states[0]`
-being the embeddings, CLS first: `vision_feature_select_strategy="default"` drops the CLS token, `"full"` keeps it, and
-`build_llava_processor` inserts as many image tokens. With `UniFlowConfig.vision_feature_source="latent"` the tower
-appends the latent tokens re-embedded by `latent_unproj` (`hidden_size` wide) as one more hidden state.
-Grafting UniFlow into a LLaVA checkpoint: `conversion_scripts/graft_uniflow_into_llava.py`.
+`import uniflow_hf` registers `UniFlowVisionModel` with `AutoModel`, so a stock LLaVA takes a `UniFlowConfig` as its
+`vision_config`; `hidden_states[0]` is the embeddings, CLS first. Grafting a LLaVA checkpoint:
+`conversion_scripts/graft_uniflow_into_llava.py`.
 """
 
 from __future__ import annotations
@@ -49,15 +46,6 @@ def build_word_level_tokenizer(corpus: Sequence[str], image_token: str = "<image
     )
 
 
-def check_vision_feature_select_strategy(vision_feature_select_strategy: str) -> str:
-    if vision_feature_select_strategy not in VISION_FEATURE_SELECT_STRATEGIES:
-        raise ValueError(
-            f"`vision_feature_select_strategy` must be one of {VISION_FEATURE_SELECT_STRATEGIES} ('default' drops the "
-            f"CLS token, 'full' keeps it), got {vision_feature_select_strategy!r}."
-        )
-    return vision_feature_select_strategy
-
-
 def build_llava_processor(
     tokenizer,
     uniflow_config_or_image_processor: UniFlowConfig | UniFlowImageProcessor,
@@ -69,7 +57,11 @@ def build_llava_processor(
     """A `LlavaProcessor` that inserts as many image tokens as a UniFlow tower gives features, from the tower's
     `UniFlowConfig` or from a `UniFlowImageProcessor` and the tower's `patch_size`. The tokenizer must hold the image
     token (`tokenizer.image_token`, else `"<image>"`) as one token."""
-    check_vision_feature_select_strategy(vision_feature_select_strategy)
+    if vision_feature_select_strategy not in VISION_FEATURE_SELECT_STRATEGIES:
+        raise ValueError(
+            f"`vision_feature_select_strategy` must be one of {VISION_FEATURE_SELECT_STRATEGIES} ('default' drops the "
+            f"CLS token, 'full' keeps it), got {vision_feature_select_strategy!r}."
+        )
     image_processor = config = uniflow_config_or_image_processor
     if isinstance(config, UniFlowConfig):
         image_processor, patch_size = UniFlowImageProcessor.from_image_size(config.image_size), config.patch_size
@@ -88,10 +80,9 @@ def build_llava_processor(
             f"{token_ids}): add it first, e.g. `tokenizer.add_special_tokens({{'additional_special_tokens': "
             f"[{image_token!r}]}})`, and resize the model's embeddings."
         )
-    strategy = vision_feature_select_strategy
     return LlavaProcessor(
-        image_processor, tokenizer, patch_size=patch_size, vision_feature_select_strategy=strategy,
-        chat_template=chat_template, image_token=image_token, num_additional_image_tokens=1,  # the CLS token
+        image_processor, tokenizer, patch_size=patch_size, chat_template=chat_template, image_token=image_token,
+        vision_feature_select_strategy=vision_feature_select_strategy, num_additional_image_tokens=1,  # the CLS token
     )
 
 
@@ -120,13 +111,9 @@ def check_image_tokens(llava_config, input_ids: torch.Tensor, pixel_values: torc
 
 @dataclass
 class LlavaImageQACollator:
-    """Image-question-answer rows -> LLaVA training batches, right-padded.
-
-    A row becomes `prompt_template` (its `{image}` the image token, its `{question}` the row's question, or
-    `default_question`), then the answer's tokens and EOS; `labels` mask the prompt and the padding with -100. With
-    the model's `llava_config`, each batch is checked by `check_image_tokens`. `prompt_inputs(rows)` gives the
-    left-padded prompts alone, for `generate`.
-    """
+    """Image-question-answer rows -> right-padded LLaVA training batches: `prompt_template` filled with the image token
+    and the question (or `default_question`), then the answer and EOS; `labels` mask the prompt and padding with -100.
+    With `llava_config`, each batch is checked by `check_image_tokens`."""
 
     processor: LlavaProcessor
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE

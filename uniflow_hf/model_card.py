@@ -1,8 +1,7 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
-"""Model cards of saved folders, from facts: every figure and tag comes from the saved config, and the card says how
-to load the folder with uniflow-hf and without it (`trust_remote_code=True`). `UniFlowPreTrainedModel.save_pretrained`
-(uniflow_hf/serialization.py) and `push_to_hub` write `save_model_card`'s card; pipelines write theirs with
-`create_model_card`, and their components get none while they save (`saving_pipeline`)."""
+"""Model cards written from the saved config, saying how to load the folder with uniflow-hf and without it
+(`trust_remote_code=True`); `UniFlowPreTrainedModel.save_pretrained` (uniflow_hf/serialization.py) and `push_to_hub`
+write `save_model_card`'s card, pipelines theirs with `create_model_card`."""
 
 from __future__ import annotations
 
@@ -34,8 +33,7 @@ def create_model_card(
     title: str, description: str, library_name: str, pipeline_tag: str, tags: tuple[str, ...] = (),
     base_model: str | None = None, usage: str | None = None,
 ):
-    """A `huggingface_hub.ModelCard` with its metadata and a short text: `description` completes "This folder holds
-    ...", `usage` is Python code."""
+    """A `huggingface_hub.ModelCard`: `description` completes "This folder holds ...", `usage` is Python code."""
     from huggingface_hub import ModelCard, ModelCardData
 
     tags = list(dict.fromkeys((*TAGS, *tags)))
@@ -65,7 +63,7 @@ def _input_facts(config) -> str:
 
 
 def _uniflow_card_parts(model) -> tuple[str, tuple[str, ...], str]:
-    """(pipeline tag, tags, description) of a UniFlow model."""
+    """(pipeline tag, tags, description)."""
     config, class_name = model.config, type(model).__name__
     if class_name == "UniFlowVisionModel":
         if getattr(model, "has_latent_head", False):
@@ -95,18 +93,6 @@ def _uniflow_card_parts(model) -> tuple[str, tuple[str, ...], str]:
     return "image-to-image", ("image-tokenizer", "pixel-flow-decoder"), description
 
 
-def _llava_card_parts(model) -> tuple[str, tuple[str, ...], str]:
-    config = model.config
-    vision = config.vision_config
-    description = (
-        f"a LLaVA model ({config.text_config.model_type} language model) whose vision tower is a UniFlow encoder: "
-        f"{_encoder_facts(vision)} over {_input_facts(vision)}, {config.image_seq_length} image tokens per image "
-        f"(`vision_feature_layer={config.vision_feature_layer}`, "
-        f"`vision_feature_select_strategy='{config.vision_feature_select_strategy}'`)"
-    )
-    return "image-text-to-text", ("llava", "vision-encoder"), description
-
-
 # The Auto class that loads a saved class without the package (`AutoModel` for the others).
 _AUTO_CLASSES = {
     "UniFlowModel": "AutoModelForImageToImage", "UniFlowForImageClassification": "AutoModelForImageClassification"
@@ -114,7 +100,6 @@ _AUTO_CLASSES = {
 
 
 def _usage(class_name: str, repo_id: str, with_encoder: bool = False) -> str:
-    """How to load the folder: with uniflow-hf, and without it through the code saved beside the weights."""
     if class_name == "UniFlowLlavaForConditionalGeneration":
         return (
             "# with uniflow-hf installed\nimport uniflow_hf  # registers the UniFlow vision tower\n"
@@ -126,12 +111,12 @@ def _usage(class_name: str, repo_id: str, with_encoder: bool = False) -> str:
             f'model = AutoModelForImageTextToText.from_pretrained("{repo_id}", trust_remote_code=True)\n'
             f'processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)'
         )
-    package_class, auto_class = class_name, _AUTO_CLASSES.get(class_name, "AutoModel")
+    auto_class = _AUTO_CLASSES.get(class_name, "AutoModel")
     # `AutoModel` builds the encoder tower of a UniFlow folder whose encoder is UniFlow's own (`auto_map`).
     with_encoder = with_encoder and auto_class != "AutoModel"
     usage = (
-        f"# with uniflow-hf installed\nfrom uniflow_hf import {package_class}\n\n"
-        f'model = {package_class}.from_pretrained("{repo_id}")\n\n'
+        f"# with uniflow-hf installed\nfrom uniflow_hf import {class_name}\n\n"
+        f'model = {class_name}.from_pretrained("{repo_id}")\n\n'
         "# without it: the code saved beside the weights\n"
         f"from transformers import {'AutoModel, ' if with_encoder else ''}{auto_class}\n\n"
         f'model = {auto_class}.from_pretrained("{repo_id}", trust_remote_code=True)'
@@ -144,12 +129,19 @@ def _usage(class_name: str, repo_id: str, with_encoder: bool = False) -> str:
 def model_card(obj, repo_id: str | None = None):
     """The card of a UniFlow model or a LLaVA with a UniFlow tower; `repo_id` is the name its usage example loads."""
     class_name, repo_id = type(obj).__name__, repo_id or "path/to/this/folder"
-    if getattr(obj.config, "model_type", None) == "llava":
-        pipeline_tag, tags, description = _llava_card_parts(obj)
+    config = obj.config
+    if getattr(config, "model_type", None) == "llava":
+        pipeline_tag, tags = "image-text-to-text", ("llava", "vision-encoder")
+        description = (
+            f"a LLaVA model ({config.text_config.model_type} language model) whose vision tower is a UniFlow encoder: "
+            f"{_encoder_facts(config.vision_config)} over {_input_facts(config.vision_config)}, "
+            f"{config.image_seq_length} image tokens per image (`vision_feature_layer={config.vision_feature_layer}`, "
+            f"`vision_feature_select_strategy='{config.vision_feature_select_strategy}'`)"
+        )
         class_name, title = "UniFlowLlavaForConditionalGeneration", "LLaVA with a UniFlow vision tower"
     else:
         (pipeline_tag, tags, description), title = _uniflow_card_parts(obj), class_name
-    usage = _usage(class_name, repo_id, with_encoder=getattr(obj.config, "encoder_config", True) is None)
+    usage = _usage(class_name, repo_id, with_encoder=getattr(config, "encoder_config", True) is None)
     base_model = hub_repo_id(getattr(obj, "name_or_path", None))
     return create_model_card(title, description, "transformers", pipeline_tag, tags, base_model, usage)
 
@@ -157,9 +149,9 @@ def model_card(obj, repo_id: str | None = None):
 def save_model_card(
     folder, saved=None, existing_folder=None, replace_generic: bool = False, repo_id: str | None = None, **card_kwargs
 ) -> bool:
-    """Write README.md into `folder` (`model_card(saved, repo_id)`, or `create_model_card(**card_kwargs)`) unless
-    `existing_folder` (default: `folder`) has a card, or only transformers' generic one and not `replace_generic`;
-    returns whether it wrote. Does nothing while a pipeline saves its components."""
+    """Write `model_card(saved, repo_id)` (or `create_model_card(**card_kwargs)`) to `folder`/README.md unless
+    `existing_folder` (default: `folder`) has a card (transformers' generic one is replaced with `replace_generic`)
+    or a pipeline is saving its components; returns whether it wrote."""
     if _saving_pipeline.get():
         return False
     existing = os.path.join(folder if existing_folder is None else existing_folder, MODEL_CARD_NAME)

@@ -1,7 +1,5 @@
 """`uniflow-hf convert`: an official UniFlow release folder -> a uniflow-hf folder."""
 
-import json
-
 from ..conversion_scripts.convert_uniflow_original_to_hf import DTYPES, convert, verify
 
 
@@ -18,8 +16,6 @@ def run(args) -> int:
     output = convert(args.input, args.output, args.dtype)
     print(f"converted {args.input} -> {output}")
     if args.verify:
-        differences = verify(args.input, output)
-        print(json.dumps(differences))
-        for name, value in differences.items():
+        for name, value in verify(args.input, output).items():
             print(f"{name}: max abs difference {value:.3e}")
     return 0

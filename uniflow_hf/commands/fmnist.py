@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
+from ..recipes import fmnist as recipe
 from .train import add_training_command, parse_arguments
 
 
@@ -52,7 +53,7 @@ def register(subparsers) -> None:
         stages, "train-generator", _generator_argument_types, _generator,
         help="c. class-conditional latent generator -> a pipeline folder (every train-generator option)",
     )
-    stage.set_defaults(**_generator_defaults())
+    stage.set_defaults(**recipe.FMNIST_GENERATOR_DEFAULTS)
 
 
 @dataclass
@@ -69,28 +70,18 @@ def _generator_argument_types():
     return FmnistGeneratorArguments, GeneratorTrainingArguments
 
 
-def _generator_defaults() -> dict:
-    from ..recipes.fmnist import FMNIST_GENERATOR_DEFAULTS
-
-    return FMNIST_GENERATOR_DEFAULTS
-
-
 def _flow_timestep_overrides(args) -> dict:
     names = ("flow_timestep_distribution", "flow_timestep_logit_mean", "flow_timestep_logit_std")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def _pretrain(args) -> int:
-    from ..recipes.fmnist import pretrain_encoder
-
-    pretrain_encoder(args.output_dir, epochs=args.epochs, max_train=args.max_train, seed=args.seed)
+    recipe.pretrain_encoder(args.output_dir, epochs=args.epochs, max_train=args.max_train, seed=args.seed)
     return 0
 
 
 def _adapt(args) -> int:
-    from ..recipes.fmnist import adapt_tokenizer
-
-    adapt_tokenizer(
+    recipe.adapt_tokenizer(
         args.encoder, args.output_dir, epochs=args.epochs, max_train=args.max_train, seed=args.seed,
         distillation_mode=args.distillation_mode, freeze_encoder=args.freeze_encoder,
         init_tokenizer=args.init_tokenizer, learning_rate=args.learning_rate,
@@ -100,9 +91,7 @@ def _adapt(args) -> int:
 
 
 def _finetune_decoder(args) -> int:
-    from ..recipes.fmnist import finetune_decoder
-
-    finetune_decoder(
+    recipe.finetune_decoder(
         args.tokenizer, args.output_dir, epochs=args.epochs, max_train=args.max_train, seed=args.seed,
         learning_rate=args.learning_rate, config_overrides=_flow_timestep_overrides(args),
     )
@@ -110,8 +99,6 @@ def _finetune_decoder(args) -> int:
 
 
 def _generator(args) -> int:
-    from ..recipes.fmnist import train_fmnist_generator
-
     stage_args, training_args = parse_arguments(args)
-    train_fmnist_generator(stage_args.tokenizer, training_args, max_train=stage_args.max_train)
+    recipe.train_fmnist_generator(stage_args.tokenizer, training_args, max_train=stage_args.max_train)
     return 0

@@ -30,8 +30,7 @@ def register(subparsers) -> None:
     from transformers import HfArgumentParser
 
     finetune = subparsers.add_parser(
-        "finetune-llava", description=FINETUNE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[HfArgumentParser(_finetune_argument_types(), add_help=False)],
+        "finetune-llava", parents=[HfArgumentParser(_finetune_argument_types(), add_help=False)]
     )
     finetune.set_defaults(func=run_finetune)
 
@@ -46,13 +45,6 @@ def run_graft(args: argparse.Namespace) -> int:
     )
     print(f"grafted {args.uniflow} into {args.llava} -> {output}")
     return 0
-
-
-FINETUNE_DESCRIPTION = """LoRA fine-tuning of a LLaVA-UniFlow on image-question-answer rows.
-
-Every `TrainingArguments` field is an option (`--output-dir`, `--max-steps`, `--learning-rate`,
-`--per-device-train-batch-size`, `--gradient-accumulation-steps`, `--bf16`, `--save-steps`, `--resume-from-checkpoint`,
-`--report-to`...), next to the options of `FinetuneLlavaArguments`."""
 
 
 @dataclass
@@ -90,7 +82,6 @@ def run_finetune(args: argparse.Namespace) -> int:
     from ..io import check_output_dir
     from ..llava import DEFAULT_PROMPT_TEMPLATE, LlavaImageQACollator, build_lora_config, finetune_llava_lora
     from ..llava import training_losses
-    from ..training import close_process_group
     from .train import parse_training_options, resume_argument
 
     values = {key: value for key, value in vars(args).items() if key not in ("command", "func")}
@@ -131,6 +122,4 @@ def run_finetune(args: argparse.Namespace) -> int:
             merged.save_pretrained(script_args.merge_to)
             processor.save_pretrained(script_args.merge_to)
             print(f"merged model saved to {script_args.merge_to}")
-    del trainer  # freed before the process group of a launch is closed (close_process_group)
-    close_process_group()
     return 0

@@ -4,6 +4,7 @@ height, width) tensors in [0, data_range]; everything is computed in float64."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -155,10 +156,6 @@ def frechet_distance(
     return max(float(distance), 0.0)
 
 
-def frechet_distance_of_statistics(statistics_1: FeatureStatistics, statistics_2: FeatureStatistics) -> float:
-    return frechet_distance(statistics_1.mean, statistics_1.covariance, statistics_2.mean, statistics_2.covariance)
-
-
 def features_from_output(output: Any) -> torch.Tensor:
     """(batch, dim) features from a feature extractor's output: a tensor (flattened), a transformers output (its
     `pooler_output`, `image_embeds`, else the token mean of `last_hidden_state`) or a tuple (its first element)."""
@@ -197,19 +194,18 @@ def extract_features(
         parameter = next(feature_extractor.eval().parameters(), None)
         device = device or (parameter.device if parameter is not None else "cpu")
         dtype = next((p.dtype for p in feature_extractor.parameters() if p.is_floating_point()), dtype)
-    features, start = [], 0
-    while start < len(images):
-        stop = start + 1
-        while stop < len(images) and stop - start < batch_size and images[stop].shape == images[start].shape:
-            stop += 1
-        batch = torch.cat(list(images[start:stop])).to(device=device or "cpu", dtype=dtype)
-        batch_features = features_from_output(feature_extractor(batch))
-        if batch_features.shape[0] != batch.shape[0]:
-            raise ValueError(
-                f"The feature extractor returned {batch_features.shape[0]} feature vectors for {batch.shape[0]} images."
-            )
-        features.append(batch_features.detach().to(device="cpu", dtype=torch.float64))
-        start = stop
+    features = []
+    for _, same_size in itertools.groupby(images, key=lambda image: image.shape):
+        same_size = list(same_size)
+        for start in range(0, len(same_size), batch_size):
+            batch = torch.cat(same_size[start : start + batch_size]).to(device=device or "cpu", dtype=dtype)
+            batch_features = features_from_output(feature_extractor(batch))
+            if batch_features.shape[0] != batch.shape[0]:
+                raise ValueError(
+                    f"The feature extractor returned {batch_features.shape[0]} feature vectors for {batch.shape[0]} "
+                    "images."
+                )
+            features.append(batch_features.detach().to(device="cpu", dtype=torch.float64))
     return torch.cat(features)
 
 
@@ -232,7 +228,7 @@ def frechet_distance_of_features(predictions: torch.Tensor, references: torch.Te
                 f"`{name}` must give at least 2 feature vectors to fit a covariance, got shape {tuple(features.shape)}."
             )
         statistic.update(features)
-    return frechet_distance_of_statistics(*statistics)
+    return frechet_distance(statistics[0].mean, statistics[0].covariance, statistics[1].mean, statistics[1].covariance)
 
 
 def frechet_distance_of_images(

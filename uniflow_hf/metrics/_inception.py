@@ -1,7 +1,7 @@
 # Copyright 2026 The uniflow-hf authors. Licensed under the Apache License, Version 2.0.
-"""The Inception-v3 of the TensorFlow FID (`pt_inception-2015-12-05-6726825d.pth`, the weights of pytorch-fid,
-torchmetrics and torch-fidelity), in plain torch with torchvision's module names. It differs from torchvision's
-ImageNet Inception-v3: 1008 classes, average pools that ignore the padding, a max pool in the last block."""
+"""The Inception-v3 of the TensorFlow FID (the weights of pytorch-fid, torchmetrics and torch-fidelity) in plain torch
+with torchvision's module names; unlike torchvision's, its average pools ignore the padding and its last block
+max-pools."""
 
 from __future__ import annotations
 
@@ -201,8 +201,7 @@ class FIDInceptionV3(nn.Module):
         model = cls()
         expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
         given = {k: v for k, v in state_dict.items() if not (k.endswith("num_batches_tracked") or k.startswith("fc."))}
-        missing = sorted(set(expected) - set(given))
-        unexpected = sorted(set(given) - set(expected))
+        missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
         mismatched = sorted(k for k in set(given) & set(expected) if given[k].shape != expected[k].shape)
         if missing or unexpected or mismatched:
             hint = ""

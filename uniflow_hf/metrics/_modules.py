@@ -53,19 +53,12 @@ class PSNR(_UniFlowMetric):
         "`skimage.metrics.peak_signal_noise_ratio`. Use data_range=1 for images in [0, 1]."
     )
     inputs_description = _IMAGE_ARGUMENTS + "Returns:\n    psnr (`float`): the mean PSNR in dB.\n"
-    citation = """\
-@article{hore2010image,
-  title={Image quality metrics: PSNR vs. SSIM},
-  author={Hor{\\'e}, Alain and Ziou, Djemel},
-  journal={ICPR},
-  year={2010}
-}
-"""
     reference_url = "https://scikit-image.org/docs/stable/api/skimage.metrics.html"
+    per_image_score = staticmethod(peak_signal_noise_ratio)
 
     def _compute(self, predictions, references, data_range=1.0):
-        scores = per_image_scores(peak_signal_noise_ratio, predictions, references, data_range=data_range)
-        return {"psnr": float(scores.mean())}
+        scores = per_image_scores(self.per_image_score, predictions, references, data_range=data_range)
+        return {self.name: float(scores.mean())}
 
 
 class SSIM(_UniFlowMetric):
@@ -87,10 +80,8 @@ class SSIM(_UniFlowMetric):
 }
 """
     reference_url = PSNR.reference_url
-
-    def _compute(self, predictions, references, data_range=1.0):
-        scores = per_image_scores(structural_similarity, predictions, references, data_range=data_range)
-        return {"ssim": float(scores.mean())}
+    per_image_score = staticmethod(structural_similarity)
+    _compute = PSNR._compute
 
 
 _FRECHET_CITATION = """\

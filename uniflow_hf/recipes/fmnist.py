@@ -1,10 +1,6 @@
-"""UniFlow-FMNIST, the shipped model's recipe: the UniFlow recipe at small scale on Fashion-MNIST, offline on a CPU.
-
-Stages, each a `uniflow-hf fmnist ...` command with fixed seeds: a. `pretrain-encoder`, a small ViT of UniFlow's
-encoder class trained as a classifier (the "pretrained encoder"); b. `adapt`, UniFlow adaptation of it (frozen
-teacher, adaptive distillation, patch flow decoder) to a 4x4x16 latent; b'. `finetune-decoder`; c. `train-generator`,
-the class-conditional latent generator. Data: Debian's `dataset-fashion-mnist` (IDX files, MIT licence).
-"""
+"""UniFlow-FMNIST, the shipped model's recipe: the UniFlow recipe at small scale on Fashion-MNIST (Debian's
+`dataset-fashion-mnist`), offline on a CPU, in the stages of `uniflow-hf fmnist`: a. `pretrain-encoder`, b. `adapt`,
+b'. `finetune-decoder`, c. `train-generator`."""
 
 from __future__ import annotations
 
@@ -55,9 +51,8 @@ def load_fashion_mnist_arrays(split: str, root: str | Path | None = None) -> tup
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(
-            f"Fashion-MNIST not found ({', '.join(missing)}). Install it with "
-            "`apt-get install -y dataset-fashion-mnist` "
-            "(Debian/Ubuntu), or point FASHION_MNIST_DIR at a folder with the four IDX .gz files."
+            f"Fashion-MNIST not found ({', '.join(missing)}). Install it with `apt-get install -y "
+            "dataset-fashion-mnist` (Debian/Ubuntu), or point FASHION_MNIST_DIR at a folder with its four IDX files."
         )
     images, labels = (_read_idx(p) for p in paths)
     return images, labels.astype(np.int64)
@@ -203,7 +198,6 @@ def finetune_decoder(
 def _train_on_fmnist(
     model, output_dir: str, epochs: float, max_train: int | None, seed: int, with_labels: bool = False, **train_kwargs
 ) -> None:
-    """Train `model` with the HF `Trainer` on the randomly flipped training images (and labels for a classifier)."""
     from transformers import Trainer, TrainingArguments
 
     from ..training import UniFlowTrainer
@@ -229,7 +223,6 @@ def _save_with_processor(model, output_dir: str) -> None:
 
 
 def _override_config(config, overrides: dict | None) -> None:
-    """Set training fields of a `UniFlowConfig` (re-validated, so a bad value raises here)."""
     for name, value in (overrides or {}).items():
         if not hasattr(config, name):
             raise ValueError(f"`{name}` is not a field of UniFlowConfig.")
@@ -248,8 +241,8 @@ def reconstruct_grayscale(
     tokenizer, pixel_values: torch.Tensor, batch_size: int = 500, seed: int = 0, num_inference_steps: int | None = None,
     latent_scale: float = 1.0,
 ) -> torch.Tensor:
-    """The reconstructions of `pixel_values` (one seeded generator, the latents times `latent_scale` as a pipeline's
-    `decoder_latent_scale` does) as [0, 1] grayscale images (N, H, W)."""
+    """The reconstructions of `pixel_values` (one seeded generator; latents times `latent_scale`) as [0, 1] grayscale
+    images (N, H, W)."""
     tokenizer.eval()
     generator = torch.Generator().manual_seed(seed)
     images = []
@@ -271,8 +264,8 @@ FMNIST_GENERATOR_DEFAULTS = dict(
 
 
 def train_fmnist_generator(tokenizer_dir: str, args, max_train: int | None = None):
-    """Stage c: the class-conditional latent generator on the tokenizer's latents of the training images, trained by
-    `train_generator` with `args` (`GeneratorTrainingArguments`) and saved as a pipeline folder in `args.output_dir`."""
+    """Stage c: `train_generator` with `args` on the tokenizer's latents of the training images; a pipeline folder in
+    `args.output_dir`."""
     from ..generator_training import train_generator
     from ..modeling import UniFlowModel
 
