@@ -66,9 +66,7 @@ class UniFlowPipelineMixin:
         if name == "scheduler" and value is not None and type(value).__name__ not in COMPATIBLE_SCHEDULERS:
             raise ValueError(
                 f"`scheduler` is a {type(value).__name__}, which does not run UniFlow's flow convention (t = 0 noise "
-                f"to t = 1 data, velocity v = data - noise). Compatible schedulers: {', '.join(COMPATIBLE_SCHEDULERS)} "
-                "(its `flow_match_euler_sigmas` gives the sigmas under which FlowMatchEulerDiscreteScheduler, fed -v, "
-                "walks the same samples)."
+                f"to t = 1 data, velocity v = data - noise). Compatible schedulers: {', '.join(COMPATIBLE_SCHEDULERS)}."
             )
         super().__setattr__(name, value)
         # `DiffusionPipeline` has just recorded the component under its module path; record the file name instead.
@@ -80,9 +78,7 @@ class UniFlowPipelineMixin:
         must describe the tokenizer's sampler, Euler steps over its schedule."""
         super().register_to_config(**kwargs)
         folder, tokenizer = kwargs.get("_name_or_path"), getattr(self, "tokenizer", None)
-        if not folder or tokenizer is None:
-            return
-        for name in self._former_decoder_schedulers:
+        for name in self._former_decoder_schedulers if folder and tokenizer is not None else ():
             path = os.path.join(str(folder), name, "scheduler_config.json")
             if not os.path.isfile(path):
                 continue
@@ -142,14 +138,9 @@ class UniFlowPipelineMixin:
                     shutil.copyfile(source, target)
         if cards is not None:  # README.md, unless the folder has one
             cards.save_model_card(
-                save_directory,
-                title=type(self).__name__,
-                description=self.card_description(),
-                library_name="diffusers",
-                pipeline_tag=self.card_pipeline_tag,
-                tags=self.card_tags,
+                save_directory, title=type(self).__name__, description=self.card_description(), usage=CARD_USAGE,
+                library_name="diffusers", pipeline_tag=self.card_pipeline_tag, tags=self.card_tags,
                 base_model=cards.hub_repo_id(self.name_or_path),
-                usage=CARD_USAGE,
             )
         if push_to_hub:  # after the code and the card (diffusers' own push would write a generic card)
             from huggingface_hub import create_repo
@@ -171,9 +162,7 @@ class UniFlowPipelineMixin:
     @property
     def processor(self):
         """The `image_processor` component, else one built for the tokenizer's input size."""
-        if self.image_processor is not None:
-            return self.image_processor
-        return default_image_processor(self.tokenizer)
+        return default_image_processor(self.tokenizer) if self.image_processor is None else self.image_processor
 
     def run_step_end_callback(self, callback, tensor_inputs: list[str], step: int, timestep, tensors: dict) -> dict:
         """diffusers' `callback_on_step_end` contract; returns `tensors`, updated by what the callback returns."""
@@ -183,21 +172,23 @@ class UniFlowPipelineMixin:
         return {**tensors, **{name: value for name, value in (outputs or {}).items() if name in tensors}}
 
 
+def is_positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def check_call_arguments(num_images_per_prompt, output_type: str, callback, tensor_inputs) -> list[str]:
     """Checks the arguments both pipelines take; returns the tensor names `callback` is given."""
-    check_num_inference_steps(num_images_per_prompt, "num_images_per_prompt")
+    if not is_positive_int(num_images_per_prompt):
+        raise ValueError(f"`num_images_per_prompt` must be a positive integer, got {num_images_per_prompt!r}.")
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
     if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
         tensor_inputs = callback.tensor_inputs
     if callback is not None and not callable(callback):
         raise TypeError(f"`callback_on_step_end` must be callable, got {type(callback).__name__}.")
-    unknown = [name for name in tensor_inputs if name not in UniFlowPipelineMixin._callback_tensor_inputs]
-    if unknown:
-        raise ValueError(
-            f"`callback_on_step_end_tensor_inputs` may name {UniFlowPipelineMixin._callback_tensor_inputs}, got "
-            f"{unknown}."
-        )
+    allowed = UniFlowPipelineMixin._callback_tensor_inputs
+    if any(name not in allowed for name in tensor_inputs):
+        raise ValueError(f"`callback_on_step_end_tensor_inputs` may name {allowed}, got {tensor_inputs}.")
     return list(tensor_inputs)
 
 
@@ -206,18 +197,12 @@ def default_image_processor(tokenizer):
     package = type(tokenizer).__module__.rpartition(".")[0]  # `uniflow_hf.modeling`, or the saved code
     try:
         processing = importlib.import_module(f"{package}.image_processing_uniflow")
-    except ImportError as error:
+    except ImportError as error:  # `trust_remote_code` loaded only the files the tokenizer imports
         raise ValueError(
-            "This pipeline has no `image_processor` and its tokenizer's code was loaded without the image processor's "
-            "(`trust_remote_code` loads only the files the tokenizer imports): set `pipe.image_processor` (e.g. "
+            "This pipeline has no `image_processor` and no image processor code: set `pipe.image_processor` (e.g. "
             "`AutoImageProcessor.from_pretrained(<folder>/tokenizer, trust_remote_code=True)`)."
         ) from error
     return processing.UniFlowImageProcessor.from_image_size(tokenizer.config.image_size)
-
-
-def check_num_inference_steps(value, name: str = "num_inference_steps") -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
 
 def check_generator(generator, batch_size: int) -> None:

@@ -28,12 +28,8 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
     Euler / Heun sampler of UniFlow's rectified flow from noise (t = 0) to data (t = 1; the model predicts v = data -
     noise at network timestep `num_train_timesteps * t`), and the training-time helpers. Diffusers'
     [`FlowMatchEulerDiscreteScheduler`] runs the reverse (sigma = 1 - t, output -v); see `flow_match_euler_sigmas`.
-
-    Args:
-        schedule (`str`, defaults to `"linear"`): the time grid, `"linear"` or `"pow_<p>"`; `shift` warps it as SD3.
-        euler_at_final (`bool`, defaults to `False`): with `"heun"`, end with a plain Euler step (no call at t = 1).
-        timestep_distribution (`str`, defaults to `"fat_lognormal"`): the training flow times: `"fat_lognormal"`
-            (logit-normal with a `timestep_uniform_fraction` share of uniform times), `"lognormal"` or `"uniform"`.
+    `schedule` is `"linear"` or `"pow_<p>"` (`shift` warps it as SD3); `euler_at_final` ends Heun's method with a
+    plain Euler step (no call at t = 1); `timestep_distribution` is `flow_matching.sample_flow_times`' `distribution`.
     """
 
     config_name = "scheduler_config.json"
@@ -61,10 +57,8 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         if euler_at_final and solver != "heun":
             raise ValueError("`euler_at_final` ends Heun's method with an Euler step; it needs `solver='heun'`.")
         if timestep_distribution not in TIMESTEP_DISTRIBUTIONS:
-            raise ValueError(
-                "`timestep_distribution` must be 'fat_lognormal', 'lognormal' or 'uniform', got "
-                f"{timestep_distribution!r}."
-            )
+            accepted = "'fat_lognormal', 'lognormal' or 'uniform'"
+            raise ValueError(f"`timestep_distribution` must be {accepted}, got {timestep_distribution!r}.")
         if not timestep_logit_std > 0:
             raise ValueError(f"`timestep_logit_std` must be positive, got {timestep_logit_std}.")
         if not 0 <= timestep_uniform_fraction <= 1:
@@ -104,11 +98,7 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         return sample
 
     def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: float | torch.Tensor,
-        sample: torch.Tensor,
-        return_dict: bool = True,
+        self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor, return_dict: bool = True
     ) -> SchedulerOutput | tuple:
         """Advance `sample` along the predicted velocity `model_output` (v = data - noise)."""
         if self._step_index is None:
