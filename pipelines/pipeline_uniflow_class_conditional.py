@@ -118,10 +118,9 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         if values is None:
             return None
         values = [float(v) for v in torch.as_tensor(values, dtype=torch.float64).reshape(-1).tolist()]
-        if tokenizer is not None and len(values) != tokenizer.config.latent_channels:
-            raise ValueError(
-                f"`{name}` needs one value per latent channel ({tokenizer.config.latent_channels}), got {len(values)}."
-            )
+        channels = len(values) if tokenizer is None else tokenizer.config.latent_channels
+        if len(values) != channels:
+            raise ValueError(f"`{name}` needs one value per latent channel ({channels}), got {len(values)}.")
         if name == "latent_std" and min(values) <= 0:
             raise ValueError(f"`latent_std` must be positive, got {values}.")
         return values
@@ -134,11 +133,10 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
 
         main, num_classes = latents_and_classes(transformer), transformer.config.num_embeds_ada_norm
         if tokenizer is not None:
-            channels, grid_size = tokenizer.config.latent_channels, tokenizer.config.grid_size
-            expected = {"in_channels": channels, "out_channels": channels, "sample_size": grid_size}
-            found = {key: main[key] for key in expected}
-            if found != expected:
-                raise ValueError(f"The transformer has {found}; the tokenizer's latents need {expected}.")
+            channels = tokenizer.config.latent_channels
+            expected = {"in_channels": channels, "out_channels": channels, "sample_size": tokenizer.config.grid_size}
+            if not expected.items() <= main.items():
+                raise ValueError(f"The transformer has {main}; the tokenizer's latents need {expected}.")
         if id2label is not None and any(not 0 <= class_id < num_classes for class_id in id2label):
             raise ValueError(f"`id2label` has ids outside 0..{num_classes - 1}: {sorted(id2label)}.")
         if guide_transformer is not None:
@@ -231,8 +229,7 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
     def prepare_latents(self, batch_size: int, generator=None, latents: torch.Tensor | None = None) -> torch.Tensor:
         """The latent flow's starting noise: `latents`, or drawn from `generator` in float32 (a seed gives the same
         noise in every dtype)."""
-        device, dtype = self._execution_device, self.transformer.dtype
-        config = self.transformer.config
+        config, device, dtype = self.transformer.config, self._execution_device, self.transformer.dtype
         shape = (batch_size, config.in_channels, config.sample_size, config.sample_size)
         if latents is None:
             return randn_tensor(shape, generator=generator, device=device).to(dtype)
@@ -313,12 +310,9 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         autoguided = [autoguidance_scale != 1 and autoguidance_start <= round(t, 6) <= autoguidance_end for t in times]
         steps = zip(self.progress_bar(self.scheduler.timesteps), guided, autoguided)
         for step, (timestep, do_guidance, do_autoguidance) in enumerate(steps):
-            model_input = torch.cat([latents, latents]) if do_guidance else latents
-            velocity = self.transformer(
-                model_input,
-                timestep=timestep.expand(model_input.shape[0]),
-                class_labels=labels_and_null if do_guidance else labels,
-            ).sample
+            inputs = torch.cat([latents, latents]) if do_guidance else latents
+            classes = labels_and_null if do_guidance else labels
+            velocity = self.transformer(inputs, timestep=timestep.expand(len(classes)), class_labels=classes).sample
             velocity_class = velocity[:batch_size]
             if do_guidance:
                 velocity_null = velocity[batch_size:]

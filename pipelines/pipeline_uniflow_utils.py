@@ -35,9 +35,7 @@ CARD_USAGE = (
 def component_library_tuple(component) -> tuple[str, str]:
     """`(library, class name)` of `component` in `model_index.json`; ours as `(module file, class)`."""
     library, class_name = _fetch_class_library_tuple(component)
-    if library in LOADABLE_CLASSES:
-        return library, class_name
-    return library.rsplit(".", 1)[-1], class_name
+    return (library if library in LOADABLE_CLASSES else library.rsplit(".", 1)[-1]), class_name
 
 
 def module_code_files(module) -> dict[str, str]:
@@ -105,14 +103,12 @@ class UniFlowPipelineMixin:
         super().enable_sequential_cpu_offload(gpu_id=gpu_id, device=device)
         if self._offload_device.type != "cpu":
             return
-        for component in self.components.values():
-            if not isinstance(component, torch.nn.Module):
-                continue
-            for module in component.modules():
-                hook = getattr(module, "_hf_hook", None)
-                for hook in getattr(hook, "hooks", [hook]):  # a `SequentialHook` holds several
-                    if getattr(hook, "execution_device", None) is not None:
-                        hook.execution_device = torch.device("cpu")
+        models = [component for component in self.components.values() if isinstance(component, torch.nn.Module)]
+        for module in (module for model in models for module in model.modules()):
+            hook = getattr(module, "_hf_hook", None)
+            for hook in getattr(hook, "hooks", [hook]):  # a `SequentialHook` holds several
+                if getattr(hook, "execution_device", None) is not None:
+                    hook.execution_device = torch.device("cpu")
 
     def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
         """`DiffusionPipeline.save_pretrained`, plus the code of the pipeline and of our components, the image
@@ -208,9 +204,7 @@ def default_image_processor(tokenizer):
 def check_generator(generator, batch_size: int) -> None:
     generators = generator if isinstance(generator, list) else [generator]
     if generator is not None and not all(isinstance(g, torch.Generator) for g in generators):
-        raise TypeError(
-            f"`generator` must be a torch.Generator or a list of them (one per image), got {type(generator).__name__}."
-        )
+        raise TypeError(f"`generator` must be a torch.Generator or a list of them, got {type(generator).__name__}.")
     if isinstance(generator, list) and len(generator) != batch_size:
         raise ValueError(f"Got {len(generator)} generators for {batch_size} images: pass one per image, or one.")
 

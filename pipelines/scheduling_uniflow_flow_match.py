@@ -145,8 +145,7 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
 
     def flow_match_euler_sigmas(self, num_inference_steps: int) -> np.ndarray:
         """The `sigmas` (= 1 - t) that make `FlowMatchEulerDiscreteScheduler` walk our Euler grid (fed -v)."""
-        grid = time_grid(num_inference_steps, self.config.schedule, self.config.shift)
-        return (1 - grid[:-1]).numpy()
+        return (1 - time_grid(num_inference_steps, self.config.schedule, self.config.shift)[:-1]).numpy()
 
     def __len__(self):
         return self.config.num_train_timesteps
