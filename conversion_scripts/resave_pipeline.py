@@ -32,14 +32,13 @@ def link_package_code(folder: Path) -> list[Path]:
         for package in (uniflow_hf.modeling, uniflow_hf.pipelines)
         for path in Path(package.__file__).resolve().parent.glob("*.py")
     }
-    linked = []
-    for path in sorted(folder.rglob("*.py")):
-        source = sources.get(path.name)
-        if source is None or path.is_symlink() or path.read_bytes() != source.read_bytes():
-            continue
+    linked = [
+        path for path in sorted(folder.rglob("*.py"))
+        if path.name in sources and not path.is_symlink() and path.read_bytes() == sources[path.name].read_bytes()
+    ]
+    for path in linked:
         path.unlink()
-        path.symlink_to(os.path.relpath(source, path.parent))
-        linked.append(path)
+        path.symlink_to(os.path.relpath(sources[path.name], path.parent))
     return linked
 
 

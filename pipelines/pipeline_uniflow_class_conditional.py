@@ -147,11 +147,10 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
 
     def card_description(self) -> str:
         names = list(self.labels) or [str(class_id) for class_id in range(self.num_classes)]
-        config = self.transformer.config
         guide = " and a guide DiT for autoguidance" if self.guide_transformer is not None else ""
         return (
             f"a class-conditional UniFlow pipeline for {self.num_classes} classes ({', '.join(names)}): a "
-            f"{config.num_layers}-layer latent DiT{guide} samples latents for a class label, and "
+            f"{self.transformer.config.num_layers}-layer latent DiT{guide} samples latents for a class label, and "
             f"{self.tokenizer_facts()} decodes them to images with its patch-wise pixel flow decoder"
         )
 
@@ -271,7 +270,9 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             guidance_interval, autoguidance_interval (`tuple[float, float]`, *optional*): guide only the network
                 calls at flow times `t_start <= t <= t_end` (0 = noise, 1 = data).
             autoguidance_scale (`float`, *optional*): adds `(autoguidance_scale - 1) * (v_class - v_guide)`.
+            guidance_rescale (`float`, *optional*): diffusers' `rescale_noise_cfg` of the guided velocity.
             latents (`torch.Tensor`, *optional*): the latent flow's starting noise, in the transformer's space.
+            decoder_latent_scale (`float`, *optional*): multiplies the latents before they are decoded.
 
         Examples:
         ```py
@@ -280,9 +281,6 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         >>> pipe = DiffusionPipeline.from_pretrained("path/to/uniflow-class-conditional")
         >>> images = pipe(["Sneaker", "Bag"], generator=torch.manual_seed(0)).images
         ```
-
-        Returns:
-            [`ImagePipelineOutput`] with `images`, or `(images,)` when `return_dict=False`.
         """
         callback_on_step_end_tensor_inputs = check_call_arguments(
             num_images_per_prompt, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs

@@ -67,9 +67,6 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         >>> pipe = DiffusionPipeline.from_pretrained("path/to/uniflow-reconstruction")
         >>> reconstruction = pipe(image, generator=torch.manual_seed(0)).images[0]
         ```
-
-        Returns:
-            [`ImagePipelineOutput`] with `images`, or `(images,)` when `return_dict=False`.
         """
         if images is not None:
             if image is not None:

@@ -40,15 +40,14 @@ def component_library_tuple(component) -> tuple[str, str]:
 
 def module_code_files(module) -> dict[str, str]:
     """File name -> source path of `module` and of the modules it imports relatively, recursively."""
-    files, pending = {}, [(module.__name__.rsplit(".", 1)[-1], module)]
+    files, pending = {}, [module]
     while pending:
-        name, module = pending.pop()
-        if f"{name}.py" in files:
-            continue
-        files[f"{name}.py"] = inspect.getfile(module)
-        package = module.__name__.rpartition(".")[0]
-        for imported in get_relative_imports(inspect.getfile(module)):
-            pending.append((imported, importlib.import_module(f"{package}.{imported}")))
+        module = pending.pop()
+        file_name = module.__name__.rsplit(".", 1)[-1] + ".py"
+        if file_name not in files:
+            files[file_name] = inspect.getfile(module)
+            package = module.__name__.rpartition(".")[0]
+            pending += [importlib.import_module(f"{package}.{name}") for name in get_relative_imports(files[file_name])]
     return files
 
 
@@ -86,9 +85,8 @@ class UniFlowPipelineMixin:
             actual = {key: saved[key] for key in expected}
             if actual != expected:
                 raise ValueError(
-                    f"`{name}` says {actual}, but the tokenizer's pixel decoder samples by Euler steps over its "
-                    f"config's schedule ({expected}). Set `tokenizer.config.sampling_schedule` to choose the "
-                    f"decoder's schedule, and delete the folder's `{name}` (no longer a component)."
+                    f"`{name}` says {actual}, but the pixel decoder samples by Euler steps over the tokenizer's "
+                    f"schedule ({expected}): set `tokenizer.config.sampling_schedule` and delete the folder's `{name}`."
                 )
 
     def to_json_string(self) -> str:

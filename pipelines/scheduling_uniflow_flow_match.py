@@ -34,7 +34,6 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
 
     config_name = "scheduler_config.json"
     _compatibles = ["UniFlowFlowMatchScheduler"]
-    order = 1
     init_noise_sigma = 1.0
 
     @register_to_config
@@ -83,8 +82,7 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         grid = time_grid(num_inference_steps, self.config.schedule, self.config.shift)
         starts = grid[:-1]
         if self.config.solver == "heun":
-            # t_0, then (t_k, t_k): the corrector of step k - 1 and the predictor of step k; the last corrector calls
-            # the network at t_K = 1 unless that step is a plain Euler step
+            # t_0, then t_k twice (corrector of step k - 1, predictor of step k), then t_K unless `euler_at_final`
             starts = torch.cat([grid[:1], grid[1:-1].repeat_interleave(2), grid[-1:]])
             if self.config.euler_at_final:
                 starts = starts[:-1]
