@@ -26,8 +26,7 @@ GUIDE_FOLDER = "guide_transformer"
 def convert_uniflow_to_diffusers(
     input_dir: str | Path, output_dir: str | Path, generator_dir: str | Path | None = None, dtype: str = "float32"
 ):
-    """Write the pipeline folder of a UniFlow folder (and generator folder); returns the pipeline. `dtype` is a key of
-    `DTYPES`."""
+    """Write the pipeline folder of a UniFlow folder (and generator folder) in `dtype` (a `DTYPES` key); returns it."""
     from diffusers import DiTTransformer2DModel
 
     from uniflow_hf import UniFlowClassConditionalPipeline, UniFlowFlowMatchScheduler, UniFlowReconstructionPipeline

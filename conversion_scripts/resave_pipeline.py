@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--link-code", action="store_true", help="link the code files to the package's source")
     args = parser.parse_args(argv)
     try:
+        if not (Path(args.folder) / "model_index.json").is_file():
+            raise ValueError(f"{args.folder} has no model_index.json: expected a UniFlow pipeline folder.")
         resave_pipeline(args.folder, link_code=args.link_code)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

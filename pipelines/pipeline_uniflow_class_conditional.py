@@ -32,8 +32,7 @@ def is_flow_time_interval(value) -> bool:
 
 INTERVAL = "a pair (t_start, t_end) of flow times with 0 <= t_start <= t_end <= 1 (0 = noise, 1 = data)"
 
-# Sampling settings, registered as the defaults of the same `__call__` arguments: name -> (built-in default, what is
-# accepted, check).
+# name -> (built-in default, what is accepted, check); registered as the defaults of the same `__call__` arguments
 SAMPLING_SETTINGS = {
     "decoder_num_inference_steps": (None, "a positive integer", is_positive_int),  # None: the tokenizer's steps
     "guidance_scale": (1.5, "a number >= 0 (1 = no guidance)", lambda v: is_number(v) and v >= 0),
