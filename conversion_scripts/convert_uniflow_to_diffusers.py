@@ -23,58 +23,36 @@ GENERATOR_CONFIG_NAME = "uniflow_generator_config.json"
 GUIDE_FOLDER = "guide_transformer"
 
 
-def load_generator(generator_dir: str | Path, dtype=None) -> dict:
-    """The class-conditional pipeline's arguments other than the tokenizer and image processor."""
-    from diffusers import DiTTransformer2DModel
-
-    from uniflow_hf import UniFlowClassConditionalPipeline, UniFlowFlowMatchScheduler
-
-    generator_dir = Path(generator_dir)
-    if not (generator_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{generator_dir} has no config.json: expected a saved DiTTransformer2DModel folder.")
-    settings_path = generator_dir / GENERATOR_CONFIG_NAME
-    settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
-    expected = UniFlowClassConditionalPipeline.setting_names()
-    unknown = set(settings) - set(expected)
-    if unknown:
-        raise ValueError(f"{settings_path} has unknown keys {sorted(unknown)}; expected {expected}.")
-    if (generator_dir / GUIDE_FOLDER / "config.json").is_file():
-        settings["guide_transformer"] = DiTTransformer2DModel.from_pretrained(
-            generator_dir / GUIDE_FOLDER, torch_dtype=dtype
-        )
-    scheduler = UniFlowFlowMatchScheduler()
-    if (generator_dir / UniFlowFlowMatchScheduler.config_name).is_file():
-        scheduler = UniFlowFlowMatchScheduler.from_pretrained(generator_dir)
-    transformer = DiTTransformer2DModel.from_pretrained(generator_dir, torch_dtype=dtype)
-    return dict(transformer=transformer, scheduler=scheduler, **settings)
-
-
 def convert_uniflow_to_diffusers(
     input_dir: str | Path, output_dir: str | Path, generator_dir: str | Path | None = None, dtype: str = "float32"
 ):
-    """Write the pipeline folder of a UniFlow folder (and generator folder); returns the pipeline. `dtype` is a key of
-    `DTYPES`."""
-    from uniflow_hf import (
-        UniFlowClassConditionalPipeline,
-        UniFlowImageProcessor,
-        UniFlowModel,
-        UniFlowReconstructionPipeline,
-    )
-    from uniflow_hf.conversion_scripts.convert_uniflow_original_to_hf import DTYPES
+    """Write the pipeline folder of a UniFlow folder (and generator folder) in `dtype` (a `DTYPES` key); returns it."""
+    from diffusers import DiTTransformer2DModel
 
-    input_dir = Path(input_dir)
-    if not (input_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{input_dir} has no config.json: expected a UniFlow model folder.")
-    tokenizer = UniFlowModel.from_pretrained(input_dir, dtype=DTYPES[dtype])
-    if (input_dir / "preprocessor_config.json").is_file():
-        image_processor = UniFlowImageProcessor.from_pretrained(input_dir)
-    else:  # the release's preprocessing for the tokenizer's input size
-        image_processor = UniFlowImageProcessor.from_image_size(tokenizer.config.image_size)
+    from uniflow_hf import UniFlowClassConditionalPipeline, UniFlowFlowMatchScheduler, UniFlowReconstructionPipeline
+    from uniflow_hf.conversion_scripts.convert_uniflow_original_to_hf import DTYPES
+    from uniflow_hf.evaluation import load_tokenizer
+
+    torch_dtype = DTYPES[dtype]
+    tokenizer, image_processor = load_tokenizer(str(input_dir), dtype=torch_dtype)
     if generator_dir is None:
         pipeline = UniFlowReconstructionPipeline(tokenizer=tokenizer, image_processor=image_processor)
     else:
-        generator = load_generator(generator_dir, DTYPES[dtype])
-        pipeline = UniFlowClassConditionalPipeline(tokenizer=tokenizer, image_processor=image_processor, **generator)
+        generator_dir, guide_dir = Path(generator_dir), Path(generator_dir) / GUIDE_FOLDER
+        transformer = DiTTransformer2DModel.from_pretrained(generator_dir, torch_dtype=torch_dtype)
+        settings_path, expected = generator_dir / GENERATOR_CONFIG_NAME, UniFlowClassConditionalPipeline.setting_names()
+        settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
+        unknown = set(settings) - set(expected)
+        if unknown:
+            raise ValueError(f"{settings_path} has unknown keys {sorted(unknown)}; expected {expected}.")
+        if (guide_dir / "config.json").is_file():
+            settings["guide_transformer"] = DiTTransformer2DModel.from_pretrained(guide_dir, torch_dtype=torch_dtype)
+        scheduler = UniFlowFlowMatchScheduler()
+        if (generator_dir / UniFlowFlowMatchScheduler.config_name).is_file():
+            scheduler = UniFlowFlowMatchScheduler.from_pretrained(generator_dir)
+        pipeline = UniFlowClassConditionalPipeline(
+            transformer, scheduler, tokenizer, image_processor=image_processor, **settings
+        )
     pipeline.save_pretrained(output_dir)
     return pipeline
 
@@ -85,13 +63,14 @@ def convert_diffusers_to_uniflow(
     """Write the plain UniFlow folder of a pipeline folder, and a class-conditional pipeline's generator folder."""
     from diffusers import DiffusionPipeline
 
-    from uniflow_hf import UniFlowClassConditionalPipeline, UniFlowReconstructionPipeline
+    from uniflow_hf import UniFlowClassConditionalPipeline
+    from uniflow_hf.pipelines.pipeline_uniflow_utils import UniFlowPipelineMixin
 
     input_dir = Path(input_dir)
     if not (input_dir / "model_index.json").is_file():
         raise FileNotFoundError(f"{input_dir} has no model_index.json: expected a UniFlow pipeline folder.")
     pipeline = DiffusionPipeline.from_pretrained(input_dir)
-    if not isinstance(pipeline, (UniFlowReconstructionPipeline, UniFlowClassConditionalPipeline)):
+    if not isinstance(pipeline, UniFlowPipelineMixin):
         raise ValueError(f"{input_dir} holds a {type(pipeline).__name__}, not a UniFlow pipeline.")
     is_class_conditional = isinstance(pipeline, UniFlowClassConditionalPipeline)
     if generator_dir is not None and not is_class_conditional:
@@ -125,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             convert_diffusers_to_uniflow(args.input, args.output, args.generator)
         else:
             convert_uniflow_to_diffusers(args.input, args.output, args.generator, args.dtype)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"Wrote {args.output}" + (f" and {args.generator}" if args.reverse and args.generator else ""))

@@ -11,16 +11,12 @@ from ..modeling import configuration_uniflow, flow_matching, image_processing_un
 sys.modules[f"{__name__}.flow_matching"] = flow_matching
 
 from . import (  # noqa: E402
-    pipeline_uniflow_class_conditional,
-    pipeline_uniflow_reconstruction,
-    scheduling_uniflow_flow_match,
+    pipeline_uniflow_class_conditional, pipeline_uniflow_reconstruction, scheduling_uniflow_flow_match,
 )
 from .pipeline_uniflow_class_conditional import UniFlowClassConditionalPipeline  # noqa: E402
 from .pipeline_uniflow_reconstruction import UniFlowReconstructionPipeline  # noqa: E402
 from .scheduling_uniflow_flow_match import (  # noqa: E402, F401 (re-exported)
-    UniFlowFlowMatchScheduler,
-    UniFlowFlowMatchSchedulerOutput,
-    time_grid,
+    UniFlowFlowMatchScheduler, UniFlowFlowMatchSchedulerOutput, time_grid,
 )
 
 
@@ -28,12 +24,8 @@ from .scheduling_uniflow_flow_match import (  # noqa: E402, F401 (re-exported)
 PACKAGED_MODULES = {
     module.__name__.rsplit(".", 1)[-1]: module
     for module in (
-        pipeline_uniflow_class_conditional,
-        pipeline_uniflow_reconstruction,
-        scheduling_uniflow_flow_match,
-        modeling_uniflow,
-        configuration_uniflow,
-        image_processing_uniflow,
+        pipeline_uniflow_class_conditional, pipeline_uniflow_reconstruction, scheduling_uniflow_flow_match,
+        modeling_uniflow, configuration_uniflow, image_processing_uniflow,
     )
 }
 
@@ -45,10 +37,9 @@ def packaged_class(module_file: str, class_name: str | None):
 
 
 def register_pipelines_with_diffusers() -> None:
-    """Let diffusers' loader find our classes without `trust_remote_code`, as transformers prefers a registered class
-    over a checkpoint's `auto_map`: an entry `[module file, class]` naming one of our module files resolves to the
-    package's class, and the pipelines and the scheduler are put on the `diffusers` namespace, where folders saved
-    before the custom-code form (`"_class_name": "UniFlowClassConditionalPipeline"`) look them up."""
+    """Let diffusers' loader resolve a saved `[module file, class]` entry naming one of our module files to the
+    package's class without `trust_remote_code` (as transformers prefers a registered class over `auto_map`), and put
+    the pipelines and the scheduler on the `diffusers` namespace, where folders saved before that form look them up."""
     import diffusers
     from diffusers.pipelines import pipeline_loading_utils as loading
 

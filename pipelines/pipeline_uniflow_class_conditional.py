@@ -13,7 +13,7 @@ from diffusers.guiders.guider_utils import rescale_noise_cfg
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from .pipeline_uniflow_utils import UniFlowPipelineMixin, check_call_arguments, check_generator
+from .pipeline_uniflow_utils import UniFlowPipelineMixin, check_call_arguments, check_generator, is_positive_int
 
 
 def latents_to_grid(latents: torch.Tensor, grid_size: int) -> torch.Tensor:
@@ -32,12 +32,9 @@ def is_flow_time_interval(value) -> bool:
 
 INTERVAL = "a pair (t_start, t_end) of flow times with 0 <= t_start <= t_end <= 1 (0 = noise, 1 = data)"
 
-# Sampling settings, registered as the defaults of the same `__call__` arguments: name -> (built-in default, what is
-# accepted, check).
+# name -> (built-in default, what is accepted, check); registered as the defaults of the same `__call__` arguments
 SAMPLING_SETTINGS = {
-    "decoder_num_inference_steps": (  # by default the tokenizer's `num_sampling_steps`
-        None, "a positive integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0
-    ),
+    "decoder_num_inference_steps": (None, "a positive integer", is_positive_int),  # None: the tokenizer's steps
     "guidance_scale": (1.5, "a number >= 0 (1 = no guidance)", lambda v: is_number(v) and v >= 0),
     "guidance_interval": ([0.0, 1.0], INTERVAL, is_flow_time_interval),
     "guidance_rescale": (0.0, "a number in [0, 1] (0 = no rescaling)", lambda v: is_number(v) and 0 <= v <= 1),
@@ -63,10 +60,9 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
     r"""
     Class-conditional generation with a UniFlow tokenizer: a [`DiTTransformer2DModel`] over the tokenizer's latent
     grid (class id `num_embeds_ada_norm` is the null class) predicts the velocity of a rectified flow over the
-    latents normalised by `latent_mean` / `latent_std` (t = 0 noise -> t = 1 data), with classifier-free guidance and,
-    given a `guide_transformer` (a weaker model of the same latents), autoguidance; [`UniFlowModel.decode`] turns the
-    latents into images. `id2label` lets `class_labels` be names; the sampling settings (`SAMPLING_SETTINGS`) are the
-    defaults of the same `__call__` arguments.
+    latents normalised by `latent_mean` / `latent_std`, with classifier-free guidance and, given a `guide_transformer`
+    (a weaker model of the same latents), autoguidance; [`UniFlowModel.decode`] turns the latents into images.
+    The `SAMPLING_SETTINGS` arguments are the defaults of the same `__call__` arguments.
     """
 
     model_cpu_offload_seq = "transformer->guide_transformer->tokenizer"
@@ -95,31 +91,24 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
     ):
         super().__init__()
         self.register_modules(
-            transformer=transformer,
-            scheduler=scheduler,
-            tokenizer=tokenizer,
-            image_processor=image_processor,
+            transformer=transformer, scheduler=scheduler, tokenizer=tokenizer, image_processor=image_processor,
             guide_transformer=guide_transformer,
         )
         if id2label is not None:  # `model_index.json` stores the ids as strings
             id2label = {int(key): str(value) for key, value in sorted(id2label.items(), key=lambda item: int(item[0]))}
-        latent_mean = self._check_latent_statistic(latent_mean, "latent_mean", tokenizer)
-        latent_std = self._check_latent_statistic(latent_std, "latent_std", tokenizer)
         if transformer is not None:
             self._check_transformer(transformer, tokenizer, guide_transformer, id2label)
+        sampling = dict(
+            decoder_num_inference_steps=decoder_num_inference_steps, guidance_scale=guidance_scale,
+            guidance_interval=guidance_interval, guidance_rescale=guidance_rescale,
+            autoguidance_scale=autoguidance_scale, autoguidance_interval=autoguidance_interval,
+            decoder_latent_scale=decoder_latent_scale,
+        )
         self.register_to_config(
             id2label=id2label,
-            latent_mean=latent_mean,
-            latent_std=latent_std,
-            decoder_num_inference_steps=check_sampling_setting(
-                "decoder_num_inference_steps", decoder_num_inference_steps
-            ),
-            guidance_scale=check_sampling_setting("guidance_scale", guidance_scale),
-            guidance_interval=check_sampling_setting("guidance_interval", guidance_interval),
-            guidance_rescale=check_sampling_setting("guidance_rescale", guidance_rescale),
-            autoguidance_scale=check_sampling_setting("autoguidance_scale", autoguidance_scale),
-            autoguidance_interval=check_sampling_setting("autoguidance_interval", autoguidance_interval),
-            decoder_latent_scale=check_sampling_setting("decoder_latent_scale", decoder_latent_scale),
+            latent_mean=self._check_latent_statistic(latent_mean, "latent_mean", tokenizer),
+            latent_std=self._check_latent_statistic(latent_std, "latent_std", tokenizer),
+            **{name: check_sampling_setting(name, value) for name, value in sampling.items()},
         )
         self.sampling_setting("autoguidance_scale")  # a default autoguidance needs the guide
 
@@ -128,10 +117,9 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         if values is None:
             return None
         values = [float(v) for v in torch.as_tensor(values, dtype=torch.float64).reshape(-1).tolist()]
-        if tokenizer is not None and len(values) != tokenizer.config.latent_channels:
-            raise ValueError(
-                f"`{name}` needs one value per latent channel ({tokenizer.config.latent_channels}), got {len(values)}."
-            )
+        channels = len(values) if tokenizer is None else tokenizer.config.latent_channels
+        if len(values) != channels:
+            raise ValueError(f"`{name}` needs one value per latent channel ({channels}), got {len(values)}.")
         if name == "latent_std" and min(values) <= 0:
             raise ValueError(f"`latent_std` must be positive, got {values}.")
         return values
@@ -144,28 +132,24 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
 
         main, num_classes = latents_and_classes(transformer), transformer.config.num_embeds_ada_norm
         if tokenizer is not None:
-            channels, grid_size = tokenizer.config.latent_channels, tokenizer.config.grid_size
-            expected = {"in_channels": channels, "out_channels": channels, "sample_size": grid_size}
-            found = {key: main[key] for key in expected}
-            if found != expected:
-                raise ValueError(f"The transformer has {found}; the tokenizer's latents need {expected}.")
+            channels = tokenizer.config.latent_channels
+            expected = {"in_channels": channels, "out_channels": channels, "sample_size": tokenizer.config.grid_size}
+            if not expected.items() <= main.items():
+                raise ValueError(f"The transformer has {main}; the tokenizer's latents need {expected}.")
         if id2label is not None and any(not 0 <= class_id < num_classes for class_id in id2label):
             raise ValueError(f"`id2label` has ids outside 0..{num_classes - 1}: {sorted(id2label)}.")
         if guide_transformer is not None:
             guide = latents_and_classes(guide_transformer)
             if guide != main:
-                raise ValueError(
-                    f"The guide_transformer must model the transformer's latents and classes: it has {guide}, the "
-                    f"transformer {main}."
-                )
+                message = f"The guide_transformer must model the transformer's latents and classes: it has {guide}"
+                raise ValueError(f"{message}, the transformer {main}.")
 
     def card_description(self) -> str:
         names = list(self.labels) or [str(class_id) for class_id in range(self.num_classes)]
-        config = self.transformer.config
         guide = " and a guide DiT for autoguidance" if self.guide_transformer is not None else ""
         return (
             f"a class-conditional UniFlow pipeline for {self.num_classes} classes ({', '.join(names)}): a "
-            f"{config.num_layers}-layer latent DiT{guide} samples latents for a class label, and "
+            f"{self.transformer.config.num_layers}-layer latent DiT{guide} samples latents for a class label, and "
             f"{self.tokenizer_facts()} decodes them to images with its patch-wise pixel flow decoder"
         )
 
@@ -190,8 +174,7 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             value = SAMPLING_SETTINGS[name][0]
         if name == "autoguidance_scale" and value != 1 and self.guide_transformer is None:
             raise ValueError(
-                f"`autoguidance_scale` {value} needs a `guide_transformer`, and this pipeline has none "
-                "(1 = no autoguidance)."
+                f"`autoguidance_scale` {value} needs a `guide_transformer`; this pipeline has none (1 = off)."
             )
         return value
 
@@ -241,16 +224,10 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         mean, std = self._latent_statistics(grid_latents.device, grid_latents.dtype)
         return (grid_latents * std + mean).flatten(2).transpose(1, 2)
 
-    def prepare_latents(
-        self,
-        batch_size: int,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        latents: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def prepare_latents(self, batch_size: int, generator=None, latents: torch.Tensor | None = None) -> torch.Tensor:
         """The latent flow's starting noise: `latents`, or drawn from `generator` in float32 (a seed gives the same
         noise in every dtype)."""
-        device, dtype = self._execution_device, self.transformer.dtype
-        config = self.transformer.config
+        config, device, dtype = self.transformer.config, self._execution_device, self.transformer.dtype
         shape = (batch_size, config.in_channels, config.sample_size, config.sample_size)
         if latents is None:
             return randn_tensor(shape, generator=generator, device=device).to(dtype)
@@ -284,12 +261,11 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
 
         Args:
             class_labels (`int`, `str`, or a list of them): one image per label; ids or names from `id2label`.
-            guidance_scale (`float`, *optional*): `v = v_null + guidance_scale * (v_class - v_null)`; 1 is plain
-                conditional sampling.
+            guidance_scale (`float`, *optional*): `v = v_null + guidance_scale * (v_class - v_null)`.
             generator (`torch.Generator` or a list of them, *optional*): draws the latent noise, then the decoder's;
                 with one per image, a batch equals the images generated one by one.
-            output_type (`str`, *optional*, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"` (the
-                de-normalised tokenizer latents `(batch, tokens, latent_channels)`).
+            output_type (`str`, *optional*, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"` (tokenizer
+                latents `(batch, tokens, latent_channels)`).
             guidance_interval, autoguidance_interval (`tuple[float, float]`, *optional*): guide only the network
                 calls at flow times `t_start <= t <= t_end` (0 = noise, 1 = data).
             autoguidance_scale (`float`, *optional*): adds `(autoguidance_scale - 1) * (v_class - v_guide)`.
@@ -304,9 +280,6 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         >>> pipe = DiffusionPipeline.from_pretrained("path/to/uniflow-class-conditional")
         >>> images = pipe(["Sneaker", "Bag"], generator=torch.manual_seed(0)).images
         ```
-
-        Returns:
-            [`ImagePipelineOutput`] with `images`, or `(images,)` when `return_dict=False`.
         """
         callback_on_step_end_tensor_inputs = check_call_arguments(
             num_images_per_prompt, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs
@@ -334,12 +307,9 @@ class UniFlowClassConditionalPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         autoguided = [autoguidance_scale != 1 and autoguidance_start <= round(t, 6) <= autoguidance_end for t in times]
         steps = zip(self.progress_bar(self.scheduler.timesteps), guided, autoguided)
         for step, (timestep, do_guidance, do_autoguidance) in enumerate(steps):
-            model_input = torch.cat([latents, latents]) if do_guidance else latents
-            velocity = self.transformer(
-                model_input,
-                timestep=timestep.expand(model_input.shape[0]),
-                class_labels=labels_and_null if do_guidance else labels,
-            ).sample
+            inputs = torch.cat([latents, latents]) if do_guidance else latents
+            classes = labels_and_null if do_guidance else labels
+            velocity = self.transformer(inputs, timestep=timestep.expand(len(classes)), class_labels=classes).sample
             velocity_class = velocity[:batch_size]
             if do_guidance:
                 velocity_null = velocity[batch_size:]

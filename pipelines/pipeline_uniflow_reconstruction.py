@@ -16,8 +16,7 @@ from .pipeline_uniflow_utils import UniFlowPipelineMixin, check_call_arguments, 
 class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
     r"""
     Reconstruct images with a UniFlow tokenizer: encode them to latents, then decode the latents with the pixel flow
-    decoder, whose sampler is [`UniFlowModel.decode`]'s. Without `image_processor`, `pipe.processor` is built for the
-    tokenizer.
+    decoder ([`UniFlowModel.decode`]). Without `image_processor`, `pipe.processor` is built for the tokenizer.
     """
 
     model_cpu_offload_seq = "tokenizer"
@@ -54,12 +53,10 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         Args:
             image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of those): anything the image processor
                 takes (`images` is its deprecated former name).
-            num_inference_steps (`int`, *optional*): the pixel flow decoder's steps (default: the tokenizer's
-                `num_sampling_steps`).
+            num_inference_steps (`int`, *optional*): the pixel flow decoder's steps (default: the tokenizer's).
             generator (`torch.Generator` or a list of them, *optional*): draws the decoder's noise; with one per image,
                 a batch equals the images decoded one by one.
             noise (`torch.Tensor`, *optional*): the decoder's initial noise `(batch, tokens, channels * p * p)`.
-            output_type (`str`, *optional*, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"`.
             callback_on_step_end (`Callable`, *optional*): called once (step 0, timestep 1000) with the latents about
                 to be decoded.
 
@@ -70,9 +67,6 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         >>> pipe = DiffusionPipeline.from_pretrained("path/to/uniflow-reconstruction")
         >>> reconstruction = pipe(image, generator=torch.manual_seed(0)).images[0]
         ```
-
-        Returns:
-            [`ImagePipelineOutput`] with `images`, or `(images,)` when `return_dict=False`.
         """
         if images is not None:
             if image is not None:
@@ -85,10 +79,8 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
             num_images_per_prompt, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs
         )
 
-        device = self._execution_device
-        processor = self.processor
-        pixel_values = processor(image, return_tensors="pt").pixel_values
-        pixel_values = pixel_values.to(device=device, dtype=self.tokenizer.dtype)
+        device, processor = self._execution_device, self.processor
+        pixel_values = processor(image, return_tensors="pt").pixel_values.to(device=device, dtype=self.tokenizer.dtype)
         pixel_values = pixel_values.repeat_interleave(num_images_per_prompt, dim=0)
         check_generator(generator, len(pixel_values))
 
@@ -100,15 +92,8 @@ class UniFlowReconstructionPipeline(UniFlowPipelineMixin, DiffusionPipeline):
         if output_type == "latent":
             images = latents
         else:
-            reconstruction = self.tokenizer.decode(
-                latents,
-                noise=noise,
-                generator=generator,
-                num_inference_steps=num_inference_steps,
-                height=pixel_values.shape[-2],
-                width=pixel_values.shape[-1],
-            )
-            images = processor.postprocess(reconstruction, output_type=output_type)
+            decoded = self.tokenizer.decode(latents, noise, generator, num_inference_steps, *pixel_values.shape[-2:])
+            images = processor.postprocess(decoded, output_type=output_type)
 
         self.maybe_free_model_hooks()
         if not return_dict:

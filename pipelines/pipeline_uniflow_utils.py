@@ -35,22 +35,19 @@ CARD_USAGE = (
 def component_library_tuple(component) -> tuple[str, str]:
     """`(library, class name)` of `component` in `model_index.json`; ours as `(module file, class)`."""
     library, class_name = _fetch_class_library_tuple(component)
-    if library in LOADABLE_CLASSES:
-        return library, class_name
-    return library.rsplit(".", 1)[-1], class_name
+    return (library if library in LOADABLE_CLASSES else library.rsplit(".", 1)[-1]), class_name
 
 
 def module_code_files(module) -> dict[str, str]:
     """File name -> source path of `module` and of the modules it imports relatively, recursively."""
-    files, pending = {}, [(module.__name__.rsplit(".", 1)[-1], module)]
+    files, pending = {}, [module]
     while pending:
-        name, module = pending.pop()
-        if f"{name}.py" in files:
-            continue
-        files[f"{name}.py"] = inspect.getfile(module)
-        package = module.__name__.rpartition(".")[0]
-        for imported in get_relative_imports(inspect.getfile(module)):
-            pending.append((imported, importlib.import_module(f"{package}.{imported}")))
+        module = pending.pop()
+        file_name = module.__name__.rsplit(".", 1)[-1] + ".py"
+        if file_name not in files:
+            files[file_name] = inspect.getfile(module)
+            package = module.__name__.rpartition(".")[0]
+            pending += [importlib.import_module(f"{package}.{name}") for name in get_relative_imports(files[file_name])]
     return files
 
 
@@ -66,9 +63,7 @@ class UniFlowPipelineMixin:
         if name == "scheduler" and value is not None and type(value).__name__ not in COMPATIBLE_SCHEDULERS:
             raise ValueError(
                 f"`scheduler` is a {type(value).__name__}, which does not run UniFlow's flow convention (t = 0 noise "
-                f"to t = 1 data, velocity v = data - noise). Compatible schedulers: {', '.join(COMPATIBLE_SCHEDULERS)} "
-                "(its `flow_match_euler_sigmas` gives the sigmas under which FlowMatchEulerDiscreteScheduler, fed -v, "
-                "walks the same samples)."
+                f"to t = 1 data, velocity v = data - noise). Compatible schedulers: {', '.join(COMPATIBLE_SCHEDULERS)}."
             )
         super().__setattr__(name, value)
         # `DiffusionPipeline` has just recorded the component under its module path; record the file name instead.
@@ -80,9 +75,7 @@ class UniFlowPipelineMixin:
         must describe the tokenizer's sampler, Euler steps over its schedule."""
         super().register_to_config(**kwargs)
         folder, tokenizer = kwargs.get("_name_or_path"), getattr(self, "tokenizer", None)
-        if not folder or tokenizer is None:
-            return
-        for name in self._former_decoder_schedulers:
+        for name in self._former_decoder_schedulers if folder and tokenizer is not None else ():
             path = os.path.join(str(folder), name, "scheduler_config.json")
             if not os.path.isfile(path):
                 continue
@@ -92,9 +85,8 @@ class UniFlowPipelineMixin:
             actual = {key: saved[key] for key in expected}
             if actual != expected:
                 raise ValueError(
-                    f"`{name}` says {actual}, but the tokenizer's pixel decoder samples by Euler steps over its "
-                    f"config's schedule ({expected}). Set `tokenizer.config.sampling_schedule` to choose the "
-                    f"decoder's schedule, and delete the folder's `{name}` (no longer a component)."
+                    f"`{name}` says {actual}, but the pixel decoder samples by Euler steps over the tokenizer's "
+                    f"schedule ({expected}): set `tokenizer.config.sampling_schedule` and delete the folder's `{name}`."
                 )
 
     def to_json_string(self) -> str:
@@ -109,14 +101,12 @@ class UniFlowPipelineMixin:
         super().enable_sequential_cpu_offload(gpu_id=gpu_id, device=device)
         if self._offload_device.type != "cpu":
             return
-        for component in self.components.values():
-            if not isinstance(component, torch.nn.Module):
-                continue
-            for module in component.modules():
-                hook = getattr(module, "_hf_hook", None)
-                for hook in getattr(hook, "hooks", [hook]):  # a `SequentialHook` holds several
-                    if getattr(hook, "execution_device", None) is not None:
-                        hook.execution_device = torch.device("cpu")
+        models = [component for component in self.components.values() if isinstance(component, torch.nn.Module)]
+        for module in (module for model in models for module in model.modules()):
+            hook = getattr(module, "_hf_hook", None)
+            for hook in getattr(hook, "hooks", [hook]):  # a `SequentialHook` holds several
+                if getattr(hook, "execution_device", None) is not None:
+                    hook.execution_device = torch.device("cpu")
 
     def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
         """`DiffusionPipeline.save_pretrained`, plus the code of the pipeline and of our components, the image
@@ -142,14 +132,9 @@ class UniFlowPipelineMixin:
                     shutil.copyfile(source, target)
         if cards is not None:  # README.md, unless the folder has one
             cards.save_model_card(
-                save_directory,
-                title=type(self).__name__,
-                description=self.card_description(),
-                library_name="diffusers",
-                pipeline_tag=self.card_pipeline_tag,
-                tags=self.card_tags,
+                save_directory, title=type(self).__name__, description=self.card_description(), usage=CARD_USAGE,
+                library_name="diffusers", pipeline_tag=self.card_pipeline_tag, tags=self.card_tags,
                 base_model=cards.hub_repo_id(self.name_or_path),
-                usage=CARD_USAGE,
             )
         if push_to_hub:  # after the code and the card (diffusers' own push would write a generic card)
             from huggingface_hub import create_repo
@@ -171,9 +156,7 @@ class UniFlowPipelineMixin:
     @property
     def processor(self):
         """The `image_processor` component, else one built for the tokenizer's input size."""
-        if self.image_processor is not None:
-            return self.image_processor
-        return default_image_processor(self.tokenizer)
+        return default_image_processor(self.tokenizer) if self.image_processor is None else self.image_processor
 
     def run_step_end_callback(self, callback, tensor_inputs: list[str], step: int, timestep, tensors: dict) -> dict:
         """diffusers' `callback_on_step_end` contract; returns `tensors`, updated by what the callback returns."""
@@ -183,21 +166,23 @@ class UniFlowPipelineMixin:
         return {**tensors, **{name: value for name, value in (outputs or {}).items() if name in tensors}}
 
 
+def is_positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def check_call_arguments(num_images_per_prompt, output_type: str, callback, tensor_inputs) -> list[str]:
     """Checks the arguments both pipelines take; returns the tensor names `callback` is given."""
-    check_num_inference_steps(num_images_per_prompt, "num_images_per_prompt")
+    if not is_positive_int(num_images_per_prompt):
+        raise ValueError(f"`num_images_per_prompt` must be a positive integer, got {num_images_per_prompt!r}.")
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
     if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
         tensor_inputs = callback.tensor_inputs
     if callback is not None and not callable(callback):
         raise TypeError(f"`callback_on_step_end` must be callable, got {type(callback).__name__}.")
-    unknown = [name for name in tensor_inputs if name not in UniFlowPipelineMixin._callback_tensor_inputs]
-    if unknown:
-        raise ValueError(
-            f"`callback_on_step_end_tensor_inputs` may name {UniFlowPipelineMixin._callback_tensor_inputs}, got "
-            f"{unknown}."
-        )
+    allowed = UniFlowPipelineMixin._callback_tensor_inputs
+    if any(name not in allowed for name in tensor_inputs):
+        raise ValueError(f"`callback_on_step_end_tensor_inputs` may name {allowed}, got {tensor_inputs}.")
     return list(tensor_inputs)
 
 
@@ -206,26 +191,18 @@ def default_image_processor(tokenizer):
     package = type(tokenizer).__module__.rpartition(".")[0]  # `uniflow_hf.modeling`, or the saved code
     try:
         processing = importlib.import_module(f"{package}.image_processing_uniflow")
-    except ImportError as error:
+    except ImportError as error:  # `trust_remote_code` loaded only the files the tokenizer imports
         raise ValueError(
-            "This pipeline has no `image_processor` and its tokenizer's code was loaded without the image processor's "
-            "(`trust_remote_code` loads only the files the tokenizer imports): set `pipe.image_processor` (e.g. "
+            "This pipeline has no `image_processor` and no image processor code: set `pipe.image_processor` (e.g. "
             "`AutoImageProcessor.from_pretrained(<folder>/tokenizer, trust_remote_code=True)`)."
         ) from error
     return processing.UniFlowImageProcessor.from_image_size(tokenizer.config.image_size)
 
 
-def check_num_inference_steps(value, name: str = "num_inference_steps") -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-
-
 def check_generator(generator, batch_size: int) -> None:
     generators = generator if isinstance(generator, list) else [generator]
     if generator is not None and not all(isinstance(g, torch.Generator) for g in generators):
-        raise TypeError(
-            f"`generator` must be a torch.Generator or a list of them (one per image), got {type(generator).__name__}."
-        )
+        raise TypeError(f"`generator` must be a torch.Generator or a list of them, got {type(generator).__name__}.")
     if isinstance(generator, list) and len(generator) != batch_size:
         raise ValueError(f"Got {len(generator)} generators for {batch_size} images: pass one per image, or one.")
 

@@ -28,17 +28,12 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
     Euler / Heun sampler of UniFlow's rectified flow from noise (t = 0) to data (t = 1; the model predicts v = data -
     noise at network timestep `num_train_timesteps * t`), and the training-time helpers. Diffusers'
     [`FlowMatchEulerDiscreteScheduler`] runs the reverse (sigma = 1 - t, output -v); see `flow_match_euler_sigmas`.
-
-    Args:
-        schedule (`str`, defaults to `"linear"`): the time grid, `"linear"` or `"pow_<p>"`; `shift` warps it as SD3.
-        euler_at_final (`bool`, defaults to `False`): with `"heun"`, end with a plain Euler step (no call at t = 1).
-        timestep_distribution (`str`, defaults to `"fat_lognormal"`): the training flow times: `"fat_lognormal"`
-            (logit-normal with a `timestep_uniform_fraction` share of uniform times), `"lognormal"` or `"uniform"`.
+    `schedule` is `"linear"` or `"pow_<p>"` (`shift` warps it as SD3); `euler_at_final` ends Heun's method with a
+    plain Euler step (no call at t = 1); `timestep_distribution` is `flow_matching.sample_flow_times`' `distribution`.
     """
 
     config_name = "scheduler_config.json"
     _compatibles = ["UniFlowFlowMatchScheduler"]
-    order = 1
     init_noise_sigma = 1.0
 
     @register_to_config
@@ -61,10 +56,8 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         if euler_at_final and solver != "heun":
             raise ValueError("`euler_at_final` ends Heun's method with an Euler step; it needs `solver='heun'`.")
         if timestep_distribution not in TIMESTEP_DISTRIBUTIONS:
-            raise ValueError(
-                "`timestep_distribution` must be 'fat_lognormal', 'lognormal' or 'uniform', got "
-                f"{timestep_distribution!r}."
-            )
+            accepted = "'fat_lognormal', 'lognormal' or 'uniform'"
+            raise ValueError(f"`timestep_distribution` must be {accepted}, got {timestep_distribution!r}.")
         if not timestep_logit_std > 0:
             raise ValueError(f"`timestep_logit_std` must be positive, got {timestep_logit_std}.")
         if not 0 <= timestep_uniform_fraction <= 1:
@@ -89,8 +82,7 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         grid = time_grid(num_inference_steps, self.config.schedule, self.config.shift)
         starts = grid[:-1]
         if self.config.solver == "heun":
-            # t_0, then (t_k, t_k): the corrector of step k - 1 and the predictor of step k; the last corrector calls
-            # the network at t_K = 1 unless that step is a plain Euler step
+            # t_0, then t_k twice (corrector of step k - 1, predictor of step k), then t_K unless `euler_at_final`
             starts = torch.cat([grid[:1], grid[1:-1].repeat_interleave(2), grid[-1:]])
             if self.config.euler_at_final:
                 starts = starts[:-1]
@@ -104,11 +96,7 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         return sample
 
     def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: float | torch.Tensor,
-        sample: torch.Tensor,
-        return_dict: bool = True,
+        self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor, return_dict: bool = True
     ) -> SchedulerOutput | tuple:
         """Advance `sample` along the predicted velocity `model_output` (v = data - noise)."""
         if self._step_index is None:
@@ -155,8 +143,7 @@ class UniFlowFlowMatchScheduler(SchedulerMixin, ConfigMixin):
 
     def flow_match_euler_sigmas(self, num_inference_steps: int) -> np.ndarray:
         """The `sigmas` (= 1 - t) that make `FlowMatchEulerDiscreteScheduler` walk our Euler grid (fed -v)."""
-        grid = time_grid(num_inference_steps, self.config.schedule, self.config.shift)
-        return (1 - grid[:-1]).numpy()
+        return (1 - time_grid(num_inference_steps, self.config.schedule, self.config.shift)[:-1]).numpy()
 
     def __len__(self):
         return self.config.num_train_timesteps
