@@ -49,16 +49,12 @@ def adaptive_distillation_loss(
             f"Need the same non-zero number of student and teacher layers, got {len(student_hidden_states)} and "
             f"{len(teacher_hidden_states)}."
         )
-    for layer, (student, teacher) in enumerate(zip(student_hidden_states, teacher_hidden_states), start=1):
+    pairs = list(zip(student_hidden_states, teacher_hidden_states))
+    for layer, (student, teacher) in enumerate(pairs, start=1):
         if student.shape != teacher.shape:
             shapes = f"{tuple(student.shape)} vs {tuple(teacher.shape)}"
             raise ValueError(f"Student and teacher states of layer {layer} differ in shape: {shapes}.")
-    alphas = torch.stack(
-        [
-            1 - F.cosine_similarity(s.float(), t.float().detach(), dim=-1).mean()
-            for s, t in zip(student_hidden_states, teacher_hidden_states)
-        ]
-    )
+    alphas = torch.stack([1 - F.cosine_similarity(s.float(), t.float().detach(), dim=-1).mean() for s, t in pairs])
     num_layers = len(alphas)
     if mode == "uniform":
         weights = torch.full_like(alphas, 1.0 / num_layers)
