@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
@@ -14,16 +16,13 @@ def process_rank_and_world_size() -> tuple[int, int]:
     return 0, 1
 
 
-def reduce_across_processes(tensor: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+def reduce_across_processes(tensor: torch.Tensor, reduction: Literal["mean", "sum"] = "mean") -> torch.Tensor:
     """The sum or mean of `tensor` over the processes of the default `torch.distributed` group, detached. Every
     process must call it, with the tensor on a device of the group's backend (CUDA for NCCL)."""
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"`reduction` must be 'mean' or 'sum', got {reduction!r}.")
     _, world_size = process_rank_and_world_size()
-    if world_size == 1:
-        return tensor.detach()
     reduced = tensor.detach().clone()
-    torch.distributed.all_reduce(reduced)
+    if world_size > 1:
+        torch.distributed.all_reduce(reduced)
     return reduced / world_size if reduction == "mean" else reduced
 
 

@@ -49,9 +49,7 @@ class TrainGeneratorArguments:
 class TrainingRunArguments:
     """What every training command does with a used output folder and unreadable images."""
 
-    overwrite_output_dir: bool = _help(
-        "train into a non-empty --output-dir, removing its old checkpoints (else it is refused)", default=False
-    )
+    overwrite_output_dir: bool = _help("train into a non-empty --output-dir, removing its checkpoints", default=False)
     skip_unreadable: bool = _help("train without the images that cannot be read (listed by name)", default=False)
 
 
@@ -181,9 +179,7 @@ def run_train_tokenizer(args: argparse.Namespace) -> int:
     eval_dataset = load_image_dataset(script_args.dataset, script_args.eval_split) if script_args.eval_split else None
     model, processor = build_model(script_args, training_args.seed)
 
-    lora_config = None
-    if script_args.lora is not None:
-        lora_config = lora_config_for(model, script_args.lora, script_args.lora_rank, script_args.lora_alpha)
+    lora = script_args.lora and lora_config_for(model, script_args.lora, script_args.lora_rank, script_args.lora_alpha)
     trainer = train_tokenizer(
         model,
         train_dataset,
@@ -192,7 +188,7 @@ def run_train_tokenizer(args: argparse.Namespace) -> int:
         processor=processor,
         eval_dataset=eval_dataset,
         distillation=not script_args.no_distillation,
-        lora_config=lora_config,
+        lora_config=lora,
         augment=not script_args.no_augmentation,
         resume_from_checkpoint=resume_from_checkpoint,
     )
