@@ -70,10 +70,9 @@ class UniFlowImageTransform:
 
     def random_crop_box(self, width: int, height: int, generator: torch.Generator) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) as torchvision's `RandomResizedCrop.get_params`."""
-        area = width * height
         log_ratio = (math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1]))
         for _ in range(10):
-            target_area = area * _uniform(generator, *self.crop_scale)
+            target_area = width * height * _uniform(generator, *self.crop_scale)
             aspect_ratio = math.exp(_uniform(generator, *log_ratio))
             crop_width = int(round(math.sqrt(target_area * aspect_ratio)))
             crop_height = int(round(math.sqrt(target_area / aspect_ratio)))
@@ -209,9 +208,7 @@ class UniFlowTrainer(Trainer):
         self._loss_parts = {True: {}, False: {}}  # training and evaluation: name -> values since the last log
         self.add_callback(_DatasetEpochCallback())
         if self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0:
-            logger.warning(
-                "Persistent data workers do not see the epoch change: each epoch would repeat the draws of the first."
-            )
+            logger.warning("Persistent data workers miss the epoch change: each epoch repeats the first's draws.")
 
     def get_train_dataloader(self):
         """A stream splits itself between processes: accelerate neither splits it again nor feeds it from process 0."""
@@ -271,8 +268,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def _stacked_linears(root: nn.Module, prefix: str, exclude: tuple[str, ...] = ()) -> list[str]:
-    """Regexes matching the `nn.Linear` modules inside the numbered layers of `root`, with any layer index (e.g.
-    `vision_model\\.encoder\\.layers\\.\\d+\\.mlp\\.fc1`)."""
+    """Regexes for the `nn.Linear` modules in the numbered layers of `root`, any index (`layers\\.\\d+\\.mlp\\.fc1`)."""
     patterns = set()
     for name, module in root.named_modules():
         if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] not in exclude:
