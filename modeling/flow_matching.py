@@ -10,6 +10,7 @@ Convention (UniFlow's, the reverse of diffusers' `FlowMatchEulerDiscreteSchedule
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 
@@ -42,16 +43,11 @@ def time_grid(num_inference_steps: int, schedule: str = "linear", shift: float =
         raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
     if shift <= 0:
         raise ValueError(f"`shift` must be positive, got {shift}.")
-    power = 1.0 if schedule == "linear" else 0.0
-    if isinstance(schedule, str) and schedule.startswith("pow_"):
-        try:
-            power = float(schedule[4:])
-        except ValueError:
-            pass
+    match = re.fullmatch(r"linear|pow_(\d*\.?\d+)", str(schedule))
+    power = float(match.group(1) or 1) if match else 0.0
     if power <= 0:
         raise ValueError(f"Unknown schedule {schedule!r}: expected 'linear' or 'pow_<p>' with p > 0 (e.g. 'pow_0.25').")
-    steps = num_inference_steps
-    sigmas = torch.arange(0, steps + 1).flip(0) ** (1 / power) / steps ** (1 / power)
+    sigmas = torch.arange(num_inference_steps, -1, -1) ** (1 / power) / num_inference_steps ** (1 / power)
     if shift != 1.0:
         sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
     return (1 - sigmas).float()

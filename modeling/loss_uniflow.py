@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
@@ -14,16 +16,13 @@ def process_rank_and_world_size() -> tuple[int, int]:
     return 0, 1
 
 
-def reduce_across_processes(tensor: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+def reduce_across_processes(tensor: torch.Tensor, reduction: Literal["mean", "sum"] = "mean") -> torch.Tensor:
     """The sum or mean of `tensor` over the processes of the default `torch.distributed` group, detached. Every
     process must call it, with the tensor on a device of the group's backend (CUDA for NCCL)."""
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"`reduction` must be 'mean' or 'sum', got {reduction!r}.")
     _, world_size = process_rank_and_world_size()
-    if world_size == 1:
-        return tensor.detach()
     reduced = tensor.detach().clone()
-    torch.distributed.all_reduce(reduced)
+    if world_size > 1:
+        torch.distributed.all_reduce(reduced)
     return reduced / world_size if reduction == "mean" else reduced
 
 
@@ -49,16 +48,12 @@ def adaptive_distillation_loss(
             f"Need the same non-zero number of student and teacher layers, got {len(student_hidden_states)} and "
             f"{len(teacher_hidden_states)}."
         )
-    for layer, (student, teacher) in enumerate(zip(student_hidden_states, teacher_hidden_states), start=1):
+    pairs = list(zip(student_hidden_states, teacher_hidden_states))
+    for layer, (student, teacher) in enumerate(pairs, start=1):
         if student.shape != teacher.shape:
             shapes = f"{tuple(student.shape)} vs {tuple(teacher.shape)}"
             raise ValueError(f"Student and teacher states of layer {layer} differ in shape: {shapes}.")
-    alphas = torch.stack(
-        [
-            1 - F.cosine_similarity(s.float(), t.float().detach(), dim=-1).mean()
-            for s, t in zip(student_hidden_states, teacher_hidden_states)
-        ]
-    )
+    alphas = torch.stack([1 - F.cosine_similarity(s.float(), t.float().detach(), dim=-1).mean() for s, t in pairs])
     num_layers = len(alphas)
     if mode == "uniform":
         weights = torch.full_like(alphas, 1.0 / num_layers)

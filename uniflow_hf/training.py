@@ -27,7 +27,6 @@ LORA_TARGETS = ("encoder", "decoder", "both")
 FLOW_LOSS_STREAM = 1  # the last key of a sample's flow-loss draws (its augmentation's keys end at the sample index)
 
 
-# ------------------------------------------------------------------------------------------------------- data
 def sample_generator(seed: int, *keys: int) -> torch.Generator:
     """A CPU generator seeded from `seed` and `keys` (e.g. epoch, sample index) through NumPy's `SeedSequence`."""
     state = np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint64)[0]
@@ -71,10 +70,9 @@ class UniFlowImageTransform:
 
     def random_crop_box(self, width: int, height: int, generator: torch.Generator) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) as torchvision's `RandomResizedCrop.get_params`."""
-        area = width * height
         log_ratio = (math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1]))
         for _ in range(10):
-            target_area = area * _uniform(generator, *self.crop_scale)
+            target_area = width * height * _uniform(generator, *self.crop_scale)
             aspect_ratio = math.exp(_uniform(generator, *log_ratio))
             crop_width = int(round(math.sqrt(target_area * aspect_ratio)))
             crop_height = int(round(math.sqrt(target_area / aspect_ratio)))
@@ -82,13 +80,8 @@ class UniFlowImageTransform:
                 top = int(torch.randint(0, height - crop_height + 1, (), generator=generator))
                 left = int(torch.randint(0, width - crop_width + 1, (), generator=generator))
                 return left, top, left + crop_width, top + crop_height
-        in_ratio = width / height
-        if in_ratio < self.crop_ratio[0]:
-            crop_width, crop_height = width, int(round(width / self.crop_ratio[0]))
-        elif in_ratio > self.crop_ratio[1]:
-            crop_width, crop_height = int(round(height * self.crop_ratio[1])), height
-        else:
-            crop_width, crop_height = width, height
+        crop_width = min(width, int(round(height * self.crop_ratio[1])))  # the whole image, clamped to the ratios
+        crop_height = min(height, int(round(width / self.crop_ratio[0])))
         left, top = (width - crop_width) // 2, (height - crop_height) // 2
         return left, top, left + crop_width, top + crop_height
 
@@ -112,10 +105,7 @@ class _UniFlowImages:
         if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
             raise TypeError(f"Got a DatasetDict with splits {list(dataset)}; pass one split (e.g. dataset['train']).")
         if self.streaming and not isinstance(dataset, datasets.IterableDataset):
-            raise TypeError(
-                f"Expected a `datasets.IterableDataset` (e.g. `load_dataset(..., streaming=True)`), got "
-                f"{type(dataset).__name__}; wrap other iterables with `datasets.IterableDataset.from_generator`."
-            )
+            raise TypeError(f"Expected a `datasets.IterableDataset` (`streaming=True`), got {type(dataset).__name__}.")
         map_style = hasattr(dataset, "__len__") and not isinstance(dataset, torch.utils.data.IterableDataset)
         if not self.streaming and not map_style:
             raise TypeError(
@@ -156,9 +146,8 @@ class _UniFlowImages:
 
 
 class UniFlowTrainingDataset(_UniFlowImages, torch.utils.data.Dataset):
-    """A map-style image dataset for `UniFlowModel` training: item `i` is its `pixel_values` (3, H, W), augmented from
-    `sample_generator(seed, epoch, i)`, and its `draw_key` (seed, epoch, i) for the flow loss's draws: the same draws
-    on any number of processes or data workers, and after a resume. `augment=False` for evaluation."""
+    """Images for `UniFlowModel` training: item `i` is its `pixel_values` (3, H, W), augmented from
+    `sample_generator(seed, epoch, i)`, and its `draw_key` (seed, epoch, i) for the flow loss's draws."""
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -168,9 +157,8 @@ class UniFlowTrainingDataset(_UniFlowImages, torch.utils.data.Dataset):
 
 
 class UniFlowIterableTrainingDataset(_UniFlowImages, torch.utils.data.IterableDataset):
-    """`UniFlowTrainingDataset` for a `datasets.IterableDataset`: each process reads its part (`split_dataset_by_node`),
-    data workers split it again, and a sample's key is its position in the interleaved stream, as one process would
-    number it. Every process must get as many batches (`IterableDataset.repeat(None)`)."""
+    """`UniFlowTrainingDataset` for a `datasets.IterableDataset`, split between processes and data workers; a sample's
+    key is its position in the stream as one process would number it. Each process must get as many batches."""
 
     streaming = True
 
@@ -190,7 +178,6 @@ class UniFlowIterableTrainingDataset(_UniFlowImages, torch.utils.data.IterableDa
             yield self._example(row, position, f"Sample {position} of the stream")
 
 
-# ------------------------------------------------------------------------------------------------ the trainer
 def loss_parts(outputs: Any) -> dict[str, torch.Tensor]:
     """The detached loss parts of a `UniFlowModelOutput` under their log names (`distill_w/layer_03`...)."""
     parts = {name: outputs[name].detach().float() for name in ("flow_loss", "distillation_loss") if name in outputs}
@@ -212,9 +199,8 @@ class _DatasetEpochCallback(TrainerCallback):
 
 
 class UniFlowTrainer(Trainer):
-    """A `Trainer` for `UniFlowModel` (plain or wrapped by PEFT) on batches of `pixel_values` and `draw_key`: it draws
-    each image's flow-loss noise and times from its `draw_key`, and logs the loss parts (`loss_parts`), averaged over
-    each logging interval and over processes; evaluation reports them too."""
+    """A `Trainer` for `UniFlowModel` (or a PEFT model of one) that draws each image's flow loss from its `draw_key` and
+    logs the loss parts (`loss_parts`), averaged over each logging interval and over processes."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -222,14 +208,10 @@ class UniFlowTrainer(Trainer):
         self._loss_parts = {True: {}, False: {}}  # training and evaluation: name -> values since the last log
         self.add_callback(_DatasetEpochCallback())
         if self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0:
-            logger.warning(
-                "With persistent data workers the datasets in the workers do not see the epoch change: each epoch "
-                "would repeat the augmentation, noise and timesteps of the first. Prefer non-persistent workers."
-            )
+            logger.warning("Persistent data workers miss the epoch change: each epoch repeats the first's draws.")
 
     def get_train_dataloader(self):
-        """A stream splits itself between processes (keeping each sample's position as its key): accelerate neither
-        splits it again nor feeds it from the main process."""
+        """A stream splits itself between processes: accelerate neither splits it again nor feeds it from process 0."""
         if not isinstance(self.train_dataset, UniFlowIterableTrainingDataset):
             return super().get_train_dataloader()
         from accelerate.data_loader import prepare_data_loader
@@ -281,14 +263,12 @@ class UniFlowTrainer(Trainer):
         return output
 
 
-# ------------------------------------------------------------------------------------------------------- LoRA
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _stacked_linears(root: nn.Module, prefix: str, exclude: tuple[str, ...] = ()) -> list[str]:
-    """Regexes matching the `nn.Linear` modules inside the numbered layers of `root`, with any layer index (e.g.
-    `vision_model\\.encoder\\.layers\\.\\d+\\.mlp\\.fc1`)."""
+    """Regexes for the `nn.Linear` modules in the numbered layers of `root`, any index (`layers\\.\\d+\\.mlp\\.fc1`)."""
     patterns = set()
     for name, module in root.named_modules():
         if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] not in exclude:
@@ -333,7 +313,6 @@ def apply_lora(model: UniFlowModel, targets: str = "both", r: int = 8, lora_alph
     return get_peft_model(model, lora_config_for(model, targets, r, lora_alpha, **lora_kwargs))
 
 
-# ----------------------------------------------------------------------------------------------- launchers
 def _has_accelerator() -> bool:
     return torch.accelerator.is_available()
 
@@ -349,26 +328,18 @@ def check_cpu_launch(deepspeed: Any = None) -> None:
     if _has_accelerator():
         return
     if deepspeed or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
-        import importlib.util
-
-        installed = "is installed" if importlib.util.find_spec("deepspeed") else "is not installed here"
         raise ValueError(
-            f"DeepSpeed (--deepspeed, or an accelerate DeepSpeed config) runs on GPUs; this machine has none and "
-            f"DeepSpeed {installed}. On CPU launch the same command without it: `torchrun --nproc_per_node N` or "
-            "`accelerate launch --multi_gpu --num_processes N` train data-parallel across the CPU processes."
+            "DeepSpeed (--deepspeed, or an accelerate DeepSpeed config) runs on GPUs; this machine has none and "
+            "DeepSpeed cannot run. Launch without it: `torchrun --nproc_per_node N` trains on N CPU processes."
         )
     if cpu_processes_need_use_cpu() and parse_flag_from_env("ACCELERATE_USE_FSDP"):
-        logger.warning_once(
-            "Accelerate runs FSDP on accelerators only: on this CPU machine the processes train data-parallel "
-            "(DDP), each holding the whole model."
-        )
+        logger.warning_once("Accelerate runs FSDP on accelerators only: these CPU processes train with DDP.")
     single_cpu_process = parse_flag_from_env("ACCELERATE_USE_CPU") and "MASTER_ADDR" in os.environ
     if single_cpu_process and "WORLD_SIZE" not in os.environ and "PMI_SIZE" not in os.environ:
         raise ValueError(
-            "`accelerate launch --cpu --num_processes N` started this single process (accelerate starts several CPU "
-            "processes only through MPI, with --mpirun_hostfile). Launch N CPU processes with `accelerate launch "
-            "--multi_gpu --num_processes N ...` or `torchrun --nproc_per_node N ...` (no --cpu: on a machine without "
-            "GPUs they train on the CPU, sharded), or drop --num_processes for one process."
+            "`accelerate launch --cpu --num_processes N` started this single process (several CPU processes only "
+            "through MPI). Launch `torchrun --nproc_per_node N ...` or `accelerate launch --multi_gpu --num_processes "
+            "N ...` (no --cpu: without GPUs they train on the CPU, sharded), or drop --num_processes for one process."
         )
 
 
@@ -382,9 +353,8 @@ def close_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def check_training_numbers(training_args: TrainingArguments) -> None:
+def check_training_numbers(args: TrainingArguments) -> None:
     """Refuse nonsense step and batch numbers before any work (the Trainer takes a negative `max_steps` as epochs)."""
-    args = training_args
     if not (args.max_steps == -1 or args.max_steps > 0):
         raise ValueError(
             f"--max-steps must be a positive number of steps, or -1 to train --num-train-epochs; got {args.max_steps}."
@@ -395,11 +365,9 @@ def check_training_numbers(training_args: TrainingArguments) -> None:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}.")
     for name in ("logging_steps", "save_steps", "eval_steps"):
-        if getattr(args, name) is not None and not getattr(args, name) > 0:
-            raise ValueError(
-                f"--{name.replace('_', '-')} must be > 0 (a number of steps, or a share of the run below 1), got "
-                f"{getattr(args, name)}."
-            )
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0 (steps, or a share of the run), got {value}.")
 
 
 def prepare_training_arguments(training_args: TrainingArguments) -> TrainingArguments:
@@ -418,7 +386,6 @@ def prepare_training_arguments(training_args: TrainingArguments) -> TrainingArgu
     return training_args
 
 
-# ----------------------------------------------------------------------------------------------- entry point
 def train_tokenizer(
     model: UniFlowModel,
     train_dataset: Any,
@@ -435,10 +402,8 @@ def train_tokenizer(
 ) -> UniFlowTrainer:
     """Train a UniFlow tokenizer (flow loss + layer-wise adaptive self-distillation) with `UniFlowTrainer`; returns it.
 
-    `model` (or a PEFT model of one): its current encoder becomes the frozen teacher unless `distillation=False`,
-    `config.distillation_mode == "none"` or `config.freeze_encoder`. The datasets hold images in `image_column` (the
-    training set may be a stream); draws are seeded by `data_seed` (else `seed`). `lora_config`: train adapters only.
-    `resume_from_checkpoint`: a folder, or True for the last complete one; build `model` as for the first run."""
+    The model's current encoder becomes the frozen teacher unless `distillation=False`, `distillation_mode == "none"`
+    or `freeze_encoder`. Draws are seeded by `data_seed` (else `seed`); `resume_from_checkpoint=True`: the last one."""
     base_model = _unwrap(model)
     if not isinstance(base_model, UniFlowModel):
         raise TypeError(f"`model` must be a UniFlowModel (or a PEFT model of one), got {type(model).__name__}.")
@@ -450,7 +415,7 @@ def train_tokenizer(
     if half and training_args.device.type == "cpu":  # --bf16/--fp16, or the accelerate config's mixed_precision
         raise ValueError(
             "bf16/fp16 mixed precision is not supported for UniFlow training on CPU: train in float32 (drop "
-            "--bf16/--fp16, or mixed_precision from the accelerate config), or train on a GPU."
+            "--bf16/--fp16 or the accelerate config's mixed_precision), or train on a GPU."
         )
     config = base_model.config
     processor = processor if processor is not None else UniFlowImageProcessor.from_image_size(config.image_size)

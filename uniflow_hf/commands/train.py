@@ -27,9 +27,7 @@ class TrainTokenizerArguments:
     init_from: str | None = _help("UniFlowModel folder to start from (ours or the official format)", default=None)
     encoder: str | None = _help("a transformers vision encoder folder (CLIP, SigLIP...) to build around", default=None)
     config: str | None = _help(
-        "UniFlowConfig fields as a JSON file or inline JSON: the whole model (from scratch), the decoder with "
-        "--encoder, or overrides (e.g. distillation_mode) with --init-from",
-        default=None,
+        "UniFlowConfig fields (JSON file or inline): the model, the decoder with --encoder, or overrides", default=None
     )
     no_distillation: bool = _help("train without the self-distillation teacher", default=False)
     no_augmentation: bool = _help("no random resized crop / horizontal flip", default=False)
@@ -51,11 +49,7 @@ class TrainGeneratorArguments:
 class TrainingRunArguments:
     """What every training command does with a used output folder and unreadable images."""
 
-    overwrite_output_dir: bool = _help(
-        "train into a non-empty --output-dir (its old checkpoints are removed); without it, or "
-        "--resume-from-checkpoint, such a folder is refused",
-        default=False,
-    )
+    overwrite_output_dir: bool = _help("train into a non-empty --output-dir, removing its checkpoints", default=False)
     skip_unreadable: bool = _help("train without the images that cannot be read (listed by name)", default=False)
 
 
@@ -124,12 +118,10 @@ def read_json_argument(value: str | None) -> dict:
     """`--config`: a JSON file or an inline JSON object."""
     if value is None:
         return {}
-    if not os.path.isfile(value) and not value.lstrip().startswith("{"):
-        raise FileNotFoundError(f"--config {value!r} is neither a JSON file nor an inline JSON object.")
     try:
         config = json.loads(Path(value).read_text(encoding="utf-8") if os.path.isfile(value) else value)
     except json.JSONDecodeError as error:
-        raise ValueError(f"--config is not valid JSON: {error}") from error
+        raise ValueError(f"--config {value!r} is neither a JSON file nor an inline JSON object: {error}") from error
     if not isinstance(config, dict):
         raise ValueError(f"--config must hold a JSON object of UniFlowConfig fields, got {type(config).__name__}.")
     return config
@@ -156,8 +148,7 @@ def build_model(script_args: TrainTokenizerArguments, seed: int):
         model = UniFlowModel(UniFlowConfig(**config_fields))
         if not script_args.no_distillation and model.config.distillation_mode != "none":
             logging.get_logger(__name__).warning(
-                "Training from scratch (--config without --init-from/--encoder): the distillation teacher is the "
-                "randomly initialised encoder. Pass --init-from or --encoder to adapt a pretrained one."
+                "Training from scratch: the distillation teacher is the random encoder (see --init-from, --encoder)."
             )
     else:
         raise ValueError("Pass --init-from DIR (a UniFlow model), --encoder DIR (a vision encoder) or --config JSON.")
@@ -171,9 +162,7 @@ def resume_argument(value: str | None) -> str | bool | None:
     if value.lower() in ("true", "latest", "last"):
         return True
     if not os.path.isdir(value):
-        raise FileNotFoundError(
-            f"--resume-from-checkpoint {value!r} is not a checkpoint folder (or 'true' for the latest)."
-        )
+        raise FileNotFoundError(f"--resume-from-checkpoint {value!r} is not a checkpoint folder (or 'true').")
     return value
 
 
@@ -190,9 +179,7 @@ def run_train_tokenizer(args: argparse.Namespace) -> int:
     eval_dataset = load_image_dataset(script_args.dataset, script_args.eval_split) if script_args.eval_split else None
     model, processor = build_model(script_args, training_args.seed)
 
-    lora_config = None
-    if script_args.lora is not None:
-        lora_config = lora_config_for(model, script_args.lora, script_args.lora_rank, script_args.lora_alpha)
+    lora = script_args.lora and lora_config_for(model, script_args.lora, script_args.lora_rank, script_args.lora_alpha)
     trainer = train_tokenizer(
         model,
         train_dataset,
@@ -201,7 +188,7 @@ def run_train_tokenizer(args: argparse.Namespace) -> int:
         processor=processor,
         eval_dataset=eval_dataset,
         distillation=not script_args.no_distillation,
-        lora_config=lora_config,
+        lora_config=lora,
         augment=not script_args.no_augmentation,
         resume_from_checkpoint=resume_from_checkpoint,
     )
