@@ -97,8 +97,7 @@ class GeneratorTrainingArguments(TrainingArguments):
 
     def noise_scheduler(self) -> UniFlowFlowMatchScheduler:
         """The scheduler that draws the training flow times and noises the latents, saved as the pipeline's sampler."""
-        names = ("timestep_distribution", "timestep_logit_mean", "timestep_logit_std", "timestep_uniform_fraction")
-        settings = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        settings = {k: v for k, v in vars(self).items() if k.startswith("timestep_") and v is not None}
         return UniFlowFlowMatchScheduler(solver=self.solver, euler_at_final=self.euler_at_final, **settings)
 
 
@@ -119,9 +118,8 @@ def build_generator_transformer(
     channels, grid_size = tokenizer.config.latent_channels, tokenizer.config.grid_size
     fixed = dict(in_channels=channels, out_channels=channels, sample_size=grid_size, num_embeds_ada_norm=num_classes)
     if isinstance(source, (str, os.PathLike)):
-        folder = os.fspath(source)
-        if os.path.isfile(os.path.join(folder, "transformer", "config.json")):
-            folder = os.path.join(folder, "transformer")
+        subfolder = os.path.join(source, "transformer")
+        folder = subfolder if os.path.isfile(os.path.join(subfolder, "config.json")) else os.fspath(source)
         config_file = os.path.join(folder, "config.json")
         config = DiTTransformer2DModel.load_config(config_file) if os.path.isfile(config_file) else {}
         if config.get("_class_name") != "DiTTransformer2DModel":
@@ -264,11 +262,13 @@ class GeneratorTrainer(Trainer):
 
 
 class _EMACallback(TrainerCallback):
-    """Steps an `EMAModel` after every optimisation step and saves it in every checkpoint (`ema.pt`)."""
+    """An `EMAModel` of `parameters`: stepped after each step, saved in each checkpoint, copied into them at the end."""
 
-    def __init__(self, ema: EMAModel, parameters: list[torch.nn.Parameter]):
-        self.ema = ema
-        self.parameters = parameters
+    def __init__(self, parameters, decay: float, resume_folder: str | None):
+        self.parameters = list(parameters)
+        self.ema = EMAModel(self.parameters, decay=decay)
+        if resume_folder is not None:
+            self.ema.load_state_dict(torch.load(os.path.join(resume_folder, EMA_STATE_NAME), weights_only=True))
 
     def on_step_end(self, args, state, control, **kwargs):
         self.ema.step(self.parameters)
@@ -277,6 +277,9 @@ class _EMACallback(TrainerCallback):
         if state.is_world_process_zero:
             folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
             torch.save(self.ema.state_dict(), os.path.join(folder, EMA_STATE_NAME))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.ema.copy_to(self.parameters)
 
 
 def train_generator(
@@ -329,12 +332,8 @@ def train_generator(
     for module in label_embeddings:
         module.dropout_prob = 0.0  # the DiT's own label dropout: `compute_loss` drops the labels instead
     callbacks = list(callbacks or [])
-    ema = None
     if args.ema_decay is not None:
-        ema = EMAModel(transformer.parameters(), decay=args.ema_decay)
-        if resume_folder is not None:
-            ema.load_state_dict(torch.load(os.path.join(resume_folder, EMA_STATE_NAME), weights_only=True))
-        callbacks.append(_EMACallback(ema, list(transformer.parameters())))
+        callbacks.append(_EMACallback(transformer.parameters(), args.ema_decay, resume_folder))
     args.remove_unused_columns = False  # `index` keys the draws of `compute_loss`
     scheduler = args.noise_scheduler()
     trainer = GeneratorTrainer(
@@ -346,8 +345,6 @@ def train_generator(
 
     for module in label_embeddings:
         module.dropout_prob = args.label_dropout  # for whoever trains the saved DiT next
-    if ema is not None:
-        ema.copy_to(transformer.parameters())
     pipeline = UniFlowClassConditionalPipeline(
         transformer=transformer.eval(), scheduler=scheduler, tokenizer=tokenizer, id2label=id2label,
         latent_mean=latent_mean, latent_std=latent_std, **{name: getattr(args, name) for name in PIPELINE_SETTINGS},
