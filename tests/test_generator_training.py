@@ -233,7 +233,7 @@ def test_learning_rate_schedules(tiny_model):
         generator_args(lr_scheduler_type="plateau")
     with pytest.raises(ValueError, match="use 'constant_with_warmup'"):
         generator_args(warmup_steps=1, max_steps=4)
-    with pytest.raises(ValueError, match=r"`warmup_steps` \(4\) must be below `max_steps` \(4\)"):
+    with pytest.raises(ValueError, match=r"`warmup_steps` \(4\) must be below the number of steps \(4\)"):
         train(tiny_model, synthetic_dataset(per_class=1), lr_scheduler_type="linear", warmup_steps=4, max_steps=4)
 
 

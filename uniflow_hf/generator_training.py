@@ -85,7 +85,9 @@ class GeneratorTrainingArguments(TrainingArguments):
         if self.warmup_steps and self.lr_scheduler_type == "constant":
             raise ValueError("`lr_scheduler_type='constant'` has no warm-up: use 'constant_with_warmup'.")
         if self.max_steps > 0 and self.warmup_steps >= max(1, self.max_steps):  # below 1 it is a share of the steps
-            raise ValueError(f"`warmup_steps` ({self.warmup_steps:g}) must be below `max_steps` ({self.max_steps}).")
+            raise ValueError(
+                f"`warmup_steps` ({self.warmup_steps:g}) must be below the number of steps ({self.max_steps})."
+            )
         if self.device.type == "cpu" and self.fp16:
             raise ValueError("fp16 mixed precision needs a GPU: drop --fp16, or use --bf16 on a CPU with bfloat16.")
         fast_bf16, why = cpu_bf16_support() if self.device.type == "cpu" and self.bf16 else (True, "")
