@@ -91,7 +91,7 @@ def worker(output_dir: Path, args) -> None:
     total_seconds = time.perf_counter() - started
     world_size = training_args.world_size
 
-    latents = build_latent_cache(tokenizer, dataset, training_args, output_dir / "latent_cache")  # reused: no encoding
+    latents = build_latent_cache(tokenizer, dataset, training_args)  # reused: no encoding
     before = memory_mib()
     for start in range(0, len(latents), 1024):
         latents[start : start + 1024]["latents"].sum()  # read every row from the memory-mapped files

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from diffusers import DiTTransformer2DModel
 from diffusers.models.embeddings import LabelEmbedding
 from diffusers.training_utils import EMAModel
-from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -93,18 +92,14 @@ class GeneratorTrainingArguments(TrainingArguments):
             raise ValueError("fp16 mixed precision needs a GPU: drop --fp16, or use --bf16 on a CPU with bfloat16.")
         fast_bf16, why = cpu_bf16_support() if self.device.type == "cpu" and self.bf16 else (True, "")
         if not fast_bf16:
-            raise ValueError(
-                f"This CPU has no bfloat16 arithmetic, so --bf16 would run emulated ({why}). Drop --bf16 here, or "
-                "train on a GPU or a CPU with bfloat16 support."
-            )
+            raise ValueError(f"This CPU has no bfloat16 arithmetic, so --bf16 would run emulated ({why}): drop --bf16.")
         self.noise_scheduler()
         for name in PIPELINE_SETTINGS:
             check_sampling_setting(name, getattr(self, name))
 
     def noise_scheduler(self) -> UniFlowFlowMatchScheduler:
         """The scheduler that draws the training flow times and noises the latents, saved as the pipeline's sampler."""
-        names = ("timestep_distribution", "timestep_logit_mean", "timestep_logit_std", "timestep_uniform_fraction")
-        settings = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        settings = {k: v for k, v in vars(self).items() if k.startswith("timestep_") and v is not None}
         return UniFlowFlowMatchScheduler(solver=self.solver, euler_at_final=self.euler_at_final, **settings)
 
 
@@ -125,9 +120,8 @@ def build_generator_transformer(
     channels, grid_size = tokenizer.config.latent_channels, tokenizer.config.grid_size
     fixed = dict(in_channels=channels, out_channels=channels, sample_size=grid_size, num_embeds_ada_norm=num_classes)
     if isinstance(source, (str, os.PathLike)):
-        folder = os.fspath(source)
-        if os.path.isfile(os.path.join(folder, "transformer", "config.json")):
-            folder = os.path.join(folder, "transformer")
+        subfolder = os.path.join(source, "transformer")
+        folder = subfolder if os.path.isfile(os.path.join(subfolder, "config.json")) else os.fspath(source)
         config_file = os.path.join(folder, "config.json")
         config = DiTTransformer2DModel.load_config(config_file) if os.path.isfile(config_file) else {}
         if config.get("_class_name") != "DiTTransformer2DModel":
@@ -173,10 +167,10 @@ def latent_statistics(latents) -> tuple[list[float], list[float]]:
     return mean.tolist(), variance.clamp_min(0).sqrt().clamp_min(1e-6).tolist()
 
 
-def build_latent_cache(tokenizer: UniFlowModel, dataset, args: GeneratorTrainingArguments, cache_dir: str):
+def build_latent_cache(tokenizer: UniFlowModel, dataset, args: GeneratorTrainingArguments):
     """`dataset`'s `latents` (tokens, channels) and `label`s, encoded by `dataset.map` into
-    `cache_dir/latents-FINGERPRINT.arrow` (a hash of the tokenizer, the dataset and the columns), which later runs
-    reuse. The main process encodes while the others wait: `cache_dir` must be shared by the processes."""
+    `args.latent_cache_dir/latents-FINGERPRINT.arrow` (a hash of the tokenizer, the dataset and the columns), which
+    later runs reuse. The main process encodes while the others wait: the folder must be shared by the processes."""
     from accelerate import PartialState
     from datasets import Array2D, Features, Value
     from datasets.fingerprint import Hasher
@@ -186,12 +180,11 @@ def build_latent_cache(tokenizer: UniFlowModel, dataset, args: GeneratorTraining
     processor = default_image_processor(tokenizer)
     bookkeeping = ("architectures", "auto_map", "dtype", "torch_dtype", "transformers_version")
     config = {k: v for k, v in tokenizer.config.to_dict().items() if not k.startswith("_") and k not in bookkeeping}
+    weights = sorted((k, v) for k, v in tokenizer.state_dict().items() if not k.startswith("distillation_teacher."))
     hasher = Hasher()
-    for value in (config, processor.to_dict(), dataset._fingerprint, args.image_column, args.label_column):
+    for value in (config, processor.to_dict(), dataset._fingerprint, args.image_column, args.label_column, *weights):
         hasher.update(value)
-    for name, tensor in sorted(tokenizer.state_dict().items()):
-        if not name.startswith("distillation_teacher."):
-            hasher.update((name, tensor))
+    cache_dir = args.latent_cache_dir or os.path.join(args.output_dir, "latent_cache")
     cache_dir = check_output_dir(cache_dir, "latent_cache_dir")
     cache_file = os.path.join(cache_dir, f"latents-{hasher.hexdigest()}.arrow")
     if not os.path.isfile(cache_file):  # every process checks, before any of them waits for another
@@ -229,51 +222,38 @@ def training_dataset(latents, global_batch_size: int, seed: int):
     return latents.with_format("torch")
 
 
-class GeneratorFlowMatchingModel(nn.Module):
-    """The DiT with its loss: the mean squared error of its velocity at the noised (normalised) latents."""
-
-    def __init__(self, transformer: DiTTransformer2DModel, noise_scheduler, latent_mean, latent_std):
-        super().__init__()
-        self.transformer = transformer
-        self.noise_scheduler = noise_scheduler
-        self.register_buffer("latent_mean", torch.tensor(latent_mean).reshape(1, -1, 1, 1), persistent=False)
-        self.register_buffer("latent_std", torch.tensor(latent_std).reshape(1, -1, 1, 1), persistent=False)
-
-    def forward(self, latents, noise, timesteps, class_labels) -> dict[str, torch.Tensor]:
-        size = self.transformer.config.sample_size
-        latents = (latents.transpose(1, 2).unflatten(2, (size, size)) - self.latent_mean) / self.latent_std
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        velocity = self.transformer(noisy, timestep=timesteps, class_labels=class_labels).sample
-        return {"loss": F.mse_loss(velocity.float(), self.noise_scheduler.get_velocity(latents, noise).float())}
-
-
 class GeneratorTrainer(Trainer):
-    """A `Trainer` that makes the training draws of `GeneratorFlowMatchingModel` and keeps the loss of every
-    micro-batch for `step_losses`."""
+    """A `Trainer` of the DiT whose loss is the mean squared error of its velocity at the noised, normalised latents;
+    it keeps the loss of every micro-batch for `step_losses`."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, noise_scheduler, latent_mean, latent_std, **kwargs):
         super().__init__(*args, **kwargs)
+        self.noise_scheduler = noise_scheduler
+        self.latent_mean, self.latent_std = (torch.tensor(x).reshape(1, -1, 1, 1) for x in (latent_mean, latent_std))
         self._micro_batch_losses: list[torch.Tensor] = []
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Each sample's noise, flow time and label dropout come from `sample_generator(seed, step, index)`: the same
         whatever the number of processes and accumulation steps, and again when a run resumes."""
-        config, label_dropout = self.model.transformer.config, self.args.label_dropout
+        config, label_dropout = self.model.config, self.args.label_dropout
         noise, timesteps, class_labels = [], [], []
-        for index, label in zip(inputs.pop("index").tolist(), inputs["class_labels"].tolist()):
+        for index, label in zip(inputs["index"].tolist(), inputs["class_labels"].tolist()):
             generator = sample_generator(self.args.seed, self.state.global_step, index)
             noise.append(torch.randn(config.in_channels, config.sample_size, config.sample_size, generator=generator))
-            timesteps.append(self.model.noise_scheduler.sample_training_timesteps(1, generator=generator))
+            timesteps.append(self.noise_scheduler.sample_training_timesteps(1, generator=generator))
             dropped = torch.rand((), generator=generator).item() < label_dropout
             class_labels.append(config.num_embeds_ada_norm if dropped else label)
-        device = inputs["latents"].device
-        inputs["noise"] = torch.stack(noise).to(device)
-        inputs["timesteps"] = torch.cat(timesteps).to(device)
-        inputs["class_labels"] = torch.tensor(class_labels, device=device)
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        device, size = inputs["latents"].device, config.sample_size
+        latents = inputs["latents"].transpose(1, 2).unflatten(2, (size, size))
+        latents = (latents - self.latent_mean.to(device)) / self.latent_std.to(device)
+        noise, timesteps = torch.stack(noise).to(device), torch.cat(timesteps).to(device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        class_labels = torch.tensor(class_labels, device=device)
+        velocity = model(noisy, timestep=timesteps, class_labels=class_labels, return_dict=False)[0]
+        loss = F.mse_loss(velocity.float(), self.noise_scheduler.get_velocity(latents, noise).float())
         if model.training:
             self._micro_batch_losses.append(loss.detach().float())
-        return (loss, outputs) if return_outputs else loss
+        return (loss, {"loss": loss}) if return_outputs else loss
 
     def step_losses(self) -> list[float]:
         """The loss of every optimisation step this trainer ran, averaged over its micro-batches and processes."""
@@ -284,11 +264,13 @@ class GeneratorTrainer(Trainer):
 
 
 class _EMACallback(TrainerCallback):
-    """Steps an `EMAModel` after every optimisation step and saves it in every checkpoint (`ema.pt`)."""
+    """An `EMAModel` of `parameters`: stepped after each step, saved in each checkpoint, copied into them at the end."""
 
-    def __init__(self, ema: EMAModel, parameters: list[nn.Parameter]):
-        self.ema = ema
-        self.parameters = parameters
+    def __init__(self, parameters, decay: float, resume_folder: str | None):
+        self.parameters = list(parameters)
+        self.ema = EMAModel(self.parameters, decay=decay)
+        if resume_folder is not None:
+            self.ema.load_state_dict(torch.load(os.path.join(resume_folder, EMA_STATE_NAME), weights_only=True))
 
     def on_step_end(self, args, state, control, **kwargs):
         self.ema.step(self.parameters)
@@ -298,34 +280,14 @@ class _EMACallback(TrainerCallback):
             folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
             torch.save(self.ema.state_dict(), os.path.join(folder, EMA_STATE_NAME))
 
-
-def _global_batch_size(args: GeneratorTrainingArguments) -> int:
-    """Set `per_device_train_batch_size` from `global_batch_size` over this launch; return the global batch size."""
-    processes_and_steps = args.world_size * args.gradient_accumulation_steps
-    if args.global_batch_size is not None:
-        per_device = args.global_batch_size // processes_and_steps
-        if args.global_batch_size % processes_and_steps:
-            raise ValueError(
-                f"`global_batch_size` {args.global_batch_size} does not divide into {args.world_size} process(es) x "
-                f"{args.gradient_accumulation_steps} accumulation step(s): launch processes x steps that divide it."
-            )
-        if args.per_device_train_batch_size not in (GeneratorTrainingArguments.per_device_train_batch_size, per_device):
-            raise ValueError(
-                f"`per_device_train_batch_size` {args.per_device_train_batch_size} disagrees with `global_batch_size` "
-                f"{args.global_batch_size} ({per_device} over this launch): pass only one of them."
-            )
-        args.per_device_train_batch_size = per_device
-    return processes_and_steps * args.per_device_train_batch_size
+    def on_train_end(self, args, state, control, **kwargs):
+        self.ema.copy_to(self.parameters)
 
 
 def train_generator(
-    tokenizer: UniFlowModel | str | os.PathLike,
-    dataset,
-    args: GeneratorTrainingArguments,
-    transformer: DiTTransformer2DModel | None = None,
-    resume_from_checkpoint: str | bool | None = None,
-    callbacks: list[TrainerCallback] | None = None,
-    save_pipeline: bool = True,
+    tokenizer: UniFlowModel | str | os.PathLike, dataset, args: GeneratorTrainingArguments,
+    transformer: DiTTransformer2DModel | None = None, resume_from_checkpoint: str | bool | None = None,
+    callbacks: list[TrainerCallback] | None = None, save_pipeline: bool = True,
 ) -> GeneratorTrainingOutput:
     """Train a DiT (`transformer`, in place, else `args.init_generator`'s, else a new one) to generate `tokenizer`
     latents of the classes of `dataset` (a `ClassLabel` column, whose names become `id2label`, or non-negative ints);
@@ -338,7 +300,20 @@ def train_generator(
     if len(dataset) == 0:
         raise ValueError("The dataset is empty.")
     prepare_training_arguments(args)
-    global_batch_size = _global_batch_size(args)
+    processes_and_steps = args.world_size * args.gradient_accumulation_steps
+    if args.global_batch_size is not None:
+        per_device, remainder = divmod(args.global_batch_size, processes_and_steps)
+        if remainder:
+            raise ValueError(
+                f"`global_batch_size` {args.global_batch_size} does not divide into {args.world_size} process(es) x "
+                f"{args.gradient_accumulation_steps} accumulation step(s): launch processes x steps that divide it."
+            )
+        if args.per_device_train_batch_size not in (GeneratorTrainingArguments.per_device_train_batch_size, per_device):
+            raise ValueError(
+                f"`per_device_train_batch_size` {args.per_device_train_batch_size} disagrees with `global_batch_size` "
+                f"{args.global_batch_size} ({per_device} over this launch): pass only one of them."
+            )
+        args.per_device_train_batch_size = per_device
     resume_folder = args.resume_from_checkpoint if resume_from_checkpoint is None else resume_from_checkpoint
     if resume_folder is True:
         required = (EMA_STATE_NAME,) if args.ema_decay is not None else ()
@@ -349,8 +324,7 @@ def train_generator(
         tokenizer = UniFlowModel.from_pretrained(tokenizer)
     tokenizer.eval().requires_grad_(False).to(args.device)
     id2label = dataset_id2label(dataset, args.label_column)
-    cache_dir = args.latent_cache_dir or os.path.join(args.output_dir, "latent_cache")
-    latents = build_latent_cache(tokenizer, dataset, args, cache_dir)
+    latents = build_latent_cache(tokenizer, dataset, args)
     latent_mean, latent_std = latent_statistics(batch["latents"] for batch in latents.iter(args.encode_batch_size))
 
     set_seed(args.seed)  # the same new DiT in every process
@@ -360,35 +334,22 @@ def train_generator(
     for module in label_embeddings:
         module.dropout_prob = 0.0  # the DiT's own label dropout: `compute_loss` drops the labels instead
     callbacks = list(callbacks or [])
-    ema = None
     if args.ema_decay is not None:
-        ema = EMAModel(transformer.parameters(), decay=args.ema_decay)
-        if resume_folder is not None:
-            ema.load_state_dict(torch.load(os.path.join(resume_folder, EMA_STATE_NAME), weights_only=True))
-        callbacks.append(_EMACallback(ema, list(transformer.parameters())))
+        callbacks.append(_EMACallback(transformer.parameters(), args.ema_decay, resume_folder))
     args.remove_unused_columns = False  # `index` keys the draws of `compute_loss`
     scheduler = args.noise_scheduler()
     trainer = GeneratorTrainer(
-        model=GeneratorFlowMatchingModel(transformer, scheduler, latent_mean, latent_std),
-        args=args,
-        train_dataset=training_dataset(latents, global_batch_size, args.seed),
-        data_collator=default_data_collator,
-        callbacks=callbacks,
+        model=transformer, args=args, data_collator=default_data_collator, callbacks=callbacks,
+        train_dataset=training_dataset(latents, processes_and_steps * args.per_device_train_batch_size, args.seed),
+        noise_scheduler=scheduler, latent_mean=latent_mean, latent_std=latent_std,
     )
     trainer.train(resume_from_checkpoint=resume_folder)
 
     for module in label_embeddings:
         module.dropout_prob = args.label_dropout  # for whoever trains the saved DiT next
-    if ema is not None:
-        ema.copy_to(transformer.parameters())
     pipeline = UniFlowClassConditionalPipeline(
-        transformer=transformer.eval(),
-        scheduler=scheduler,
-        tokenizer=tokenizer,
-        id2label=id2label,
-        latent_mean=latent_mean,
-        latent_std=latent_std,
-        **{name: getattr(args, name) for name in PIPELINE_SETTINGS},
+        transformer=transformer.eval(), scheduler=scheduler, tokenizer=tokenizer, id2label=id2label,
+        latent_mean=latent_mean, latent_std=latent_std, **{name: getattr(args, name) for name in PIPELINE_SETTINGS},
     )
     if save_pipeline and trainer.is_world_process_zero():
         pipeline.save_pretrained(args.output_dir)
@@ -397,9 +358,7 @@ def train_generator(
 
 
 def attach_guide(
-    pipeline: UniFlowClassConditionalPipeline,
-    guide: UniFlowClassConditionalPipeline,
-    autoguidance_scale: float,
+    pipeline: UniFlowClassConditionalPipeline, guide: UniFlowClassConditionalPipeline, autoguidance_scale: float,
     autoguidance_interval: tuple[float, float] | None = None,
 ) -> UniFlowClassConditionalPipeline:
     """`pipeline` with the DiT of `guide` (trained on the same classes and latents, e.g. a smaller DiT) as its
@@ -412,9 +371,6 @@ def attach_guide(
                 f"The guide was not trained on this pipeline's latents: its `{key}` is {theirs}, the pipeline's "
                 f"{ours}. Train it with `train_generator` on the same tokenizer and dataset."
             )
-    components = {name: module for name, module in pipeline.components.items() if name != "guide_transformer"}
-    return UniFlowClassConditionalPipeline(
-        **components,
-        guide_transformer=guide.transformer,
-        **pipeline.settings | dict(autoguidance_scale=autoguidance_scale, autoguidance_interval=autoguidance_interval),
-    )
+    components = {**pipeline.components, "guide_transformer": guide.transformer}
+    autoguidance = dict(autoguidance_scale=autoguidance_scale, autoguidance_interval=autoguidance_interval)
+    return UniFlowClassConditionalPipeline(**components, **(pipeline.settings | autoguidance))

@@ -11,7 +11,6 @@ from ..io import check_output_dir
 from ..pipelines.pipeline_uniflow_class_conditional import SAMPLING_SETTINGS
 
 
-# the option of each sampling setting, e.g. --guidance-scale
 SAMPLING_OPTIONS = {name: "--" + name.replace("_", "-") for name in SAMPLING_SETTINGS}
 SAMPLING_OPTIONS["decoder_num_inference_steps"] = "--decoder-steps"
 
@@ -57,10 +56,8 @@ def add_sampling_arguments(parser, default: str, names=tuple(SAMPLING_SETTINGS),
     """Options for the class-conditional pipeline's sampling settings `names`, which the pipeline checks; `default`
     says what a given value is, or what applies without one."""
     for name in names:
-        if name.endswith("_interval"):
-            kind = dict(type=float, nargs=2, metavar=("T_START", "T_END"))
-        else:
-            kind = dict(type=int if name == "decoder_num_inference_steps" else float, metavar="VALUE")
+        scalar = dict(type=int if name == "decoder_num_inference_steps" else float, metavar="VALUE")
+        kind = dict(type=float, nargs=2, metavar=("T_START", "T_END")) if name.endswith("_interval") else scalar
         help = f"the pipeline's `{name}`: {SAMPLING_SETTINGS[name][1]} ({default})"
         parser.add_argument(SAMPLING_OPTIONS[name], dest=name, required=name in required, help=help, **kind)
 
@@ -117,7 +114,7 @@ def load_class_conditional_pipeline(model_dir: str | os.PathLike, dtype=None):
 
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"The model folder {model_dir} does not exist.")
-    pipeline = DiffusionPipeline.from_pretrained(model_dir, **({} if dtype is None else {"dtype": dtype}))
+    pipeline = DiffusionPipeline.from_pretrained(model_dir, dtype=dtype)
     if not isinstance(pipeline, UniFlowClassConditionalPipeline):
         raise ValueError(f"{model_dir} holds a {type(pipeline).__name__}, not a UniFlowClassConditionalPipeline.")
     return pipeline
@@ -219,11 +216,9 @@ def run_attach_guide(args) -> int:
     from ..generator_training import attach_guide
 
     check_output_dir(args.output_dir)
-    pipelines = [load_class_conditional_pipeline(folder) for folder in (args.model, args.guide)]
-    pipeline = attach_guide(*pipelines, args.autoguidance_scale, args.autoguidance_interval)
-    pipeline.save_pretrained(args.output_dir)
-    blocks = pipeline.guide_transformer.config.num_layers
-    print(f"Saved the pipeline with its guide ({blocks} blocks) to {args.output_dir}")
+    pipeline, guide = (load_class_conditional_pipeline(folder) for folder in (args.model, args.guide))
+    attach_guide(pipeline, guide, args.autoguidance_scale, args.autoguidance_interval).save_pretrained(args.output_dir)
+    print(f"Saved the pipeline with its guide ({guide.transformer.config.num_layers} blocks) to {args.output_dir}")
     return 0
 
 
