@@ -26,7 +26,7 @@ def launcher_env(**values):
 
 
 def no_accelerator(available=False):
-    return mock.patch("uniflow_hf.training._has_accelerator", return_value=available)
+    return mock.patch("torch.accelerator.is_available", return_value=available)
 
 
 def test_several_cpu_processes_get_use_cpu_and_accelerators_do_not():

@@ -12,13 +12,7 @@ import torch
 from PIL import Image
 
 from .data import load_image_dataset
-from .metrics import (
-    FeatureStatistics,
-    FIDInceptionV3,
-    frechet_distance,
-    peak_signal_noise_ratio,
-    structural_similarity,
-)
+from .metrics import FeatureStatistics, FIDInceptionV3, frechet_distance, peak_signal_noise_ratio, structural_similarity
 from .modeling.loss_uniflow import process_rank_and_world_size
 
 

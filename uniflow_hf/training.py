@@ -313,19 +313,15 @@ def apply_lora(model: UniFlowModel, targets: str = "both", r: int = 8, lora_alph
     return get_peft_model(model, lora_config_for(model, targets, r, lora_alpha, **lora_kwargs))
 
 
-def _has_accelerator() -> bool:
-    return torch.accelerator.is_available()
-
-
 def cpu_processes_need_use_cpu() -> bool:
     """Whether a launcher started several processes without an accelerator: they need `use_cpu` to shard the data."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator()
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
 
 
 def check_cpu_launch(deepspeed: Any = None) -> None:
     """Refuse, before any work, the launches that cannot shard on a machine without an accelerator: DeepSpeed, and
     `accelerate launch --cpu --num_processes N` (it starts one process; several CPU processes only through MPI)."""
-    if _has_accelerator():
+    if torch.accelerator.is_available():
         return
     if deepspeed or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
         raise ValueError(
@@ -341,16 +337,6 @@ def check_cpu_launch(deepspeed: Any = None) -> None:
             "through MPI). Launch `torchrun --nproc_per_node N ...` or `accelerate launch --multi_gpu --num_processes "
             "N ...` (no --cpu: without GPUs they train on the CPU, sharded), or drop --num_processes for one process."
         )
-
-
-def close_process_group() -> None:
-    """End a launched run: collect the trainer's unreachable objects, then destroy the default process group (a DDP
-    reducer freed after `destroy_process_group` can deadlock gloo at exit). Callers drop their trainer first."""
-    import gc
-
-    gc.collect()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
 
 
 def check_training_numbers(args: TrainingArguments) -> None:

@@ -168,7 +168,7 @@ def resume_argument(value: str | None) -> str | bool | None:
 
 def run_train_tokenizer(args: argparse.Namespace) -> int:
     from ..data import check_images, load_image_dataset
-    from ..training import LORA_TARGETS, close_process_group, lora_config_for, train_tokenizer
+    from ..training import LORA_TARGETS, lora_config_for, train_tokenizer
 
     script_args, run_args, training_args = parse_arguments(args)
     if script_args.lora is not None and script_args.lora not in LORA_TARGETS:
@@ -194,8 +194,6 @@ def run_train_tokenizer(args: argparse.Namespace) -> int:
     )
     if trainer.is_world_process_zero():  # one JSON line: where the model is, and the final training metrics
         print(json.dumps({"output_dir": training_args.output_dir, **trainer.state.log_history[-1]}))
-    del trainer  # freed before the process group of a torchrun / accelerate launch is closed (close_process_group)
-    close_process_group()
     return 0
 
 
@@ -204,7 +202,6 @@ def run_train_generator(args: argparse.Namespace) -> int:
     from ..generator_training import train_generator
     from .generate import load_reconstruction_pipeline
     from ..io import check_output_dir
-    from ..training import close_process_group
 
     script_args, run_args, training_args = parse_arguments(args)
     resume_from_checkpoint = resume_argument(training_args.resume_from_checkpoint)
@@ -219,5 +216,4 @@ def run_train_generator(args: argparse.Namespace) -> int:
         mean = sum(last) / max(1, len(last))
         print(f"Trained {len(result.losses)} steps (mean loss of the last {len(last)}: {mean:.4f})")
         print(f"Saved the UniFlowClassConditionalPipeline to {training_args.output_dir}")
-    close_process_group()
     return 0
