@@ -177,12 +177,12 @@ def run_reconstruct(args) -> int:
 
     from ..metrics import peak_signal_noise_ratio, structural_similarity
 
+    check_output_dir(args.output_dir)
     missing = [path for path in args.images if not os.path.isfile(path)]
     if missing:
         raise FileNotFoundError(f"No such image file(s): {', '.join(missing)}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}.")
-    check_output_dir(args.output_dir)
     device = resolve_device_argument(args)
     dtype = resolve_dtype_argument(args, device)
     pipeline = load_reconstruction_pipeline(args.model or FMNIST_MODEL_PATH, dtype=dtype).to(device)
