@@ -74,7 +74,7 @@ class UniFlowPipelineMixin:
         """When `from_pretrained` records the folder it loaded, the folder's former decoder schedulers (not loaded)
         must describe the tokenizer's sampler, Euler steps over its schedule."""
         super().register_to_config(**kwargs)
-        folder, tokenizer = kwargs.get("_name_or_path"), getattr(self, "tokenizer", None)
+        folder, tokenizer = kwargs.get("_name_or_path"), self.__dict__.get("tokenizer")  # not the config entry
         for name in self._former_decoder_schedulers if folder and tokenizer is not None else ():
             path = os.path.join(str(folder), name, "scheduler_config.json")
             if not os.path.isfile(path):
