@@ -192,10 +192,15 @@ def default_image_processor(tokenizer):
     try:
         processing = importlib.import_module(f"{package}.image_processing_uniflow")
     except ImportError as error:  # `trust_remote_code` loaded only the files the tokenizer imports
-        raise ValueError(
-            "This pipeline has no `image_processor` and no image processor code: set `pipe.image_processor` (e.g. "
-            "`AutoImageProcessor.from_pretrained(<folder>/tokenizer, trust_remote_code=True)`)."
-        ) from error
+        folder = tokenizer.name_or_path  # a saved pipeline's `tokenizer/` holds the processor and its code
+        if not os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
+            raise ValueError(
+                "This pipeline has no `image_processor` and no image processor code: set `pipe.image_processor` "
+                "(e.g. `AutoImageProcessor.from_pretrained(<folder>/tokenizer, trust_remote_code=True)`)."
+            ) from error
+        from transformers import AutoImageProcessor
+
+        return AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
     return processing.UniFlowImageProcessor.from_image_size(tokenizer.config.image_size)
 
 

@@ -129,6 +129,8 @@ def check_diffusers_pipelines(folders, expected):
     from transformers import pipeline
 
     generation = DiffusionPipeline.from_pretrained(folders["generation"], trust_remote_code=True)
+    # saved without an image processor: the default one, before another folder's code joins `diffusers_modules.local`
+    assert type(generation.processor).__name__ == "UniFlowImageProcessor"
     reconstruction = DiffusionPipeline.from_pretrained(folders["reconstruction"], trust_remote_code=True)
     assert type(generation).__module__ == "diffusers_modules.local.pipeline_uniflow_class_conditional"
     assert type(reconstruction.tokenizer).__module__ == "diffusers_modules.local.modeling_uniflow"
@@ -209,7 +211,7 @@ def remote_code_folders(tmp_path_factory):
     llava = LlavaForConditionalGeneration.from_pretrained(folders["llava"]).eval()
     generation = UniFlowClassConditionalPipeline(
         transformer=tiny_transformer(tokenizer.config), scheduler=UniFlowFlowMatchScheduler(), tokenizer=tokenizer,
-        id2label=ID2LABEL, image_processor=processor,
+        id2label=ID2LABEL,  # no image processor, as train-generator saves it: the default one is used
     )
     generation.save_pretrained(folders["generation"])
     reconstruction = UniFlowReconstructionPipeline(tokenizer, image_processor=processor)
