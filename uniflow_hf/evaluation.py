@@ -13,7 +13,7 @@ from PIL import Image
 
 from .data import load_image_dataset
 from .metrics import FeatureStatistics, FIDInceptionV3, frechet_distance, peak_signal_noise_ratio, structural_similarity
-from .modeling.loss_uniflow import process_rank_and_world_size
+from .modeling.loss_uniflow import process_rank_and_world_size, reduce_across_processes
 
 
 class UnreadableImageError(ValueError):
@@ -213,9 +213,8 @@ def evaluate_reconstruction(
     def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
         if world_size == 1:
             return tensor
-        tensor = tensor.to(device if "nccl" in str(torch.distributed.get_backend()) else "cpu", copy=True)
-        torch.distributed.all_reduce(tensor)
-        return tensor.cpu()
+        backend_device = device if "nccl" in str(torch.distributed.get_backend()) else "cpu"
+        return reduce_across_processes(tensor.to(backend_device), "sum").cpu()
 
     sums = sum_over_processes(sums)
     if world_size > 1:
