@@ -211,10 +211,8 @@ def evaluate_reconstruction(
     bar.close()
 
     def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
-        if world_size == 1:
-            return tensor
-        backend_device = device if "nccl" in str(torch.distributed.get_backend()) else "cpu"
-        return reduce_across_processes(tensor.to(backend_device), "sum").cpu()
+        on_gpus = world_size > 1 and "nccl" in str(torch.distributed.get_backend())  # NCCL reduces CUDA tensors
+        return reduce_across_processes(tensor.to(device if on_gpus else "cpu"), "sum").cpu()
 
     sums = sum_over_processes(sums)
     if world_size > 1:
